@@ -1,0 +1,1 @@
+"""Converters from a loaded Keras classifier to each target format."""

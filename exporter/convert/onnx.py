@@ -1,0 +1,141 @@
+"""Keras classifier -> ONNX through tf2onnx, then the preprocessing and the labels put into the graph.
+
+The graph that ships takes the raw 8-bit image (uint8, NHWC, RGB or grayscale, at the model's input size), casts it,
+reorders channels for BGR models and applies the contract's scale and bias, all with standard ONNX operators. It
+outputs ``probabilities`` (float32, one per class) and ``label`` (the top class name, a string, via ArgMax and Gather).
+Quantization is applied to the core graph (float in, probabilities out) before this wrapping, so calibration sees the
+same tensors as the Keras model and the wrapper stays in float32 whatever the variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..preprocessing import Preprocessing
+from .prologue import for_conversion
+
+# Opset 17 is the newest that tf2onnx 1.17 emits fully and that onnxruntime >= 1.14 runs on every provider.
+DEFAULT_OPSET = 17
+CORE_INPUT = "input"
+IMAGE_INPUT = "image"
+PROBS_OUTPUT = "probabilities"
+LABEL_OUTPUT = "label"
+
+
+def convert_core(model, pre: Preprocessing, *, opset: int = DEFAULT_OPSET, source: str = "model"):
+    """The Keras model alone as ONNX: float32 NHWC input ``input`` (already normalised), probabilities out."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tf2onnx
+
+    h, w = pre.input_size
+    spec = (tf.TensorSpec((None, h, w, pre.channels), tf.float32, name=CORE_INPUT),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(for_conversion(model, None, CORE_INPUT), input_signature=spec,
+                                              opset=opset)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise ConversionError(f"tf2onnx could not convert the model: {(text[0] if text else type(exc).__name__)[:400]}",
+                              path=source) from None
+    if len(proto.graph.output) != 1:
+        raise ConversionError(f"tf2onnx produced {len(proto.graph.output)} outputs; expected one", path=source)
+    return proto
+
+
+def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], *, raw_input: bool = True):
+    """A new ModelProto: [uint8 image -> cast -> channel order -> scale, bias] -> core -> [probabilities, label]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(core)
+    g = model.graph
+    core_in = g.input[0].name
+    core_out = g.output[0].name
+    h, w = pre.input_size
+    c = pre.channels
+    prologue, inits = [], []
+    if raw_input:
+        del g.input[:]
+        image = helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["batch", h, w, c])
+        image.type.denotation = "IMAGE"
+        for dim, name in zip(image.type.tensor_type.shape.dim,
+                             ["DATA_BATCH", "DATA_FEATURE", "DATA_FEATURE", "DATA_CHANNEL"], strict=True):
+            dim.denotation = name
+        g.input.append(image)
+        x = "exporter_pixels_f32"
+        prologue.append(helper.make_node("Cast", [IMAGE_INPUT], [x], to=TensorProto.FLOAT, name="exporter_cast"))
+        if pre.channel_order == "BGR":  # the caller passes RGB; the model was trained on BGR
+            inits.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "exporter_bgr_index"))
+            prologue.append(helper.make_node("Gather", [x, "exporter_bgr_index"], ["exporter_pixels_bgr"], axis=3,
+                                             name="exporter_rgb_to_bgr"))
+            x = "exporter_pixels_bgr"
+        if pre.in_model:
+            prologue.append(helper.make_node("Identity", [x], [core_in], name="exporter_pixels"))
+        else:
+            inits.append(numpy_helper.from_array(np.asarray(pre.scale, np.float32), "exporter_scale"))
+            inits.append(numpy_helper.from_array(np.asarray(pre.bias, np.float32), "exporter_bias"))
+            prologue.append(helper.make_node("Mul", [x, "exporter_scale"], ["exporter_scaled"], name="exporter_mul"))
+            prologue.append(helper.make_node("Add", ["exporter_scaled", "exporter_bias"], [core_in],
+                                             name="exporter_add"))
+    inits.append(numpy_helper.from_array(np.array(labels, dtype=object), "exporter_labels"))
+    epilogue = [
+        helper.make_node("Identity", [core_out], [PROBS_OUTPUT], name="exporter_probabilities"),
+        helper.make_node("ArgMax", [core_out], ["exporter_top"], axis=1, keepdims=0, name="exporter_argmax"),
+        helper.make_node("Gather", ["exporter_labels", "exporter_top"], [LABEL_OUTPUT], axis=0,
+                         name="exporter_label"),
+    ]
+    nodes = _topological(prologue + list(g.node) + epilogue,
+                         {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in inits})
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.extend([
+        helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["batch", len(labels)]),
+        helper.make_tensor_value_info(LABEL_OUTPUT, TensorProto.STRING, ["batch"]),
+    ])
+    del model.metadata_props[:]
+    image_meta = {"Image.BitmapPixelFormat": {"RGB": "Rgb8", "BGR": "Rgb8", "L": "Gray8"}[pre.channel_order],
+                  "Image.ColorSpaceGamma": "SRGB", "Image.NominalPixelRange": "NominalRange_0_255"} if raw_input else {}
+    for key, value in {**image_meta, **metadata}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    model.doc_string = f"Image classifier with {len(labels)} classes; input {IMAGE_INPUT if raw_input else core_in}"
+    model.producer_name = "exporter"
+    return model
+
+
+def _topological(nodes, available: set[str]) -> list:
+    """Nodes in an order where each runs after its inputs exist (some transforms append nodes out of order)."""
+    available = set(available) | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            missing = sorted({i for n in pending for i in n.input if i not in available})[:3]
+            raise ConversionError(f"ONNX graph has a cycle or undefined inputs: {missing}")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    return ordered
+
+
+def check(model, *, source: str = "onnx") -> None:
+    """onnx.checker with full_check (shape inference included); errors become ConversionError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ConversionError(f"ONNX checker rejected the graph: {str(exc).splitlines()[0][:400]}", path=source) from None
+
+
+def metadata_for(labels: list[str], pre: Preprocessing, base: dict[str, str]) -> dict[str, str]:
+    return {**base, "exporter.labels": json.dumps(labels, ensure_ascii=False),
+            "exporter.preprocessing": pre.to_json()}

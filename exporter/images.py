@@ -1,0 +1,155 @@
+"""Held-out image decoding and resizing: one path that feeds every model the same pixels.
+
+The rule for unusual images, applied in this order (documented in README):
+1. EXIF orientation is applied (the pixels are turned the way a photo viewer shows them).
+2. 16-bit and 32-bit integer grayscale is reduced to 8 bits (value / 257, rounded); float images are clipped to 0..255.
+3. Palette images are expanded (to RGBA when they carry transparency).
+4. Alpha is composited over white (``ALPHA_BACKGROUND``), so a transparent pixel reads as paper, not as black.
+5. CMYK and other colour spaces are converted to RGB by Pillow; grayscale is repeated to RGB for 3-channel models,
+   and RGB is reduced to luma (ITU-R 601-2) for 1-channel models.
+6. The resize policy of the preprocessing contract: ``stretch`` resizes to the input size ignoring aspect ratio;
+   ``center_crop`` scales the shorter side to the input size and crops the centre.
+7. BGR models get their channels reversed after all of the above.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError
+from .preprocessing import Preprocessing
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga")
+# Largest image we decode. A decompression bomb (a tiny file that expands to gigapixels) is refused before its pixels
+# are allocated; 64 megapixels is above any camera a phone classifier sees and keeps one decode under ~256 MB.
+MAX_PIXELS = 64_000_000
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def _resample(name: str):
+    from PIL import Image
+
+    return {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
+            "bicubic": Image.Resampling.BICUBIC}[name]
+
+
+def to_canonical_mode(img, channels: int):
+    """Apply rules 2-5 to a Pillow image: the result is mode ``RGB`` (channels=3) or ``L`` (channels=1)."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "I" and arr.max(initial=0) <= 255:
+            scaled = arr
+        else:
+            scaled = arr / 257.0
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "1":
+        img = img.convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode in ("RGB", "L") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    return img
+
+
+def fit(img, preprocessing: Preprocessing) -> np.ndarray:
+    """Resize a canonical Pillow image by the contract's policy; returns uint8 HxWxC in the contract's channel order."""
+    height, width = preprocessing.input_size
+    resample = _resample(preprocessing.interpolation)
+    img = to_canonical_mode(img, preprocessing.channels)
+    if preprocessing.resize == "stretch":
+        img = img.resize((width, height), resample=resample)
+    else:
+        w0, h0 = img.size
+        factor = max(width / w0, height / h0)
+        new_w, new_h = max(width, round(w0 * factor)), max(height, round(h0 * factor))
+        img = img.resize((new_w, new_h), resample=resample)
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        img = img.crop((left, top, left + width, top + height))
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if preprocessing.channel_order == "BGR":
+        arr = arr[:, :, ::-1]
+    return np.ascontiguousarray(arr)
+
+
+def open_image(path: str | Path):
+    """Decode one file with Pillow, safely: EXIF orientation applied, bombs and corrupt files refused."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,} "
+                                     "(a decompression bomb or an image far too large to classify)", path=path)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return img.copy()
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("image file not found", path=path) from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image file", path=path) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read (unknown format or corrupt header)", path=path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"image is corrupt or truncated: {exc}", path=path) from None
+
+
+def load_image(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
+    """One image file -> uint8 HxWxC pixels at the model's input size (before scale and bias)."""
+    img = open_image(path)
+    try:
+        return fit(img, preprocessing)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"image could not be converted: {exc}", path=path) from None
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    label: str | None  # from the sub-folder name, when the image sits in one
+
+
+def list_images(folder: str | Path) -> list[ImageItem]:
+    """Every image under ``folder`` (recursive, sorted); the label is the name of the first sub-folder level."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError("image folder not found or not a directory", path=folder)
+    items = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            rel = p.relative_to(folder)
+            items.append(ImageItem(p, rel.parts[0] if len(rel.parts) > 1 else None))
+    if not items:
+        raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found", path=folder)
+    return items
+
+
+def iter_batches(items: Sequence[ImageItem], preprocessing: Preprocessing,
+                 batch_size: int = 32) -> Iterator[tuple[list[ImageItem], np.ndarray]]:
+    """Stream ``(items, uint8 NHWC pixels)`` batches, so memory stays flat however many images there are."""
+    for start in range(0, len(items), batch_size):
+        chunk = list(items[start:start + batch_size])
+        yield chunk, np.stack([load_image(it.path, preprocessing) for it in chunk])

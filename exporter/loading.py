@@ -1,0 +1,223 @@
+"""Safe loading of Keras classifiers and discovery of their input, output and in-model preprocessing.
+
+Formats: Keras 3 ``.keras`` archives, legacy ``.h5`` files and TensorFlow SavedModel directories. Before Keras sees a
+``.keras`` or ``.h5`` file we read its architecture JSON ourselves and refuse anything that would run code from the
+file (Lambda layers, custom classes from outside Keras) unless the caller passes ``trust_code=True``; Keras' own
+``safe_mode`` stays on as a second line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+# Softmax rows sum to 1 up to float32 rounding over a few thousand classes; anything further off is not a softmax.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # keras.Model
+    path: Path
+    format: str  # "keras", "h5", "saved_model"
+    sha256: str
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    num_classes: int
+    in_model_preprocessing: list[str] = field(default_factory=list)  # names of Rescaling/Normalization layers
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a directory's files (relative path and content, in sorted order)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    else:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ code scanning
+def _code_carriers(config: Any, where: str = "model") -> list[str]:
+    """Every place in a Keras architecture config that would execute code on load."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        cls = config.get("class_name")
+        name = (config.get("config") or {}).get("name", "?") if isinstance(config.get("config"), dict) else "?"
+        if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
+            found.append(f"layer {name!r} is a {cls} layer (Python code)")
+        elif cls == "__lambda__" or config.get("function_type") == "lambda":
+            found.append(f"{where} holds a serialized Python function")
+        elif isinstance(cls, str) and "module" in config:
+            module = config.get("module") or ""
+            registered = config.get("registered_name") or ""
+            if module and not (module == "keras" or module.startswith(("keras.", "builtins"))):
+                found.append(f"layer {name!r} is a custom class {cls!r} from module {module!r}")
+            elif registered and ">" in registered:
+                found.append(f"layer {name!r} is a registered custom object {registered!r}")
+        for key, value in config.items():
+            found.extend(_code_carriers(value, f"{where}.{key}"))
+    elif isinstance(config, list):
+        for item in config:
+            found.extend(_code_carriers(item, where))
+    return found
+
+
+def _read_architecture(path: Path, fmt: str) -> Any:
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            if raw is None:
+                raise ModelLoadError("legacy .h5 file has no model architecture (weights-only files cannot be "
+                                     "exported; save the whole model)", path=path)
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ModelLoadError:
+        raise
+    except KeyError:
+        raise ModelLoadError("not a Keras 3 model archive (config.json missing)", path=path) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelLoadError("model architecture JSON is corrupt", path=path) from None
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return "saved_model"
+        raise ModelLoadError("directory is not a TensorFlow SavedModel (no saved_model.pb)", path=path)
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return "keras"
+    if suffix in (".h5", ".hdf5"):
+        return "h5"
+    raise ModelLoadError(f"unsupported model file type {suffix!r}; expected one of {list(MODEL_SUFFIXES)} or a "
+                         "SavedModel directory", path=path)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
+    """Load a Keras image classifier in inference mode without running code from the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError("model file not found", path=path)
+    fmt = _detect_format(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelLoadError("model file is empty (0 bytes)", path=path)
+    if fmt in ("keras", "h5"):
+        carriers = _code_carriers(_read_architecture(path, fmt))
+        if carriers and not trust_code:
+            raise UnsafeModelError(f"refused: loading would run code from the file: {carriers[0]}"
+                                   + (f" (and {len(carriers) - 1} more)" if len(carriers) > 1 else ""), path=path,
+                                   hint="only if you trust its author, pass --trust-code (trust_code=True)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    try:
+        if fmt == "saved_model":
+            model = _wrap_saved_model(path)
+        else:
+            model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise UnsafeModelError(f"refused by Keras safe mode: {message}", path=path,
+                                   hint="only if you trust its author, pass --trust-code") from None
+        raise ModelLoadError(f"Keras could not load the model: {message[:300]}", path=path) from None
+    h, w, c, classes = describe_classifier(model, path)
+    return LoadedModel(model=model, path=path, format=fmt, sha256=file_sha256(path), input_shape=(h, w, c),
+                       num_classes=classes, in_model_preprocessing=detect_in_model_preprocessing(model))
+
+
+def _wrap_saved_model(path: Path):
+    import keras
+
+    try:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    except Exception as exc:
+        raise ModelLoadError(f"SavedModel could not be loaded: {str(exc).splitlines()[0][:300]}", path=path) from None
+    import tensorflow as tf
+
+    sig = layer._endpoint_signatures["serving_default"] if hasattr(layer, "_endpoint_signatures") else None
+    loaded = tf.saved_model.load(str(path))
+    fn = loaded.signatures["serving_default"]
+    specs = list(fn.structured_input_signature[1].values())
+    if len(specs) != 1:
+        raise NotAClassifierError(f"SavedModel serving signature has {len(specs)} inputs; an image classifier has one",
+                                  path=path)
+    shape = specs[0].shape
+    outputs = fn.structured_outputs
+    if len(outputs) != 1:
+        raise NotAClassifierError(f"SavedModel serving signature has {len(outputs)} outputs; expected one "
+                                  "probability vector", path=path)
+    del sig
+    inputs = keras.Input(tuple(shape[1:]), name="image")
+    out = layer(inputs)
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return keras.Model(inputs, out, name=path.name)
+
+
+def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
+    """Check the model is a single-image-in, probabilities-out classifier; returns (H, W, C, classes)."""
+    import numpy as np
+
+    if len(model.inputs) != 1:
+        raise NotAClassifierError(f"model has {len(model.inputs)} inputs; an image classifier has exactly one", path=path)
+    if len(model.outputs) != 1:
+        raise NotAClassifierError(f"model has {len(model.outputs)} outputs; expected one probability vector", path=path)
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
+        raise NotAClassifierError(f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) "
+                                  "with a fixed height and width", path=path)
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 2:
+        raise NotAClassifierError(f"model output shape is {out_shape}; expected (batch, classes) with 2 or more "
+                                  "classes", path=path)
+    rng = np.random.default_rng(0)
+    probe = rng.uniform(-1, 1, size=(2, *shape[1:])).astype("float32")
+    probs = np.asarray(model(probe, training=False))
+    sums = probs.sum(axis=1)
+    if (probs < 0).any() or not np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE):
+        raise NotAClassifierError(f"model output is not a probability vector (rows sum to {sums.round(4).tolist()}, "
+                                  f"min {probs.min():.3g}); end the model with a softmax", path=path)
+    return int(shape[1]), int(shape[2]), int(shape[3]), int(out_shape[1])
+
+
+def detect_in_model_preprocessing(model) -> list[str]:
+    """Names of Rescaling/Normalization layers the input passes through before any other computation."""
+    import keras
+
+    found = []
+    layer_types = (keras.layers.Rescaling, keras.layers.Normalization)
+    consumers = {}
+    for layer in model.layers:
+        for node in getattr(layer, "_inbound_nodes", []):
+            for t in node.input_tensors:
+                consumers.setdefault(id(t), []).append(layer)
+    tensor = model.inputs[0]
+    while True:
+        users = consumers.get(id(tensor), [])
+        if len(users) != 1 or not isinstance(users[0], layer_types):
+            break
+        found.append(users[0].name)
+        tensor = users[0].output
+    return found

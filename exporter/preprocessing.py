@@ -1,0 +1,200 @@
+"""The preprocessing contract: one object, declared once (or detected from the model), that every backend reads.
+
+A model's input is ``y[c] = x[c] * scale[c] + bias[c]`` where ``x`` is the 8-bit pixel (0..255) in ``channel_order``
+after resizing to ``input_size`` by ``resize`` with ``interpolation``. Mean/std normalisation is the same thing with
+``scale = 1/std`` and ``bias = -mean/std``. When the Keras model starts with its own Rescaling/Normalization layers,
+``in_model`` is true and the exported files feed it raw pixels (scale 1, bias 0): the preprocessing is never applied
+twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CHANNEL_ORDERS = ("RGB", "BGR", "L")
+RESIZE_POLICIES = ("stretch", "center_crop")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+CONTRACT_VERSION = 1
+
+
+def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
+    if isinstance(value, (int, float)):
+        value = [value] * channels
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got {value!r}") from None
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise ConfigError(f"preprocessing {name} must have {channels} values (one per channel), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"preprocessing {name} must be finite, got {values}")
+    return values
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw 8-bit pixels become the model's input. Checked on construction."""
+
+    input_size: tuple[int, int]  # (height, width)
+    channel_order: str = "RGB"
+    scale: tuple[float, ...] = (1.0, 1.0, 1.0)
+    bias: tuple[float, ...] = (0.0, 0.0, 0.0)
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    in_model: bool = False
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else None
+        if size is None or len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+            raise ConfigError(f"preprocessing input_size must be [height, width] integers, got {self.input_size!r}")
+        if not all(8 <= s <= 4096 for s in size):
+            raise ConfigError(f"preprocessing input_size must be between 8 and 4096 pixels, got {list(size)}")
+        object.__setattr__(self, "input_size", size)
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"preprocessing channel_order must be one of {list(CHANNEL_ORDERS)}, got {self.channel_order!r}")
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"preprocessing resize must be one of {list(RESIZE_POLICIES)}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"preprocessing interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        scale = _as_floats("scale", self.scale, self.channels)
+        bias = _as_floats("bias", self.bias, self.channels)
+        if any(s == 0.0 for s in scale):
+            raise ConfigError(f"preprocessing scale must not be zero (every pixel would become the bias), got {scale}")
+        if self.in_model and (any(s != 1.0 for s in scale) or any(b != 0.0 for b in bias)):
+            raise ConfigError(
+                "preprocessing with in_model=true must have scale 1 and bias 0: the model normalises pixels itself, "
+                "so a second scale/bias would apply it twice"
+            )
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "bias", bias)
+        if not isinstance(self.in_model, bool):
+            raise ConfigError(f"preprocessing in_model must be true or false, got {self.in_model!r}")
+
+    # ---- derived views -------------------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_order == "L" else 3
+
+    @property
+    def uniform_scale(self) -> bool:
+        return len(set(self.scale)) == 1
+
+    @property
+    def is_identity(self) -> bool:
+        return all(s == 1.0 for s in self.scale) and all(b == 0.0 for b in self.bias)
+
+    @classmethod
+    def from_mean_std(cls, input_size, mean, std, **kw) -> Preprocessing:
+        """``(x - mean) / std`` on 0..255 pixels, per channel."""
+        channels = 1 if kw.get("channel_order") == "L" else 3
+        mean = _as_floats("mean", mean, channels)
+        std = _as_floats("std", std, channels)
+        if any(s == 0.0 for s in std):
+            raise ConfigError(f"preprocessing std must not be zero, got {std}")
+        return cls(
+            input_size=input_size,
+            scale=tuple(1.0 / s for s in std),
+            bias=tuple(-m / s for m, s in zip(mean, std, strict=True)),
+            **kw,
+        )
+
+    # ---- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["scale"] = list(self.scale)
+        d["bias"] = list(self.bias)
+        d["version"] = CONTRACT_VERSION
+        if not d["notes"]:
+            del d["notes"]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "preprocessing") -> Preprocessing:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("version", CONTRACT_VERSION)
+        if version != CONTRACT_VERSION:
+            raise ConfigError(f"{source}: contract version must be {CONTRACT_VERSION}, got {version!r}")
+        mean, std = data.pop("mean", None), data.pop("std", None)
+        known = {"input_size", "channel_order", "scale", "bias", "resize", "interpolation", "in_model", "notes"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown preprocessing keys {unknown}; known keys are {sorted(known | {'mean', 'std'})}")
+        if "input_size" not in data:
+            raise ConfigError(f"{source}: input_size is required")
+        try:
+            if mean is not None or std is not None:
+                if "scale" in data or "bias" in data:
+                    raise ConfigError(f"{source}: give either mean/std or scale/bias, not both")
+                return cls.from_mean_std(data.pop("input_size"), mean if mean is not None else 0.0,
+                                         std if std is not None else 1.0, **data)
+            return cls(**data)
+        except ConfigError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise ConfigError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Preprocessing:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("preprocessing file not found", path=path) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"preprocessing file is not valid UTF-8 JSON: {exc}", path=path) from None
+        return cls.from_dict(data, source=str(path))
+
+    # ---- the numpy reference ---------------------------------------------------------------------------------
+    def normalize(self, pixels):
+        """uint8 NHWC pixels (already resized, in channel_order) -> the float32 tensor the Keras model expects."""
+        import numpy as np
+
+        x = np.asarray(pixels, dtype=np.float32)
+        if self.in_model:
+            return x
+        return x * np.asarray(self.scale, np.float32) + np.asarray(self.bias, np.float32)
+
+
+def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], in_model_layers: list[str], *,
+            source: str = "model") -> Preprocessing:
+    """The one contract for this model: the declared one checked against the model, or the one the model's own
+    Rescaling/Normalization layers imply. Never both: that would normalise twice."""
+    h, w, c = input_shape
+    if declared is None:
+        if not in_model_layers:
+            raise ConfigError(f"{source}: no preprocessing declared and the model has no Rescaling or Normalization "
+                              "layer; pass --preprocessing FILE (or preprocessing=...) with its scale and bias")
+        return Preprocessing((h, w), channel_order="RGB" if c == 3 else "L", in_model=True,
+                             notes=f"detected in the model: {', '.join(in_model_layers)}")
+    if declared.input_size != (h, w):
+        raise ConfigError(f"{source}: preprocessing input_size {list(declared.input_size)} does not match the model "
+                          f"input {[h, w]}")
+    if declared.channels != c:
+        raise ConfigError(f"{source}: preprocessing channel_order {declared.channel_order} has {declared.channels} "
+                          f"channel(s) but the model input has {c}")
+    if in_model_layers and not declared.in_model:
+        raise ConfigError(f"{source}: the model starts with {', '.join(in_model_layers)}, which already normalise "
+                          "pixels, and the declared preprocessing would scale them again; declare in_model: true")
+    if declared.in_model and not in_model_layers:
+        raise ConfigError(f"{source}: preprocessing says in_model but the model has no Rescaling or Normalization "
+                          "layer at its input; declare its scale and bias instead")
+    return declared

@@ -1,0 +1,1 @@
+"""Parity metrics, tolerances and gates."""
