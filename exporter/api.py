@@ -235,3 +235,10 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
             versions={"exporter": __version__, **library_versions()})
         write_json(stage / "manifest.json", manifest)
     return manifest
+
+
+def validate(export_dir, images, **kwargs) -> dict:
+    """Parity of every artifact in ``export_dir`` against its Keras model on ``images``; see validation.parity."""
+    from .validation.parity import validate as _validate
+
+    return _validate(export_dir, images, **kwargs)

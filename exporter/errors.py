@@ -65,6 +65,12 @@ class DestinationError(ExporterError):
 
 
 class ParityError(ExporterError):
-    """One or more converted artifacts disagree with the Keras model beyond their gates."""
+    """One or more converted artifacts disagree with the Keras model beyond their gates. ``report`` holds the full
+    measurements, so a caller can still write them out."""
 
     exit_code = 7
+    report: dict | None = None
+
+    def with_report(self, report: dict) -> ParityError:
+        self.report = report
+        return self

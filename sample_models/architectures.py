@@ -13,8 +13,15 @@ def mobilenet_v1(input_size: int, classes: int, alpha: float = 0.25, dropout: fl
 def mobilenet_v2(input_size: int, classes: int, alpha: float = 0.35):
     import keras
 
-    return keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), alpha=alpha, weights=None,
-                                          classes=classes, name="mobilenet_v2")
+    model = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), alpha=alpha, weights=None,
+                                           classes=classes, name="mobilenet_v2")
+    # keras.applications builds MobileNetV2 with BatchNorm momentum 0.999, tuned for fine-tuning ImageNet weights.
+    # Trained from scratch on a few thousand images its moving averages never catch up with the weights, so the
+    # model is right in training mode and at chance in inference mode. 0.9 lets the statistics follow.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return model
 
 
 def _fire(x, squeeze: int, expand: int, name: str):

@@ -1,0 +1,143 @@
+"""Command line: a parser and one API call per command; no logic of its own.
+
+Exit codes: 0 success; 1 other toolkit error; 2 bad option, preprocessing or labels; 3 model cannot be loaded (or
+refused as unsafe); 4 image error; 5 conversion failed; 6 destination problem; 7 parity gates failed; 70 internal
+error (a bug: please report it with --debug output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .variants import FORMATS, VARIANTS
+
+INTERNAL_ERROR = 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="exporter", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="export a Keras classifier to Core ML and ONNX variants")
+    c.add_argument("model", help=".keras, .h5 or SavedModel directory")
+    c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
+    c.add_argument("--out", required=True, help="output directory (written atomically)")
+    c.add_argument("--preprocessing", help="JSON preprocessing contract; omit when the model has Rescaling layers")
+    c.add_argument("--formats", nargs="+", choices=FORMATS, help="default: all")
+    c.add_argument("--variants", nargs="+", choices=sorted({v.name for v in VARIANTS}), help="default: all")
+    c.add_argument("--calibration-images", type=Path, help="image folder for w8a8 and int8-static calibration")
+    c.add_argument("--calibration-count", type=int, default=64)
+    c.add_argument("--opset", type=int, default=17)
+    c.add_argument("--float-input", action="store_true", help="ONNX takes normalised float input, no prologue")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    c.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
+    c.add_argument("--name", help="file name stem of the artifacts (default: from the model file)")
+    c.add_argument("--author", default="")
+    c.add_argument("--license", default="")
+    c.add_argument("--model-version", default="")
+    c.add_argument("--description", default="")
+    c.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    v = sub.add_parser("validate", help="check every artifact of an export against the Keras model on images")
+    v.add_argument("export_dir")
+    v.add_argument("--images", required=True, help="folder of held-out images (labels from sub-folder names)")
+    v.add_argument("--model", help="the Keras model (default: the path recorded in manifest.json)")
+    v.add_argument("--json", type=Path, help="write the report as JSON to this file")
+    v.add_argument("--batch-size", type=int, default=32)
+    v.add_argument("--trust-code", action="store_true")
+    return p
+
+
+def _size_table(manifest: dict) -> str:
+    rows = [("artifact", "bytes", "vs fp32", "limit", "target")]
+    for a in manifest["artifacts"]:
+        ratio = "" if a["ratio_to_fp32"] is None else f"{a['ratio_to_fp32']:.3f}"
+        rows.append((a["path"], f"{a['bytes']:,}", ratio, f"{a['details']['theoretical_ratio']:.3f}",
+                     a["minimum_deployment_target"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths,
+                                                                                                   strict=True)))
+             for r in rows]
+    for s in manifest["skipped"]:
+        lines.append(f"skipped {s['format']}:{s['variant']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def _parity_table(report: dict) -> str:
+    rows = [("artifact", "status", "top-1 agree", "max |dp|", "mean |dp|", "accuracy")]
+    for a in report["artifacts"]:
+        if a["status"] == "not run":
+            rows.append((a["path"], "NOT RUN", "", "", "", a["reason"]))
+            continue
+        acc = "" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
+        rows.append((a["path"], a["status"], f"{a['top1_agreement']:.4f}", f"{a['max_abs_prob']:.2e}",
+                     f"{a['mean_abs_prob']:.2e}", acc))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    if report.get("keras_accuracy") is not None:
+        out.append(f"Keras accuracy on {report['images']} images: {report['keras_accuracy']:.4f}")
+    return "\n".join(out)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.debug:
+        logging.getLogger().setLevel(logging.ERROR)
+    from . import api
+
+    if args.command == "convert":
+        options = api.ExportOptions(
+            formats=tuple(args.formats) if args.formats else None,
+            variants=tuple(args.variants) if args.variants else None, calibration_images=args.calibration_images,
+            calibration_count=args.calibration_count, opset=args.opset, onnx_raw_input=not args.float_input,
+            overwrite=args.overwrite, trust_code=args.trust_code, name=args.name, author=args.author,
+            license=args.license, version=args.model_version, description=args.description)
+        manifest = api.export(args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options,
+                              progress=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(manifest, indent=2) if args.json else _size_table(manifest))
+        return 0
+    from .errors import ParityError
+
+    try:
+        report = api.validate(args.export_dir, args.images, model_path=args.model, batch_size=args.batch_size,
+                              trust_code=args.trust_code, progress=sys.stderr.isatty())
+    except ParityError as exc:
+        if exc.report is not None:
+            print(_parity_table(exc.report))
+            if args.json:
+                args.json.write_text(json.dumps(exc.report, indent=2) + "\n")
+        raise
+    print(_parity_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .errors import ExporterError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        code = run(argv)
+    except ExporterError as exc:
+        if debug:
+            raise
+        print(f"exporter: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("exporter: interrupted; nothing was written to the destination", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug, not a user mistake: say so in one line, keep the traceback behind --debug
+        if debug:
+            raise
+        print(f"exporter: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        code = INTERNAL_ERROR
+    sys.exit(code)

@@ -1,0 +1,42 @@
+"""Default parity gates per variant. Each number says why it is what it is; users may override any of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# fp32 artifacts compute the same float32 arithmetic in another order (fused batch norm, other conv kernels). Softmax
+# outputs in [0, 1] then differ by a few ulps of 1.0 (1.2e-7 each) accumulated over the network; 1e-5 leaves room
+# for that and still catches any real error (a wrong bias moves probabilities by 1e-2 or more).
+FP32_MAX_ABS_PROB = 1e-5
+# fp16 has a 10-bit mantissa (relative step 1e-3); through tens of layers probabilities move by up to a few 1e-3.
+FP16_MAX_ABS_PROB = 2e-2
+# Quantized weights change the function on purpose; what must survive is the decision. 98 % top-1 agreement with Keras
+# on held-out images is the bar the project set for int8.
+QUANTIZED_MIN_TOP1 = 0.98
+# 4- and 6-bit palettes and weight-only int8 of tiny kernels lose more; these still must agree on most decisions.
+LOW_BIT_MIN_TOP1 = 0.90
+FP16_MIN_TOP1 = 0.99
+
+
+@dataclass(frozen=True)
+class Gate:
+    max_abs_prob: float | None = None
+    min_top1: float | None = None
+
+    def failures(self, max_abs: float, top1: float) -> list[str]:
+        out = []
+        if self.max_abs_prob is not None and not max_abs <= self.max_abs_prob:
+            out.append(f"max |dp| {max_abs:.3g} > {self.max_abs_prob:g}")
+        if self.min_top1 is not None and not top1 >= self.min_top1:
+            out.append(f"top-1 agreement {top1:.4f} < {self.min_top1:g}")
+        return out
+
+
+def default_gate(variant: str) -> Gate:
+    if variant == "fp32":
+        return Gate(max_abs_prob=FP32_MAX_ABS_PROB)
+    if variant == "fp16":
+        return Gate(max_abs_prob=FP16_MAX_ABS_PROB, min_top1=FP16_MIN_TOP1)
+    if variant in ("palette4", "palette6"):
+        return Gate(min_top1=LOW_BIT_MIN_TOP1)
+    return Gate(min_top1=QUANTIZED_MIN_TOP1)
