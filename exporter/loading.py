@@ -138,7 +138,7 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+        if not trust_code and ("safe_mode" in str(exc) or "lambda" in str(exc).lower()):
             raise UnsafeModelError(f"refused by Keras safe mode: {message}", path=path,
                                    hint="only if you trust its author, pass --trust-code") from None
         raise ModelLoadError(f"Keras could not load the model: {message[:300]}", path=path) from None
@@ -156,7 +156,6 @@ def _wrap_saved_model(path: Path):
         raise ModelLoadError(f"SavedModel could not be loaded: {str(exc).splitlines()[0][:300]}", path=path) from None
     import tensorflow as tf
 
-    sig = layer._endpoint_signatures["serving_default"] if hasattr(layer, "_endpoint_signatures") else None
     loaded = tf.saved_model.load(str(path))
     fn = loaded.signatures["serving_default"]
     specs = list(fn.structured_input_signature[1].values())
@@ -168,7 +167,6 @@ def _wrap_saved_model(path: Path):
     if len(outputs) != 1:
         raise NotAClassifierError(f"SavedModel serving signature has {len(outputs)} outputs; expected one "
                                   "probability vector", path=path)
-    del sig
     inputs = keras.Input(tuple(shape[1:]), name="image")
     out = layer(inputs)
     if isinstance(out, dict):

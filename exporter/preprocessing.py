@@ -28,7 +28,7 @@ def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
         value = [value] * channels
     try:
         values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got {value!r}") from None
     if len(values) == 1:
         values = values * channels
