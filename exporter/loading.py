@@ -8,7 +8,6 @@ file (Lambda layers, custom classes from outside Keras) unless the caller passes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError
+from .packaging import sha256_of
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 # Softmax rows sum to 1 up to float32 rounding over a few thousand classes; anything further off is not a softmax.
@@ -32,20 +32,6 @@ class LoadedModel:
     input_shape: tuple[int, int, int]  # (H, W, C)
     num_classes: int
     in_model_preprocessing: list[str] = field(default_factory=list)  # names of Rescaling/Normalization layers
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a directory's files (relative path and content, in sorted order)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-    else:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ code scanning
@@ -143,7 +129,7 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
                                    hint="only if you trust its author, pass --trust-code") from None
         raise ModelLoadError(f"Keras could not load the model: {message[:300]}", path=path) from None
     h, w, c, classes = describe_classifier(model, path)
-    return LoadedModel(model=model, path=path, format=fmt, sha256=file_sha256(path), input_shape=(h, w, c),
+    return LoadedModel(model=model, path=path, format=fmt, sha256=sha256_of(path), input_shape=(h, w, c),
                        num_classes=classes, in_model_preprocessing=detect_in_model_preprocessing(model))
 
 

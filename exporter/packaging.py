@@ -32,8 +32,14 @@ def size_on_disk(path: Path) -> int:
     return path.stat().st_size
 
 
+# coremltools writes a fresh random UUID for every item into an .mlpackage's Manifest.json, so two identical exports
+# would never hash the same. The bundle hash covers the model and weights (Data/) and leaves that file out.
+UNHASHED_BUNDLE_FILES = {"Manifest.json"}
+
+
 def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, or of a bundle directory (each file's relative path and content, sorted)."""
+    """SHA-256 of a file, or of a bundle directory (each file's relative path and content, sorted, except the
+    ``UNHASHED_BUNDLE_FILES``)."""
     path = Path(path)
     if not path.is_dir():
         h = hashlib.sha256()
@@ -42,7 +48,7 @@ def sha256_of(path: Path) -> str:
                 h.update(chunk)
         return h.hexdigest()
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name not in UNHASHED_BUNDLE_FILES):
         h.update(p.relative_to(path).as_posix().encode() + b"\0" + bytes.fromhex(sha256_of(p)))
     return h.hexdigest()
 

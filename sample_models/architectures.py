@@ -28,9 +28,11 @@ def _fire(x, squeeze: int, expand: int, name: str):
     """SqueezeNet fire module: a 1x1 squeeze, then 1x1 and 3x3 expands concatenated on channels."""
     from keras import layers
 
-    s = layers.Conv2D(squeeze, 1, activation="relu", name=f"{name}_squeeze1x1")(x)
-    e1 = layers.Conv2D(expand, 1, activation="relu", name=f"{name}_expand1x1")(s)
-    e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", name=f"{name}_expand3x3")(s)
+    init = "he_normal"  # ReLU everywhere: He initialisation keeps activations alive from the first step
+    s = layers.Conv2D(squeeze, 1, activation="relu", kernel_initializer=init, name=f"{name}_squeeze1x1")(x)
+    e1 = layers.Conv2D(expand, 1, activation="relu", kernel_initializer=init, name=f"{name}_expand1x1")(s)
+    e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", kernel_initializer=init,
+                       name=f"{name}_expand3x3")(s)
     return layers.Concatenate(axis=-1, name=f"{name}_concat")([e1, e3])
 
 
@@ -44,7 +46,7 @@ def squeezenet_1_1(input_size: int, classes: int, dropout: float = 0.5):
 
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = layers.Conv2D(64, 3, strides=2, activation="relu", name="conv1")(x)
+    x = layers.Conv2D(64, 3, strides=2, activation="relu", kernel_initializer="he_normal", name="conv1")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     x = _fire(x, 16, 64, "fire2")
     x = _fire(x, 16, 64, "fire3")
@@ -57,7 +59,11 @@ def squeezenet_1_1(input_size: int, classes: int, dropout: float = 0.5):
     x = _fire(x, 64, 256, "fire8")
     x = _fire(x, 64, 256, "fire9")
     x = layers.Dropout(dropout, name="drop9")(x)
-    x = layers.Conv2D(classes, 1, activation="relu", name="conv10")(x)
+    # As in the paper: the final 1x1 conv starts at N(0, 0.01) and a small positive bias, so its ReLU does not start
+    # dead (with all class maps at zero the softmax is uniform and no gradient flows back).
+    x = layers.Conv2D(classes, 1, activation="relu", name="conv10",
+                      kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
+                      bias_initializer=keras.initializers.Constant(0.1))(x)
     x = layers.GlobalAveragePooling2D(name="pool10")(x)
     outputs = layers.Softmax(name="probabilities")(x)
     return keras.Model(inputs, outputs, name="squeezenet_1_1")

@@ -1,0 +1,113 @@
+"""End-to-end export of every sample model: every variant written, readable on Linux, and carrying its image input,
+labels, metadata and quantization; ONNX files checked and compared with Keras on the held-out images."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SAMPLE_NAMES, sample
+
+from exporter.images import iter_batches, list_images
+from exporter.loading import load_model
+from exporter.preprocessing import Preprocessing
+from exporter.runtime.coreml_spec import class_labels, image_preprocessing, load_spec, op_counts
+from exporter.validation.parity import validate
+from exporter.validation.tolerances import FP32_MAX_ABS_PROB, QUANTIZED_MIN_TOP1
+
+pytestmark = pytest.mark.slow
+COMPRESSION_OPS = {"int8": "constexpr_affine_dequantize", "palette8": "constexpr_lut_to_dense",
+                   "palette6": "constexpr_lut_to_dense", "palette4": "constexpr_lut_to_dense"}
+EXPECTED_TARGETS = {"fp32": "iOS15", "fp16": "iOS15", "int8": "iOS16", "palette8": "iOS16", "palette6": "iOS16",
+                    "palette4": "iOS18"}
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(exports, name):
+    out, manifest = exports(name)
+    labels = sample(name)["labels"].read_text().splitlines()
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    coreml = [a for a in manifest["artifacts"] if a["format"] in ("mlpackage", "mlmodel")]
+    assert {(a["format"], a["variant"]) for a in coreml} == {
+        ("mlpackage", v) for v in EXPECTED_TARGETS} | {("mlmodel", v) for v in ("fp32", "fp16", "int8")}
+    assert [s["variant"] for s in manifest["skipped"]] == ["w8a8"]  # Linux: says why, never pretends
+    for a in coreml:
+        spec = load_spec(out / a["path"])
+        image = spec.description.input[0].type.imageType
+        assert (image.height, image.width) == pre.input_size
+        assert class_labels(spec) == labels
+        assert spec.description.predictedFeatureName == "classLabel"
+        meta = spec.description.metadata.userDefined
+        assert meta["com.apple.coreml.model.preview.type"] == "imageClassifier"
+        assert meta["exporter.source_sha256"] == manifest["source"]["sha256"]
+        assert Preprocessing.from_dict(__import__("json").loads(meta["exporter.preprocessing"])) == pre
+        scale, bias = image_preprocessing(spec)
+        if pre.uniform_scale:  # exact scale and bias in the image input
+            np.testing.assert_allclose(scale, pre.scale, rtol=1e-6)
+            np.testing.assert_allclose(bias, pre.bias, rtol=1e-6, atol=1e-7)
+        else:  # image input subtracts the mean; an added multiply applies 1/std per channel
+            assert scale == [1.0] * 3
+            np.testing.assert_allclose(bias, [b / s for s, b in zip(pre.scale, pre.bias)], rtol=1e-6)
+        counts = op_counts(spec)
+        if a["format"] == "mlpackage":
+            assert a["minimum_deployment_target"] == EXPECTED_TARGETS[a["variant"]]
+            if a["variant"] in COMPRESSION_OPS:  # every conv and dense kernel compressed, depthwise ones included
+                assert counts[COMPRESSION_OPS[a["variant"]]] == counts["conv"] + counts["linear"] > 0
+                assert a["details"]["uncompressed_weights"] == []
+
+
+def test_mobilenet_v2_sizes(exports):
+    _, manifest = exports("mobilenet_v2_digits")
+    ratio = {(a["format"], a["variant"]): a["ratio_to_fp32"] for a in manifest["artifacts"]}
+    assert ratio[("mlpackage", "int8")] <= 0.27
+    assert ratio[("mlpackage", "palette4")] <= 0.15
+    assert ratio[("mlpackage", "fp16")] <= 0.55
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_onnx_variants_check_run_on_raw_pixels_and_match_keras(exports, name):
+    out, manifest = exports(name)
+    s = sample(name)
+    onnx_arts = {a["variant"]: a for a in manifest["artifacts"] if a["format"] == "onnx"}
+    assert set(onnx_arts) == {"fp32", "fp16", "int8-dynamic", "int8-static"}
+    import onnxruntime as ort
+
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    labels = manifest["labels"]
+    items = list_images(s["heldout"])[:16]
+    _, pixels = next(iter_batches(items, pre, 16))
+    for a in onnx_arts.values():
+        model = onnx.load(out / a["path"])
+        onnx.checker.check_model(model, full_check=True)
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["Image.BitmapPixelFormat"] == "Rgb8" and meta["exporter.source_sha256"]
+        session = ort.InferenceSession(str(out / a["path"]), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(uint8)"
+        probs, top = session.run(["probabilities", "label"], {"image": pixels})
+        assert probs.dtype == np.float32 and probs.shape == (16, len(labels))
+        assert list(top) == [labels[i] for i in probs.argmax(1)]
+    report = validate(out, s["heldout"])
+    by_variant = {r["variant"]: r for r in report["artifacts"] if r["format"] == "onnx"}
+    assert by_variant["fp32"]["max_abs_prob"] <= FP32_MAX_ABS_PROB
+    assert by_variant["int8-static"]["top1_agreement"] >= QUANTIZED_MIN_TOP1
+    # The check can fail: Keras outputs on these images are far from uniform (a trained model).
+    keras_probs = load_model(s["model"]).model(pre.normalize(pixels)).numpy()
+    assert keras_probs.max(1).mean() > 0.5
+
+
+def test_cli_and_api_write_equivalent_files(tmp_path):
+    from exporter.api import ExportOptions, export
+
+    s = sample("squeezenet_digits")
+    variants = ["fp32", "int8", "int8-dynamic"]
+    api_manifest = export(s["model"], s["labels"], tmp_path / "api", preprocessing=None,
+                          options=ExportOptions(formats=("mlpackage", "onnx"), variants=tuple(variants)))
+    cli = subprocess.run([sys.executable, "-m", "exporter", "convert", str(s["model"]), "--labels", str(s["labels"]),
+                          "--out", str(tmp_path / "cli"), "--formats", "mlpackage", "onnx", "--variants", *variants,
+                          "--json"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    cli_manifest = __import__("json").loads(cli.stdout)
+    strip = lambda m: [(a["path"], a["variant"], a["bytes"], a["sha256"]) for a in m["artifacts"]]  # noqa: E731
+    assert strip(api_manifest) == strip(cli_manifest)
+    assert api_manifest["preprocessing"] == cli_manifest["preprocessing"]
