@@ -1,0 +1,11 @@
+"""Xcode integration: golden parity files for on-device tests, and a ready-to-add Swift package per Core ML model.
+
+``write_golden`` writes held-out images (as the model sees them), the contract, the labels, the Keras probabilities
+and the gates into a folder Swift reads (format: ios_harness/GOLDEN_FORMAT.md). ``write_xcode_package`` writes a Swift
+package with the model, a typed classify API and an XCTest parity test over those golden files.
+"""
+
+from .golden import write_golden
+from .package import write_xcode_package
+
+__all__ = ["write_golden", "write_xcode_package"]
