@@ -46,6 +46,8 @@ class ExportOptions:
     license: str = ""
     version: str = ""
     description: str = ""
+    quantize: str = "all"  # "all": every selected variant; "auto": per format, the smallest that passes the gates
+    validation_images: Path | None = None  # held-out images for quantize="auto"
     selected: tuple[Variant, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +57,10 @@ class ExportOptions:
             raise ConfigError("no variant selected: the chosen formats have none of the chosen variants")
         if not 7 <= self.opset <= 21:
             raise ConfigError(f"opset must be between 7 and 21, got {self.opset}")
+        if self.quantize not in ("all", "auto"):
+            raise ConfigError(f"quantize must be 'all' or 'auto', got {self.quantize!r}")
+        if self.quantize == "auto" and self.validation_images is None:
+            raise ConfigError("quantize='auto' needs validation images (--images FOLDER) to judge each variant")
         if self.calibration_count < 1:
             raise ConfigError(f"calibration_count must be at least 1, got {self.calibration_count}")
 
@@ -152,6 +158,8 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
     from .loading import load_model
 
     options = options or ExportOptions()
+    if options.quantize == "auto":
+        return _export_auto(model_path, labels, out, preprocessing=preprocessing, options=options, progress=progress)
     say = progress or (lambda _msg: None)
     model_path = Path(model_path)
     loaded = load_model(model_path, trust_code=options.trust_code)
@@ -242,3 +250,54 @@ def validate(export_dir, images, **kwargs) -> dict:
     from .validation.parity import validate as _validate
 
     return _validate(export_dir, images, **kwargs)
+
+
+def _export_auto(model_path, labels, out, *, preprocessing, options: ExportOptions, progress) -> dict:
+    """Export every candidate to a scratch folder, validate them all, keep per format the smallest that passes."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from .errors import ParityError
+    from .packaging import atomic_directory, write_json
+
+    out = Path(out)
+    if out.exists() and not options.overwrite:
+        from .errors import DestinationError
+
+        raise DestinationError("destination already exists", path=out,
+                               hint="choose another --out, or pass --overwrite to replace it")
+    scratch_parent = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.absolute().parent))
+    try:
+        everything = dataclasses.replace(options, quantize="all", overwrite=False,
+                                         calibration_images=options.calibration_images or options.validation_images)
+        full = export(model_path, labels, scratch_parent / "all", preprocessing=preprocessing, options=everything,
+                      progress=progress)
+        try:
+            report = validate(scratch_parent / "all", options.validation_images, trust_code=options.trust_code)
+        except ParityError as exc:
+            report = exc.report
+        by_path = {r["path"]: r for r in report["artifacts"]}
+        selection, keep = {}, []
+        for fmt in dict.fromkeys(a["format"] for a in full["artifacts"]):
+            tried = sorted((a for a in full["artifacts"] if a["format"] == fmt), key=lambda a: a["bytes"])
+            rows = [{"variant": a["variant"], "bytes": a["bytes"], "status": by_path[a["path"]]["status"],
+                     "failures": by_path[a["path"]]["failures"], "reason": by_path[a["path"]]["reason"]}
+                    for a in tried]
+            picked = next((a for a in tried if by_path[a["path"]]["status"] == "passed"), None)
+            selection[fmt] = {"picked": picked["variant"] if picked else None, "tried": rows}
+            if picked:
+                keep.append(picked)
+        if not keep:
+            raise ParityError("--quantize auto: no variant of any format passed its gates (or could be run here)",
+                              path=out).with_report(report)
+        with atomic_directory(out, overwrite=options.overwrite) as stage:
+            for a in keep:
+                src = scratch_parent / "all" / a["path"]
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, stage / a["path"])
+            manifest = {**full, "artifacts": keep, "auto_selection": selection}
+            write_json(stage / "manifest.json", manifest)
+            write_json(stage / "parity.json", report)
+        return manifest
+    finally:
+        shutil.rmtree(scratch_parent, ignore_errors=True)

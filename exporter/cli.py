@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from .report import terminal
 from .variants import FORMATS, VARIANTS
 
 INTERNAL_ERROR = 70
@@ -42,47 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--license", default="")
     c.add_argument("--model-version", default="")
     c.add_argument("--description", default="")
+    c.add_argument("--quantize", choices=("all", "auto"), default="all",
+                   help="auto: per format keep only the smallest variant that passes the parity gates on --images")
+    c.add_argument("--images", type=Path, help="held-out images for --quantize auto")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     v = sub.add_parser("validate", help="check every artifact of an export against the Keras model on images")
     v.add_argument("export_dir")
     v.add_argument("--images", required=True, help="folder of held-out images (labels from sub-folder names)")
     v.add_argument("--model", help="the Keras model (default: the path recorded in manifest.json)")
-    v.add_argument("--json", type=Path, help="write the report as JSON to this file")
+    v.add_argument("--json", type=Path, help="write the report as JSON to this file (schema: exporter/report/SCHEMA.md)")
+    v.add_argument("--html", type=Path, help="write a self-contained HTML report with plots to this file")
+    v.add_argument("--gate", action="append", default=[], metavar="VARIANT:max_abs_prob=X,min_top1=Y",
+                   help="override a variant's default gate (repeatable)")
     v.add_argument("--batch-size", type=int, default=32)
     v.add_argument("--trust-code", action="store_true")
     return p
-
-
-def _size_table(manifest: dict) -> str:
-    rows = [("artifact", "bytes", "vs fp32", "limit", "target")]
-    for a in manifest["artifacts"]:
-        ratio = "" if a["ratio_to_fp32"] is None else f"{a['ratio_to_fp32']:.3f}"
-        rows.append((a["path"], f"{a['bytes']:,}", ratio, f"{a['details']['theoretical_ratio']:.3f}",
-                     a["minimum_deployment_target"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths,
-                                                                                                   strict=True)))
-             for r in rows]
-    for s in manifest["skipped"]:
-        lines.append(f"skipped {s['format']}:{s['variant']}: {s['reason']}")
-    return "\n".join(lines)
-
-
-def _parity_table(report: dict) -> str:
-    rows = [("artifact", "status", "top-1 agree", "max |dp|", "mean |dp|", "accuracy")]
-    for a in report["artifacts"]:
-        if a["status"] == "not run":
-            rows.append((a["path"], "NOT RUN", "", "", "", a["reason"]))
-            continue
-        acc = "" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
-        rows.append((a["path"], a["status"], f"{a['top1_agreement']:.4f}", f"{a['max_abs_prob']:.2e}",
-                     f"{a['mean_abs_prob']:.2e}", acc))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
-    if report.get("keras_accuracy") is not None:
-        out.append(f"Keras accuracy on {report['images']} images: {report['keras_accuracy']:.4f}")
-    return "\n".join(out)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -98,26 +74,35 @@ def run(argv: list[str] | None = None) -> int:
             variants=tuple(args.variants) if args.variants else None, calibration_images=args.calibration_images,
             calibration_count=args.calibration_count, opset=args.opset, onnx_raw_input=not args.float_input,
             overwrite=args.overwrite, trust_code=args.trust_code, name=args.name, author=args.author,
-            license=args.license, version=args.model_version, description=args.description)
+            license=args.license, version=args.model_version, description=args.description,
+            quantize=args.quantize, validation_images=args.images)
         manifest = api.export(args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options,
                               progress=lambda line: print(line, file=sys.stderr))
-        print(json.dumps(manifest, indent=2) if args.json else _size_table(manifest))
+        print(json.dumps(manifest, indent=2) if args.json else terminal.size_table(manifest))
         return 0
     from .errors import ParityError
+    from .validation.tolerances import parse_gate
 
+    gates = dict(parse_gate(g) for g in args.gate)
     try:
         report = api.validate(args.export_dir, args.images, model_path=args.model, batch_size=args.batch_size,
-                              trust_code=args.trust_code, progress=sys.stderr.isatty())
+                              trust_code=args.trust_code, gates=gates, progress=sys.stderr.isatty())
     except ParityError as exc:
         if exc.report is not None:
-            print(_parity_table(exc.report))
-            if args.json:
-                args.json.write_text(json.dumps(exc.report, indent=2) + "\n")
+            _write_reports(exc.report, args)
         raise
-    print(_parity_table(report))
+    _write_reports(report, args)
+    return 0
+
+
+def _write_reports(report: dict, args) -> None:
+    print(terminal.parity_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    if args.html:
+        from .report import html
+
+        html.write(report, args.html)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 # fp32 artifacts compute the same float32 arithmetic in another order (fused batch norm, other conv kernels). Softmax
 # outputs in [0, 1] then differ by a few ulps of 1.0 (1.2e-7 each) accumulated over the network; 1e-5 leaves room
 # for that and still catches any real error (a wrong bias moves probabilities by 1e-2 or more).
@@ -23,6 +25,15 @@ class Gate:
     max_abs_prob: float | None = None
     min_top1: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_abs_prob is not None and not 0.0 <= self.max_abs_prob <= 1.0:
+            raise ConfigError(f"gate max_abs_prob must be between 0 and 1, got {self.max_abs_prob}")
+        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
+            raise ConfigError(f"gate min_top1 must be between 0 and 1, got {self.min_top1}")
+
+    def to_dict(self) -> dict:
+        return {"max_abs_prob": self.max_abs_prob, "min_top1": self.min_top1}
+
     def failures(self, max_abs: float, top1: float) -> list[str]:
         out = []
         if self.max_abs_prob is not None and not max_abs <= self.max_abs_prob:
@@ -40,3 +51,23 @@ def default_gate(variant: str) -> Gate:
     if variant in ("palette4", "palette6"):
         return Gate(min_top1=LOW_BIT_MIN_TOP1)
     return Gate(min_top1=QUANTIZED_MIN_TOP1)
+
+
+
+def parse_gate(text: str) -> tuple[str, Gate]:
+    """``VARIANT:max_abs_prob=1e-4,min_top1=0.95`` (either key may be left out) -> (variant, Gate)."""
+    variant, sep, rest = text.partition(":")
+    if not sep or not variant:
+        raise ConfigError(f"gate must look like VARIANT:max_abs_prob=X,min_top1=Y, got {text!r}")
+    values: dict[str, float] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if key not in ("max_abs_prob", "min_top1") or not eq:
+            raise ConfigError(f"gate {text!r}: keys are max_abs_prob and min_top1, got {part!r}")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"gate {text!r}: {key} must be a number, got {value!r}") from None
+    if not values:
+        raise ConfigError(f"gate {text!r} sets no limit")
+    return variant, Gate(**values)

@@ -1,0 +1,43 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+
+def _table(rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            .rstrip() for r in rows]
+
+
+def size_table(manifest: dict) -> str:
+    rows = [("artifact", "bytes", "vs fp32", "limit", "target")]
+    for a in manifest["artifacts"]:
+        ratio = "" if a["ratio_to_fp32"] is None else f"{a['ratio_to_fp32']:.3f}"
+        rows.append((a["path"], f"{a['bytes']:,}", ratio, f"{a['details']['theoretical_ratio']:.3f}",
+                     a["minimum_deployment_target"]))
+    lines = _table(rows, right={1, 2, 3, 4})
+    lines += [f"skipped {s['format']}:{s['variant']}: {s['reason']}" for s in manifest.get("skipped", [])]
+    if manifest.get("auto_selection"):
+        for fmt, sel in manifest["auto_selection"].items():
+            lines.append(f"--quantize auto picked {fmt}:{sel['picked']} (tried {', '.join(t['variant'] for t in sel['tried'])})")
+    return "\n".join(lines)
+
+
+def parity_table(report: dict) -> str:
+    rows = [("artifact", "status", "top-1", "top-5", "max |dp|", "mean |dp|", "KL", "accuracy", "failures")]
+    for a in report["artifacts"]:
+        if a["status"] == "not run":
+            rows.append((a["path"], "NOT RUN", "", "", "", "", "", "", a["reason"]))
+            continue
+        lab = a.get("against_labels")
+        acc = "" if not lab else f"{lab['accuracy']:.4f} ({lab['accuracy_change']:+.4f})"
+        rows.append((a["path"], a["status"].upper() if a["status"] == "failed" else a["status"],
+                     f"{a['top1_agreement']:.4f}", f"{a['top5_overlap']:.4f}", f"{a['max_abs_prob']:.2e}",
+                     f"{a['mean_abs_prob']:.2e}", f"{a['mean_kl']:.2e}", acc, "; ".join(a["failures"])))
+    lines = _table(rows)
+    keras = (report.get("keras") or {}).get("against_labels")
+    if keras:
+        lines.append(f"Keras accuracy {keras['accuracy']:.4f} on {keras['images']} labelled of {report['images']} images")
+    if report.get("not_run"):
+        lines.append(f"{len(report['not_run'])} artifact(s) NOT RUN: their parity is unchecked here")
+    return "\n".join(lines)
