@@ -25,9 +25,10 @@ class OnnxRunner:
     """onnxruntime on the exported file, fed raw pixels (the graph does its own preprocessing) or, for a float-input
     export, the contract's preprocessing."""
 
-    def __init__(self, path: Path, pre: Preprocessing):
+    def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None):
         import onnxruntime as ort
 
+        self.order = None if labels is None else _label_order(embedded_onnx_labels(path), labels)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -41,8 +42,36 @@ class OnnxRunner:
             feed = pixels[..., ::-1]  # the graph takes RGB and reorders itself
         elif not self.raw:
             feed = self.pre.normalize(pixels)
-        probs = self.session.run(["probabilities"], {self.name: np.ascontiguousarray(feed)})[0]
-        return np.asarray(probs, dtype=np.float32)
+        probs = np.asarray(self.session.run(["probabilities"], {self.name: np.ascontiguousarray(feed)})[0], np.float32)
+        return probs if self.order is None else _reorder(probs, self.order)
+
+
+def embedded_onnx_labels(path: Path) -> list[str]:
+    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    for init in model.graph.initializer:
+        if init.name == "exporter_labels":
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]
+    raise ConfigError(f"{path}: ONNX file has no embedded labels (exporter_labels); was it written by exporter?")
+
+
+def _label_order(embedded: list[str], expected: list[str]) -> list[int | None]:
+    """For each expected label, the column of the artifact's output that the artifact itself calls by that name
+    (None when the artifact has no such label). Probabilities are compared by name, so a file whose labels were
+    shuffled disagrees with Keras instead of passing by position."""
+    where = {name: i for i, name in enumerate(embedded)}
+    return [where.get(name) for name in expected]
+
+
+def _reorder(probs: np.ndarray, order: list[int | None]) -> np.ndarray:
+    out = np.zeros((probs.shape[0], len(order)), np.float32)
+    for j, i in enumerate(order):
+        if i is not None:
+            out[:, j] = probs[:, i]
+    return out
 
 
 class CoreMLRunner:

@@ -24,7 +24,7 @@ def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
     from ..runtime import CoreMLRunner, OnnxRunner
 
     if art["format"] == "onnx":
-        return OnnxRunner(root / art["path"], pre), ""
+        return OnnxRunner(root / art["path"], pre, labels), ""
     if platform.system() == "Darwin":
         return CoreMLRunner(root / art["path"], pre, labels), ""
     return None, "Core ML predictions need macOS; the Linux Core ML executor is not built yet"

@@ -192,7 +192,7 @@ public struct GoldenFile: Codable, Equatable {
             }
             let sum = row.reduce(0, +)
             if abs(sum - 1) > GoldenFile.probabilitySumTolerance {
-                problems.append("\(image.file): probabilities sum to \(sum), not 1")
+                problems.append("\(image.file): probabilities sum to \(String(format: "%.6g", sum)), not 1")
             }
             let top = Parity.argmax(row)
             if top != image.kerasTopIndex {
