@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -48,7 +48,7 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
             np.testing.assert_allclose(bias, pre.bias, rtol=1e-6, atol=1e-7)
         else:  # image input subtracts the mean; an added multiply applies 1/std per channel
             assert scale == [1.0] * 3
-            np.testing.assert_allclose(bias, [b / s for s, b in zip(pre.scale, pre.bias)], rtol=1e-6)
+            np.testing.assert_allclose(bias, [b / s for s, b in zip(pre.scale, pre.bias, strict=True)], rtol=1e-6)
         counts = op_counts(spec)
         if a["format"] == "mlpackage":
             assert a["minimum_deployment_target"] == EXPECTED_TARGETS[a["variant"]]
