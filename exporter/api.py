@@ -212,7 +212,8 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
                 mlmodel.save(str(path))
                 target = _target_of(mlmodel)
                 if v.weight_bits < 16:
-                    details["uncompressed_weights"] = uncompressed_weights(mlmodel)
+                    palette = v.weight_bits if v.name.startswith("palette") else None
+                    details["uncompressed_weights"] = uncompressed_weights(mlmodel, palette)
             else:
                 import onnx
 

@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a variant's default gate (repeatable)")
     v.add_argument("--batch-size", type=int, default=32)
     v.add_argument("--trust-code", action="store_true")
+
+    from .xcode import cli as xcode_cli
+
+    xcode_cli.add_parser(sub)
     return p
 
 
@@ -66,6 +70,10 @@ def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not args.debug:
         logging.getLogger().setLevel(logging.ERROR)
+    if args.command == "xcode":
+        from .xcode import cli as xcode_cli
+
+        return xcode_cli.run(args)
     from . import api
 
     if args.command == "convert":

@@ -74,3 +74,8 @@ class ParityError(ExporterError):
     def with_report(self, report: dict) -> ParityError:
         self.report = report
         return self
+
+
+class UnsupportedOperationError(ConversionError):
+    """A Core ML file holds an operation, layer or data type that the reference executor does not implement; it
+    refuses to run rather than give an answer it cannot vouch for."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -40,24 +41,59 @@ def compress(mlmodel, spec: CompressionSpec):
     """Return a new MLModel with compressed weights; ``mlmodel`` is not modified."""
     import coremltools.optimize.coreml as cto
 
+    per_const = {}
     if spec.kind == "linear":
         op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                                 weight_threshold=MIN_WEIGHT_ELEMENTS)
         fn = cto.linear_quantize_weights
+    elif spec.grouped:
+        def grouped(size: int):
+            return cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", granularity="per_grouped_channel",
+                                          group_size=size, weight_threshold=MIN_WEIGHT_ELEMENTS)
+
+        op_config = grouped(PALETTE_GROUP_SIZE)
+        # Groups must divide the output channels; a layer with 24 or 56 channels gets groups of 8 instead of
+        # being left in float.
+        for name, channels in _weight_output_channels(mlmodel).items():
+            if channels % PALETTE_GROUP_SIZE:
+                per_const[name] = grouped(math.gcd(channels, PALETTE_GROUP_SIZE))
+        fn = cto.palettize_weights
     else:
-        extra = dict(granularity="per_grouped_channel", group_size=PALETTE_GROUP_SIZE) if spec.grouped else dict(
-            granularity="per_tensor")
-        op_config = cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", weight_threshold=MIN_WEIGHT_ELEMENTS,
-                                           **extra)
+        op_config = cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", granularity="per_tensor",
+                                           weight_threshold=MIN_WEIGHT_ELEMENTS)
         fn = cto.palettize_weights
     try:
         with warnings.catch_warnings():
             # k-means on a small kernel finds fewer distinct values than table entries: harmless, entries repeat.
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            return fn(mlmodel, cto.OptimizationConfig(global_config=op_config))
+            return fn(mlmodel, cto.OptimizationConfig(global_config=op_config, op_name_configs=per_const or None))
     except Exception as exc:
         raise ConversionError(f"{spec.kind} {spec.nbits}-bit compression failed: {str(exc).splitlines()[0][:300]}"
                               ) from None
+
+
+def _float_weights(mlmodel):
+    """(consuming op, const op, value, output channels) for every conv/linear/matmul weight still stored as a plain
+    constant. conv and linear keep output channels on axis 0; a matmul's constant ``y`` on its last axis (axis 0
+    when ``transpose_y``), which is the axis coremltools groups on."""
+    prog = getattr(mlmodel, "_mil_program", None)
+    for op in (prog.functions["main"].operations if prog is not None else []):
+        if op.op_type in ("conv", "linear", "conv_transpose"):
+            names, axis = ["weight"], 0
+        elif op.op_type == "matmul":
+            transposed = op.inputs.get("transpose_y")
+            names, axis = ["y"], 0 if (transposed is not None and transposed.val) else -1
+        else:
+            continue
+        for name in names:
+            var = op.inputs.get(name)
+            producer = getattr(var, "op", None)
+            if producer is not None and producer.op_type == "const" and var.val is not None and var.val.ndim >= 2:
+                yield op, producer, var.val, int(var.val.shape[axis])
+
+
+def _weight_output_channels(mlmodel) -> dict[str, int]:
+    return {const.name: channels for _op, const, _val, channels in _float_weights(mlmodel)}
 
 
 def neuralnetwork_weights(mlmodel, nbits: int):
@@ -76,32 +112,27 @@ def neuralnetwork_weights(mlmodel, nbits: int):
                               ) from None
 
 
-def uncompressed_weights(mlmodel, min_elements: int = 64) -> list[dict]:
-    """Float constants of at least ``min_elements`` that feed a conv/linear/matmul as weight, left uncompressed."""
-    prog = getattr(mlmodel, "_mil_program", None)
-    if prog is None:
-        return []
+def uncompressed_weights(mlmodel, palette_bits: int | None = None) -> list[dict]:
+    """Every conv/linear/matmul weight still stored as a plain float constant after compression, and why."""
     left = []
-    for op in prog.functions["main"].operations:
-        if op.op_type not in ("conv", "linear", "matmul", "conv_transpose"):
-            continue
-        weight = op.inputs.get("weight") if hasattr(op, "inputs") else None
-        producer = getattr(weight, "op", None)
-        if producer is not None and producer.op_type == "const" and weight.val is not None \
-                and weight.val.size >= min_elements:
-            left.append({"op": op.name, "elements": int(weight.val.size),
-                         "reason": "kept in float by coremltools (below its size threshold or unsupported)"})
+    for op, _const, value, _channels in _float_weights(mlmodel):
+        size = int(value.size)
+        if palette_bits is not None and size <= 2 ** palette_bits:
+            reason = (f"{size} elements, no more than the {2 ** palette_bits} entries of a {palette_bits}-bit "
+                      "lookup table: palettizing would not make it smaller, so coremltools keeps it")
+        else:
+            reason = "kept in float by coremltools"
+        left.append({"op": op.name, "elements": size, "reason": reason})
     return left
 
 
 def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
     """int8 weights and int8 activations (iOS 17+), activation ranges calibrated on ``calibration`` (uint8 NHWC
     batches in the contract's channel order). coremltools calibrates by running the model, so this needs macOS."""
-    import numpy as np
-    from PIL import Image
-
     import coremltools.optimize.coreml as cto
+    import numpy as np
     from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig, linear_quantize_activations
+    from PIL import Image
 
     if not calibration:
         raise ConversionError("W8A8 needs calibration images")

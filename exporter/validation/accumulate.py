@@ -73,6 +73,8 @@ class ParityStats:
     def update(self, ref: np.ndarray, got: np.ndarray, paths: list[str], label_idx: np.ndarray,
                names: list[str]) -> None:
         diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+        # A NaN or infinite output is the largest possible disagreement, not a missing value that max() skips.
+        diff[~np.isfinite(diff)] = np.inf
         per_image = diff.max(axis=1)
         kl = kl_divergence(ref, got)
         top_ref, top_got = ref.argmax(1), got.argmax(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -36,6 +37,8 @@ class Gate:
 
     def failures(self, max_abs: float, top1: float) -> list[str]:
         out = []
+        if not math.isfinite(max_abs):
+            return ["non-finite probabilities (NaN or infinity)"]
         if self.max_abs_prob is not None and not max_abs <= self.max_abs_prob:
             out.append(f"max |dp| {max_abs:.3g} > {self.max_abs_prob:g}")
         if self.min_top1 is not None and not top1 >= self.min_top1:

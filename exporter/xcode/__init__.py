@@ -2,10 +2,20 @@
 
 ``write_golden`` writes held-out images (as the model sees them), the contract, the labels, the Keras probabilities
 and the gates into a folder Swift reads (format: ios_harness/GOLDEN_FORMAT.md). ``write_xcode_package`` writes a Swift
-package with the model, a typed classify API and an XCTest parity test over those golden files.
+package with the model, a typed classify API and an XCTest parity test over those golden files. Both are imported on
+first use, so ``exporter --help`` stays fast.
 """
 
-from .golden import write_golden
-from .package import write_xcode_package
-
 __all__ = ["write_golden", "write_xcode_package"]
+
+
+def __getattr__(name):
+    if name == "write_golden":
+        from .golden import write_golden
+
+        return write_golden
+    if name == "write_xcode_package":
+        from .package import write_xcode_package
+
+        return write_xcode_package
+    raise AttributeError(f"module 'exporter.xcode' has no attribute {name!r}")

@@ -47,10 +47,9 @@ def tolerances() -> dict[str, dict]:
 def choose_images(items: list[ImageItem], count: int | None) -> list[ImageItem]:
     """``count`` images (all when None), taken in turn from each label's sub-folder so every class is represented,
     each class in a seeded random order; returned sorted by path."""
+    check_count(count)
     if count is None or count >= len(items):
         return list(items)
-    if count < 1:
-        raise ConfigError(f"golden image count must be at least 1, got {count}")
     rng = np.random.default_rng(SELECTION_SEED)
     groups: dict[str | None, list[ImageItem]] = {}
     for item in items:
@@ -63,6 +62,11 @@ def choose_images(items: list[ImageItem], count: int | None) -> list[ImageItem]:
             if queue and len(chosen) < count:
                 chosen.append(queue.pop(0))
     return sorted(chosen, key=lambda it: it.path)
+
+
+def check_count(count: int | None) -> None:
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ConfigError(f"golden image count must be a whole number of at least 1 (or None for all), got {count!r}")
 
 
 def as_rgb(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
@@ -87,6 +91,7 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
     from ..runtime import KerasRunner
     from ..versions import library_versions
 
+    check_count(count)
     root = Path(export_dir)
     manifest = read_manifest(root)
     pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / "manifest.json"))

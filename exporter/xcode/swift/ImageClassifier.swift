@@ -208,7 +208,7 @@ public final class ImageClassifier {
     }
 
     private func ordered(_ byLabel: [String: Double], route: String) throws -> [Double] {
-        try labels.map { label in
+        try labels.map { label -> Double in
             guard let probability = byLabel[label] else {
                 throw Failure(file: name, problem: "\(route) returned no probability for label \(label)")
             }
