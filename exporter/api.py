@@ -209,7 +209,7 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
                 mlmodel = builder.build(v, calibration)
                 cm.describe(mlmodel, info)
                 mlmodel.user_defined_metadata["exporter.variant"] = v.key
-                mlmodel.save(str(path))
+                cm.save(mlmodel, path)
                 target = _target_of(mlmodel)
                 if v.weight_bits < 16:
                     palette = v.weight_bits if v.name.startswith("palette") else None

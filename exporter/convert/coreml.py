@@ -109,3 +109,18 @@ def describe(mlmodel, info: ModelInfo) -> None:
         mlmodel.user_defined_metadata[key] = value
 
 
+
+
+def save(mlmodel, path) -> None:
+    """Save, then rewrite the protobuf with deterministic map order: protobuf serialises the user-defined metadata
+    map in arbitrary order, so two identical exports would otherwise differ byte for byte (and by SHA-256)."""
+    from pathlib import Path
+
+    from coremltools.proto import Model_pb2
+
+    path = Path(path)
+    mlmodel.save(str(path))
+    spec_file = path / "Data" / "com.apple.CoreML" / "model.mlmodel" if path.is_dir() else path
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    spec_file.write_bytes(spec.SerializeToString(deterministic=True))

@@ -34,7 +34,7 @@ def _figure(*args, **kw):
 def _agreement_and_size(report: dict) -> str:
     run = [a for a in report["artifacts"] if a["status"] != "not run"]
     allart = report["artifacts"]
-    fig, (ax1, ax2) = _figure(1, 2, figsize=(12, max(3, 0.35 * len(allart) + 1)))
+    fig, (ax1, ax2) = _figure(2, 1, figsize=(9, max(4, 0.6 * len(allart) + 2)))
     names = [a["path"] for a in run]
     colours = ["#c0392b" if a["status"] == "failed" else "#27ae60" for a in run]
     ax1.barh(names, [a["top1_agreement"] for a in run], color=colours)
