@@ -116,7 +116,7 @@ class _CoreMLBuilder:
         raise ConfigError(f"no Core ML builder for variant {v.key}")
 
 
-def _onnx_variant(core, v: Variant, calibration: list[np.ndarray], pre: Preprocessing):
+def _onnx_variant(core, v: Variant, calibration: list[np.ndarray], pre: Preprocessing, details: dict):
     from .quantize import onnx as q
 
     if v.name == "fp32":
@@ -126,7 +126,7 @@ def _onnx_variant(core, v: Variant, calibration: list[np.ndarray], pre: Preproce
     if v.name == "int8-dynamic":
         return q.to_int8_dynamic(core)
     if v.name == "int8-static":
-        return q.to_int8_static(core, [pre.normalize(b) for b in calibration])
+        return q.to_int8_static(core, [pre.normalize(b) for b in calibration], details)
     raise ConfigError(f"no ONNX builder for variant {v.key}")
 
 
@@ -221,7 +221,7 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
 
                 if core is None:
                     core = ox.convert_core(loaded.model, pre, opset=options.opset, source=str(model_path))
-                body = _onnx_variant(core, v, calibration, pre)
+                body = _onnx_variant(core, v, calibration, pre, details)
                 final = ox.wrap(body, pre, label_list, {**ox.metadata_for(label_list, pre, meta),
                                                         "exporter.variant": v.key}, raw_input=options.onnx_raw_input)
                 ox.check(final, source=path.name)

@@ -42,7 +42,8 @@ SPECS = {
                               pre=dict(in_model=True, resize="stretch", interpolation="bilinear",
                                        notes="the model starts with Rescaling(1/255)"),
                               build=lambda s, c: arch.squeezenet_1_1(s, c)),
-    "transfer_photos": dict(task="photos", size=64, epochs=(15, 20), lr=(1e-3, 1e-4), pre=None, build=None),
+    "transfer_photos": dict(task="photos", size=64, epochs=(20, 30), lr=(1e-3, 2e-4), pre=None, build=None,
+                            unfreeze_from="conv_dw_8", crops=4000),
 }
 
 
@@ -197,7 +198,7 @@ def train_transfer() -> dict:
     name, spec = "transfer_photos", SPECS["transfer_photos"]
     size = spec["size"]
     _seed()
-    raw_x, y = photos_crops(None, 2500, data.SEED + 3, size)
+    raw_x, y = photos_crops(None, spec["crops"], data.SEED + 3, size)
     raw_val, y_val = photos_crops(None, 500, data.SEED + 4, size)
     mean = raw_x.reshape(-1, 3).mean(axis=0)
     std = raw_x.reshape(-1, 3).std(axis=0)
@@ -219,7 +220,7 @@ def train_transfer() -> dict:
     model, val1 = fit_best(model, name, raw_x, y, raw_val, y_val, pre, "photos", spec["epochs"][0], spec["lr"][0])
     backbone = model.get_layer("digits_backbone")
     backbone.trainable = True
-    start = [layer.name for layer in backbone.layers].index("conv_dw_12")
+    start = [layer.name for layer in backbone.layers].index(spec["unfreeze_from"])
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
     tuned, val2 = fit_best(model, name, raw_x, y, raw_val, y_val, pre, "photos", spec["epochs"][1], spec["lr"][1],
@@ -227,7 +228,7 @@ def train_transfer() -> dict:
     final = tuned if tuned is not None else model
     return save(name, final, build, pre, data.PHOTO_LABELS, "photos",
                 {"best_validation_accuracy": max(val1, val2), "frozen_stage_validation_accuracy": val1,
-                 "fine_tune_improved": tuned is not None, "fine_tuned_from_layer": "conv_dw_12",
+                 "fine_tune_improved": tuned is not None, "fine_tuned_from_layer": spec["unfreeze_from"],
                  "train_seconds": round(time.time() - t0, 1), "training_images": int(len(raw_x)),
                  "training_class_counts": np.bincount(y).tolist(), "validation_images": int(len(raw_val))})
 
