@@ -13,6 +13,7 @@ from exporter.images import iter_batches, list_images
 from exporter.loading import load_model
 from exporter.preprocessing import Preprocessing
 from exporter.runtime.coreml_spec import class_labels, image_preprocessing, load_spec, op_counts
+from exporter.errors import ParityError
 from exporter.validation.parity import validate
 from exporter.validation.tolerances import FP32_MAX_ABS_PROB, QUANTIZED_MIN_TOP1
 
@@ -101,10 +102,14 @@ def test_onnx_variants_check_run_on_raw_pixels_and_match_keras(exports, name):
         probs, top = session.run(["probabilities", "label"], {"image": pixels})
         assert probs.dtype == np.float32 and probs.shape == (16, len(labels))
         assert list(top) == [labels[i] for i in probs.argmax(1)]
-    report = validate(out, s["heldout"])
+    try:
+        report = validate(out, s["heldout"])
+    except ParityError as exc:  # a low-bit Core ML variant may fail its own gate; that is reported, not asserted here
+        report = exc.report
     by_variant = {r["variant"]: r for r in report["artifacts"] if r["format"] == "onnx"}
     assert by_variant["fp32"]["max_abs_prob"] <= FP32_MAX_ABS_PROB
     assert by_variant["int8-static"]["top1_agreement"] >= QUANTIZED_MIN_TOP1
+    assert by_variant["int8-static"]["status"] == by_variant["fp32"]["status"] == "passed"
     # The check can fail: Keras outputs on these images are far from uniform (a trained model).
     keras_probs = load_model(s["model"]).model(pre.normalize(pixels)).numpy()
     assert keras_probs.max(1).mean() > 0.5

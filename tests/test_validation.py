@@ -61,7 +61,7 @@ def _swap_channels(graph):
 
 
 def _shuffle_labels(graph):
-    labels = [v.decode() for v in next(numpy_helper.to_array(i) for i in graph.initializer
+    labels = [v.decode() if isinstance(v, bytes) else v for v in next(numpy_helper.to_array(i) for i in graph.initializer
                                        if i.name == "exporter_labels").tolist()]
     _replace_init(graph, "exporter_labels", np.array(labels[1:] + labels[:1], dtype=object))
 
