@@ -128,22 +128,87 @@ def uncompressed_weights(mlmodel, palette_bits: int | None = None) -> list[dict]
 
 def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
     """int8 weights and int8 activations (iOS 17+), activation ranges calibrated on ``calibration`` (uint8 NHWC
-    batches in the contract's channel order). coremltools calibrates by running the model, so this needs macOS."""
-    import coremltools.optimize.coreml as cto
-    import numpy as np
-    from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig, linear_quantize_activations
-    from PIL import Image
+    batches in the contract's channel order).
+
+    On macOS coremltools calibrates by running the model in Core ML. Elsewhere the ranges come from this project's
+    Core ML executor running the same saved program, and coremltools' own passes insert the quantize/dequantize pairs
+    from those ranges, so the file is what coremltools would write given the same statistics."""
+    import platform
 
     if not calibration:
         raise ConversionError("W8A8 needs calibration images")
-    samples = []
-    for batch in calibration:
-        for x in batch:
-            rgb = x[:, :, ::-1] if channel_order == "BGR" else x  # the image input takes RGB; Core ML reorders
-            samples.append({input_name: Image.fromarray(np.ascontiguousarray(rgb).squeeze())})
+    rgb_batches = [b[..., ::-1] if channel_order == "BGR" else b for b in calibration]  # image inputs take RGB
+    if platform.system() == "Darwin":
+        quantized = _w8a8_coremltools(mlmodel, rgb_batches, input_name)
+    else:
+        quantized = _insert_activation_quantization(mlmodel, activation_ranges(mlmodel, rgb_batches, input_name))
+    return compress(quantized, CompressionSpec("linear", 8))
+
+
+def _w8a8_coremltools(mlmodel, rgb_batches, input_name: str):
+    import numpy as np
+    from PIL import Image
+
+    import coremltools.optimize.coreml as cto
+    from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig, linear_quantize_activations
+
+    samples = [{input_name: Image.fromarray(np.ascontiguousarray(x).squeeze())} for b in rgb_batches for x in b]
     act = cto.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
     try:
-        quantized = linear_quantize_activations(mlmodel, act, samples)
+        return linear_quantize_activations(mlmodel, act, samples)
     except Exception as exc:
         raise ConversionError(f"W8A8 activation calibration failed: {str(exc).splitlines()[0][:300]}") from None
-    return compress(quantized, CompressionSpec("linear", 8))
+
+
+def activation_ranges(mlmodel, rgb_batches, input_name: str = "image") -> dict[str, dict[str, float]]:
+    """{tensor name: {"rmin", "rmax"}} over the calibration images, for the input and every op output, measured by
+    running the saved program in the project's Core ML executor (float32 compute)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..runtime.executor import CoreMLExecutor
+
+    stats: dict[str, dict[str, float]] = {input_name: {"rmin": 0.0, "rmax": 255.0}}
+
+    def observe(name: str, value) -> None:
+        if value.dtype.kind != "f" or value.size == 0:
+            return
+        lo, hi = float(np.min(value)), float(np.max(value))
+        seen = stats.setdefault(name, {"rmin": lo, "rmax": hi})
+        seen["rmin"], seen["rmax"] = min(seen["rmin"], lo), max(seen["rmax"], hi)
+
+    with tempfile.TemporaryDirectory(prefix="exporter-w8a8-") as tmp:
+        path = Path(tmp) / "base.mlpackage"
+        mlmodel.save(str(path))
+        executor = CoreMLExecutor(path)
+        for batch in rgb_batches:
+            executor.predict(batch, observe=observe)
+    return stats
+
+
+def _insert_activation_quantization(mlmodel, stats):
+    """coremltools' own activation-quantization passes (the ones ``linear_quantize_activations`` runs after its
+    calibration), fed with our ranges. These are coremltools-internal entry points, pinned by coremltools < 10 and
+    exercised by tests/test_executor.py's W8A8 parity test."""
+    import coremltools.optimize.coreml as cto
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.models import utils as model_utils
+    from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig
+
+    config = cto.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
+    passes = []
+    for name in ("compression::insert_prefix_quantize_dequantize_pair",
+                 "compression::insert_suffix_quantize_dequantize_pair"):
+        graph_pass = PASS_REGISTRY[name]
+        graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", stats)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    try:
+        return model_utils._apply_graph_pass(mlmodel, passes, spec_version=8, pymil_load_func=milproto.load,
+                                             skip_model_load=True)
+    except Exception as exc:
+        raise ConversionError(f"W8A8 activation quantization failed: {str(exc).splitlines()[0][:300]}") from None
