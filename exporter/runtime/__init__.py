@@ -74,6 +74,24 @@ def _reorder(probs: np.ndarray, order: list[int | None]) -> np.ndarray:
     return out
 
 
+class ExecutorRunner:
+    """The numpy Core ML executor (``runtime.executor``) on the saved file, on any platform. Pixels come in the
+    contract's channel order; the file's image input takes RGB and reorders itself, so BGR pixels are reversed
+    first. Probabilities are matched to ``labels`` by the names the file itself embeds."""
+
+    def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, compute: str = "fp32"):
+        from .executor import CoreMLExecutor
+
+        self.executor = CoreMLExecutor(path, compute=compute)
+        self.pre = pre
+        self.order = None if labels is None else _label_order(self.executor.labels, labels)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        rgb = pixels[..., ::-1] if self.pre.channel_order == "BGR" else pixels
+        probs = self.executor.predict(np.ascontiguousarray(rgb))
+        return probs if self.order is None else _reorder(probs, self.order)
+
+
 class CoreMLRunner:
     """Real Core ML through coremltools: macOS only."""
 

@@ -21,13 +21,13 @@ REPORT_SCHEMA_VERSION = 1
 
 
 def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
-    from ..runtime import CoreMLRunner, OnnxRunner
+    from ..runtime import CoreMLRunner, ExecutorRunner, OnnxRunner
 
     if art["format"] == "onnx":
         return OnnxRunner(root / art["path"], pre, labels), ""
     if platform.system() == "Darwin":
         return CoreMLRunner(root / art["path"], pre, labels), ""
-    return None, "Core ML predictions need macOS; the Linux Core ML executor is not built yet"
+    return ExecutorRunner(root / art["path"], pre, labels), ""  # Core ML itself predicts on macOS only
 
 
 def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Path | None = None,

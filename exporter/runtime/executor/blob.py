@@ -1,0 +1,117 @@
+"""The ML Program weight file (``weights/weight.bin``), decoded with numpy from its documented layout.
+
+MIL blob storage, version 2 (coremltools ``mlmodel/src/MILBlob/Blob/StorageFormat.hpp``), all little-endian:
+
+* a 64-byte ``storage_header``: ``uint32 count``, ``uint32 version`` (= 2), seven reserved ``uint64``;
+* per blob, 64-byte aligned, a 64-byte ``blob_metadata`` record: ``uint32 sentinel`` (``0xDEADBEEF``),
+  ``uint32 mil_dtype``, ``uint64 sizeInBytes``, ``uint64 offset`` (of the data, absolute), ``uint64
+  padding_size_in_bits`` (unused bits at the end of sub-byte data), four reserved ``uint64``; the data follows.
+
+A program's ``BlobFileValue`` names the file and the offset of the *metadata record*. Sub-byte types (uint1/2/3/4/6,
+int4) are packed without gaps, least significant bit first, the same way as packed immediate values.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ConversionError, UnsupportedOperationError
+
+HEADER_BYTES = 64  # sizeof(storage_header): the first metadata record cannot start before it
+METADATA_BYTES = 64  # sizeof(blob_metadata)
+METADATA_FORMAT = "<IIQQQ"  # sentinel, mil_dtype, sizeInBytes, offset, padding_size_in_bits (then reserved)
+SENTINEL = 0xDEADBEEF  # BlobMetadataSentinel: every metadata record starts with it
+STORAGE_VERSION = 2  # the only version the format defines for ML Program weights
+
+# BlobDataType (MILBlob/Blob/BlobDataType.hpp) -> (name, numpy dtype of the decoded values, bits per element).
+BLOB_TYPES: dict[int, tuple[str, str, int]] = {
+    1: ("fp16", "<f2", 16), 2: ("fp32", "<f4", 32), 3: ("uint8", "u1", 8), 4: ("int8", "i1", 8),
+    5: ("bf16", "<u2", 16), 6: ("int16", "<i2", 16), 7: ("uint16", "<u2", 16), 8: ("int4", "i1", 4),
+    9: ("uint1", "u1", 1), 10: ("uint2", "u1", 2), 11: ("uint4", "u1", 4), 12: ("uint3", "u1", 3),
+    13: ("uint6", "u1", 6), 14: ("int32", "<i4", 32), 15: ("uint32", "<u4", 32),
+    16: ("fp8e4m3fn", "u1", 8), 17: ("fp8e5m2", "u1", 8),
+}
+SUB_BYTE = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
+
+
+def unpack_bits(data, nbits: int, count: int, *, signed: bool = False, msb_first: bool = False) -> np.ndarray:
+    """``count`` integers of ``nbits`` bits packed back to back in ``data`` (bytes or uint8 array).
+
+    ML Program packs least significant bit first; NeuralNetwork's quantized weights pack most significant bit
+    first (``msb_first``). Signed values are two's complement. Returns int8 when ``signed``, else uint8."""
+    raw = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else np.asarray(data)
+    raw = raw.astype(np.uint8, copy=False).ravel()
+    if raw.size * 8 < count * nbits:
+        raise ConversionError(f"packed {nbits}-bit data holds {raw.size * 8 // nbits} values, {count} expected")
+    order = "big" if msb_first else "little"
+    bits = np.unpackbits(raw, bitorder=order)[: count * nbits].reshape(count, nbits).astype(np.int32)
+    weights = (1 << np.arange(nbits - 1, -1, -1)) if msb_first else (1 << np.arange(nbits))
+    values = bits @ weights
+    if signed:
+        values = np.where(values >= 1 << (nbits - 1), values - (1 << nbits), values)
+        return values.astype(np.int8)
+    return values.astype(np.uint8)
+
+
+def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+class WeightFile:
+    """One weight file, read once; ``read`` decodes the blob whose metadata record is at ``offset``."""
+
+    def __init__(self, path: Path, where: str):
+        self.path, self.where = Path(path), where
+        try:
+            self.data = self.path.read_bytes()
+        except OSError as exc:
+            raise ConversionError(f"cannot read weight file {self.path.name}: {exc.strerror}", path=where) from None
+        if len(self.data) < HEADER_BYTES:
+            raise ConversionError(f"weight file {self.path.name} is {len(self.data)} bytes, shorter than its header",
+                                  path=where)
+        self.count, version = struct.unpack_from("<II", self.data, 0)
+        if version != STORAGE_VERSION:
+            raise UnsupportedOperationError(f"weight file {self.path.name} has storage version {version}, only "
+                                            f"{STORAGE_VERSION} is supported", path=where)
+
+    def metadata(self, offset: int) -> tuple[int, int, int, int]:
+        """(BlobDataType code, data size in bytes, data offset, padding bits) of the blob recorded at ``offset``."""
+        if offset < HEADER_BYTES or offset + METADATA_BYTES > len(self.data):
+            raise ConversionError(f"weight offset {offset} lies outside {self.path.name} ({len(self.data)} bytes)",
+                                  path=self.where)
+        sentinel, code, size, data_offset, padding = struct.unpack_from(METADATA_FORMAT, self.data, offset)
+        if sentinel != SENTINEL:
+            raise ConversionError(f"no blob record at offset {offset} of {self.path.name} (sentinel {sentinel:#x})",
+                                  path=self.where)
+        if code not in BLOB_TYPES:
+            raise UnsupportedOperationError(f"blob at offset {offset} of {self.path.name} has unknown data type "
+                                            f"code {code}", path=self.where)
+        if data_offset + size > len(self.data):
+            raise ConversionError(f"blob at offset {offset} runs past the end of {self.path.name}", path=self.where)
+        return code, size, data_offset, padding
+
+    def read(self, offset: int, expected_type: str, count: int) -> np.ndarray:
+        """The ``count`` values of the blob at ``offset``, checked to be of ``expected_type`` (a blob type name)."""
+        code, size, start, padding = self.metadata(offset)
+        name, dtype, nbits = BLOB_TYPES[code]
+        if name != expected_type:
+            raise ConversionError(f"blob at offset {offset} of {self.path.name} holds {name}, the program declares "
+                                  f"{expected_type}", path=self.where)
+        if name.startswith("fp8"):
+            raise UnsupportedOperationError(f"blob at offset {offset} of {self.path.name} holds {name}, which the "
+                                            "executor does not decode", path=self.where)
+        available = size * 8 - padding
+        if available != count * nbits:
+            raise ConversionError(f"blob at offset {offset} of {self.path.name} holds {available // nbits} {name} "
+                                  f"values, the program declares {count}", path=self.where)
+        payload = self.data[start:start + size]
+        if name in SUB_BYTE:
+            return unpack_bits(payload, nbits, count, signed=name == "int4")
+        values = np.frombuffer(payload, dtype=dtype, count=count)
+        if name == "bf16":
+            return bfloat16_to_float32(values)
+        return values.astype(dtype.lstrip("<"), copy=True)

@@ -1,0 +1,266 @@
+"""Convolution, pooling and padding kernels in numpy, shared by the ML Program and NeuralNetwork interpreters.
+
+Tensors are logically NCHW (Core ML's layout) but held in memory as NHWC: a kernel returns
+``nhwc_array.transpose(0, 3, 1, 2)``, a free view, and the next kernel's ``transpose(0, 2, 3, 1)`` gets the
+contiguous NHWC array back without a copy. Elementwise numpy operations keep that memory order. In NHWC a
+convolution is one matrix product over (pixels, kernel taps x channels) and a depthwise convolution is a
+channel-vectorised sum over kernel taps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ...errors import ConversionError, UnsupportedOperationError
+
+# Matrix products below this many multiply-adds run on one BLAS thread. Splitting a product that takes well under a
+# millisecond buys little, and on a shared machine a second thread that gets descheduled stalls the first: measured,
+# a 64-px MobileNetV3 took 0.2 s with one BLAS thread and up to 3.5 s with two on a 2-core VM with a busy neighbour.
+THREADED_GEMM_MACS = 16_000_000
+# Largest im2col patch matrix built at once. Bigger chunks buy nothing once the matrix product dominates; this keeps
+# a 3x3 convolution over 256 channels at 56x56 (batch 16: 460 MB of patches) within a laptop's memory.
+IM2COL_BYTES = 64 * 1024 * 1024
+
+
+_BLAS = []  # the process's BLAS libraries (threadpoolctl), looked up on first use
+
+
+def _single_threaded_blas():
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # without threadpoolctl, BLAS keeps its own threading
+            _BLAS.append(None)
+        else:
+            _BLAS.append(ThreadpoolController().select(user_api="blas"))
+    return _BLAS[0].limit(limits=1) if _BLAS[0] is not None else contextlib.nullcontext()
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` (into ``out``), on one BLAS thread unless the product is large (see THREADED_GEMM_MACS)."""
+    macs = int(np.prod(a.shape[:-1], dtype=np.int64)) * a.shape[-1] * b.shape[-1]
+    if macs >= THREADED_GEMM_MACS:
+        return np.matmul(a, b, out=out)
+    with _single_threaded_blas():
+        return np.matmul(a, b, out=out)
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    """The NHWC view of a logically NCHW tensor (contiguous when the tensor came from one of these kernels)."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def nchw(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 3, 1, 2)
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1, lower: bool = False) -> tuple[int, int]:
+    """(before, after) padding of TensorFlow/Core ML "same": output ceil(size / stride), the odd pixel after
+    (``lower``: before, as MIL ``same_lower`` and NeuralNetwork ``TOP_LEFT_HEAVY``)."""
+    effective = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    small = total // 2
+    return (total - small, small) if lower else (small, total - small)
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int, before: int, after: int) -> int:
+    effective = (kernel - 1) * dilation + 1
+    out = (size + before + after - effective) // stride + 1
+    if out < 1:
+        raise ConversionError(f"a {kernel}-wide window (dilation {dilation}) does not fit an input of {size} "
+                              f"padded by {before}+{after}")
+    return out
+
+
+def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0,
+             scratch: dict | None = None) -> np.ndarray:
+    """Contiguous NHWC copy of ``xh`` padded by (top, bottom, left, right) with ``value``.
+
+    With ``scratch`` (a kernel's private cache) the padded buffer is kept and reused: its border is written once and
+    each call only copies the interior. Only for buffers that never leave the kernel."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return np.ascontiguousarray(xh)
+    n, h, w, c = xh.shape
+    shape = (n, h + top + bottom, w + left + right, c)
+    out = None if scratch is None else scratch.get("padded")
+    if out is None or out.shape != shape or out.dtype != xh.dtype or scratch.get("pad_value") != value:
+        out = np.full(shape, value, dtype=xh.dtype)
+        if scratch is not None:
+            scratch["padded"], scratch["pad_value"] = out, value
+    out[:, top:top + h, left:left + w] = xh
+    return out
+
+
+def _windows(xh: np.ndarray, ho: int, wo: int, kh: int, kw: int, stride, dilation) -> np.ndarray:
+    """Read-only (N, Ho, Wo, kh, kw, C) view of every kernel window of a contiguous NHWC array."""
+    sn, sh, sw, sc = xh.strides
+    shape = (xh.shape[0], ho, wo, kh, kw, xh.shape[3])
+    strides = (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc)
+    return as_strided(xh, shape, strides, writeable=False)
+
+
+def dense_weight(weight: np.ndarray) -> np.ndarray:
+    """(O, I, kh, kw) kernel -> the (kh*kw*I, O) matrix that multiplies im2col patches."""
+    o, i, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(kh * kw * i, o), dtype=np.float32)
+
+
+def depthwise_weight(weight: np.ndarray) -> np.ndarray:
+    """(C, 1, kh, kw) kernel -> (kh, kw, C) for the tap sum."""
+    return np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0), dtype=np.float32)
+
+
+def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
+    n, _, _, c = xh.shape
+    out = np.empty((n, ho, wo, wmat.shape[1]), np.float32)
+    flat = out.reshape(-1, wmat.shape[1])
+    if kh == kw == 1:
+        src = xh[:, : (ho - 1) * stride[0] + 1: stride[0], : (wo - 1) * stride[1] + 1: stride[1], :]
+        matmul(src.reshape(-1, c), wmat, out=flat)
+        return out
+    windows = _windows(xh, ho, wo, kh, kw, stride, dilation)
+    k = kh * kw * c
+    rows = max(1, IM2COL_BYTES // (wo * k * 4))  # output rows (of one image) per chunk
+    if rows >= ho:
+        images = max(1, rows // ho)
+        for i in range(0, n, images):
+            patches = windows[i:i + images].reshape(-1, k)
+            matmul(patches, wmat, out=out[i:i + images].reshape(-1, wmat.shape[1]))
+        return out
+    for i in range(n):
+        for r in range(0, ho, rows):
+            patches = windows[i, r:r + rows].reshape(-1, k)
+            matmul(patches, wmat, out=out[i, r:r + rows].reshape(-1, wmat.shape[1]))
+    return out
+
+
+def _pointwise_biased(xh, wmat_bias, stride, ho, wo) -> np.ndarray:
+    """A 1x1 convolution that widens the channels, its bias folded in as one more input channel of ones: one matrix
+    product, and no second pass over the (wider) output to add the bias."""
+    n, _, _, c = xh.shape
+    widened = np.empty((n, ho, wo, c + 1), np.float32)
+    widened[..., :c] = xh[:, : (ho - 1) * stride[0] + 1: stride[0], : (wo - 1) * stride[1] + 1: stride[1], :]
+    widened[..., c] = 1.0
+    out = np.empty((n, ho, wo, wmat_bias.shape[1]), np.float32)
+    matmul(widened.reshape(-1, c + 1), wmat_bias, out=out.reshape(-1, wmat_bias.shape[1]))
+    return out
+
+
+def _tap_rows(xh, wtiled, ho, wo, kh, kw, stride_h, dilation, out_rows) -> None:
+    """Sum over kernel taps of whole output rows: with unit stride along the width, one tap reads a contiguous run
+    of wo*c values per output row, so each product is one long vector loop against the kernel tiled over the width."""
+    n, c = xh.shape[0], xh.shape[3]
+    sn, sh, sw, sc = xh.strides
+    rows = as_strided(xh, (n, ho, kh, kw, wo * c), (sn, sh * stride_h, sh * dilation[0], sw * dilation[1], sc),
+                      writeable=False)
+    np.einsum("nhijl,ijl->nhl", rows, wtiled, out=out_rows)
+
+
+def _tiled(wdw: np.ndarray, wo: int, cache: dict, key) -> np.ndarray:
+    if key not in cache:
+        cache[key] = np.ascontiguousarray(np.tile(wdw, (1, 1, wo)))
+    return cache[key]
+
+
+def _depthwise(xh, wdw, kh, kw, stride, dilation, ho, wo, cache: dict) -> np.ndarray:
+    n, c = xh.shape[0], xh.shape[3]
+    out = np.empty((n, ho, wo, c), np.float32)
+    if stride[1] == 1:
+        _tap_rows(xh, _tiled(wdw, wo, cache, ("tiled", wo)), ho, wo, kh, kw, stride[0], dilation,
+                  out.reshape(n, ho, wo * c))
+    else:  # strided along the width: a sum over the taps of each window, vectorised over channels
+        np.einsum("nhwijc,ijc->nhwc", _windows(xh, ho, wo, kh, kw, stride, dilation), wdw, out=out)
+    return out
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, dilation,
+           pads: tuple[int, int, int, int], groups: int, cache: dict | None = None) -> np.ndarray:
+    """2-D convolution of logically NCHW ``x`` with an (O, I/groups, kh, kw) kernel; returns logical NCHW.
+
+    ``pads`` is (top, bottom, left, right) of zeros. ``cache``, when given, keeps the rearranged kernel between
+    calls (pass it only for a constant kernel)."""
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    if cg * groups != c or o % groups:
+        raise ConversionError(f"convolution kernel {list(weight.shape)} with {groups} groups does not fit an input "
+                              f"of {c} channels")
+    ho = output_size(h, kh, stride[0], dilation[0], pads[0], pads[1])
+    wo = output_size(w, kw, stride[1], dilation[1], pads[2], pads[3])
+    cache = {} if cache is None else cache
+    xh = pad_nhwc(nhwc(x).astype(np.float32, copy=False), pads, scratch=cache)
+    if groups == 1 and kh == kw == 1 and bias is not None and c < o:
+        if "dense_bias" not in cache:
+            rows = np.concatenate([dense_weight(weight), np.asarray(bias, np.float32).reshape(1, o)])
+            cache["dense_bias"] = np.ascontiguousarray(rows)
+        return nchw(_pointwise_biased(xh, cache["dense_bias"], stride, ho, wo))
+    if groups == 1:
+        if "dense" not in cache:
+            cache["dense"] = dense_weight(weight)
+        out = _dense(xh, cache["dense"], kh, kw, stride, dilation, ho, wo)
+    elif cg == 1:  # depthwise, with o // groups output channels per input channel
+        multiplier = o // groups
+        if multiplier > 1:
+            xh = np.repeat(xh, multiplier, axis=3)  # output channel j reads input channel j // multiplier
+        if "depthwise" not in cache:
+            cache["depthwise"] = depthwise_weight(weight)
+        out = _depthwise(xh, cache["depthwise"], kh, kw, stride, dilation, ho, wo, cache)
+    else:
+        og = o // groups
+        if "grouped" not in cache:
+            cache["grouped"] = [dense_weight(weight[g * og:(g + 1) * og]) for g in range(groups)]
+        out = np.empty((n, ho, wo, o), np.float32)
+        for g, wmat in enumerate(cache["grouped"]):
+            part = np.ascontiguousarray(xh[..., g * cg:(g + 1) * cg])
+            out[..., g * og:(g + 1) * og] = _dense(part, wmat, kh, kw, stride, dilation, ho, wo)
+    if bias is not None:
+        # Added along whole output rows (the bias tiled over the width): one long vector loop per row instead of
+        # one short loop per pixel.
+        if cache.get("bias_width") != wo:
+            row = np.tile(np.asarray(bias, np.float32).reshape(-1), wo)
+            cache["bias_row"], cache["bias_width"] = row, wo
+        out.reshape(n * ho, wo * o)[...] += cache["bias_row"]
+    return nchw(out)
+
+
+def pool2d(x: np.ndarray, kind: str, kernel, stride, pads: tuple[int, int, int, int],
+           exclude_padding: bool, cache: dict | None = None) -> np.ndarray:
+    """Max or average pooling of logically NCHW ``x`` over (kh, kw) windows; returns logical NCHW.
+
+    Padded positions never win a max; for averages they count as zeros unless ``exclude_padding``."""
+    if kind not in ("max", "avg"):
+        raise UnsupportedOperationError(f"{kind} pooling is not supported by the executor")
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    ho = output_size(h, kh, stride[0], 1, pads[0], pads[1])
+    wo = output_size(w, kw, stride[1], 1, pads[2], pads[3])
+    fill = -np.inf if kind == "max" else 0.0
+    xh = pad_nhwc(nhwc(x).astype(np.float32, copy=False), pads, fill, scratch=cache)
+    windows = _windows(xh, ho, wo, kh, kw, stride, (1, 1))
+    out = np.array(windows[:, :, :, 0, 0, :])
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                (np.maximum if kind == "max" else np.add)(out, windows[:, :, :, i, j, :], out=out)
+    if kind == "avg":
+        if exclude_padding and any(pads):
+            ones = pad_nhwc(np.ones((1, h, w, 1), np.float32), pads)
+            counts = _windows(ones, ho, wo, kh, kw, stride, (1, 1)).sum(axis=(3, 4))
+            out /= counts
+        else:
+            out /= np.float32(kh * kw)
+    return nchw(out)
+
+
+def pad_constant(x: np.ndarray, pairs: list[tuple[int, int]], value: float) -> np.ndarray:
+    """Constant padding of the trailing ``len(pairs)`` axes; keeps the NHWC memory order for spatial padding."""
+    lead = x.ndim - len(pairs)
+    full = [(0, 0)] * lead + list(pairs)
+    if x.ndim == 4 and full[0] == (0, 0) and full[1] == (0, 0):
+        (top, bottom), (left, right) = full[2], full[3]
+        return nchw(pad_nhwc(nhwc(x), (top, bottom, left, right), value))
+    return np.pad(x, full, mode="constant", constant_values=value)

@@ -1,0 +1,213 @@
+"""ML Program elementwise operations (MIL opsets iOS15-iOS18) in numpy: arithmetic, activations, unary functions
+and casts, each as its MIL definition states it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import OpCall, always, op
+
+F32 = np.float32
+SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+GELU_SIGMOID_FACTOR = np.float32(1.702)  # MIL gelu SIGMOID_APPROXIMATION: x * sigmoid(1.702 x)
+# MIL defaults for the epsilon parameters (coremltools ops/defs/iOS15/elementwise_unary.py).
+RSQRT_EPSILON = 1e-12
+INVERSE_EPSILON = 1e-4
+LOG_EPSILON = 1e-45
+
+
+def scalar(value) -> np.float32:
+    """A scalar parameter (a 0-d or one-element array) as float32."""
+    return np.float32(np.asarray(value).item())
+
+
+def _sigmoid(x):
+    return np.float32(1) / (np.float32(1) + np.exp(-x))
+
+
+# ------------------------------------------------------------------------------------------------ elementwise
+@op("add", batch=always)
+def _add(c: OpCall):
+    return np.add(c["x"], c["y"], out=c.out())
+
+
+@op("sub", batch=always)
+def _sub(c: OpCall):
+    return np.subtract(c["x"], c["y"], out=c.out())
+
+
+@op("mul", batch=always)
+def _mul(c: OpCall):
+    return np.multiply(c["x"], c["y"], out=c.out())
+
+
+@op("real_div", batch=always)
+def _real_div(c: OpCall):
+    return np.divide(c["x"], c["y"])
+
+
+@op("maximum", batch=always)
+def _maximum(c: OpCall):
+    return np.maximum(c["x"], c["y"])
+
+
+@op("minimum", batch=always)
+def _minimum(c: OpCall):
+    return np.minimum(c["x"], c["y"])
+
+
+@op("pow", batch=always)
+def _pow(c: OpCall):
+    return np.power(c["x"], c["y"])
+
+
+@op("relu", batch=always)
+def _relu(c: OpCall):
+    return np.maximum(c["x"], F32(0), out=c.out())
+
+
+@op("relu6", batch=always)
+def _relu6(c: OpCall):
+    return np.clip(c["x"], F32(0), F32(6), out=c.out())
+
+
+@op("clip", batch=always)
+def _clip(c: OpCall):
+    return np.clip(c["x"], scalar(c["alpha"]), scalar(c["beta"]), out=c.out())
+
+
+@op("sigmoid", batch=always)
+def _sigmoid_op(c: OpCall):
+    return _sigmoid(c["x"])
+
+
+@op("sigmoid_hard", batch=always)
+def _sigmoid_hard(c: OpCall):
+    alpha, beta = scalar(c.get("alpha", 0.2)), scalar(c.get("beta", 0.5))
+    return np.clip(alpha * c["x"] + beta, F32(0), F32(1))
+
+
+@op("silu", batch=always)
+def _silu(c: OpCall):
+    x = c["x"]
+    return x * _sigmoid(x)
+
+
+@op("tanh", batch=always)
+def _tanh(c: OpCall):
+    return np.tanh(c["x"])
+
+
+@op("scaled_tanh", batch=always)
+def _scaled_tanh(c: OpCall):
+    return scalar(c.get("alpha", 1.0)) * np.tanh(scalar(c.get("beta", 1.0)) * c["x"])
+
+
+@op("leaky_relu", batch=always)
+def _leaky_relu(c: OpCall):
+    x = c["x"]
+    return np.where(x >= 0, x, scalar(c.get("alpha", 0.01)) * x)
+
+
+@op("elu", batch=always)
+def _elu(c: OpCall):
+    x = c["x"]
+    return np.where(x > 0, x, scalar(c.get("alpha", 1.0)) * np.expm1(np.minimum(x, F32(0))))
+
+
+@op("prelu", batch=always)
+def _prelu(c: OpCall):
+    x, alpha = c["x"], np.asarray(c["alpha"], F32)
+    alpha = alpha.reshape((1, -1) + (1,) * (x.ndim - 2))  # one slope per channel (axis 1)
+    return np.where(x >= 0, x, alpha * x)
+
+
+@op("softplus", batch=always)
+def _softplus(c: OpCall):
+    return np.logaddexp(F32(0), c["x"])
+
+
+@op("softsign", batch=always)
+def _softsign(c: OpCall):
+    x = c["x"]
+    return x / (F32(1) + np.abs(x))
+
+
+@op("gelu", batch=always)
+def _gelu(c: OpCall):
+    x, mode = c["x"], c.const("mode", "EXACT")
+    if mode == "EXACT":
+        from scipy.special import erf
+
+        return F32(0.5) * x * (F32(1) + erf(x / F32(np.sqrt(2.0))).astype(F32))
+    if mode == "TANH_APPROXIMATION":
+        return F32(0.5) * x * (F32(1) + np.tanh(SQRT_2_OVER_PI * (x + F32(0.044715) * x * x * x)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * _sigmoid(GELU_SIGMOID_FACTOR * x)
+    raise c.unsupported(f"has unknown mode {mode!r}")
+
+
+@op("exp", batch=always)
+def _exp(c: OpCall):
+    return np.exp(c["x"])
+
+
+@op("log", batch=always)
+def _log(c: OpCall):
+    return np.log(c["x"] + scalar(c.get("epsilon", LOG_EPSILON)))
+
+
+@op("sqrt", batch=always)
+def _sqrt(c: OpCall):
+    return np.sqrt(c["x"])
+
+
+@op("rsqrt", batch=always)
+def _rsqrt(c: OpCall):
+    return F32(1) / np.sqrt(c["x"] + scalar(c.get("epsilon", RSQRT_EPSILON)))
+
+
+@op("inverse", batch=always)
+def _inverse(c: OpCall):
+    return F32(1) / (c["x"] + scalar(c.get("epsilon", INVERSE_EPSILON)))
+
+
+@op("square", batch=always)
+def _square(c: OpCall):
+    x = c["x"]
+    return x * x
+
+
+@op("abs", batch=always)
+def _abs(c: OpCall):
+    return np.abs(c["x"])
+
+
+@op("floor", batch=always)
+def _floor(c: OpCall):
+    return np.floor(c["x"])
+
+
+@op("ceil", batch=always)
+def _ceil(c: OpCall):
+    return np.ceil(c["x"])
+
+
+@op("identity", batch=always)
+def _identity(c: OpCall):
+    return c["x"]
+
+
+@op("cast", batch=always)
+def _cast(c: OpCall):
+    """Float casts keep float32 (the compute precision decides rounding, see the package docstring)."""
+    dtype = c.const("dtype")
+    x = c["x"]
+    if dtype in ("fp16", "fp32", "fp64"):
+        return np.asarray(x, F32)
+    if dtype in ("int8", "uint8", "int16", "uint16", "int32", "int64"):
+        return np.trunc(x).astype(np.int32) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(
+            x, np.int32)
+    if dtype == "bool":
+        return np.asarray(x) != 0
+    raise c.unsupported(f"casts to {dtype!r}")

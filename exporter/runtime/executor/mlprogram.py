@@ -1,0 +1,200 @@
+"""An ML Program (``spec.mlProgram``, the .mlpackage format) loaded into a list of numpy steps and run.
+
+Load time: every ``const`` is decoded (immediate values and weight-file blobs), every op whose inputs are all
+constants (the ``constexpr_*`` decompression ops, casts of weights) is evaluated once, and each remaining op is bound
+to its numpy implementation. The program's ``classify`` op names the probabilities and the class labels. Run time:
+the steps run in program order on a batch; each output's shape is checked against the shape the file declares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ConversionError, UnsupportedOperationError
+from . import mil_constexpr, mil_elementwise, mil_shape, mil_tensor, plan  # noqa: F401  (ops register)
+from .milvalue import WeightFiles, decode, tensor_type
+from .registry import OPS, OpCall
+
+F32 = np.float32
+FUNCTION = "main"
+
+
+def _to_compute(value, fp16: bool):
+    """Floating constants in the compute precision: float32, rounded through float16 when ``fp16``."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        value = value.astype(np.float16) if fp16 else value
+        return value.astype(F32)
+    return value
+
+
+class Step:
+    __slots__ = ("call", "fn", "outputs", "declared", "release")
+
+    def __init__(self, call: OpCall, fn, outputs: list[str], declared: list):
+        self.call, self.fn, self.outputs, self.declared = call, fn, outputs, declared
+        self.release: list[str] = []  # computed values no later step reads: dropped after this one
+
+
+class Program:
+    """A loaded ML Program. ``run(x)`` maps the (N, C, H, W) float32 image tensor to (N, K) probabilities."""
+
+    def __init__(self, spec, model_dir: Path, where: str, fp16: bool):
+        self.where, self.fp16 = where, fp16
+        functions = spec.mlProgram.functions
+        if FUNCTION not in functions:
+            raise ConversionError(f"ML Program has no {FUNCTION!r} function", path=where)
+        fn = functions[FUNCTION]
+        block = fn.block_specializations[fn.opset]
+        if len(fn.inputs) != 1:
+            raise UnsupportedOperationError(f"ML Program has {len(fn.inputs)} inputs; one image input is supported",
+                                            path=where)
+        self.input = fn.inputs[0].name
+        self.env: dict = {}
+        self.consts: set[str] = set()
+        self.shapes: dict[str, tuple | None] = {self.input: tensor_type(fn.inputs[0].type, where)[1]}
+        self.batched: set[str] = {self.input}
+        self.batchable = True
+        self.steps: list[Step] = []
+        self.files = WeightFiles(model_dir, where)
+        self.probabilities: str | None = None
+        self.labels: list[str] = []
+        for index, operation in enumerate(block.operations):
+            self._load(operation, index)
+        if self.probabilities is None:
+            raise UnsupportedOperationError("ML Program has no classify op; only classifiers are supported", path=where)
+        self.files = None  # weight bytes are no longer needed once decoded
+        plan.fuse_pads(self)
+        plan.plan_release(self)
+        sizes = [int(np.prod(shape)) for step in self.steps for shape in step.declared if shape]
+        self.largest_activation = 4 * max(sizes, default=1)  # bytes per image of the biggest float32 value
+
+    # ------------------------------------------------------------------------------------------------ loading
+    def _declare(self, operation) -> tuple[list[str], list, list[str]]:
+        names, shapes, dtypes = [], [], []
+        for out in operation.outputs:
+            if out.type.WhichOneof("type") == "tensorType":
+                dtype, shape = tensor_type(out.type, self.where)
+            else:
+                dtype, shape = "other", None
+            names.append(out.name)
+            shapes.append(shape)
+            dtypes.append(dtype)
+            self.shapes[out.name] = shape
+        return names, shapes, dtypes
+
+    def _args(self, operation, op_name: str) -> dict[str, list[str]]:
+        """Input bindings by parameter name; inline values and attributes become named constants."""
+        args: dict[str, list[str]] = {}
+        for key, argument in operation.inputs.items():
+            names = []
+            for i, binding in enumerate(argument.arguments):
+                if binding.WhichOneof("binding") == "name":
+                    if binding.name not in self.env and binding.name not in self.shapes:
+                        raise ConversionError(f"op {op_name!r} reads {binding.name!r} before it is defined",
+                                              path=self.where)
+                    names.append(binding.name)
+                else:
+                    const_name = f"{op_name}::{key}::{i}"
+                    self._constant(const_name, decode(binding.value, self.files, self.where), binding.value.type)
+                    names.append(const_name)
+            args[key] = names
+        for key, value in operation.attributes.items():
+            if key != "name":
+                const_name = f"{op_name}::@{key}"
+                self._constant(const_name, decode(value, self.files, self.where), value.type)
+                args[key] = [const_name]
+        return args
+
+    def add_constant(self, name: str, value) -> None:
+        """A constant of the executor's own (for load-time rewrites of the steps)."""
+        self._constant(name, np.asarray(value) if not isinstance(value, str) else value)
+
+    def _constant(self, name: str, value, value_type=None) -> None:
+        self.env[name] = _to_compute(value, self.fp16)
+        self.consts.add(name)
+        if value_type is not None and value_type.WhichOneof("type") == "tensorType":
+            self.shapes[name] = tensor_type(value_type, self.where)[1]
+
+    def _load(self, operation, index: int) -> None:
+        kind = operation.type
+        names, declared, dtypes = self._declare(operation)
+        op_name = names[0] if names else f"#{index}"
+        if operation.blocks:
+            raise UnsupportedOperationError(f"{kind} op {op_name!r} has nested blocks (control flow), which the "
+                                            "executor does not support", path=self.where)
+        if kind == "const":
+            value = decode(operation.attributes["val"], self.files, self.where)
+            self._constant(names[0], value)
+            return
+        args = self._args(operation, op_name)
+        if kind == "classify":
+            self._classify(args, op_name)
+            return
+        if kind not in OPS:
+            raise UnsupportedOperationError(f"operation {kind!r} (op {op_name!r}) is not supported by the Core ML "
+                                            "executor", path=self.where)
+        definition = OPS[kind]
+        batched = any(n in self.batched for names_ in args.values() for n in names_)
+        call = OpCall(kind, op_name, self.where, args, self.env, self.consts, self.shapes, batched)
+        if all(n in self.consts for names_ in args.values() for n in names_):
+            self._fold(call, definition.fn, names, declared, dtypes)
+            return
+        if batched:
+            self.batched.update(names)
+            if not definition.batch(call) or any(s is None or len(s) == 0 or s[0] != 1 for s in declared):
+                self.batchable = False
+        self.steps.append(Step(call, definition.fn, names, declared))
+
+    def _fold(self, call: OpCall, fn, names, declared, dtypes) -> None:
+        """Evaluate an op on constants once; its outputs take the file's declared element type."""
+        outputs = fn(call)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        for name, value, shape, dtype in zip(names, outputs, declared, dtypes, strict=True):
+            value = np.asarray(value)
+            if shape is not None and tuple(value.shape) != tuple(shape):
+                raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the file "
+                                      f"declares {list(shape)}", path=self.where)
+            if dtype == "fp16" or (self.fp16 and value.dtype.kind == "f"):
+                value = value.astype(np.float16)
+            self.env[name] = value.astype(F32) if value.dtype.kind == "f" else value
+            self.consts.add(name)
+
+    def _classify(self, args: dict[str, list[str]], op_name: str) -> None:
+        probabilities = args.get("probabilities", [None])[0]
+        if probabilities is None or "classes" not in args:
+            raise ConversionError(f"classify op {op_name!r} lacks probabilities or classes", path=self.where)
+        classes = self.env[args["classes"][0]]
+        self.labels = [str(c) for c in (classes.tolist() if isinstance(classes, np.ndarray) else classes)]
+        self.probabilities = probabilities
+
+    # ------------------------------------------------------------------------------------------------ running
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, K) float32 probabilities; N > 1 only when ``batchable``."""
+        env = dict(self.env)
+        env[self.input] = x
+        n = x.shape[0]
+        for step in self.steps:
+            call = step.call
+            call.env = env
+            out = step.fn(call)
+            outs = out if isinstance(out, tuple) else (out,)
+            if len(outs) != len(step.outputs):
+                raise ConversionError(f"{call.op_type} op {call.name!r} produced {len(outs)} outputs, the file "
+                                      f"declares {len(step.outputs)}", path=self.where)
+            for name, value, shape in zip(step.outputs, outs, step.declared, strict=True):
+                value = np.asarray(value)
+                if shape is not None and (value.shape[1:] != tuple(shape[1:]) or value.shape[:1] != (
+                        (n,) if name in self.batched else tuple(shape[:1]))):
+                    raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the "
+                                          f"file declares {list(shape)}", path=self.where)
+                if value.dtype == np.float64:
+                    value = value.astype(F32)
+                if self.fp16 and value.dtype == F32:
+                    value = value.astype(np.float16).astype(F32)
+                env[name] = value
+            for name in step.release:
+                del env[name]
+        probs = np.asarray(env[self.probabilities], F32)
+        return probs.reshape(n, -1)

@@ -1,0 +1,277 @@
+"""The NeuralNetwork (.mlmodel) layer table, and the numpy layers for convolution, pooling, padding, dense
+products and normalisation, each as ``NeuralNetwork.proto`` defines it.
+
+A builder reads one layer's parameters (decoding its weights once) and returns ``(run, batch_rule)``: ``run`` maps
+the layer's input arrays to its output array(s); ``batch_rule`` takes the input shapes seen at batch 1 and says
+whether the layer computes the same thing image by image when the leading axis is a batch of N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...errors import ConversionError, UnsupportedOperationError
+from . import kernels, nnweights
+
+F32 = np.float32
+BATCHNORM_EPSILON = 1e-5  # NeuralNetwork.proto: batchnorm epsilon "defaults to 1e-5 if not set or set to 0"
+
+BUILDERS: dict[str, Callable] = {}
+
+
+def layer(*names: str):
+    def register(fn):
+        for name in names:
+            BUILDERS[name] = fn
+        return fn
+    return register
+
+
+def always(_shapes) -> bool:
+    return True
+
+
+def axes_rule(axes, reduce_all: bool = False):
+    def rule(shapes) -> bool:
+        if reduce_all or not axes:
+            return False
+        rank = len(shapes[0])
+        return all(int(a) % rank != 0 for a in axes)
+    return rule
+
+
+class LayerContext:
+    """What a builder needs besides the layer's parameters: weight decoding in the compute precision, errors."""
+
+    def __init__(self, name: str, kind: str, where: str, fp16: bool):
+        self.name, self.kind, self.where, self.fp16 = name, kind, where, fp16
+        self.batched = False  # set by the network: the layer's first input derives from the image
+
+    def vector(self, wp):
+        """A 1-D parameter whose length only its WeightParams tells (float32 or float16 values)."""
+        size = len(wp.floatValue) or len(wp.float16Value) // 2
+        if not size:
+            raise self.unsupported("has a quantized or empty vector parameter, which the executor does not read")
+        return self.weights(wp, (size,))
+
+    def weights(self, wp, shape, channel_axis: int = 0, optional: bool = False):
+        w = nnweights.decode(wp, tuple(int(s) for s in shape), self.where, channel_axis, optional=optional)
+        if w is not None and self.fp16:
+            w = w.astype(np.float16).astype(F32)
+        return w
+
+    def unsupported(self, message: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"{self.kind} layer {self.name!r} {message}", path=self.where)
+
+    def fail(self, message: str) -> ConversionError:
+        return ConversionError(f"{self.kind} layer {self.name!r} {message}", path=self.where)
+
+
+def _pair(values, default) -> tuple[int, int]:
+    values = [int(v) for v in values]
+    return (values[0], values[1]) if len(values) == 2 else default
+
+
+def _borders(padding) -> tuple[int, int, int, int]:
+    amounts = list(padding.paddingAmounts.borderAmounts)
+    if not amounts:
+        return (0, 0, 0, 0)
+    return (int(amounts[0].startEdgeSize), int(amounts[0].endEdgeSize), int(amounts[1].startEdgeSize),
+            int(amounts[1].endEdgeSize))
+
+
+def _same_pads(shape, kernel, stride, dilation, mode: int) -> tuple[int, int, int, int]:
+    lower = mode == 1  # SamePadding.TOP_LEFT_HEAVY
+    th, bh = kernels.same_padding(shape[-2], kernel[0], stride[0], dilation[0], lower)
+    tw, bw = kernels.same_padding(shape[-1], kernel[1], stride[1], dilation[1], lower)
+    return (th, bh, tw, bw)
+
+
+# ------------------------------------------------------------------------------------------------ convolution, pooling
+@layer("convolution")
+def _convolution(p, ctx: LayerContext):
+    if p.isDeconvolution:
+        raise ctx.unsupported("is a deconvolution, which the executor does not support")
+    groups = int(p.nGroups) or 1
+    kernel = _pair(p.kernelSize, (3, 3))
+    stride = _pair(p.stride, (1, 1))
+    dilation = _pair(p.dilationFactor, (1, 1))
+    weight = ctx.weights(p.weights, (p.outputChannels, p.kernelChannels) + kernel)
+    bias = ctx.weights(p.bias, (p.outputChannels,)) if p.hasBias else None
+    padding = p.WhichOneof("ConvolutionPaddingType")
+    cache: dict = {}
+
+    def run(inputs):
+        x = inputs[0]
+        if x.ndim != 4:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+        pads = _same_pads(x.shape, kernel, stride, dilation, p.same.asymmetryMode) if padding == "same" \
+            else _borders(p.valid)
+        return kernels.conv2d(x, weight, bias, stride, dilation, pads, groups, cache)
+    return run, always
+
+
+@layer("pooling")
+def _pooling(p, ctx: LayerContext):
+    kind = {0: "max", 1: "avg"}.get(p.type)
+    if kind is None:
+        raise ctx.unsupported("is L2 pooling, which the executor does not support")
+    padding = p.WhichOneof("PoolingPaddingType")
+    if padding == "includeLastPixel":
+        raise ctx.unsupported("uses includeLastPixel padding, which the executor does not support")
+    stride = _pair(p.stride, (1, 1))
+    kernel = _pair(p.kernelSize, (3, 3))
+    cache: dict = {}
+
+    def run(inputs):
+        x = inputs[0]
+        if x.ndim != 4:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+        if p.globalPooling:
+            return kernels.pool2d(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False, cache)
+        pads = _same_pads(x.shape, kernel, stride, (1, 1), p.same.asymmetryMode) if padding == "same" \
+            else _borders(p.valid)
+        return kernels.pool2d(x, kind, kernel, stride, pads, bool(p.avgPoolExcludePadding), cache)
+    return run, always
+
+
+@layer("padding")
+def _padding(p, ctx: LayerContext):
+    kind = p.WhichOneof("PaddingType")
+    amounts = list(p.paddingAmounts.borderAmounts)
+    pairs = [(int(a.startEdgeSize), int(a.endEdgeSize)) for a in amounts] or [(0, 0), (0, 0)]
+
+    def run(inputs):
+        x = inputs[0]
+        if kind == "constant":
+            return kernels.pad_constant(x, pairs, F32(p.constant.value))
+        full = [(0, 0)] * (x.ndim - 2) + pairs
+        return np.pad(x, full, mode="reflect" if kind == "reflection" else "edge")
+    return run, always
+
+
+@layer("constantPad")
+def _constant_pad(p, ctx: LayerContext):
+    if p.padToGivenOutputSizeMode:
+        raise ctx.unsupported("pads to a given output size, which the executor does not support")
+    flat = [int(v) for v in p.padAmounts]
+    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def run(inputs):
+        return kernels.pad_constant(inputs[0], pairs, F32(p.value))
+
+    def rule(shapes) -> bool:
+        return len(pairs) < len(shapes[0]) or pairs[0] == (0, 0)
+    return run, rule
+
+
+@layer("upsample")
+def _upsample(p, ctx: LayerContext):
+    if len(p.fractionalScalingFactor):
+        raise ctx.unsupported("has fractional scaling factors, which the executor does not support")
+    sh, sw = _pair(p.scalingFactor, (1, 1))
+    if p.mode != 0:
+        raise ctx.unsupported("is bilinear, which the executor does not support")
+
+    def run(inputs):
+        return np.repeat(np.repeat(inputs[0], sh, axis=-2), sw, axis=-1)
+    return run, always
+
+
+# ------------------------------------------------------------------------------------------------ normalisation, dense
+@layer("batchnorm")
+def _batchnorm(p, ctx: LayerContext):
+    c = int(p.channels)
+    eps = F32(p.epsilon or BATCHNORM_EPSILON)
+    gamma, beta = ctx.weights(p.gamma, (c,)), ctx.weights(p.beta, (c,))
+    if p.computeMeanVar:
+        if not p.instanceNormalization:
+            raise ctx.unsupported("computes batch statistics at run time, which the executor does not support")
+
+        def instance(inputs):
+            x = inputs[0]
+            axes = (-2, -1)
+            mean = x.mean(axis=axes, keepdims=True)
+            var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+            return (x - mean) / np.sqrt(var + eps) * gamma.reshape(-1, 1, 1) + beta.reshape(-1, 1, 1)
+        return instance, always
+    mean, var = ctx.weights(p.mean, (c,)), ctx.weights(p.variance, (c,))
+    scale = gamma / np.sqrt(var + eps)
+    shift = beta - mean * scale
+    return (lambda inputs: inputs[0] * scale.reshape(-1, 1, 1) + shift.reshape(-1, 1, 1)), always
+
+
+@layer("innerProduct")
+def _inner_product(p, ctx: LayerContext):
+    if p.int8DynamicQuantize:
+        raise ctx.unsupported("quantizes its input to int8 at run time, which the executor does not reproduce")
+    cin, cout = int(p.inputChannels), int(p.outputChannels)
+    weight = ctx.weights(p.weights, (cout, cin)).T.copy()
+    bias = ctx.weights(p.bias, (cout,)) if p.hasBias else None
+
+    def run(inputs):
+        x = inputs[0]
+        rank = x.ndim
+        if rank in (1, 2, 3):
+            out = kernels.matmul(x, weight)
+        elif rank == 4:
+            out = kernels.matmul(x.reshape(x.shape[0], -1), weight).reshape(x.shape[0], cout, 1, 1)
+        elif rank == 5:
+            flat = x.reshape(x.shape[0] * x.shape[1], -1)
+            out = kernels.matmul(flat, weight).reshape(x.shape[0], x.shape[1], cout, 1, 1)
+        else:
+            raise ctx.unsupported(f"gets a rank-{rank} input")
+        if bias is not None:
+            out = out + (bias.reshape(-1, 1, 1) if rank >= 4 else bias)
+        return out
+    return run, lambda shapes: len(shapes[0]) >= 2
+
+
+@layer("batchedMatmul")
+def _batched_matmul(p, ctx: LayerContext):
+    if p.int8DynamicQuantize:
+        raise ctx.unsupported("quantizes its input to int8 at run time, which the executor does not reproduce")
+    x1, x2 = int(p.weightMatrixFirstDimension), int(p.weightMatrixSecondDimension)
+    # Stored column-major as NeuralNetwork.proto says: the flat values are W^T (x2 rows of x1), quantized per x2.
+    weight = ctx.weights(p.weights, (x2, x1), optional=True)
+    weight = None if weight is None else weight.T.copy()
+    bias = ctx.weights(p.bias, (x2,)) if p.hasBias else None
+
+    def run(inputs):
+        if len(inputs) == 2:
+            a, b = inputs
+            if p.transposeA:
+                a = np.swapaxes(a, -1, -2)
+            if p.transposeB:
+                b = np.swapaxes(b, -1, -2)
+            return kernels.matmul(a, b)
+        if weight is None:
+            raise ctx.fail("has one input and no weights")
+        out = kernels.matmul(inputs[0], weight)
+        return out if bias is None else out + bias
+
+    def rule(shapes) -> bool:
+        return len(shapes) == 1 and len(shapes[0]) >= 2
+    return run, rule
+
+
+@layer("softmaxND")
+def _softmax_nd(p, ctx: LayerContext):
+    axis = int(p.axis)
+
+    def run(inputs):
+        x = inputs[0]
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+    return run, lambda shapes: axis % len(shapes[0]) != 0
+
+
+@layer("softmax")
+def _softmax(p, ctx: LayerContext):
+    def run(inputs):
+        x = inputs[0]
+        e = np.exp(x - x.max(axis=-3, keepdims=True))
+        return e / e.sum(axis=-3, keepdims=True)
+    return run, lambda shapes: len(shapes[0]) > 3

@@ -1,0 +1,137 @@
+"""NeuralNetwork (.mlmodel) softmax, reduction and shape layers in numpy, each as ``NeuralNetwork.proto`` defines it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .nnlayers import F32, LayerContext, axes_rule, layer
+
+# ------------------------------------------------------------------------------------------------ reductions, shapes
+_REDUCE = {
+    "reduceMean": lambda x, a, k: x.mean(axis=a, keepdims=k, dtype=F32),
+    "reduceSum": lambda x, a, k: x.sum(axis=a, keepdims=k, dtype=F32),
+    "reduceMax": lambda x, a, k: x.max(axis=a, keepdims=k),
+    "reduceMin": lambda x, a, k: x.min(axis=a, keepdims=k),
+    "reduceProd": lambda x, a, k: x.prod(axis=a, keepdims=k, dtype=F32),
+    "reduceSumSquare": lambda x, a, k: (x * x).sum(axis=a, keepdims=k, dtype=F32),
+    "reduceL1": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k, dtype=F32),
+    "reduceL2": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k, dtype=F32)),
+}
+
+
+def _reduce_builder(fn):
+    def build(p, ctx: LayerContext):
+        axes = [int(a) for a in p.axes]
+
+        def run(inputs):
+            x = inputs[0]
+            a = None if p.reduceAll or not axes else tuple(v % x.ndim for v in axes)
+            return np.asarray(fn(x, a, bool(p.keepDims)))
+        return run, axes_rule(axes, p.reduceAll)
+    return build
+
+
+for _name, _fn in _REDUCE.items():
+    layer(_name)(_reduce_builder(_fn))
+
+
+@layer("transpose")
+def _transpose(p, ctx: LayerContext):
+    axes = [int(a) for a in p.axes]
+    return (lambda inputs: np.transpose(inputs[0], axes)), (lambda shapes: axes[0] == 0)
+
+
+@layer("reshapeStatic")
+def _reshape_static(p, ctx: LayerContext):
+    target = [int(s) for s in p.targetShape]
+
+    def run(inputs):
+        x = inputs[0]
+        shape = list(target)
+        if ctx.batched and shape and shape[0] == 1:
+            shape[0] = x.shape[0]  # the batch axis, 1 in the file, N here
+        return x.reshape(shape)
+    return run, lambda shapes: bool(target) and target[0] in (1, -1)
+
+
+@layer("flattenTo2D")
+def _flatten_2d(p, ctx: LayerContext):
+    axis = int(p.axis)
+
+    def run(inputs):
+        x = inputs[0]
+        a = axis % x.ndim if x.ndim else 0
+        return x.reshape(int(np.prod(x.shape[:a])), -1)
+    return run, lambda shapes: axis % len(shapes[0]) != 0
+
+
+@layer("flatten")
+def _flatten(p, ctx: LayerContext):
+    def run(inputs):
+        x = inputs[0]
+        if p.mode == 1:  # CHANNEL_LAST: flatten in (H, W, C) order
+            x = np.moveaxis(x, -3, -1)
+        return x.reshape(x.shape[:-3] + (-1, 1, 1))
+    return run, lambda shapes: len(shapes[0]) > 3
+
+
+@layer("squeeze")
+def _squeeze(p, ctx: LayerContext):
+    axes = [int(a) for a in p.axes]
+
+    def run(inputs):
+        x = inputs[0]
+        if p.squeezeAll:
+            return np.squeeze(x)
+        return np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
+    return run, axes_rule(axes, p.squeezeAll)
+
+
+@layer("expandDims")
+def _expand_dims(p, ctx: LayerContext):
+    axes = [int(a) for a in p.axes]
+
+    def run(inputs):
+        rank = inputs[0].ndim + len(axes)
+        return np.expand_dims(inputs[0], tuple(sorted(a % rank for a in axes)))
+    return run, lambda shapes: all(a % (len(shapes[0]) + len(axes)) != 0 for a in axes)
+
+
+@layer("concat")
+def _concat(p, ctx: LayerContext):
+    if p.sequenceConcat:
+        raise ctx.unsupported("concatenates along the sequence axis, which the executor does not support")
+    return (lambda inputs: np.concatenate(inputs, axis=-3)), (lambda shapes: len(shapes[0]) > 3)
+
+
+@layer("concatND")
+def _concat_nd(p, ctx: LayerContext):
+    axis = int(p.axis)
+    return (lambda inputs: np.concatenate(inputs, axis=axis)), (lambda shapes: axis % len(shapes[0]) != 0)
+
+
+@layer("sliceStatic")
+def _slice_static(p, ctx: LayerContext):
+    begin, end = [int(v) for v in p.beginIds], [int(v) for v in p.endIds]
+    rank = len(begin)
+    begin_mask = list(p.beginMasks) or [False] * rank
+    end_mask = list(p.endMasks) or [False] * rank
+    strides = [int(v) for v in p.strides] or [1] * rank
+    squeeze = list(p.squeezeMasks) or [False] * rank
+    index = tuple(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], strides[i])
+                  for i in range(rank))
+    drop = tuple(i for i in range(rank) if squeeze[i])
+
+    def run(inputs):
+        out = inputs[0][index]
+        return out.squeeze(axis=drop) if drop else out
+
+    def rule(shapes) -> bool:
+        return (begin_mask[0] or begin[0] == 0) and end_mask[0] and strides[0] == 1 and not squeeze[0]
+    return run, rule
+
+
+@layer("tile")
+def _tile(p, ctx: LayerContext):
+    reps = [int(r) for r in p.reps]
+    return (lambda inputs: np.tile(inputs[0], reps)), (lambda shapes: len(reps) < len(shapes[0]) or reps[0] == 1)

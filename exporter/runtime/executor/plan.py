@@ -1,0 +1,78 @@
+"""Load-time planning of an ML Program's steps, none of which changes what is computed:
+
+* a zero ``pad`` whose only reader is a ``valid`` convolution becomes that convolution's own padding (the
+  convolution pads into a buffer it keeps, instead of a new array per call);
+* each computed value is dropped after the last step that reads it;
+* an elementwise step whose ``x`` is a fresh array that nothing reads afterwards writes its result into ``x``.
+"""
+
+from __future__ import annotations
+
+# Ops that may write their result into x (each calls OpCall.out()), and ops whose output is always a new array.
+INPLACE = ("add", "sub", "mul", "relu", "relu6", "clip")
+FRESH = ("conv", "max_pool", "avg_pool") + INPLACE
+
+
+def _readers(steps) -> dict[str, list]:
+    readers: dict[str, list] = {}
+    for step in steps:
+        for names in step.call.args.values():
+            for name in names:
+                readers.setdefault(name, []).append(step)
+    return readers
+
+
+def _spatial_zero_pad(program, step) -> list[int] | None:
+    """(top, bottom, left, right) of a pad step that zero-pads only the last two axes of a rank-4 tensor."""
+    call = step.call
+    if call.const("mode", "constant") != "constant" or float(call.const("constant_val", 0.0)) != 0.0:
+        return None
+    pad = [int(p) for p in call.const("pad")]
+    rank = len(program.shapes.get(call.args["x"][0]) or ())
+    if rank != 4 or len(pad) not in (4, 8) or any(pad[:-4]):
+        return None
+    return pad[-4:]
+
+
+def fuse_pads(program) -> None:
+    readers = _readers(program.steps)
+    fused = []
+    for step in program.steps:
+        if step.call.op_type != "pad" or len(step.outputs) != 1 or not step.call.is_const("pad"):
+            continue
+        pads = _spatial_zero_pad(program, step)
+        consumers = readers.get(step.outputs[0], [])
+        if pads is None or len(consumers) != 1 or step.outputs[0] == program.probabilities:
+            continue
+        conv = consumers[0].call
+        if conv.op_type != "conv" or conv.args.get("x") != step.outputs or conv.const("pad_type", "valid") != "valid":
+            continue
+        if sum(names.count(step.outputs[0]) for names in conv.args.values()) != 1:
+            continue
+        program.add_constant(f"{conv.name}::fused_pad_type", "custom")
+        program.add_constant(f"{conv.name}::fused_pad", [int(p) for p in pads])
+        conv.args = {**conv.args, "x": step.call.args["x"], "pad_type": [f"{conv.name}::fused_pad_type"],
+                     "pad": [f"{conv.name}::fused_pad"]}
+        fused.append(step)
+    program.steps = [s for s in program.steps if all(s is not f for f in fused)]
+
+
+def plan_release(program) -> None:
+    last: dict[str, int] = {}
+    for i, step in enumerate(program.steps):
+        for names in step.call.args.values():
+            for name in names:
+                if name not in program.consts:
+                    last[name] = i
+    producer = {name: step for step in program.steps for name in step.outputs}
+    for name, i in last.items():
+        if name not in (program.probabilities, program.input):
+            program.steps[i].release.append(name)
+    for i, step in enumerate(program.steps):
+        x = step.call.args.get("x", [None])
+        source = producer.get(x[0])
+        step.call.inplace = (
+            step.call.op_type in INPLACE and len(x) == 1 and source is not None
+            and source.call.op_type in FRESH and last.get(x[0]) == i
+            and sum(names.count(x[0]) for names in step.call.args.values()) == 1
+            and program.shapes.get(x[0]) is not None and program.shapes.get(x[0]) == step.declared[0])

@@ -1,0 +1,115 @@
+"""The ML Program operation table: each MIL op type maps to a numpy function and a rule saying whether the op may run
+with the batch dimension generalised (programs are declared for batch 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import ConversionError, UnsupportedOperationError
+
+_MISSING = object()
+
+
+def always(_call: OpCall) -> bool:
+    return True
+
+
+def never(_call: OpCall) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class OpDef:
+    fn: Callable[[OpCall], object]
+    batch: Callable[[OpCall], bool]
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def op(*names: str, batch: Callable[[OpCall], bool] = never):
+    """Register ``fn`` for the MIL op types ``names``. ``batch`` says, from the op's constant parameters, whether
+    running it on a batch of N in place of the declared 1 computes the same thing image by image."""
+    def register(fn):
+        for name in names:
+            OPS[name] = OpDef(fn, batch)
+        return fn
+    return register
+
+
+class OpCall:
+    """One op's view of its parameters: values by name (inputs and attributes alike), whether they are constants,
+    their declared shapes, and a per-op cache for data derived from constants."""
+
+    __slots__ = ("op_type", "name", "where", "args", "env", "consts", "shapes", "cache", "batched", "inplace")
+
+    def __init__(self, op_type: str, name: str, where: str, args: dict[str, list[str]], env: dict, consts: set,
+                 shapes: dict, batched: bool = False):
+        self.op_type, self.name, self.where, self.args = op_type, name, where, args
+        self.env, self.consts, self.shapes, self.cache, self.batched = env, consts, shapes, {}, batched
+        self.inplace = False  # set by the interpreter when x is a fresh array no later op reads: write into it
+
+    def out(self, key: str = "x"):
+        """The array to write the result into (``x`` itself when ``inplace``), or None for a new one."""
+        return self.env[self.args[key][0]] if self.inplace else None
+
+    def has(self, key: str) -> bool:
+        return key in self.args
+
+    def __getitem__(self, key: str):
+        if key not in self.args:
+            raise self.fail(f"has no {key!r} parameter")
+        return self.env[self.args[key][0]]
+
+    def get(self, key: str, default=None):
+        return self.env[self.args[key][0]] if key in self.args else default
+
+    def values(self, key: str) -> list:
+        return [self.env[name] for name in self.args.get(key, [])]
+
+    def is_const(self, key: str) -> bool:
+        return key in self.args and all(name in self.consts for name in self.args[key])
+
+    def const(self, key: str, default=_MISSING):
+        """A parameter that must be a constant of the file, as a Python value (scalars unwrapped, arrays as lists)."""
+        if key not in self.args:
+            if default is _MISSING:
+                raise self.fail(f"has no {key!r} parameter")
+            return default
+        if not self.is_const(key):
+            raise self.unsupported(f"needs a constant {key!r}; a computed one is not supported")
+        value = self.env[self.args[key][0]]
+        if isinstance(value, np.ndarray):
+            return value.item() if value.ndim == 0 else value.tolist()
+        return value
+
+    def shape(self, key: str, index: int = 0):
+        """The declared static shape of a parameter, or None."""
+        return self.shapes.get(self.args[key][index]) if key in self.args else None
+
+    def rank(self, key: str) -> int | None:
+        shape = self.shape(key)
+        return None if shape is None else len(shape)
+
+    def fail(self, message: str) -> ConversionError:
+        return ConversionError(f"{self.op_type} op {self.name!r} {message}", path=self.where)
+
+    def unsupported(self, message: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"{self.op_type} op {self.name!r} {message}", path=self.where)
+
+
+def axes_exclude_batch(key: str, default_all: bool = True):
+    """Batch rule for ops with an axis/axes parameter: fine when no axis is 0 (normalised by the declared rank)."""
+    def rule(call: OpCall) -> bool:
+        value = call.const(key, None)
+        if value is None:
+            return not default_all
+        rank = call.rank("x") if call.has("x") else call.rank("values")
+        axes = value if isinstance(value, list) else [value]
+        if rank is None:
+            return all(a > 0 for a in axes)
+        return all(a % rank != 0 for a in axes)
+    return rule
