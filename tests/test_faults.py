@@ -157,3 +157,20 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     proc = run_cli(["--debug", "convert", str(tmp_path / "none.keras"), "--labels", str(S["labels"]), "--out",
                     str(tmp_path / "o")])
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["mlpackage", "onnx"])
+def test_layer_the_converter_cannot_handle_is_named(tmp_path, capsys, fmt):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Resizing(8, 8, interpolation="lanczos3")(inputs)  # becomes TF's ScaleAndTranslate op
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "odd.keras")
+    dest = tmp_path / "out"
+    proc = run_in_process(["convert", str(tmp_path / "odd.keras"), "--labels", str(_write(tmp_path / "l.txt", "a\nb\n")),
+                           "--preprocessing", str(_write(tmp_path / "p.json", '{"input_size": [16, 16]}')),
+                           "--out", str(dest), "--formats", fmt, "--variants", "fp32"], capsys)
+    line = one_line_error(proc)
+    assert proc.returncode == 5 and "ScaleAndTranslate" in line
+    no_partial_output(dest)
