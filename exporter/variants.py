@@ -36,7 +36,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("mlpackage", "palette6", 6, "ML Program, 6-bit k-means lookup table per tensor"),
     Variant("mlpackage", "palette4", 4, "ML Program, 4-bit k-means lookup tables per 16 output channels"),
     Variant("mlpackage", "w8a8", 8, "ML Program, int8 weights and int8 activations calibrated on images",
-            needs_calibration=True, needs_macos=True),
+            needs_calibration=True),
     Variant("mlmodel", "fp32", 32, "NeuralNetwork, float32 weights"),
     Variant("mlmodel", "fp16", 16, "NeuralNetwork, float16 weights"),
     Variant("mlmodel", "int8", 8, "NeuralNetwork, 8-bit linear weights"),

@@ -1,11 +1,13 @@
 """The numpy Core ML executor (exporter.runtime.executor) against independent computations.
 
 * Weight decoding: blobs written by coremltools' own blob writer, packed sub-byte values, and every compression the
-  exporter uses, compared with coremltools' view of the same weights.
+  exporter uses (plus sparse and blockwise int4), compared with coremltools' view of the same weights.
 * Operations: small ML Programs built with the MIL builder (convolution padding modes, strides, dilations, groups,
-  pooling edge cases, activations, shape ops, W8A8 quantize/dequantize), compared with TensorFlow or plain numpy.
+  depthwise multipliers, pooling edge cases, activations, shape ops, W8A8 quantize/dequantize), compared with
+  TensorFlow or plain numpy; unknown ops and layers are refused by name.
 * Whole models from their saved files against Keras on the held-out images: the trained sample models in every Core
-  ML variant, and keras.applications MobileNets briefly trained here so their outputs depend on the input.
+  ML variant (fp32 within 1e-5, the others within their default gates), and keras.applications MobileNets trained
+  briefly here, in fp32, fp16 and int8, held to onnxruntime's own faithfulness on the same models.
 """
 
 from __future__ import annotations
@@ -431,6 +433,22 @@ def test_w8a8_quantize_and_dequantize(tmp_path):
     np.testing.assert_allclose(got, want.reshape(len(x), -1), atol=OP_ATOL)
 
 
+def test_observe_sees_every_op_output_even_a_pad_folded_into_its_convolution(tmp_path):
+    weight = np.random.default_rng(6).normal(size=(2, 3, 3, 3)).astype(np.float32)
+
+    def body(v):
+        padded = mb.pad(x=v, pad=[1, 1, 1, 1], mode="constant", constant_val=0.0, name="padded")
+        return mb.relu(x=mb.conv(x=padded, weight=weight, pad_type="valid", name="convolved"), name="rectified")
+
+    path = _program_file(tmp_path, body)
+    executor = CoreMLExecutor(path)
+    seen: dict[str, tuple] = {}
+    observed = executor.predict(_pixels(2), observe=lambda name, value: seen.setdefault(name, value.shape))
+    assert {"padded", "convolved", "rectified"} <= set(seen)
+    assert seen["padded"] == (2, 3, SIDE + 2, SIDE + 2) and seen["convolved"] == (2, 2, SIDE, SIDE)
+    np.testing.assert_array_equal(observed, executor.predict(_pixels(2)))  # observing changes nothing
+
+
 def test_grayscale_program_input(tmp_path):
     got, x = _run(tmp_path, lambda v: mb.mul(x=v, y=2.0), shape=(1, 1, SIDE, SIDE))
     np.testing.assert_allclose(got, (2 * x).reshape(len(x), -1), atol=OP_ATOL)
@@ -712,6 +730,32 @@ def test_sample_model_files_match_keras_on_heldout_images(exports, name):
             assert default_gate("fp16").failures(max_abs, top1) == [], art["path"]
 
 
+@pytest.mark.slow
+def test_w8a8_file_calibrated_with_the_executor_matches_keras(tmp_path):
+    """W8A8 off macOS: activation ranges observed by the executor, quantize/dequantize pairs inserted by
+    coremltools' own passes (exporter.quantize.coreml.w8a8), and the resulting file run by the executor."""
+    from exporter.convert.coreml import ModelInfo, convert
+    from exporter.quantize.coreml import w8a8
+    from exporter.runtime.coreml_spec import load_spec, op_counts
+
+    name = "mobilenet_v1_digits"
+    s = sample(name)
+    loaded = load_model(s["model"])
+    pre = Preprocessing.from_file(s["preprocessing"])
+    info = ModelInfo(name=name, labels=s["labels"].read_text().split(), preprocessing=pre, source_sha256="0",
+                     source_file="model.keras")
+    pixels = _heldout(s["heldout"], pre)
+    calibration = [pixels[i:i + 16] for i in range(0, 64, 16)]
+    model = w8a8(convert(loaded.model, info, backend="mlprogram", precision="fp16", target="iOS17"), calibration,
+                 pre.channel_order)
+    model.save(str(tmp_path / "w8a8.mlpackage"))
+    counts = op_counts(load_spec(tmp_path / "w8a8.mlpackage"))
+    assert counts["quantize"] > 0 and counts["dequantize"] > 0 and counts["constexpr_affine_dequantize"] > 0
+    keras_probs = loaded.model.predict(pre.normalize(pixels), verbose=0, batch_size=128)
+    max_abs, top1 = _compare(tmp_path / "w8a8.mlpackage", pixels, keras_probs)
+    assert default_gate("w8a8").failures(max_abs, top1) == []
+
+
 APPLICATIONS = {  # name -> (builder, preprocessing contract; None when the model normalises pixels itself)
     "mobilenet_v1": (lambda keras: keras.applications.MobileNet(
         input_shape=(64, 64, 3), alpha=0.25, weights=None, classes=10), {"scale": IMAGE_SCALE, "bias": IMAGE_BIAS}),
@@ -748,7 +792,8 @@ def _train_briefly(model, pre: Preprocessing):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.0
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    # Eager: for eight steps, tracing a training graph of these networks costs more than the steps themselves.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", run_eagerly=True)
     model.fit(pre.normalize(x), y, epochs=1, batch_size=32, verbose=0)
     model(pre.normalize(x), training=True)
 

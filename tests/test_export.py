@@ -20,9 +20,10 @@ from exporter.validation.tolerances import FP32_MAX_ABS_PROB, QUANTIZED_MIN_TOP1
 
 pytestmark = pytest.mark.slow
 COMPRESSION_OPS = {"int8": "constexpr_affine_dequantize", "palette8": "constexpr_lut_to_dense",
-                   "palette6": "constexpr_lut_to_dense", "palette4": "constexpr_lut_to_dense"}
+                   "palette6": "constexpr_lut_to_dense", "palette4": "constexpr_lut_to_dense",
+                   "w8a8": "constexpr_affine_dequantize"}
 EXPECTED_TARGETS = {"fp32": "iOS15", "fp16": "iOS15", "int8": "iOS16", "palette8": "iOS16", "palette6": "iOS16",
-                    "palette4": "iOS18"}
+                    "palette4": "iOS18", "w8a8": "iOS17"}
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
@@ -33,7 +34,7 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
     coreml = [a for a in manifest["artifacts"] if a["format"] in ("mlpackage", "mlmodel")]
     assert {(a["format"], a["variant"]) for a in coreml} == {
         ("mlpackage", v) for v in EXPECTED_TARGETS} | {("mlmodel", v) for v in ("fp32", "fp16", "int8")}
-    assert [s["variant"] for s in manifest["skipped"]] == ["w8a8"]  # Linux: says why, never pretends
+    assert manifest["skipped"] == []  # W8A8 too: calibrated by the Core ML executor off macOS
     for a in coreml:
         spec = load_spec(out / a["path"])
         image = spec.description.input[0].type.imageType
@@ -58,8 +59,10 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
                 left = a["details"]["uncompressed_weights"]
                 weights = counts["conv"] + counts["linear"] + counts["matmul"]
                 assert counts[COMPRESSION_OPS[a["variant"]]] + len(left) == weights > 0
-                if a["variant"] == "int8":
+                if a["variant"] in ("int8", "w8a8"):
                     assert left == []  # depthwise kernels included, despite coremltools' 2,048-element default
+                if a["variant"] == "w8a8":  # activations quantized too
+                    assert counts["quantize"] > 0 and counts["dequantize"] > 0
                 bits = int(a["variant"][-1]) if a["variant"].startswith("palette") else None
                 assert all(bits and w["elements"] <= 2 ** bits and "lookup table" in w["reason"] for w in left)
 

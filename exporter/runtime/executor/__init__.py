@@ -6,21 +6,24 @@
 n-bit lookup tables, sparse masks, NeuralNetwork linear and lookup-table quantization, float16), applies the file's
 own image preprocessing, runs every operation, and returns the classifier's probabilities in label order.
 
-Precision. Core ML picks the arithmetic by device: the CPU computes in float32, the GPU and the Neural Engine in
-float16. ``compute`` brackets the two:
+Precision. Core ML picks the arithmetic by device: float32 on the CPU for a float32 model, float16 on the GPU and the
+Neural Engine. ``compute`` brackets the two:
 
 * ``"fp32"``: every value is float32. float16 weights are widened exactly; ``cast`` to fp16 inside an fp16 program
-  is a no-op. This is the ideal arithmetic of the file's weights.
+  is a no-op. This is the exact arithmetic of the file's weights, up to float32 rounding.
 * ``"fp16"``: every floating constant and every op's (layer's) output is rounded to float16 before the next op
-  reads it (the arithmetic inside one op stays float32, as accumulators on the GPU and Neural Engine are wider).
-  This is what a float16 device can at best do; real hardware lands between the two.
+  reads it; the arithmetic inside one op stays float32. This is float16 storage between ops, the coarser end.
 
 Constant decompression is exact either way: a dequantized weight is rounded to the element type the file declares
 for it (float16 for compressed ML Program weights), as Core ML materialises it.
 
 Batching. Files are declared for one image. When every operation treats the leading axis as a batch (no reshape,
-transpose, concat, reduction or slice touches it), images run together; otherwise one at a time. An operation,
-layer or data type the executor does not implement raises ``UnsupportedOperationError`` naming it and the file.
+transpose, concat, reduction or slice touches it), images run together, a few at a time so that activations stay
+in cache; otherwise one at a time. An operation, layer or data type the executor does not implement raises
+``UnsupportedOperationError`` naming it and the file.
+
+Threads. Matrix products use numpy's BLAS; small ones are limited to one BLAS thread while they run (see
+``blas.THREADED_GEMM_MACS``). An executor keeps per-operation scratch buffers: use one executor per thread.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import ConversionError, UnsupportedOperationError
+from ...errors import ConfigError, ConversionError, UnsupportedOperationError
 from .image import image_input, to_tensor
 
 COMPUTE = ("fp32", "fp16")
@@ -41,7 +44,6 @@ MAX_BATCH = 16
 # images at once and 0.2 s for the same 16 four at a time. Larger activations also come as fresh pages from the
 # allocator, which fault on first touch.
 CHUNK_ACTIVATION_BYTES = 24 * 1024 * 1024
-DEFAULT_MODEL_PATH = "Data/com.apple.CoreML/model.mlmodel"  # where coremltools puts the spec inside a package
 
 
 def _spec_path(path: Path) -> Path:
@@ -90,7 +92,7 @@ class CoreMLExecutor:
 
     def __init__(self, path: str | Path, compute: str = "fp32"):
         if compute not in COMPUTE:
-            raise ConversionError(f"compute must be one of {list(COMPUTE)}, got {compute!r}")
+            raise ConfigError(f"compute must be one of {list(COMPUTE)}, got {compute!r}")
         self.path, self.compute = Path(path), compute
         where = str(self.path)
         spec, model_dir = load_spec(self.path)
@@ -120,11 +122,14 @@ class CoreMLExecutor:
         env = getattr(self._engine, "env", {})
         return {name: value for name, value in env.items() if isinstance(value, np.ndarray)}
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def predict(self, pixels: np.ndarray, observe=None) -> np.ndarray:
+        """Probabilities for uint8 pixels (see the class). ``observe(name, value)``, if given, is called with every
+        op (layer) output of every forward pass, named as in the file; ``value`` is only valid during the call (a
+        later op may reuse its memory), so take what you need from it there (activation ranges, say)."""
         x = to_tensor(pixels, self.image, str(self.path))
         count = -(-x.shape[0] // self.chunk)  # passes needed; the images are spread evenly over them
         bounds = np.linspace(0, x.shape[0], count + 1).round().astype(int)
-        parts = [self._engine.run(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        parts = [self._engine.run(x[a:b], observe) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         probs = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         if probs.shape[1] != len(self.labels):
             raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels",

@@ -9,43 +9,15 @@ channel-vectorised sum over kernel taps.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ...errors import ConversionError, UnsupportedOperationError
+from .blas import matmul
 
-# Matrix products below this many multiply-adds run on one BLAS thread. Splitting a product that takes well under a
-# millisecond buys little, and on a shared machine a second thread that gets descheduled stalls the first: measured,
-# a 64-px MobileNetV3 took 0.2 s with one BLAS thread and up to 3.5 s with two on a 2-core VM with a busy neighbour.
-THREADED_GEMM_MACS = 16_000_000
 # Largest im2col patch matrix built at once. Bigger chunks buy nothing once the matrix product dominates; this keeps
 # a 3x3 convolution over 256 channels at 56x56 (batch 16: 460 MB of patches) within a laptop's memory.
 IM2COL_BYTES = 64 * 1024 * 1024
-
-
-_BLAS = []  # the process's BLAS libraries (threadpoolctl), looked up on first use
-
-
-def _single_threaded_blas():
-    if not _BLAS:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # without threadpoolctl, BLAS keeps its own threading
-            _BLAS.append(None)
-        else:
-            _BLAS.append(ThreadpoolController().select(user_api="blas"))
-    return _BLAS[0].limit(limits=1) if _BLAS[0] is not None else contextlib.nullcontext()
-
-
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``a @ b`` (into ``out``), on one BLAS thread unless the product is large (see THREADED_GEMM_MACS)."""
-    macs = int(np.prod(a.shape[:-1], dtype=np.int64)) * a.shape[-1] * b.shape[-1]
-    if macs >= THREADED_GEMM_MACS:
-        return np.matmul(a, b, out=out)
-    with _single_threaded_blas():
-        return np.matmul(a, b, out=out)
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:

@@ -111,7 +111,7 @@ def _tile(c: OpCall):
     return np.tile(c["x"], [int(r) for r in c.const("reps")])
 
 
-@op("split", batch=axes_exclude_batch("axis", default_all=False))
+@op("split", batch=axes_exclude_batch("axis"))
 def _split(c: OpCall):
     x, axis = c["x"], int(c.const("axis"))
     sizes = c.const("split_sizes", None)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import blas, kernels
 from .mil_elementwise import F32, scalar
 from .registry import OpCall, always, axes_exclude_batch, op
 
 
 # ------------------------------------------------------------------------------------------------ convolution, pooling
-def _pads(c: OpCall, spatial: tuple[int, int], kernel, stride, dilation, allow_ceil: bool = False):
+def _pads(c: OpCall, spatial: tuple[int, int], kernel, stride, dilation) -> tuple[int, int, int, int]:
     pad_type = c.const("pad_type", "valid")
     if pad_type == "valid":
         return (0, 0, 0, 0)
@@ -82,7 +82,7 @@ def _avg_pool(c: OpCall):
 # ------------------------------------------------------------------------------------------------ linear algebra
 @op("linear", batch=lambda c: (c.rank("x") or 0) >= 2)
 def _linear(c: OpCall):
-    out = kernels.matmul(c["x"], np.asarray(c["weight"], F32).T)
+    out = blas.matmul(c["x"], np.asarray(c["weight"], F32).T)
     bias = c.get("bias")
     return out if bias is None else out + bias
 
@@ -100,7 +100,7 @@ def _matmul(c: OpCall):
         x = np.swapaxes(x, -1, -2)
     if c.const("transpose_y", False):
         y = np.swapaxes(y, -1, -2)
-    return kernels.matmul(x, y)
+    return blas.matmul(x, y)
 
 
 @op("batch_norm", batch=always)
@@ -142,7 +142,7 @@ def _layer_norm(c: OpCall):
     return y
 
 
-@op("softmax", batch=axes_exclude_batch("axis", default_all=False))
+@op("softmax", batch=axes_exclude_batch("axis", default=-1))
 def _softmax(c: OpCall):
     x, axis = c["x"], int(c.const("axis", -1))
     e = np.exp(x - x.max(axis=axis, keepdims=True))

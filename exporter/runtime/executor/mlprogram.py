@@ -30,11 +30,12 @@ def _to_compute(value, fp16: bool):
 
 
 class Step:
-    __slots__ = ("call", "fn", "outputs", "declared", "release")
+    __slots__ = ("call", "fn", "outputs", "declared", "release", "observe_only")
 
     def __init__(self, call: OpCall, fn, outputs: list[str], declared: list):
         self.call, self.fn, self.outputs, self.declared = call, fn, outputs, declared
         self.release: list[str] = []  # computed values no later step reads: dropped after this one
+        self.observe_only = False  # folded into a later step (plan.fuse_pads): run only to show its value
 
 
 class Program:
@@ -170,12 +171,15 @@ class Program:
         self.probabilities = probabilities
 
     # ------------------------------------------------------------------------------------------------ running
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 -> (N, K) float32 probabilities; N > 1 only when ``batchable``."""
+    def run(self, x: np.ndarray, observe=None) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, K) float32 probabilities; N > 1 only when ``batchable``. ``observe(name,
+        value)``, if given, sees every op output as it is computed (valid only during the call)."""
         env = dict(self.env)
         env[self.input] = x
         n = x.shape[0]
         for step in self.steps:
+            if step.observe_only and observe is None:
+                continue
             call = step.call
             call.env = env
             out = step.fn(call)
@@ -194,6 +198,8 @@ class Program:
                 if self.fp16 and value.dtype == F32:
                     value = value.astype(np.float16).astype(F32)
                 env[name] = value
+                if observe is not None:
+                    observe(name, value)
             for name in step.release:
                 del env[name]
         probs = np.asarray(env[self.probabilities], F32)

@@ -93,7 +93,7 @@ class Network:
             if name not in (self.probabilities, self.image.name):
                 self.layers[i].release.append(name)
 
-    def _forward(self, x: np.ndarray, shapes: dict | None = None) -> np.ndarray:
+    def _forward(self, x: np.ndarray, shapes: dict | None = None, observe=None) -> np.ndarray:
         x = x * self.scale + self.bias
         if self.fp16:
             x = x.astype(np.float16).astype(F32)
@@ -116,11 +116,14 @@ class Network:
                 env[name] = value
                 if shapes is not None:
                     shapes[name] = value.shape
+                if observe is not None:
+                    observe(name, value)
             if shapes is None:
                 for name in layer.release:
                     env.pop(name, None)
         return env[self.probabilities]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        probs = np.asarray(self._forward(x), F32)
+    def run(self, x: np.ndarray, observe=None) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, K) probabilities; ``observe(name, value)`` sees every layer output."""
+        probs = np.asarray(self._forward(x, observe=observe), F32)
         return probs.reshape(x.shape[0], -1)

@@ -1,7 +1,8 @@
 """Load-time planning of an ML Program's steps, none of which changes what is computed:
 
 * a zero ``pad`` whose only reader is a ``valid`` convolution becomes that convolution's own padding (the
-  convolution pads into a buffer it keeps, instead of a new array per call);
+  convolution pads into a buffer it keeps, instead of a new array per call); the pad step stays in the list, run
+  only when a caller observes every value;
 * each computed value is dropped after the last step that reads it;
 * an elementwise step whose ``x`` is a fresh array that nothing reads afterwards writes its result into ``x``.
 """
@@ -36,7 +37,6 @@ def _spatial_zero_pad(program, step) -> list[int] | None:
 
 def fuse_pads(program) -> None:
     readers = _readers(program.steps)
-    fused = []
     for step in program.steps:
         if step.call.op_type != "pad" or len(step.outputs) != 1 or not step.call.is_const("pad"):
             continue
@@ -53,13 +53,14 @@ def fuse_pads(program) -> None:
         program.add_constant(f"{conv.name}::fused_pad", [int(p) for p in pads])
         conv.args = {**conv.args, "x": step.call.args["x"], "pad_type": [f"{conv.name}::fused_pad_type"],
                      "pad": [f"{conv.name}::fused_pad"]}
-        fused.append(step)
-    program.steps = [s for s in program.steps if all(s is not f for f in fused)]
+        step.observe_only = True
 
 
 def plan_release(program) -> None:
     last: dict[str, int] = {}
     for i, step in enumerate(program.steps):
+        if step.observe_only:
+            continue
         for names in step.call.args.values():
             for name in names:
                 if name not in program.consts:

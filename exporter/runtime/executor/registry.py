@@ -101,15 +101,14 @@ class OpCall:
         return UnsupportedOperationError(f"{self.op_type} op {self.name!r} {message}", path=self.where)
 
 
-def axes_exclude_batch(key: str, default_all: bool = True):
-    """Batch rule for ops with an axis/axes parameter: fine when no axis is 0 (normalised by the declared rank)."""
+def axes_exclude_batch(key: str, default=None):
+    """Batch rule for ops with an axis/axes parameter: fine when no axis is 0 (normalised by the declared rank).
+    ``default`` is the op's own default when the parameter is absent; None means "every axis"."""
     def rule(call: OpCall) -> bool:
-        value = call.const(key, None)
+        value = call.const(key, default)
         if value is None:
-            return not default_all
+            return False
         rank = call.rank("x") if call.has("x") else call.rank("values")
         axes = value if isinstance(value, list) else [value]
-        if rank is None:
-            return all(a > 0 for a in axes)
-        return all(a % rank != 0 for a in axes)
+        return rank is not None and all(int(a) % rank != 0 for a in axes)
     return rule
