@@ -125,7 +125,7 @@ def test_missing_empty_corrupt_truncated(tmp_path):
 
 def test_in_model_rescaling_is_detected(tmp_path):
     inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Rescaling(1 / 255, name="to_unit")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "r.keras")
-    assert load_model(tmp_path / "r.keras").in_model_preprocessing == ["rescaling"]
+    assert load_model(tmp_path / "r.keras").in_model_preprocessing == ["to_unit"]
