@@ -3,8 +3,9 @@
 * Weight decoding: blobs written by coremltools' own blob writer, packed sub-byte values, and every compression the
   exporter uses (plus sparse and blockwise int4), compared with coremltools' view of the same weights.
 * Operations: small ML Programs built with the MIL builder (convolution padding modes, strides, dilations, groups,
-  depthwise multipliers, pooling edge cases, activations, shape ops, W8A8 quantize/dequantize), compared with
-  TensorFlow or plain numpy; unknown ops and layers are refused by name.
+  depthwise multipliers, pooling edge cases, activations, shape ops, W8A8 quantize/dequantize) and NeuralNetwork
+  files built layer by layer, compared with TensorFlow or plain numpy; a Keras layer zoo through both converters;
+  unknown ops and layers are refused by name.
 * Whole models from their saved files against Keras on the held-out images: the trained sample models in every Core
   ML variant (fp32 within 1e-5, the others within their default gates), and keras.applications MobileNets trained
   briefly here, in fp32, fp16 and int8, held to onnxruntime's own faithfulness on the same models.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import shutil
 
@@ -370,6 +372,11 @@ def _ops():
         "split": (lambda v: mb.concat(values=list(mb.split(x=v, split_sizes=[4, 5], axis=2))[::-1], axis=2),
                   lambda x: np.concatenate([x[:, :, 4:], x[:, :, :4]], 2)),
         "tile": (lambda v: mb.tile(x=v, reps=[1, 2, 1, 2]), lambda x: np.tile(x, (1, 2, 1, 2))),
+        "flatten2d": (lambda v: mb.flatten2d(x=v, axis=2), lambda x: x.reshape(len(x) * 3, -1)),
+        "reduce_prod": (lambda v: mb.reduce_prod(x=mb.add(x=v, y=1.5), axes=[1]), lambda x: (x + 1.5).prod(1)),
+        "reduce_sum_square": (lambda v: mb.reduce_sum_square(x=v, axes=[3]), lambda x: (x * x).sum(3)),
+        "reduce_l1": (lambda v: mb.reduce_l1_norm(x=v, axes=[2, 3], keep_dims=True), lambda x: np.abs(x).sum((2, 3))),
+        "identity": (lambda v: mb.identity(x=v), lambda x: x),
     }
 
 
@@ -380,7 +387,8 @@ OP_NAMES = [  # the keys of _ops(), listed here so that collecting the tests doe
     "reduce_mean_hw", "reduce_sum_c", "reduce_max_w", "reduce_min_h", "reduce_l2", "concat", "transpose",
     "squeeze_expand", "slice_by_index", "slice_by_size", "pad_constant", "pad_reflect", "pad_replicate",
     "upsample_nearest", "upsample_bilinear", "upsample_bilinear_aligned", "batch_norm", "instance_norm",
-    "layer_norm", "linear", "matmul", "split", "tile"]
+    "layer_norm", "linear", "matmul", "split", "tile", "flatten2d", "reduce_prod", "reduce_sum_square", "reduce_l1",
+    "identity"]
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
@@ -409,6 +417,8 @@ def test_batch_equals_one_image_at_a_time(tmp_path):
     together = executor.predict(pixels)
     alone = np.concatenate([executor.predict(pixels[i:i + 1]) for i in range(5)])
     np.testing.assert_array_equal(together, alone)
+    executor.chunk = 2  # three passes, run by the worker threads
+    np.testing.assert_array_equal(executor.predict(pixels), alone)
 
 
 def test_w8a8_quantize_and_dequantize(tmp_path):
@@ -452,6 +462,146 @@ def test_observe_sees_every_op_output_even_a_pad_folded_into_its_convolution(tmp
 def test_grayscale_program_input(tmp_path):
     got, x = _run(tmp_path, lambda v: mb.mul(x=v, y=2.0), shape=(1, 1, SIDE, SIDE))
     np.testing.assert_allclose(got, (2 * x).reshape(len(x), -1), atol=OP_ATOL)
+
+
+# ---------------------------------------------------------------------------------------------------------- NN layers
+NN_SIDE = 8
+
+
+def _nn_file(tmp_path, build, count: int):
+    """A NeuralNetwork classifier on a (3, 8, 8) image scaled to [-1, 1]: ``build(builder, "image")`` adds the
+    layers under test and returns the blob whose values, flattened, are the ``count`` "probabilities"."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    builder = NeuralNetworkBuilder([("image", datatypes.Array(3, NN_SIDE, NN_SIDE))], [("probs", None)],
+                                   mode="classifier", disable_rank5_shape_mapping=True)
+    builder.add_flatten_to_2d("flat", build(builder, "image"), "probs", axis=1)
+    builder.set_class_labels([f"o{i}" for i in range(count)], predicted_feature_name="label",
+                             prediction_blob="probs")
+    builder.set_pre_processing_parameters(image_input_names=["image"], image_scale=IMAGE_SCALE,
+                                          red_bias=IMAGE_BIAS, green_bias=IMAGE_BIAS, blue_bias=IMAGE_BIAS)
+    path = tmp_path / "nn.mlmodel"
+    ct.utils.save_spec(builder.spec, str(path))
+    return path
+
+
+def _named(_layer, blob: str) -> str:
+    """The builder's add_* methods return the layer; the cases want the name of the blob it writes."""
+    return blob
+
+
+_NN_CONST = np.array([0.5, -1.0, 2.0], np.float32).reshape(1, 3, 1, 1)
+
+
+def _nn_const(builder, name="k"):
+    builder.add_load_constant_nd(name, name, _NN_CONST, shape=list(_NN_CONST.shape))
+    return name
+
+
+def _nn_cases():
+    """name -> (build, reference on the NCHW float input)."""
+    def unary(mode, ref, **kw):
+        return (lambda b, x: _named(b.add_unary("u", x, "u", mode, **kw), "u"), ref)
+
+    def act(kind, ref, params=None):
+        return (lambda b, x: _named(b.add_activation("a", kind, x, "a", params=params), "a"), ref)
+
+    def broadcast(method, ref):
+        return (lambda b, x: _named(getattr(b, method)("o", [x, _nn_const(b)], "o"), "o"), lambda x: ref(x, _NN_CONST))
+
+    def reduce(method, ref, axes):
+        return (lambda b, x: _named(getattr(b, method)("r", x, "r", axes=axes, keepdims=False), "r"), ref)
+
+    half = lambda b, x: _named(b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=0.5), "h")  # noqa: E731
+    return {
+        "add": (lambda b, x: _named(b.add_elementwise("e", [x, half(b, x)], "e", "ADD"), "e"), lambda x: 1.5 * x),
+        "add_scalar": (lambda b, x: _named(b.add_elementwise("e", [x], "e", "ADD", alpha=0.7), "e"), lambda x: x + 0.7),
+        "max": (lambda b, x: _named(b.add_elementwise("e", [x, half(b, x)], "e", "MAX"), "e"), lambda x: np.maximum(x, x / 2)),
+        "min": (lambda b, x: _named(b.add_elementwise("e", [x, half(b, x)], "e", "MIN"), "e"), lambda x: np.minimum(x, x / 2)),
+        "average": (lambda b, x: _named(b.add_elementwise("e", [x, half(b, x)], "e", "AVE"), "e"), lambda x: 0.75 * x),
+        "sqrt": unary("sqrt", lambda x: np.sqrt(2 * x + 2.5), shift=2.5, scale=2.0),
+        "rsqrt": unary("rsqrt", lambda x: 1 / np.sqrt(x + 1.5 + 1e-3), shift=1.5, epsilon=1e-3),
+        "inverse": unary("inverse", lambda x: 1 / (x + 1.5 + 1e-3), shift=1.5, epsilon=1e-3),
+        "power": unary("power", lambda x: x ** 2, alpha=2.0),
+        "exp": unary("exp", np.exp),
+        "log": unary("log", lambda x: np.log(x + 1.5), shift=1.5),
+        "abs": unary("abs", np.abs),
+        "threshold": unary("threshold", lambda x: np.maximum(x, 0.2), alpha=0.2),
+        "scaled_tanh": act("SCALED_TANH", lambda x: 1.7 * np.tanh(0.6 * x), params=[1.7, 0.6]),
+        "thresholded_relu": act("THRESHOLDEDRELU", lambda x: np.where(x >= 0.3, x, 0), params=0.3),
+        "linear": act("LINEAR", lambda x: 2 * x - 0.5, params=[2.0, -0.5]),
+        "sigmoid_hard": act("SIGMOID_HARD", lambda x: np.clip(0.3 * x + 0.4, 0, 1), params=[0.3, 0.4]),
+        "softsign": act("SOFTSIGN", lambda x: x / (1 + np.abs(x))),
+        "softplus": act("SOFTPLUS", lambda x: np.log1p(np.exp(x))),
+        "elu": act("ELU", lambda x: np.where(x > 0, x, 0.8 * np.expm1(x)), params=0.8),
+        "leaky_relu": act("LEAKYRELU", lambda x: np.where(x >= 0, x, 0.1 * x), params=[0.1]),
+        "clip": (lambda b, x: _named(b.add_clip("c", x, "c", -0.2, 0.3), "c"), lambda x: np.clip(x, -0.2, 0.3)),
+        "gelu_exact": (lambda b, x: _named(b.add_gelu("g", x, "g", "EXACT"), "g"),
+                       lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))),
+        "gelu_tanh": (lambda b, x: _named(b.add_gelu("g", x, "g", "TANH_APPROXIMATION"), "g"),
+                      lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))),
+        "gelu_sigmoid": (lambda b, x: _named(b.add_gelu("g", x, "g", "SIGMOID_APPROXIMATION"), "g"),
+                         lambda x: x / (1 + np.exp(-1.702 * x))),
+        "softmax_channels": (lambda b, x: _named(b.add_softmax("s", x, "s"), "s"),
+                             lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)),
+        "pad_reflect": (lambda b, x: _named(b.add_padding("p", 1, 2, 2, 0, input_name=x, output_name="p",
+                                                   padding_type="reflection"), "p"),
+                        lambda x: np.pad(x, ((0, 0), (0, 0), (2, 0), (1, 2)), mode="reflect")),
+        "pad_replicate": (lambda b, x: _named(b.add_padding("p", 0, 1, 1, 2, input_name=x, output_name="p",
+                                                     padding_type="replication"), "p"),
+                          lambda x: np.pad(x, ((0, 0), (0, 0), (1, 2), (0, 1)), mode="edge")),
+        "pad_value": (lambda b, x: _named(b.add_padding("p", 1, 0, 0, 1, value=0.25, input_name=x, output_name="p"), "p"),
+                      lambda x: np.pad(x, ((0, 0), (0, 0), (0, 1), (1, 0)), constant_values=0.25)),
+        "upsample": (lambda b, x: _named(b.add_upsample("up", 2, 3, x, "up"), "up"), lambda x: x.repeat(2, 2).repeat(3, 3)),
+        "flatten_channel_last": (lambda b, x: _named(b.add_flatten("f", 1, x, "f"), "f"),
+                                 lambda x: x.transpose(0, 2, 3, 1).reshape(len(x), -1)),
+        "reduce_sum": reduce("add_reduce_sum", lambda x: x.sum((2, 3)), [2, 3]),
+        "reduce_prod": reduce("add_reduce_prod", lambda x: x.prod(1), [1]),
+        "reduce_min": reduce("add_reduce_min", lambda x: x.min(-1), [-1]),
+        "reduce_l1": reduce("add_reduce_l1", lambda x: np.abs(x).sum(1), [1]),
+        "reduce_l2": reduce("add_reduce_l2", lambda x: np.sqrt((x * x).sum(2)), [2]),
+        "reduce_sumsquare": reduce("add_reduce_sumsquare", lambda x: (x * x).sum(3), [3]),
+        "squeeze_expand": (lambda b, x: _named(b.add_expand_dims("e", _named(b.add_squeeze("s", _named(b.add_reduce_mean(
+            "m", x, "m", axes=[1], keepdims=True), "m"), "s", axes=[1]), "s"), "e", axes=[-1]), "e"),
+                           lambda x: x.mean(1)[..., None]),
+        "tile": (lambda b, x: _named(b.add_tile("t", x, "t", reps=[1, 2, 1, 2]), "t"), lambda x: np.tile(x, (1, 2, 1, 2))),
+        "copy": (lambda b, x: _named(b.add_copy("c", x, "c"), "c"), lambda x: x),
+        "flatten_channel_first": (lambda b, x: _named(b.add_flatten("f", 0, x, "f"), "f"),
+                                  lambda x: x.reshape(len(x), -1)),
+        "instance_norm": (lambda b, x: _named(b.add_batchnorm(
+            "n", 3, _NN_CONST.ravel(), -_NN_CONST.ravel(), input_name=x, output_name="n", compute_mean_var=True,
+            instance_normalization=True, epsilon=1e-3), "n"),
+            lambda x: (x - x.mean((2, 3), keepdims=True)) / np.sqrt(x.var((2, 3), keepdims=True) + 1e-3)
+            * _NN_CONST - _NN_CONST),
+        "add_broadcast": broadcast("add_add_broadcastable", np.add),
+        "divide_broadcast": broadcast("add_divide_broadcastable", np.divide),
+        "max_broadcast": broadcast("add_max_broadcastable", np.maximum),
+        "min_broadcast": broadcast("add_min_broadcastable", np.minimum),
+        "pow_broadcast": (lambda b, x: _named(b.add_pow_broadcastable("o", [_named(b.add_unary("u", x, "u", "abs"), "u"),
+                                                                     _nn_const(b)], "o"), "o"),
+                          lambda x: np.abs(x) ** _NN_CONST),
+    }
+
+
+NN_NAMES = [  # the keys of _nn_cases()
+    "add", "add_scalar", "max", "min", "average", "sqrt", "rsqrt", "inverse", "power", "exp", "log", "abs",
+    "threshold", "scaled_tanh", "thresholded_relu", "linear", "sigmoid_hard", "softsign", "softplus", "elu",
+    "leaky_relu", "clip", "gelu_exact", "gelu_tanh", "gelu_sigmoid", "softmax_channels", "pad_reflect",
+    "pad_replicate", "pad_value", "upsample", "flatten_channel_last", "reduce_sum", "reduce_prod", "reduce_min",
+    "reduce_l1", "reduce_l2", "reduce_sumsquare", "squeeze_expand", "tile", "copy", "flatten_channel_first",
+    "instance_norm", "add_broadcast",
+    "divide_broadcast", "max_broadcast", "min_broadcast", "pow_broadcast"]
+
+
+@pytest.mark.parametrize("name", NN_NAMES)
+def test_nn_layer(tmp_path, name):
+    build, reference = _nn_cases()[name]
+    pixels = _pixels(2, NN_SIDE, NN_SIDE)
+    x = _input(pixels).astype(np.float64)
+    want = np.asarray(reference(x), np.float64).reshape(len(x), -1)
+    got = CoreMLExecutor(_nn_file(tmp_path, build, want.shape[1])).predict(pixels)
+    np.testing.assert_allclose(got, want, atol=OP_ATOL, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------- refusals
@@ -562,7 +712,7 @@ def _compressed_variants(base16, base18):
 def test_compressed_weights_decode_as_coremltools_decodes_them(tiny, tmp_path):
     from exporter.convert.coreml import convert
 
-    folder, model, info, pre = tiny
+    _, model, info, pre = tiny
     base16 = convert(model, info, backend="mlprogram", precision="fp16")
     base18 = convert(model, info, backend="mlprogram", precision="fp16", target="iOS18")
     pixels = _pixels(8, 12, 12)
@@ -592,7 +742,7 @@ def test_neuralnetwork_weights_decode_as_coremltools_dequantizes_them(tiny, tmp_
     from exporter.quantize.coreml import neuralnetwork_weights
     from exporter.runtime.executor import nnweights
 
-    folder, model, info, pre = tiny
+    _, model, info, pre = tiny
     base = convert(model, info, backend="neuralnetwork")
     float_layers = {layer.name: layer for layer in base.get_spec().neuralNetworkClassifier.layers}
     variants = {"fp16": neuralnetwork_weights(base, 16), "int8": neuralnetwork_weights(base, 8),
@@ -625,6 +775,95 @@ def test_neuralnetwork_weights_decode_as_coremltools_dequantizes_them(tiny, tmp_
         quantized.save(str(path))
         probs = CoreMLExecutor(path).predict(pixels)
         assert np.abs(probs - keras_probs).max() < 0.2, name
+
+
+def _weight_through(tmp_path, make_weight, shape, target):
+    """The weight a constexpr op decodes to, as the executor holds it, and the program's output with it."""
+    def body(v):
+        weight = make_weight()
+        return mb.conv(x=v, weight=weight, name="out")
+
+    path = _program_file(tmp_path, body, target=target)
+    executor = CoreMLExecutor(path)
+    weights = [w for w in executor.constants.values() if w.shape == shape and w.dtype == np.float32]
+    return weights, executor
+
+
+def test_constexpr_forms_the_exporter_does_not_write_yet(tmp_path):
+    """iOS18 vector lookup tables, iOS18 sparse masks and constexpr_cast, against their definitions."""
+    rng = np.random.default_rng(8)
+    from coremltools.converters.mil.mil import types
+
+    # Vector palettization: 2-bit indices over (2, 3, 1, 3), each index naming a 2-vector laid along axis 0.
+    indices = rng.integers(0, 4, (2, 3, 1, 3)).astype(np.uint8)
+    lut = rng.normal(size=(1, 1, 1, 1, 4, 2)).astype(np.float16)
+    want = np.moveaxis(lut[0, 0, 0, 0][indices], -1, 1).reshape(4, 3, 1, 3)  # row 2a+v is vector entry v of a
+    got, _ = _weight_through(tmp_path / "lut", lambda: mb.constexpr_lut_to_dense(
+        indices=indices.astype(types.np_uint2_dtype), lut=lut, vector_axis=0), (4, 3, 1, 3), ct.target.iOS18)
+    np.testing.assert_array_equal(got[0], want.astype(np.float32))
+    # Sparse: a uint1 mask of the full shape and the kept values in row-major order.
+    mask = rng.integers(0, 2, (2, 3, 3, 3)).astype(np.uint8)
+    data = rng.normal(size=int(mask.sum())).astype(np.float16)
+    dense = np.zeros(mask.shape, np.float16)
+    dense[mask.astype(bool)] = data
+    got, _ = _weight_through(tmp_path / "sparse", lambda: mb.constexpr_sparse_to_dense(
+        nonzero_data=data, mask=mask.astype(types.np_uint1_dtype)), (2, 3, 3, 3), ct.target.iOS18)
+    np.testing.assert_array_equal(got[0], dense.astype(np.float32))
+    source = rng.normal(size=(2, 3, 3, 3)).astype(np.float16)
+    got, _ = _weight_through(tmp_path / "cast", lambda: mb.constexpr_cast(source_val=source, output_dtype="fp32"),
+                             (2, 3, 3, 3), ct.target.iOS16)
+    np.testing.assert_array_equal(got[0], source.astype(np.float32))
+
+
+def _layer_zoo(path):
+    """Most Keras layers an image classifier uses, in one small model with input-dependent outputs."""
+    import keras
+    from keras import layers as k
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    x = k.Conv2D(8, 3, dilation_rate=2, padding="same", activation="elu")(inputs)
+    x = k.DepthwiseConv2D(3, depth_multiplier=2, strides=2, padding="same", activation="softplus")(x)
+    x = k.BatchNormalization()(x)
+    x = k.SeparableConv2D(8, 3, padding="valid", activation="swish")(x)
+    x = k.PReLU(shared_axes=[1, 2])(x)
+    features = [k.GlobalAveragePooling2D()(k.Activation(a)(x)) for a in
+                ("sigmoid", "tanh", "softsign", "hard_sigmoid", "leaky_relu", "relu6", "selu", "exponential")]
+    a = k.MaxPooling2D(3, strides=2, padding="same")(x)
+    b = k.AveragePooling2D(3, strides=2, padding="same")(x)
+    features += [k.GlobalMaxPooling2D()(k.Subtract()([a, b])), k.GlobalAveragePooling2D()(k.Multiply()([a, b]))]
+    c = k.Cropping2D(((1, 2), (0, 1)))(k.ZeroPadding2D(((1, 0), (2, 1)))(x))
+    features.append(k.Flatten()(k.Maximum()([c, k.Minimum()([c, 0.5 * c])])))
+    features.append(k.Flatten()(k.Permute((2, 1))(k.LayerNormalization()(k.Reshape((36, 8))(x)))))
+    y = k.Dense(16, activation="relu")(k.Concatenate()(features))
+    outputs = k.Dense(5, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 1))(y)
+    model = keras.Model(inputs, outputs)
+    norm = next(layer for layer in model.layers if isinstance(layer, k.BatchNormalization))
+    rng = np.random.default_rng(0)  # statistics other than the initial 0 and 1, so the batch norm does something
+    norm.set_weights([rng.uniform(0.5, 2, 16), rng.normal(size=16), rng.normal(size=16) * 0.1, rng.uniform(0.5, 2, 16)])
+    model.save(path)
+    return model
+
+
+def test_keras_layer_zoo_matches_keras_in_both_formats(tmp_path):
+    from exporter.api import ExportOptions, export
+    from exporter.runtime.coreml_spec import load_spec, op_counts
+
+    model = _layer_zoo(tmp_path / "zoo.keras")
+    manifest = export(tmp_path / "zoo.keras", list("abcde"), tmp_path / "out",
+                      preprocessing={"input_size": [16, 16], "scale": IMAGE_SCALE, "bias": IMAGE_BIAS},
+                      options=ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp32",)))
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    pixels = _pixels(32, 16, 16, seed=1)
+    want = model.predict(pre.normalize(pixels), verbose=0)
+    assert want.std(axis=0).max() > 0.05  # outputs depend on the input
+    kinds = set()
+    for art in manifest["artifacts"]:
+        got = CoreMLExecutor(tmp_path / "out" / art["path"]).predict(pixels)
+        assert np.abs(got - want).max() <= FP32_MAX_ABS_PROB, art["path"]
+        kinds |= set(op_counts(load_spec(tmp_path / "out" / art["path"])))
+    assert {"batch_norm", "silu", "elu", "softplus", "leaky_relu", "slice_by_index", "pad", "avg_pool",
+            "batchnorm", "constantPad", "sliceStatic", "unary", "activation", "pooling"} <= kinds
 
 
 # ---------------------------------------------------------------------------------------------------------- contracts

@@ -22,28 +22,36 @@ transpose, concat, reduction or slice touches it), images run together, a few at
 in cache; otherwise one at a time. An operation, layer or data type the executor does not implement raises
 ``UnsupportedOperationError`` naming it and the file.
 
-Threads. Matrix products use numpy's BLAS; small ones are limited to one BLAS thread while they run (see
-``blas.THREADED_GEMM_MACS``). An executor keeps per-operation scratch buffers: use one executor per thread.
+Threads. ``predict`` holds numpy's BLAS to one thread while it runs (see ``blas``) and runs up to ``WORKERS``
+forward passes at once in threads instead. One executor serves one ``predict`` call at a time.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import ConfigError, ConversionError, UnsupportedOperationError
+from . import blas
 from .image import image_input, to_tensor
 
 COMPUTE = ("fp32", "fp16")
+# Forward passes run at once, in threads. numpy releases the GIL in matrix products and elementwise loops, so two
+# passes overlap those while BLAS itself stays single-threaded (see blas); more threads would mostly wait for the
+# GIL, which the depthwise convolutions (einsum) hold.
+WORKERS = min(2, os.cpu_count() or 1)
 # Images per forward pass at most: the matrix products gain nothing from more.
 MAX_BATCH = 16
-# Largest single activation of a forward pass. A layer whose input and output stay in the last-level cache (commonly
-# 16-64 MB) runs several times faster than one streaming through memory: a 224-px MobileNetV2 takes 0.57 s for 16
-# images at once and 0.2 s for the same 16 four at a time. Larger activations also come as fresh pages from the
+# Largest single activation of one forward pass. A layer whose input and output stay in the last-level cache (commonly
+# 16-64 MB, shared by the passes in flight) runs several times faster than one streaming through memory: a 224-px
+# MobileNetV2 takes 0.57 s for 16 images at once and 0.2 s for the same 16 four at a time on one thread; with two
+# passes in flight, two images per pass was fastest (0.15 s). Larger activations also come as fresh pages from the
 # allocator, which fault on first touch.
-CHUNK_ACTIVATION_BYTES = 24 * 1024 * 1024
+CHUNK_ACTIVATION_BYTES = 12 * 1024 * 1024
 
 
 def _spec_path(path: Path) -> Path:
@@ -129,7 +137,13 @@ class CoreMLExecutor:
         x = to_tensor(pixels, self.image, str(self.path))
         count = -(-x.shape[0] // self.chunk)  # passes needed; the images are spread evenly over them
         bounds = np.linspace(0, x.shape[0], count + 1).round().astype(int)
-        parts = [self._engine.run(x[a:b], observe) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        with blas.single_threaded():
+            if observe is not None or len(chunks) < 2 or WORKERS < 2:  # an observer sees one pass at a time
+                parts = [self._engine.run(chunk, observe) for chunk in chunks]
+            else:
+                with ThreadPoolExecutor(min(WORKERS, len(chunks))) as pool:
+                    parts = list(pool.map(self._engine.run, chunks))
         probs = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         if probs.shape[1] != len(self.labels):
             raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels",

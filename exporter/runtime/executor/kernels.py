@@ -9,11 +9,12 @@ channel-vectorised sum over kernel taps.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ...errors import ConversionError, UnsupportedOperationError
-from .blas import matmul
 
 # Largest im2col patch matrix built at once. Bigger chunks buy nothing once the matrix product dominates; this keeps
 # a 3x3 convolution over 256 channels at 56x56 (batch 16: 460 MB of patches) within a laptop's memory.
@@ -52,18 +53,19 @@ def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0
              scratch: dict | None = None) -> np.ndarray:
     """Contiguous NHWC copy of ``xh`` padded by (top, bottom, left, right) with ``value``.
 
-    With ``scratch`` (a kernel's private cache) the padded buffer is kept and reused: its border is written once and
-    each call only copies the interior. Only for buffers that never leave the kernel."""
+    With ``scratch`` (a kernel's private cache) the padded buffer is kept and reused, one per thread: its border is
+    written once and each call only copies the interior. Only for buffers that never leave the kernel."""
     top, bottom, left, right = pads
     if not any(pads):
         return np.ascontiguousarray(xh)
     n, h, w, c = xh.shape
     shape = (n, h + top + bottom, w + left + right, c)
-    out = None if scratch is None else scratch.get("padded")
-    if out is None or out.shape != shape or out.dtype != xh.dtype or scratch.get("pad_value") != value:
+    key = ("padded", threading.get_ident(), value)
+    out = None if scratch is None else scratch.get(key)
+    if out is None or out.shape != shape or out.dtype != xh.dtype:
         out = np.full(shape, value, dtype=xh.dtype)
         if scratch is not None:
-            scratch["padded"], scratch["pad_value"] = out, value
+            scratch[key] = out
     out[:, top:top + h, left:left + w] = xh
     return out
 
@@ -93,7 +95,7 @@ def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
     flat = out.reshape(-1, wmat.shape[1])
     if kh == kw == 1:
         src = xh[:, : (ho - 1) * stride[0] + 1: stride[0], : (wo - 1) * stride[1] + 1: stride[1], :]
-        matmul(src.reshape(-1, c), wmat, out=flat)
+        np.matmul(src.reshape(-1, c), wmat, out=flat)
         return out
     windows = _windows(xh, ho, wo, kh, kw, stride, dilation)
     k = kh * kw * c
@@ -102,12 +104,12 @@ def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
         images = max(1, rows // ho)
         for i in range(0, n, images):
             patches = windows[i:i + images].reshape(-1, k)
-            matmul(patches, wmat, out=out[i:i + images].reshape(-1, wmat.shape[1]))
+            np.matmul(patches, wmat, out=out[i:i + images].reshape(-1, wmat.shape[1]))
         return out
     for i in range(n):
         for r in range(0, ho, rows):
             patches = windows[i, r:r + rows].reshape(-1, k)
-            matmul(patches, wmat, out=out[i, r:r + rows].reshape(-1, wmat.shape[1]))
+            np.matmul(patches, wmat, out=out[i, r:r + rows].reshape(-1, wmat.shape[1]))
     return out
 
 
@@ -119,7 +121,7 @@ def _pointwise_biased(xh, wmat_bias, stride, ho, wo) -> np.ndarray:
     widened[..., :c] = xh[:, : (ho - 1) * stride[0] + 1: stride[0], : (wo - 1) * stride[1] + 1: stride[1], :]
     widened[..., c] = 1.0
     out = np.empty((n, ho, wo, wmat_bias.shape[1]), np.float32)
-    matmul(widened.reshape(-1, c + 1), wmat_bias, out=out.reshape(-1, wmat_bias.shape[1]))
+    np.matmul(widened.reshape(-1, c + 1), wmat_bias, out=out.reshape(-1, wmat_bias.shape[1]))
     return out
 
 

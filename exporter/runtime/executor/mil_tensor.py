@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import blas, kernels
+from . import kernels
 from .mil_elementwise import F32, scalar
 from .registry import OpCall, always, axes_exclude_batch, op
 
@@ -38,18 +38,24 @@ def _pair(c: OpCall, key: str, default) -> tuple[int, int]:
     return value[0], value[1]
 
 
+def _conv_params(c: OpCall, spatial: tuple[int, int], kernel) -> tuple:
+    """(strides, dilations, pads, groups) of a conv, read from its constants once per input size."""
+    key = ("params", spatial)
+    if key not in c.cache:
+        stride = _pair(c, "strides", (1, 1))
+        dilation = _pair(c, "dilations", (1, 1))
+        c.cache[key] = (stride, dilation, _pads(c, spatial, kernel, stride, dilation), int(c.const("groups", 1)))
+    return c.cache[key]
+
+
 @op("conv", batch=always)
 def _conv(c: OpCall):
-    x, weight = c["x"], np.asarray(c["weight"], F32)
+    x, weight = c["x"], c["weight"]
     if x.ndim != 4 or weight.ndim != 4:
         raise c.unsupported(f"is a {x.ndim - 2}-D convolution; only 2-D is supported")
-    stride = _pair(c, "strides", (1, 1))
-    dilation = _pair(c, "dilations", (1, 1))
-    kernel = weight.shape[2:]
-    pads = _pads(c, x.shape[2:], kernel, stride, dilation)
-    groups = int(c.const("groups", 1))
+    stride, dilation, pads, groups = _conv_params(c, x.shape[2:], weight.shape[2:])
     cache = c.cache if c.is_const("weight") else None
-    return kernels.conv2d(x, weight, c.get("bias"), stride, dilation, pads, groups, cache)
+    return kernels.conv2d(x, np.asarray(weight, F32), c.get("bias"), stride, dilation, pads, groups, cache)
 
 
 def _pool(c: OpCall, kind: str):
@@ -82,7 +88,7 @@ def _avg_pool(c: OpCall):
 # ------------------------------------------------------------------------------------------------ linear algebra
 @op("linear", batch=lambda c: (c.rank("x") or 0) >= 2)
 def _linear(c: OpCall):
-    out = blas.matmul(c["x"], np.asarray(c["weight"], F32).T)
+    out = np.matmul(c["x"], np.asarray(c["weight"], F32).T)
     bias = c.get("bias")
     return out if bias is None else out + bias
 
@@ -100,7 +106,7 @@ def _matmul(c: OpCall):
         x = np.swapaxes(x, -1, -2)
     if c.const("transpose_y", False):
         y = np.swapaxes(y, -1, -2)
-    return blas.matmul(x, y)
+    return np.matmul(x, y)
 
 
 @op("batch_norm", batch=always)

@@ -66,6 +66,8 @@ class Program:
         if self.probabilities is None:
             raise UnsupportedOperationError("ML Program has no classify op; only classifiers are supported", path=where)
         self.files = None  # weight bytes are no longer needed once decoded
+        for step in self.steps:  # a program that runs image by image keeps every declared shape as it is
+            step.call.batched = step.call.batched and self.batchable
         plan.fuse_pads(self)
         plan.plan_release(self)
         sizes = [int(np.prod(shape)) for step in self.steps for shape in step.declared if shape]
@@ -180,8 +182,7 @@ class Program:
         for step in self.steps:
             if step.observe_only and observe is None:
                 continue
-            call = step.call
-            call.env = env
+            call = step.call.bound(env)
             out = step.fn(call)
             outs = out if isinstance(out, tuple) else (out,)
             if len(outs) != len(step.outputs):
@@ -189,8 +190,8 @@ class Program:
                                       f"declares {len(step.outputs)}", path=self.where)
             for name, value, shape in zip(step.outputs, outs, step.declared, strict=True):
                 value = np.asarray(value)
-                if shape is not None and (value.shape[1:] != tuple(shape[1:]) or value.shape[:1] != (
-                        (n,) if name in self.batched else tuple(shape[:1]))):
+                lead = (n,) if self.batchable and name in self.batched else tuple(shape[:1]) if shape else ()
+                if shape is not None and (value.shape[1:] != tuple(shape[1:]) or value.shape[:1] != lead):
                     raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the "
                                           f"file declares {list(shape)}", path=self.where)
                 if value.dtype == np.float64:

@@ -52,6 +52,14 @@ class OpCall:
         self.env, self.consts, self.shapes, self.cache, self.batched = env, consts, shapes, {}, batched
         self.inplace = False  # set by the interpreter when x is a fresh array no later op reads: write into it
 
+    def bound(self, env: dict) -> OpCall:
+        """This call reading from ``env`` (one forward pass's values); everything else is shared."""
+        call = object.__new__(OpCall)
+        for slot in OpCall.__slots__:
+            setattr(call, slot, getattr(self, slot))
+        call.env = env
+        return call
+
     def out(self, key: str = "x"):
         """The array to write the result into (``x`` itself when ``inplace``), or None for a new one."""
         return self.env[self.args[key][0]] if self.inplace else None
