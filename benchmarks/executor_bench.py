@@ -1,11 +1,10 @@
-"""Throughput of the numpy Core ML executor against onnxruntime and Keras on the same MobileNetV2, same run.
+"""Throughput of the numpy Core ML executor against onnxruntime and Keras on the same model and the same batch.
 
-    .venv/bin/python benchmarks/executor_bench.py [--batch 16] [--repeats 5] [--keep DIR]
+    .venv/bin/python benchmarks/executor_bench.py [--batch 16] [--repeats 5]
 
-Builds MobileNetV2 (alpha 1.0, 224 px, random weights: speed does not depend on training), exports the fp32
-.mlpackage and the fp32 ONNX file through ``exporter.api.export``, then times each runtime on the same uint8 batch
-and prints images per second and the executor's ratio to the others. Each runtime gets one warm-up call; the figure
-is the median of ``--repeats`` timed calls.
+Standalone, it builds the random-weight MobileNetV2 (alpha 1.0, 224 px) of benchmarks/export_bench.py and exports its
+fp32 .mlpackage and ONNX files; benchmarks/run.py calls ``measure`` on the files its export section already wrote.
+Each runtime gets one warm-up call; the figure is the median of ``repeats`` timed calls on one uint8 batch.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-INPUT_SIZE = 224
-PREPROCESSING = {"input_size": [INPUT_SIZE, INPUT_SIZE], "scale": [0.00784313725490196], "bias": [-1.0]}
-CLASSES = 10  # the head's size hardly matters to the throughput; ten keeps the labels file short
+BATCH = 16
+REPEATS = 5
 
 
 def _median_rate(fn, batch, repeats: int) -> float:
@@ -36,50 +35,57 @@ def _median_rate(fn, batch, repeats: int) -> float:
     return len(batch) / statistics.median(times)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--keep", type=Path, help="export into this folder (default: a temporary one)")
-    args = parser.parse_args(argv)
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-
+def measure(mlpackage: Path, onnx_file: Path, keras_file: Path, preprocessing: dict, batch: int = BATCH,
+            repeats: int = REPEATS) -> dict:
+    """Images per second of each runtime on the same uint8 batch, and the executor's ratios to the other two."""
     import keras
     import numpy as np
 
-    from exporter.api import ExportOptions, export
     from exporter.preprocessing import Preprocessing
     from exporter.runtime import KerasRunner, OnnxRunner
     from exporter.runtime.executor import CoreMLExecutor
 
+    pre = Preprocessing.from_dict(preprocessing)
+    h, w = pre.input_size
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    runners = {"executor": CoreMLExecutor(mlpackage).predict, "onnxruntime": OnnxRunner(onnx_file, pre),
+               "keras": KerasRunner(keras.saving.load_model(keras_file, compile=False), pre)}
+    rates = {name: round(_median_rate(fn, pixels, repeats), 1) for name, fn in runners.items()}
+    return {"model": f"{mlpackage.name} / {onnx_file.name}", "batch": batch, "repeats": repeats,
+            "images_per_second": rates, "numpy": np.__version__,
+            "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
+            "executor_vs_keras": round(rates["executor"] / rates["keras"], 3)}
+
+
+def render(r: dict) -> str:
+    lines = [f"{r['model']}, batch {r['batch']}, median of {r['repeats']} ({os.cpu_count()} CPUs, numpy {r['numpy']})"]
+    lines += [f"  {name:12s} {rate:8.1f} images/s" for name, rate in r["images_per_second"].items()]
+    lines += [f"  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f}  (target >= 0.33)",
+              f"  executor / keras       = {r['executor_vs_keras']:.2f}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    args = parser.parse_args(argv)
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import json
+
+    from export_bench import build_large
+
+    from exporter.api import ExportOptions, export
+
     with tempfile.TemporaryDirectory() as tmp:
-        work = args.keep or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        model = keras.applications.MobileNetV2(input_shape=(INPUT_SIZE, INPUT_SIZE, 3), alpha=1.0, weights=None,
-                                               classes=CLASSES)
-        model_path = work / "mobilenet_v2_224.keras"
-        model.save(model_path)
-        labels = [f"class_{i}" for i in range(CLASSES)]
-        out = work / "export"
-        manifest = export(model_path, labels, out, preprocessing=PREPROCESSING,
-                          options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",), overwrite=True))
+        s = build_large(Path(tmp) / "model")
+        out = Path(tmp) / "export"
+        manifest = export(s["model"], s["labels"], out, preprocessing=s["preprocessing"],
+                          options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",)))
         files = {a["format"]: out / a["path"] for a in manifest["artifacts"]}
-        pre = Preprocessing.from_dict(PREPROCESSING)
-        pixels = np.random.default_rng(0).integers(0, 256, (args.batch, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-
-        executor = CoreMLExecutor(files["mlpackage"])
-        onnx = OnnxRunner(files["onnx"], pre)
-        keras_run = KerasRunner(model, pre)
-        rates = {"executor": _median_rate(executor.predict, pixels, args.repeats),
-                 "onnxruntime": _median_rate(onnx, pixels, args.repeats),
-                 "keras": _median_rate(keras_run, pixels, args.repeats)}
-
-    print(f"MobileNetV2 alpha 1.0, {INPUT_SIZE} px, fp32, batch {args.batch}, median of {args.repeats} "
-          f"({os.cpu_count()} CPUs, numpy {np.__version__})")
-    for name, rate in rates.items():
-        print(f"  {name:12s} {rate:8.1f} images/s")
-    print(f"  executor / onnxruntime = {rates['executor'] / rates['onnxruntime']:.2f}")
-    print(f"  executor / keras       = {rates['executor'] / rates['keras']:.2f}")
+        print(render(measure(files["mlpackage"], files["onnx"], s["model"],
+                             json.loads(s["preprocessing"].read_text()), args.batch, args.repeats)))
 
 
 if __name__ == "__main__":

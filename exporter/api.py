@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +187,6 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
         reason = None
         if v.needs_calibration and not calibration:
             reason = "needs calibration images (--calibration-images FOLDER)"
-        elif v.needs_macos and platform.system() != "Darwin":
-            reason = ("activation calibration runs the Core ML model, which coremltools can do on macOS only; "
-                      "the Linux executor that will lift this is not there yet")
         if reason and explicit:
             raise ConfigError(f"variant {v.key} cannot be built here: {reason}")
         (skipped.append({"format": v.format, "variant": v.name, "reason": reason}) if reason else runnable.append(v))

@@ -16,7 +16,6 @@ class Variant:
     weight_bits: int  # nominal bits per weight; the theoretical size limit is weight_bits / 32 of fp32
     description: str
     needs_calibration: bool = False
-    needs_macos: bool = False
 
     def filename(self, stem: str) -> str:
         suffix = {"mlpackage": ".mlpackage", "mlmodel": ".mlmodel", "onnx": ".onnx"}[self.format]

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from conftest import SAMPLE_NAMES, sample
 
+from exporter.errors import ParityError
 from exporter.images import iter_batches, list_images
 from exporter.loading import load_model
 from exporter.preprocessing import Preprocessing
 from exporter.runtime.coreml_spec import class_labels, image_preprocessing, load_spec, op_counts
-from exporter.errors import ParityError
 from exporter.validation.parity import validate
 from exporter.validation.tolerances import FP32_MAX_ABS_PROB, QUANTIZED_MIN_TOP1
 

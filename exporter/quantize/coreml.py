@@ -146,11 +146,10 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
 
 
 def _w8a8_coremltools(mlmodel, rgb_batches, input_name: str):
-    import numpy as np
-    from PIL import Image
-
     import coremltools.optimize.coreml as cto
+    import numpy as np
     from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig, linear_quantize_activations
+    from PIL import Image
 
     samples = [{input_name: Image.fromarray(np.ascontiguousarray(x).squeeze())} for b in rgb_batches for x in b]
     act = cto.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
@@ -194,8 +193,8 @@ def _insert_activation_quantization(mlmodel, stats):
     exercised by tests/test_executor.py's W8A8 parity test."""
     import coremltools.optimize.coreml as cto
     from coremltools.converters.mil.frontend.milproto import load as milproto
-    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.models import utils as model_utils
     from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig
 
