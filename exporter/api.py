@@ -104,7 +104,7 @@ class _CoreMLBuilder:
         if v.name in ("fp32", "fp16"):
             return self.base("mlprogram", v.name)
         if v.name == "int8":
-            return q.compress(self.base("mlprogram", "fp16"), q.CompressionSpec("linear", 8))
+            return q.compress(self.base("mlprogram", "fp16"), q.WEIGHT_ONLY_INT8)
         if v.name in ("palette8", "palette6"):
             return q.compress(self.base("mlprogram", "fp16"), q.CompressionSpec("palettize", int(v.name[-1])))
         if v.name == "palette4":

@@ -30,7 +30,7 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("mlpackage", "fp32", 32, "ML Program, float32 weights and compute"),
     Variant("mlpackage", "fp16", 16, "ML Program, float16 weights and compute"),
-    Variant("mlpackage", "int8", 8, "ML Program, int8 linear symmetric weights per output channel"),
+    Variant("mlpackage", "int8", 8, "ML Program, int8 affine weights (scale and zero point) per output channel"),
     Variant("mlpackage", "palette8", 8, "ML Program, 8-bit k-means lookup table per tensor"),
     Variant("mlpackage", "palette6", 6, "ML Program, 6-bit k-means lookup table per tensor"),
     Variant("mlpackage", "palette4", 4, "ML Program, 4-bit k-means lookup tables per 16 output channels"),

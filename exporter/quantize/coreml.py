@@ -28,6 +28,9 @@ class CompressionSpec:
     kind: str  # "linear" or "palettize"
     nbits: int = 8
     grouped: bool = False
+    # linear only: symmetric (scale per channel, no zero point; what int8 x int8 compute in W8A8 needs) or affine
+    # (scale and zero point per channel; the better fit for a weight-only variant, see WEIGHT_ONLY_INT8)
+    symmetric: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "palettize"):
@@ -37,14 +40,22 @@ class CompressionSpec:
             raise ConfigError(f"{self.kind} compression bits must be one of {list(allowed)}, got {self.nbits}")
 
 
+# The weight-only int8 variant is affine (a zero point per output channel): trained kernels are rarely centred, and a
+# symmetric range wastes part of the 256 levels on values that do not occur. Measured against symmetric on the
+# held-out images: max |dp| 0.105 -> 0.057 (MobileNet v1), 0.171 -> 0.048 (v2), 0.295 -> 0.096 (transfer model, top-1
+# agreement 0.965 -> 0.990, from failing its 0.98 gate to passing); SqueezeNet 0.039 either way but one image more
+# flipped (0.997 vs 1.000). Files 1 % larger.
+WEIGHT_ONLY_INT8 = CompressionSpec("linear", 8, symmetric=False)
+
+
 def compress(mlmodel, spec: CompressionSpec):
     """Return a new MLModel with compressed weights; ``mlmodel`` is not modified."""
     import coremltools.optimize.coreml as cto
 
     per_const = {}
     if spec.kind == "linear":
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                                weight_threshold=MIN_WEIGHT_ELEMENTS)
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric" if spec.symmetric else "linear", dtype="int8",
+                                                granularity="per_channel", weight_threshold=MIN_WEIGHT_ELEMENTS)
         fn = cto.linear_quantize_weights
     elif spec.grouped:
         def grouped(size: int):
