@@ -99,3 +99,5 @@ def test_search_keeps_the_reported_layers_in_float_and_reaches_its_target(transf
     reference = q._session(core).run(None, {name: x})[0]
     agreement, _ = q._agreement(model, name, x, reference)
     assert agreement == details["calibration_top1_agreement"]
+    output = model.graph.output[0].name
+    assert next(n for n in model.graph.node if output in n.output).op_type == "Softmax"  # probabilities in float
