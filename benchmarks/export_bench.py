@@ -64,7 +64,7 @@ def warm_up(tmp: Path) -> None:
     direct_conversions(folder / "model.keras", [str(i) for i in range(10)], pre, calibration, folder)
 
 
-def direct_conversions(model_path: Path, labels: list[str], pre, calibration: list[np.ndarray], out: Path) -> float:
+def direct_conversions(model_path: Path, labels: list[str], pre, calibration: list[np.ndarray], out: Path) -> None:
     """The same conversions written as plain coremltools / tf2onnx / onnxruntime calls: the peer to beat."""
     import coremltools as ct
     import coremltools.optimize.coreml as cto
@@ -77,7 +77,6 @@ def direct_conversions(model_path: Path, labels: list[str], pre, calibration: li
 
     from exporter.convert.prologue import for_conversion, imagetype_scale_bias
 
-    t0 = time.perf_counter()
     model = keras.saving.load_model(model_path, compile=False)
     scale, bias, mult = imagetype_scale_bias(pre)
     h, w = pre.input_size
@@ -119,25 +118,50 @@ def direct_conversions(model_path: Path, labels: list[str], pre, calibration: li
     quantize_static(out / "fp32.onnx", out / "static.onnx", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
-    return time.perf_counter() - t0
 
 
-def bench_export(s: dict, tmp: Path) -> dict:
+def _timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process over all its threads, result). CPU time is what the overhead target
+    is judged on: wall time on a shared 2-core machine moved by 30 % between identical runs (another tenant's load
+    lands on whichever side happens to be running), while the work each side does stays the same."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def bench_export(s: dict, tmp: Path, direct_first: bool = False) -> dict:
+    """Toolkit and direct calls on one model, in the order given (run.py alternates it between models so neither
+    side always runs first)."""
     from exporter.api import ExportOptions, _calibration, export
     from exporter.labels import read_labels
+    from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing, resolve
 
     name = s["name"]
-    t0 = time.perf_counter()
-    manifest = export(s["model"], s["labels"], tmp / f"{name}-toolkit", preprocessing=s["preprocessing"],
+    loaded = load_model(s["model"])
+    declared = Preprocessing.from_file(s["preprocessing"]) if s["preprocessing"] else None
+    pre = resolve(declared, loaded.input_shape, loaded.in_model_preprocessing, source=str(s["model"]))
+    direct_pre = pre if not pre.in_model else resolve(None, loaded.input_shape, ["rescale"])
+    calibration = [pre.normalize(b) for b in _calibration(s["heldout"], pre, 64)]
+    labels = read_labels(s["labels"])
+    (tmp / f"{name}-direct").mkdir()
+
+    def toolkit():
+        return export(s["model"], s["labels"], tmp / f"{name}-toolkit", preprocessing=s["preprocessing"],
                       options=ExportOptions(formats=("mlpackage", "onnx"), variants=EXPORT_VARIANTS, name=name,
                                             calibration_images=s["heldout"]))
-    toolkit = time.perf_counter() - t0
-    pre = Preprocessing.from_dict(manifest["preprocessing"])
-    calibration = [pre.normalize(b) for b in _calibration(s["heldout"], pre, 64)]
-    (tmp / f"{name}-direct").mkdir()
-    direct = direct_conversions(s["model"], read_labels(s["labels"]), pre if not pre.in_model else resolve(
-        None, tuple(manifest["source"]["input_shape"]), ["rescale"]), calibration, tmp / f"{name}-direct")
-    return {"model": name, "trained": s["trained"], "toolkit_seconds": round(toolkit, 2),
-            "direct_seconds": round(direct, 2), "overhead_ratio": round(toolkit / direct, 3),
+
+    def direct():
+        return direct_conversions(s["model"], labels, direct_pre, calibration, tmp / f"{name}-direct")
+
+    if direct_first:
+        d_wall, d_cpu, _ = _timed(direct)
+        t_wall, t_cpu, manifest = _timed(toolkit)
+    else:
+        t_wall, t_cpu, manifest = _timed(toolkit)
+        d_wall, d_cpu, _ = _timed(direct)
+    return {"model": name, "trained": s["trained"], "first": "direct" if direct_first else "toolkit",
+            "toolkit_seconds": round(t_wall, 2), "direct_seconds": round(d_wall, 2),
+            "toolkit_cpu_seconds": round(t_cpu, 2), "direct_cpu_seconds": round(d_cpu, 2),
+            "overhead_ratio_wall": round(t_wall / d_wall, 3), "overhead_ratio": round(t_cpu / d_cpu, 3),
             "artifacts": manifest["artifacts"], "dir": str(tmp / f"{name}-toolkit")}
