@@ -47,30 +47,12 @@ def transfer_core():
     return ox.convert_core(loaded.model, pre, opset=17, source=str(s["model"])), calibration
 
 
-def _quantizer(core, calibration, tmp_path):
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    onnx.save(core, tmp_path / "in.onnx")
-    quant_pre_process(str(tmp_path / "in.onnx"), str(tmp_path / "prepared.onnx"), skip_symbolic_shape=True)
-    name = core.graph.input[0].name
-
-    def quantize(exclude):
-        quantize_static(str(tmp_path / "prepared.onnx"), str(tmp_path / "out.onnx"), q._Reader(name, calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=exclude, calibration_cache_path=str(tmp_path / "ranges.json"))
-        return onnx.load(tmp_path / "out.onnx")
-
-    return quantize, onnx.load(tmp_path / "prepared.onnx")
-
-
 def test_quick_trial_ranks_layers_like_a_real_exclusion(transfer_core, tmp_path):
     from scipy.stats import spearmanr
 
     core, calibration = transfer_core
-    quantize, prepared = _quantizer(core, calibration, tmp_path)
+    quantize = q._StaticQuantizer(core, calibration, tmp_path)
+    prepared = quantize.prepared
     name, x = core.graph.input[0].name, np.concatenate(calibration)
     reference = q._session(core).run(None, {name: x})[0]
     full = quantize([])

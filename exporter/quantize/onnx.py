@@ -131,6 +131,34 @@ def _most_sensitive(candidates: list[str], trial) -> str:
     return best
 
 
+class _StaticQuantizer:
+    """onnxruntime's QDQ quantization of one core graph, pre-processed once, its activation ranges calibrated on the
+    first call and read from a cache on every later one. Lives in (and only as long as) the folder ``tmp``."""
+
+    def __init__(self, core, calibration: list[np.ndarray], tmp: Path):
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.calibration, self.tmp, self.input_name = calibration, tmp, core.graph.input[0].name
+        onnx.save(core, tmp / "in.onnx")
+        quant_pre_process(str(tmp / "in.onnx"), str(tmp / "prepared.onnx"), skip_symbolic_shape=True)
+        self.prepared = onnx.load(tmp / "prepared.onnx")
+        self.always_float = [n.name for n in self.prepared.graph.node if n.op_type in _FLOAT_OPS]
+
+    def __call__(self, exclude: list[str]):
+        """The QDQ model with the layers named in ``exclude`` (and the closing Softmax) left in float."""
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        dst = self.tmp / "out.onnx"
+        quantize_static(str(self.tmp / "prepared.onnx"), str(dst), _Reader(self.input_name, self.calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=self.always_float + exclude,
+                        calibration_cache_path=str(self.tmp / "ranges.json"))
+        return onnx.load(dst)
+
+
 def to_int8_static(core, calibration: list[np.ndarray], details: dict | None = None):
     """QDQ with per-channel int8 weights and uint8 activations, MinMax ranges from ``calibration`` (normalised float
     NHWC batches, exactly what the core graph receives). Layers that move decisions most are kept in float (see
@@ -139,32 +167,14 @@ def to_int8_static(core, calibration: list[np.ndarray], details: dict | None = N
     Activation ranges are calibrated once and cached for every later quantization run. Each candidate layer is tried
     by editing the already-quantized graph (``_float_layer``), which costs one onnxruntime run instead of a full
     quantization; only the layer chosen is re-quantized for real, and that model is what is measured and returned."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if not calibration:
         raise ConversionError("int8 static quantization needs calibration images")
     name = core.graph.input[0].name
     x = np.concatenate(calibration)
     with tempfile.TemporaryDirectory(prefix="exporter-q-") as tmp_name:
-        tmp = Path(tmp_name)
-        onnx.save(core, tmp / "in.onnx")
-        prepared_path, cache = tmp / "prepared.onnx", tmp / "ranges.json"
         try:
-            quant_pre_process(str(tmp / "in.onnx"), str(prepared_path), skip_symbolic_shape=True)
-            prepared = onnx.load(prepared_path)
-
-            always_float = [n.name for n in prepared.graph.node if n.op_type in _FLOAT_OPS]
-
-            def quantize(exclude: list[str]):
-                dst = tmp / "out.onnx"
-                quantize_static(str(prepared_path), str(dst), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=always_float + exclude,
-                                calibration_cache_path=str(cache))
-                return onnx.load(dst)
-
+            quantize = _StaticQuantizer(core, calibration, Path(tmp_name))
+            prepared = quantize.prepared
             reference = _session(core).run(None, {name: x})[0]
             exclude: list[str] = []
             model = quantize(exclude)
