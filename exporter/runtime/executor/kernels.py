@@ -238,3 +238,18 @@ def pad_constant(x: np.ndarray, pairs: list[tuple[int, int]], value: float) -> n
         (top, bottom), (left, right) = full[2], full[3]
         return nchw(pad_nhwc(nhwc(x), (top, bottom, left, right), value))
     return np.pad(x, full, mode="constant", constant_values=value)
+
+
+# ------------------------------------------------------------------------------------------------ reductions
+# (x, axes or None, keep_dims) -> array; ML Program (reduce_*) and NeuralNetwork (reduce*) layers name the same eight.
+# Sums accumulate in float32 whatever the input's precision, as Core ML's CPU does.
+REDUCTIONS = {
+    "mean": lambda x, a, k: x.mean(axis=a, keepdims=k, dtype=np.float32),
+    "sum": lambda x, a, k: x.sum(axis=a, keepdims=k, dtype=np.float32),
+    "max": lambda x, a, k: x.max(axis=a, keepdims=k),
+    "min": lambda x, a, k: x.min(axis=a, keepdims=k),
+    "prod": lambda x, a, k: x.prod(axis=a, keepdims=k, dtype=np.float32),
+    "sum_square": lambda x, a, k: (x * x).sum(axis=a, keepdims=k, dtype=np.float32),
+    "l1_norm": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k, dtype=np.float32),
+    "l2_norm": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k, dtype=np.float32)),
+}

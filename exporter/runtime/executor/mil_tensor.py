@@ -165,15 +165,5 @@ def _reduce(fn):
     return run
 
 
-_REDUCTIONS = {
-    "reduce_mean": lambda x, a, k: x.mean(axis=a, keepdims=k, dtype=F32),
-    "reduce_sum": lambda x, a, k: x.sum(axis=a, keepdims=k, dtype=F32),
-    "reduce_max": lambda x, a, k: x.max(axis=a, keepdims=k),
-    "reduce_min": lambda x, a, k: x.min(axis=a, keepdims=k),
-    "reduce_prod": lambda x, a, k: x.prod(axis=a, keepdims=k, dtype=F32),
-    "reduce_sum_square": lambda x, a, k: (x * x).sum(axis=a, keepdims=k, dtype=F32),
-    "reduce_l1_norm": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k, dtype=F32),
-    "reduce_l2_norm": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k, dtype=F32)),
-}
-for _name, _fn in _REDUCTIONS.items():
-    op(_name, batch=axes_exclude_batch("axes"))(_reduce(_fn))
+for _name, _fn in kernels.REDUCTIONS.items():
+    op(f"reduce_{_name}", batch=axes_exclude_batch("axes"))(_reduce(_fn))

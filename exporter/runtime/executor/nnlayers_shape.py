@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nnlayers import F32, LayerContext, axes_rule, layer
+from . import kernels
+from .nnlayers import LayerContext, axes_rule, layer
 
 # ------------------------------------------------------------------------------------------------ reductions, shapes
-_REDUCE = {
-    "reduceMean": lambda x, a, k: x.mean(axis=a, keepdims=k, dtype=F32),
-    "reduceSum": lambda x, a, k: x.sum(axis=a, keepdims=k, dtype=F32),
-    "reduceMax": lambda x, a, k: x.max(axis=a, keepdims=k),
-    "reduceMin": lambda x, a, k: x.min(axis=a, keepdims=k),
-    "reduceProd": lambda x, a, k: x.prod(axis=a, keepdims=k, dtype=F32),
-    "reduceSumSquare": lambda x, a, k: (x * x).sum(axis=a, keepdims=k, dtype=F32),
-    "reduceL1": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k, dtype=F32),
-    "reduceL2": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k, dtype=F32)),
-}
+# NeuralNetwork's names for the shared reduction kernels
+_REDUCE = {"reduceMean": "mean", "reduceSum": "sum", "reduceMax": "max", "reduceMin": "min", "reduceProd": "prod",
+           "reduceSumSquare": "sum_square", "reduceL1": "l1_norm", "reduceL2": "l2_norm"}
 
 
 def _reduce_builder(fn):
@@ -31,8 +25,8 @@ def _reduce_builder(fn):
     return build
 
 
-for _name, _fn in _REDUCE.items():
-    layer(_name)(_reduce_builder(_fn))
+for _name, _kernel in _REDUCE.items():
+    layer(_name)(_reduce_builder(kernels.REDUCTIONS[_kernel]))
 
 
 @layer("transpose")
