@@ -93,7 +93,7 @@ def direct_conversions(model_path: Path, labels: list[str], pre, calibration: li
     conv(ct.precision.FLOAT32, ct.target.iOS15).save(str(out / "fp32.mlpackage"))
     fp16 = conv(ct.precision.FLOAT16, ct.target.iOS15)
     fp16.save(str(out / "fp16.mlpackage"))
-    cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", granularity="per_channel", weight_threshold=1)
+    cfg = cto.OpLinearQuantizerConfig(mode="linear", granularity="per_channel", weight_threshold=1)  # affine, as ours
     cto.linear_quantize_weights(fp16, cto.OptimizationConfig(global_config=cfg)).save(str(out / "int8.mlpackage"))
     for nbits in (8, 6):
         cfg = cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", weight_threshold=1)
