@@ -1,4 +1,6 @@
-"""The Python API: ``export`` runs load -> preprocess contract -> convert -> quantize -> package, in one place.
+"""The Python API: ``export`` in three named stages, ``prepare`` (load the model, read the labels, settle the
+preprocessing contract, pick the calibration images), ``build_artifact`` (one file, from the capability table) and
+``package`` (sizes, manifest), run inside one atomic destination; ``quantize="auto"`` reuses the same stages.
 
 The CLI calls these functions and nothing else.
 """
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,18 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, ConversionError
+from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, BuildContext, Variant, format_of, select
+from .errors import ConfigError, ParityError
 from .labels import check_against_model, check_labels, read_labels
-from .packaging import Artifact, atomic_directory, manifest_dict, size_table, write_json
+from .loading import LoadedModel
+from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, write_json
 from .preprocessing import Preprocessing, resolve
-from .variants import Variant, select
+from .provenance import ModelInfo
 from .versions import library_versions
 
 log = logging.getLogger(__name__)
-
-# Activation ranges settle after a few dozen images; more only slows the export down.
-CALIBRATION_IMAGES = 64
-SPEC_VERSION_TO_TARGET = {4: "iOS13", 5: "iOS14", 6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18", 10: "iOS26"}
+PARITY_NAME = "parity.json"
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class ExportOptions:
     formats: tuple[str, ...] | None = None  # default: every format
     variants: tuple[str, ...] | None = None  # default: every variant of those formats
     calibration_images: Path | None = None  # folder of images for w8a8 and int8-static
-    calibration_count: int = CALIBRATION_IMAGES
-    opset: int = 17
+    calibration_count: int = DEFAULT_CALIBRATION_COUNT
+    opset: int = DEFAULT_OPSET
     onnx_raw_input: bool = True  # uint8 image input with preprocessing in the graph; False: float input, no prologue
     overwrite: bool = False
     trust_code: bool = False
@@ -76,72 +78,114 @@ def _calibration(folder: Path | None, pre: Preprocessing, count: int) -> list[np
     return [batch for _, batch in iter_batches(picked, pre, batch_size=16)]
 
 
-def _target_of(mlmodel) -> str:
-    return SPEC_VERSION_TO_TARGET.get(mlmodel.get_spec().specificationVersion, "unknown")
+@dataclass
+class Prepared:
+    """What every artifact of one export is built from (the ``prepare`` stage)."""
+
+    model_path: Path
+    loaded: LoadedModel
+    info: ModelInfo  # name, labels, preprocessing contract, provenance
+    calibration: list[np.ndarray]
+    runnable: list[Variant]  # the selected variants that can be built here
+    skipped: list[dict]  # the others, each with its reason
+
+    def context(self, options: ExportOptions) -> BuildContext:
+        return BuildContext(model=self.loaded.model, info=self.info, calibration=self.calibration,
+                            opset=options.opset, raw_input=options.onnx_raw_input, source=str(self.model_path))
 
 
-class _CoreMLBuilder:
-    """Converts once per (backend, precision, target) and derives the variants from those bases."""
+def _read_contract(preprocessing) -> Preprocessing | None:
+    if isinstance(preprocessing, (str, os.PathLike)):
+        return Preprocessing.from_file(preprocessing)
+    if isinstance(preprocessing, dict):
+        return Preprocessing.from_dict(preprocessing)
+    return preprocessing
 
-    def __init__(self, model, info):
-        self.model, self.info, self._bases = model, info, {}
 
-    def base(self, backend: str, precision: str, target: str | None = None):
-        key = (backend, precision, target)
+def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], *,
+            preprocessing: Preprocessing | str | os.PathLike | dict | None, options: ExportOptions) -> Prepared:
+    """Stage 1: load the model, read and check the labels against it, settle the preprocessing contract, and read
+    the calibration images if a selected variant needs them. A variant that cannot be built here is skipped with its
+    reason, or refused when the caller named it explicitly."""
+    from .loading import load_model
+
+    model_path = Path(model_path)
+    loaded = load_model(model_path, trust_code=options.trust_code)
+    if isinstance(labels, (str, os.PathLike)):
+        label_list, label_source = read_labels(labels), str(labels)
+    else:
+        label_list, label_source = check_labels(list(labels)), "labels"
+    check_against_model(label_list, loaded.num_classes, source=label_source)
+    pre = resolve(_read_contract(preprocessing), loaded.input_shape, loaded.in_model_preprocessing,
+                  source=str(model_path))
+    stem = options.name or (model_path.parent.name if model_path.stem == "model" else model_path.stem)
+    info = ModelInfo(name=stem, labels=label_list, preprocessing=pre, source_sha256=loaded.sha256,
+                     source_file=model_path.name, author=options.author, license=options.license,
+                     version=options.version, description=options.description)
+    wanted = list(options.selected)
+    needs_cal = any(v.needs_calibration for v in wanted)
+    calibration = _calibration(options.calibration_images, pre, options.calibration_count) if needs_cal else []
+    skipped, runnable = [], []
+    for v in wanted:
+        if v.needs_calibration and not calibration:
+            reason = "needs calibration images (--calibration-images FOLDER)"
+            if options.variants:
+                raise ConfigError(f"variant {v.key} cannot be built here: {reason}")
+            skipped.append({"format": v.format, "variant": v.name, "reason": reason})
+        else:
+            runnable.append(v)
+    return Prepared(model_path=model_path, loaded=loaded, info=info, calibration=calibration, runnable=runnable,
+                    skipped=skipped)
+
+
+class BaseCache:
+    """Each (format backend, base precision, base target) converted once per export, shared by its variants."""
+
+    def __init__(self, ctx: BuildContext):
+        self.ctx = ctx
+        self._bases: dict = {}
+
+    def get(self, v: Variant):
+        fmt = format_of(v.format)
+        key = (fmt.backend, v.base)
         if key not in self._bases:
-            from .convert.coreml import convert
-
-            self._bases[key] = convert(self.model, self.info, backend=backend, precision=precision, target=target)
+            self._bases[key] = fmt.convert(self.ctx, fmt, v.base)
         return self._bases[key]
 
-    def build(self, v: Variant, calibration: list[np.ndarray]):
-        from .quantize import coreml as q
 
-        if v.format == "mlmodel":
-            fp32 = self.base("neuralnetwork", "fp32")
-            return {"fp32": lambda: fp32, "fp16": lambda: q.neuralnetwork_weights(fp32, 16),
-                    "int8": lambda: q.neuralnetwork_weights(fp32, 8)}[v.name]()
-        if v.name in ("fp32", "fp16"):
-            return self.base("mlprogram", v.name)
-        if v.name == "int8":
-            return q.compress(self.base("mlprogram", "fp16"), q.WEIGHT_ONLY_INT8)
-        if v.name in ("palette8", "palette6"):
-            return q.compress(self.base("mlprogram", "fp16"), q.CompressionSpec("palettize", int(v.name[-1])))
-        if v.name == "palette4":
-            base = self.base("mlprogram", "fp16", target="iOS18")
-            return q.compress(base, q.CompressionSpec("palettize", 4, grouped=True))
-        if v.name == "w8a8":
-            return q.w8a8(self.base("mlprogram", "fp16", target="iOS17"), calibration, self.info.preprocessing.channel_order)
-        raise ConfigError(f"no Core ML builder for variant {v.key}")
-
-
-def _onnx_variant(core, v: Variant, calibration: list[np.ndarray], pre: Preprocessing, details: dict):
-    from .quantize import onnx as q
-
-    if v.name == "fp32":
-        return core
-    if v.name == "fp16":
-        return q.to_fp16(core)
-    if v.name == "int8-dynamic":
-        return q.to_int8_dynamic(core)
-    if v.name == "int8-static":
-        return q.to_int8_static(core, [pre.normalize(b) for b in calibration], details)
-    raise ConfigError(f"no ONNX builder for variant {v.key}")
+def build_artifact(v: Variant, ctx: BuildContext, bases: BaseCache, stage: Path) -> Artifact:
+    """Stage 2, once per variant: base conversion -> the variant's transform -> the format's finishing step (metadata,
+    wrappers) -> save -> smoke check, all as the capability table declares them."""
+    fmt = format_of(v.format)
+    t0 = time.perf_counter()
+    path = stage / v.filename(ctx.info.name)
+    details: dict = {"description": v.description}
+    model = bases.get(v)
+    if v.transform is not None:
+        model = v.transform(model, ctx, details)
+    model = fmt.finish(model, ctx, v, details)
+    fmt.save(model, path)
+    fmt.smoke_check(path, ctx)
+    art = Artifact(path=path.name, format=v.format, variant=v.name, minimum_deployment_target=fmt.target(model, ctx),
+                   details=details)
+    art.measure(stage)
+    art.details["seconds"] = round(time.perf_counter() - t0, 2)
+    art.details["theoretical_ratio"] = v.weight_bits / 32
+    return art
 
 
-def _smoke_run_onnx(path: Path, pre: Preprocessing, raw: bool) -> None:
-    """Every ONNX artifact must load and run in onnxruntime before it is declared written."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        h, w = pre.input_size
-        x = np.full((1, h, w, pre.channels), 128, np.uint8)
-        feed = x if raw else pre.normalize(x)
-        session.run(None, {session.get_inputs()[0].name: feed})
-    except Exception as exc:
-        raise ConversionError(f"onnxruntime cannot run the exported file: {str(exc).splitlines()[0][:300]}",
-                              path=path.name) from None
+def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], **extra) -> dict:
+    """Stage 3: sizes against fp32, then manifest.json (with any ``extra`` keys) written into ``stage``."""
+    size_table(artifacts)
+    loaded = prepared.loaded
+    manifest = manifest_dict(
+        source={"path": str(prepared.model_path), "sha256": loaded.sha256, "format": loaded.format,
+                "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes},
+        labels=prepared.info.labels, preprocessing=prepared.info.preprocessing.to_dict(), artifacts=artifacts,
+        skipped=prepared.skipped, versions={"exporter": __version__, **library_versions()})
+    manifest = {**manifest, "name": prepared.info.name, **extra}
+    write_json(stage / MANIFEST_NAME, manifest)
+    return manifest
 
 
 def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], out: str | os.PathLike, *,
@@ -153,93 +197,28 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
     ``preprocessing`` is a Preprocessing, a JSON file, a dict, or None to detect it from the model's own
     Rescaling/Normalization layers. ``progress`` is called with a line of text per step, if given.
     """
-    from .convert import coreml as cm
-    from .loading import load_model
-
     options = options or ExportOptions()
-    if options.quantize == "auto":
-        return _export_auto(model_path, labels, out, preprocessing=preprocessing, options=options, progress=progress)
     say = progress or (lambda _msg: None)
-    model_path = Path(model_path)
-    loaded = load_model(model_path, trust_code=options.trust_code)
-    if isinstance(labels, (str, os.PathLike)):
-        label_list, label_source = read_labels(labels), str(labels)
-    else:
-        label_list, label_source = check_labels(list(labels)), "labels"
-    check_against_model(label_list, loaded.num_classes, source=label_source)
-    if isinstance(preprocessing, (str, os.PathLike)):
-        declared = Preprocessing.from_file(preprocessing)
-    elif isinstance(preprocessing, dict):
-        declared = Preprocessing.from_dict(preprocessing)
-    else:
-        declared = preprocessing
-    pre = resolve(declared, loaded.input_shape, loaded.in_model_preprocessing, source=str(model_path))
-    stem = options.name or (model_path.parent.name if model_path.stem == "model" else model_path.stem)
-    info = cm.ModelInfo(name=stem, labels=label_list, preprocessing=pre, source_sha256=loaded.sha256,
-                        source_file=model_path.name, author=options.author, license=options.license,
-                        version=options.version, description=options.description)
-    wanted = list(options.selected)
-    needs_cal = any(v.needs_calibration for v in wanted)
-    calibration = _calibration(options.calibration_images, pre, options.calibration_count) if needs_cal else []
-    skipped, runnable = [], []
-    explicit = bool(options.variants)
-    for v in wanted:
-        reason = None
-        if v.needs_calibration and not calibration:
-            reason = "needs calibration images (--calibration-images FOLDER)"
-        if reason and explicit:
-            raise ConfigError(f"variant {v.key} cannot be built here: {reason}")
-        (skipped.append({"format": v.format, "variant": v.name, "reason": reason}) if reason else runnable.append(v))
-    artifacts: list[Artifact] = []
+    if options.quantize == "auto":
+        auto_options = _auto_candidates(options)
+        prepared = prepare(model_path, labels, preprocessing=preprocessing, options=auto_options)
+        with atomic_directory(out, overwrite=options.overwrite) as stage:
+            return _export_auto(prepared, auto_options, stage, Path(out), say)
+    prepared = prepare(model_path, labels, preprocessing=preprocessing, options=options)
     with atomic_directory(out, overwrite=options.overwrite) as stage:
-        builder = _CoreMLBuilder(loaded.model, info)
-        core = None
-        meta = info.user_metadata()
-        for v in runnable:
-            t0 = time.perf_counter()
-            path = stage / v.filename(stem)
-            details: dict = {"description": v.description}
-            if v.format in ("mlpackage", "mlmodel"):
-                from .quantize.coreml import uncompressed_weights
+        artifacts = _build_all(prepared, options, stage, say)
+        return package(stage, prepared, artifacts)
 
-                mlmodel = builder.build(v, calibration)
-                cm.describe(mlmodel, info)
-                mlmodel.user_defined_metadata["exporter.variant"] = v.key
-                cm.save(mlmodel, path)
-                target = _target_of(mlmodel)
-                if v.weight_bits < 16:
-                    palette = v.weight_bits if v.name.startswith("palette") else None
-                    details["uncompressed_weights"] = uncompressed_weights(mlmodel, palette)
-            else:
-                import onnx
 
-                from .convert import onnx as ox
-
-                if core is None:
-                    core = ox.convert_core(loaded.model, pre, opset=options.opset, source=str(model_path))
-                body = _onnx_variant(core, v, calibration, pre, details)
-                final = ox.wrap(body, pre, label_list, {**ox.metadata_for(label_list, pre, meta),
-                                                        "exporter.variant": v.key}, raw_input=options.onnx_raw_input)
-                ox.check(final, source=path.name)
-                onnx.save(final, path)
-                _smoke_run_onnx(path, pre, options.onnx_raw_input)
-                target = f"opset {options.opset}"
-            art = Artifact(path=path.name, format=v.format, variant=v.name, minimum_deployment_target=target,
-                           details=details)
-            art.measure(stage)
-            art.details["seconds"] = round(time.perf_counter() - t0, 2)
-            artifacts.append(art)
-            say(f"wrote {art.path} ({art.bytes:,} bytes, {target})")
-        size_table(artifacts)
-        for a in artifacts:
-            a.details["theoretical_ratio"] = next(v.weight_bits for v in runnable if v.key == f"{a.format}:{a.variant}") / 32
-        manifest = manifest_dict(
-            source={"path": str(model_path), "sha256": loaded.sha256, "format": loaded.format,
-                    "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes},
-            labels=label_list, preprocessing=pre.to_dict(), artifacts=artifacts, skipped=skipped,
-            versions={"exporter": __version__, **library_versions()})
-        write_json(stage / "manifest.json", manifest)
-    return manifest
+def _build_all(prepared: Prepared, options: ExportOptions, stage: Path, say) -> list[Artifact]:
+    ctx = prepared.context(options)
+    bases = BaseCache(ctx)
+    artifacts = []
+    for v in prepared.runnable:
+        art = build_artifact(v, ctx, bases, stage)
+        artifacts.append(art)
+        say(f"wrote {art.path} ({art.bytes:,} bytes, {art.minimum_deployment_target})")
+    return artifacts
 
 
 def validate(export_dir, images, **kwargs) -> dict:
@@ -249,52 +228,45 @@ def validate(export_dir, images, **kwargs) -> dict:
     return _validate(export_dir, images, **kwargs)
 
 
-def _export_auto(model_path, labels, out, *, preprocessing, options: ExportOptions, progress) -> dict:
-    """Export every candidate to a scratch folder, validate them all, keep per format the smallest that passes."""
+def _auto_candidates(options: ExportOptions) -> ExportOptions:
+    """--quantize auto builds every selected variant as a candidate, calibrated on the validation images unless
+    calibration images were given."""
     import dataclasses
-    import shutil
-    import tempfile
 
-    from .errors import ParityError
-    from .packaging import atomic_directory, write_json
+    return dataclasses.replace(options, quantize="all",
+                               calibration_images=options.calibration_images or options.validation_images)
 
-    out = Path(out)
-    if out.exists() and not options.overwrite:
-        from .errors import DestinationError
 
-        raise DestinationError("destination already exists", path=out,
-                               hint="choose another --out, or pass --overwrite to replace it")
-    scratch_parent = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.absolute().parent))
-    try:
-        everything = dataclasses.replace(options, quantize="all", overwrite=False,
-                                         calibration_images=options.calibration_images or options.validation_images)
-        full = export(model_path, labels, scratch_parent / "all", preprocessing=preprocessing, options=everything,
-                      progress=progress)
-        try:
-            report = validate(scratch_parent / "all", options.validation_images, trust_code=options.trust_code)
-        except ParityError as exc:
-            report = exc.report
-        by_path = {r["path"]: r for r in report["artifacts"]}
-        selection, keep = {}, []
-        for fmt in dict.fromkeys(a["format"] for a in full["artifacts"]):
-            tried = sorted((a for a in full["artifacts"] if a["format"] == fmt), key=lambda a: a["bytes"])
-            rows = [{"variant": a["variant"], "bytes": a["bytes"], "status": by_path[a["path"]]["status"],
-                     "failures": by_path[a["path"]]["failures"], "reason": by_path[a["path"]]["reason"]}
-                    for a in tried]
-            picked = next((a for a in tried if by_path[a["path"]]["status"] == "passed"), None)
-            selection[fmt] = {"picked": picked["variant"] if picked else None, "tried": rows}
-            if picked:
-                keep.append(picked)
-        if not keep:
-            raise ParityError("--quantize auto: no variant of any format passed its gates (or could be run here)",
-                              path=out).with_report(report)
-        with atomic_directory(out, overwrite=options.overwrite) as stage:
-            for a in keep:
-                src = scratch_parent / "all" / a["path"]
-                (shutil.copytree if src.is_dir() else shutil.copy2)(src, stage / a["path"])
-            manifest = {**full, "artifacts": keep, "auto_selection": selection}
-            write_json(stage / "manifest.json", manifest)
-            write_json(stage / "parity.json", report)
-        return manifest
-    finally:
-        shutil.rmtree(scratch_parent, ignore_errors=True)
+def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: Path, say) -> dict:
+    """Build every candidate into ``stage``, measure them all on the validation images, keep per format the smallest
+    that passes its gates, and delete the rest from ``stage`` before it becomes ``out``."""
+    from .exports import OpenedExport
+    from .validation.parity import measure
+
+    candidates = _build_all(prepared, options, stage, say)
+    full = package(stage, prepared, candidates)
+    opened = OpenedExport(root=stage, manifest=full, preprocessing=prepared.info.preprocessing,
+                          labels=prepared.info.labels, loaded=prepared.loaded)
+    report = {**measure(opened, options.validation_images, gates={}), "export_dir": str(out.absolute())}
+    by_path = {r["path"]: r for r in report["artifacts"]}
+    selection, keep = {}, []
+    for fmt in dict.fromkeys(a["format"] for a in full["artifacts"]):
+        tried = sorted((a for a in full["artifacts"] if a["format"] == fmt), key=lambda a: a["bytes"])
+        rows = [{"variant": a["variant"], "bytes": a["bytes"], "status": by_path[a["path"]]["status"],
+                 "failures": by_path[a["path"]]["failures"], "reason": by_path[a["path"]]["reason"]}
+                for a in tried]
+        picked = next((a for a in tried if by_path[a["path"]]["status"] == "passed"), None)
+        selection[fmt] = {"picked": picked["variant"] if picked else None, "tried": rows}
+        if picked:
+            keep.append(picked)
+    if not keep:
+        raise ParityError("--quantize auto: no variant of any format passed its gates (or could be run here)",
+                          path=out).with_report(report)
+    for a in full["artifacts"]:
+        if a not in keep:
+            target = stage / a["path"]
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    manifest = {**full, "artifacts": keep, "auto_selection": selection}
+    write_json(stage / MANIFEST_NAME, manifest)
+    write_json(stage / PARITY_NAME, report)
+    return manifest

@@ -14,8 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, FORMATS, variant_names
 from .report import terminal
-from .variants import FORMATS, VARIANTS
+from .validation.tolerances import GATE_SYNTAX
 
 INTERNAL_ERROR = 70
 
@@ -30,11 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
     c.add_argument("--out", required=True, help="output directory (written atomically)")
     c.add_argument("--preprocessing", help="JSON preprocessing contract; omit when the model has Rescaling layers")
-    c.add_argument("--formats", nargs="+", choices=FORMATS, help="default: all")
-    c.add_argument("--variants", nargs="+", choices=sorted({v.name for v in VARIANTS}), help="default: all")
+    c.add_argument("--formats", nargs="+", choices=list(FORMATS), help="default: all")
+    c.add_argument("--variants", nargs="+", choices=sorted(variant_names()), help="default: all")
     c.add_argument("--calibration-images", type=Path, help="image folder for w8a8 and int8-static calibration")
-    c.add_argument("--calibration-count", type=int, default=64)
-    c.add_argument("--opset", type=int, default=17)
+    c.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT)
+    c.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     c.add_argument("--float-input", action="store_true", help="ONNX takes normalised float input, no prologue")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     c.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
@@ -54,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--model", help="the Keras model (default: the path recorded in manifest.json)")
     v.add_argument("--json", type=Path, help="write the report as JSON to this file (schema: exporter/report/SCHEMA.md)")
     v.add_argument("--html", type=Path, help="write a self-contained HTML report with plots to this file")
-    v.add_argument("--gate", action="append", default=[], metavar="VARIANT:max_abs_prob=X,min_top1=Y",
-                   help="override a variant's default gate (repeatable)")
+    v.add_argument("--gate", action="append", default=[], metavar=GATE_SYNTAX,
+                   help="override a variant's default gate, of every format or of one (repeatable)")
     v.add_argument("--batch-size", type=int, default=32)
     v.add_argument("--trust-code", action="store_true")
 

@@ -3,7 +3,13 @@ file (or option) and the problem, and says how to fix it where we know."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+# A library's message becomes the tail of our one-line error: its first line, cut here. coremltools and tf2onnx put
+# whole graph dumps into some messages; the full text stays on the chained cause, which --debug prints.
+MAX_CAUSE_CHARS = 400
 
 
 class ExporterError(Exception):
@@ -79,3 +85,31 @@ class ParityError(ExporterError):
 class UnsupportedOperationError(ConversionError):
     """A Core ML file holds an operation, layer or data type that the reference executor does not implement; it
     refuses to run rather than give an answer it cannot vouch for."""
+
+
+class UpstreamAPIError(ExporterError):
+    """A library no longer has an internal this toolkit reads (exporter/upstream.py): a bug to report, exit 70 like
+    any internal error."""
+
+    exit_code = 70
+
+
+def first_line(exc: BaseException, limit: int = MAX_CAUSE_CHARS) -> str:
+    """The first non-empty line of ``exc``'s message cut to ``limit`` characters (its type name if it has none)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+@contextlib.contextmanager
+def translating(error: type[ExporterError], message: str, *, path: str | Path | None = None,
+                hint: str | None = None) -> Iterator[None]:
+    """Turn any exception a library raises inside the block into ``error("MESSAGE: first line of the cause")``,
+    chained to that cause (``raise ... from exc``), so the CLI prints one line and ``--debug`` the library's traceback.
+
+    Errors of this toolkit pass through unchanged, and so do KeyboardInterrupt and SystemExit (not Exceptions)."""
+    try:
+        yield
+    except ExporterError:
+        raise
+    except Exception as exc:
+        raise error(f"{message}: {first_line(exc)}", path=path, hint=hint) from exc

@@ -105,16 +105,16 @@ def open_image(path: str | Path):
                 return img.copy()
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError("image file not found", path=path) from None
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image file", path=path) from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read (unknown format or corrupt header)", path=path) from None
+    except FileNotFoundError as exc:
+        raise ImageError("image file not found", path=path) from exc
+    except IsADirectoryError as exc:
+        raise ImageError("is a directory, not an image file", path=path) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image Pillow can read (unknown format or corrupt header)", path=path) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from None
+        raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"image is corrupt or truncated: {exc}", path=path) from None
+        raise ImageError(f"image is corrupt or truncated: {exc}", path=path) from exc
 
 
 def load_image(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
@@ -123,7 +123,7 @@ def load_image(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
     try:
         return fit(img, preprocessing)
     except (OSError, ValueError) as exc:
-        raise ImageError(f"image could not be converted: {exc}", path=path) from None
+        raise ImageError(f"image could not be converted: {exc}", path=path) from exc
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = 
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise LabelsError(f"labels are not valid JSON: {exc.msg} at line {exc.lineno}", path=source) from None
+            raise LabelsError(f"labels are not valid JSON: {exc.msg} at line {exc.lineno}", path=source) from exc
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise LabelsError("a JSON labels file must hold a list of strings", path=source)
         labels = data
@@ -49,17 +49,17 @@ def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise LabelsError("labels file not found", path=path) from None
-    except IsADirectoryError:
-        raise LabelsError("is a directory, not a labels file", path=path) from None
+    except FileNotFoundError as exc:
+        raise LabelsError("labels file not found", path=path) from exc
+    except IsADirectoryError as exc:
+        raise LabelsError("is a directory, not a labels file", path=path) from exc
     except OSError as exc:
-        raise LabelsError(f"labels file cannot be read: {exc.strerror}", path=path) from None
+        raise LabelsError(f"labels file cannot be read: {exc.strerror}", path=path) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LabelsError(f"labels file is not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})",
-                          path=path) from None
+                          path=path) from exc
     return parse_labels(text, source=str(path), json_list=True if path.suffix.lower() == ".json" else None)
 
 

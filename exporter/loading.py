@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError
+from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError, first_line, translating
 from .packaging import sha256_of
+from .upstream import inbound_nodes
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 # Softmax rows sum to 1 up to float32 rounding over a few thousand classes; anything further off is not a softmax.
@@ -75,12 +76,12 @@ def _read_architecture(path: Path, fmt: str) -> Any:
             return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except ModelLoadError:
         raise
-    except KeyError:
-        raise ModelLoadError("not a Keras 3 model archive (config.json missing)", path=path) from None
+    except KeyError as exc:
+        raise ModelLoadError("not a Keras 3 model archive (config.json missing)", path=path) from exc
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelLoadError("model architecture JSON is corrupt", path=path) from None
+        raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError("model architecture JSON is corrupt", path=path) from exc
 
 
 def _detect_format(path: Path) -> str:
@@ -123,11 +124,10 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not trust_code and ("safe_mode" in str(exc) or "lambda" in str(exc).lower()):
-            raise UnsafeModelError(f"refused by Keras safe mode: {message}", path=path,
-                                   hint="only if you trust its author, pass --trust-code") from None
-        raise ModelLoadError(f"Keras could not load the model: {message[:300]}", path=path) from None
+            raise UnsafeModelError(f"refused by Keras safe mode: {first_line(exc)}", path=path,
+                                   hint="only if you trust its author, pass --trust-code") from exc
+        raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path) from exc
     h, w, c, classes = describe_classifier(model, path)
     return LoadedModel(model=model, path=path, format=fmt, sha256=sha256_of(path), input_shape=(h, w, c),
                        num_classes=classes, in_model_preprocessing=detect_in_model_preprocessing(model))
@@ -136,10 +136,8 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
 def _wrap_saved_model(path: Path):
     import keras
 
-    try:
+    with translating(ModelLoadError, "SavedModel could not be loaded", path=path):
         layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
-    except Exception as exc:
-        raise ModelLoadError(f"SavedModel could not be loaded: {str(exc).splitlines()[0][:300]}", path=path) from None
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
@@ -194,7 +192,7 @@ def detect_in_model_preprocessing(model) -> list[str]:
     layer_types = (keras.layers.Rescaling, keras.layers.Normalization)
     consumers = {}
     for layer in model.layers:
-        for node in getattr(layer, "_inbound_nodes", []):
+        for node in inbound_nodes(layer):
             for t in node.input_tensors:
                 consumers.setdefault(id(t), []).append(layer)
     tensor = model.inputs[0]

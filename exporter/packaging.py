@@ -97,14 +97,14 @@ def atomic_directory(dest: str | Path, *, overwrite: bool = False) -> Iterator[P
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DestinationError(f"cannot create the parent directory: {exc.strerror}", path=parent) from None
+        raise DestinationError(f"cannot create the parent directory: {exc.strerror}", path=parent) from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DestinationError("parent directory is not writable", path=parent)
     _clean_stale_staging(dest)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
     except OSError as exc:
-        raise DestinationError(f"cannot write here: {exc.strerror}", path=parent) from None
+        raise DestinationError(f"cannot write here: {exc.strerror}", path=parent) from exc
     try:
         yield staging
         _fsync_tree(staging)
@@ -122,7 +122,7 @@ def atomic_directory(dest: str | Path, *, overwrite: bool = False) -> Iterator[P
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, DestinationError):
-            raise DestinationError(f"writing the export failed: {exc.strerror or exc}", path=dest) from None
+            raise DestinationError(f"writing the export failed: {exc.strerror or exc}", path=dest) from exc
         raise
 
 
@@ -150,10 +150,10 @@ def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DestinationError("no manifest.json: not a folder written by `exporter convert`", path=folder) from None
+    except FileNotFoundError as exc:
+        raise DestinationError("no manifest.json: not a folder written by `exporter convert`", path=folder) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DestinationError(f"manifest.json is corrupt: {exc}", path=path) from None
+        raise DestinationError(f"manifest.json is corrupt: {exc}", path=path) from exc
     if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
         raise DestinationError(f"manifest schema_version must be {MANIFEST_SCHEMA_VERSION}, got "
                                f"{data.get('schema_version')!r}", path=path)

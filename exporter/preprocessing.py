@@ -28,8 +28,8 @@ def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
         value = [value] * channels
     try:
         values = tuple(float(v) for v in value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got {value!r}") from exc
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:
@@ -148,19 +148,19 @@ class Preprocessing:
         except ConfigError as exc:
             if str(exc).startswith(source):
                 raise
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(f"{source}: {exc}") from exc
         except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(f"{source}: {exc}") from exc
 
     @classmethod
     def from_file(cls, path: str | Path) -> Preprocessing:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("preprocessing file not found", path=path) from None
+        except FileNotFoundError as exc:
+            raise ConfigError("preprocessing file not found", path=path) from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"preprocessing file is not valid UTF-8 JSON: {exc}", path=path) from None
+            raise ConfigError(f"preprocessing file is not valid UTF-8 JSON: {exc}", path=path) from exc
         return cls.from_dict(data, source=str(path))
 
     # ---- the numpy reference ---------------------------------------------------------------------------------

@@ -4,51 +4,26 @@ metadata Xcode shows."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConversionError
+from ..errors import ConversionError, translating
 from ..preprocessing import Preprocessing
+from ..provenance import ModelInfo, coreml_metadata
 from .prologue import for_conversion, imagetype_scale_bias
+
+if TYPE_CHECKING:
+    from ..capabilities import Base, BuildContext, Format, Variant
+
+__all__ = ["ModelInfo", "convert", "describe", "save"]
 
 INPUT_NAME = "image"
 LABEL_OUTPUT = "classLabel"
 # ML Program needs iOS 15 / macOS 12; NeuralNetwork files from TF 2 need iOS 13 at least (rank-5 free mapping).
 MLPROGRAM_TARGET = "iOS15"
 NEURALNETWORK_TARGET = "iOS13"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What every artifact records about where it came from."""
-
-    name: str
-    labels: list[str]
-    preprocessing: Preprocessing
-    source_sha256: str
-    source_file: str
-    author: str = ""
-    license: str = ""
-    version: str = ""
-    description: str = ""
-
-    def user_metadata(self) -> dict[str, str]:
-        from .. import __version__
-        from ..versions import library_versions
-
-        versions = library_versions()
-        return {
-            "com.apple.coreml.model.preview.type": "imageClassifier",
-            "exporter.labels": json.dumps(self.labels, ensure_ascii=False),
-            "exporter.preprocessing": self.preprocessing.to_json(),
-            "exporter.source_sha256": self.source_sha256,
-            "exporter.source_file": self.source_file,
-            "exporter.version": __version__,
-            "exporter.coremltools_version": versions.get("coremltools", ""),
-            "exporter.tensorflow_version": versions.get("tensorflow", ""),
-            "exporter.keras_version": versions.get("keras", ""),
-        }
+# Core ML specification version -> the deployment target that introduced it (what the manifest records).
+SPEC_VERSION_TO_TARGET = {4: "iOS13", 5: "iOS14", 6: "iOS15", 7: "iOS16", 8: "iOS17", 9: "iOS18", 10: "iOS26"}
 
 
 def _image_input(pre: Preprocessing):
@@ -79,17 +54,47 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or MLPROGRAM_TARGET)
     else:
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or NEURALNETWORK_TARGET)
-    try:
-        mlmodel = ct.convert(source, **kwargs)
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"coremltools could not convert the model to {backend}: "
-                              f"{(text[0] if text else type(exc).__name__)[:400]}", path=info.source_file) from None
-    describe(mlmodel, info)
+    with translating(ConversionError, f"coremltools could not convert the model to {backend}", path=info.source_file):
+        return ct.convert(source, **kwargs)
+
+
+def convert_base(ctx: BuildContext, fmt: Format, base: Base):
+    """The capability table's converter for the Core ML formats: ``fmt.backend`` at ``base``'s precision and target."""
+    return convert(ctx.model, ctx.info, backend=fmt.backend, precision=base.precision, target=base.target)
+
+
+def finish(mlmodel, ctx: BuildContext, variant: Variant, details: dict):
+    """The last step before saving: descriptions and provenance (set here once), and the weights compression left in
+    float, reported in ``details``."""
+    describe(mlmodel, ctx.info, variant.key)
+    if variant.weight_bits < 16:
+        from ..quantize.coreml import uncompressed_weights
+
+        details["uncompressed_weights"] = uncompressed_weights(mlmodel, variant.weight_bits if variant.palettized
+                                                               else None)
     return mlmodel
 
 
-def describe(mlmodel, info: ModelInfo) -> None:
+def deployment_target(mlmodel, ctx: BuildContext) -> str:
+    return SPEC_VERSION_TO_TARGET.get(mlmodel.get_spec().specificationVersion, "unknown")
+
+
+def smoke_check(path: Path, ctx: BuildContext) -> None:
+    """Core ML predicts on macOS only, so the saved file is read back instead: it must parse, take the contract's
+    image size and name the export's labels in order (validate then runs it, through the executor off macOS)."""
+    from ..runtime.coreml_spec import class_labels, load_spec
+
+    with translating(ConversionError, "the saved Core ML file cannot be read back", path=path.name):
+        spec = load_spec(path)
+        image = spec.description.input[0].type.imageType
+        labels = class_labels(spec)
+    if (image.height, image.width) != tuple(ctx.info.preprocessing.input_size) or labels != list(ctx.info.labels):
+        raise ConversionError(f"the saved file takes {image.height}x{image.width} images and {len(labels)} labels; "
+                              f"expected {ctx.info.preprocessing.input_size} and {len(ctx.info.labels)}",
+                              path=path.name)
+
+
+def describe(mlmodel, info: ModelInfo, variant_key: str) -> None:
     """Set the metadata Xcode shows and the provenance a later check needs."""
     pre = info.preprocessing
     h, w = pre.input_size
@@ -105,17 +110,13 @@ def describe(mlmodel, info: ModelInfo) -> None:
     desc = mlmodel.get_spec().description
     mlmodel.output_description[desc.predictedFeatureName] = "Most likely class label"
     mlmodel.output_description[desc.predictedProbabilitiesName] = "Probability of each class label"
-    for key, value in info.user_metadata().items():
+    for key, value in coreml_metadata(info, variant_key).items():
         mlmodel.user_defined_metadata[key] = value
-
-
 
 
 def save(mlmodel, path) -> None:
     """Save, then rewrite the protobuf with deterministic map order: protobuf serialises the user-defined metadata
     map in arbitrary order, so two identical exports would otherwise differ byte for byte (and by SHA-256)."""
-    from pathlib import Path
-
     from coremltools.proto import Model_pb2
 
     path = Path(path)

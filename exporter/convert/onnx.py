@@ -9,21 +9,28 @@ same tensors as the Keras model and the wrapper stays in float32 whatever the va
 
 from __future__ import annotations
 
-import json
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, translating
 from ..preprocessing import Preprocessing
+from ..provenance import onnx_metadata
 from .prologue import for_conversion
+
+if TYPE_CHECKING:
+    from ..capabilities import Base, BuildContext, Format, Variant
 
 # Opset 17 is the newest that tf2onnx 1.17 emits fully and that onnxruntime >= 1.14 runs on every provider.
 DEFAULT_OPSET = 17
 CORE_INPUT = "input"
 IMAGE_INPUT = "image"
+# The wrapped graph's outputs; runtime/ reads them by these names.
 PROBS_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
+LABELS_CONSTANT = "exporter_labels"  # the initializer holding the label strings the graph maps class indices to
 
 
 def convert_core(model, pre: Preprocessing, *, opset: int = DEFAULT_OPSET, source: str = "model"):
@@ -34,13 +41,9 @@ def convert_core(model, pre: Preprocessing, *, opset: int = DEFAULT_OPSET, sourc
 
     h, w = pre.input_size
     spec = (tf.TensorSpec((None, h, w, pre.channels), tf.float32, name=CORE_INPUT),)
-    try:
+    with translating(ConversionError, "tf2onnx could not convert the model", path=source):
         proto, _ = tf2onnx.convert.from_keras(for_conversion(model, None, CORE_INPUT), input_signature=spec,
                                               opset=opset)
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"tf2onnx could not convert the model: {(text[0] if text else type(exc).__name__)[:400]}",
-                              path=source) from None
     if len(proto.graph.output) != 1:
         raise ConversionError(f"tf2onnx produced {len(proto.graph.output)} outputs; expected one", path=source)
     return proto
@@ -82,11 +85,11 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
             prologue.append(helper.make_node("Mul", [x, "exporter_scale"], ["exporter_scaled"], name="exporter_mul"))
             prologue.append(helper.make_node("Add", ["exporter_scaled", "exporter_bias"], [core_in],
                                              name="exporter_add"))
-    inits.append(numpy_helper.from_array(np.array(labels, dtype=object), "exporter_labels"))
+    inits.append(numpy_helper.from_array(np.array(labels, dtype=object), LABELS_CONSTANT))
     epilogue = [
         helper.make_node("Identity", [core_out], [PROBS_OUTPUT], name="exporter_probabilities"),
         helper.make_node("ArgMax", [core_out], ["exporter_top"], axis=1, keepdims=0, name="exporter_argmax"),
-        helper.make_node("Gather", ["exporter_labels", "exporter_top"], [LABEL_OUTPUT], axis=0,
+        helper.make_node("Gather", [LABELS_CONSTANT, "exporter_top"], [LABEL_OUTPUT], axis=0,
                          name="exporter_label"),
     ]
     nodes = _topological(prologue + list(g.node) + epilogue,
@@ -130,12 +133,43 @@ def check(model, *, source: str = "onnx") -> None:
     """onnx.checker with full_check (shape inference included); errors become ConversionError."""
     import onnx
 
-    try:
+    with translating(ConversionError, "ONNX checker rejected the graph", path=source):
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise ConversionError(f"ONNX checker rejected the graph: {str(exc).splitlines()[0][:400]}", path=source) from None
 
 
-def metadata_for(labels: list[str], pre: Preprocessing, base: dict[str, str]) -> dict[str, str]:
-    return {**base, "exporter.labels": json.dumps(labels, ensure_ascii=False),
-            "exporter.preprocessing": pre.to_json()}
+def convert_base(ctx: BuildContext, fmt: Format, base: Base):
+    """The capability table's converter for ONNX: the core graph at the export's opset (float32; variants quantize
+    it, and ``finish`` wraps it)."""
+    return convert_core(ctx.model, ctx.info.preprocessing, opset=ctx.opset, source=ctx.source)
+
+
+def finish(core, ctx: BuildContext, variant: Variant, details: dict):
+    """The last step before saving: the image prologue, labels and provenance wrapped around the (quantized) core
+    graph, then onnx.checker."""
+    info = ctx.info
+    final = wrap(core, info.preprocessing, info.labels, onnx_metadata(info, variant.key), raw_input=ctx.raw_input)
+    check(final, source=variant.filename(info.name))
+    return final
+
+
+def save(model, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, path)
+
+
+def deployment_target(model, ctx: BuildContext) -> str:
+    return f"opset {ctx.opset}"
+
+
+def smoke_check(path: Path, ctx: BuildContext) -> None:
+    """Every ONNX artifact must load and run in onnxruntime before it is declared written."""
+    import onnxruntime as ort
+
+    pre = ctx.info.preprocessing
+    with translating(ConversionError, "onnxruntime cannot run the exported file", path=path.name):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        h, w = pre.input_size
+        x = np.full((1, h, w, pre.channels), 128, np.uint8)
+        feed = x if ctx.raw_input else pre.normalize(x)
+        session.run(None, {session.get_inputs()[0].name: feed})

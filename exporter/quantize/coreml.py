@@ -13,7 +13,8 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from ..errors import ConfigError, ConversionError
+from ..errors import ConfigError, ConversionError, translating
+from ..upstream import apply_graph_pass, mil_program
 
 # Compress every kernel with at least this many elements. Biases are inputs of their op, not weights, and stay fp16:
 # they are a fraction of a percent of the bytes and quantizing them buys nothing but error.
@@ -21,6 +22,8 @@ MIN_WEIGHT_ELEMENTS = 1
 # Grouped-channel palettization keeps 4-bit accuracy far better than one table per tensor; 16 output channels per
 # lookup table is the group size Apple recommends for 4 bits (coremltools optimization guide).
 PALETTE_GROUP_SIZE = 16
+# Activation quantization ops need Core ML 7 (iOS 17), the specification version the passes are run at.
+IOS17_SPEC_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -73,21 +76,17 @@ def compress(mlmodel, spec: CompressionSpec):
         op_config = cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", granularity="per_tensor",
                                            weight_threshold=MIN_WEIGHT_ELEMENTS)
         fn = cto.palettize_weights
-    try:
-        with warnings.catch_warnings():
-            # k-means on a small kernel finds fewer distinct values than table entries: harmless, entries repeat.
-            warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            return fn(mlmodel, cto.OptimizationConfig(global_config=op_config, op_name_configs=per_const or None))
-    except Exception as exc:
-        raise ConversionError(f"{spec.kind} {spec.nbits}-bit compression failed: {str(exc).splitlines()[0][:300]}"
-                              ) from None
+    with translating(ConversionError, f"{spec.kind} {spec.nbits}-bit compression failed"), warnings.catch_warnings():
+        # k-means on a small kernel finds fewer distinct values than table entries: harmless, entries repeat.
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        return fn(mlmodel, cto.OptimizationConfig(global_config=op_config, op_name_configs=per_const or None))
 
 
 def _float_weights(mlmodel):
     """(consuming op, const op, value, output channels) for every conv/linear/matmul weight still stored as a plain
     constant. conv and linear keep output channels on axis 0; a matmul's constant ``y`` on its last axis (axis 0
     when ``transpose_y``), which is the axis coremltools groups on."""
-    prog = getattr(mlmodel, "_mil_program", None)
+    prog = mil_program(mlmodel)
     for op in (prog.functions["main"].operations if prog is not None else []):
         if op.op_type in ("conv", "linear", "conv_transpose"):
             names, axis = ["weight"], 0
@@ -115,12 +114,9 @@ def neuralnetwork_weights(mlmodel, nbits: int):
         raise ConfigError(f"NeuralNetwork weight bits must be 16 or 8, got {nbits}")
     mode = "linear" if nbits == 8 else None
     kwargs = {"quantization_mode": mode} if mode else {}
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per layer
-            return quantization_utils.quantize_weights(mlmodel, nbits=nbits, **kwargs)
-    except Exception as exc:
-        raise ConversionError(f"NeuralNetwork {nbits}-bit weight quantization failed: {str(exc).splitlines()[0][:300]}"
-                              ) from None
+    with (translating(ConversionError, f"NeuralNetwork {nbits}-bit weight quantization failed"),
+          contextlib.redirect_stdout(io.StringIO())):  # it prints a line per layer
+        return quantization_utils.quantize_weights(mlmodel, nbits=nbits, **kwargs)
 
 
 def uncompressed_weights(mlmodel, palette_bits: int | None = None) -> list[dict]:
@@ -164,10 +160,8 @@ def _w8a8_coremltools(mlmodel, rgb_batches, input_name: str):
 
     samples = [{input_name: Image.fromarray(np.ascontiguousarray(x).squeeze())} for b in rgb_batches for x in b]
     act = cto.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
-    try:
+    with translating(ConversionError, "W8A8 activation calibration failed"):
         return linear_quantize_activations(mlmodel, act, samples)
-    except Exception as exc:
-        raise ConversionError(f"W8A8 activation calibration failed: {str(exc).splitlines()[0][:300]}") from None
 
 
 def activation_ranges(mlmodel, rgb_batches, input_name: str = "image") -> dict[str, dict[str, float]]:
@@ -203,10 +197,8 @@ def _insert_activation_quantization(mlmodel, stats):
     calibration), fed with our ranges. These are coremltools-internal entry points, pinned by coremltools < 10 and
     exercised by tests/test_executor.py's W8A8 parity test."""
     import coremltools.optimize.coreml as cto
-    from coremltools.converters.mil.frontend.milproto import load as milproto
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
-    from coremltools.models import utils as model_utils
     from coremltools.optimize.coreml.experimental import OpActivationLinearQuantizerConfig
 
     config = cto.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
@@ -217,8 +209,5 @@ def _insert_activation_quantization(mlmodel, stats):
         graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", stats)])
         passes.append(graph_pass)
     passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
-    try:
-        return model_utils._apply_graph_pass(mlmodel, passes, spec_version=8, pymil_load_func=milproto.load,
-                                             skip_model_load=True)
-    except Exception as exc:
-        raise ConversionError(f"W8A8 activation quantization failed: {str(exc).splitlines()[0][:300]}") from None
+    with translating(ConversionError, "W8A8 activation quantization failed"):
+        return apply_graph_pass(mlmodel, passes, spec_version=IOS17_SPEC_VERSION)

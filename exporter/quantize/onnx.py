@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, translating
 
 
 def _copy(model):
@@ -27,10 +27,8 @@ def _copy(model):
 def to_fp16(core):
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    try:
+    with translating(ConversionError, "fp16 conversion of the ONNX graph failed"):
         return convert_float_to_float16(_copy(core), keep_io_types=True, disable_shape_infer=False)
-    except Exception as exc:
-        raise ConversionError(f"fp16 conversion of the ONNX graph failed: {str(exc).splitlines()[0][:300]}") from None
 
 
 def _roundtrip(core, fn) -> object:
@@ -40,12 +38,8 @@ def _roundtrip(core, fn) -> object:
     with tempfile.TemporaryDirectory(prefix="exporter-q-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(core, src)
-        try:
+        with translating(ConversionError, "onnxruntime quantization failed"):
             fn(src, dst, Path(tmp))
-        except ConversionError:
-            raise
-        except Exception as exc:
-            raise ConversionError(f"onnxruntime quantization failed: {str(exc).splitlines()[0][:300]}") from None
         return onnx.load(dst)
 
 
@@ -172,7 +166,7 @@ def to_int8_static(core, calibration: list[np.ndarray], details: dict | None = N
     name = core.graph.input[0].name
     x = np.concatenate(calibration)
     with tempfile.TemporaryDirectory(prefix="exporter-q-") as tmp_name:
-        try:
+        with translating(ConversionError, "onnxruntime quantization failed"):
             quantize = _StaticQuantizer(core, calibration, Path(tmp_name))
             prepared = quantize.prepared
             reference = _session(core).run(None, {name: x})[0]
@@ -186,10 +180,6 @@ def to_int8_static(core, calibration: list[np.ndarray], details: dict | None = N
                 exclude.append(best)
                 model = quantize(exclude)
                 agreement, _ = _agreement(model, name, x, reference)
-        except ConversionError:
-            raise
-        except Exception as exc:
-            raise ConversionError(f"onnxruntime quantization failed: {str(exc).splitlines()[0][:300]}") from None
     if details is not None:
         details["float_layers"] = exclude
         details["calibration_top1_agreement"] = agreement

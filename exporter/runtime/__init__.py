@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..convert.onnx import LABELS_CONSTANT, PROBS_OUTPUT
 from ..errors import ConfigError
 from ..preprocessing import Preprocessing
 
@@ -42,7 +43,8 @@ class OnnxRunner:
             feed = pixels[..., ::-1]  # the graph takes RGB and reorders itself
         elif not self.raw:
             feed = self.pre.normalize(pixels)
-        probs = np.asarray(self.session.run(["probabilities"], {self.name: np.ascontiguousarray(feed)})[0], np.float32)
+        outputs = self.session.run([PROBS_OUTPUT], {self.name: np.ascontiguousarray(feed)})
+        probs = np.asarray(outputs[0], np.float32)
         return probs if self.order is None else _reorder(probs, self.order)
 
 
@@ -53,7 +55,7 @@ def embedded_onnx_labels(path: Path) -> list[str]:
 
     model = onnx.load(str(path), load_external_data=False)
     for init in model.graph.initializer:
-        if init.name == "exporter_labels":
+        if init.name == LABELS_CONSTANT:
             return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]
     raise ConfigError(f"{path}: ONNX file has no embedded labels (exporter_labels); was it written by exporter?")
 
@@ -115,3 +117,11 @@ class CoreMLRunner:
             out = self.model.predict({self.input: Image.fromarray(np.ascontiguousarray(rgb).squeeze())})
             rows.append([out[self.probs][label] for label in self.labels])
         return np.asarray(rows, dtype=np.float32)
+
+
+def coreml_runner(path: Path, pre: Preprocessing, labels: list[str]):
+    """The runner for a Core ML file: Core ML itself on macOS, the numpy executor elsewhere (Core ML predicts on
+    macOS only)."""
+    if platform.system() == "Darwin":
+        return CoreMLRunner(path, pre, labels)
+    return ExecutorRunner(path, pre, labels)

@@ -4,30 +4,25 @@ converted file (which does its own preprocessing). Report schema: docs in export
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, ModelLoadError, ParityError
+from ..errors import ConfigError, ParityError
+from ..exports import OpenedExport, open_export
 from ..images import iter_batches, list_images
-from ..packaging import read_manifest
 from ..preprocessing import Preprocessing
 from .accumulate import LabelStats, ParityStats
-from .tolerances import Gate, default_gate
+from .tolerances import Gate, check_gate_names, gate_for
 
 REPORT_SCHEMA_VERSION = 1
 
 
 def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
-    from ..runtime import CoreMLRunner, ExecutorRunner, OnnxRunner
+    from ..capabilities import format_of
 
-    if art["format"] == "onnx":
-        return OnnxRunner(root / art["path"], pre, labels), ""
-    if platform.system() == "Darwin":
-        return CoreMLRunner(root / art["path"], pre, labels), ""
-    return ExecutorRunner(root / art["path"], pre, labels), ""  # Core ML itself predicts on macOS only
+    return format_of(art["format"]).runner(root / art["path"], pre, labels), ""
 
 
 def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Path | None = None,
@@ -36,32 +31,37 @@ def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Pa
     """Run the Keras model and every artifact in ``export_dir`` on the images under ``images``; return the report.
 
     Raises ParityError naming every failing artifact and metric when any gate fails; the error carries the report.
-    ``gates`` overrides the default gate of a variant name (see tolerances.default_gate)."""
-    from ..loading import load_model
-    from ..runtime import KerasRunner
-
+    ``gates`` overrides default gates: keys ``VARIANT`` (every format) or ``FORMAT:VARIANT`` (see
+    tolerances.gate_for)."""
     gates = dict(gates or {})
     check_gate_names(gates)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    root = Path(export_dir)
-    manifest = read_manifest(root)
-    pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / "manifest.json"))
-    labels = manifest["labels"]
-    source = Path(model_path or manifest["source"]["path"])
-    loaded = load_model(source, trust_code=trust_code)
-    if loaded.sha256 != manifest["source"]["sha256"]:
-        raise ModelLoadError("is not the model this export was made from (SHA-256 differs from manifest.json)",
-                             path=source)
+    report = measure(open_export(export_dir, model_path=model_path, trust_code=trust_code), images, gates=gates,
+                     batch_size=batch_size, progress=progress)
+    failed = [r for r in report["artifacts"] if r["status"] == "failed"]
+    if failed:
+        raise ParityError("parity gates failed: " + "; ".join(f"{r['path']}: {', '.join(r['failures'])}"
+                                                              for r in failed), path=export_dir).with_report(report)
+    return report
+
+
+def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate], batch_size: int = 32,
+            progress: bool = False) -> dict:
+    """The parity report of an opened export (every artifact its manifest lists) on ``images``; never raises for a
+    failed gate (``validate`` does)."""
+    from ..runtime import KerasRunner
+
+    root, manifest, pre, labels = opened.root, opened.manifest, opened.preprocessing, opened.labels
     items = list_images(images)
     index_of = {name: i for i, name in enumerate(labels)}
     unknown = sorted({it.label for it in items if it.label is not None and it.label not in index_of})
-    keras_run = KerasRunner(loaded.model, pre)
+    keras_run = KerasRunner(opened.loaded.model, pre)
     keras_stats = LabelStats(len(labels))
     entries = []
     for art in manifest["artifacts"]:
         runner, reason = _runner(art, root, pre, labels)
-        gate = gates.get(art["variant"], default_gate(art["variant"]))
+        gate = gate_for(art["format"], art["variant"], gates)
         entries.append((art, runner, reason, gate, ParityStats(len(labels))))
     batches = iter_batches(items, pre, batch_size)
     if progress:
@@ -93,17 +93,4 @@ def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Pa
               "source": manifest["source"], "keras": {"against_labels": keras_stats.summary(labels)},
               "artifacts": results, "passed": not any(r["status"] == "failed" for r in results),
               "not_run": [r["path"] for r in results if r["status"] == "not run"]}
-    failed = [r for r in results if r["status"] == "failed"]
-    if failed:
-        raise ParityError("parity gates failed: " + "; ".join(f"{r['path']}: {', '.join(r['failures'])}"
-                                                              for r in failed), path=root).with_report(report)
     return report
-
-
-def check_gate_names(gates: dict[str, Gate]) -> None:
-    from ..variants import VARIANTS
-
-    valid = sorted({v.name for v in VARIANTS})
-    for name in gates:
-        if name not in valid:
-            raise ConfigError(f"gate for unknown variant {name!r}; valid variants are {valid}")

@@ -46,31 +46,52 @@ class Gate:
         return out
 
 
-def default_gate(variant: str) -> Gate:
-    if variant == "fp32":
-        return Gate(max_abs_prob=FP32_MAX_ABS_PROB)
-    if variant == "fp16":
-        return Gate(max_abs_prob=FP16_MAX_ABS_PROB, min_top1=FP16_MIN_TOP1)
-    if variant in ("palette4", "palette6"):
-        return Gate(min_top1=LOW_BIT_MIN_TOP1)
-    return Gate(min_top1=QUANTIZED_MIN_TOP1)
+def default_gate(fmt: str, variant: str) -> Gate:
+    """The gate the capability table gives ``fmt:variant``; a ConfigError lists the valid variants when unknown."""
+    from ..capabilities import variant as lookup
 
+    return lookup(fmt, variant).gate
+
+
+def check_gate_names(gates: dict[str, Gate]) -> None:
+    """Each key of a gate override is ``VARIANT`` (every format's variant of that name) or ``FORMAT:VARIANT``."""
+    from ..capabilities import format_of, variant, variant_names
+
+    for key in gates:
+        fmt, sep, name = key.rpartition(":")
+        if sep:
+            format_of(fmt)
+            variant(fmt, name)
+        elif name not in variant_names():
+            raise ConfigError(f"gate for unknown variant {name!r}; valid variants are {sorted(variant_names())} "
+                              "(or FORMAT:VARIANT for one format)")
+
+
+def gate_for(fmt: str, variant: str, overrides: dict[str, Gate]) -> Gate:
+    """An override for ``FORMAT:VARIANT`` wins over one for ``VARIANT``, which wins over the default gate."""
+    return overrides.get(f"{fmt}:{variant}") or overrides.get(variant) or default_gate(fmt, variant)
+
+
+GATE_SYNTAX = "[FORMAT:]VARIANT:max_abs_prob=X,min_top1=Y"
 
 
 def parse_gate(text: str) -> tuple[str, Gate]:
-    """``VARIANT:max_abs_prob=1e-4,min_top1=0.95`` (either key may be left out) -> (variant, Gate)."""
-    variant, sep, rest = text.partition(":")
-    if not sep or not variant:
-        raise ConfigError(f"gate must look like VARIANT:max_abs_prob=X,min_top1=Y, got {text!r}")
+    """``[FORMAT:]VARIANT:max_abs_prob=1e-4,min_top1=0.95`` (either limit may be left out) -> (key, Gate), where the
+    key is ``VARIANT`` (every format) or ``FORMAT:VARIANT``."""
+    key, sep, rest = text.rpartition(":")
+    if not sep or not key or any(not part for part in key.split(":")) or key.count(":") > 1:
+        raise ConfigError(f"gate must look like {GATE_SYNTAX}, got {text!r}")
     values: dict[str, float] = {}
     for part in filter(None, rest.split(",")):
-        key, eq, value = part.partition("=")
-        if key not in ("max_abs_prob", "min_top1") or not eq:
+        name, eq, value = part.partition("=")
+        if name not in ("max_abs_prob", "min_top1") or not eq:
             raise ConfigError(f"gate {text!r}: keys are max_abs_prob and min_top1, got {part!r}")
         try:
-            values[key] = float(value)
-        except ValueError:
-            raise ConfigError(f"gate {text!r}: {key} must be a number, got {value!r}") from None
+            values[name] = float(value)
+        except ValueError as exc:
+            raise ConfigError(f"gate {text!r}: {name} must be a number, got {value!r}") from exc
     if not values:
         raise ConfigError(f"gate {text!r} sets no limit")
-    return variant, Gate(**values)
+    gate = Gate(**values)
+    check_gate_names({key: gate})
+    return key, gate

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ModelLoadError
+from ..capabilities import VARIANTS, variant_names
+from ..errors import ConfigError
 from ..images import ImageItem, iter_batches, list_images
-from ..packaging import atomic_directory, read_manifest, write_json
+from ..packaging import atomic_directory, write_json
 from ..preprocessing import Preprocessing
-from ..validation.tolerances import default_gate
+
+__all__ = ["as_rgb", "choose_images", "read_golden", "tolerances", "variant_names", "write_golden"]
 
 GOLDEN_SCHEMA_VERSION = 1
 GOLDEN_NAME = "golden.json"
@@ -28,19 +30,15 @@ SELECTION_SEED = 0
 BATCH_SIZE = 16
 
 
-def variant_names() -> list[str]:
-    """Every variant name any format has, in table order (``fp16`` once although three formats have one)."""
-    from ..variants import VARIANTS
-
-    return list(dict.fromkeys(v.name for v in VARIANTS))
-
-
 def tolerances() -> dict[str, dict]:
-    """The default gate of every variant, as golden.json stores it (null where a gate has no bound)."""
-    out = {}
-    for name in variant_names():
-        gate = default_gate(name)
-        out[name] = {"max_abs_prob": gate.max_abs_prob, "min_top1": gate.min_top1}
+    """The default gate of every variant name, as golden.json stores it (null where a gate has no bound).
+
+    golden.json keys gates by variant name alone (its Swift reader does too); a name's gate is that of its first
+    entry in the capability table, ML Program first, which is the file the Swift package prefers. The table gives
+    every format's variant of one name the same gate today; tests/test_capabilities.py holds that for Core ML."""
+    out: dict[str, dict] = {}
+    for v in VARIANTS:
+        out.setdefault(v.name, {"max_abs_prob": v.gate.max_abs_prob, "min_top1": v.gate.min_top1})
     return out
 
 
@@ -87,20 +85,13 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
     from PIL import Image
 
     from .. import __version__
-    from ..loading import load_model
+    from ..exports import open_export
     from ..runtime import KerasRunner
     from ..versions import library_versions
 
     check_count(count)
-    root = Path(export_dir)
-    manifest = read_manifest(root)
-    pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / "manifest.json"))
-    labels = list(manifest["labels"])
-    source = Path(model_path or manifest["source"]["path"])
-    loaded = load_model(source, trust_code=trust_code)
-    if loaded.sha256 != manifest["source"]["sha256"]:
-        raise ModelLoadError("is not the model this export was made from (SHA-256 differs from manifest.json)",
-                             path=source)
+    opened = open_export(export_dir, model_path=model_path, trust_code=trust_code)
+    manifest, pre, labels, loaded = opened.manifest, opened.preprocessing, opened.labels, opened.loaded
     folder = Path(images_folder)
     chosen = choose_images(list_images(folder), count)
     keras_run = KerasRunner(loaded.model, pre)
@@ -122,7 +113,7 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
             "schema_version": GOLDEN_SCHEMA_VERSION,
             "generator": {"exporter": __version__, **{k: versions[k] for k in ("keras", "tensorflow", "numpy",
                                                                                 "pillow") if k in versions}},
-            "source": {"file": source.name, "sha256": loaded.sha256},
+            "source": {"file": loaded.path.name, "sha256": loaded.sha256},
             "artifacts": [{"path": a["path"], "format": a["format"], "variant": a["variant"], "sha256": a["sha256"]}
                           for a in manifest["artifacts"]],
             "labels": labels,
@@ -144,10 +135,10 @@ def read_golden(folder: str | Path) -> dict:
     path = Path(folder) / GOLDEN_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DestinationError("no golden.json: not a folder written by write_golden", path=folder) from None
+    except FileNotFoundError as exc:
+        raise DestinationError("no golden.json: not a folder written by write_golden", path=folder) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DestinationError(f"golden.json is corrupt: {exc}", path=path) from None
+        raise DestinationError(f"golden.json is corrupt: {exc}", path=path) from exc
     if not isinstance(data, dict) or data.get("schema_version") != GOLDEN_SCHEMA_VERSION:
         got = data.get("schema_version") if isinstance(data, dict) else None
         raise DestinationError(f"golden schema_version must be {GOLDEN_SCHEMA_VERSION}, got {got!r}", path=path)

@@ -21,8 +21,9 @@ import shutil
 from pathlib import Path
 
 from .. import __version__
+from ..capabilities import FORMATS, variant
 from ..errors import ConfigError, DestinationError
-from ..packaging import atomic_directory, read_manifest, sha256_of, write_json
+from ..packaging import MANIFEST_NAME, atomic_directory, read_manifest, sha256_of, write_json
 from ..preprocessing import Preprocessing
 from .golden import check_count, write_golden
 
@@ -32,7 +33,7 @@ TEMPLATES = HERE / "templates"
 # Swift files shared with ios_harness: GoldenParity code goes to the test target, the classifier to the library.
 TEST_SWIFT_FILES = ("GoldenFile.swift", "Parity.swift")
 LIBRARY_SWIFT_FILES = ("ImageClassifier.swift",)
-CORE_ML_FORMATS = ("mlpackage", "mlmodel")
+CORE_ML_FORMATS = tuple(name for name, f in FORMATS.items() if f.family == "coreml")
 MODEL_RESOURCE_STEM = "Model"
 MODEL_JSON_SCHEMA_VERSION = 1
 # With a top-1 gate of 0.99 (fp16) or 0.98 (int8), 100 images let one or two near-tie images flip, as the Python
@@ -84,6 +85,15 @@ def pick_artifact(manifest: dict, variant: str, export_dir: Path) -> dict:
                       f"available: {available}")
 
 
+def model_stem(manifest: dict, artifact: dict) -> str:
+    """The model's name in the export's file names: manifest.json's ``name``; an export written before that key
+    existed gives it back through the capability table's file name (``NAME_`` + the variant's stem + suffix)."""
+    if manifest.get("name"):
+        return manifest["name"]
+    v = variant(artifact["format"], artifact["variant"])
+    return artifact["path"].removesuffix(v.filename(""))
+
+
 def render(template: str, values: dict[str, str]) -> str:
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     for token, value in values.items():
@@ -104,7 +114,7 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
     check_count(golden_count)
     root = Path(export_dir)
     manifest = read_manifest(root)
-    pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / "manifest.json")).to_dict()
+    pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / MANIFEST_NAME)).to_dict()
     artifact = pick_artifact(manifest, variant, root)
     model_src = root / artifact["path"]
     if not model_src.exists():
@@ -112,9 +122,7 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
     if sha256_of(model_src) != artifact["sha256"]:
         raise DestinationError("changed since the export (SHA-256 differs from manifest.json); export again",
                                path=model_src)
-    suffix = "_nn_" if artifact["format"] == "mlmodel" else "_"
-    stem = Path(artifact["path"]).stem.removesuffix(f"{suffix}{artifact['variant'].replace('-', '_')}")
-    name = check_package_name(package_name or swift_name(stem))
+    name = check_package_name(package_name or swift_name(model_stem(manifest, artifact)))
     model_file = f"{MODEL_RESOURCE_STEM}.{artifact['format']}"
     values = {"NAME": name, "MODEL_FILE": model_file, "VARIANT": artifact["variant"], "ARTIFACT": artifact["path"],
               "EXPORTER_VERSION": __version__, "TARGET": artifact["minimum_deployment_target"],

@@ -63,10 +63,10 @@ def _spec_path(path: Path) -> Path:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         root = data["rootModelIdentifier"]
         rel = data["itemInfoEntries"][root]["path"]
-    except FileNotFoundError:
-        raise ConversionError("is a folder without Manifest.json, not an .mlpackage", path=path) from None
+    except FileNotFoundError as exc:
+        raise ConversionError("is a folder without Manifest.json, not an .mlpackage", path=path) from exc
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConversionError(f"Manifest.json does not name the root model ({type(exc).__name__})", path=path) from None
+        raise ConversionError(f"Manifest.json does not name the root model ({type(exc).__name__})", path=path) from exc
     model = (path / "Data" / rel).resolve()
     if path.resolve() not in model.parents:
         raise ConversionError("Manifest.json points outside the package", path=path)
@@ -82,12 +82,12 @@ def load_spec(path: Path):
     try:
         data = spec_file.read_bytes()
     except OSError as exc:
-        raise ConversionError(f"cannot read the model: {exc.strerror}", path=spec_file) from None
+        raise ConversionError(f"cannot read the model: {exc.strerror}", path=spec_file) from exc
     spec = Model_pb2.Model()
     try:
         spec.ParseFromString(data)
-    except DecodeError:
-        raise ConversionError("is not a Core ML model protobuf", path=spec_file) from None
+    except DecodeError as exc:
+        raise ConversionError("is not a Core ML model protobuf", path=spec_file) from exc
     return spec, spec_file.parent
 
 

@@ -69,7 +69,7 @@ class WeightFile:
         try:
             self.data = self.path.read_bytes()
         except OSError as exc:
-            raise ConversionError(f"cannot read weight file {self.path.name}: {exc.strerror}", path=where) from None
+            raise ConversionError(f"cannot read weight file {self.path.name}: {exc.strerror}", path=where) from exc
         if len(self.data) < HEADER_BYTES:
             raise ConversionError(f"weight file {self.path.name} is {len(self.data)} bytes, shorter than its header",
                                   path=where)

@@ -104,7 +104,7 @@ class Network:
             try:
                 inputs = [env[name] for name in layer.inputs]
             except KeyError as exc:
-                raise layer.ctx.fail(f"reads {exc.args[0]!r}, which no earlier layer produces") from None
+                raise layer.ctx.fail(f"reads {exc.args[0]!r}, which no earlier layer produces") from exc
             out = layer.run(inputs)
             outs = out if isinstance(out, (list, tuple)) else [out]
             if len(outs) != len(layer.outputs):

@@ -1,0 +1,287 @@
+"""What the exporter can build, declared once: every format (file suffix, converter, finishing step, saver, smoke
+check, runner) and every variant (the conversion it starts from, its transform, its default parity gate, its file
+stem, its minimum target).
+
+``api`` builds from this table, ``validation`` takes each artifact's runner and gate from it, the CLI its choices,
+``xcode`` its file names, and README's "What an export contains" table is written from it
+(``python -m exporter.capabilities README.md``; tests/test_capabilities.py fails when README differs). Adding a variant
+is one ``Variant`` entry (its base conversion, its transform, its gate) plus its test; adding a format is one
+``Format`` entry naming its functions. Unknown names raise a ConfigError that lists the valid ones.
+
+Format functions are named as ``Ref("module", "function")`` and imported on first call, so reading the table (the CLI
+does, for its choices) imports no converter library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .convert.onnx import DEFAULT_OPSET
+from .errors import ConfigError
+from .quantize import coreml as qc
+from .quantize import onnx as qo
+from .validation.tolerances import (
+    FP16_MAX_ABS_PROB,
+    FP16_MIN_TOP1,
+    FP32_MAX_ABS_PROB,
+    LOW_BIT_MIN_TOP1,
+    QUANTIZED_MIN_TOP1,
+    Gate,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .provenance import ModelInfo
+
+# Activation ranges settle after a few dozen images; more only slows the export down.
+DEFAULT_CALIBRATION_COUNT = 64
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A function named by module and attribute, imported when first called (keeps heavy libraries lazy)."""
+
+    module: str
+    attr: str
+
+    def resolve(self) -> Callable[..., Any]:
+        return getattr(importlib.import_module(self.module), self.attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+
+@dataclass
+class BuildContext:
+    """Everything a converter, transform or finishing step may read, shared by every artifact of one export."""
+
+    model: Any  # keras.Model
+    info: ModelInfo
+    calibration: list[np.ndarray]  # uint8 NHWC batches in the contract's channel order; empty when none was given
+    opset: int = DEFAULT_OPSET
+    raw_input: bool = True  # ONNX: uint8 image input with the preprocessing in the graph
+    source: str = "model"  # the model path, for error messages
+
+
+@dataclass(frozen=True)
+class Format:
+    """One kind of file. ``convert(ctx, format, base)`` makes a base model, a variant's transform changes it,
+    ``finish(model, ctx, variant, details)`` adds what every file of the format carries (metadata, wrappers),
+    ``save(model, path)`` writes it, ``smoke_check(path, ctx)`` reads it back, ``target(model, ctx)`` names its
+    minimum deployment target, and ``runner(path, preprocessing, labels)`` predicts with it during validation."""
+
+    name: str
+    suffix: str
+    family: str  # "coreml" or "onnx": which library family reads it (xcode packages Core ML files)
+    engine: str  # what people call it: README and descriptions
+    backend: str  # what the converter is asked for
+    convert: Ref
+    finish: Ref
+    save: Ref
+    smoke_check: Ref
+    target: Ref
+    runner: Ref
+    stem_prefix: str = ""  # file name: NAME_{stem_prefix}{variant}{suffix}
+    target_note: str = ""  # README's "minimum target" for variants that declare none
+
+
+@dataclass(frozen=True)
+class Base:
+    """The conversion a variant starts from. Each distinct (format backend, precision, target) is converted once per
+    export and shared by every variant that starts from it."""
+
+    precision: str = "fp32"  # compute precision of the conversion ("fp32" or "fp16")
+    target: str | None = None  # minimum deployment target asked of the converter (None: the converter's default)
+
+
+# A pure transform (base model, context, details) -> new model; it may record what it did in ``details``, which the
+# manifest stores under the artifact. None: the base model as it is.
+Transform = Callable[[Any, BuildContext, dict], Any]
+
+
+@dataclass(frozen=True)
+class Variant:
+    format: str
+    name: str
+    weight_bits: int  # nominal bits per weight; the theoretical size limit is weight_bits / 32 of fp32
+    base: Base
+    transform: Transform | None
+    gate: Gate  # default parity gate (tolerances.py explains each number); --gate overrides it
+    description: str
+    min_target: str | None = None  # what the file ends up needing (tests/test_export.py checks the files say so)
+    needs_calibration: bool = False
+    palettized: bool = False  # weights are lookup-table indices (how uncompressed weights are explained)
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}:{self.name}"
+
+    @property
+    def stem(self) -> str:
+        """The variant's part of the file name: ``fp16``, ``nn_fp16``, ``int8_static``."""
+        return f"{FORMATS[self.format].stem_prefix}{self.name.replace('-', '_')}"
+
+    def filename(self, model_stem: str) -> str:
+        return f"{model_stem}_{self.stem}{FORMATS[self.format].suffix}"
+
+
+def _coreml_format(name: str, suffix: str, engine: str, backend: str, **extra: str) -> Format:
+    cm = "exporter.convert.coreml"
+    return Format(name, suffix, "coreml", engine, backend, convert=Ref(cm, "convert_base"), finish=Ref(cm, "finish"),
+                  save=Ref(cm, "save"), smoke_check=Ref(cm, "smoke_check"), target=Ref(cm, "deployment_target"),
+                  runner=Ref("exporter.runtime", "coreml_runner"), **extra)
+
+
+_OX = "exporter.convert.onnx"
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    _coreml_format("mlpackage", ".mlpackage", "ML Program", "mlprogram"),
+    _coreml_format("mlmodel", ".mlmodel", "NeuralNetwork", "neuralnetwork", stem_prefix="nn_"),
+    Format("onnx", ".onnx", "onnx", "ONNX", "onnx", convert=Ref(_OX, "convert_base"), finish=Ref(_OX, "finish"),
+           save=Ref(_OX, "save"), smoke_check=Ref(_OX, "smoke_check"), target=Ref(_OX, "deployment_target"),
+           runner=Ref("exporter.runtime", "OnnxRunner"), target_note=f"opset {DEFAULT_OPSET} (`--opset`), onnxruntime"),
+)}
+
+FP32_GATE = Gate(max_abs_prob=FP32_MAX_ABS_PROB)
+FP16_GATE = Gate(max_abs_prob=FP16_MAX_ABS_PROB, min_top1=FP16_MIN_TOP1)
+QUANTIZED_GATE = Gate(min_top1=QUANTIZED_MIN_TOP1)
+LOW_BIT_GATE = Gate(min_top1=LOW_BIT_MIN_TOP1)
+FP16 = Base("fp16")
+
+
+def _palette(nbits: int, **grouping: Any) -> Transform:
+    spec = qc.CompressionSpec("palettize", nbits, **grouping)
+    return lambda m, _ctx, _details: qc.compress(m, spec)
+
+
+def _normalized_calibration(ctx: BuildContext) -> list:
+    return [ctx.info.preprocessing.normalize(b) for b in ctx.calibration]
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("mlpackage", "fp32", 32, Base("fp32"), None, FP32_GATE, "ML Program, float32 weights and compute",
+            min_target="iOS15"),
+    Variant("mlpackage", "fp16", 16, FP16, None, FP16_GATE, "ML Program, float16 weights and compute",
+            min_target="iOS15"),
+    Variant("mlpackage", "int8", 8, FP16, lambda m, _c, _d: qc.compress(m, qc.WEIGHT_ONLY_INT8), QUANTIZED_GATE,
+            "ML Program, int8 affine weights (scale and zero point) per output channel", min_target="iOS16"),
+    Variant("mlpackage", "palette8", 8, FP16, _palette(8), QUANTIZED_GATE,
+            "ML Program, 8-bit k-means lookup table per tensor", min_target="iOS16", palettized=True),
+    Variant("mlpackage", "palette6", 6, FP16, _palette(6), LOW_BIT_GATE,
+            "ML Program, 6-bit k-means lookup table per tensor", min_target="iOS16", palettized=True),
+    Variant("mlpackage", "palette4", 4, Base("fp16", target="iOS18"), _palette(4, grouped=True), LOW_BIT_GATE,
+            "ML Program, 4-bit k-means lookup tables per 16 output channels", min_target="iOS18", palettized=True),
+    Variant("mlpackage", "w8a8", 8, Base("fp16", target="iOS17"),
+            lambda m, ctx, _d: qc.w8a8(m, ctx.calibration, ctx.info.preprocessing.channel_order), QUANTIZED_GATE,
+            "ML Program, int8 weights and int8 activations calibrated on images", min_target="iOS17",
+            needs_calibration=True),
+    Variant("mlmodel", "fp32", 32, Base("fp32"), None, FP32_GATE, "NeuralNetwork, float32 weights", min_target="iOS13"),
+    Variant("mlmodel", "fp16", 16, Base("fp32"), lambda m, _c, _d: qc.neuralnetwork_weights(m, 16), FP16_GATE,
+            "NeuralNetwork, float16 weights", min_target="iOS13"),
+    Variant("mlmodel", "int8", 8, Base("fp32"), lambda m, _c, _d: qc.neuralnetwork_weights(m, 8), QUANTIZED_GATE,
+            "NeuralNetwork, 8-bit linear weights", min_target="iOS13"),
+    Variant("onnx", "fp32", 32, Base("fp32"), None, FP32_GATE, "ONNX, float32"),
+    Variant("onnx", "fp16", 16, Base("fp32"), lambda m, _c, _d: qo.to_fp16(m), FP16_GATE,
+            "ONNX, float16 weights and compute, float32 inputs and outputs"),
+    Variant("onnx", "int8-dynamic", 8, Base("fp32"), lambda m, _c, _d: qo.to_int8_dynamic(m), QUANTIZED_GATE,
+            "ONNX, int8 weights, activations quantized per batch at run time"),
+    Variant("onnx", "int8-static", 8, Base("fp32"),
+            lambda m, ctx, details: qo.to_int8_static(m, _normalized_calibration(ctx), details), QUANTIZED_GATE,
+            "ONNX, int8 QDQ weights and activations calibrated on images", needs_calibration=True),
+)
+
+
+def format_of(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError as exc:
+        raise ConfigError(f"unknown format {name!r}; valid formats are {list(FORMATS)}") from exc
+
+
+def variant_names() -> list[str]:
+    """Every variant name any format has, in table order (``fp16`` once although three formats have one)."""
+    return list(dict.fromkeys(v.name for v in VARIANTS))
+
+
+def variant(fmt: str, name: str) -> Variant:
+    """The variant ``fmt:name``; a ConfigError lists the valid keys when there is none."""
+    format_of(fmt)
+    for v in VARIANTS:
+        if v.format == fmt and v.name == name:
+            return v
+    raise ConfigError(f"unknown variant {fmt}:{name}; valid variants of {fmt} are "
+                      f"{[v.name for v in VARIANTS if v.format == fmt]}")
+
+
+def select(formats: list[str] | None = None, names: list[str] | None = None) -> list[Variant]:
+    """Variants of the given formats (default all) whose names are in ``names`` (default all). Unknown values raise
+    a ConfigError that lists the valid ones."""
+    formats = list(formats or FORMATS)
+    for f in formats:
+        format_of(f)
+    chosen = [v for v in VARIANTS if v.format in formats]
+    if names:
+        valid = sorted({v.name for v in chosen})
+        bad = [n for n in names if n not in valid]
+        if bad:
+            raise ConfigError(f"unknown variant {bad[0]!r} for formats {formats}; valid variants are {valid}")
+        chosen = [v for v in chosen if v.name in names]
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ README table
+README_START = "<!-- capabilities:start (written by `python -m exporter.capabilities README.md`) -->"
+README_END = "<!-- capabilities:end -->"
+
+
+def _target_text(v: Variant) -> str:
+    if v.min_target is None:
+        return FORMATS[v.format].target_note
+    return re.sub(r"^iOS(\d+)$", r"iOS \1", v.min_target)
+
+
+def readme_table() -> str:
+    """README's table of what an export contains, one row per variant, from this module's tables."""
+    rows = ["| file | format | minimum target | gate | what |", "|---|---|---|---|---|"]
+    for v in VARIANTS:
+        fmt = FORMATS[v.format]
+        what = v.description.split(", ", 1)[1] if ", " in v.description else v.description
+        if v.needs_calibration:
+            what += " (needs `--calibration-images`)"
+        gate = ", ".join(part for part in (
+            None if v.gate.max_abs_prob is None else f"max Δp ≤ {v.gate.max_abs_prob:g}",
+            None if v.gate.min_top1 is None else f"top-1 agreement ≥ {v.gate.min_top1:.0%}") if part)
+        rows.append(f"| `{v.filename('NAME')}` | {fmt.engine} | {_target_text(v)} | {gate} | {what} |")
+    rows.append("| `manifest.json` | | | | every artifact's path, format, variant, bytes, ratio to fp32, SHA-256, "
+                "target; labels; preprocessing; versions |")
+    return "\n".join(rows)
+
+
+def with_readme_table(text: str) -> str:
+    """``text`` (README.md) with the part between the capability markers replaced by ``readme_table()``."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"README has no {README_START!r} ... {README_END!r} markers")
+    return f"{text[:start + len(README_START)]}\n{readme_table()}\n{text[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m exporter.capabilities [README.md]``: rewrite README's capability table from this module."""
+    args = argv if argv is not None else sys.argv[1:]
+    path = Path(args[0] if args else "README.md")
+    text = path.read_text(encoding="utf-8")
+    new = with_readme_table(text)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+        print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""An export folder opened for checking: its manifest, preprocessing contract and labels, and the Keras model it was
+made from, loaded and confirmed by SHA-256. ``validate`` and the golden files both start here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ModelLoadError
+from .packaging import MANIFEST_NAME, read_manifest
+from .preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+
+
+@dataclass
+class OpenedExport:
+    root: Path
+    manifest: dict
+    preprocessing: Preprocessing
+    labels: list[str]
+    loaded: LoadedModel  # the Keras model the manifest records (or the one given), hash checked
+
+
+def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
+                trust_code: bool = False) -> OpenedExport:
+    """Read ``export_dir``'s manifest and contract and load its Keras model (the path the manifest records unless
+    ``model_path`` is given); a model whose SHA-256 differs from the manifest's is refused."""
+    from .loading import load_model
+
+    root = Path(export_dir)
+    manifest = read_manifest(root)
+    pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / MANIFEST_NAME))
+    source = Path(model_path or manifest["source"]["path"])
+    loaded = load_model(source, trust_code=trust_code)
+    if loaded.sha256 != manifest["source"]["sha256"]:
+        raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})",
+                             path=source)
+    return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]),
+                        loaded=loaded)

@@ -1,0 +1,59 @@
+"""What every artifact records about where it came from: one metadata builder per format family.
+
+Both families carry the same exporter keys (labels, preprocessing contract, source file and its SHA-256, the variant,
+the versions of the exporter, Keras and TensorFlow); each adds the versions of the libraries that wrote it. Only Core ML
+files carry ``com.apple.coreml.model.preview.type`` (it tells Xcode to show the image-classifier preview).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What every artifact records about where it came from."""
+
+    name: str
+    labels: list[str]
+    preprocessing: Preprocessing
+    source_sha256: str
+    source_file: str
+    author: str = ""
+    license: str = ""
+    version: str = ""
+    description: str = ""
+
+
+def _versions(*names: str) -> dict[str, str]:
+    from .versions import library_versions
+
+    found = library_versions()
+    return {f"exporter.{name}_version": found.get(name, "") for name in names}
+
+
+def _common(info: ModelInfo, variant_key: str) -> dict[str, str]:
+    from . import __version__
+
+    return {
+        "exporter.labels": json.dumps(info.labels, ensure_ascii=False),
+        "exporter.preprocessing": info.preprocessing.to_json(),
+        "exporter.source_sha256": info.source_sha256,
+        "exporter.source_file": info.source_file,
+        "exporter.version": __version__,
+        "exporter.variant": variant_key,
+    }
+
+
+def coreml_metadata(info: ModelInfo, variant_key: str) -> dict[str, str]:
+    """user_defined_metadata of a Core ML artifact."""
+    return {"com.apple.coreml.model.preview.type": "imageClassifier", **_common(info, variant_key),
+            **_versions("coremltools", "tensorflow", "keras")}
+
+
+def onnx_metadata(info: ModelInfo, variant_key: str) -> dict[str, str]:
+    """metadata_props of an ONNX artifact (after the image keys the wrapper sets)."""
+    return {**_common(info, variant_key), **_versions("tf2onnx", "onnx", "onnxruntime", "tensorflow", "keras")}

@@ -1,0 +1,44 @@
+"""The private parts of coremltools and Keras this toolkit relies on, read in one place.
+
+Each reader names what it reads and raises ``UpstreamAPIError`` when the library no longer has it, instead of a
+``getattr(obj, "_private", default)`` that would quietly switch a check off (the double-normalisation guard reads
+Keras' graph through ``inbound_nodes``; the uncompressed-weight report reads coremltools' MIL program). The versions
+pinned in pyproject.toml are the ones these readers are tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UpstreamAPIError
+
+
+def _read(obj: Any, name: str, library: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except AttributeError as exc:
+        from .versions import library_versions
+
+        version = library_versions().get(library, "unknown")
+        raise UpstreamAPIError(f"{library} {version} has no {type(obj).__name__}.{name} any more; this toolkit "
+                               f"needs it (see exporter/upstream.py)") from exc
+
+
+def mil_program(mlmodel: Any) -> Any:
+    """The MIL program an in-memory coremltools ``MLModel`` was built from; None for a NeuralNetwork model (which
+    has none). coremltools' public ``_get_mil_internal`` deep-copies it, which costs the whole weight set."""
+    return _read(mlmodel, "_mil_program", "coremltools")
+
+
+def inbound_nodes(layer: Any) -> list:
+    """The Keras graph nodes that call ``layer`` (Keras 3 ``Operation._inbound_nodes``); each has ``input_tensors``."""
+    return list(_read(layer, "_inbound_nodes", "keras"))
+
+
+def apply_graph_pass(mlmodel: Any, passes: list, *, spec_version: int) -> Any:
+    """coremltools' ``models.utils._apply_graph_pass``: run MIL graph passes on a saved-program MLModel."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.models import utils as model_utils
+
+    run = _read(model_utils, "_apply_graph_pass", "coremltools")
+    return run(mlmodel, passes, spec_version=spec_version, pymil_load_func=milproto.load, skip_model_load=True)
