@@ -96,7 +96,7 @@ class Prepared:
 
 def _read_contract(preprocessing) -> Preprocessing | None:
     if isinstance(preprocessing, (str, os.PathLike)):
-        return Preprocessing.from_file(preprocessing)
+        return Preprocessing.from_file(Path(preprocessing))
     if isinstance(preprocessing, dict):
         return Preprocessing.from_dict(preprocessing)
     return preprocessing
@@ -112,7 +112,7 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
     model_path = Path(model_path)
     loaded = load_model(model_path, trust_code=options.trust_code)
     if isinstance(labels, (str, os.PathLike)):
-        label_list, label_source = read_labels(labels), str(labels)
+        label_list, label_source = read_labels(Path(labels)), str(labels)
     else:
         label_list, label_source = check_labels(list(labels)), "labels"
     check_against_model(label_list, loaded.num_classes, source=label_source)
@@ -202,10 +202,10 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
     if options.quantize == "auto":
         auto_options = _auto_candidates(options)
         prepared = prepare(model_path, labels, preprocessing=preprocessing, options=auto_options)
-        with atomic_directory(out, overwrite=options.overwrite) as stage:
+        with atomic_directory(Path(out), overwrite=options.overwrite) as stage:
             return _export_auto(prepared, auto_options, stage, Path(out), say)
     prepared = prepare(model_path, labels, preprocessing=preprocessing, options=options)
-    with atomic_directory(out, overwrite=options.overwrite) as stage:
+    with atomic_directory(Path(out), overwrite=options.overwrite) as stage:
         artifacts = _build_all(prepared, options, stage, say)
         return package(stage, prepared, artifacts)
 
@@ -243,6 +243,8 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
     from .exports import OpenedExport
     from .validation.parity import measure
 
+    if options.validation_images is None:
+        raise ConfigError("quantize='auto' needs validation images (--images FOLDER) to judge each variant")
     candidates = _build_all(prepared, options, stage, say)
     full = package(stage, prepared, candidates)
     opened = OpenedExport(root=stage, manifest=full, preprocessing=prepared.info.preprocessing,

@@ -101,8 +101,7 @@ def open_image(path: str | Path):
                     raise ImageError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,} "
                                      "(a decompression bomb or an image far too large to classify)", path=path)
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return img.copy()
+                return ImageOps.exif_transpose(img).copy()
     except ImageError:
         raise
     except FileNotFoundError as exc:

@@ -190,7 +190,7 @@ def detect_in_model_preprocessing(model) -> list[str]:
 
     found = []
     layer_types = (keras.layers.Rescaling, keras.layers.Normalization)
-    consumers = {}
+    consumers: dict[int, list] = {}
     for layer in model.layers:
         for node in inbound_nodes(layer):
             for t in node.input_tensors:

@@ -48,15 +48,15 @@ def _agreement_and_size(report: dict) -> str:
 
 
 def _confusion(cm: list[list[int]], labels: list[str], title: str) -> str:
-    cm = np.asarray(cm)
+    counts = np.asarray(cm)
     fig, ax = _figure(figsize=(0.45 * len(labels) + 2, 0.45 * len(labels) + 1.5))
-    ax.imshow(cm, cmap="Blues")
+    ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90)
     ax.set_yticks(range(len(labels)), labels)
-    for (i, j), v in np.ndenumerate(cm):
+    for (i, j), v in np.ndenumerate(counts):
         if v:
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > cm.max() / 2 else "black")
+                    color="white" if v > counts.max() / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

@@ -54,7 +54,7 @@ def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate],
 
     root, manifest, pre, labels = opened.root, opened.manifest, opened.preprocessing, opened.labels
     items = list_images(images)
-    index_of = {name: i for i, name in enumerate(labels)}
+    index_of: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     unknown = sorted({it.label for it in items if it.label is not None and it.label not in index_of})
     keras_run = KerasRunner(opened.loaded.model, pre)
     keras_stats = LabelStats(len(labels))

@@ -96,7 +96,7 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
     chosen = choose_images(list_images(folder), count)
     keras_run = KerasRunner(loaded.model, pre)
     height, width = pre.input_size
-    records = []
+    records: list[dict] = []
     with atomic_directory(out_dir, overwrite=overwrite) as stage:
         (stage / IMAGES_FOLDER).mkdir()
         for chunk, pixels in iter_batches(chosen, pre, batch_size=BATCH_SIZE):
@@ -109,7 +109,7 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
                                 "label": item.label, "keras_top_index": top, "keras_top_label": labels[top],
                                 "probabilities": [float(v) for v in p]})
         versions = library_versions()
-        golden = {
+        golden: dict = {
             "schema_version": GOLDEN_SCHEMA_VERSION,
             "generator": {"exporter": __version__, **{k: versions[k] for k in ("keras", "tensorflow", "numpy",
                                                                                 "pillow") if k in versions}},

@@ -32,12 +32,17 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import ConfigError, ConversionError, UnsupportedOperationError
 from . import blas
 from .image import image_input, to_tensor
+
+if TYPE_CHECKING:
+    from .mlprogram import Program
+    from .neuralnetwork import Network
 
 COMPUTE = ("fp32", "fp16")
 # Forward passes run at once, in threads. numpy releases the GIL in matrix products and elementwise loops, so two
@@ -107,6 +112,7 @@ class CoreMLExecutor:
         self.image = image_input(spec.description, where)
         kind = spec.WhichOneof("Type")
         fp16 = compute == "fp16"
+        self._engine: Program | Network
         if kind == "mlProgram":
             from .mlprogram import Program
 

@@ -46,8 +46,7 @@ def unpack_bits(data, nbits: int, count: int, *, signed: bool = False, msb_first
     raw = raw.astype(np.uint8, copy=False).ravel()
     if raw.size * 8 < count * nbits:
         raise ConversionError(f"packed {nbits}-bit data holds {raw.size * 8 // nbits} values, {count} expected")
-    order = "big" if msb_first else "little"
-    bits = np.unpackbits(raw, bitorder=order)[: count * nbits].reshape(count, nbits).astype(np.int32)
+    bits = np.unpackbits(raw, bitorder="big" if msb_first else "little")[: count * nbits].reshape(count, nbits).astype(np.int32)
     weights = (1 << np.arange(nbits - 1, -1, -1)) if msb_first else (1 << np.arange(nbits))
     values = bits @ weights
     if signed:

@@ -49,7 +49,7 @@ def output_size(size: int, kernel: int, stride: int, dilation: int, before: int,
     return out
 
 
-def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0,
+def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float | np.floating = 0.0,
              scratch: dict | None = None) -> np.ndarray:
     """Contiguous NHWC copy of ``xh`` padded by (top, bottom, left, right) with ``value``.
 
@@ -230,7 +230,7 @@ def pool2d(x: np.ndarray, kind: str, kernel, stride, pads: tuple[int, int, int, 
     return nchw(out)
 
 
-def pad_constant(x: np.ndarray, pairs: list[tuple[int, int]], value: float) -> np.ndarray:
+def pad_constant(x: np.ndarray, pairs: list[tuple[int, int]], value: float | np.floating) -> np.ndarray:
     """Constant padding of the trailing ``len(pairs)`` axes; keeps the NHWC memory order for spatial padding."""
     lead = x.ndim - len(pairs)
     full = [(0, 0)] * lead + list(pairs)

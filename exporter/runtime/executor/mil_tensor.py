@@ -24,7 +24,7 @@ def _pads(c: OpCall, spatial: tuple[int, int], kernel, stride, dilation) -> tupl
         pad = [int(p) for p in c.const("pad")]
         if len(pad) != 4:
             raise c.unsupported(f"has {len(pad) // 2}-D padding; only 2-D is supported")
-        return tuple(pad)
+        return (pad[0], pad[1], pad[2], pad[3])
     raise c.unsupported(f"has unknown pad_type {pad_type!r}")
 
 

@@ -53,7 +53,8 @@ class WeightFiles:
     """The weight files a program refers to, opened once, resolved inside the model's own folder only."""
 
     def __init__(self, model_dir: Path | None, where: str):
-        self.model_dir, self.where, self.files = model_dir, where, {}
+        self.model_dir, self.where = model_dir, where
+        self.files: dict = {}
 
     def get(self, file_name: str) -> WeightFile:
         if file_name not in self.files:

@@ -71,7 +71,7 @@ class Program:
         plan.fuse_pads(self)
         plan.plan_release(self)
         sizes = [int(np.prod(shape)) for step in self.steps for shape in step.declared if shape]
-        self.largest_activation = 4 * max(sizes, default=1)  # bytes per image of the biggest float32 value
+        self.largest_activation: int = 4 * max(sizes, default=1)  # bytes per image of the biggest float32 value
 
     # ------------------------------------------------------------------------------------------------ loading
     def _declare(self, operation) -> tuple[list[str], list, list[str]]:

@@ -81,7 +81,7 @@ class Network:
                 batchable = False
         if self.probabilities not in shapes:
             raise ConversionError(f"no layer produces the probabilities {self.probabilities!r}", path=self.where)
-        self.largest_activation = 4 * max(int(np.prod(s)) for s in shapes.values())  # bytes per image (float32)
+        self.largest_activation: int = 4 * max(int(np.prod(s)) for s in shapes.values())  # bytes per image (float32)
         for layer in self.layers:  # a network that runs image by image keeps every shape as the file has it
             layer.ctx.batched = layer.ctx.batched and batchable
         return batchable

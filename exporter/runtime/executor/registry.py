@@ -49,7 +49,8 @@ class OpCall:
     def __init__(self, op_type: str, name: str, where: str, args: dict[str, list[str]], env: dict, consts: set,
                  shapes: dict, batched: bool = False):
         self.op_type, self.name, self.where, self.args = op_type, name, where, args
-        self.env, self.consts, self.shapes, self.cache, self.batched = env, consts, shapes, {}, batched
+        self.env, self.consts, self.shapes, self.batched = env, consts, shapes, batched
+        self.cache: dict = {}
         self.inplace = False  # set by the interpreter when x is a fresh array no later op reads: write into it
 
     def bound(self, env: dict) -> OpCall:
