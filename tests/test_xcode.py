@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from exporter.capabilities import VARIANTS
 from exporter.errors import ConfigError, DestinationError, ModelLoadError
 from exporter.images import ImageItem, load_image
 from exporter.packaging import sha256_of
@@ -78,8 +79,8 @@ def test_golden_files_parse_back_lossless_and_agree_with_keras(setup, tmp_path):
     assert {a["path"] for a in golden["artifacts"]} == {a["path"] for a in setup["manifest"]["artifacts"]}
     assert golden["image_format"] == {"type": "png", "color": "RGB", "bit_depth": 8, "height": 16, "width": 16}
     assert set(golden["tolerances"]) == set(variant_names())
-    for name, tol in golden["tolerances"].items():
-        gate = default_gate(name)
+    for name, tol in golden["tolerances"].items():  # keyed by name: the gate of its first format, ML Program first
+        gate = default_gate(next(v.format for v in VARIANTS if v.name == name), name)
         assert tol == {"max_abs_prob": gate.max_abs_prob, "min_top1": gate.min_top1}
     images = golden["images"]
     assert len(images) == 7 and sorted({img["label"] for img in images}) == LABELS
@@ -205,12 +206,16 @@ def test_package_names():
 
 
 def test_swift_sources_in_ios_harness_are_the_ones_packages_get():
+    """One source: ios_harness/Sources holds symbolic links to exporter/xcode/swift (the package data a wheel ships
+    as real files), so the harness builds and tests exactly what generated packages get."""
     harness = ROOT / "ios_harness" / "Sources"
     pairs = {"GoldenFile.swift": "GoldenParity", "Parity.swift": "GoldenParity", "ImageClassifier.swift": "CoreMLHarness"}
     assert sorted(p.name for p in SWIFT_SOURCES.glob("*.swift")) == sorted(pairs)
     for file, target in pairs.items():
-        assert (harness / target / file).read_bytes() == (SWIFT_SOURCES / file).read_bytes(), (
-            f"ios_harness/Sources/{target}/{file} differs from exporter/xcode/swift/{file}: copy the edited one over")
+        link = harness / target / file
+        assert link.is_symlink(), f"{link} must be a link to exporter/xcode/swift/{file}, not a copy"
+        assert link.resolve() == (SWIFT_SOURCES / file).resolve()
+        assert not (SWIFT_SOURCES / file).is_symlink()  # the packaged side is the real file
 
 
 def test_cli_command_writes_the_package(setup, tmp_path, capsys):
