@@ -10,6 +10,7 @@ import onnx
 import pytest
 from conftest import SAMPLE_NAMES, sample
 
+from exporter.capabilities import variant
 from exporter.errors import ParityError
 from exporter.images import iter_batches, list_images
 from exporter.loading import load_model
@@ -43,6 +44,8 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
         assert spec.description.predictedFeatureName == "classLabel"
         meta = spec.description.metadata.userDefined
         assert meta["com.apple.coreml.model.preview.type"] == "imageClassifier"
+        assert meta["exporter.coremltools_version"] == manifest["versions"]["coremltools"]
+        assert meta["exporter.variant"] == f"{a['format']}:{a['variant']}"
         assert meta["exporter.source_sha256"] == manifest["source"]["sha256"]
         assert Preprocessing.from_dict(__import__("json").loads(meta["exporter.preprocessing"])) == pre
         scale, bias = image_preprocessing(spec)
@@ -53,6 +56,8 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
             assert scale == [1.0] * 3
             np.testing.assert_allclose(bias, [b / s for s, b in zip(pre.scale, pre.bias, strict=True)], rtol=1e-6)
         counts = op_counts(spec)
+        # the target the capability table declares (README's column) is the one the file needs
+        assert a["minimum_deployment_target"] == variant(a["format"], a["variant"]).min_target
         if a["format"] == "mlpackage":
             assert a["minimum_deployment_target"] == EXPECTED_TARGETS[a["variant"]]
             if a["variant"] in COMPRESSION_OPS:  # every conv and dense kernel compressed, or reported with why
@@ -101,6 +106,10 @@ def test_onnx_variants_check_run_on_raw_pixels_and_match_keras(exports, name):
         onnx.checker.check_model(model, full_check=True)
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["Image.BitmapPixelFormat"] == "Rgb8" and meta["exporter.source_sha256"]
+        # ONNX provenance: the libraries that wrote it, and no Core ML keys
+        assert meta["exporter.tf2onnx_version"] == manifest["versions"]["tf2onnx"]
+        assert meta["exporter.variant"] == f"onnx:{a['variant']}"
+        assert not any(k.startswith("com.apple") or "coremltools" in k for k in meta)
         session = ort.InferenceSession(str(out / a["path"]), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].type == "tensor(uint8)"
         probs, top = session.run(["probabilities", "label"], {"image": pixels})

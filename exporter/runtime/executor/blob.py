@@ -34,7 +34,8 @@ BLOB_TYPES: dict[int, tuple[str, str, int]] = {
     13: ("uint6", "u1", 6), 14: ("int32", "<i4", 32), 15: ("uint32", "<u4", 32),
     16: ("fp8e4m3fn", "u1", 8), 17: ("fp8e5m2", "u1", 8),
 }
-SUB_BYTE = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
+# Types stored packed, several values per byte (also what milvalue unpacks from immediate values).
+SUB_BYTE = frozenset({"int4", "uint1", "uint2", "uint3", "uint4", "uint6"})
 
 
 def unpack_bits(data, nbits: int, count: int, *, signed: bool = False, msb_first: bool = False) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from .blob import WeightFile, bfloat16_to_float32, unpack_bits
+from .blob import SUB_BYTE, WeightFile, bfloat16_to_float32, unpack_bits
 
 MODEL_PATH_PREFIX = "@model_path/"  # how ML Program files name weight files relative to model.mlmodel's folder
 
@@ -25,7 +25,6 @@ MIL_TYPES: dict[int, tuple[str, type | None, int]] = {
     38: ("uint6", np.uint8, 6), 39: ("uint3", np.uint8, 3),
 }
 BY_NAME = {name: (dtype, bits) for name, dtype, bits in MIL_TYPES.values()}
-SUB_BYTE = ("int4", "uint1", "uint2", "uint3", "uint4", "uint6")
 FLOAT_TYPES = ("fp16", "fp32", "fp64", "bf16")
 
 
