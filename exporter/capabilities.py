@@ -258,7 +258,7 @@ def readme_table() -> str:
             None if v.gate.max_abs_prob is None else f"max Δp ≤ {v.gate.max_abs_prob:g}",
             None if v.gate.min_top1 is None else f"top-1 agreement ≥ {v.gate.min_top1:.0%}") if part)
         rows.append(f"| `{v.filename('NAME')}` | {fmt.engine} | {_target_text(v)} | {gate} | {what} |")
-    rows.append("| `manifest.json` | | | | every artifact's path, format, variant, bytes, ratio to fp32, SHA-256, "
+    rows.append("| `manifest.json` | | | | the model name (NAME); every artifact's path, format, variant, bytes, ratio to fp32, SHA-256, "
                 "target; labels; preprocessing; versions |")
     return "\n".join(rows)
 

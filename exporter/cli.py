@@ -115,7 +115,7 @@ def _write_reports(report: dict, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import ExporterError
+    from .errors import ExporterError, first_line
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug, not a user mistake: say so in one line, keep the traceback behind --debug
         if debug:
             raise
-        print(f"exporter: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        print(f"exporter: internal error: {type(exc).__name__}: {first_line(exc)} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         code = INTERNAL_ERROR
     sys.exit(code)

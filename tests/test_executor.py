@@ -965,10 +965,10 @@ def test_sample_model_files_match_keras_on_heldout_images(exports, name):
         elif (name, art["format"], art["variant"]) in BELOW_GATE:
             assert top1 >= BELOW_GATE_FLOOR, art["path"]
         else:
-            assert default_gate(art["variant"]).failures(max_abs, top1) == [], art["path"]
+            assert default_gate(art["format"], art["variant"]).failures(max_abs, top1) == [], art["path"]
         if art["variant"] == "fp16":  # the float16-device end of the bracket keeps the fp16 gate too
             max_abs, top1 = _compare(out / art["path"], rgb, keras_probs, compute="fp16")
-            assert default_gate("fp16").failures(max_abs, top1) == [], art["path"]
+            assert default_gate(art["format"], "fp16").failures(max_abs, top1) == [], art["path"]
 
 
 @pytest.mark.slow
@@ -994,7 +994,7 @@ def test_w8a8_file_calibrated_with_the_executor_matches_keras(tmp_path):
     assert counts["quantize"] > 0 and counts["dequantize"] > 0 and counts["constexpr_affine_dequantize"] > 0
     keras_probs = loaded.model.predict(pre.normalize(pixels), verbose=0, batch_size=128)
     max_abs, top1 = _compare(tmp_path / "w8a8.mlpackage", pixels, keras_probs)
-    assert default_gate("w8a8").failures(max_abs, top1) == []
+    assert default_gate("mlpackage", "w8a8").failures(max_abs, top1) == []
 
 
 APPLICATIONS = {  # name -> (builder, preprocessing contract; None when the model normalises pixels itself)
