@@ -18,7 +18,7 @@ import importlib
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +100,10 @@ class Base:
     precision: str = "fp32"  # compute precision of the conversion ("fp32" or "fp16")
     target: str | None = None  # minimum deployment target asked of the converter (None: the converter's default)
 
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise ConfigError(f"base precision must be 'fp32' or 'fp16', got {self.precision!r}")
+
 
 # A pure transform (base model, context, details) -> new model; it may record what it did in ``details``, which the
 # manifest stores under the artifact. None: the base model as it is.
@@ -111,6 +115,7 @@ class Variant:
     format: str
     name: str
     weight_bits: int  # nominal bits per weight; the theoretical size limit is weight_bits / 32 of fp32
+    _: KW_ONLY
     base: Base
     transform: Transform | None
     gate: Gate  # default parity gate (tolerances.py explains each number); --gate overrides it
@@ -118,6 +123,12 @@ class Variant:
     min_target: str | None = None  # what the file ends up needing (tests/test_export.py checks the files say so)
     needs_calibration: bool = False
     palettized: bool = False  # weights are lookup-table indices (how uncompressed weights are explained)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"variant {self.name!r}: format must be one of {list(FORMATS)}, got {self.format!r}")
+        if not 1 <= self.weight_bits <= 32:
+            raise ConfigError(f"variant {self.key}: weight_bits must be between 1 and 32, got {self.weight_bits}")
 
     @property
     def key(self) -> str:
@@ -134,11 +145,23 @@ class Variant:
 
 def _coreml_format(name: str, suffix: str, engine: str, backend: str, **extra: str) -> Format:
     cm = "exporter.convert.coreml"
-    return Format(name, suffix, "coreml", engine, backend, convert=Ref(cm, "convert_base"), finish=Ref(cm, "finish"),
-                  save=Ref(cm, "save"), smoke_check=Ref(cm, "smoke_check"), target=Ref(cm, "deployment_target"),
-                  runner=Ref("exporter.runtime", "coreml_runner"), **extra)
+    return Format(
+        name,
+        suffix,
+        "coreml",
+        engine,
+        backend,
+        convert=Ref(cm, "convert_base"),
+        finish=Ref(cm, "finish"),
+        save=Ref(cm, "save"),
+        smoke_check=Ref(cm, "smoke_check"),
+        target=Ref(cm, "deployment_target"),
+        runner=Ref("exporter.runtime", "coreml_runner"),
+        **extra,
+    )
 
 
+# fmt: off
 _OX = "exporter.convert.onnx"
 FORMATS: dict[str, Format] = {f.name: f for f in (
     _coreml_format("mlpackage", ".mlpackage", "ML Program", "mlprogram"),
@@ -147,6 +170,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            save=Ref(_OX, "save"), smoke_check=Ref(_OX, "smoke_check"), target=Ref(_OX, "deployment_target"),
            runner=Ref("exporter.runtime", "OnnxRunner"), target_note=f"opset {DEFAULT_OPSET} (`--opset`), onnxruntime"),
 )}
+
+# fmt: on
 
 FP32_GATE = Gate(max_abs_prob=FP32_MAX_ABS_PROB)
 FP16_GATE = Gate(max_abs_prob=FP16_MAX_ABS_PROB, min_top1=FP16_MIN_TOP1)
@@ -164,37 +189,45 @@ def _normalized_calibration(ctx: BuildContext) -> list:
     return [ctx.info.preprocessing.normalize(b) for b in ctx.calibration]
 
 
+# One entry per variant: what it is built from, how, and how it is judged. Adding a variant is one entry here, its
+# transform (a pure function in quantize/) and its test.
+# fmt: off
 VARIANTS: tuple[Variant, ...] = (
-    Variant("mlpackage", "fp32", 32, Base("fp32"), None, FP32_GATE, "ML Program, float32 weights and compute",
-            min_target="iOS15"),
-    Variant("mlpackage", "fp16", 16, FP16, None, FP16_GATE, "ML Program, float16 weights and compute",
-            min_target="iOS15"),
-    Variant("mlpackage", "int8", 8, FP16, lambda m, _c, _d: qc.compress(m, qc.WEIGHT_ONLY_INT8), QUANTIZED_GATE,
-            "ML Program, int8 affine weights (scale and zero point) per output channel", min_target="iOS16"),
-    Variant("mlpackage", "palette8", 8, FP16, _palette(8), QUANTIZED_GATE,
-            "ML Program, 8-bit k-means lookup table per tensor", min_target="iOS16", palettized=True),
-    Variant("mlpackage", "palette6", 6, FP16, _palette(6), LOW_BIT_GATE,
-            "ML Program, 6-bit k-means lookup table per tensor", min_target="iOS16", palettized=True),
-    Variant("mlpackage", "palette4", 4, Base("fp16", target="iOS18"), _palette(4, grouped=True), LOW_BIT_GATE,
-            "ML Program, 4-bit k-means lookup tables per 16 output channels", min_target="iOS18", palettized=True),
-    Variant("mlpackage", "w8a8", 8, Base("fp16", target="iOS17"),
-            lambda m, ctx, _d: qc.w8a8(m, ctx.calibration, ctx.info.preprocessing.channel_order), QUANTIZED_GATE,
-            "ML Program, int8 weights and int8 activations calibrated on images", min_target="iOS17",
-            needs_calibration=True),
-    Variant("mlmodel", "fp32", 32, Base("fp32"), None, FP32_GATE, "NeuralNetwork, float32 weights", min_target="iOS13"),
-    Variant("mlmodel", "fp16", 16, Base("fp32"), lambda m, _c, _d: qc.neuralnetwork_weights(m, 16), FP16_GATE,
-            "NeuralNetwork, float16 weights", min_target="iOS13"),
-    Variant("mlmodel", "int8", 8, Base("fp32"), lambda m, _c, _d: qc.neuralnetwork_weights(m, 8), QUANTIZED_GATE,
-            "NeuralNetwork, 8-bit linear weights", min_target="iOS13"),
-    Variant("onnx", "fp32", 32, Base("fp32"), None, FP32_GATE, "ONNX, float32"),
-    Variant("onnx", "fp16", 16, Base("fp32"), lambda m, _c, _d: qo.to_fp16(m), FP16_GATE,
-            "ONNX, float16 weights and compute, float32 inputs and outputs"),
-    Variant("onnx", "int8-dynamic", 8, Base("fp32"), lambda m, _c, _d: qo.to_int8_dynamic(m), QUANTIZED_GATE,
-            "ONNX, int8 weights, activations quantized per batch at run time"),
-    Variant("onnx", "int8-static", 8, Base("fp32"),
-            lambda m, ctx, details: qo.to_int8_static(m, _normalized_calibration(ctx), details), QUANTIZED_GATE,
-            "ONNX, int8 QDQ weights and activations calibrated on images", needs_calibration=True),
+    Variant("mlpackage", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, min_target="iOS15",
+            description="ML Program, float32 weights and compute"),
+    Variant("mlpackage", "fp16", 16, base=FP16, transform=None, gate=FP16_GATE, min_target="iOS15",
+            description="ML Program, float16 weights and compute"),
+    Variant("mlpackage", "int8", 8, base=FP16, transform=lambda m, _c, _d: qc.compress(m, qc.WEIGHT_ONLY_INT8),
+            gate=QUANTIZED_GATE, min_target="iOS16",
+            description="ML Program, int8 affine weights (scale and zero point) per output channel"),
+    Variant("mlpackage", "palette8", 8, base=FP16, transform=_palette(8), gate=QUANTIZED_GATE, min_target="iOS16",
+            palettized=True, description="ML Program, 8-bit k-means lookup table per tensor"),
+    Variant("mlpackage", "palette6", 6, base=FP16, transform=_palette(6), gate=LOW_BIT_GATE, min_target="iOS16",
+            palettized=True, description="ML Program, 6-bit k-means lookup table per tensor"),
+    Variant("mlpackage", "palette4", 4, base=Base("fp16", target="iOS18"), transform=_palette(4, grouped=True),
+            gate=LOW_BIT_GATE, min_target="iOS18", palettized=True,
+            description="ML Program, 4-bit k-means lookup tables per 16 output channels"),
+    Variant("mlpackage", "w8a8", 8, base=Base("fp16", target="iOS17"),
+            transform=lambda m, ctx, _d: qc.w8a8(m, ctx.calibration, ctx.info.preprocessing.channel_order),
+            gate=QUANTIZED_GATE, min_target="iOS17", needs_calibration=True,
+            description="ML Program, int8 weights and int8 activations calibrated on images"),
+    Variant("mlmodel", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, min_target="iOS13",
+            description="NeuralNetwork, float32 weights"),
+    Variant("mlmodel", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: qc.neuralnetwork_weights(m, 16),
+            gate=FP16_GATE, min_target="iOS13", description="NeuralNetwork, float16 weights"),
+    Variant("mlmodel", "int8", 8, base=Base("fp32"), transform=lambda m, _c, _d: qc.neuralnetwork_weights(m, 8),
+            gate=QUANTIZED_GATE, min_target="iOS13", description="NeuralNetwork, 8-bit linear weights"),
+    Variant("onnx", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, description="ONNX, float32"),
+    Variant("onnx", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: qo.to_fp16(m), gate=FP16_GATE,
+            description="ONNX, float16 weights and compute, float32 inputs and outputs"),
+    Variant("onnx", "int8-dynamic", 8, base=Base("fp32"), transform=lambda m, _c, _d: qo.to_int8_dynamic(m),
+            gate=QUANTIZED_GATE, description="ONNX, int8 weights, activations quantized per batch at run time"),
+    Variant("onnx", "int8-static", 8, base=Base("fp32"),
+            transform=lambda m, ctx, details: qo.to_int8_static(m, _normalized_calibration(ctx), details),
+            gate=QUANTIZED_GATE, needs_calibration=True,
+            description="ONNX, int8 QDQ weights and activations calibrated on images"),
 )
+# fmt: on
 
 
 def format_of(name: str) -> Format:
@@ -215,8 +248,7 @@ def variant(fmt: str, name: str) -> Variant:
     for v in VARIANTS:
         if v.format == fmt and v.name == name:
             return v
-    raise ConfigError(f"unknown variant {fmt}:{name}; valid variants of {fmt} are "
-                      f"{[v.name for v in VARIANTS if v.format == fmt]}")
+    raise ConfigError(f"unknown variant {fmt}:{name}; valid variants of {fmt} are {[v.name for v in VARIANTS if v.format == fmt]}")
 
 
 def select(formats: list[str] | None = None, names: list[str] | None = None) -> list[Variant]:
@@ -254,12 +286,19 @@ def readme_table() -> str:
         what = v.description.split(", ", 1)[1] if ", " in v.description else v.description
         if v.needs_calibration:
             what += " (needs `--calibration-images`)"
-        gate = ", ".join(part for part in (
-            None if v.gate.max_abs_prob is None else f"max Δp ≤ {v.gate.max_abs_prob:g}",
-            None if v.gate.min_top1 is None else f"top-1 agreement ≥ {v.gate.min_top1:.0%}") if part)
+        gate = ", ".join(
+            part
+            for part in (
+                None if v.gate.max_abs_prob is None else f"max Δp ≤ {v.gate.max_abs_prob:g}",
+                None if v.gate.min_top1 is None else f"top-1 agreement ≥ {v.gate.min_top1:.0%}",
+            )
+            if part
+        )
         rows.append(f"| `{v.filename('NAME')}` | {fmt.engine} | {_target_text(v)} | {gate} | {what} |")
-    rows.append("| `manifest.json` | | | | the model name (NAME); every artifact's path, format, variant, bytes, ratio to fp32, SHA-256, "
-                "target; labels; preprocessing; versions |")
+    rows.append(
+        "| `manifest.json` | | | | the model name (NAME); every artifact's path, format, variant, bytes, ratio to fp32, SHA-256, "
+        "target; labels; preprocessing; versions |"
+    )
     return "\n".join(rows)
 
 
@@ -268,7 +307,7 @@ def with_readme_table(text: str) -> str:
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise ConfigError(f"README has no {README_START!r} ... {README_END!r} markers")
-    return f"{text[:start + len(README_START)]}\n{readme_table()}\n{text[end:]}"
+    return f"{text[: start + len(README_START)]}\n{readme_table()}\n{text[end:]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,7 @@ class OpenedExport:
     loaded: LoadedModel  # the Keras model the manifest records (or the one given), hash checked
 
 
-def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
-                trust_code: bool = False) -> OpenedExport:
+def open_export(export_dir: str | Path, *, model_path: str | Path | None = None, trust_code: bool = False) -> OpenedExport:
     """Read ``export_dir``'s manifest and contract and load its Keras model (the path the manifest records unless
     ``model_path`` is given); a model whose SHA-256 differs from the manifest's is refused."""
     from .loading import load_model
@@ -36,7 +35,5 @@ def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
     source = Path(model_path or manifest["source"]["path"])
     loaded = load_model(source, trust_code=trust_code)
     if loaded.sha256 != manifest["source"]["sha256"]:
-        raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})",
-                             path=source)
-    return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]),
-                        loaded=loaded)
+        raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})", path=source)
+    return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]), loaded=loaded)

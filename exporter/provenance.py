@@ -50,8 +50,11 @@ def _common(info: ModelInfo, variant_key: str) -> dict[str, str]:
 
 def coreml_metadata(info: ModelInfo, variant_key: str) -> dict[str, str]:
     """user_defined_metadata of a Core ML artifact."""
-    return {"com.apple.coreml.model.preview.type": "imageClassifier", **_common(info, variant_key),
-            **_versions("coremltools", "tensorflow", "keras")}
+    return {
+        "com.apple.coreml.model.preview.type": "imageClassifier",
+        **_common(info, variant_key),
+        **_versions("coremltools", "tensorflow", "keras"),
+    }
 
 
 def onnx_metadata(info: ModelInfo, variant_key: str) -> dict[str, str]:

@@ -20,8 +20,9 @@ def _read(obj: Any, name: str, library: str) -> Any:
         from .versions import library_versions
 
         version = library_versions().get(library, "unknown")
-        raise UpstreamAPIError(f"{library} {version} has no {type(obj).__name__}.{name} any more; this toolkit "
-                               f"needs it (see exporter/upstream.py)") from exc
+        raise UpstreamAPIError(
+            f"{library} {version} has no {type(obj).__name__}.{name} any more; this toolkit needs it (see exporter/upstream.py)"
+        ) from exc
 
 
 def mil_program(mlmodel: Any) -> Any:

@@ -74,13 +74,14 @@ def test_gates_are_keyed_by_format_and_variant():
 
 def test_parse_gate_accepts_format_variant_and_variant_alone():
     assert parse_gate("int8:min_top1=0.9") == ("int8", Gate(min_top1=0.9))
-    assert parse_gate("onnx:int8-static:max_abs_prob=0.3,min_top1=0.95") == (
-        "onnx:int8-static", Gate(max_abs_prob=0.3, min_top1=0.95))
-    for bad, message in [("tflite:fp32:min_top1=0.9", "unknown format 'tflite'"),
-                         ("onnx:palette4:min_top1=0.9", "unknown variant onnx:palette4"),
-                         ("fp8:min_top1=0.9", "unknown variant 'fp8'"),
-                         ("a:b:c:min_top1=1", "gate must look like"),
-                         ("fp32:min_top1=x", "must be a number")]:
+    assert parse_gate("onnx:int8-static:max_abs_prob=0.3,min_top1=0.95") == ("onnx:int8-static", Gate(max_abs_prob=0.3, min_top1=0.95))
+    for bad, message in [
+        ("tflite:fp32:min_top1=0.9", "unknown format 'tflite'"),
+        ("onnx:palette4:min_top1=0.9", "unknown variant onnx:palette4"),
+        ("fp8:min_top1=0.9", "unknown variant 'fp8'"),
+        ("a:b:c:min_top1=1", "gate must look like"),
+        ("fp32:min_top1=x", "must be a number"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             parse_gate(bad)
     with pytest.raises(ConfigError, match="unknown variant 'fp8'"):
@@ -156,8 +157,7 @@ def test_debug_shows_the_underlying_library_traceback(tmp_path):
     """A corrupt model: one line without --debug; with it, the traceback of the zipfile error underneath."""
     bad = tmp_path / "c.keras"
     bad.write_bytes(b"PK\x03\x04junk" * 50)
-    argv = [sys.executable, "-m", "exporter", "convert", str(bad), "--labels", str(tmp_path / "l.txt"),
-            "--out", str(tmp_path / "out")]
+    argv = [sys.executable, "-m", "exporter", "convert", str(bad), "--labels", str(tmp_path / "l.txt"), "--out", str(tmp_path / "out")]
     quiet = subprocess.run(argv, capture_output=True, text=True)
     assert quiet.returncode == 3 and "Traceback" not in quiet.stderr
     loud = subprocess.run([*argv[:3], "--debug", *argv[3:]], capture_output=True, text=True)
@@ -165,3 +165,12 @@ def test_debug_shows_the_underlying_library_traceback(tmp_path):
     assert "zipfile.BadZipFile" in loud.stderr
     assert "The above exception was the direct cause of the following exception" in loud.stderr
     assert "ModelLoadError" in loud.stderr
+
+
+def test_entries_are_checked_when_built():
+    with pytest.raises(ConfigError, match=r"format must be one of \['mlpackage', 'mlmodel', 'onnx'\], got 'tflite'"):
+        caps.Variant("tflite", "fp32", 32, base=caps.Base(), transform=None, gate=caps.FP32_GATE, description="x")
+    with pytest.raises(ConfigError, match="weight_bits must be between 1 and 32, got 0"):
+        caps.Variant("onnx", "fp0", 0, base=caps.Base(), transform=None, gate=caps.FP32_GATE, description="x")
+    with pytest.raises(ConfigError, match="base precision must be 'fp32' or 'fp16', got 'int8'"):
+        caps.Base("int8")
