@@ -26,17 +26,17 @@ def _sigmoid(x):
 
 
 # ------------------------------------------------------------------------------------------------ elementwise
-@op("add", batch=always)
+@op("add", batch=always, inplace=True)
 def _add(c: OpCall):
     return np.add(c["x"], c["y"], out=c.out())
 
 
-@op("sub", batch=always)
+@op("sub", batch=always, inplace=True)
 def _sub(c: OpCall):
     return np.subtract(c["x"], c["y"], out=c.out())
 
 
-@op("mul", batch=always)
+@op("mul", batch=always, inplace=True)
 def _mul(c: OpCall):
     return np.multiply(c["x"], c["y"], out=c.out())
 
@@ -61,17 +61,17 @@ def _pow(c: OpCall):
     return np.power(c["x"], c["y"])
 
 
-@op("relu", batch=always)
+@op("relu", batch=always, inplace=True)
 def _relu(c: OpCall):
     return np.maximum(c["x"], F32(0), out=c.out())
 
 
-@op("relu6", batch=always)
+@op("relu6", batch=always, inplace=True)
 def _relu6(c: OpCall):
     return np.clip(c["x"], F32(0), F32(6), out=c.out())
 
 
-@op("clip", batch=always)
+@op("clip", batch=always, inplace=True)
 def _clip(c: OpCall):
     return np.clip(c["x"], scalar(c["alpha"]), scalar(c["beta"]), out=c.out())
 

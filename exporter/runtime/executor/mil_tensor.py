@@ -48,7 +48,7 @@ def _conv_params(c: OpCall, spatial: tuple[int, int], kernel) -> tuple:
     return c.cache[key]
 
 
-@op("conv", batch=always)
+@op("conv", batch=always, fresh=True)
 def _conv(c: OpCall):
     x, weight = c["x"], c["weight"]
     if x.ndim != 4 or weight.ndim != 4:
@@ -75,12 +75,12 @@ def _pool(c: OpCall, kind: str):
     return kernels.pool2d(x, kind, kernel, stride, pads, exclude, c.cache)
 
 
-@op("max_pool", batch=always)
+@op("max_pool", batch=always, fresh=True)
 def _max_pool(c: OpCall):
     return _pool(c, "max")
 
 
-@op("avg_pool", batch=always)
+@op("avg_pool", batch=always, fresh=True)
 def _avg_pool(c: OpCall):
     return _pool(c, "avg")
 

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import ConversionError, UnsupportedOperationError
 from . import mil_constexpr, mil_elementwise, mil_shape, mil_tensor, plan  # noqa: F401  (ops register)
 from .milvalue import WeightFiles, decode, tensor_type
-from .registry import OPS, OpCall
+from .registry import MIL, OpCall
 
 F32 = np.float32
 FUNCTION = "main"
@@ -135,20 +135,17 @@ class Program:
         if kind == "classify":
             self._classify(args, op_name)
             return
-        if kind not in OPS:
-            raise UnsupportedOperationError(f"operation {kind!r} (op {op_name!r}) is not supported by the Core ML "
-                                            "executor", path=self.where)
-        definition = OPS[kind]
+        definition = MIL.lookup(kind, f"op {op_name!r}", self.where)
         batched = any(n in self.batched for names_ in args.values() for n in names_)
         call = OpCall(kind, op_name, self.where, args, self.env, self.consts, self.shapes, batched)
         if all(n in self.consts for names_ in args.values() for n in names_):
-            self._fold(call, definition.fn, names, declared, dtypes)
+            self._fold(call, definition.impl, names, declared, dtypes)
             return
         if batched:
             self.batched.update(names)
             if not definition.batch(call) or any(s is None or len(s) == 0 or s[0] != 1 for s in declared):
                 self.batchable = False
-        self.steps.append(Step(call, definition.fn, names, declared))
+        self.steps.append(Step(call, definition.impl, names, declared))
 
     def _fold(self, call: OpCall, fn, names, declared, dtypes) -> None:
         """Evaluate an op on constants once; its outputs take the file's declared element type."""

@@ -14,7 +14,8 @@ import numpy as np
 from ...errors import ConversionError, UnsupportedOperationError
 from . import nnlayers_elementwise, nnlayers_shape  # noqa: F401  (their layers register)
 from .image import ImageInput, scaler
-from .nnlayers import BUILDERS, LayerContext
+from .nnlayers import LayerContext
+from .registry import NN
 
 F32 = np.float32
 RANK4_IMAGE_MAPPING = 1  # NeuralNetworkImageShapeMapping: images are (N, C, H, W); rank 5 is the pre-iOS13 layout
@@ -53,11 +54,9 @@ class Network:
 
     def _build(self, spec_layer) -> Layer:
         kind = spec_layer.WhichOneof("layer")
-        if kind not in BUILDERS:
-            raise UnsupportedOperationError(f"layer type {kind!r} (layer {spec_layer.name!r}) is not supported by the "
-                                            "Core ML executor", path=self.where)
+        entry = NN.lookup(str(kind), f"layer {spec_layer.name!r}", self.where)
         ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16)
-        run, rule = BUILDERS[kind](getattr(spec_layer, kind), ctx)
+        run, rule = entry.impl(getattr(spec_layer, kind), ctx)
         return Layer(ctx, run, rule, list(spec_layer.input), list(spec_layer.output))
 
     def _probe(self) -> bool:

@@ -8,26 +8,14 @@ whether the layer computes the same thing image by image when the leading axis i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
 from . import kernels, nnweights
+from .registry import layer
 
 F32 = np.float32
 BATCHNORM_EPSILON = 1e-5  # NeuralNetwork.proto: batchnorm epsilon "defaults to 1e-5 if not set or set to 0"
-
-BUILDERS: dict[str, Callable] = {}
-
-
-def layer(*names: str):
-    def register(fn):
-        for name in names:
-            BUILDERS[name] = fn
-        return fn
-    return register
-
 
 def always(_shapes) -> bool:
     return True

@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-# Ops that may write their result into x (each calls OpCall.out()), and ops whose output is always a new array.
-INPLACE = ("add", "sub", "mul", "relu", "relu6", "clip")
-FRESH = ("conv", "max_pool", "avg_pool") + INPLACE
+from .registry import MIL  # an entry's ``inplace`` and ``fresh`` flags say which ops may write into x
 
 
 def _readers(steps) -> dict[str, list]:
@@ -73,7 +71,7 @@ def plan_release(program) -> None:
         x = step.call.args.get("x", [None])
         source = producer.get(x[0])
         step.call.inplace = (
-            step.call.op_type in INPLACE and len(x) == 1 and source is not None
-            and source.call.op_type in FRESH and last.get(x[0]) == i
+            MIL[step.call.op_type].inplace and len(x) == 1 and source is not None
+            and MIL[source.call.op_type].fresh and last.get(x[0]) == i
             and sum(names.count(x[0]) for names in step.call.args.values()) == 1
             and program.shapes.get(x[0]) is not None and program.shapes.get(x[0]) == step.declared[0])

@@ -1,8 +1,22 @@
-"""The ML Program operation table: each MIL op type maps to a numpy function and a rule saying whether the op may run
-with the batch dimension generalised (programs are declared for batch 1)."""
+"""The executor's one operation registry, for both model types: ML Program ops (``mlprogram``) and NeuralNetwork
+layers (``neuralnetwork``).
+
+Each implementation registers itself with ``@op(...)`` or ``@layer(...)``; the two tables (``MIL``, ``NN``) are the
+only list of what the executor runs, and README's "supported operations" block is generated from them
+(``python -m exporter.runtime.executor.oplist --write``). An entry carries:
+
+* ``impl``: for an ML Program op, ``fn(call: OpCall) -> output(s)``; for a NeuralNetwork layer,
+  ``build(params, ctx: LayerContext) -> (run, batch_rule)`` (a layer's parameters are a protobuf message, read once);
+* ``batch``: for ML Program ops, ``rule(call) -> bool``, whether running the op on a batch of N in place of the
+  declared 1 computes the same thing image by image (NeuralNetwork builders return their rule, since it depends on
+  the parameters they decode);
+* ``inplace``: the implementation may write its result into its ``x`` (it calls ``OpCall.out()``);
+* ``fresh``: its output is always a new array it allocated (so a later in-place op may overwrite it).
+"""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,33 +25,79 @@ import numpy as np
 from ...errors import ConversionError, UnsupportedOperationError
 
 _MISSING = object()
+# Where the generated list of supported operations lives (named in the error for an unknown one).
+SUPPORTED_LIST = "README.md, section \"Core ML executor: supported operations\""
 
 
-def always(_call: OpCall) -> bool:
+def always(_call) -> bool:
     return True
 
 
-def never(_call: OpCall) -> bool:
+def never(_call) -> bool:
     return False
 
 
 @dataclass(frozen=True)
-class OpDef:
-    fn: Callable[[OpCall], object]
-    batch: Callable[[OpCall], bool]
+class Entry:
+    name: str
+    impl: Callable
+    batch: Callable
+    inplace: bool
+    fresh: bool
+    module: str
 
 
-OPS: dict[str, OpDef] = {}
+class Registry:
+    """Operation name -> Entry for one model type; ``lookup`` refuses an unknown name with the list's location."""
+
+    def __init__(self, model_type: str, noun: str):
+        self.model_type, self.noun = model_type, noun
+        self.entries: dict[str, Entry] = {}
+
+    def register(self, *names: str, batch: Callable = never, inplace: bool = False, fresh: bool = False):
+        def add(impl):
+            for name in names:
+                if name in self.entries:
+                    raise RuntimeError(f"{self.model_type} {self.noun} {name!r} is registered twice")
+                self.entries[name] = Entry(name, impl, batch, inplace, fresh or inplace, impl.__module__)
+            return impl
+        return add
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def __getitem__(self, name: str) -> Entry:
+        return self.entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def lookup(self, name: str, what: str, where: str) -> Entry:
+        """The entry for ``name``; ``what`` names the op or layer in the file (for the error)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, self.entries, n=3)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise UnsupportedOperationError(
+                f"{self.model_type} {self.noun} type {name!r} ({what}) is not supported by the Core ML executor; it "
+                f"runs {len(self.entries)} {self.model_type} {self.noun} types{hint}, listed in {SUPPORTED_LIST}",
+                path=where)
+        return entry
 
 
-def op(*names: str, batch: Callable[[OpCall], bool] = never):
+MIL = Registry("ML Program", "op")
+NN = Registry("NeuralNetwork", "layer")
+
+
+def op(*names: str, batch: Callable = never, inplace: bool = False, fresh: bool = False):
     """Register ``fn`` for the MIL op types ``names``. ``batch`` says, from the op's constant parameters, whether
     running it on a batch of N in place of the declared 1 computes the same thing image by image."""
-    def register(fn):
-        for name in names:
-            OPS[name] = OpDef(fn, batch)
-        return fn
-    return register
+    return MIL.register(*names, batch=batch, inplace=inplace, fresh=fresh)
+
+
+def layer(*names: str, fresh: bool = False):
+    """Register a NeuralNetwork layer builder ``build(params, ctx) -> (run, batch_rule)`` for ``names``."""
+    return NN.register(*names, fresh=fresh)
 
 
 class OpCall:
