@@ -66,12 +66,12 @@ def _lut_to_dense(c: OpCall):
             raise c.fail(f"has a lookup table of {lut.size} entries, not a power of two")
         count = int(np.prod(shape, dtype=np.int64))
         return lut[unpack_bits(np.asarray(c["indices"], np.uint8), nbits, count)].reshape(shape)
-    return _lut_ios18(c)
+    return _lut_ios18(c, np.asarray(c["indices"]))
 
 
-def _lut_ios18(c: OpCall) -> np.ndarray:
+def _lut_ios18(c: OpCall, indices: np.ndarray) -> np.ndarray:
     """iOS18: indices typed uintN of the output's shape; lut [*blocks per axis, 2^N, vector size]."""
-    indices, lut = np.asarray(c["indices"]).astype(np.int64), np.asarray(c["lut"])
+    indices, lut = indices.astype(np.int64), np.asarray(c["lut"])
     rank = indices.ndim
     if lut.ndim != rank + 2:
         raise c.fail(f"has a lookup table of rank {lut.ndim} for indices of rank {rank}")
@@ -108,6 +108,49 @@ def _sparse_to_dense(c: OpCall):
     out = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=data.dtype)
     out[bits.astype(bool)] = data
     return out.reshape(shape)
+
+
+def _scatter(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A dense tensor of ``mask``'s shape holding ``values`` at the set bits (row-major order), zeros elsewhere."""
+    bits = np.asarray(mask).astype(bool)
+    values = np.asarray(values).reshape(-1)
+    if int(bits.sum()) != values.size:
+        raise ValueError(f"{int(bits.sum())} set mask bits for {values.size} values")
+    dense = np.zeros(bits.shape, values.dtype)
+    dense[bits] = values
+    return dense
+
+
+@op("constexpr_lut_to_sparse")
+def _lut_to_sparse(c: OpCall):
+    """iOS18: palettized non-zero values -> (mask, values). With vector palettes (vector size V) every non-zero
+    index becomes V values along ``vector_axis`` and the mask is widened to match."""
+    mask = np.asarray(c["indices_mask"])
+    try:
+        dense_indices = _scatter(mask, c["indices_nonzero_data"])
+    except ValueError as exc:
+        raise c.fail(str(exc)) from exc
+    dense = _lut_ios18(c, dense_indices)
+    vector = np.asarray(c["lut"]).shape[-1]
+    if vector > 1:
+        axis = int(c.const("vector_axis")) % mask.ndim
+        mask = np.repeat(mask, vector, axis=axis)
+    return mask, dense[mask.astype(bool)]
+
+
+@op("constexpr_sparse_blockwise_shift_scale")
+def _sparse_blockwise_shift_scale(c: OpCall):
+    """iOS18: ``scale * (data - offset)`` on the non-zero values only, each value taking the scale (and offset)
+    of the block its position in the dense layout falls in -> (mask, values)."""
+    mask = np.asarray(c["data_mask"])
+    try:
+        dense = _scatter(mask, c["nonzero_data"]).astype(F32)
+        scale = _repeat_blocks(np.asarray(c["scale"], F32), mask.shape)
+        if c.has("offset"):
+            dense = dense - _repeat_blocks(np.asarray(c["offset"], F32), mask.shape)
+    except ValueError as exc:
+        raise c.fail(str(exc)) from exc
+    return mask, (dense * scale)[mask.astype(bool)]
 
 
 @op("constexpr_cast")

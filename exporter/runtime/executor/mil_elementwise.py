@@ -41,9 +41,49 @@ def _mul(c: OpCall):
     return np.multiply(c["x"], c["y"], out=c.out())
 
 
+def _integers(*values) -> bool:
+    return all(np.asarray(v).dtype.kind in "iub" for v in values)
+
+
 @op("real_div", batch=always)
 def _real_div(c: OpCall):
-    return np.divide(c["x"], c["y"])
+    """``x / y``; on int32 operands the result is int32, the quotient rounded toward negative infinity."""
+    x, y = c["x"], c["y"]
+    if _integers(x, y):
+        return np.floor_divide(x, y)
+    return np.divide(x, y)
+
+
+@op("floor_div", batch=always)
+def _floor_div(c: OpCall):
+    """``x / y`` rounded toward negative infinity, in the operands' type."""
+    x, y = c["x"], c["y"]
+    return np.floor_divide(x, y) if _integers(x, y) else np.floor(np.divide(x, y))
+
+
+@op("mod", batch=always)
+def _mod(c: OpCall):
+    """``x - floor(x / y) * y`` (the sign of y, as Python's and numpy's %)."""
+    return np.mod(c["x"], c["y"])
+
+
+# Comparisons and logical operators return bool tensors.
+for _name, _fn in {"equal": np.equal, "not_equal": np.not_equal, "greater": np.greater,
+                   "greater_equal": np.greater_equal, "less": np.less, "less_equal": np.less_equal,
+                   "logical_and": np.logical_and, "logical_or": np.logical_or,
+                   "logical_xor": np.logical_xor}.items():
+    op(_name, batch=always)(lambda c, fn=_fn: fn(c["x"], c["y"]))
+
+
+@op("logical_not", batch=always)
+def _logical_not(c: OpCall):
+    return np.logical_not(c["x"])
+
+
+@op("select", batch=always)
+def _select(c: OpCall):
+    """``a`` where ``cond`` is true, ``b`` elsewhere, broadcast together."""
+    return np.where(np.asarray(c["cond"]).astype(bool), c["a"], c["b"])
 
 
 @op("maximum", batch=always)
@@ -211,3 +251,64 @@ def _cast(c: OpCall):
     if dtype == "bool":
         return np.asarray(x) != 0
     raise c.unsupported(f"casts to {dtype!r}")
+
+
+# ------------------------------------------------------------------------------------------------ more unary functions
+def _unary(name: str, fn):
+    op(name, batch=always)(lambda c: fn(c["x"]))
+
+
+for _name, _fn in {"sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
+                   "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "atanh": np.arctanh, "exp2": np.exp2,
+                   "sign": np.sign}.items():
+    _unary(_name, _fn)
+
+
+@op("erf", batch=always)
+def _erf(c: OpCall):
+    from scipy.special import erf
+
+    x = c["x"]
+    return erf(x).astype(x.dtype)
+
+
+@op("round", batch=always)
+def _round(c: OpCall):
+    """To the nearest integer, halves to even (MIL: "0.5 is rounded to 0")."""
+    return np.round(c["x"])
+
+
+@op("threshold", batch=always)
+def _threshold(c: OpCall):
+    """``max(x, alpha)``."""
+    x = c["x"]
+    return np.maximum(x, np.asarray(c["alpha"]).astype(x.dtype))
+
+
+@op("thresholded_relu", batch=always)
+def _thresholded_relu(c: OpCall):
+    """``x`` where ``x >= alpha``, else 0."""
+    x = c["x"]
+    return np.where(x >= scalar(c.get("alpha", 1.0)), x, F32(0))
+
+
+@op("clamped_relu", batch=always)
+def _clamped_relu(c: OpCall):
+    """``min(beta, x)`` for ``x >= 0``, ``min(beta, alpha * x)`` otherwise."""
+    x, alpha, beta = c["x"], scalar(c["alpha"]), scalar(c["beta"])
+    return np.minimum(np.where(x >= 0, x, alpha * x), beta)
+
+
+@op("linear_activation", batch=always)
+def _linear_activation(c: OpCall):
+    return c["x"] * scalar(c["alpha"]) + scalar(c.get("beta", 0.0))
+
+
+@op("softplus_parametric", batch=always)
+def _softplus_parametric(c: OpCall):
+    """``alpha_c * log(1 + exp(beta_c * x))`` with one alpha and beta per channel (axis 1)."""
+    x = c["x"]
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    alpha = np.asarray(c["alpha"], F32).reshape(shape)
+    beta = np.asarray(c["beta"], F32).reshape(shape)
+    return alpha * np.logaddexp(F32(0), beta * x)

@@ -5,22 +5,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-from .mil_elementwise import F32, scalar
+from . import kernels, kernels_nd
+from .mil_elementwise import scalar
 from .registry import OpCall, always, axes_exclude_batch, op
 
 
 # ------------------------------------------------------------------------------------------------ shapes
 def _reshape_batch(c: OpCall) -> bool:
+    if not c.is_const("shape"):
+        return False
     shape = c.const("shape")
     return bool(shape) and shape[0] in (1, -1)
 
 
+def reshape_zeros(x_shape, shape: list[int], opset: int) -> list[int]:
+    """MIL reshape's 0 entries: the dimension of x at the same index (iOS15/16, which need len(shape) == rank);
+    from iOS17 aligned from the right, and 1 where x has no such dimension."""
+    if 0 not in shape:
+        return shape
+    if opset >= 17:
+        out = list(shape)
+        for i in range(1, len(shape) + 1):
+            if out[-i] == 0:
+                out[-i] = x_shape[-i] if i <= len(x_shape) else 1
+        return out
+    if len(shape) != len(x_shape):
+        raise ValueError(f"shape {shape} has a 0 and {len(shape)} entries for a rank-{len(x_shape)} input "
+                         "(before iOS17 they must match)")
+    return [x_shape[i] if s == 0 else s for i, s in enumerate(shape)]
+
+
 @op("reshape", batch=_reshape_batch)
 def _reshape(c: OpCall):
-    x, shape = c["x"], [int(s) for s in c.const("shape")]
-    if len(shape) == x.ndim:
-        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    x, shape = c["x"], [int(s) for s in np.asarray(c["shape"]).reshape(-1)]
+    try:
+        shape = reshape_zeros(x.shape, shape, c.opset)
+    except ValueError as exc:
+        raise c.fail(str(exc)) from exc
     if c.batched and shape[0] == 1:
         shape[0] = x.shape[0]
     return x.reshape(shape)
@@ -34,14 +55,20 @@ def _transpose(c: OpCall):
 def _concat_batch(c: OpCall) -> bool:
     rank = c.rank("values")
     axis = int(c.const("axis"))
-    return not c.const("interleave", False) and rank is not None and axis % rank != 0
+    return rank is not None and axis % rank != 0
 
 
 @op("concat", batch=_concat_batch)
 def _concat(c: OpCall):
-    if c.const("interleave", False):
-        raise c.unsupported("interleaves its inputs; that is not supported")
-    return np.concatenate(c.values("values"), axis=int(c.const("axis")))
+    """Inputs joined along ``axis``; ``interleave`` (inputs of one shape) takes one slice of each in turn."""
+    values, axis = c.values("values"), int(c.const("axis"))
+    if not c.const("interleave", False):
+        return np.concatenate(values, axis=axis)
+    axis %= values[0].ndim
+    stacked = np.stack(values, axis=axis + 1)
+    shape = list(values[0].shape)
+    shape[axis] *= len(values)
+    return stacked.reshape(shape)
 
 
 @op("squeeze", batch=axes_exclude_batch("axes"))
@@ -66,14 +93,24 @@ def _expand_dims(c: OpCall):
     return np.expand_dims(x, tuple(sorted(a % rank for a in axes)))
 
 
-@op("flatten2d", batch=lambda c: int(c.const("axis", 1)) % max(c.rank("x") or 1, 1) != 0)
+def _flatten_axis(axis: int, rank: int) -> int:
+    """flatten2d's axis in [0, rank]: negative values count from rank (so -rank is 0, and rank itself is allowed)."""
+    return axis + rank if axis < 0 else axis
+
+
+@op("flatten2d", batch=lambda c: c.rank("x") is not None and _flatten_axis(int(c.const("axis", 1)), c.rank("x")) > 0)
 def _flatten2d(c: OpCall):
-    x, axis = c["x"], int(c.const("axis", 1))
-    axis %= x.ndim
-    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    """(prod(shape[:axis]), prod(shape[axis:])); axis == rank gives (size, 1)."""
+    x = c["x"]
+    axis = _flatten_axis(int(c.const("axis", 1)), x.ndim)
+    if not 0 <= axis <= x.ndim:
+        raise c.fail(f"has axis {c.const('axis', 1)} for a rank-{x.ndim} input")
+    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), int(np.prod(x.shape[axis:], dtype=np.int64)))
 
 
 def _slice_index_batch(c: OpCall) -> bool:
+    if not (c.is_const("begin") and c.is_const("end") and c.is_const("stride")):
+        return False
     begin, end = c.const("begin"), c.const("end")
     begin_mask = c.const("begin_mask", [False] * len(begin))
     end_mask = c.const("end_mask", [False] * len(end))
@@ -85,9 +122,9 @@ def _slice_index_batch(c: OpCall) -> bool:
 @op("slice_by_index", batch=_slice_index_batch)
 def _slice_by_index(c: OpCall):
     x = c["x"]
-    begin, end = [int(v) for v in c.const("begin")], [int(v) for v in c.const("end")]
+    begin, end = [int(v) for v in c.value("begin")], [int(v) for v in c.value("end")]
     rank = len(begin)
-    stride = [int(v) for v in c.const("stride", [1] * rank)]
+    stride = [int(v) for v in c.value("stride", [1] * rank)]
     begin_mask = c.const("begin_mask", [False] * rank)
     end_mask = c.const("end_mask", [False] * rank)
     squeeze = c.const("squeeze_mask", [False] * rank)
@@ -99,10 +136,14 @@ def _slice_by_index(c: OpCall):
     return out.squeeze(axis=drop) if drop else out
 
 
-@op("slice_by_size", batch=lambda c: c.const("begin")[0] == 0 and c.const("size")[0] == -1)
+def _slice_size_batch(c: OpCall) -> bool:
+    return c.is_const("begin") and c.is_const("size") and c.const("begin")[0] == 0 and c.const("size")[0] == -1
+
+
+@op("slice_by_size", batch=_slice_size_batch)
 def _slice_by_size(c: OpCall):
     x = c["x"]
-    begin, size = [int(v) for v in c.const("begin")], [int(v) for v in c.const("size")]
+    begin, size = [int(v) for v in c.value("begin")], [int(v) for v in c.value("size")]
     return x[tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, size, strict=True))]
 
 
@@ -141,37 +182,120 @@ def _pad(c: OpCall):
     raise c.unsupported(f"has unknown mode {mode!r}")
 
 
-# ------------------------------------------------------------------------------------------------ resampling
-@op("upsample_nearest_neighbor", batch=always)
-def _upsample_nearest(c: OpCall):
+# ------------------------------------------------------------------------------------------------ gathers
+def _batched_take(x: np.ndarray, indices: np.ndarray, batch_dims: int, take) -> np.ndarray:
+    """``take(x_b, indices_b)`` for every index b of the leading ``batch_dims`` axes (shared by x and indices)."""
+    if batch_dims == 0:
+        return take(x, indices)
+    parts = [take(x[b], indices[b]) for b in np.ndindex(*indices.shape[:batch_dims])]
+    out = np.stack(parts) if parts else np.zeros((0,), x.dtype)
+    return out.reshape(indices.shape[:batch_dims] + out.shape[1:])
+
+
+@op("gather", batch=lambda c: int(c.const("axis", 0)) % max(c.rank("x") or 1, 1) != 0 and not c.const(
+    "batch_dims", 0))
+def _gather(c: OpCall):
+    """``x`` indexed along ``axis`` by ``indices`` (negative ones count from the end); the leading ``batch_dims``
+    axes of x and indices are taken together."""
+    x, indices = c["x"], np.asarray(c["indices"]).astype(np.int64)
+    axis = int(c.const("axis", 0)) % x.ndim
+    batch_dims = int(c.const("batch_dims", 0))
+    batch_dims = batch_dims + indices.ndim if batch_dims < 0 else batch_dims
+    _check_range(c, indices, x.shape[axis])
+    return _batched_take(x, indices, batch_dims, lambda a, i: np.take(a, i, axis=axis - batch_dims))
+
+
+def _check_range(c: OpCall, indices: np.ndarray, size: int) -> None:
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        raise c.fail(f"has an index outside [-{size}, {size})")
+
+
+@op("gather_along_axis", batch=axes_exclude_batch("axis", default=0))
+def _gather_along_axis(c: OpCall):
+    """``out[..., i, ...] = x[..., indices[..., i, ...], ...]`` along ``axis``."""
+    x, indices = c["x"], np.asarray(c["indices"]).astype(np.int64)
+    axis = int(c.const("axis", 0)) % x.ndim
+    _check_range(c, indices, x.shape[axis])
+    return np.take_along_axis(x, indices, axis=axis)
+
+
+@op("gather_nd")
+def _gather_nd(c: OpCall):
+    """``out[i] = x[indices[i]]`` where each ``indices[i]`` addresses the first ``indices.shape[-1]`` axes (after
+    ``batch_dims`` shared leading axes)."""
+    x, indices = c["x"], np.asarray(c["indices"]).astype(np.int64)
+    batch_dims = int(c.const("batch_dims", 0))
+
+    def take(a, i):
+        depth = i.shape[-1]
+        flat = i.reshape(-1, depth)
+        for axis in range(depth):
+            _check_range(c, flat[:, axis], a.shape[axis])
+        return a[tuple(flat.T)].reshape(i.shape[:-1] + a.shape[depth:])
+    return _batched_take(x, indices, batch_dims, take)
+
+
+# ------------------------------------------------------------------------------------------------ rearrangements
+@op("pixel_shuffle", batch=always)
+def _pixel_shuffle(c: OpCall):
+    """(N, C*f*f, H, W) -> (N, C, H*f, W*f) as PyTorch's pixel_shuffle."""
+    return kernels_nd.pixel_shuffle(c["x"], int(c.const("upscale_factor")))
+
+
+@op("pixel_unshuffle", batch=always)
+def _pixel_unshuffle(c: OpCall):
+    return kernels_nd.pixel_unshuffle(c["x"], int(c.const("downscale_factor")))
+
+
+@op("depth_to_space", batch=always)
+def _depth_to_space(c: OpCall):
+    """TensorFlow's DepthToSpace (NCHW)."""
+    return kernels_nd.depth_to_space(c["x"], int(c.const("block_size")))
+
+
+@op("space_to_depth", batch=always)
+def _space_to_depth(c: OpCall):
+    return kernels_nd.space_to_depth(c["x"], int(c.const("block_size")))
+
+
+@op("crop", batch=always)
+def _crop(c: OpCall):
+    """The last two axes less ``crop_height`` (top, bottom) and ``crop_width`` (left, right)."""
     x = c["x"]
-    sh, sw = c.const("scale_factor_height", 1), c.const("scale_factor_width", 1)
-    if sh != int(sh) or sw != int(sw):
-        raise c.unsupported("has a fractional scale factor; only integer factors are supported")
-    return np.repeat(np.repeat(x, int(sh), axis=-2), int(sw), axis=-1)
+    top, bottom = [int(v) for v in c.const("crop_height")]
+    left, right = [int(v) for v in c.const("crop_width")]
+    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
 
 
-def _bilinear_axis(x: np.ndarray, axis: int, out_size: int, align_corners: bool) -> np.ndarray:
-    size = x.shape[axis]
-    if align_corners:
-        grid = np.arange(out_size) * ((size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-    else:
-        spacing = size / out_size
-        grid = np.arange(out_size) * spacing + 0.5 * spacing - 0.5
-    grid = np.clip(grid, 0, size - 1)
-    lo = np.floor(grid).astype(np.int64)
-    hi = np.minimum(lo + 1, size - 1)
-    frac = (grid - lo).astype(F32)
-    shape = [1] * x.ndim
-    shape[axis] = out_size
-    frac = frac.reshape(shape)
-    return np.take(x, lo, axis=axis) * (F32(1) - frac) + np.take(x, hi, axis=axis) * frac
+@op("stack", batch=lambda c: int(c.const("axis")) % ((c.rank("values") or 0) + 1) != 0)
+def _stack(c: OpCall):
+    return np.stack(c.values("values"), axis=int(c.const("axis")))
 
 
-@op("upsample_bilinear", batch=always)
-def _upsample_bilinear(c: OpCall):
-    x = c["x"]
-    sh, sw = float(c.const("scale_factor_height", 1)), float(c.const("scale_factor_width", 1))
-    align = bool(c.const("align_corners", True))
-    out_h, out_w = int(np.floor(x.shape[-2] * sh)), int(np.floor(x.shape[-1] * sw))
-    return _bilinear_axis(_bilinear_axis(x, x.ndim - 2, out_h, align), x.ndim - 1, out_w, align)
+@op("reverse", batch=axes_exclude_batch("axes"))
+def _reverse(c: OpCall):
+    x, axes = c["x"], c.const("axes", None)
+    return np.flip(x, axis=None if axes is None else tuple(int(a) for a in axes))
+
+
+@op("shape")
+def _shape(c: OpCall):
+    return np.asarray(c["x"].shape, np.int32)
+
+
+@op("fill")
+def _fill(c: OpCall):
+    value = np.asarray(c.get("value", 0.0))
+    return np.full([int(v) for v in np.asarray(c["shape"]).reshape(-1)], value, value.dtype)
+
+
+@op("fill_like", batch=always)
+def _fill_like(c: OpCall):
+    value = np.asarray(c.get("value", 0.0))
+    return np.full(c["ref_tensor"].shape, value, value.dtype)
+
+
+@op("range_1d")
+def _range_1d(c: OpCall):
+    start, end, step = (np.asarray(c[k]) for k in ("start", "end", "step"))
+    return np.arange(start.item(), end.item(), step.item()).astype(np.result_type(start, end, step))

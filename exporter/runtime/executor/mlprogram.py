@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import mil_constexpr, mil_elementwise, mil_shape, mil_tensor, plan  # noqa: F401  (ops register)
-from .milvalue import WeightFiles, decode, tensor_type
+from . import mil_constexpr, mil_elementwise, mil_resample, mil_shape, mil_tensor, plan  # noqa: F401  (ops register)
+from .milvalue import BY_NAME, FLOAT_TYPES, WeightFiles, decode, tensor_type
 from .registry import MIL, OpCall
 
 F32 = np.float32
@@ -29,11 +29,42 @@ def _to_compute(value, fp16: bool):
     return value
 
 
-class Step:
-    __slots__ = ("call", "fn", "outputs", "declared", "release", "observe_only")
+def element_type(dtype: str):
+    """The numpy type a value the file declares as ``dtype`` is held in: float32 for every float type (the compute
+    precision decides rounding), the integer or bool type itself otherwise; None for non-tensors."""
+    if dtype in FLOAT_TYPES:
+        return F32
+    return np.dtype(BY_NAME[dtype][0]) if dtype in BY_NAME and BY_NAME[dtype][0] is not None else None
 
-    def __init__(self, call: OpCall, fn, outputs: list[str], declared: list):
+
+def _declared_kind(value: np.ndarray, dtype) -> np.ndarray:
+    """``value`` in the element kind (float, signed or unsigned integer, bool) the file declares for it: a mixed
+    int32/float matmul the file types int32 gives int32 (truncated toward zero), and the like."""
+    if dtype is None or value.dtype.kind == np.dtype(dtype).kind:
+        return value
+    if np.dtype(dtype).kind in "iu" and value.dtype.kind == "f":
+        return np.trunc(value).astype(dtype)
+    return value.astype(dtype)
+
+
+OPSET_PREFIX = "CoreML"  # ML Program opsets are named CoreML5 (iOS15) ... CoreML8 (iOS18)
+IOS_OF_COREML = 10  # CoreML<n> is iOS<n + 10>
+
+
+def _ios_opset(name: str, where: str) -> int:
+    digits = name[len(OPSET_PREFIX):] if name.startswith(OPSET_PREFIX) else ""
+    if not digits.isdigit():
+        raise UnsupportedOperationError(f"ML Program opset {name!r} is not one the executor knows (CoreML5-8)",
+                                        path=where)
+    return int(digits) + IOS_OF_COREML
+
+
+class Step:
+    __slots__ = ("call", "fn", "outputs", "declared", "types", "release", "observe_only")
+
+    def __init__(self, call: OpCall, fn, outputs: list[str], declared: list, dtypes: list[str]):
         self.call, self.fn, self.outputs, self.declared = call, fn, outputs, declared
+        self.types = [element_type(d) for d in dtypes]  # the numpy type of each output as the file declares it
         self.release: list[str] = []  # computed values no later step reads: dropped after this one
         self.observe_only = False  # folded into a later step (plan.fuse_pads): run only to show its value
 
@@ -48,6 +79,7 @@ class Program:
             raise ConversionError(f"ML Program has no {FUNCTION!r} function", path=where)
         fn = functions[FUNCTION]
         block = fn.block_specializations[fn.opset]
+        self.opset = _ios_opset(fn.opset, where)
         if len(fn.inputs) != 1:
             raise UnsupportedOperationError(f"ML Program has {len(fn.inputs)} inputs; one image input is supported",
                                             path=where)
@@ -137,7 +169,7 @@ class Program:
             return
         definition = MIL.lookup(kind, f"op {op_name!r}", self.where)
         batched = any(n in self.batched for names_ in args.values() for n in names_)
-        call = OpCall(kind, op_name, self.where, args, self.env, self.consts, self.shapes, batched)
+        call = OpCall(kind, op_name, self.where, args, self.env, self.consts, self.shapes, batched, self.opset)
         if all(n in self.consts for names_ in args.values() for n in names_):
             self._fold(call, definition.impl, names, declared, dtypes)
             return
@@ -145,14 +177,14 @@ class Program:
             self.batched.update(names)
             if not definition.batch(call) or any(s is None or len(s) == 0 or s[0] != 1 for s in declared):
                 self.batchable = False
-        self.steps.append(Step(call, definition.impl, names, declared))
+        self.steps.append(Step(call, definition.impl, names, declared, dtypes))
 
     def _fold(self, call: OpCall, fn, names, declared, dtypes) -> None:
         """Evaluate an op on constants once; its outputs take the file's declared element type."""
         outputs = fn(call)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         for name, value, shape, dtype in zip(names, outputs, declared, dtypes, strict=True):
-            value = np.asarray(value)
+            value = _declared_kind(np.asarray(value), element_type(dtype))
             if shape is not None and tuple(value.shape) != tuple(shape):
                 raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the file "
                                       f"declares {list(shape)}", path=self.where)
@@ -185,8 +217,8 @@ class Program:
             if len(outs) != len(step.outputs):
                 raise ConversionError(f"{call.op_type} op {call.name!r} produced {len(outs)} outputs, the file "
                                       f"declares {len(step.outputs)}", path=self.where)
-            for name, value, shape in zip(step.outputs, outs, step.declared, strict=True):
-                value = np.asarray(value)
+            for name, value, shape, dtype in zip(step.outputs, outs, step.declared, step.types, strict=True):
+                value = _declared_kind(np.asarray(value), dtype)
                 lead = (n,) if self.batchable and name in self.batched else tuple(shape[:1]) if shape else ()
                 if shape is not None and (value.shape[1:] != tuple(shape[1:]) or value.shape[:1] != lead):
                     raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the "

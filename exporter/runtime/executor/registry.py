@@ -104,14 +104,16 @@ class OpCall:
     """One op's view of its parameters: values by name (inputs and attributes alike), whether they are constants,
     their declared shapes, and a per-op cache for data derived from constants."""
 
-    __slots__ = ("op_type", "name", "where", "args", "env", "consts", "shapes", "cache", "batched", "inplace")
+    __slots__ = ("op_type", "name", "where", "args", "env", "consts", "shapes", "cache", "batched", "inplace",
+                 "opset")
 
     def __init__(self, op_type: str, name: str, where: str, args: dict[str, list[str]], env: dict, consts: set,
-                 shapes: dict, batched: bool = False):
+                 shapes: dict, batched: bool = False, opset: int = 15):
         self.op_type, self.name, self.where, self.args = op_type, name, where, args
         self.env, self.consts, self.shapes, self.batched = env, consts, shapes, batched
         self.cache: dict = {}
         self.inplace = False  # set by the interpreter when x is a fresh array no later op reads: write into it
+        self.opset = opset  # the program's iOS opset (15 for iOS15 = CoreML5 ... 18 for iOS18 = CoreML8)
 
     def bound(self, env: dict) -> OpCall:
         """This call reading from ``env`` (one forward pass's values); everything else is shared."""
@@ -150,6 +152,17 @@ class OpCall:
             return default
         if not self.is_const(key):
             raise self.unsupported(f"needs a constant {key!r}; a computed one is not supported")
+        value = self.env[self.args[key][0]]
+        if isinstance(value, np.ndarray):
+            return value.item() if value.ndim == 0 else value.tolist()
+        return value
+
+    def value(self, key: str, default=_MISSING):
+        """A parameter as a Python value (scalars unwrapped, arrays as lists), constant or computed."""
+        if key not in self.args:
+            if default is _MISSING:
+                raise self.fail(f"has no {key!r} parameter")
+            return default
         value = self.env[self.args[key][0]]
         if isinstance(value, np.ndarray):
             return value.item() if value.ndim == 0 else value.tolist()

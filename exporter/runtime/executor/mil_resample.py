@@ -1,0 +1,193 @@
+"""ML Program resampling ops in numpy (MIL opsets iOS15-iOS18): upsampling by scale factors, resizing to a size,
+cropping boxes and resizing them, each as its MIL definition states it (coremltools ops/defs/iOS15-17
+image_resizing.py). The sampling grids are in ``kernels_nd``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels_nd
+from .mil_elementwise import F32
+from .registry import OpCall, always, op
+
+
+def _scaled(size: int, factor: float) -> int:
+    """MIL's output size for a scale factor: ``floor(size * factor)``."""
+    return int(np.floor(size * float(factor)))
+
+
+@op("upsample_nearest_neighbor", batch=always)
+def _upsample_nearest(c: OpCall):
+    """Each output pixel copies input pixel ``floor(i * H_in / H_out)`` (per axis); the output is
+    ``floor(H_in * scale)``. For integer factors this repeats every pixel ``scale`` times."""
+    x = c["x"]
+    h, w = x.shape[-2:]
+    out_h = _scaled(h, c.const("scale_factor_height", 1))
+    out_w = _scaled(w, c.const("scale_factor_width", 1))
+    return kernels_nd.nearest(x, kernels_nd.nearest_floor(h, out_h), kernels_nd.nearest_floor(w, out_w))
+
+
+@op("upsample_bilinear", batch=always)
+def _upsample_bilinear(c: OpCall):
+    """Bilinear to ``floor(H_in * scale)``, the grid recomputed from the output size: ``align_corners`` puts the
+    corners on the corners (STRICT_ALIGN_CORNERS); otherwise ``half_pixel_centers`` (iOS16, default
+    ``not align_corners``) samples at pixel centres (UNALIGN_CORNERS) or, when False, at ``i * H_in / H_out``
+    (DEFAULT, TensorFlow's legacy resize)."""
+    x = c["x"]
+    out_h = _scaled(x.shape[-2], c.const("scale_factor_height", 1))
+    out_w = _scaled(x.shape[-1], c.const("scale_factor_width", 1))
+    align = bool(c.const("align_corners", True))
+    half_pixel = bool(c.const("half_pixel_centers", not align))
+    if align and half_pixel:
+        raise c.fail("sets both align_corners and half_pixel_centers, which MIL does not define")
+    mode = "STRICT_ALIGN_CORNERS" if align else "UNALIGN_CORNERS" if half_pixel else "DEFAULT"
+    return kernels_nd.bilinear(x, out_h, out_w, mode)
+
+
+def _sampling_mode(c: OpCall) -> str:
+    mode = c.const("sampling_mode", "DEFAULT")
+    if mode not in kernels_nd.SAMPLING_MODES:
+        raise c.unsupported(f"has unknown sampling_mode {mode!r}")
+    return mode
+
+
+@op("resize_bilinear", batch=always)
+def _resize_bilinear(c: OpCall):
+    """Bilinear to (target_size_height, target_size_width) on the grid of ``sampling_mode``."""
+    x = c["x"]
+    return kernels_nd.bilinear(x, int(c.const("target_size_height", 1)), int(c.const("target_size_width", 1)),
+                               _sampling_mode(c))
+
+
+@op("resize_nearest_neighbor", batch=always)
+def _resize_nearest(c: OpCall):
+    """Nearest neighbour to (target_size_height, target_size_width), sampling pixel centres: source index
+    ``floor((i + 0.5) * H_in / H_out)`` (TensorFlow's resize with half_pixel_centers, which coremltools converts
+    to this op)."""
+    x = c["x"]
+    h, w = x.shape[-2:]
+    out_h, out_w = int(c.const("target_size_height")), int(c.const("target_size_width"))
+    return kernels_nd.nearest(x, kernels_nd.nearest_half_pixel(h, out_h), kernels_nd.nearest_half_pixel(w, out_w))
+
+
+def _nearest_index(size_in: int, size_out: int, mode: str) -> np.ndarray:
+    if mode == "DEFAULT":
+        return kernels_nd.nearest_half_pixel(size_in, size_out)
+    return np.minimum(np.floor(kernels_nd.grid(size_in, size_out, mode) + 0.5).astype(np.int64), size_in - 1)
+
+
+@op("resize", batch=always)
+def _resize(c: OpCall):
+    """iOS17: the last ``resized_dims`` axes (1 or 2) resized to the last entries of ``shape`` (0 keeps the
+    input's size), by LINEAR interpolation on the ``sampling_mode`` grid or by NEAREST_NEIGHBOR (DEFAULT samples
+    pixel centres as resize_nearest_neighbor; the other modes take the grid point rounded half up)."""
+    x = c["x"]
+    resized = int(c.const("resized_dims"))
+    target = [int(v) for v in np.asarray(c["shape"]).reshape(-1)]
+    if not 1 <= resized <= 2 or resized > len(target) or resized > x.ndim:
+        raise c.unsupported(f"resizes {resized} axes; 1 or 2 (at most len(shape) and rank) are supported")
+    sizes = [x.shape[x.ndim - resized + i] if t == 0 else t for i, t in enumerate(target[-resized:])]
+    mode = _sampling_mode(c)
+    interpolation = c.const("interpolation_mode", "LINEAR")
+    out = np.asarray(x)
+    for i, size in enumerate(sizes):
+        axis = x.ndim - resized + i
+        if interpolation == "LINEAR":
+            out = kernels_nd.linear_along(out.astype(F32), axis, kernels_nd.grid(out.shape[axis], size, mode))
+        elif interpolation == "NEAREST_NEIGHBOR":
+            out = np.take(out, _nearest_index(out.shape[axis], size, mode), axis=axis)
+        else:
+            raise c.unsupported(f"has unknown interpolation_mode {interpolation!r}")
+    return out
+
+
+def _box_points(start: float, end: float, size_out: int, mode: str) -> np.ndarray:
+    """Sample positions inside one box side [start, end] (input pixel coordinates) for ``mode``: the box plays the
+    role of the input interval of resize_bilinear's grid."""
+    length = end - start
+    i = np.arange(size_out, dtype=np.float64)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if size_out == 1:
+            return np.full(1, start + length / 2 if mode == "ALIGN_CORNERS" else start)
+        return start + i * (length / (size_out - 1))
+    if mode == "DEFAULT":
+        return start + i * (length / size_out)
+    if mode == "OFFSET_CORNERS":
+        delta = length / size_out
+        return start + 0.5 * delta + i * delta
+    spacing = length / size_out  # UNALIGN_CORNERS
+    return start + i * spacing + 0.5 * spacing - 0.5
+
+
+def _sample(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, pad: float) -> np.ndarray:
+    """Bilinear samples of (C, H, W) ``image`` at every (row, col); points outside [0, size - 1] give ``pad``."""
+    h, w = image.shape[-2:]
+
+    def axis(points, size):
+        lo = np.clip(np.floor(points), 0, size - 1).astype(np.int64)
+        hi = np.minimum(lo + 1, size - 1)
+        frac = (points - np.floor(points)).astype(F32)
+        inside = (points >= 0) & (points <= size - 1)
+        return lo, hi, frac, inside
+
+    r_lo, r_hi, r_frac, r_in = axis(rows, h)
+    c_lo, c_hi, c_frac, c_in = axis(cols, w)
+    top = image[:, r_lo][:, :, c_lo] * (1 - c_frac) + image[:, r_lo][:, :, c_hi] * c_frac
+    bottom = image[:, r_hi][:, :, c_lo] * (1 - c_frac) + image[:, r_hi][:, :, c_hi] * c_frac
+    out = top * (1 - r_frac[:, None]) + bottom * r_frac[:, None]
+    return np.where(r_in[:, None] & c_in[None, :], out, F32(pad))
+
+
+BOX_MODES = ("CORNERS_HEIGHT_FIRST", "CORNERS_WIDTH_FIRST", "CENTER_SIZE_HEIGHT_FIRST", "CENTER_SIZE_WIDTH_FIRST")
+
+
+def _corners(box, mode: str) -> tuple[float, float, float, float]:
+    """(h_start, w_start, h_end, w_end) of a box in ``box_coordinate_mode``."""
+    a, b, c_, d = (float(v) for v in box)
+    if mode == "CORNERS_HEIGHT_FIRST":
+        return a, b, c_, d
+    if mode == "CORNERS_WIDTH_FIRST":
+        return b, a, d, c_
+    if mode == "CENTER_SIZE_HEIGHT_FIRST":
+        return a - c_ / 2, b - d / 2, a + c_ / 2, b + d / 2
+    return b - d / 2, a - c_ / 2, b + d / 2, a + c_ / 2
+
+
+@op("crop_resize")
+def _crop_resize(c: OpCall):
+    """Each box cut from its image and resized bilinearly to (target_height, target_width). iOS15/16: ``roi``
+    [N, 1, 4 or 5, 1, 1] (a fifth leading value is the image index, otherwise every image), output
+    [N, B, C, h, w]; iOS17: ``boxes`` [N, 4] and ``box_indices``, output [N, C, h, w]. Normalized coordinates are
+    scaled by (H - 1, W - 1), then by ``spatial_scale``; samples outside the image give ``pad_value``."""
+    x = np.asarray(c["x"], F32)
+    b, channels, h, w = x.shape
+    th, tw = int(c.const("target_height", 1)), int(c.const("target_width", 1))
+    mode = _sampling_mode(c)
+    box_mode = c.const("box_coordinate_mode", "CORNERS_HEIGHT_FIRST")
+    if box_mode not in BOX_MODES:
+        raise c.unsupported(f"has unknown box_coordinate_mode {box_mode!r}")
+    normalized = bool(c.const("normalized_coordinates", False))
+    scale = float(c.const("spatial_scale", 1.0))
+    pad = float(c.const("pad_value", 0.0))
+
+    def crop(image, box):
+        h0, w0, h1, w1 = _corners(box, box_mode)
+        if normalized:
+            h0, h1, w0, w1 = h0 * (h - 1), h1 * (h - 1), w0 * (w - 1), w1 * (w - 1)
+        h0, h1, w0, w1 = h0 * scale, h1 * scale, w0 * scale, w1 * scale
+        return _sample(image, _box_points(h0, h1, th, mode), _box_points(w0, w1, tw, mode), pad)
+
+    if c.has("boxes"):  # iOS17
+        boxes = np.asarray(c["boxes"], np.float64)
+        indices = np.asarray(c["box_indices"]).astype(np.int64) if c.has("box_indices") else np.arange(len(boxes))
+        return np.stack([crop(x[i], box) for i, box in zip(indices, boxes, strict=True)]) if len(boxes) else \
+            np.zeros((0, channels, th, tw), F32)
+    roi = np.asarray(c["roi"], np.float64).reshape(-1, c.shape("roi")[2] if c.shape("roi") else 4)
+    out = np.zeros((len(roi), b, channels, th, tw), F32)
+    for n, row in enumerate(roi):
+        if len(row) == 5:
+            out[n, int(row[0])] = crop(x[int(row[0])], row[1:])  # the other images of the batch stay 0
+        else:
+            for i in range(b):
+                out[n, i] = crop(x[i], row)
+    return out
