@@ -153,6 +153,18 @@ def _corners(box, mode: str) -> tuple[float, float, float, float]:
     return b - d / 2, a - c_ / 2, b + d / 2, a + c_ / 2
 
 
+def crop_box(image: np.ndarray, box, box_mode: str, normalized: bool, scale: float, size: tuple[int, int],
+             mode: str, pad: float = 0.0) -> np.ndarray:
+    """One box of a (C, H, W) image resized bilinearly to ``size``: coordinates in ``box_mode``, scaled by
+    (H - 1, W - 1) when ``normalized``, then by ``scale``; samples outside the image are ``pad``."""
+    h, w = image.shape[-2:]
+    h0, w0, h1, w1 = _corners(box, box_mode)
+    if normalized:
+        h0, h1, w0, w1 = h0 * (h - 1), h1 * (h - 1), w0 * (w - 1), w1 * (w - 1)
+    h0, h1, w0, w1 = h0 * scale, h1 * scale, w0 * scale, w1 * scale
+    return _sample(image, _box_points(h0, h1, size[0], mode), _box_points(w0, w1, size[1], mode), pad)
+
+
 @op("crop_resize")
 def _crop_resize(c: OpCall):
     """Each box cut from its image and resized bilinearly to (target_height, target_width). iOS15/16: ``roi``
@@ -171,11 +183,7 @@ def _crop_resize(c: OpCall):
     pad = float(c.const("pad_value", 0.0))
 
     def crop(image, box):
-        h0, w0, h1, w1 = _corners(box, box_mode)
-        if normalized:
-            h0, h1, w0, w1 = h0 * (h - 1), h1 * (h - 1), w0 * (w - 1), w1 * (w - 1)
-        h0, h1, w0, w1 = h0 * scale, h1 * scale, w0 * scale, w1 * scale
-        return _sample(image, _box_points(h0, h1, th, mode), _box_points(w0, w1, tw, mode), pad)
+        return crop_box(image, box, box_mode, normalized, scale, (th, tw), mode, pad)
 
     if c.has("boxes"):  # iOS17
         boxes = np.asarray(c["boxes"], np.float64)

@@ -38,8 +38,9 @@ def reshape_zeros(x_shape, shape: list[int], opset: int) -> list[int]:
 @op("reshape", batch=_reshape_batch)
 def _reshape(c: OpCall):
     x, shape = c["x"], [int(s) for s in np.asarray(c["shape"]).reshape(-1)]
+    declared = c.shape("x")  # zeros copy the file's dimensions (batch 1), not those of a batch being run
     try:
-        shape = reshape_zeros(x.shape, shape, c.opset)
+        shape = reshape_zeros(x.shape if declared is None else declared, shape, c.opset)
     except ValueError as exc:
         raise c.fail(str(exc)) from exc
     if c.batched and shape[0] == 1:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import nnlayers_elementwise, nnlayers_shape  # noqa: F401  (their layers register)
+from . import nnlayers_elementwise, nnlayers_image, nnlayers_nd, nnlayers_shape  # noqa: F401  (layers register)
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
 from .registry import NN

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import kernels, nnweights
+from . import kernels, kernels_nd, nnweights
 from .registry import layer
 
 F32 = np.float32
@@ -78,10 +78,38 @@ def _same_pads(shape, kernel, stride, dilation, mode: int) -> tuple[int, int, in
 
 
 # ------------------------------------------------------------------------------------------------ convolution, pooling
+def _deconvolution(p, ctx: LayerContext):
+    """Transposed convolution: output ``(H - 1) * stride + kernel`` less the valid padding, ``H * stride`` for
+    same padding (cropped as TensorFlow does, the odd pixel after), or ``outputShape`` when set."""
+    groups = int(p.nGroups) or 1
+    kernel = _pair(p.kernelSize, (3, 3))
+    stride = _pair(p.stride, (1, 1))
+    weight = ctx.weights(p.weights, (p.kernelChannels, p.outputChannels // groups) + kernel)
+    bias = ctx.weights(p.bias, (p.outputChannels,)) if p.hasBias else None
+    padding = p.WhichOneof("ConvolutionPaddingType")
+    target = [int(v) for v in p.outputShape] or None
+
+    def run(inputs):
+        x = inputs[0]
+        if x.ndim != 4:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+        full = [(d - 1) * s + k for d, s, k in zip(x.shape[2:], stride, kernel, strict=True)]
+        if target is None and padding != "same":
+            crop = list(_borders(p.valid))
+        else:
+            out = target or [d * s for d, s in zip(x.shape[2:], stride, strict=True)]
+            crop = []
+            for size, f in zip(out, full, strict=True):
+                total = max(f - size, 0)
+                crop.extend((total // 2, total - total // 2))
+        return kernels_nd.conv_transpose(x, weight, bias, stride, (1, 1), crop, groups, target)
+    return run, always
+
+
 @layer("convolution")
 def _convolution(p, ctx: LayerContext):
     if p.isDeconvolution:
-        raise ctx.unsupported("is a deconvolution, which the executor does not support")
+        return _deconvolution(p, ctx)
     groups = int(p.nGroups) or 1
     kernel = _pair(p.kernelSize, (3, 3))
     stride = _pair(p.stride, (1, 1))
@@ -103,14 +131,15 @@ def _convolution(p, ctx: LayerContext):
 
 @layer("pooling")
 def _pooling(p, ctx: LayerContext):
-    kind = {0: "max", 1: "avg"}.get(p.type)
+    """MAX, AVERAGE or L2 pooling; ``includeLastPixel`` is symmetric padding with the output rounded up (the last
+    window always reaching the last pixel), as MIL's ceil_mode."""
+    kind = {0: "max", 1: "avg", 2: "l2"}.get(p.type)
     if kind is None:
-        raise ctx.unsupported("is L2 pooling, which the executor does not support")
+        raise ctx.unsupported(f"uses pooling type {p.type}, which NeuralNetwork.proto does not define")
     padding = p.WhichOneof("PoolingPaddingType")
-    if padding == "includeLastPixel":
-        raise ctx.unsupported("uses includeLastPixel padding, which the executor does not support")
     stride = _pair(p.stride, (1, 1))
     kernel = _pair(p.kernelSize, (3, 3))
+    exclude = bool(p.avgPoolExcludePadding)
     cache: dict = {}
 
     def run(inputs):
@@ -118,10 +147,17 @@ def _pooling(p, ctx: LayerContext):
         if x.ndim != 4:
             raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
         if p.globalPooling:
-            return kernels.pool2d(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False, cache)
+            return kernels_nd.pool(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False) if kind == "l2" else \
+                kernels.pool2d(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False, cache)
+        if padding == "includeLastPixel":
+            amounts = [int(v) for v in p.includeLastPixel.paddingAmounts] or [0, 0]
+            pads = (amounts[0], amounts[0], amounts[1], amounts[1])
+            return kernels_nd.pool(x, kind, kernel, stride, pads, exclude, ceil_mode=True)
         pads = _same_pads(x.shape, kernel, stride, (1, 1), p.same.asymmetryMode) if padding == "same" \
             else _borders(p.valid)
-        return kernels.pool2d(x, kind, kernel, stride, pads, bool(p.avgPoolExcludePadding), cache)
+        if kind == "l2":
+            return kernels_nd.pool(x, kind, kernel, stride, pads, exclude)
+        return kernels.pool2d(x, kind, kernel, stride, pads, exclude, cache)
     return run, always
 
 
@@ -155,16 +191,30 @@ def _constant_pad(p, ctx: LayerContext):
     return run, rule
 
 
+LINEAR_UPSAMPLE_MODES = {0: "DEFAULT", 1: "STRICT_ALIGN_CORNERS", 2: "UNALIGN_CORNERS"}  # UpsampleLayerParams
+
+
 @layer("upsample")
 def _upsample(p, ctx: LayerContext):
-    if len(p.fractionalScalingFactor):
-        raise ctx.unsupported("has fractional scaling factors, which the executor does not support")
-    sh, sw = _pair(p.scalingFactor, (1, 1))
-    if p.mode != 0:
-        raise ctx.unsupported("is bilinear, which the executor does not support")
+    """Output ``floor(H * factor)`` (integer ``scalingFactor`` or ``fractionalScalingFactor``): nearest neighbour
+    copies pixel ``floor(i * H / H_out)``; bilinear samples the grid of ``linearUpsampleMode`` (DEFAULT
+    ``i * H / H_out``, ALIGN_CORNERS_TRUE corners on corners, ALIGN_CORNERS_FALSE pixel centres)."""
+    factors = [float(v) for v in p.fractionalScalingFactor] or [float(v) for v in p.scalingFactor] or [1.0, 1.0]
+    if len(factors) != 2:
+        raise ctx.fail(f"has {len(factors)} scaling factors; NeuralNetwork.proto says 2")
+    if p.mode not in (0, 1):
+        raise ctx.unsupported(f"uses interpolation mode {p.mode}, which NeuralNetwork.proto does not define")
+    mode = LINEAR_UPSAMPLE_MODES.get(p.linearUpsampleMode)
+    if mode is None:
+        raise ctx.unsupported(f"uses linear upsample mode {p.linearUpsampleMode}")
 
     def run(inputs):
-        return np.repeat(np.repeat(inputs[0], sh, axis=-2), sw, axis=-1)
+        x = inputs[0]
+        h, w = x.shape[-2:]
+        out_h, out_w = int(np.floor(h * factors[0])), int(np.floor(w * factors[1]))
+        if p.mode == 0:
+            return kernels_nd.nearest(x, kernels_nd.nearest_floor(h, out_h), kernels_nd.nearest_floor(w, out_w))
+        return kernels_nd.bilinear(x, out_h, out_w, mode)
     return run, always
 
 

@@ -48,6 +48,14 @@ def _activation_fn(p, ctx: LayerContext):
             a = alpha.reshape((-1,) + (1,) * 2) if alpha.size > 1 else alpha.reshape(())  # channel axis -3
             return np.where(x >= 0, x, a * x)
         return prelu
+    if kind == "parametricSoftplus":
+        alpha, beta = ctx.vector(p.parametricSoftplus.alpha), ctx.vector(p.parametricSoftplus.beta)
+
+        def softplus(x):  # one alpha and beta per channel (axis -3), or one for all
+            a = alpha.reshape(-1, 1, 1) if alpha.size > 1 else alpha.reshape(())
+            b = beta.reshape(-1, 1, 1) if beta.size > 1 else beta.reshape(())
+            return a * np.logaddexp(F32(0), b * x)
+        return softplus
     raise ctx.unsupported(f"uses activation {kind!r}, which the executor does not support")
 
 
