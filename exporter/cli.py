@@ -1,8 +1,9 @@
 """Command line: a parser and one API call per command; no logic of its own.
 
 Exit codes: 0 success; 1 other toolkit error; 2 bad option, preprocessing or labels; 3 model cannot be loaded (or
-refused as unsafe); 4 image error; 5 conversion failed; 6 destination problem; 7 parity gates failed; 70 internal
-error (a bug: please report it with --debug output).
+refused as unsafe); 4 image error; 5 conversion failed; 6 destination problem; 7 parity gates failed; 8 parity
+unchecked (every artifact that ran passed, one could not be run here); 70 internal error (a bug: please report it
+with --debug output).
 """
 
 from __future__ import annotations

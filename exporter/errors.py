@@ -82,6 +82,13 @@ class ParityError(ExporterError):
         return self
 
 
+class NotCheckedError(ParityError):
+    """Every artifact that ran passed its gates, but one or more could not be run here (the Linux executor lacks
+    one of their operations), so their parity is unchecked. Carries the report like ParityError."""
+
+    exit_code = 8
+
+
 class UnsupportedOperationError(ConversionError):
     """A Core ML file holds an operation, layer or data type that the reference executor does not implement; it
     refuses to run rather than give an answer it cannot vouch for."""

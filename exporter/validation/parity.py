@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, ParityError
+from ..errors import ConfigError, NotCheckedError, ParityError, UnsupportedOperationError
 from ..exports import OpenedExport, open_export
 from ..images import iter_batches, list_images
 from ..preprocessing import Preprocessing
@@ -20,9 +20,23 @@ REPORT_SCHEMA_VERSION = 1
 
 
 def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
+    """(runner, "") for an artifact, or (None, why) when it cannot be run here: a Core ML file off macOS that holds an
+    operation the executor does not implement is "not run", and the other artifacts are still judged."""
     from ..capabilities import format_of
 
-    return format_of(art["format"]).runner(root / art["path"], pre, labels), ""
+    try:
+        return format_of(art["format"]).runner(root / art["path"], pre, labels), ""
+    except UnsupportedOperationError as exc:
+        return None, str(exc)
+
+
+class _Entry:
+    """One artifact being measured: its runner (None once it cannot run), why not, its gate and statistics."""
+
+    __slots__ = ("art", "runner", "reason", "gate", "stats")
+
+    def __init__(self, art: dict, runner, reason: str, gate: Gate, stats: ParityStats):
+        self.art, self.runner, self.reason, self.gate, self.stats = art, runner, reason, gate, stats
 
 
 def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Path | None = None,
@@ -30,7 +44,9 @@ def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Pa
              progress: bool = False) -> dict:
     """Run the Keras model and every artifact in ``export_dir`` on the images under ``images``; return the report.
 
-    Raises ParityError naming every failing artifact and metric when any gate fails; the error carries the report.
+    Raises ParityError naming every failing artifact and metric when any gate fails, and NotCheckedError (a
+    ParityError, exit 8) when none failed but an artifact could not be run here (its parity is unchecked; its op and
+    file are named); either carries the report, in which every other artifact is judged as usual.
     ``gates`` overrides default gates: keys ``VARIANT`` (every format) or ``FORMAT:VARIANT`` (see
     tolerances.gate_for)."""
     gates = dict(gates or {})
@@ -40,9 +56,15 @@ def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Pa
     report = measure(open_export(export_dir, model_path=model_path, trust_code=trust_code), images, gates=gates,
                      batch_size=batch_size, progress=progress)
     failed = [r for r in report["artifacts"] if r["status"] == "failed"]
+    not_run = [r for r in report["artifacts"] if r["status"] == "not run"]
+    unchecked = "; not run here (parity unchecked): " + "; ".join(r["reason"] for r in not_run) if not_run else ""
     if failed:
         raise ParityError("parity gates failed: " + "; ".join(f"{r['path']}: {', '.join(r['failures'])}"
-                                                              for r in failed), path=export_dir).with_report(report)
+                                                              for r in failed) + unchecked,
+                          path=export_dir).with_report(report)
+    if not_run:
+        raise NotCheckedError(f"every artifact that ran passed, but {len(not_run)} could not be run" + unchecked,
+                              path=export_dir).with_report(report)
     return report
 
 
@@ -62,7 +84,7 @@ def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate],
     for art in manifest["artifacts"]:
         runner, reason = _runner(art, root, pre, labels)
         gate = gate_for(art["format"], art["variant"], gates)
-        entries.append((art, runner, reason, gate, ParityStats(len(labels))))
+        entries.append(_Entry(art, runner, reason, gate, ParityStats(len(labels))))
     batches = iter_batches(items, pre, batch_size)
     if progress:
         from tqdm import tqdm
@@ -73,17 +95,24 @@ def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate],
         label_idx = np.array([index_of.get(it.label, -1) for it in chunk])
         paths = [str(it.path) for it in chunk]
         keras_stats.update(ref, label_idx)
-        for _art, runner, _reason, _gate, stats in entries:
-            if runner is not None:
-                stats.update(ref, runner(pixels), paths, label_idx, labels)
+        for entry in entries:
+            if entry.runner is None:
+                continue
+            try:
+                probs = entry.runner(pixels)
+            except UnsupportedOperationError as exc:  # found only when run (a data type, say): not run, no verdict
+                entry.runner, entry.reason = None, str(exc)
+                continue
+            entry.stats.update(ref, probs, paths, label_idx, labels)
     results = []
-    for art, runner, reason, gate, stats in entries:
+    for entry in entries:
+        art, gate = entry.art, entry.gate
         row = {"path": art["path"], "format": art["format"], "variant": art["variant"], "bytes": art["bytes"],
                "ratio_to_fp32": art.get("ratio_to_fp32"), "gate": gate.to_dict()}
-        if runner is None:
-            row.update(status="not run", reason=reason, failures=[])
+        if entry.runner is None:
+            row.update(status="not run", reason=entry.reason, failures=[])
         else:
-            metrics = stats.summary(labels, keras_stats)
+            metrics = entry.stats.summary(labels, keras_stats)
             failures = gate.failures(metrics["max_abs_prob"], metrics["top1_agreement"])
             row.update(status="failed" if failures else "passed", reason="", failures=failures, **metrics)
         results.append(row)
