@@ -7,6 +7,7 @@ folded away)."""
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from executor_helpers import (
     tf,
 )
 
-from exporter.errors import UnsupportedOperationError
+from exporter.errors import ConfigError, ConversionError, UnsupportedOperationError
 
 # The ops the tests of this module run (each case named "op" or "op:variant"); test_registry checks that every
 # registered op is in this set or another module's.
@@ -746,7 +747,7 @@ def test_observe_sees_every_op_output_even_a_pad_folded_into_its_convolution(tmp
     np.testing.assert_array_equal(observed, executor.predict(image_pixels(2)))  # observing changes nothing
 
 
-def test_grayscale_programas_input(tmp_path):
+def test_grayscale_program_input(tmp_path):
     got, x = run_program(tmp_path, lambda v: mb.mul(x=v, y=2.0), shape=(1, 1, SIDE, SIDE))
     np.testing.assert_allclose(got, (2 * x).reshape(len(x), -1), atol=OP_ATOL)
 
@@ -771,3 +772,25 @@ def test_reshape_zero_before_ios17_needs_the_rank(tmp_path):
     assert reshape_zeros((2, 50), [0, -1], 15) == [2, -1]
     with pytest.raises(ValueError, match="before iOS17"):
         reshape_zeros((2, 50), [1, 0, -1, 0], 16)
+
+
+def test_bad_files_and_pixels_are_refused(tmp_path):
+    path = program_file(tmp_path, lambda v: mb.conv(x=v, weight=np.ones((2, 3, 5, 5), np.float32)))
+    executor = CoreMLExecutor(path)
+    with pytest.raises(ConfigError, match="shape"):
+        executor.predict(image_pixels(1, SIDE + 1, SIDE))
+    with pytest.raises(ConfigError, match="uint8"):
+        executor.predict(image_pixels(1).astype(np.float32))
+    broken = tmp_path / "broken.mlpackage"
+    shutil.copytree(path, broken)
+    weights = next(broken.rglob("weight.bin"))
+    data = bytearray(weights.read_bytes())
+    data[64:68] = b"\0\0\0\0"  # the first record's sentinel
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ConversionError, match="no blob record"):
+        CoreMLExecutor(broken)
+    (broken / "Manifest.json").unlink()
+    with pytest.raises(ConversionError, match="Manifest.json"):
+        CoreMLExecutor(broken)
+    with pytest.raises(ConversionError):
+        CoreMLExecutor(tmp_path / "missing.mlmodel")

@@ -20,7 +20,8 @@ for it (float16 for compressed ML Program weights), as Core ML materialises it.
 Batching. Files are declared for one image. When every operation treats the leading axis as a batch (no reshape,
 transpose, concat, reduction or slice touches it), images run together, a few at a time so that activations stay
 in cache; otherwise one at a time. An operation, layer or data type the executor does not implement raises
-``UnsupportedOperationError`` naming it and the file.
+``UnsupportedOperationError`` naming it, the file, and where the supported list is (README.md, generated from
+``registry.MIL`` and ``registry.NN`` by ``oplist``).
 
 Threads. ``predict`` holds numpy's BLAS to one thread while it runs (see ``blas``) and runs up to ``WORKERS``
 forward passes at once in threads instead. One executor serves one ``predict`` call at a time.

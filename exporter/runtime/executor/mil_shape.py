@@ -99,7 +99,7 @@ def _flatten_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-@op("flatten2d", batch=lambda c: c.rank("x") is not None and _flatten_axis(int(c.const("axis", 1)), c.rank("x")) > 0)
+@op("flatten2d", batch=lambda c: c.rank("x") is not None and _flatten_axis(int(c.const("axis", 1)), c.rank("x")) == 1)
 def _flatten2d(c: OpCall):
     """(prod(shape[:axis]), prod(shape[axis:])); axis == rank gives (size, 1)."""
     x = c["x"]

@@ -99,21 +99,31 @@ def _conv_transpose(c: OpCall):
                                      target)
 
 
+def _pool_params(c: OpCall, kind: str, spatial: tuple[int, ...]) -> tuple:
+    """(kernel, strides, pads, exclude, ceil_mode, fast) of a pooling op for one input size; ``fast`` when the 2-D
+    kernel computes exactly this (its output size is the floor one)."""
+    key = ("pool", spatial)
+    if key not in c.cache:
+        rank = len(spatial)
+        kernel = _ints(c, "kernel_sizes", rank, 1)
+        strides = _ints(c, "strides", rank, 1)
+        pads = _pads(c, spatial, kernel, strides, [1] * rank)
+        ceil_mode = bool(c.const("ceil_mode", False))
+        exclude = bool(c.const("exclude_padding_from_average", False))
+        fast = rank == 2 and kind != "l2" and all(
+            kernels_nd.pool_output_size(spatial[i], kernel[i], strides[i], pads[2 * i], pads[2 * i + 1], ceil_mode)
+            == kernels.output_size(spatial[i], kernel[i], strides[i], 1, pads[2 * i], pads[2 * i + 1])
+            for i in range(2))
+        c.cache[key] = (kernel, strides, pads, exclude, ceil_mode, fast)
+    return c.cache[key]
+
+
 def _pool(c: OpCall, kind: str):
     x = c["x"]
-    rank = _spatial_rank(c, x)
-    kernel = _ints(c, "kernel_sizes", rank, 1)
-    strides = _ints(c, "strides", rank, 1)
-    pads = _pads(c, x.shape[2:], kernel, strides, [1] * rank)
-    ceil_mode = bool(c.const("ceil_mode", False))
-    exclude = bool(c.const("exclude_padding_from_average", False))
-    if rank == 2 and kind != "l2":
-        sizes = [kernels_nd.pool_output_size(x.shape[2 + i], kernel[i], strides[i], pads[2 * i], pads[2 * i + 1],
-                                             ceil_mode) for i in range(2)]
-        plain = [kernels.output_size(x.shape[2 + i], kernel[i], strides[i], 1, pads[2 * i], pads[2 * i + 1])
-                 for i in range(2)]
-        if sizes == plain:  # the fast 2-D kernel computes exactly this
-            return kernels.pool2d(x, kind, tuple(kernel), tuple(strides), tuple(pads), exclude, c.cache)
+    _spatial_rank(c, x)
+    kernel, strides, pads, exclude, ceil_mode, fast = _pool_params(c, kind, x.shape[2:])
+    if fast:
+        return kernels.pool2d(x, kind, tuple(kernel), tuple(strides), tuple(pads), exclude, c.cache)
     return kernels_nd.pool(x, kind, kernel, strides, pads, exclude, ceil_mode)
 
 
@@ -336,7 +346,7 @@ def _cumsum(c: OpCall):
     return np.flip(out, axis=axis) if c.const("reverse", False) else out
 
 
-@op("einsum", batch=lambda c: False)
+@op("einsum")
 def _einsum(c: OpCall):
     """The two ``values`` contracted by the ``equation`` (numpy's einsum notation, which MIL's follows)."""
     equation = c.const("equation")

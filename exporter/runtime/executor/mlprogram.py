@@ -33,16 +33,16 @@ def element_type(dtype: str):
     """The numpy type a value the file declares as ``dtype`` is held in: float32 for every float type (the compute
     precision decides rounding), the integer or bool type itself otherwise; None for non-tensors."""
     if dtype in FLOAT_TYPES:
-        return F32
+        return np.dtype(F32)
     return np.dtype(BY_NAME[dtype][0]) if dtype in BY_NAME and BY_NAME[dtype][0] is not None else None
 
 
-def _declared_kind(value: np.ndarray, dtype) -> np.ndarray:
+def _declared_kind(value: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
     """``value`` in the element kind (float, signed or unsigned integer, bool) the file declares for it: a mixed
     int32/float matmul the file types int32 gives int32 (truncated toward zero), and the like."""
-    if dtype is None or value.dtype.kind == np.dtype(dtype).kind:
+    if dtype is None or value.dtype.kind == dtype.kind:
         return value
-    if np.dtype(dtype).kind in "iu" and value.dtype.kind == "f":
+    if dtype.kind in "iu" and value.dtype.kind == "f":
         return np.trunc(value).astype(dtype)
     return value.astype(dtype)
 
