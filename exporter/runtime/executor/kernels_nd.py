@@ -40,14 +40,14 @@ def conv(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, pads, grou
     kd, sd, dd = weight.shape[2], strides[0], dilations[0]
     do = kernels.output_size(depth, kd, sd, dd, pads[0], pads[1])
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[1]), (0, 0), (0, 0)))
-    total = None
+    total: np.ndarray = np.zeros(0, F32)
     for j in range(kd):
         start = j * dd
         part = xp[:, :, start:start + (do - 1) * sd + 1:sd]  # (N, C, do, H, W)
         part = part.transpose(0, 2, 1, 3, 4).reshape(n * do, c, *x.shape[3:])
         out = kernels.conv2d(part, weight[:, :, j], None, tuple(strides[1:]), tuple(dilations[1:]), tuple(pads[2:]),
                              groups, cache.setdefault(("depth tap", j), {}))
-        total = out if total is None else total + out
+        total = out if j == 0 else total + out
     total = np.ascontiguousarray(total).reshape(n, do, *total.shape[1:]).transpose(0, 2, 1, 3, 4)
     if bias is not None:
         total = total + np.asarray(bias, F32).reshape((1, -1, 1, 1, 1))

@@ -258,10 +258,10 @@ def _unary(name: str, fn):
     op(name, batch=always)(lambda c: fn(c["x"]))
 
 
-for _name, _fn in {"sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
-                   "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "atanh": np.arctanh, "exp2": np.exp2,
-                   "sign": np.sign}.items():
-    _unary(_name, _fn)
+for _unary_name, _unary_fn in {"sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
+                               "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "atanh": np.arctanh,
+                               "exp2": np.exp2, "sign": np.sign}.items():
+    _unary(_unary_name, _unary_fn)
 
 
 @op("erf", batch=always)

@@ -35,7 +35,8 @@ def _resize_bilinear(p, ctx: LayerContext):
 def _crop_resize(p, ctx: LayerContext):
     """Boxes (second input, [N, 1, 4 or 5, 1, 1]) cut from the feature map (first input, [1, B, C, H, W]) and
     resized bilinearly: output [N, B, C, h, w], or [N, 1, C, h, w] when each box names its image."""
-    size = tuple(int(v) for v in p.targetSize) or (1, 1)
+    target = [int(v) for v in p.targetSize] or [1, 1]
+    size = (target[0], target[1])
     method = _sampling(p.mode, ctx)
     box_mode = BOX_MODES[p.boxIndicesMode.boxMode]
     scale = float(p.spatialScale or 1.0)
