@@ -64,13 +64,15 @@ def final_activation(model) -> str | None:
                 return None
             layer = layer.layers[-1]
             continue
-        try:
+        try:  # the saved-config form: [name, node, tensor] for one output, a list of those for several
             outputs = layer.get_config().get("output_layers") or []
-        except (NotImplementedError, TypeError, ValueError):
+            if outputs and isinstance(outputs[0], str):
+                outputs = [outputs]
+            if len(outputs) != 1:
+                return None
+            layer = layer.get_layer(outputs[0][0])
+        except (NotImplementedError, TypeError, ValueError, AttributeError, IndexError):
             return None
-        if len(outputs) != 1:
-            return None
-        layer = layer.get_layer(outputs[0][0])
     if isinstance(layer, keras.layers.Softmax):
         return "softmax"
     activation = getattr(layer, "activation", None)
