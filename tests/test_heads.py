@@ -216,7 +216,7 @@ def test_binary_heads_refuse_what_they_cannot_be(sigmoid_model, logit_model, tmp
         export(sigmoid_model / "model.keras", sigmoid_model / "labels.txt", tmp_path / "b", preprocessing="tf",
                options=ExportOptions(variants=("fp32",), add_softmax=True))
     (tmp_path / "one.txt").write_text("one\n")
-    with pytest.raises(LabelsError, match="2 classes"):
+    with pytest.raises(LabelsError, match="2 labels"):
         export(sigmoid_model / "model.keras", tmp_path / "one.txt", tmp_path / "c", preprocessing="tf",
                options=FP32_ONLY)
     assert not any((tmp_path / d).exists() for d in "abc")
