@@ -84,9 +84,9 @@ def _is_pass_through(layer) -> bool:
 def _as_numpy(value) -> np.ndarray:
     import keras
 
-    return np.asarray(keras.ops.convert_to_numpy(value) if not isinstance(value, (int, float, list, tuple,
-                                                                                    np.ndarray)) else value,
-                      dtype=np.float64)
+    if isinstance(value, (int, float, list, tuple, np.ndarray)):
+        return np.asarray(value, dtype=np.float64)
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)  # a backend tensor or variable
 
 
 def _per_channel(value, channels: int) -> np.ndarray | None:

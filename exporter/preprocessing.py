@@ -227,7 +227,8 @@ def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], i
     if declared is None:
         if not in_model_layers:
             raise ConfigError(f"{source}: no preprocessing declared and the model has no Rescaling or Normalization "
-                              "layer; pass --preprocessing FILE (or preprocessing=...) with its scale and bias")
+                              "layer on its input path (nested models included); pass --preprocessing with a preset "
+                              f"({'|'.join(PRESETS)}) or a JSON file with its scale and bias (or preprocessing=...)")
         return Preprocessing((h, w), channel_order="RGB" if c == 3 else "L", in_model=True,
                              notes=f"detected in the model: {', '.join(in_model_layers)}")
     if declared.input_size != (h, w):
@@ -246,5 +247,5 @@ def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], i
                           "a second time; omit --preprocessing or declare in_model: true")
     if declared.in_model and not in_model_layers:
         raise ConfigError(f"{source}: preprocessing says in_model but the model has no Rescaling or Normalization "
-                          "layer at its input; declare its scale and bias instead")
+                          "layer on its input path (nested models included); declare its scale and bias instead")
     return declared

@@ -71,6 +71,10 @@ CHAINS = {
                                                                variance=[58.4**2, 57.1**2, 57.4**2])],
     "normalization_then_rescaling": lambda: [keras.layers.Normalization(mean=[100, 110, 120], variance=[400, 900, 1600]),
                                              keras.layers.Rescaling([0.5, 2.0, 1.0])],
+    "inverted_normalization": lambda: [keras.layers.Rescaling(1 / 255),
+                                       keras.layers.Normalization(mean=[0.5, 0.4, 0.3], variance=[4.0, 9.0, 0.25],
+                                                                  invert=True)],
+    "broadcast_array_scale": lambda: [keras.layers.Rescaling(np.array([0.1, 0.2, 0.3]).reshape(1, 1, 1, 3))],
     "scalar_normalization": lambda: [keras.layers.Normalization(axis=None, mean=127.0, variance=4096.0)],
     "past_noops": lambda: [keras.layers.RandomFlip(), keras.layers.Rescaling(1 / 255), keras.layers.Dropout(0.2),
                            keras.layers.Identity(), keras.layers.Activation("linear"),
@@ -284,3 +288,20 @@ def test_random_crop_that_shrinks_the_image_is_exported_as_keras_computes_it():
 def test_a_model_without_noops_is_left_as_it_is():
     model = _classifier(CHAINS["rescaling"](), nest=1)
     assert strip_inference_noops(model) == (model, [])
+
+
+def test_a_scale_that_varies_over_pixels_is_reported_not_composed():
+    vignette = np.linspace(0.5, 1.0, SIZE * SIZE).reshape(SIZE, SIZE, 1).astype("float32")
+    found = detect_preprocessing(_classifier([keras.layers.Rescaling(vignette, name="vignette")], nest=1))
+    assert found.layers == ("body/vignette",) and found.scale is None and "channels" in found.note
+    assert resolve(None, (SIZE, SIZE, 3), list(found.layers)).in_model  # the model still normalises itself
+
+
+def test_keras_internals_missing_is_one_clear_error():
+    from exporter.keras_graph import KerasInternalsError, inbound_nodes
+
+    class Renamed:
+        name = "layer"
+
+    with pytest.raises(KerasInternalsError, match="_inbound_nodes.*keras_graph.py"):
+        inbound_nodes(Renamed())
