@@ -298,10 +298,16 @@ def test_a_scale_that_varies_over_pixels_is_reported_not_composed():
 
 
 def test_keras_internals_missing_is_one_clear_error():
-    from exporter.keras_graph import KerasInternalsError, inbound_nodes
+    from exporter.errors import UpstreamAPIError
+    from exporter.keras_graph import consumers, node_tensors
 
     class Renamed:
         name = "layer"
 
-    with pytest.raises(KerasInternalsError, match="_inbound_nodes.*keras_graph.py"):
-        inbound_nodes(Renamed())
+    class Model:
+        layers = [Renamed()]
+
+    with pytest.raises(UpstreamAPIError, match="_inbound_nodes.*upstream.py"):
+        consumers(Model())
+    with pytest.raises(UpstreamAPIError, match="input_tensors.*keras_graph.py"):
+        node_tensors(object())
