@@ -230,3 +230,30 @@ def test_add_softmax_on_a_softmax_model_is_refused(tmp_path):
     with pytest.raises(NotAClassifierError, match="already outputs probabilities"):
         export(tmp_path / "m.keras", ["a", "b", "c"], tmp_path / "out", preprocessing="tf",
                options=ExportOptions(variants=("fp32",), add_softmax=True))
+
+
+def test_nested_keras_applications_backbone_exports_with_its_own_preprocessing(tmp_path):
+    """Issue 13's first case: MobileNetV3 (include_preprocessing) as a frozen backbone inside a transfer model, with
+    augmentation in front. No --preprocessing: the Rescaling inside the backbone is found, raw pixels go in."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    backbone = keras.applications.MobileNetV3Small(input_shape=(SIZE, SIZE, 3), alpha=0.75, minimalistic=True,
+                                                   include_top=False, weights=None, pooling="avg")
+    backbone.trainable = False
+    inputs = keras.Input((SIZE, SIZE, 3))
+    features = backbone(_augment()(inputs), training=False)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Dropout(0.2)(features)))
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    model.save(tmp_path / "transfer.keras")
+    manifest = export(tmp_path / "transfer.keras", [str(i) for i in range(10)], tmp_path / "out",
+                      options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",)))
+    assert manifest["preprocessing"]["in_model"] is True
+    found = manifest["inference_model"]["in_model_preprocessing"]
+    assert len(found["layers"]) == 1 and found["layers"][0].startswith(backbone.name + "/")
+    np.testing.assert_allclose(found["scale"], [1 / 127.5] * 3)  # MobileNetV3: Rescaling(1/127.5, offset=-1)
+    np.testing.assert_allclose(found["bias"], [-1.0] * 3)
+    assert {r["class"] for r in manifest["inference_model"]["removed_layers"]} >= {"RandomFlip", "Dropout"}
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 2
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2  # the head learned something from the features
