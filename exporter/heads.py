@@ -44,12 +44,10 @@ class Head:
 
     @property
     def appended(self) -> str:
-        return {"probabilities": "none", "logits": "softmax", "sigmoid": "[1 - p, p]",
-                "logit": "sigmoid, then [1 - p, p]"}[self.output]
+        return {"probabilities": "none", "logits": "softmax", "sigmoid": "[1 - p, p]", "logit": "sigmoid, then [1 - p, p]"}[self.output]
 
     def to_dict(self) -> dict:
-        return {"model_output": self.output, "units": self.units, "appended": self.appended,
-                "add_softmax": self.add_softmax}
+        return {"model_output": self.output, "units": self.units, "appended": self.appended, "add_softmax": self.add_softmax}
 
 
 def final_activation(model) -> str | None:
@@ -88,20 +86,27 @@ def plan(units: int, activation: str | None, add_softmax: bool, path: Path | str
         return Head("logits" if add_softmax else "probabilities", units, add_softmax)
     if activation == "sigmoid":
         if add_softmax:
-            raise NotAClassifierError("the model ends in one sigmoid unit, which already is a probability; "
-                                      "--add-softmax would squash it a second time", path=path,
-                                      hint="drop --add-softmax: it is exported as [1 - p, p] over two labels")
+            raise NotAClassifierError(
+                "the model ends in one sigmoid unit, which already is a probability; --add-softmax would squash it a second time",
+                path=path,
+                hint="drop --add-softmax: it is exported as [1 - p, p] over two labels",
+            )
         return Head("sigmoid", 1)
     if activation in ("linear", None):
         if add_softmax:
             return Head("logit", 1, True)
         if activation == "linear":
-            raise NotAClassifierError("the model ends in one unit without an activation (a logit), not a probability",
-                                      path=path, hint="pass --add-softmax (add_softmax=True) to export "
-                                                      "[1 - sigmoid(z), sigmoid(z)] over two labels")
+            raise NotAClassifierError(
+                "the model ends in one unit without an activation (a logit), not a probability",
+                path=path,
+                hint="pass --add-softmax (add_softmax=True) to export [1 - sigmoid(z), sigmoid(z)] over two labels",
+            )
         return Head("sigmoid", 1)  # cannot be read from the layers: check_outputs verifies it lies in [0, 1]
-    raise NotAClassifierError(f"the model ends in one unit with activation {activation!r}, which is not a "
-                              "probability; a binary classifier ends in Dense(1, activation='sigmoid')", path=path)
+    raise NotAClassifierError(
+        f"the model ends in one unit with activation {activation!r}, which is not a "
+        "probability; a binary classifier ends in Dense(1, activation='sigmoid')",
+        path=path,
+    )
 
 
 def with_head(model, head: Head):
@@ -144,16 +149,24 @@ def check_outputs(model, head: Head, pre: Preprocessing, path: Path | str) -> No
     sums = raw.sum(axis=1)
     where = "on pixels in the contract's range"
     if head.output == "probabilities" and not _is_probability_rows(raw):
-        raise NotAClassifierError(f"model output is not a probability vector {where} (rows sum to "
-                                  f"{sums.round(4).tolist()}, min {raw.min():.3g})", path=path, hint=ADD_SOFTMAX_HINT)
+        raise NotAClassifierError(
+            f"model output is not a probability vector {where} (rows sum to {sums.round(4).tolist()}, min {raw.min():.3g})",
+            path=path,
+            hint=ADD_SOFTMAX_HINT,
+        )
     if head.output == "logits" and _is_probability_rows(raw):
-        raise NotAClassifierError(f"--add-softmax was given but the model already outputs probabilities {where} "
-                                  "(rows sum to 1); a second softmax would flatten them", path=path,
-                                  hint="drop --add-softmax")
+        raise NotAClassifierError(
+            f"--add-softmax was given but the model already outputs probabilities {where} "
+            "(rows sum to 1); a second softmax would flatten them",
+            path=path,
+            hint="drop --add-softmax",
+        )
     if head.output == "sigmoid" and ((raw < -SIGMOID_RANGE_TOLERANCE).any() or (raw > 1 + SIGMOID_RANGE_TOLERANCE).any()):
-        raise NotAClassifierError(f"the model's single output is not a probability {where} (it ranges from "
-                                  f"{raw.min():.3g} to {raw.max():.3g})", path=path,
-                                  hint="if it is a logit, pass --add-softmax (add_softmax=True)")
+        raise NotAClassifierError(
+            f"the model's single output is not a probability {where} (it ranges from {raw.min():.3g} to {raw.max():.3g})",
+            path=path,
+            hint="if it is a logit, pass --add-softmax (add_softmax=True)",
+        )
 
 
 def recorded_add_softmax(manifest: dict) -> bool:

@@ -24,12 +24,38 @@ from .keras_graph import consumers, first_input_shape, node_tensors
 # Layer classes that Keras defines as the identity at inference (training=False). Every instance is still checked on
 # a probe before it is removed. Names, not classes: a Keras version without one of them simply has none in its models.
 INFERENCE_NOOP_CLASSES = (
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "ActivityRegularization",
-    "RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation", "RandomCrop",
-    "RandomBrightness", "RandomHue", "RandomSaturation", "RandomSharpness", "RandomShear", "RandomColorJitter",
-    "RandomColorDegeneration", "RandomGrayscale", "RandomPosterization", "RandomInvert", "RandomErasing",
-    "RandomGaussianBlur", "RandomElasticTransform", "RandomPerspective", "AugMix", "RandAugment", "MixUp", "CutMix",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomContrast",
+    "RandomTranslation",
+    "RandomCrop",
+    "RandomBrightness",
+    "RandomHue",
+    "RandomSaturation",
+    "RandomSharpness",
+    "RandomShear",
+    "RandomColorJitter",
+    "RandomColorDegeneration",
+    "RandomGrayscale",
+    "RandomPosterization",
+    "RandomInvert",
+    "RandomErasing",
+    "RandomGaussianBlur",
+    "RandomElasticTransform",
+    "RandomPerspective",
+    "AugMix",
+    "RandAugment",
+    "MixUp",
+    "CutMix",
 )
 # Layers the input may pass on its way to the first weighted layer without its values changing.
 _PASS_THROUGH_CLASSES = ("InputLayer", "Identity")
@@ -52,9 +78,12 @@ class InModelPreprocessing:
         return bool(self.layers)
 
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {"layers": list(self.layers), "passed_layers": list(self.passed),
-                             "scale": None if self.scale is None else list(self.scale),
-                             "bias": None if self.bias is None else list(self.bias)}
+        d: dict[str, Any] = {
+            "layers": list(self.layers),
+            "passed_layers": list(self.passed),
+            "scale": None if self.scale is None else list(self.scale),
+            "bias": None if self.bias is None else list(self.bias),
+        }
         if self.note:
             d["note"] = self.note
         return d
@@ -192,11 +221,15 @@ def detect_preprocessing(model) -> InModelPreprocessing:
     if not walk.layers:
         return InModelPreprocessing(passed=tuple(walk.passed))
     if not walk.composable:
-        return InModelPreprocessing(tuple(walk.layers), tuple(walk.passed),
-                                    note="a layer's scale or mean varies along an axis other than the channels, so "
-                                         "the chain is not one value per channel; the model still receives raw pixels")
-    return InModelPreprocessing(tuple(walk.layers), tuple(walk.passed), tuple(float(v) for v in walk.scale),
-                                tuple(float(v) for v in walk.bias))
+        return InModelPreprocessing(
+            tuple(walk.layers),
+            tuple(walk.passed),
+            note="a layer's scale or mean varies along an axis other than the channels, so "
+            "the chain is not one value per channel; the model still receives raw pixels",
+        )
+    return InModelPreprocessing(
+        tuple(walk.layers), tuple(walk.passed), tuple(float(v) for v in walk.scale), tuple(float(v) for v in walk.bias)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ no-op layers
@@ -226,8 +259,9 @@ def _replacement(path: str, layer):
 
     shape = first_input_shape(layer)
     if shape is None or any(d is None for d in shape[1:]):
-        raise ConversionError(f"layer {path!r} ({_class_name(layer)}) has no fixed input shape, so the exporter cannot "
-                              "check what it computes at inference")
+        raise ConversionError(
+            f"layer {path!r} ({_class_name(layer)}) has no fixed input shape, so the exporter cannot check what it computes at inference"
+        )
     probe = np.random.default_rng(0).uniform(0, 255, size=(1, *shape[1:])).astype("float32")
     out = np.asarray(layer(probe, training=False))
     if out.shape == probe.shape and np.array_equal(out, probe):
@@ -238,8 +272,10 @@ def _replacement(path: str, layer):
         want = np.asarray(crop(probe))
         if want.shape == out.shape and np.abs(want - out).max() <= RESIZE_EQUIVALENCE_TOLERANCE * 255:
             return crop, f"Resizing({layer.height}, {layer.width}, crop_to_aspect_ratio=True)"
-    raise ConversionError(f"layer {path!r} ({_class_name(layer)}) changes its input at inference in this Keras "
-                          "version, so it cannot be exported as the identity")
+    raise ConversionError(
+        f"layer {path!r} ({_class_name(layer)}) changes its input at inference in this Keras "
+        "version, so it cannot be exported as the identity"
+    )
 
 
 def strip_inference_noops(model) -> tuple[Any, list[RemovedLayer]]:
@@ -266,7 +302,8 @@ def strip_inference_noops(model) -> tuple[Any, list[RemovedLayer]]:
     try:
         stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
     except ValueError as exc:  # a subclassed model, or shapes that only held with the layer's training-time output
-        raise ConversionError(f"could not rebuild the model without its inference no-op layers "
-                              f"({', '.join(r.layer for r in removed)}): {str(exc).strip().splitlines()[0][:300]}"
-                              ) from exc
+        raise ConversionError(
+            f"could not rebuild the model without its inference no-op layers "
+            f"({', '.join(r.layer for r in removed)}): {str(exc).strip().splitlines()[0][:300]}"
+        ) from exc
     return stripped, removed

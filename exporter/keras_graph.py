@@ -21,9 +21,11 @@ def node_tensors(node) -> tuple[list[Any], list[Any]]:
     except AttributeError as exc:
         from .versions import library_versions
 
-        raise UpstreamAPIError(f"keras {library_versions().get('keras', 'unknown')} graph nodes have no "
-                               "input_tensors/output_tensors any more; this toolkit needs them (see "
-                               "exporter/keras_graph.py)") from exc
+        raise UpstreamAPIError(
+            f"keras {library_versions().get('keras', 'unknown')} graph nodes have no "
+            "input_tensors/output_tensors any more; this toolkit needs them (see "
+            "exporter/keras_graph.py)"
+        ) from exc
 
 
 def consumers(model) -> dict[int, list[tuple[Any, Any]]]:

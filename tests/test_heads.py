@@ -46,14 +46,17 @@ def _conv_body(x, between=lambda t: t):
 
 def _augment():
     """Every image augmentation layer this Keras has, in a nested Sequential: all are the identity at inference."""
-    kwargs = {"RandomRotation": dict(factor=0.05), "RandomZoom": dict(height_factor=0.1),
-              "RandomContrast": dict(factor=0.1), "RandomTranslation": dict(height_factor=0.05, width_factor=0.05),
-              "RandomCrop": dict(height=SIZE, width=SIZE), "RandomBrightness": dict(factor=0.1, value_range=(0, 255)),
-              "RandomFlip": dict(mode="horizontal")}
-    names = ["RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation", "RandomCrop",
-             "RandomBrightness"]
-    return keras.Sequential([keras.Input((SIZE, SIZE, 3))] + [getattr(keras.layers, n)(**kwargs[n]) for n in names],
-                            name="augment")
+    kwargs = {
+        "RandomRotation": dict(factor=0.05),
+        "RandomZoom": dict(height_factor=0.1),
+        "RandomContrast": dict(factor=0.1),
+        "RandomTranslation": dict(height_factor=0.05, width_factor=0.05),
+        "RandomCrop": dict(height=SIZE, width=SIZE),
+        "RandomBrightness": dict(factor=0.1, value_range=(0, 255)),
+        "RandomFlip": dict(mode="horizontal"),
+    }
+    names = ["RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation", "RandomCrop", "RandomBrightness"]
+    return keras.Sequential([keras.Input((SIZE, SIZE, 3))] + [getattr(keras.layers, n)(**kwargs[n]) for n in names], name="augment")
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +73,12 @@ def logits_model(tmp_path_factory):
     b = keras.layers.Reshape(b.shape[1:])(keras.layers.SpatialDropout1D(0.05)(flat))
     b = keras.layers.Reshape(b.shape[1:])(keras.layers.SpatialDropout3D(0.05)(keras.layers.Reshape((1, *b.shape[1:]))(b)))
     backbone = keras.Model(b_in, keras.layers.GlobalAveragePooling2D()(b), name="backbone")
-    regularizers = (keras.layers.Dropout(0.2), keras.layers.GaussianDropout(0.1), keras.layers.AlphaDropout(0.02),
-                    keras.layers.ActivityRegularization(l2=1e-5))
+    regularizers = (
+        keras.layers.Dropout(0.2),
+        keras.layers.GaussianDropout(0.1),
+        keras.layers.AlphaDropout(0.02),
+        keras.layers.ActivityRegularization(l2=1e-5),
+    )
     logits = keras.layers.Dense(10, name="logits")
 
     def head(h):
@@ -121,8 +128,7 @@ def logit_model(tmp_path_factory):
 
 
 def _formats(out, manifest):
-    assert {(a["format"], a["variant"]) for a in manifest["artifacts"]} == {
-        ("mlpackage", "fp32"), ("mlmodel", "fp32"), ("onnx", "fp32")}
+    assert {(a["format"], a["variant"]) for a in manifest["artifacts"]} == {("mlpackage", "fp32"), ("mlmodel", "fp32"), ("onnx", "fp32")}
     return [out / a["path"] for a in manifest["artifacts"]]
 
 
@@ -134,8 +140,18 @@ def test_logits_are_refused_without_the_flag_with_a_hint(logits_model, tmp_path,
     from exporter.cli import main
 
     with pytest.raises(SystemExit) as info:
-        main(["convert", str(logits_model), "--labels", str(logits_model.parent / "labels.txt"),
-              "--out", str(tmp_path / "out"), "--formats", "onnx"])
+        main(
+            [
+                "convert",
+                str(logits_model),
+                "--labels",
+                str(logits_model.parent / "labels.txt"),
+                "--out",
+                str(tmp_path / "out"),
+                "--formats",
+                "onnx",
+            ]
+        )
     assert info.value.code == 3
     err = capsys.readouterr().err
     assert "not a probability vector" in err and "--add-softmax" in err and str(logits_model) in err
@@ -154,10 +170,28 @@ def test_logits_with_add_softmax_export_everywhere_and_pass_parity(logits_model,
     assert inference["in_model_preprocessing"]["layers"] == ["backbone/to_unit"]
     np.testing.assert_allclose(inference["in_model_preprocessing"]["scale"], [1 / 255] * 3)
     removed = {r["class"] for r in inference["removed_layers"]}
-    expected = {n for n in INFERENCE_NOOP_CLASSES if n in {
-        "RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation", "RandomCrop",
-        "RandomBrightness", "GaussianNoise", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Dropout",
-        "GaussianDropout", "AlphaDropout", "ActivityRegularization"}}
+    expected = {
+        n
+        for n in INFERENCE_NOOP_CLASSES
+        if n
+        in {
+            "RandomFlip",
+            "RandomRotation",
+            "RandomZoom",
+            "RandomContrast",
+            "RandomTranslation",
+            "RandomCrop",
+            "RandomBrightness",
+            "GaussianNoise",
+            "SpatialDropout1D",
+            "SpatialDropout2D",
+            "SpatialDropout3D",
+            "Dropout",
+            "GaussianDropout",
+            "AlphaDropout",
+            "ActivityRegularization",
+        }
+    }
     assert removed == expected
 
     # independently of the exporter's head: softmax of the file's own logits, computed in numpy
@@ -201,8 +235,7 @@ def test_binary_head_is_two_labels_with_one_minus_p_in_every_format(which, sigmo
     want = np.stack([1 - p, p], axis=1)
     assert ((p > 0.5) == np.array([it.label == "one" for it in items])).mean() > 0.9  # it learned 0 vs 1
     for path in paths:
-        np.testing.assert_allclose(_runner(path, pre, ["zero", "one"])(pixels), want, atol=FP32_MAX_ABS_PROB,
-                                   err_msg=path.name)
+        np.testing.assert_allclose(_runner(path, pre, ["zero", "one"])(pixels), want, atol=FP32_MAX_ABS_PROB, err_msg=path.name)
     report = validate(out, folder / "heldout")
     assert report["passed"] and len(report["artifacts"]) == 3
     assert report["keras"]["against_labels"]["accuracy"] > 0.9
@@ -210,15 +243,18 @@ def test_binary_head_is_two_labels_with_one_minus_p_in_every_format(which, sigmo
 
 def test_binary_heads_refuse_what_they_cannot_be(sigmoid_model, logit_model, tmp_path):
     with pytest.raises(NotAClassifierError, match="one unit without an activation.*--add-softmax"):
-        export(logit_model / "model.keras", logit_model / "labels.txt", tmp_path / "a", preprocessing="tf",
-               options=FP32_ONLY)
+        export(logit_model / "model.keras", logit_model / "labels.txt", tmp_path / "a", preprocessing="tf", options=FP32_ONLY)
     with pytest.raises(NotAClassifierError, match="sigmoid.*already is a probability"):
-        export(sigmoid_model / "model.keras", sigmoid_model / "labels.txt", tmp_path / "b", preprocessing="tf",
-               options=ExportOptions(variants=("fp32",), add_softmax=True))
+        export(
+            sigmoid_model / "model.keras",
+            sigmoid_model / "labels.txt",
+            tmp_path / "b",
+            preprocessing="tf",
+            options=ExportOptions(variants=("fp32",), add_softmax=True),
+        )
     (tmp_path / "one.txt").write_text("one\n")
     with pytest.raises(LabelsError, match="2 labels"):
-        export(sigmoid_model / "model.keras", tmp_path / "one.txt", tmp_path / "c", preprocessing="tf",
-               options=FP32_ONLY)
+        export(sigmoid_model / "model.keras", tmp_path / "one.txt", tmp_path / "c", preprocessing="tf", options=FP32_ONLY)
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
@@ -228,8 +264,13 @@ def test_add_softmax_on_a_softmax_model_is_refused(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(features))
     model.save(tmp_path / "m.keras")
     with pytest.raises(NotAClassifierError, match="already outputs probabilities"):
-        export(tmp_path / "m.keras", ["a", "b", "c"], tmp_path / "out", preprocessing="tf",
-               options=ExportOptions(variants=("fp32",), add_softmax=True))
+        export(
+            tmp_path / "m.keras",
+            ["a", "b", "c"],
+            tmp_path / "out",
+            preprocessing="tf",
+            options=ExportOptions(variants=("fp32",), add_softmax=True),
+        )
 
 
 def test_nested_keras_applications_backbone_exports_with_its_own_preprocessing(tmp_path):
@@ -237,8 +278,9 @@ def test_nested_keras_applications_backbone_exports_with_its_own_preprocessing(t
     augmentation in front. No --preprocessing: the Rescaling inside the backbone is found, raw pixels go in."""
     keras.utils.set_random_seed(0)
     x, y = _digits()
-    backbone = keras.applications.MobileNetV3Small(input_shape=(SIZE, SIZE, 3), alpha=0.75, minimalistic=True,
-                                                   include_top=False, weights=None, pooling="avg")
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(SIZE, SIZE, 3), alpha=0.75, minimalistic=True, include_top=False, weights=None, pooling="avg"
+    )
     for layer in backbone.layers:  # moving statistics that settle within a few hundred steps
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
@@ -251,8 +293,12 @@ def test_nested_keras_applications_backbone_exports_with_its_own_preprocessing(t
     aug_in = keras.Input((SIZE, SIZE, 3))
     model = keras.Model(aug_in, head(dropout(backbone(_augment()(aug_in)))))
     model.save(tmp_path / "transfer.keras")
-    manifest = export(tmp_path / "transfer.keras", [str(i) for i in range(10)], tmp_path / "out",
-                      options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",)))
+    manifest = export(
+        tmp_path / "transfer.keras",
+        [str(i) for i in range(10)],
+        tmp_path / "out",
+        options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",)),
+    )
     assert manifest["preprocessing"]["in_model"] is True
     found = manifest["inference_model"]["in_model_preprocessing"]
     assert len(found["layers"]) == 1 and found["layers"][0].startswith(backbone.name + "/")

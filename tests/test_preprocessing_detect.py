@@ -66,19 +66,28 @@ CHAINS = {
     "per_channel_scale": lambda: [keras.layers.Rescaling([0.01, 0.02, 0.03], offset=[-1.0, 0.5, 2.0])],
     "rescaling_then_normalization": lambda: [
         keras.layers.Rescaling(1 / 255),
-        keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2])],
-    "normalization_alone": lambda: [keras.layers.Normalization(mean=[123.7, 116.3, 103.5],
-                                                               variance=[58.4**2, 57.1**2, 57.4**2])],
-    "normalization_then_rescaling": lambda: [keras.layers.Normalization(mean=[100, 110, 120], variance=[400, 900, 1600]),
-                                             keras.layers.Rescaling([0.5, 2.0, 1.0])],
-    "inverted_normalization": lambda: [keras.layers.Rescaling(1 / 255),
-                                       keras.layers.Normalization(mean=[0.5, 0.4, 0.3], variance=[4.0, 9.0, 0.25],
-                                                                  invert=True)],
+        keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2]),
+    ],
+    "normalization_alone": lambda: [keras.layers.Normalization(mean=[123.7, 116.3, 103.5], variance=[58.4**2, 57.1**2, 57.4**2])],
+    "normalization_then_rescaling": lambda: [
+        keras.layers.Normalization(mean=[100, 110, 120], variance=[400, 900, 1600]),
+        keras.layers.Rescaling([0.5, 2.0, 1.0]),
+    ],
+    "inverted_normalization": lambda: [
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Normalization(mean=[0.5, 0.4, 0.3], variance=[4.0, 9.0, 0.25], invert=True),
+    ],
     "broadcast_array_scale": lambda: [keras.layers.Rescaling(np.array([0.1, 0.2, 0.3]).reshape(1, 1, 1, 3))],
     "scalar_normalization": lambda: [keras.layers.Normalization(axis=None, mean=127.0, variance=4096.0)],
-    "past_noops": lambda: [keras.layers.RandomFlip(), keras.layers.Rescaling(1 / 255), keras.layers.Dropout(0.2),
-                           keras.layers.Identity(), keras.layers.Activation("linear"),
-                           keras.layers.RandomContrast(0.2), keras.layers.Rescaling(2.0, offset=-1)],
+    "past_noops": lambda: [
+        keras.layers.RandomFlip(),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Dropout(0.2),
+        keras.layers.Identity(),
+        keras.layers.Activation("linear"),
+        keras.layers.RandomContrast(0.2),
+        keras.layers.Rescaling(2.0, offset=-1),
+    ],
 }
 
 
@@ -104,8 +113,15 @@ def test_each_chain_is_found_and_composed_at_each_depth(chain, nest):
 
 def test_sequential_and_a_sequential_nested_in_a_functional_model(tmp_path):
     chain = CHAINS["rescaling_then_normalization"]()
-    seq = keras.Sequential([keras.Input((SIZE, SIZE, 3)), *chain, keras.layers.Conv2D(4, 3),
-                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    seq = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            *chain,
+            keras.layers.Conv2D(4, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     seq.save(tmp_path / "seq.keras")  # a loaded Sequential has several nodes per layer: the walk must still see it
     _check_composed(load_model(tmp_path / "seq.keras").in_model, chain)
     nested = _classifier(CHAINS["rescaling_offset"](), nest=1, sequential=True)
@@ -132,18 +148,20 @@ def _imagenet_pixels(channels_order="RGB"):
     return np.concatenate([b for _, b in iter_batches(items, pre)]).astype("float32")
 
 
-@pytest.mark.parametrize("app, kwargs, mode", [
-    (keras.applications.MobileNetV3Small, dict(alpha=0.75, minimalistic=True), "tf"),
-    (keras.applications.EfficientNetV2B0, {}, "torch"),  # Rescaling(1/255) then Normalization(ImageNet mean/var)
-    (keras.applications.EfficientNetV2S, {}, "tf"),  # Rescaling(1/128, offset=-1): close to, not exactly, "tf"
-    (keras.applications.ConvNeXtTiny, {}, "torch"),  # its own Normalization on 0..255
-    (keras.applications.EfficientNetB0, {}, None),  # Rescaling then an un-adapted Normalization (weights=None)
-])
+@pytest.mark.parametrize(
+    "app, kwargs, mode",
+    [
+        (keras.applications.MobileNetV3Small, dict(alpha=0.75, minimalistic=True), "tf"),
+        (keras.applications.EfficientNetV2B0, {}, "torch"),  # Rescaling(1/255) then Normalization(ImageNet mean/var)
+        (keras.applications.EfficientNetV2S, {}, "tf"),  # Rescaling(1/128, offset=-1): close to, not exactly, "tf"
+        (keras.applications.ConvNeXtTiny, {}, "torch"),  # its own Normalization on 0..255
+        (keras.applications.EfficientNetB0, {}, None),  # Rescaling then an un-adapted Normalization (weights=None)
+    ],
+)
 def test_keras_applications_backbones_nested_in_a_transfer_model(app, kwargs, mode):
     backbone = app(input_shape=(SIZE, SIZE, 3), include_top=False, weights=None, pooling="avg", **kwargs)
     inputs = keras.Input((SIZE, SIZE, 3))
-    augmented = keras.Sequential([keras.layers.RandomFlip(name="flip"), keras.layers.RandomRotation(0.1, name="rotate")],
-                                 name="augment")
+    augmented = keras.Sequential([keras.layers.RandomFlip(name="flip"), keras.layers.RandomRotation(0.1, name="rotate")], name="augment")
     x = backbone(augmented(inputs), training=False)
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Dropout(0.2)(x)))
     found = detect_preprocessing(model)
@@ -185,9 +203,15 @@ def test_presets_need_the_right_channels_and_a_file_stays_possible(tmp_path):
 @pytest.mark.parametrize("sequential", [False, True])
 def test_declared_scale_on_a_self_normalising_model_is_refused(tmp_path, sequential):
     if sequential:
-        model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
-                                  keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
-                                  keras.layers.Dense(3, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((SIZE, SIZE, 3)),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
     else:
         model = _classifier(CHAINS["rescaling"](), nest=2)
     model.save(tmp_path / "m.keras")
@@ -224,17 +248,27 @@ def _noop_instances():
         cls = getattr(keras.layers, name, None)
         if cls is None:
             continue
-        kwargs = {"Dropout": dict(rate=0.5), "SpatialDropout1D": dict(rate=0.5), "SpatialDropout2D": dict(rate=0.5),
-                  "SpatialDropout3D": dict(rate=0.5), "GaussianNoise": dict(stddev=0.5),
-                  "GaussianDropout": dict(rate=0.5), "AlphaDropout": dict(rate=0.5),
-                  "ActivityRegularization": dict(l1=0.1), "RandomRotation": dict(factor=0.2),
-                  "RandomZoom": dict(height_factor=0.2), "RandomContrast": dict(factor=0.5),
-                  "RandomTranslation": dict(height_factor=0.2, width_factor=0.2), "RandomCrop": dict(height=SIZE,
-                                                                                                    width=SIZE),
-                  "RandomBrightness": dict(factor=0.5), "RandomHue": dict(factor=0.5),
-                  "RandomSaturation": dict(factor=0.5), "RandomSharpness": dict(factor=0.5),
-                  "RandomPosterization": dict(factor=4, value_range=(0, 255)),
-                  "RandomColorDegeneration": dict(factor=0.5)}.get(name, {})
+        kwargs = {
+            "Dropout": dict(rate=0.5),
+            "SpatialDropout1D": dict(rate=0.5),
+            "SpatialDropout2D": dict(rate=0.5),
+            "SpatialDropout3D": dict(rate=0.5),
+            "GaussianNoise": dict(stddev=0.5),
+            "GaussianDropout": dict(rate=0.5),
+            "AlphaDropout": dict(rate=0.5),
+            "ActivityRegularization": dict(l1=0.1),
+            "RandomRotation": dict(factor=0.2),
+            "RandomZoom": dict(height_factor=0.2),
+            "RandomContrast": dict(factor=0.5),
+            "RandomTranslation": dict(height_factor=0.2, width_factor=0.2),
+            "RandomCrop": dict(height=SIZE, width=SIZE),
+            "RandomBrightness": dict(factor=0.5),
+            "RandomHue": dict(factor=0.5),
+            "RandomSaturation": dict(factor=0.5),
+            "RandomSharpness": dict(factor=0.5),
+            "RandomPosterization": dict(factor=4, value_range=(0, 255)),
+            "RandomColorDegeneration": dict(factor=0.5),
+        }.get(name, {})
         made.append(pytest.param(name, kwargs, id=name))
     return made
 
@@ -277,8 +311,9 @@ def test_random_crop_that_shrinks_the_image_is_exported_as_keras_computes_it():
     np.testing.assert_allclose(np.asarray(stripped(pixels)), np.asarray(model(pixels, training=False)), atol=1e-6)
     assert removed[0].class_name == "RandomCrop"
     # a Flatten + Dense sized for the crop cannot take what RandomCrop really passes at inference: refused, named
-    flat = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(
-        keras.layers.RandomCrop(SIZE // 2, SIZE // 2, name="crop")(inputs)))
+    flat = keras.layers.Dense(3, activation="softmax")(
+        keras.layers.Flatten()(keras.layers.RandomCrop(SIZE // 2, SIZE // 2, name="crop")(inputs))
+    )
     model = keras.Model(inputs, flat)
     if removed[0].exported_as == "identity":
         with pytest.raises(ConversionError, match="crop"):
