@@ -31,9 +31,9 @@ class LoadedModel:
     sha256: str
     input_shape: tuple[int, int, int]  # (H, W, C)
     num_classes: int  # classes of the probability vector (2 for a single sigmoid unit)
+    keras_model: Any  # the model as the file holds it, before the head
+    head: Head
     in_model_preprocessing: list[str] = field(default_factory=list)  # paths of Rescaling/Normalization layers
-    keras_model: Any = None  # the model as the file holds it, before the head
-    head: Head | None = None
     in_model: InModelPreprocessing = field(default_factory=InModelPreprocessing)  # the composed affine, for reports
 
     def for_export(self):

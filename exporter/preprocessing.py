@@ -128,12 +128,14 @@ class Preprocessing:
             raise ConfigError(f"preprocessing preset {name!r} is defined for RGB images, but the model input has "
                               f"{channels} channel(s)")
         if name == "tf":
-            return cls(input_size, channel_order=order, scale=1 / 127.5, bias=-1.0, notes=notes)
+            return cls(input_size, channel_order=order, scale=(1 / 127.5,) * channels, bias=(-1.0,) * channels,
+                       notes=notes)
         if name == "torch":
             return cls.from_mean_std(input_size, [255 * m for m in IMAGENET_MEAN_RGB],
                                      [255 * s for s in IMAGENET_STD_RGB], notes=notes)
         if name == "caffe":
-            return cls(input_size, channel_order="BGR", scale=1.0, bias=[-m for m in CAFFE_MEAN_BGR], notes=notes)
+            return cls(input_size, channel_order="BGR", scale=(1.0,) * 3, bias=tuple(-m for m in CAFFE_MEAN_BGR),
+                       notes=notes)
         return cls(input_size, channel_order=order, notes=notes)
 
     # ---- serialisation -------------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def declared_contract(value, input_shape: tuple[int, int, int]) -> Preprocessing
         h, w, c = input_shape
         return Preprocessing.preset(value, (h, w), c)
     if isinstance(value, (str, os.PathLike)):
-        return Preprocessing.from_file(value)
+        return Preprocessing.from_file(Path(value))
     raise ConfigError(f"preprocessing must be a preset {list(PRESETS)}, a JSON file, a dict or a Preprocessing, "
                       f"got {type(value).__name__}")
 
