@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from .errors import ConfigError, ParityError
 from .labels import check_against_model, check_labels, read_labels
 from .loading import LoadedModel
 from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, write_json
-from .preprocessing import Preprocessing, resolve
+from .preprocessing import Preprocessing, declared_contract, resolve
 from .provenance import ModelInfo
 from .versions import library_versions
 
@@ -49,6 +50,7 @@ class ExportOptions:
     description: str = ""
     quantize: str = "all"  # "all": every selected variant; "auto": per format, the smallest that passes the gates
     validation_images: Path | None = None  # held-out images for quantize="auto"
+    add_softmax: bool = False  # the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])
     selected: tuple[Variant, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,23 +85,17 @@ class Prepared:
     """What every artifact of one export is built from (the ``prepare`` stage)."""
 
     model_path: Path
-    loaded: LoadedModel
+    loaded: LoadedModel  # .model is the Keras reference validation compares with
     info: ModelInfo  # name, labels, preprocessing contract, provenance
     calibration: list[np.ndarray]
     runnable: list[Variant]  # the selected variants that can be built here
     skipped: list[dict]  # the others, each with its reason
+    export_model: Any = None  # what the converters see: no inference no-ops, the head appended (LoadedModel.for_export)
+    removed: list = field(default_factory=list)  # the no-op layers taken out (inference.RemovedLayer)
 
     def context(self, options: ExportOptions) -> BuildContext:
-        return BuildContext(model=self.loaded.model, info=self.info, calibration=self.calibration,
+        return BuildContext(model=self.export_model, info=self.info, calibration=self.calibration,
                             opset=options.opset, raw_input=options.onnx_raw_input, source=str(self.model_path))
-
-
-def _read_contract(preprocessing) -> Preprocessing | None:
-    if isinstance(preprocessing, (str, os.PathLike)):
-        return Preprocessing.from_file(Path(preprocessing))
-    if isinstance(preprocessing, dict):
-        return Preprocessing.from_dict(preprocessing)
-    return preprocessing
 
 
 def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], *,
@@ -107,17 +103,20 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
     """Stage 1: load the model, read and check the labels against it, settle the preprocessing contract, and read
     the calibration images if a selected variant needs them. A variant that cannot be built here is skipped with its
     reason, or refused when the caller named it explicitly."""
+    from .heads import check_outputs
     from .loading import load_model
 
     model_path = Path(model_path)
-    loaded = load_model(model_path, trust_code=options.trust_code)
+    loaded = load_model(model_path, trust_code=options.trust_code, add_softmax=options.add_softmax)
     if isinstance(labels, (str, os.PathLike)):
         label_list, label_source = read_labels(Path(labels)), str(labels)
     else:
         label_list, label_source = check_labels(list(labels)), "labels"
     check_against_model(label_list, loaded.num_classes, source=label_source)
-    pre = resolve(_read_contract(preprocessing), loaded.input_shape, loaded.in_model_preprocessing,
-                  source=str(model_path))
+    pre = resolve(declared_contract(preprocessing, loaded.input_shape), loaded.input_shape,
+                  loaded.in_model_preprocessing, source=str(model_path))
+    check_outputs(loaded.keras_model, loaded.head, pre, model_path)
+    export_model, removed = loaded.for_export()
     stem = options.name or (model_path.parent.name if model_path.stem == "model" else model_path.stem)
     info = ModelInfo(name=stem, labels=label_list, preprocessing=pre, source_sha256=loaded.sha256,
                      source_file=model_path.name, author=options.author, license=options.license,
@@ -135,7 +134,7 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
         else:
             runnable.append(v)
     return Prepared(model_path=model_path, loaded=loaded, info=info, calibration=calibration, runnable=runnable,
-                    skipped=skipped)
+                    skipped=skipped, export_model=export_model, removed=removed)
 
 
 class BaseCache:
@@ -182,7 +181,9 @@ def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], **extra)
         source={"path": str(prepared.model_path), "sha256": loaded.sha256, "format": loaded.format,
                 "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes},
         labels=prepared.info.labels, preprocessing=prepared.info.preprocessing.to_dict(), artifacts=artifacts,
-        skipped=prepared.skipped, versions={"exporter": __version__, **library_versions()})
+        skipped=prepared.skipped, versions={"exporter": __version__, **library_versions()},
+        inference_model={"head": loaded.head.to_dict(), "removed_layers": [r.to_dict() for r in prepared.removed],
+                         "in_model_preprocessing": loaded.in_model.to_dict() if loaded.in_model else None})
     manifest = {**manifest, "name": prepared.info.name, **extra}
     write_json(stage / MANIFEST_NAME, manifest)
     return manifest
@@ -194,7 +195,8 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
     """Export a Keras image classifier to every selected Core ML and ONNX variant in the folder ``out``.
 
     Writes atomically: ``out`` appears complete with its manifest.json, or not at all. Returns the manifest.
-    ``preprocessing`` is a Preprocessing, a JSON file, a dict, or None to detect it from the model's own
+    ``preprocessing`` is a Preprocessing, a JSON file, a dict, a preset name ("tf", "torch", "caffe", "raw": the
+    modes of keras.applications' preprocess_input), or None to detect it from the model's own
     Rescaling/Normalization layers. ``progress`` is called with a line of text per step, if given.
     """
     options = options or ExportOptions()

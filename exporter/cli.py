@@ -31,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help=".keras, .h5 or SavedModel directory")
     c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
     c.add_argument("--out", required=True, help="output directory (written atomically)")
-    c.add_argument("--preprocessing", help="JSON preprocessing contract; omit when the model has Rescaling layers")
+    c.add_argument("--preprocessing", metavar="tf|torch|caffe|raw|FILE",
+                   help="a keras.applications preprocess_input mode or a JSON contract; omit when the model has its "
+                        "own Rescaling/Normalization layers")
+    c.add_argument("--add-softmax", action="store_true",
+                   help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])")
     c.add_argument("--formats", nargs="+", choices=list(FORMATS), help="default: all")
     c.add_argument("--variants", nargs="+", choices=sorted(variant_names()), help="default: all")
     c.add_argument("--calibration-images", type=Path, help="image folder for w8a8 and int8-static calibration")
@@ -85,7 +89,7 @@ def run(argv: list[str] | None = None) -> int:
             calibration_count=args.calibration_count, opset=args.opset, onnx_raw_input=not args.float_input,
             overwrite=args.overwrite, trust_code=args.trust_code, name=args.name, author=args.author,
             license=args.license, version=args.model_version, description=args.description,
-            quantize=args.quantize, validation_images=args.images)
+            quantize=args.quantize, validation_images=args.images, add_softmax=args.add_softmax)
         manifest = api.export(args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options,
                               progress=lambda line: print(line, file=sys.stderr))
         print(json.dumps(manifest, indent=2) if args.json else terminal.size_table(manifest))

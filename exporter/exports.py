@@ -26,14 +26,16 @@ class OpenedExport:
 
 def open_export(export_dir: str | Path, *, model_path: str | Path | None = None, trust_code: bool = False) -> OpenedExport:
     """Read ``export_dir``'s manifest and contract and load its Keras model (the path the manifest records unless
-    ``model_path`` is given); a model whose SHA-256 differs from the manifest's is refused."""
+    ``model_path`` is given) the way the export did (``add_softmax`` as recorded); a model whose SHA-256 differs from
+    the manifest's is refused."""
+    from .heads import recorded_add_softmax
     from .loading import load_model
 
     root = Path(export_dir)
     manifest = read_manifest(root)
     pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / MANIFEST_NAME))
     source = Path(model_path or manifest["source"]["path"])
-    loaded = load_model(source, trust_code=trust_code)
+    loaded = load_model(source, trust_code=trust_code, add_softmax=recorded_add_softmax(manifest))
     if loaded.sha256 != manifest["source"]["sha256"]:
         raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})", path=source)
     return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]), loaded=loaded)

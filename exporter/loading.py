@@ -16,23 +16,34 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError, first_line, translating
+from .heads import Head
+from .inference import InModelPreprocessing
 from .packaging import sha256_of
-from .upstream import inbound_nodes
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-# Softmax rows sum to 1 up to float32 rounding over a few thousand classes; anything further off is not a softmax.
-PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
 @dataclass
 class LoadedModel:
-    model: Any  # keras.Model
+    model: Any  # keras.Model: the Keras reference, i.e. the file's model followed by the head (see heads.py)
     path: Path
     format: str  # "keras", "h5", "saved_model"
     sha256: str
     input_shape: tuple[int, int, int]  # (H, W, C)
-    num_classes: int
-    in_model_preprocessing: list[str] = field(default_factory=list)  # names of Rescaling/Normalization layers
+    num_classes: int  # classes of the probability vector (2 for a single sigmoid unit)
+    keras_model: Any  # the model as the file holds it, before the head
+    head: Head
+    in_model_preprocessing: list[str] = field(default_factory=list)  # paths of Rescaling/Normalization layers
+    in_model: InModelPreprocessing = field(default_factory=InModelPreprocessing)  # the composed affine, for reports
+
+    def for_export(self):
+        """(model the converters see, removed layers): the file's model without its inference no-ops, with the
+        head appended. A pure transform; ``self.model`` stays the reference."""
+        from .heads import with_head
+        from .inference import strip_inference_noops
+
+        stripped, removed = strip_inference_noops(self.keras_model)
+        return with_head(stripped, self.head), removed
 
 
 # ------------------------------------------------------------------------------------------------ code scanning
@@ -99,8 +110,11 @@ def _detect_format(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
-    """Load a Keras image classifier in inference mode without running code from the file."""
+def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool = False) -> LoadedModel:
+    """Load a Keras image classifier in inference mode without running code from the file.
+
+    ``add_softmax``: the model ends in logits; the reference (``.model``) gets a softmax appended (for one output
+    unit, a sigmoid and ``[1 - p, p]``). See heads.py."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError("model file not found", path=path)
@@ -128,9 +142,15 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
             raise UnsafeModelError(f"refused by Keras safe mode: {first_line(exc)}", path=path,
                                    hint="only if you trust its author, pass --trust-code") from exc
         raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path) from exc
-    h, w, c, classes = describe_classifier(model, path)
-    return LoadedModel(model=model, path=path, format=fmt, sha256=sha256_of(path), input_shape=(h, w, c),
-                       num_classes=classes, in_model_preprocessing=detect_in_model_preprocessing(model))
+    from .heads import final_activation, plan, with_head
+    from .inference import detect_preprocessing
+
+    h, w, c, units = describe_classifier(model, path)
+    head = plan(units, final_activation(model), add_softmax, path)
+    found = detect_preprocessing(model)
+    return LoadedModel(model=with_head(model, head), path=path, format=fmt, sha256=sha256_of(path),
+                       input_shape=(h, w, c), num_classes=head.classes, in_model_preprocessing=list(found.layers),
+                       keras_model=model, head=head, in_model=found)
 
 
 def _wrap_saved_model(path: Path):
@@ -159,9 +179,8 @@ def _wrap_saved_model(path: Path):
 
 
 def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
-    """Check the model is a single-image-in, probabilities-out classifier; returns (H, W, C, classes)."""
-    import numpy as np
-
+    """Check the model is a single-image-in, one-vector-out model; returns (H, W, C, output units). Whether the
+    output is a probability vector is checked by heads.check_outputs on pixels in the contract's range."""
     if len(model.inputs) != 1:
         raise NotAClassifierError(f"model has {len(model.inputs)} inputs; an image classifier has exactly one", path=path)
     if len(model.outputs) != 1:
@@ -171,35 +190,15 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
         raise NotAClassifierError(f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) "
                                   "with a fixed height and width", path=path)
     out_shape = tuple(model.outputs[0].shape)
-    if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 2:
-        raise NotAClassifierError(f"model output shape is {out_shape}; expected (batch, classes) with 2 or more "
-                                  "classes", path=path)
-    rng = np.random.default_rng(0)
-    probe = rng.uniform(-1, 1, size=(2, *shape[1:])).astype("float32")
-    probs = np.asarray(model(probe, training=False))
-    sums = probs.sum(axis=1)
-    if (probs < 0).any() or not np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE):
-        raise NotAClassifierError(f"model output is not a probability vector (rows sum to {sums.round(4).tolist()}, "
-                                  f"min {probs.min():.3g}); end the model with a softmax", path=path)
+    if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 1:
+        raise NotAClassifierError(f"model output shape is {out_shape}; expected (batch, classes), or (batch, 1) for "
+                                  "a binary classifier ending in a sigmoid", path=path)
     return int(shape[1]), int(shape[2]), int(shape[3]), int(out_shape[1])
 
 
 def detect_in_model_preprocessing(model) -> list[str]:
-    """Names of Rescaling/Normalization layers the input passes through before any other computation."""
-    import keras
+    """Paths of the Rescaling/Normalization layers the input passes through before any other computation, nested
+    models included (see inference.detect_preprocessing for the composed scale and bias)."""
+    from .inference import detect_preprocessing
 
-    found = []
-    layer_types = (keras.layers.Rescaling, keras.layers.Normalization)
-    consumers: dict[int, list] = {}
-    for layer in model.layers:
-        for node in inbound_nodes(layer):
-            for t in node.input_tensors:
-                consumers.setdefault(id(t), []).append(layer)
-    tensor = model.inputs[0]
-    while True:
-        users = consumers.get(id(tensor), [])
-        if len(users) != 1 or not isinstance(users[0], layer_types):
-            break
-        found.append(users[0].name)
-        tensor = users[0].output
-    return found
+    return list(detect_preprocessing(model).layers)

@@ -140,10 +140,13 @@ def size_table(artifacts: list[Artifact]) -> list[Artifact]:
 
 
 def manifest_dict(*, source: dict, labels: list[str], preprocessing: dict, artifacts: list[Artifact],
-                  skipped: list[dict], versions: dict) -> dict:
-    return {"schema_version": MANIFEST_SCHEMA_VERSION, "source": source, "labels": labels,
-            "preprocessing": preprocessing, "artifacts": [asdict(a) for a in artifacts], "skipped": skipped,
-            "versions": versions}
+                  skipped: list[dict], versions: dict, inference_model: dict | None = None) -> dict:
+    manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "source": source, "labels": labels,
+                "preprocessing": preprocessing, "artifacts": [asdict(a) for a in artifacts], "skipped": skipped,
+                "versions": versions}
+    if inference_model is not None:
+        manifest["inference_model"] = inference_model
+    return manifest
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -21,6 +21,11 @@ CHANNEL_ORDERS = ("RGB", "BGR", "L")
 RESIZE_POLICIES = ("stretch", "center_crop")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 CONTRACT_VERSION = 1
+# keras.applications' preprocess_input modes (keras/src/applications/imagenet_utils.py), by name.
+PRESETS = ("tf", "torch", "caffe", "raw")
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # "torch": on [0, 1] pixels
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # "caffe": on 0..255 pixels, after RGB -> BGR
 
 
 def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -109,6 +114,30 @@ class Preprocessing:
             **kw,
         )
 
+    @classmethod
+    def preset(cls, name: str, input_size, channels: int = 3) -> Preprocessing:
+        """The contract of keras.applications' ``preprocess_input(x, mode=name)`` for a model of this size:
+        ``tf`` x/127.5 - 1; ``torch`` x/255 then ImageNet mean/std; ``caffe`` RGB -> BGR then minus the ImageNet
+        mean; ``raw`` pixels unchanged."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preprocessing preset {name!r}; valid presets are {list(PRESETS)} (or give a "
+                              "JSON file)")
+        order = "L" if channels == 1 else "RGB"
+        notes = f"preset {name}: keras.applications preprocess_input(mode={name!r})"
+        if name in ("torch", "caffe") and channels != 3:
+            raise ConfigError(f"preprocessing preset {name!r} is defined for RGB images, but the model input has "
+                              f"{channels} channel(s)")
+        if name == "tf":
+            return cls(input_size, channel_order=order, scale=(1 / 127.5,) * channels, bias=(-1.0,) * channels,
+                       notes=notes)
+        if name == "torch":
+            return cls.from_mean_std(input_size, [255 * m for m in IMAGENET_MEAN_RGB],
+                                     [255 * s for s in IMAGENET_STD_RGB], notes=notes)
+        if name == "caffe":
+            return cls(input_size, channel_order="BGR", scale=(1.0,) * 3, bias=tuple(-m for m in CAFFE_MEAN_BGR),
+                       notes=notes)
+        return cls(input_size, channel_order=order, notes=notes)
+
     # ---- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -174,6 +203,24 @@ class Preprocessing:
         return x * np.asarray(self.scale, np.float32) + np.asarray(self.bias, np.float32)
 
 
+def declared_contract(value, input_shape: tuple[int, int, int]) -> Preprocessing | None:
+    """The contract the user gave: a Preprocessing, a dict, a preset name (``tf``, ``torch``, ``caffe``, ``raw``,
+    sized from the model's ``input_shape``), a JSON file path, or None."""
+    import os
+
+    if value is None or isinstance(value, Preprocessing):
+        return value
+    if isinstance(value, dict):
+        return Preprocessing.from_dict(value)
+    if isinstance(value, str) and value in PRESETS:
+        h, w, c = input_shape
+        return Preprocessing.preset(value, (h, w), c)
+    if isinstance(value, (str, os.PathLike)):
+        return Preprocessing.from_file(Path(value))
+    raise ConfigError(f"preprocessing must be a preset {list(PRESETS)}, a JSON file, a dict or a Preprocessing, "
+                      f"got {type(value).__name__}")
+
+
 def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], in_model_layers: list[str], *,
             source: str = "model") -> Preprocessing:
     """The one contract for this model: the declared one checked against the model, or the one the model's own
@@ -182,7 +229,8 @@ def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], i
     if declared is None:
         if not in_model_layers:
             raise ConfigError(f"{source}: no preprocessing declared and the model has no Rescaling or Normalization "
-                              "layer; pass --preprocessing FILE (or preprocessing=...) with its scale and bias")
+                              "layer on its input path (nested models included); pass --preprocessing with a preset "
+                              f"({'|'.join(PRESETS)}) or a JSON file with its scale and bias (or preprocessing=...)")
         return Preprocessing((h, w), channel_order="RGB" if c == 3 else "L", in_model=True,
                              notes=f"detected in the model: {', '.join(in_model_layers)}")
     if declared.input_size != (h, w):
@@ -192,9 +240,14 @@ def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], i
         raise ConfigError(f"{source}: preprocessing channel_order {declared.channel_order} has {declared.channels} "
                           f"channel(s) but the model input has {c}")
     if in_model_layers and not declared.in_model:
-        raise ConfigError(f"{source}: the model starts with {', '.join(in_model_layers)}, which already normalise "
-                          "pixels, and the declared preprocessing would scale them again; declare in_model: true")
+        if declared.is_identity:  # "feed raw pixels" is what in_model means: nothing is applied twice
+            return Preprocessing(declared.input_size, channel_order=declared.channel_order, resize=declared.resize,
+                                 interpolation=declared.interpolation, in_model=True,
+                                 notes=f"detected in the model: {', '.join(in_model_layers)}")
+        raise ConfigError(f"{source}: the model normalises pixels itself ({', '.join(in_model_layers)}), and the "
+                          f"declared scale {list(declared.scale)} / bias {list(declared.bias)} would normalise them "
+                          "a second time; omit --preprocessing or declare in_model: true")
     if declared.in_model and not in_model_layers:
         raise ConfigError(f"{source}: preprocessing says in_model but the model has no Rescaling or Normalization "
-                          "layer at its input; declare its scale and bias instead")
+                          "layer on its input path (nested models included); declare its scale and bias instead")
     return declared

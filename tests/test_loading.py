@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from exporter.errors import ModelLoadError, NotAClassifierError, UnsafeModelError
+from exporter.heads import check_outputs
 from exporter.loading import load_model
+from exporter.preprocessing import Preprocessing
 
 MARKER = "exporter-test-lambda-ran"
 
@@ -82,8 +84,14 @@ def test_saved_model_directory_loads(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded.model(x)), model(x), atol=1e-5)
 
 
+def test_logits_are_refused_by_the_probe_with_the_add_softmax_hint(tmp_path):
+    _tiny(head=lambda x: x).save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")  # loading alone cannot tell: the probe needs the contract's range
+    with pytest.raises(NotAClassifierError, match="not a probability vector.*--add-softmax"):
+        check_outputs(loaded.keras_model, loaded.head, Preprocessing((16, 16), scale=1 / 255), loaded.path)
+
+
 @pytest.mark.parametrize("make, message", [
-    (lambda: _tiny(head=lambda x: x), "not a probability vector"),
     (lambda: keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, activation="softmax")]), "input shape"),
 ])
 def test_not_a_classifier(tmp_path, make, message):

@@ -36,7 +36,7 @@ def test_round_trip_through_json():
 
 def test_resolve_refuses_double_normalisation():
     declared = Preprocessing((32, 32), scale=1 / 127.5, bias=-1)
-    with pytest.raises(ConfigError, match="scale them again"):
+    with pytest.raises(ConfigError, match="a second time"):
         resolve(declared, (32, 32, 3), ["rescale"])
     detected = resolve(None, (32, 32, 3), ["rescale"])
     assert detected.in_model and detected.is_identity

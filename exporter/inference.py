@@ -1,0 +1,309 @@
+"""The Keras model as it runs at inference: its own preprocessing, found wherever it sits, and the layers that do
+nothing at inference, removed.
+
+``detect_preprocessing`` follows the input through the layers before the first one with weights (into nested models,
+at any depth, past shape-preserving no-ops) and composes every Rescaling and Normalization it meets into one affine
+contract on 0..255 pixels: ``y[c] = x[c] * scale[c] + bias[c]``. The exported files still feed the model raw pixels
+(``in_model: true``), so this is never applied twice; the composition is what the manifest reports.
+
+``strip_inference_noops`` is a pure transform: a new model (sharing the original's layers and weights) in which
+every augmentation, dropout and noise layer is the identity. Each such layer is checked on a probe tensor first: one
+that changes its input at inference is refused rather than dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConversionError
+from .keras_graph import consumers, first_input_shape, node_tensors
+
+# Layer classes that Keras defines as the identity at inference (training=False). Every instance is still checked on
+# a probe before it is removed. Names, not classes: a Keras version without one of them simply has none in its models.
+INFERENCE_NOOP_CLASSES = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomContrast",
+    "RandomTranslation",
+    "RandomCrop",
+    "RandomBrightness",
+    "RandomHue",
+    "RandomSaturation",
+    "RandomSharpness",
+    "RandomShear",
+    "RandomColorJitter",
+    "RandomColorDegeneration",
+    "RandomGrayscale",
+    "RandomPosterization",
+    "RandomInvert",
+    "RandomErasing",
+    "RandomGaussianBlur",
+    "RandomElasticTransform",
+    "RandomPerspective",
+    "AugMix",
+    "RandAugment",
+    "MixUp",
+    "CutMix",
+)
+# Layers the input may pass on its way to the first weighted layer without its values changing.
+_PASS_THROUGH_CLASSES = ("InputLayer", "Identity")
+# A no-op layer must return its probe bit for bit; a crop/resize replacement is compared after float32 resampling.
+RESIZE_EQUIVALENCE_TOLERANCE = 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+@dataclass(frozen=True)
+class InModelPreprocessing:
+    """The Rescaling/Normalization layers on the input path and their composition on 0..255 pixels."""
+
+    layers: tuple[str, ...] = ()  # paths such as "backbone/rescaling", in the order they apply
+    passed: tuple[str, ...] = ()  # no-op layers the input passes on the way
+    scale: tuple[float, ...] | None = None  # None when a layer's parameters are not one value per channel
+    bias: tuple[float, ...] | None = None
+    note: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "layers": list(self.layers),
+            "passed_layers": list(self.passed),
+            "scale": None if self.scale is None else list(self.scale),
+            "bias": None if self.bias is None else list(self.bias),
+        }
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+def _class_name(layer) -> str:
+    return type(layer).__name__
+
+
+def _is_model(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _is_pass_through(layer) -> bool:
+    import keras
+
+    name = _class_name(layer)
+    if name in _PASS_THROUGH_CLASSES or name in INFERENCE_NOOP_CLASSES:
+        return True
+    if isinstance(layer, keras.layers.Activation):
+        return keras.activations.serialize(layer.activation) == "linear"
+    return False
+
+
+def _as_numpy(value) -> np.ndarray:
+    import keras
+
+    if isinstance(value, (int, float, list, tuple, np.ndarray)):
+        return np.asarray(value, dtype=np.float64)
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)  # a backend tensor or variable
+
+
+def _per_channel(value, channels: int) -> np.ndarray | None:
+    """``value`` as one number per channel (last axis), or None when it varies along another axis."""
+    a = _as_numpy(value)
+    if a.ndim == 0:
+        return np.full(channels, float(a))
+    if any(d != 1 for d in a.shape[:-1]) or a.shape[-1] not in (1, channels):
+        return None
+    return np.broadcast_to(a.reshape(-1), (channels,)).astype(np.float64)
+
+
+def _layer_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, bias) per channel of a Rescaling or Normalization layer, or None if it is not per channel."""
+    import keras
+
+    if isinstance(layer, keras.layers.Rescaling):
+        s, b = _per_channel(layer.scale, channels), _per_channel(layer.offset, channels)
+        return None if s is None or b is None else (s, b)
+    mean, var = _per_channel(layer.mean, channels), _per_channel(layer.variance, channels)
+    if mean is None or var is None:
+        return None
+    std = np.maximum(np.sqrt(var), keras.config.epsilon())  # Normalization.call: max(sqrt(variance), epsilon)
+    if layer.invert:
+        return std, mean
+    return 1.0 / std, -mean / std
+
+
+def _is_normalizer(layer) -> bool:
+    import keras
+
+    return isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+
+
+class _Walk:
+    def __init__(self, channels: int):
+        self.channels = channels
+        self.layers: list[str] = []
+        self.passed: list[str] = []
+        self.scale = np.ones(channels)
+        self.bias = np.zeros(channels)
+        self.composable = True
+
+    def step(self, layer, prefix: str) -> str:
+        """Account for one layer; returns "next" to go on, "stop" at the first layer that computes something."""
+        path = prefix + layer.name
+        if _is_normalizer(layer):
+            affine = _layer_affine(layer, self.channels)
+            if affine is None:
+                self.composable = False
+            else:
+                s, b = affine
+                self.scale, self.bias = self.scale * s, self.bias * s + b
+            self.layers.append(path)
+            return "next"
+        if _is_pass_through(layer):
+            if _class_name(layer) != "InputLayer":
+                self.passed.append(path)
+            return "next"
+        return "stop"
+
+    def model(self, model, prefix: str) -> bool:
+        """Walk ``model`` from its input; True when the whole model was passed (it only preprocesses)."""
+        import keras
+
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            return False
+        if isinstance(model, keras.Sequential):
+            for layer in model.layers:
+                if not self._enter(layer, prefix):
+                    return False
+            return True
+        users = consumers(model)
+        tensor, end = model.inputs[0], id(model.outputs[0])
+        while id(tensor) != end:
+            found = users.get(id(tensor), [])
+            layers = {id(layer): layer for layer, _ in found}
+            if len(layers) != 1:
+                return False  # the input branches (or is unused): stop at the fork
+            layer = next(iter(layers.values()))
+            outs = []
+            for _, node in found:
+                ins, node_outs = node_tensors(node)
+                if len(ins) == 1 and len(node_outs) == 1:
+                    outs.append(node_outs[0])
+            nexts = [t for t in outs if id(t) == end or id(t) in users]
+            if len(nexts) != 1 or not self._enter(layer, prefix):
+                return False
+            tensor = nexts[0]
+        return True
+
+    def _enter(self, layer, prefix: str) -> bool:
+        if _is_model(layer):
+            return self.model(layer, f"{prefix}{layer.name}/")
+        return self.step(layer, prefix) == "next"
+
+
+def detect_preprocessing(model) -> InModelPreprocessing:
+    """The Rescaling/Normalization chain the input passes before any other computation, composed per channel."""
+    channels = int(model.inputs[0].shape[-1]) if model.inputs and model.inputs[0].shape[-1] else 3
+    walk = _Walk(channels)
+    walk.model(model, "")
+    if not walk.layers:
+        return InModelPreprocessing(passed=tuple(walk.passed))
+    if not walk.composable:
+        return InModelPreprocessing(
+            tuple(walk.layers),
+            tuple(walk.passed),
+            note="a layer's scale or mean varies along an axis other than the channels, so "
+            "the chain is not one value per channel; the model still receives raw pixels",
+        )
+    return InModelPreprocessing(
+        tuple(walk.layers), tuple(walk.passed), tuple(float(v) for v in walk.scale), tuple(float(v) for v in walk.bias)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ no-op layers
+@dataclass(frozen=True)
+class RemovedLayer:
+    layer: str  # path, e.g. "backbone/random_flip"
+    class_name: str
+    exported_as: str  # "identity" or the stock layer that reproduces it at inference
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "class": self.class_name, "exported_as": self.exported_as}
+
+
+def _noop_layers(model, prefix: str = "") -> list[tuple[str, Any]]:
+    found = []
+    for layer in getattr(model, "layers", []):
+        if _is_model(layer):
+            found.extend(_noop_layers(layer, f"{prefix}{layer.name}/"))
+        elif _class_name(layer) in INFERENCE_NOOP_CLASSES:
+            found.append((prefix + layer.name, layer))
+    return found
+
+
+def _replacement(path: str, layer):
+    """The stock layer that computes what ``layer`` computes at inference, with a description; checked on a probe."""
+    import keras
+
+    shape = first_input_shape(layer)
+    if shape is None or any(d is None for d in shape[1:]):
+        raise ConversionError(
+            f"layer {path!r} ({_class_name(layer)}) has no fixed input shape, so the exporter cannot check what it computes at inference"
+        )
+    probe = np.random.default_rng(0).uniform(0, 255, size=(1, *shape[1:])).astype("float32")
+    out = np.asarray(layer(probe, training=False))
+    if out.shape == probe.shape and np.array_equal(out, probe):
+        return keras.layers.Identity(name=layer.name), "identity"
+    if _class_name(layer) == "RandomCrop":
+        # Keras documents a centre crop to the target aspect ratio and a resize at inference (older releases do it)
+        crop = keras.layers.Resizing(layer.height, layer.width, crop_to_aspect_ratio=True, name=layer.name)
+        want = np.asarray(crop(probe))
+        if want.shape == out.shape and np.abs(want - out).max() <= RESIZE_EQUIVALENCE_TOLERANCE * 255:
+            return crop, f"Resizing({layer.height}, {layer.width}, crop_to_aspect_ratio=True)"
+    raise ConversionError(
+        f"layer {path!r} ({_class_name(layer)}) changes its input at inference in this Keras "
+        "version, so it cannot be exported as the identity"
+    )
+
+
+def strip_inference_noops(model) -> tuple[Any, list[RemovedLayer]]:
+    """A new model without the layers that do nothing at inference (the same object when there are none).
+
+    Layers are shared with ``model`` (no weights are copied); nested Functional and Sequential models are rebuilt
+    recursively."""
+    import keras
+
+    found = _noop_layers(model)
+    if not found:
+        return model, []
+    replacements: dict[int, Any] = {}
+    removed = []
+    for path, layer in found:
+        if id(layer) not in replacements:
+            new, how = _replacement(path, layer)
+            replacements[id(layer)] = new
+            removed.append(RemovedLayer(path, _class_name(layer), how))
+
+    def clone(layer):
+        return replacements.get(id(layer), layer)
+
+    try:
+        stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except ValueError as exc:  # a subclassed model, or shapes that only held with the layer's training-time output
+        raise ConversionError(
+            f"could not rebuild the model without its inference no-op layers "
+            f"({', '.join(r.layer for r in removed)}): {str(exc).strip().splitlines()[0][:300]}"
+        ) from exc
+    return stripped, removed

@@ -1,0 +1,48 @@
+"""Walking the Keras functional graph: which layers consume a tensor, and what a node takes and gives.
+
+Keras 3 has no public API for "which layers consume this tensor"; the graph lives in each layer's private
+``_inbound_nodes``, read only through ``upstream.inbound_nodes`` (which raises a clear ``UpstreamAPIError`` when a
+Keras release renames it). The node attributes read here fail the same way, so a changed Keras stops the export with
+one line instead of silently detecting nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UpstreamAPIError
+from .upstream import inbound_nodes
+
+
+def node_tensors(node) -> tuple[list[Any], list[Any]]:
+    """(input tensors, output tensors) of one node."""
+    try:
+        return list(node.input_tensors), list(node.output_tensors)
+    except AttributeError as exc:
+        from .versions import library_versions
+
+        raise UpstreamAPIError(
+            f"keras {library_versions().get('keras', 'unknown')} graph nodes have no "
+            "input_tensors/output_tensors any more; this toolkit needs them (see "
+            "exporter/keras_graph.py)"
+        ) from exc
+
+
+def consumers(model) -> dict[int, list[tuple[Any, Any]]]:
+    """For each tensor (by id) of ``model``'s graph: the (layer, node) pairs that take it as an input."""
+    found: dict[int, list[tuple[Any, Any]]] = {}
+    for layer in model.layers:
+        for node in inbound_nodes(layer):
+            inputs, _ = node_tensors(node)
+            for t in inputs:
+                found.setdefault(id(t), []).append((layer, node))
+    return found
+
+
+def first_input_shape(layer) -> tuple | None:
+    """The input shape of ``layer``'s first call (None when it was never called in a graph)."""
+    for node in inbound_nodes(layer):
+        inputs, _ = node_tensors(node)
+        if inputs:
+            return tuple(inputs[0].shape)
+    return None
