@@ -1,10 +1,18 @@
 """Throughput of the numpy Core ML executor against onnxruntime and Keras on the same model and the same batch.
 
     .venv/bin/python benchmarks/executor_bench.py [--batch 16] [--repeats 5]
+    .venv/bin/python benchmarks/executor_bench.py --families [NAME ...] [--cache DIR] [--json benchmarks/results.json]
 
 Standalone, it builds the random-weight MobileNetV2 (alpha 1.0, 224 px) of benchmarks/export_bench.py and exports its
 fp32 .mlpackage and ONNX files; benchmarks/run.py calls ``measure`` on the files its export section already wrote.
 Each runtime gets one warm-up call; the figure is the median of ``repeats`` timed calls on one uint8 batch.
+
+``--families`` measures executor / onnxruntime on every keras.applications family of FAMILIES at its default input
+size (random weights: speed does not depend on them), each family in a child process of its own so one model's
+memory and TensorFlow state do not weigh on the next. The two runtimes are called alternately on the same batch,
+``repeats`` times each, so a neighbour's load lands on both sides alike; the ratio is of the two medians, and the
+spread of the per-round ratios is reported with it. The numbers go into ``executor_families`` of the results file
+(other sections are kept). ``--cache DIR`` keeps the exported files between runs.
 """
 
 from __future__ import annotations
@@ -57,6 +65,111 @@ def measure(mlpackage: Path, onnx_file: Path, keras_file: Path, preprocessing: d
             "executor_vs_keras": round(rates["executor"] / rates["keras"], 3)}
 
 
+# keras.applications constructor and default input size (pixels) of each family the benchmark measures.
+FAMILIES = {
+    "MobileNetV2": 224, "ResNet50": 224, "DenseNet121": 224, "InceptionV3": 299, "Xception": 299,
+    "NASNetMobile": 224, "MobileNetV3Large": 224, "EfficientNetB0": 224, "EfficientNetV2B0": 224,
+    "ConvNeXtTiny": 224,
+}
+FAMILY_CLASSES = 10
+FAMILY_TARGET = 0.5  # executor / onnxruntime wanted on every family (issue 14)
+
+
+def export_family(name: str, folder: Path) -> tuple[Path, Path]:
+    """The family's fp32 .mlpackage and fp32 ONNX files (random weights), written once into ``folder``.
+
+    Built with the exporter's own converters rather than ``export`` so that the benchmark does not depend on how the
+    family's preprocessing is detected: every file gets the same [-1, 1] contract, which costs the same whatever the
+    model does with it."""
+    import keras
+    import onnx
+
+    from exporter.convert import coreml as cm
+    from exporter.convert import onnx as ox
+    from exporter.preprocessing import Preprocessing
+
+    mlpackage, onnx_file = folder / f"{name}_fp32.mlpackage", folder / f"{name}_fp32.onnx"
+    if mlpackage.exists() and onnx_file.exists():
+        return mlpackage, onnx_file
+    folder.mkdir(parents=True, exist_ok=True)
+    size = FAMILIES[name]
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=FAMILY_CLASSES)
+    labels = [f"class_{i}" for i in range(FAMILY_CLASSES)]
+    pre = Preprocessing((size, size), scale=(1 / 127.5,) * 3, bias=(-1.0,) * 3)
+    info = cm.ModelInfo(name=name, labels=labels, preprocessing=pre, source_sha256="", source_file=f"{name}.keras")
+    cm.save(cm.convert(model, info, backend="mlprogram", precision="fp32"), mlpackage)
+    core = ox.convert_core(model, pre, source=name)
+    onnx.save(ox.wrap(core, pre, labels, ox.metadata_for(labels, pre, {})), onnx_file)
+    return mlpackage, onnx_file
+
+
+def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int = BATCH,
+                        repeats: int = REPEATS) -> dict:
+    """executor / onnxruntime on one uint8 batch, the two called in turn ``repeats`` times after a warm-up each."""
+    import numpy as np
+
+    from exporter.preprocessing import Preprocessing
+    from exporter.runtime import OnnxRunner
+    from exporter.runtime.executor import CoreMLExecutor
+
+    pre = Preprocessing((size, size), scale=(1 / 127.5,) * 3, bias=(-1.0,) * 3)
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    runners = {"executor": CoreMLExecutor(mlpackage).predict, "onnxruntime": OnnxRunner(onnx_file, pre)}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for fn in runners.values():
+        fn(pixels)  # warm-up
+    for i in range(repeats):
+        order = list(runners.items()) if i % 2 == 0 else list(runners.items())[::-1]
+        for key, fn in order:
+            t0 = time.perf_counter()
+            fn(pixels)
+            times[key].append(time.perf_counter() - t0)
+    rounds = [o / e for e, o in zip(times["executor"], times["onnxruntime"], strict=True)]
+    rates = {k: round(batch / statistics.median(v), 1) for k, v in times.items()}
+    return {"batch": batch, "repeats": repeats, "images_per_second": rates,
+            "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
+            "round_ratios": [round(min(rounds), 3), round(max(rounds), 3)]}
+
+
+def _family_child(name: str, cache: Path, batch: int, repeats: int) -> dict:
+    try:
+        mlpackage, onnx_file = export_family(name, cache / name)
+    except Exception as exc:  # a family that does not convert is reported, not fatal to the others
+        return {"family": name, "status": "not converted", "reason": str(exc).splitlines()[0][:300]}
+    result = measure_alternating(mlpackage, onnx_file, FAMILIES[name], batch, repeats)
+    return {"family": name, "status": "measured", "input_size": FAMILIES[name], **result}
+
+
+def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS) -> list[dict]:
+    """One child process per family (see the module docstring); a child that fails is reported with its error."""
+    import json
+    import subprocess
+
+    rows = []
+    for name in names:
+        out = subprocess.run([sys.executable, __file__, "--family-child", name, "--cache", str(cache),
+                              "--batch", str(batch), "--repeats", str(repeats)], capture_output=True, text=True)
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            rows.append({"family": name, "status": "failed", "reason": out.stderr.strip()[-300:]})
+        else:
+            rows.append(json.loads(lines[-1]))
+        print(render_family(rows[-1]), flush=True)
+    return rows
+
+
+def render_family(r: dict) -> str:
+    if r["status"] != "measured":
+        return f"  {r['family']:18s} {r['status']}: {r['reason']}"
+    rates = r["images_per_second"]
+    lo, hi = r["round_ratios"]
+    mark = "" if r["executor_vs_onnxruntime"] >= FAMILY_TARGET else f"  (below {FAMILY_TARGET})"
+    return (f"  {r['family']:18s} {r['input_size']:3d} px  executor {rates['executor']:6.1f}  onnxruntime "
+            f"{rates['onnxruntime']:6.1f} images/s  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f} "
+            f"(rounds {lo:.2f}-{hi:.2f}){mark}")
+
+
 def render(r: dict) -> str:
     lines = [f"{r['model']}, batch {r['batch']}, median of {r['repeats']} ({os.cpu_count()} CPUs, numpy {r['numpy']})"]
     lines += [f"  {name:12s} {rate:8.1f} images/s" for name, rate in r["images_per_second"].items()]
@@ -69,10 +182,34 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--families", nargs="*", metavar="NAME", help=f"families to measure (default: all of "
+                        f"{', '.join(FAMILIES)})")
+    parser.add_argument("--cache", type=Path, help="folder keeping the families' exported files between runs")
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json",
+                        help="results file whose executor_families section --families rewrites")
+    parser.add_argument("--family-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import json
+
+    if args.family_child:
+        print(json.dumps(_family_child(args.family_child, args.cache, args.batch, args.repeats)))
+        return
+    if args.families is not None:
+        names = args.families or list(FAMILIES)
+        unknown = sorted(set(names) - set(FAMILIES))
+        if unknown:
+            parser.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+        print(f"executor / onnxruntime per family, batch {args.batch}, fp32, {args.repeats} alternating rounds "
+              f"({os.cpu_count()} CPUs)", flush=True)
+        with tempfile.TemporaryDirectory(prefix="executor-families-") as tmp:
+            rows = measure_families(names, args.cache or Path(tmp), args.batch, args.repeats)
+        results = json.loads(args.json.read_text()) if args.json.exists() else {}
+        results["executor_families"] = rows
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return
 
     from export_bench import build_large
 
