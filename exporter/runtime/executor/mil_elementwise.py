@@ -21,8 +21,13 @@ def scalar(value) -> np.float32:
     return np.float32(np.asarray(value).item())
 
 
-def _sigmoid(x):
-    return np.float32(1) / (np.float32(1) + np.exp(-x))
+def _sigmoid(x, out=None):
+    """1 / (1 + exp(-x)), each step written into one buffer (``out``, which may be ``x`` itself): four passes over
+    memory instead of four new arrays, the same float32 roundings."""
+    out = np.negative(x, out=out)
+    np.exp(out, out=out)
+    np.add(out, np.float32(1), out=out)
+    return np.reciprocal(out, out=out)
 
 
 # ------------------------------------------------------------------------------------------------ elementwise
@@ -116,9 +121,9 @@ def _clip(c: OpCall):
     return np.clip(c["x"], scalar(c["alpha"]), scalar(c["beta"]), out=c.out())
 
 
-@op("sigmoid", batch=always)
+@op("sigmoid", batch=always, inplace=True)
 def _sigmoid_op(c: OpCall):
-    return _sigmoid(c["x"])
+    return _sigmoid(c["x"], c.out())
 
 
 @op("sigmoid_hard", batch=always)
@@ -127,10 +132,10 @@ def _sigmoid_hard(c: OpCall):
     return np.clip(alpha * c["x"] + beta, F32(0), F32(1))
 
 
-@op("silu", batch=always)
+@op("silu", batch=always, inplace=True)
 def _silu(c: OpCall):
     x = c["x"]
-    return x * _sigmoid(x)
+    return np.multiply(x, _sigmoid(x), out=c.out())
 
 
 @op("tanh", batch=always)
@@ -183,7 +188,8 @@ def _gelu(c: OpCall):
     if mode == "TANH_APPROXIMATION":
         return F32(0.5) * x * (F32(1) + np.tanh(SQRT_2_OVER_PI * (x + F32(0.044715) * x * x * x)))
     if mode == "SIGMOID_APPROXIMATION":
-        return x * _sigmoid(GELU_SIGMOID_FACTOR * x)
+        scaled = GELU_SIGMOID_FACTOR * x
+        return np.multiply(x, _sigmoid(scaled, scaled), out=scaled)
     raise c.unsupported(f"has unknown mode {mode!r}")
 
 

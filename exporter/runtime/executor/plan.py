@@ -4,12 +4,16 @@
   convolution pads into a buffer it keeps, instead of a new array per call); the pad step stays in the list, run
   only when a caller observes every value;
 * each computed value is dropped after the last step that reads it;
-* an elementwise step whose ``x`` is a fresh array that nothing reads afterwards writes its result into ``x``.
+* an elementwise step whose ``x`` is a fresh array that nothing reads afterwards writes its result into ``x``;
+  for ``add`` and ``mul``, whose operands commute exactly in IEEE arithmetic, ``x`` and ``y`` are swapped when only
+  ``y`` is such an array.
 """
 
 from __future__ import annotations
 
 from .registry import MIL  # an entry's ``inplace`` and ``fresh`` flags say which ops may write into x
+
+COMMUTATIVE = ("add", "mul")  # operands swap without changing a bit of the IEEE result
 
 
 def _readers(steps) -> dict[str, list]:
@@ -67,11 +71,19 @@ def plan_release(program) -> None:
     for name, i in last.items():
         if name not in (program.probabilities, program.input):
             program.steps[i].release.append(name)
+
+    def writable(step, i: int, key: str) -> bool:
+        """Whether the step may write its result into its ``key`` operand."""
+        names = step.call.args.get(key, [None])
+        source = producer.get(names[0])
+        return (len(names) == 1 and source is not None and MIL[source.call.op_type].fresh
+                and last.get(names[0]) == i
+                and sum(args.count(names[0]) for args in step.call.args.values()) == 1
+                and program.shapes.get(names[0]) is not None and program.shapes.get(names[0]) == step.declared[0])
+
     for i, step in enumerate(program.steps):
-        x = step.call.args.get("x", [None])
-        source = producer.get(x[0])
-        step.call.inplace = (
-            MIL[step.call.op_type].inplace and len(x) == 1 and source is not None
-            and MIL[source.call.op_type].fresh and last.get(x[0]) == i
-            and sum(names.count(x[0]) for names in step.call.args.values()) == 1
-            and program.shapes.get(x[0]) is not None and program.shapes.get(x[0]) == step.declared[0])
+        if not MIL[step.call.op_type].inplace:
+            continue
+        if step.call.op_type in COMMUTATIVE and not writable(step, i, "x") and writable(step, i, "y"):
+            step.call.args = {**step.call.args, "x": step.call.args["y"], "y": step.call.args["x"]}
+        step.call.inplace = writable(step, i, "x")

@@ -1,0 +1,91 @@
+"""The executor's load-time plan computes what the program says: writing a result into an operand's buffer (the
+swish ``x * sigmoid(x)`` with its operands swapped so the product lands in the sigmoid's output) changes no value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ct = pytest.importorskip("coremltools")
+from coremltools.converters.mil.mil import Builder as mb  # noqa: E402
+
+from exporter.runtime.executor import CoreMLExecutor  # noqa: E402
+
+SIDE = 7
+SCALE, BIAS = 1 / 127.5, -1.0
+# float32 rounding of a 27-term convolution and a sigmoid, against a float64 reference
+ATOL = 1e-5
+
+
+def _program(tmp_path, body):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, SIDE, SIDE))], opset_version=ct.target.iOS15)
+    def prog(x):
+        return mb.reshape(x=body(x), shape=[1, -1])
+
+    count = int(np.prod(prog.functions["main"].outputs[0].shape))
+    image = ct.ImageType(name="x", shape=(1, 3, SIDE, SIDE), scale=SCALE, bias=[BIAS] * 3)
+    model = ct.convert(prog, inputs=[image], classifier_config=ct.ClassifierConfig([f"o{i}" for i in range(count)]),
+                       convert_to="mlprogram", minimum_deployment_target=ct.target.iOS15, skip_model_load=True,
+                       compute_precision=ct.precision.FLOAT32)
+    path = tmp_path / "p.mlpackage"
+    model.save(str(path))
+    return path
+
+
+def _conv_reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """'valid' 3x3 convolution in float64, NCHW."""
+    n, _, h, w = x.shape
+    out = np.zeros((n, weight.shape[0], h - 2, w - 2))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", x[:, :, i:i + h - 2, j:j + w - 2], weight[:, :, i, j])
+    return out
+
+
+def _check(executor, pixels, want) -> None:
+    got = executor.predict(pixels)
+    np.testing.assert_allclose(got, want.reshape(len(pixels), -1), atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(executor.predict(pixels), got)  # reused buffers leave nothing behind
+    alone = np.concatenate([executor.predict(pixels[i:i + 1]) for i in range(len(pixels))])
+    np.testing.assert_array_equal(alone, got)
+
+
+@pytest.fixture()
+def case():
+    weight = np.random.default_rng(1).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    x = (pixels.astype(np.float64) * SCALE + BIAS).transpose(0, 3, 1, 2)
+    return weight, pixels, _conv_reference(x, weight.astype(np.float64))
+
+
+@pytest.mark.parametrize("conv_read_later", [False, True])
+def test_swish_writes_into_its_input_only_when_nothing_reads_it_later(tmp_path, case, conv_read_later):
+    """``conv * sigmoid(conv)`` (coremltools fuses it into one silu op): computed in the convolution's buffer, unless a
+    later op still reads the convolution's output."""
+    weight, pixels, conv = case
+
+    def body(v):
+        c = mb.conv(x=v, weight=weight, name="conv")
+        swish = mb.mul(x=c, y=mb.sigmoid(x=c, name="gate"), name="swish")
+        return mb.add(x=swish, y=c, name="residual") if conv_read_later else swish
+
+    executor = CoreMLExecutor(_program(tmp_path, body))
+    step = next(s for s in executor._engine.steps if s.outputs == ["swish"])
+    assert step.call.op_type == "silu" and step.call.inplace == (not conv_read_later)
+    _check(executor, pixels, conv / (1 + np.exp(-conv)) + (conv if conv_read_later else 0))
+
+
+def test_product_goes_into_the_fresh_operand_when_the_other_is_read_later(tmp_path, case):
+    """``mul(x=conv, y=relu(conv))`` followed by ``add(product, conv)``: x may not be overwritten, so the operands are
+    swapped and the product written into relu's buffer."""
+    weight, pixels, conv = case
+
+    def body(v):
+        c = mb.conv(x=v, weight=weight, name="conv")
+        product = mb.mul(x=c, y=mb.relu(x=c, name="rectified"), name="product")
+        return mb.add(x=product, y=c, name="residual")
+
+    executor = CoreMLExecutor(_program(tmp_path, body))
+    step = next(s for s in executor._engine.steps if s.outputs == ["product"])
+    assert step.call.inplace and step.call.args["x"] == ["rectified"] and step.call.args["y"] == ["conv"]
+    _check(executor, pixels, conv * np.maximum(conv, 0) + conv)
