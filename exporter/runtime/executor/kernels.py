@@ -113,6 +113,47 @@ def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
     return out
 
 
+# Rows of the flattened padded input per block of the shifted-taps convolution: the block's float32 accumulator and
+# product (rows x output channels each) stay in the core's cache while the taps are summed into it.
+SHIFTED_BLOCK_ROWS = 2048
+# Largest padded grid, relative to the output, on which the shifted-taps convolution is used (it computes every grid
+# position). Measured single-threaded against im2col, batch 2-4: 3x3 over 56x56, 128 -> 32 channels 0.49 of the time;
+# 64 -> 64 at 56x56, 64 -> 96 at 35x35, 256 -> 256 at 14x14 and 128 -> 32 at 7x7 (a 1.65x grid) 0.87-1.0.
+SHIFTED_GRID = 2.0
+
+
+def tap_weights(weight: np.ndarray) -> np.ndarray:
+    """(O, I, kh, kw) kernel -> (kh*kw, I, O): one (I, O) matrix per tap."""
+    o, i, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(kh * kw, i, o), dtype=np.float32)
+
+
+def _dense_shifted(xh, taps, kh, kw, dilation, ho, wo) -> np.ndarray:
+    """A unit-stride convolution as a sum over taps of one matrix product each, with no im2col copy.
+
+    Flattened to (pixels, channels), the padded input read at tap (i, j) is the same array shifted by
+    ``i * dh * width + j * dw`` rows, a contiguous slice. Each output pixel is computed at its position on the padded
+    grid, so the few columns (and rows, between images) past the output's edge are computed and dropped. Worth it
+    when the kernel has many taps and few output channels (DenseNet's 3x3 growth convolutions: 128 -> 32), where
+    im2col writes kh*kw copies of the input to feed a narrow product."""
+    n, hp, wp, c = xh.shape
+    o = taps.shape[2]
+    flat = xh.reshape(-1, c)
+    offsets = [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
+    rows = flat.shape[0] - offsets[-1]  # every valid output position p has p + offset < n * hp * wp
+    full = np.empty((n * hp * wp, o), np.float32)
+    product = np.empty((min(SHIFTED_BLOCK_ROWS, rows), o), np.float32)
+    for start in range(0, rows, SHIFTED_BLOCK_ROWS):
+        stop = min(start + SHIFTED_BLOCK_ROWS, rows)
+        acc = full[start:stop]
+        np.matmul(flat[start + offsets[0]:stop + offsets[0]], taps[0], out=acc)
+        part = product[:stop - start]
+        for t in range(1, len(offsets)):
+            np.matmul(flat[start + offsets[t]:stop + offsets[t]], taps[t], out=part)
+            acc += part
+    return np.ascontiguousarray(full.reshape(n, hp, wp, o)[:, :ho, :wo])
+
+
 def _pointwise_biased(xh, wmat_bias, stride, ho, wo) -> np.ndarray:
     """A 1x1 convolution that widens the channels, its bias folded in as one more input channel of ones: one matrix
     product, and no second pass over the (wider) output to add the bias."""
@@ -172,7 +213,11 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, d
             rows = np.concatenate([dense_weight(weight), np.asarray(bias, np.float32).reshape(1, o)])
             cache["dense_bias"] = np.ascontiguousarray(rows)
         return nchw(_pointwise_biased(xh, cache["dense_bias"], stride, ho, wo))
-    if groups == 1:
+    if groups == 1 and kh * kw > 1 and stride == (1, 1) and xh.shape[1] * xh.shape[2] <= SHIFTED_GRID * ho * wo:
+        if "taps" not in cache:
+            cache["taps"] = tap_weights(weight)
+        out = _dense_shifted(xh, cache["taps"], kh, kw, dilation, ho, wo)
+    elif groups == 1:
         if "dense" not in cache:
             cache["dense"] = dense_weight(weight)
         out = _dense(xh, cache["dense"], kh, kw, stride, dilation, ho, wo)
