@@ -100,7 +100,7 @@ def export_family(name: str, folder: Path) -> tuple[Path, Path]:
     info = cm.ModelInfo(name=name, labels=labels, preprocessing=pre, source_sha256="", source_file=f"{name}.keras")
     cm.save(cm.convert(model, info, backend="mlprogram", precision="fp32"), mlpackage)
     core = ox.convert_core(model, pre, source=name)
-    onnx.save(ox.wrap(core, pre, labels, ox.metadata_for(labels, pre, {})), onnx_file)
+    onnx.save(ox.wrap(core, pre, labels, {}), onnx_file)
     return mlpackage, onnx_file
 
 
