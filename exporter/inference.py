@@ -243,8 +243,15 @@ class RemovedLayer:
         return {"layer": self.layer, "class": self.class_name, "exported_as": self.exported_as}
 
 
+# clone_model rebuilds these graph models; a subclassed model's call() is code, so its layers cannot be rewired.
+_REBUILDABLE_MODELS = ("Functional", "Sequential")
+
+
 def _noop_layers(model, prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, layer) of every inference no-op inside ``model`` and its nested Functional/Sequential models."""
     found = []
+    if _class_name(model) not in _REBUILDABLE_MODELS:
+        return found  # subclassed: left as it is (Keras runs its Dropout-like layers as the identity when exported)
     for layer in getattr(model, "layers", []):
         if _is_model(layer):
             found.extend(_noop_layers(layer, f"{prefix}{layer.name}/"))

@@ -346,3 +346,25 @@ def test_keras_internals_missing_is_one_clear_error():
         consumers(Model())
     with pytest.raises(UpstreamAPIError, match="input_tensors.*keras_graph.py"):
         node_tensors(object())
+
+
+def test_a_subclassed_model_is_left_as_it_is():
+    """Its call() is code: the layers cannot be rewired, so nothing is reported as removed that was not."""
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.drop = keras.layers.Dropout(0.5)
+            self.dense = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x, training=False):
+            return self.dense(self.drop(keras.ops.mean(x, axis=(1, 2)), training=training))
+
+    inner = Subclassed()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, inner(keras.layers.Dropout(0.2, name="outer_drop")(inputs)))
+    stripped, removed = strip_inference_noops(model)
+    assert [r.layer for r in removed] == ["outer_drop"]  # the Functional model's own; not the subclassed model's
+    pixels = _pixels()
+    np.testing.assert_array_equal(np.asarray(stripped(pixels)), np.asarray(model(pixels, training=False)))
+    assert strip_inference_noops(inner) == (inner, [])
