@@ -249,7 +249,7 @@ _REBUILDABLE_MODELS = ("Functional", "Sequential")
 
 def _noop_layers(model, prefix: str = "") -> list[tuple[str, Any]]:
     """(path, layer) of every inference no-op inside ``model`` and its nested Functional/Sequential models."""
-    found = []
+    found: list[tuple[str, Any]] = []
     if _class_name(model) not in _REBUILDABLE_MODELS:
         return found  # subclassed: left as it is (Keras runs its Dropout-like layers as the identity when exported)
     for layer in getattr(model, "layers", []):
