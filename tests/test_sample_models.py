@@ -42,9 +42,9 @@ def test_digit_split_is_disjoint_and_files_are_what_the_manifest_says():
     records = [r for r in data.heldout_records() if r.task == "digits"]
     assert sorted(r.source["index"] for r in records) == sorted(held.tolist())
     for r in records[::25]:  # each file really is its recorded sample, re-rendered at the file's size
-        img = Image.open(data.HELDOUT / r.file)
-        expected = np.asarray(data.render_digit(images[r.source["index"]], img.size), np.float32)
-        got = np.asarray(img.convert("L"), np.float32)
+        with Image.open(data.HELDOUT / r.file) as img:
+            expected = np.asarray(data.render_digit(images[r.source["index"]], img.size), np.float32)
+            got = np.asarray(img.convert("L"), np.float32)
         assert np.abs(got - expected).mean() < 3.0  # JPEG files carry small compression error
 
 
@@ -60,8 +60,11 @@ def test_photo_crops_come_from_the_held_out_region_only():
 
 def test_heldout_folder_has_varied_real_files():
     files = [p for p in (SAMPLES / "heldout").rglob("*") if p.suffix in (".png", ".jpg")]
-    modes = {Image.open(p).mode for p in files}
-    sizes = {Image.open(p).size for p in files}
+    modes, sizes = set(), set()
+    for p in files:
+        with Image.open(p) as img:
+            modes.add(img.mode)
+            sizes.add(img.size)
     assert {"L", "RGB", "RGBA"} <= modes
     assert any(w != h for w, h in sizes) and len(sizes) > 10
     assert {p.suffix for p in files} == {".png", ".jpg"}
