@@ -19,12 +19,14 @@ import numpy as np
 
 from . import __version__
 from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, BuildContext, Variant, format_of, select
+from .console import ProgressArg, Steps, human_bytes
 from .errors import ConfigError, ParityError
 from .labels import check_against_model, check_labels, read_labels
 from .loading import LoadedModel
-from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, write_json
+from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, source_paths, write_json
 from .preprocessing import Preprocessing, declared_contract, resolve
 from .provenance import ModelInfo
+from .results import Manifest, Report
 from .versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,15 @@ class ExportOptions:
     selected: tuple[Variant, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("formats", "variants"):  # one name is a one-element selection, not a sequence of letters
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(value))
+        for name in ("calibration_images", "validation_images"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "selected", tuple(select(list(self.formats) if self.formats else None,
                                                           list(self.variants) if self.variants else None)))
         if not self.selected:
@@ -99,7 +110,8 @@ class Prepared:
 
 
 def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], *,
-            preprocessing: Preprocessing | str | os.PathLike | dict | None, options: ExportOptions) -> Prepared:
+            preprocessing: Preprocessing | str | os.PathLike | dict | None, options: ExportOptions,
+            steps: Steps | None = None) -> Prepared:
     """Stage 1: load the model, read and check the labels against it, settle the preprocessing contract, and read
     the calibration images if a selected variant needs them. A variant that cannot be built here is skipped with its
     reason, or refused when the caller named it explicitly."""
@@ -107,7 +119,10 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
     from .loading import load_model
 
     model_path = Path(model_path)
-    loaded = load_model(model_path, trust_code=options.trust_code, add_softmax=options.add_softmax)
+    steps = steps or Steps(lambda _step: None, 1)
+    with steps.step("load model") as note:
+        loaded = load_model(model_path, trust_code=options.trust_code, add_softmax=options.add_softmax)
+        note["detail"] = f"{model_path.name}, {loaded.num_classes} classes"
     if isinstance(labels, (str, os.PathLike)):
         label_list, label_source = read_labels(Path(labels)), str(labels)
     else:
@@ -173,12 +188,12 @@ def build_artifact(v: Variant, ctx: BuildContext, bases: BaseCache, stage: Path)
     return art
 
 
-def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], **extra) -> dict:
+def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], out: Path, **extra) -> dict:
     """Stage 3: sizes against fp32, then manifest.json (with any ``extra`` keys) written into ``stage``."""
     size_table(artifacts)
     loaded = prepared.loaded
     manifest = manifest_dict(
-        source={"path": str(prepared.model_path), "sha256": loaded.sha256, "format": loaded.format,
+        source={**source_paths(prepared.model_path, out), "sha256": loaded.sha256, "format": loaded.format,
                 "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes},
         labels=prepared.info.labels, preprocessing=prepared.info.preprocessing.to_dict(), artifacts=artifacts,
         skipped=prepared.skipped, versions={"exporter": __version__, **library_versions()},
@@ -191,43 +206,81 @@ def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], **extra)
 
 def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], out: str | os.PathLike, *,
            preprocessing: Preprocessing | str | os.PathLike | dict | None = None,
-           options: ExportOptions | None = None, progress=None) -> dict:
+           options: ExportOptions | None = None, progress: ProgressArg = None, verbose: bool = False) -> Manifest:
     """Export a Keras image classifier to every selected Core ML and ONNX variant in the folder ``out``.
 
-    Writes atomically: ``out`` appears complete with its manifest.json, or not at all. Returns the manifest.
-    ``preprocessing`` is a Preprocessing, a JSON file, a dict, a preset name ("tf", "torch", "caffe", "raw": the
-    modes of keras.applications' preprocess_input), or None to detect it from the model's own
-    Rescaling/Normalization layers. ``progress`` is called with a line of text per step, if given.
+    Writes atomically: ``out`` appears complete with its manifest.json, or not at all. Returns the manifest (a dict
+    with ``artifact(format, variant).path``). ``preprocessing`` is a Preprocessing, a JSON file, a dict, a preset name
+    ("tf", "torch", "caffe", "raw": the modes of keras.applications' preprocess_input), or None to detect it from the
+    model's own Rescaling/Normalization layers. ``progress``: True prints a line per artifact to stderr (a bar with
+    ETA in a terminal), a callable receives an ``exporter.console.Step`` per started and finished step, False/None is
+    silent. Third-party progress bars and log lines are silenced during the call unless ``verbose``. Cheap mistakes
+    (destination exists, missing files or folders, calibration images missing) are raised before TensorFlow is
+    imported.
     """
+    from . import precheck
+    from .console import progress_sink, quiet_libraries
+
     options = options or ExportOptions()
-    say = progress or (lambda _msg: None)
-    if options.quantize == "auto":
-        auto_options = _auto_candidates(options)
-        prepared = prepare(model_path, labels, preprocessing=preprocessing, options=auto_options)
-        with atomic_directory(Path(out), overwrite=options.overwrite) as stage:
-            return _export_auto(prepared, auto_options, stage, Path(out), say)
-    prepared = prepare(model_path, labels, preprocessing=preprocessing, options=options)
-    with atomic_directory(Path(out), overwrite=options.overwrite) as stage:
-        artifacts = _build_all(prepared, options, stage, say)
-        return package(stage, prepared, artifacts)
+    precheck.export_inputs(model_path, labels, out, preprocessing, options)  # before any heavy import
+    out = Path(out)
+    with progress_sink(progress) as sink, quiet_libraries(verbose):
+        run_options = _auto_candidates(options) if options.quantize == "auto" else options
+        buildable = [v for v in run_options.selected
+                     if not (v.needs_calibration and run_options.calibration_images is None)]
+        steps = Steps(sink, 1 + len(buildable))  # loading, then one step per artifact
+        prepared = prepare(model_path, labels, preprocessing=preprocessing, options=run_options, steps=steps)
+        with atomic_directory(out, overwrite=options.overwrite) as stage:
+            if options.quantize == "auto":
+                manifest = _export_auto(prepared, run_options, stage, out, steps, sink)
+            else:
+                manifest = package(stage, prepared, _build_all(prepared, run_options, stage, steps), out)
+    return Manifest(manifest, out)
 
 
-def _build_all(prepared: Prepared, options: ExportOptions, stage: Path, say) -> list[Artifact]:
+def _build_all(prepared: Prepared, options: ExportOptions, stage: Path, steps: Steps) -> list[Artifact]:
     ctx = prepared.context(options)
     bases = BaseCache(ctx)
     artifacts = []
     for v in prepared.runnable:
-        art = build_artifact(v, ctx, bases, stage)
+        with steps.step(f"{v.format} {v.name}") as note:
+            art = build_artifact(v, ctx, bases, stage)
+            note["detail"] = f"{art.path}, {human_bytes(art.bytes)}, {art.minimum_deployment_target}"
         artifacts.append(art)
-        say(f"wrote {art.path} ({art.bytes:,} bytes, {art.minimum_deployment_target})")
     return artifacts
 
 
-def validate(export_dir, images, **kwargs) -> dict:
-    """Parity of every artifact in ``export_dir`` against its Keras model on ``images``; see validation.parity."""
+def validate(export_dir: str | os.PathLike, images: str | os.PathLike, *, model_path: str | os.PathLike | None = None,
+             gates: dict | None = None, batch_size: int = 32, trust_code: bool = False, progress: ProgressArg = None,
+             verbose: bool = False) -> Report:
+    """Parity of every artifact in ``export_dir`` against its Keras model on the images under ``images``.
+
+    ``model_path``: the Keras model (default: the one manifest.json records, looked up relative to the export folder
+    first). ``gates``: keys ``VARIANT`` or ``FORMAT:VARIANT``, values a Gate or a dict like ``{"min_top1": 0.999}``
+    that replaces the default gate. ``progress`` and ``verbose`` as in ``export``. Returns the report (schema:
+    exporter/report/SCHEMA.md); raises ParityError, carrying the report, naming every failing artifact and metric."""
     from .validation.parity import validate as _validate
 
-    return _validate(export_dir, images, **kwargs)
+    return _validate(Path(export_dir), Path(images), model_path=None if model_path is None else Path(model_path),
+                     gates=gates, batch_size=batch_size,
+                     trust_code=trust_code, progress=progress, verbose=verbose)
+
+
+def xcode(export_dir: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike, variant: str = "fp16",
+          name: str | None = None, golden_count: int | None = None, model_path: str | os.PathLike | None = None,
+          overwrite: bool = False, trust_code: bool = False, verbose: bool = False) -> Path:
+    """Write the Swift package for one Core ML artifact of an export (what ``exporter xcode`` does); returns its
+    folder. ``variant`` is a name (``fp16``; .mlpackage preferred) or ``FORMAT:NAME``; ``golden_count`` None
+    bundles the default number of golden images."""
+    from .console import quiet_libraries
+    from .xcode.package import DEFAULT_GOLDEN_COUNT, write_xcode_package
+
+    with quiet_libraries(verbose):
+        return Path(write_xcode_package(Path(export_dir), Path(out), images_folder=Path(images), variant=variant,
+                                        package_name=name, overwrite=overwrite,
+                                        golden_count=golden_count or DEFAULT_GOLDEN_COUNT,
+                                        model_path=None if model_path is None else Path(model_path),
+                                        trust_code=trust_code))
 
 
 def _auto_candidates(options: ExportOptions) -> ExportOptions:
@@ -239,7 +292,7 @@ def _auto_candidates(options: ExportOptions) -> ExportOptions:
                                calibration_images=options.calibration_images or options.validation_images)
 
 
-def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: Path, say) -> dict:
+def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: Path, steps: Steps, sink) -> dict:
     """Build every candidate into ``stage``, measure them all on the validation images, keep per format the smallest
     that passes its gates, and delete the rest from ``stage`` before it becomes ``out``."""
     from .exports import OpenedExport
@@ -247,11 +300,12 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
 
     if options.validation_images is None:
         raise ConfigError("quantize='auto' needs validation images (--images FOLDER) to judge each variant")
-    candidates = _build_all(prepared, options, stage, say)
-    full = package(stage, prepared, candidates)
+    candidates = _build_all(prepared, options, stage, steps)
+    full = package(stage, prepared, candidates, out)
     opened = OpenedExport(root=stage, manifest=full, preprocessing=prepared.info.preprocessing,
                           labels=prepared.info.labels, loaded=prepared.loaded)
-    report = {**measure(opened, options.validation_images, gates={}), "export_dir": str(out.absolute())}
+    report = {**measure(opened, options.validation_images, gates={}, progress=sink),
+              "export_dir": str(out.absolute())}
     by_path = {r["path"]: r for r in report["artifacts"]}
     selection, keep = {}, []
     for fmt in dict.fromkeys(a["format"] for a in full["artifacts"]):

@@ -234,7 +234,10 @@ def format_of(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError as exc:
-        raise ConfigError(f"unknown format {name!r}; valid formats are {list(FORMATS)}") from exc
+        from .precheck import did_you_mean
+
+        raise ConfigError(f"unknown format {name!r}{did_you_mean(name, FORMATS)}; valid formats are {list(FORMATS)}"
+                          ) from exc
 
 
 def variant_names() -> list[str]:
@@ -248,7 +251,10 @@ def variant(fmt: str, name: str) -> Variant:
     for v in VARIANTS:
         if v.format == fmt and v.name == name:
             return v
-    raise ConfigError(f"unknown variant {fmt}:{name}; valid variants of {fmt} are {[v.name for v in VARIANTS if v.format == fmt]}")
+    from .precheck import did_you_mean
+
+    valid = [v.name for v in VARIANTS if v.format == fmt]
+    raise ConfigError(f"unknown variant {fmt}:{name}{did_you_mean(name, valid)}; valid variants of {fmt} are {valid}")
 
 
 def select(formats: list[str] | None = None, names: list[str] | None = None) -> list[Variant]:
@@ -262,7 +268,10 @@ def select(formats: list[str] | None = None, names: list[str] | None = None) -> 
         valid = sorted({v.name for v in chosen})
         bad = [n for n in names if n not in valid]
         if bad:
-            raise ConfigError(f"unknown variant {bad[0]!r} for formats {formats}; valid variants are {valid}")
+            from .precheck import did_you_mean
+
+            raise ConfigError(f"unknown variant {bad[0]!r} for formats {formats}{did_you_mean(bad[0], valid)}; "
+                              f"valid variants are {valid}")
         chosen = [v for v in chosen if v.name in names]
     return chosen
 

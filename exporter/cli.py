@@ -10,77 +10,208 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, FORMATS, variant_names
-from .report import terminal
+from . import __version__
+from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, FORMATS, VARIANTS, variant_names
 from .validation.tolerances import GATE_SYNTAX
 
 INTERNAL_ERROR = 70
+DESCRIPTION = ("Export a trained Keras image classifier to Core ML (.mlpackage, .mlmodel) and ONNX with its labels "
+               "and preprocessing inside the files, quantized variants, and parity checked against Keras on your "
+               "held-out images.")
+EXAMPLES = """\
+examples:
+  exporter convert model.keras --labels labels.txt --preprocessing preprocessing.json --out out/my_model
+  exporter convert model.keras --labels labels.txt --out out/small --quantize auto --images heldout/
+  exporter validate out/my_model --images heldout/ --json parity.json --html parity.html
+  exporter predict out/my_model photo.jpg --top-k 3
+  exporter xcode out/my_model --images heldout/ --out MyModelPackage
+  exporter doctor
+
+global options (--debug, --quiet, --verbose) go before or after the command.
+exit codes: 0 ok; 2 bad option, labels or preprocessing; 3 model; 4 image; 5 conversion; 6 destination;
+7 parity gates failed; 70 internal error."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows every option's default that says something (not None, False, an
+    empty string or list; not when the help already names the default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, "", [], argparse.SUPPRESS) or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: {default})"
+
+
+def _variants_help() -> str:
+    by_format: dict[str, list[str]] = {}
+    for v in VARIANTS:
+        by_format.setdefault(v.format, []).append(v.name)
+    return "; ".join(f"{fmt}: {' '.join(names)}" for fmt, names in by_format.items())
+
+
+def choice(kind: str, valid) -> Callable[[str], str]:
+    """An argparse ``type`` that accepts one of ``valid`` and says "did you mean" for a near miss."""
+    valid = list(dict.fromkeys(valid))
+
+    def check(text: str) -> str:
+        if text not in valid:
+            from .precheck import did_you_mean
+
+            raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}{did_you_mean(text, valid)}; "
+                                             f"valid {kind}s are {', '.join(valid)}")
+        return text
+
+    check.__name__ = kind  # argparse names the type in its error when the check raises something else
+    return check
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--debug/--quiet/--verbose on the top parser and on every command, so they work before or after it. On the
+    commands their default is SUPPRESS, so a flag given before the command is not reset by the command's parser."""
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    g = parser.add_argument_group("global options")
+    g.add_argument("--debug", action="store_true", help="show Python tracebacks", **default)
+    g.add_argument("-q", "--quiet", action="store_true", help="print errors and results only, no progress", **default)
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the output of TensorFlow, coremltools and the other libraries", **default)
+
+
+def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", nargs="?", const="-", metavar="FILE", type=str,
+                        help=f"write {what} as JSON to FILE (schema: exporter/report/SCHEMA.md); "
+                             "--json alone prints it to stdout instead of the table")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exporter", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="exporter", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"exporter {__version__}")
+    _global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("convert", help="export a Keras classifier to Core ML and ONNX variants")
+    def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                           epilog="examples:\n" + examples, formatter_class=HelpFormatter)
+        _global_options(c, top=False)
+        return c
+
+    c = command("convert", "export a Keras classifier to Core ML and ONNX variants",
+                "  exporter convert model.keras --labels labels.txt --preprocessing pre.json --out out/m\n"
+                "  exporter convert model.keras --labels labels.txt --out out/m --formats onnx --variants fp32 fp16\n"
+                "  exporter convert model.keras --labels labels.txt --out out/m --quantize auto --images heldout/")
     c.add_argument("model", help=".keras, .h5 or SavedModel directory")
     c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
-    c.add_argument("--out", required=True, help="output directory (written atomically)")
+    c.add_argument("--out", required=True, help="output directory (written atomically: complete or absent)")
     c.add_argument("--preprocessing", metavar="tf|torch|caffe|raw|FILE",
                    help="a keras.applications preprocess_input mode or a JSON contract; omit when the model has its "
-                        "own Rescaling/Normalization layers")
+                        "own Rescaling/Normalization layers (they are detected)")
     c.add_argument("--add-softmax", action="store_true",
                    help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])")
-    c.add_argument("--formats", nargs="+", choices=list(FORMATS), help="default: all")
-    c.add_argument("--variants", nargs="+", choices=sorted(variant_names()), help="default: all")
-    c.add_argument("--calibration-images", type=Path, help="image folder for w8a8 and int8-static calibration")
-    c.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT)
-    c.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    c.add_argument("--float-input", action="store_true", help="ONNX takes normalised float input, no prologue")
+    c.add_argument("--formats", nargs="+", type=choice("format", list(FORMATS)), choices=list(FORMATS),
+                   metavar="FORMAT",
+                   help=f"formats to write: {' '.join(FORMATS)} (default: all)")
+    c.add_argument("--variants", nargs="+", type=choice("variant", sorted(variant_names())),
+                   choices=sorted(variant_names()),
+                   metavar="VARIANT", help=f"variants to write (default: all of the chosen formats); {_variants_help()}")
+    c.add_argument("--calibration-images", type=Path, metavar="FOLDER",
+                   help="image folder for w8a8 and int8-static calibration (without it those two are skipped)")
+    c.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N", help="calibration images to sample")
+    c.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    c.add_argument("--float-input", action="store_true",
+                   help="ONNX takes normalised float input, no preprocessing in the graph (default: uint8 image input)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     c.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
     c.add_argument("--name", help="file name stem of the artifacts (default: from the model file)")
-    c.add_argument("--author", default="")
-    c.add_argument("--license", default="")
-    c.add_argument("--model-version", default="")
-    c.add_argument("--description", default="")
+    c.add_argument("--author", default="", help="author written into every file's metadata")
+    c.add_argument("--license", default="", help="license written into every file's metadata")
+    c.add_argument("--model-version", default="", help="model version written into every file's metadata")
+    c.add_argument("--description", default="", help="short description written into every file's metadata")
     c.add_argument("--quantize", choices=("all", "auto"), default="all",
-                   help="auto: per format keep only the smallest variant that passes the parity gates on --images")
-    c.add_argument("--images", type=Path, help="held-out images for --quantize auto")
-    c.add_argument("--json", action="store_true", help="print the manifest as JSON")
+                   help="all: every selected variant; auto: per format keep only the smallest variant that passes "
+                        "the parity gates on --images")
+    c.add_argument("--images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
+    _json_option(c, "the manifest")
 
-    v = sub.add_parser("validate", help="check every artifact of an export against the Keras model on images")
-    v.add_argument("export_dir")
-    v.add_argument("--images", required=True, help="folder of held-out images (labels from sub-folder names)")
-    v.add_argument("--model", help="the Keras model (default: the path recorded in manifest.json)")
-    v.add_argument("--json", type=Path, help="write the report as JSON to this file (schema: exporter/report/SCHEMA.md)")
-    v.add_argument("--html", type=Path, help="write a self-contained HTML report with plots to this file")
+    v = command("validate", "check every artifact of an export against the Keras model on images",
+                "  exporter validate out/m --images heldout/\n"
+                "  exporter validate out/m --images heldout/ --json parity.json --html parity.html\n"
+                "  exporter validate out/m --images heldout/ --gate int8:min_top1=0.995 --model elsewhere/model.keras\n"
+                "  exporter validate out/m --images heldout/ --gate onnx:int8-static:min_top1=0.99")
+    v.add_argument("export_dir", help="folder written by `exporter convert`")
+    v.add_argument("--images", required=True, metavar="FOLDER",
+                   help="folder of held-out images (labels from sub-folder names)")
+    v.add_argument("--model", metavar="MODEL", help="the Keras model (default: the path recorded in manifest.json, "
+                                                    "looked up relative to the export folder first)")
+    _json_option(v, "the report")
+    v.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report with plots")
     v.add_argument("--gate", action="append", default=[], metavar=GATE_SYNTAX,
-                   help="override a variant's default gate, of every format or of one (repeatable)")
-    v.add_argument("--batch-size", type=int, default=32)
-    v.add_argument("--trust-code", action="store_true")
+                   help="replace a variant's default gate, of every format or of one (repeatable; defaults in "
+                        "exporter/capabilities.py)")
+    v.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch")
+    v.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
+
+    pr = command("predict", "classify images with exported files (top-k labels per image and artifact)",
+                 "  exporter predict out/m photo.jpg\n"
+                 "  exporter predict out/m/m_int8.mlpackage a.png b.png --top-k 3 --json predictions.json")
+    pr.add_argument("target", metavar="ARTIFACT_OR_EXPORT",
+                    help="an exported .mlpackage/.mlmodel/.onnx file, or an export folder (every artifact in it)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    pr.add_argument("--top-k", type=int, default=5, metavar="K", help="labels to show per image")
+    _json_option(pr, "the predictions")
+
+    d = command("doctor", "show versions and what can run on this machine", "  exporter doctor\n  exporter doctor --json")
+    _json_option(d, "the findings")
 
     from .xcode import cli as xcode_cli
 
-    xcode_cli.add_parser(sub)
+    x = xcode_cli.add_parser(sub)
+    x.formatter_class = HelpFormatter
+    _global_options(x, top=False)
     return p
 
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not args.debug:
-        logging.getLogger().setLevel(logging.ERROR)
+    from .console import Progress, quiet_libraries
+
+    # preload=False: the API functions check their inputs before TensorFlow is imported (quietly) on first need.
+    with Progress(sys.stderr) as printer, quiet_libraries(args.verbose, preload=False):
+        return _dispatch(args, False if args.quiet else printer, printer.stream)
+
+
+def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     if args.command == "xcode":
+        import contextlib
+
+        from .console import import_quietly
         from .xcode import cli as xcode_cli
 
-        return xcode_cli.run(args)
+        if not args.verbose:
+            import_quietly()
+        with contextlib.redirect_stderr(stderr):  # its own notes go to the real stderr
+            return xcode_cli.run(args)
+    if args.command == "doctor":
+        from .doctor import doctor, format_doctor
+
+        found = doctor()
+        _emit(found, args.json, lambda: format_doctor(found))
+        return 0
+    if args.command == "predict":
+        from .predict import format_predictions, predict
+
+        result = predict(args.target, args.images, top_k=args.top_k, verbose=args.verbose)
+        _emit(result, args.json, lambda: format_predictions(result))
+        return 0
     from . import api
+    from .console import format_seconds
+    from .report import terminal
 
     if args.command == "convert":
         options = api.ExportOptions(
@@ -91,8 +222,11 @@ def run(argv: list[str] | None = None) -> int:
             license=args.license, version=args.model_version, description=args.description,
             quantize=args.quantize, validation_images=args.images, add_softmax=args.add_softmax)
         manifest = api.export(args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options,
-                              progress=lambda line: print(line, file=sys.stderr))
-        print(json.dumps(manifest, indent=2) if args.json else terminal.size_table(manifest))
+                              progress=progress, verbose=args.verbose)
+        if progress:
+            progress.message(f"wrote {len(manifest['artifacts'])} files to {args.out} in "
+                             f"{format_seconds(progress.elapsed())}")
+        _emit(manifest, args.json, lambda: terminal.size_table(manifest))
         return 0
     from .errors import ParityError
     from .validation.tolerances import parse_gate
@@ -100,7 +234,7 @@ def run(argv: list[str] | None = None) -> int:
     gates = dict(parse_gate(g) for g in args.gate)
     try:
         report = api.validate(args.export_dir, args.images, model_path=args.model, batch_size=args.batch_size,
-                              trust_code=args.trust_code, gates=gates, progress=sys.stderr.isatty())
+                              trust_code=args.trust_code, gates=gates, progress=progress, verbose=args.verbose)
     except ParityError as exc:
         if exc.report is not None:
             _write_reports(exc.report, args)
@@ -109,10 +243,20 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _emit(data: dict, json_target: str | None, table) -> None:
+    """The table on stdout; with --json FILE also the JSON file; with --json alone (or -) the JSON on stdout."""
+    if json_target == "-":
+        print(json.dumps(data, indent=2))
+        return
+    print(table())
+    if json_target:
+        Path(json_target).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def _write_reports(report: dict, args) -> None:
-    print(terminal.parity_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    from .report import terminal
+
+    _emit(report, args.json, lambda: terminal.parity_table(report))
     if args.html:
         from .report import html
 

@@ -34,7 +34,9 @@ def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
     root = Path(export_dir)
     manifest = read_manifest(root)
     pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / MANIFEST_NAME))
-    source = Path(model_path or manifest["source"]["path"])
+    from .packaging import find_source_model
+
+    source = Path(model_path) if model_path else find_source_model(manifest, root)
     loaded = load_model(source, trust_code=trust_code, add_softmax=recorded_add_softmax(manifest))
     if loaded.sha256 != manifest["source"]["sha256"]:
         raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})", path=source)

@@ -110,12 +110,9 @@ def _detect_format(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool = False) -> LoadedModel:
-    """Load a Keras image classifier in inference mode without running code from the file.
-
-    ``add_softmax``: the model ends in logits; the reference (``.model``) gets a softmax appended (for one output
-    unit, a sigmoid and ``[1 - p, p]``). See heads.py."""
-    path = Path(path)
+def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
+    """Everything about a model file that can be checked without Keras (exists, known type, not empty, architecture
+    readable, no code unless trusted); returns its format. Cheap: no TensorFlow import."""
     if not path.exists():
         raise ModelLoadError("model file not found", path=path)
     fmt = _detect_format(path)
@@ -127,6 +124,16 @@ def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool 
             raise UnsafeModelError(f"refused: loading would run code from the file: {carriers[0]}"
                                    + (f" (and {len(carriers) - 1} more)" if len(carriers) > 1 else ""), path=path,
                                    hint="only if you trust its author, pass --trust-code (trust_code=True)")
+    return fmt
+
+
+def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool = False) -> LoadedModel:
+    """Load a Keras image classifier in inference mode without running code from the file.
+
+    ``add_softmax``: the model ends in logits; the reference (``.model``) gets a softmax appended (for one output
+    unit, a sigmoid and ``[1 - p, p]``). See heads.py."""
+    path = Path(path)
+    fmt = inspect_model_file(path, trust_code=trust_code)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 

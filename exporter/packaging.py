@@ -84,6 +84,13 @@ def _clean_stale_staging(dest: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a staging directory; on success it replaces ``dest`` in one rename, on failure it is removed."""
@@ -103,6 +110,9 @@ def atomic_directory(dest: str | Path, *, overwrite: bool = False) -> Iterator[P
     _clean_stale_staging(dest)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
+        # mkdtemp makes the folder private (0700); the export becomes the user's folder, so it gets the permissions
+        # any folder they create gets (0777 minus their umask).
+        os.chmod(staging, 0o777 & ~current_umask())
     except OSError as exc:
         raise DestinationError(f"cannot write here: {exc.strerror}", path=parent) from exc
     try:
@@ -147,6 +157,38 @@ def manifest_dict(*, source: dict, labels: list[str], preprocessing: dict, artif
     if inference_model is not None:
         manifest["inference_model"] = inference_model
     return manifest
+
+
+def source_paths(model_path: str | Path, export_dir: str | Path) -> dict:
+    """The source model's location as the manifest records it: absolute, and relative to the export folder (which
+    still works when the export and the model move together, or when validate runs from another directory)."""
+    model = Path(model_path).absolute()
+    try:
+        relative = os.path.relpath(model, Path(export_dir).absolute())
+    except ValueError:  # another drive on Windows
+        relative = None
+    return {"path": str(model), "path_from_export": None if relative is None else Path(relative).as_posix()}
+
+
+def find_source_model(manifest: dict, export_dir: str | Path) -> Path:
+    """The source model of an export: relative to the export folder first, then the absolute (or, in manifests
+    written before ``path_from_export`` existed, working-directory relative) path. Raises ModelLoadError naming
+    every place tried and the option that fixes it."""
+    from .errors import ModelLoadError
+
+    source = manifest.get("source") or {}
+    tried = []
+    if source.get("path_from_export"):
+        tried.append(Path(export_dir) / source["path_from_export"])
+    if source.get("path"):
+        tried.append(Path(source["path"]))
+    for candidate in tried:
+        if candidate.exists():
+            return candidate
+    where = " or ".join(str(t) for t in tried) or "nothing (manifest.json has no source path)"
+    raise ModelLoadError(f"the source model recorded in manifest.json was not found (looked for {where})",
+                         path=Path(export_dir) / MANIFEST_NAME,
+                         hint="pass the Keras model with --model MODEL (model_path=... in Python)")
 
 
 def read_manifest(folder: str | Path) -> dict:

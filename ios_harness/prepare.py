@@ -73,8 +73,9 @@ def check_package(package: Path, export: Path, manifest: dict) -> str:
     resources = sources[0] / "Resources"
     artifact = next(a for a in manifest["artifacts"] if a["format"] == "mlpackage" and a["variant"] == "fp16")
     problems = []
-    if sha256_of(resources / "Model.mlpackage") != sha256_of(export / artifact["path"]):
-        problems.append("Resources/Model.mlpackage is not the exported fp16 model")
+    model_file = json.loads((resources / "model.json").read_text(encoding="utf-8"))["model_file"]
+    if sha256_of(resources / model_file) != sha256_of(export / artifact["path"]):
+        problems.append(f"Resources/{model_file} is not the exported fp16 model")
     if (resources / "labels.txt").read_text(encoding="utf-8").splitlines() != manifest["labels"]:
         problems.append("Resources/labels.txt differs from the export's labels")
     golden_dir = package / "Tests" / f"{name}Tests" / "Golden"

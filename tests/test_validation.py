@@ -73,7 +73,7 @@ def test_good_export_passes_and_writes_reports(onnx_export, tmp_path, capsys):
               "--html", str(tmp_path / "r.html")])
     assert info.value.code == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["schema_version"] == 1 and report["passed"] and report["images"] == 200
+    assert report["schema_version"] == 2 and report["passed"] and report["images"] == 200
     art = report["artifacts"][0]
     assert art["max_abs_prob"] <= 1e-5 and art["top1_agreement"] == 1.0 and art["top5_overlap"] == 1.0
     assert len(art["against_labels"]["confusion_matrix"]) == 5 and len(art["worst"]) == 8

@@ -141,16 +141,18 @@ def test_xcode_package_holds_model_labels_golden_files_and_swift_sources(setup, 
     name = "TinyNet"
     package_swift = (out / "Package.swift").read_text()
     assert package_swift.startswith("// swift-tools-version:5.9")
-    assert "platforms: [.iOS(.v16), .macOS(.v13)]" in package_swift
+    # an fp16 ML Program needs iOS 15 (coremltools' deployment target for it), so the package starts there
+    assert "platforms: [.iOS(.v15), .macOS(.v12), .tvOS(.v15), .watchOS(.v8)]" in package_swift
     assert f'.library(name: "{name}", targets: ["{name}"])' in package_swift
-    assert '.copy("Resources/Model.mlpackage")' in package_swift and '.copy("Golden")' in package_swift
+    # an .mlpackage is copied: command-line SwiftPM's .process flattens the files inside it (run_tests.sh builds this)
+    assert f'.copy("Resources/{name}Model.mlpackage")' in package_swift and '.copy("Golden")' in package_swift
     resources = out / "Sources" / name / "Resources"
     art = next(a for a in setup["manifest"]["artifacts"] if a["format"] == "mlpackage")
-    assert sha256_of(resources / "Model.mlpackage") == art["sha256"]
+    assert sha256_of(resources / f"{name}Model.mlpackage") == art["sha256"]
     assert (resources / "labels.txt").read_text() == "ant\nbee\ncat\n"
     info = json.loads((resources / "model.json").read_text())
     assert info["variant"] == "fp16" and info["format"] == "mlpackage" and info["sha256"] == art["sha256"]
-    assert info["preprocessing"]["resize"] == "center_crop" and info["model_file"] == "Model.mlpackage"
+    assert info["preprocessing"]["resize"] == "center_crop" and info["model_file"] == f"{name}Model.mlpackage"
     golden_dir = out / "Tests" / f"{name}Tests" / "Golden"
     golden = read_golden(golden_dir)
     assert len(golden["images"]) == 5 and all((golden_dir / img["file"]).is_file() for img in golden["images"])
@@ -169,9 +171,22 @@ def test_xcode_package_holds_model_labels_golden_files_and_swift_sources(setup, 
 def test_xcode_package_of_the_neuralnetwork_file_with_a_chosen_name(setup, tmp_path):
     out = write_xcode_package(setup["export"], tmp_path / "pkg", images_folder=setup["images"],
                               variant="mlmodel:fp16", package_name="Bugs", golden_count=2)
-    assert '.copy("Resources/Model.mlmodel")' in (out / "Package.swift").read_text()
-    assert (out / "Sources" / "Bugs" / "Resources" / "Model.mlmodel").is_file()
+    assert '.process("Resources/BugsModel.mlmodel")' in (out / "Package.swift").read_text()
+    assert (out / "Sources" / "Bugs" / "Resources" / "BugsModel.mlmodel").is_file()
     assert json.loads((out / "Sources" / "Bugs" / "Resources" / "model.json").read_text())["format"] == "mlmodel"
+
+
+@pytest.mark.parametrize(("target", "tools", "ios", "macos"), [
+    ("iOS13", "5.9", "v13", "v10_15"), ("iOS15", "5.9", "v15", "v12"), ("iOS16", "5.9", "v16", "v13"),
+    ("iOS17", "5.9", "v17", "v14"), ("iOS18", "6.0", "v18", "v15")])
+def test_package_platforms_follow_the_models_deployment_target(target, tools, ios, macos):
+    """palette4 needs iOS 18 and must not build for iOS 16; an fp16 file runs from iOS 15 and must not exclude it."""
+    from exporter.xcode.package import platforms_for
+
+    got_tools, platforms = platforms_for(target)
+    assert got_tools == tools and f".iOS(.{ios})" in platforms and f".macOS(.{macos})" in platforms
+    with pytest.raises(ConfigError, match="minimum deployment target"):
+        platforms_for("opset 17")
 
 
 def test_xcode_package_refusals_leave_nothing_behind(setup, tmp_path):

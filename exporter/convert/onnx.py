@@ -139,15 +139,20 @@ def check(model, *, source: str = "onnx") -> None:
 
 def convert_base(ctx: BuildContext, fmt: Format, base: Base):
     """The capability table's converter for ONNX: the core graph at the export's opset (float32; variants quantize
-    it, and ``finish`` wraps it)."""
-    return convert_core(ctx.model, ctx.info.preprocessing, opset=ctx.opset, source=ctx.source)
+    it, and ``finish`` wraps it). Names are made canonical (onnx_canonical) so identical exports give identical bytes."""
+    from .onnx_canonical import canonical
+
+    return canonical(convert_core(ctx.model, ctx.info.preprocessing, opset=ctx.opset, source=ctx.source))
 
 
 def finish(core, ctx: BuildContext, variant: Variant, details: dict):
     """The last step before saving: the image prologue, labels and provenance wrapped around the (quantized) core
     graph, then onnx.checker."""
     info = ctx.info
-    final = wrap(core, info.preprocessing, info.labels, onnx_metadata(info, variant.key), raw_input=ctx.raw_input)
+    from .onnx_canonical import canonical
+
+    final = canonical(wrap(core, info.preprocessing, info.labels, onnx_metadata(info, variant.key),
+                           raw_input=ctx.raw_input))
     check(final, source=variant.filename(info.name))
     return final
 

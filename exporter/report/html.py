@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 THUMB_PX = 96
+# Thumbnails of flipped images per artifact; the heading says how many of how many are shown.
+SHOWN_FLIPPED = 12
 
 
 def _png(fig) -> str:
@@ -32,18 +34,54 @@ def _figure(*args, **kw):
 
 
 def _agreement_and_size(report: dict) -> str:
+    """Top-1 agreement per artifact with its gate drawn on its bar, and size relative to fp32."""
     run = [a for a in report["artifacts"] if a["status"] != "not run"]
     allart = report["artifacts"]
     fig, (ax1, ax2) = _figure(2, 1, figsize=(9, max(4, 0.6 * len(allart) + 2)))
     names = [a["path"] for a in run]
     colours = ["#c0392b" if a["status"] == "failed" else "#27ae60" for a in run]
-    ax1.barh(names, [a["top1_agreement"] for a in run], color=colours)
-    ax1.set_xlim(min([0.9] + [a["top1_agreement"] - 0.01 for a in run]), 1.0)
-    ax1.set_title("top-1 agreement with Keras")
+    values = [a["top1_agreement"] for a in run]
+    gates = [a["gate"].get("min_top1") for a in run]
+    low = min([v for v in values + gates if v is not None] + [0.9])
+    left = max(0.0, low - 0.02)  # every bar and gate visible, with a little room to its left
+    ax1.barh(names, [v - left for v in values], left=left, color=colours)
+    for i, (v, g) in enumerate(zip(values, gates, strict=True)):
+        ax1.text(v, i, f" {v:.4f}", va="center", fontsize=8)
+        if g is not None:
+            ax1.plot([g, g], [i - 0.45, i + 0.45], color="black", linewidth=2)
+    ax1.plot([], [], color="black", linewidth=2, label="gate (min top-1)")
+    ax1.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax1.set_xlim(left, 1.0 + (1.0 - left) * 0.12)
+    ax1.set_title("top-1 agreement with Keras (black tick: the artifact's gate)")
     ax1.invert_yaxis()
     ax2.barh([a["path"] for a in allart], [a.get("ratio_to_fp32") or 0 for a in allart], color="#2980b9")
-    ax2.set_title("size relative to fp32")
+    for i, a in enumerate(allart):
+        if a.get("ratio_to_fp32"):
+            ax2.text(a["ratio_to_fp32"], i, f" {a['ratio_to_fp32']:.3f}", va="center", fontsize=8)
+    ax2.set_xlim(0, 1.15)
+    ax2.set_title("size relative to fp32 of the same format")
     ax2.invert_yaxis()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _size_vs_agreement(report: dict) -> str:
+    run = [a for a in report["artifacts"] if a["status"] != "not run"]
+    fig, ax = _figure(figsize=(8, 4.5))
+    markers = {"mlpackage": "o", "mlmodel": "s", "onnx": "^"}
+    for fmt in dict.fromkeys(a["format"] for a in run):
+        rows = [a for a in run if a["format"] == fmt]
+        ax.scatter([a["bytes"] / 1e6 for a in rows], [a["top1_agreement"] for a in rows], marker=markers.get(fmt, "o"),
+                   s=50, label=fmt, c=["#c0392b" if a["status"] == "failed" else "#27ae60" for a in rows],
+                   edgecolors="black")
+        for a in rows:
+            ax.annotate(a["variant"], (a["bytes"] / 1e6, a["top1_agreement"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("size (MB)")
+    ax.set_ylabel("top-1 agreement with Keras")
+    ax.set_title("size vs agreement (up and left is better; red: failed its gate)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     return _png(fig)
 
 
@@ -91,41 +129,80 @@ def _image_rows(rows: list[dict], pre) -> str:
     return '<div class="thumbs">' + "".join(cells) + "</div>" if cells else "<p>none</p>"
 
 
+def _anchor(path: str) -> str:
+    return "a-" + "".join(c if c.isalnum() else "-" for c in path)
+
+
+def _engine(a: dict) -> str:
+    from ..runtime import engine_text
+
+    return engine_text(a.get("engine"))
+
+
+def _summary(report: dict) -> str:
+    esc = html.escape
+    counts = {s: sum(a["status"] == s for a in report["artifacts"]) for s in ("passed", "failed", "not run")}
+    engines = sorted({_engine(a) for a in report["artifacts"] if a.get("engine")})
+    env = report.get("environment", {})
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    linux_note = ""
+    if any((a.get("engine") or {}).get("name") == "Linux Core ML executor" for a in report["artifacts"]):
+        linux_note = ("<p class=\"note\">Core ML files were run by the Linux Core ML executor (this toolkit's own "
+                      "implementation), not by Apple's Core ML: a pass here is a pass of the executor.</p>")
+    ref = report.get("reference") or {}
+    return (f'<section class="card {"pass" if report["passed"] else "fail"}-card"><h1>{verdict}</h1>'
+            f"<p><b>{counts['passed']}</b> passed, <b>{counts['failed']}</b> failed, <b>{counts['not run']}</b> not run "
+            f"of {len(report['artifacts'])} artifacts, on {report['images']} images from "
+            f"{esc(report['image_folder'])}</p>"
+            f"<p>engines: {esc(', '.join(engines)) or 'none'}; reference: {esc(ref.get('name', 'Keras'))} "
+            f"{esc(ref.get('version', ''))}</p>"
+            f"<p>{esc(env.get('platform', ''))}, Python {esc(env.get('python', ''))}, {esc(env.get('date', ''))}; "
+            f"exporter {esc(report.get('exporter_version', ''))}</p>{linux_note}</section>")
+
+
 def render(report: dict) -> str:
+    from ..console import human_bytes
     from ..preprocessing import Preprocessing
 
     pre = Preprocessing.from_dict(report["preprocessing"])
     labels = report["labels"]
     esc = html.escape
-    parts = [f"<h1>Parity report: {esc(report['export_dir'])}</h1>",
-             f"<p>{report['images']} images from {esc(report['image_folder'])}; source model "
-             f"{esc(report['source']['path'])} (SHA-256 {report['source']['sha256'][:16]}…); "
-             f"overall: <b class=\"{'pass' if report['passed'] else 'fail'}\">"
-             f"{'PASSED' if report['passed'] else 'FAILED'}</b>"
-             + (f"; {len(report['not_run'])} artifact(s) not run" if report["not_run"] else "") + "</p>",
-             "<h2>Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>bytes</th><th>vs fp32</th>"
-             "<th>top-1</th><th>top-5</th><th>max |dp|</th><th>mean |dp|</th><th>mean KL</th><th>accuracy</th>"
-             "<th>gate</th><th>failures / reason</th></tr>"]
+    ratio = lambda a: "" if a.get("ratio_to_fp32") is None else f"{a['ratio_to_fp32']:.3f}"  # noqa: E731
+    nav = " · ".join(f'<a href="#{_anchor(a["path"])}">{esc(a["path"])}</a>' for a in report["artifacts"]
+                     if a["status"] != "not run")
+    parts = [_summary(report),
+             f'<nav><a href="#artifacts">artifacts</a> · <a href="#plots">plots</a> · <a href="#labels">against the '
+             f'labels</a> · {nav}</nav>',
+             f"<p>Export {esc(report['export_dir'])}; source model {esc(report['source']['path'])} "
+             f"(SHA-256 {report['source']['sha256'][:16]}…)</p>",
+             '<h2 id="artifacts">Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>engine</th><th>size</th>'
+             "<th>vs fp32</th><th>top-1</th><th>top-5</th><th>max |dp|</th><th>mean |dp|</th><th>mean KL</th>"
+             "<th>accuracy</th><th>gate</th><th>failures / reason</th></tr>"]
     for a in report["artifacts"]:
         gate = ", ".join(f"{k} {v:g}" for k, v in a["gate"].items() if v is not None)
+        size = f'<td title="{a["bytes"]:,} bytes">{human_bytes(a["bytes"])}</td>'
         if a["status"] == "not run":
-            parts.append(f"<tr><td>{esc(a['path'])}</td><td class=\"skip\">not run</td><td>{a['bytes']:,}</td>"
-                         f"<td>{a['ratio_to_fp32'] or ''}</td><td colspan=6></td><td>{esc(gate)}</td>"
+            parts.append(f"<tr><td>{esc(a['path'])}</td><td class=\"skip\">not run</td><td>{esc(_engine(a))}</td>"
+                         f"{size}<td>{ratio(a)}</td><td colspan=6></td><td>{esc(gate)}</td>"
                          f"<td>{esc(a['reason'])}</td></tr>")
             continue
         lab = a.get("against_labels")
         acc = "" if not lab else f"{lab['accuracy']:.4f}"
-        parts.append(f"<tr><td>{esc(a['path'])}</td><td class=\"{'fail' if a['status'] == 'failed' else 'pass'}\">"
-                     f"{a['status']}</td><td>{a['bytes']:,}</td><td>{a['ratio_to_fp32'] or ''}</td>"
+        parts.append(f'<tr><td><a href="#{_anchor(a["path"])}">{esc(a["path"])}</a></td>'
+                     f"<td class=\"{'fail' if a['status'] == 'failed' else 'pass'}\">{a['status']}</td>"
+                     f"<td>{esc(_engine(a))}</td>{size}<td>{ratio(a)}</td>"
                      f"<td>{a['top1_agreement']:.4f}</td><td>{a['top5_overlap']:.4f}</td>"
                      f"<td>{a['max_abs_prob']:.2e}</td><td>{a['mean_abs_prob']:.2e}</td><td>{a['mean_kl']:.2e}</td>"
                      f"<td>{acc}</td><td>{esc(gate)}</td>"
                      f"<td>{esc('; '.join(a['failures']))}</td></tr>")
     parts.append("</table>")
-    parts.append(f'<h2>Agreement and size per variant</h2><img src="{_agreement_and_size(report)}" alt="">')
+    if any(a["status"] != "not run" for a in report["artifacts"]):
+        parts.append(f'<h2 id="plots">Agreement and size per variant</h2><img src="{_agreement_and_size(report)}" '
+                     f'alt="top-1 agreement and size per artifact"><img src="{_size_vs_agreement(report)}" '
+                     'alt="size against top-1 agreement">')
     keras = report["keras"]["against_labels"]
     if keras:
-        parts.append("<h2>Against the folder labels</h2>")
+        parts.append('<h2 id="labels">Against the folder labels</h2>')
         parts.append("<table><tr><th>class</th><th>Keras precision</th><th>recall</th><th>F1</th><th>support</th>"
                      "</tr>" + "".join(f"<tr><td>{esc(r['label'])}</td><td>{r['precision']:.3f}</td>"
                                        f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
@@ -141,13 +218,21 @@ def render(report: dict) -> str:
     for a in report["artifacts"]:
         if a["status"] == "not run":
             continue
-        parts.append(f"<h2>{esc(a['path'])}</h2><h3>Top-1 flipped ({a['flipped_count']})</h3>"
-                     + _image_rows(a["flipped"][:12], pre) + "<h3>Worst disagreements</h3>"
+        flipped = a["flipped"][:SHOWN_FLIPPED]
+        shown = (f"{len(flipped)} of {a['flipped_count']} shown" if a["flipped_count"] > len(flipped)
+                 else f"{a['flipped_count']}")
+        parts.append(f'<h2 id="{_anchor(a["path"])}">{esc(a["path"])} <a class="top" href="#artifacts">↑</a></h2>'
+                     f"<p>{esc(_engine(a))}; {a['status']}</p><h3>Top-1 flipped ({shown})</h3>"
+                     + _image_rows(flipped, pre) + f"<h3>Worst disagreements ({len(a['worst'])})</h3>"
                      + _image_rows(a["worst"], pre))
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.pass{color:#1e8449}.fail{color:#c0392b;"
-             "font-weight:bold}.skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;"
-             "font-size:11px;width:140px}img{image-rendering:pixelated;max-width:100%}")
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}td{text-align:right;white-space:nowrap}td:first-child,"
+             "td:nth-child(3){text-align:left}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
+             ".skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;font-size:11px;"
+             "width:140px}img{image-rendering:pixelated;max-width:100%}.card{border-radius:8px;padding:0.5em 1.2em;"
+             "margin-bottom:1em}.pass-card{background:#eafaf1;border:2px solid #27ae60}.fail-card{background:#fdedec;"
+             "border:2px solid #c0392b}.card h1{margin:0.2em 0}.note{color:#7d6608}nav{margin:0.5em 0 1em;"
+             "line-height:1.8}a.top{font-size:0.6em;text-decoration:none}")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Parity report</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")
 

@@ -26,15 +26,17 @@ def size_table(manifest: dict) -> str:
 
 
 def parity_table(report: dict) -> str:
-    rows = [("artifact", "status", "top-1", "top-5", "max |dp|", "mean |dp|", "KL", "accuracy", "failures")]
+    from ..runtime import engine_text
+
+    rows = [("artifact", "status", "engine", "top-1", "top-5", "max |dp|", "mean |dp|", "KL", "accuracy", "failures")]
     for a in report["artifacts"]:
         if a["status"] == "not run":
-            rows.append((a["path"], "NOT RUN", "", "", "", "", "", "", a["reason"]))
+            rows.append((a["path"], "NOT RUN", "", "", "", "", "", "", "", a["reason"]))
             continue
         lab = a.get("against_labels")
         acc = "" if not lab else f"{lab['accuracy']:.4f} ({lab['accuracy_change']:+.4f})"
         rows.append((a["path"], a["status"].upper() if a["status"] == "failed" else a["status"],
-                     f"{a['top1_agreement']:.4f}", f"{a['top5_overlap']:.4f}", f"{a['max_abs_prob']:.2e}",
+                     engine_text(a.get("engine")), f"{a['top1_agreement']:.4f}", f"{a['top5_overlap']:.4f}", f"{a['max_abs_prob']:.2e}",
                      f"{a['mean_abs_prob']:.2e}", f"{a['mean_kl']:.2e}", acc, "; ".join(a["failures"])))
     lines = _table(rows)
     keras = (report.get("keras") or {}).get("against_labels")
@@ -42,4 +44,10 @@ def parity_table(report: dict) -> str:
         lines.append(f"Keras accuracy {keras['accuracy']:.4f} on {keras['images']} labelled of {report['images']} images")
     if report.get("not_run"):
         lines.append(f"{len(report['not_run'])} artifact(s) NOT RUN: their parity is unchecked here")
+    env = report.get("environment")
+    if env:
+        lines.append(f"{env['platform']}, Python {env['python']}, {env['date']}")
+    if any((a.get("engine") or {}).get("name") == "Linux Core ML executor" for a in report["artifacts"]):
+        lines.append("Core ML files ran on the Linux Core ML executor (this toolkit's numpy implementation), not on "
+                     "Apple's Core ML")
     return "\n".join(lines)

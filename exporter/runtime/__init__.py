@@ -12,11 +12,35 @@ from ..errors import ConfigError
 from ..preprocessing import Preprocessing
 
 
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def engine_text(engine: dict | None) -> str:
+    """"onnxruntime 1.22.0" / "Linux Core ML executor (exporter 0.1.0)" / "not run"."""
+    if not engine:
+        return "not run"
+    version = engine.get("version", "")
+    return f"{engine['name']} ({version})" if version.startswith(("exporter", "macOS")) else f"{engine['name']} {version}"
+
+
 class KerasRunner:
     """The reference: the Keras model fed the contract's numpy preprocessing."""
 
     def __init__(self, model, pre: Preprocessing):
         self.model, self.pre = model, pre
+        self.engine = {"name": "Keras", "version": _version("keras"), "backend": _keras_backend()}
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(self.pre.normalize(pixels), training=False), dtype=np.float32)
@@ -36,6 +60,8 @@ class OnnxRunner:
         inp = self.session.get_inputs()[0]
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
+        self.engine = {"name": "onnxruntime", "version": ort.__version__,
+                       "provider": self.session.get_providers()[0]}
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         feed = pixels
@@ -82,10 +108,14 @@ class ExecutorRunner:
     first. Probabilities are matched to ``labels`` by the names the file itself embeds."""
 
     def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, compute: str = "fp32"):
+        from .. import __version__
         from .executor import CoreMLExecutor
 
         self.executor = CoreMLExecutor(path, compute=compute)
         self.pre = pre
+        self.engine = {"name": "Linux Core ML executor", "version": f"exporter {__version__}",
+                       "note": "the toolkit's own numpy executor (exporter/runtime/executor), not Apple's Core ML",
+                       "compute": compute}
         self.order = None if labels is None else _label_order(self.executor.labels, labels)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
@@ -104,6 +134,8 @@ class CoreMLRunner:
 
         self.model = ct.models.MLModel(str(path))
         self.pre, self.labels = pre, labels
+        self.engine = {"name": "Core ML", "version": f"macOS {platform.mac_ver()[0]}",
+                       "via": f"coremltools {ct.__version__}"}
         spec = self.model.get_spec().description
         self.input = spec.input[0].name
         self.probs = spec.predictedProbabilitiesName

@@ -4,19 +4,25 @@ converted file (which does its own preprocessing). Report schema: docs in export
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, NotCheckedError, ParityError, UnsupportedOperationError
+from ..console import ProgressArg
+from ..errors import ConfigError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
 from ..exports import OpenedExport, open_export
 from ..images import iter_batches, list_images
+from ..packaging import find_source_model, read_manifest
 from ..preprocessing import Preprocessing
+from ..results import Report
 from .accumulate import LabelStats, ParityStats
 from .tolerances import Gate, check_gate_names, gate_for
 
-REPORT_SCHEMA_VERSION = 1
+# 2: every artifact names its "engine" (what ran it, with version); "reference" (Keras) and "environment" (platform,
+# Python, date) added.
+REPORT_SCHEMA_VERSION = 2
 
 
 def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
@@ -40,21 +46,33 @@ class _Entry:
 
 
 def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Path | None = None,
-             gates: dict[str, Gate] | None = None, batch_size: int = 32, trust_code: bool = False,
-             progress: bool = False) -> dict:
+             gates: dict[str, Gate | dict] | None = None, batch_size: int = 32, trust_code: bool = False,
+             progress: ProgressArg = False, verbose: bool = False) -> Report:
     """Run the Keras model and every artifact in ``export_dir`` on the images under ``images``; return the report.
 
     Raises ParityError naming every failing artifact and metric when any gate fails, and NotCheckedError (a
     ParityError, exit 8) when none failed but an artifact could not be run here (its parity is unchecked; its op and
     file are named); either carries the report, in which every other artifact is judged as usual.
     ``gates`` overrides default gates: keys ``VARIANT`` (every format) or ``FORMAT:VARIANT`` (see
-    tolerances.gate_for)."""
-    gates = dict(gates or {})
-    check_gate_names(gates)
+    tolerances.gate_for); a value is a Gate or a dict such as ``{"min_top1": 0.999}``. ``progress`` as in
+    ``export``. Mistakes that need no model (missing folders, an unknown gate, a source model that is not where the
+    manifest says) are raised before TensorFlow is imported."""
+    from ..console import progress_sink, quiet_libraries
+
+    checked = {name: as_gate(name, g) for name, g in (gates or {}).items()}
+    check_gate_names(checked)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    report = measure(open_export(export_dir, model_path=model_path, trust_code=trust_code), images, gates=gates,
-                     batch_size=batch_size, progress=progress)
+    root = Path(export_dir)
+    manifest = read_manifest(root)
+    if model_path is None:
+        model_path = find_source_model(manifest, root)
+    elif not Path(model_path).exists():
+        raise ModelLoadError("model file not found (given as --model)", path=model_path)
+    list_images(images)
+    with progress_sink(progress) as sink, quiet_libraries(verbose):
+        report = measure(open_export(root, model_path=model_path, trust_code=trust_code), images, gates=checked,
+                         batch_size=batch_size, progress=sink)
     failed = [r for r in report["artifacts"] if r["status"] == "failed"]
     not_run = [r for r in report["artifacts"] if r["status"] == "not run"]
     unchecked = "; not run here (parity unchecked): " + "; ".join(r["reason"] for r in not_run) if not_run else ""
@@ -69,9 +87,17 @@ def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Pa
 
 
 def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate], batch_size: int = 32,
-            progress: bool = False) -> dict:
+            progress: ProgressArg = False) -> Report:
     """The parity report of an opened export (every artifact its manifest lists) on ``images``; never raises for a
     failed gate (``validate`` does)."""
+    from ..console import progress_sink
+
+    with progress_sink(progress) as sink:
+        return _measure(opened, images, gates=gates, batch_size=batch_size, sink=sink)
+
+
+def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate], batch_size: int, sink) -> Report:
+    from ..console import Steps
     from ..runtime import KerasRunner
 
     root, manifest, pre, labels = opened.root, opened.manifest, opened.preprocessing, opened.labels
@@ -85,30 +111,30 @@ def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate],
         runner, reason = _runner(art, root, pre, labels)
         gate = gate_for(art["format"], art["variant"], gates)
         entries.append(_Entry(art, runner, reason, gate, ParityStats(len(labels))))
-    batches = iter_batches(items, pre, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, total=-(-len(items) // batch_size), unit="batch", desc="validate", leave=False)
-    for chunk, pixels in batches:
-        ref = keras_run(pixels)
-        label_idx = np.array([index_of.get(it.label, -1) for it in chunk])
-        paths = [str(it.path) for it in chunk]
-        keras_stats.update(ref, label_idx)
-        for entry in entries:
-            if entry.runner is None:
-                continue
-            try:
-                probs = entry.runner(pixels)
-            except UnsupportedOperationError as exc:  # found only when run (a data type, say): not run, no verdict
-                entry.runner, entry.reason = None, str(exc)
-                continue
-            entry.stats.update(ref, probs, paths, label_idx, labels)
+    n_batches = -(-len(items) // batch_size)
+    steps = Steps(sink, n_batches, minor=True)
+    for chunk, pixels in iter_batches(items, pre, batch_size):
+        first = (steps.index * batch_size) + 1
+        with steps.step(f"validate images {first}-{first + len(chunk) - 1} of {len(items)}"):
+            ref = keras_run(pixels)
+            label_idx = np.array([index_of.get(it.label, -1) for it in chunk])
+            paths = [str(it.path) for it in chunk]
+            keras_stats.update(ref, label_idx)
+            for entry in entries:
+                if entry.runner is None:
+                    continue
+                try:
+                    probs = entry.runner(pixels)
+                except UnsupportedOperationError as exc:  # found only when run (a data type, say): not run, no verdict
+                    entry.runner, entry.reason = None, str(exc)
+                    continue
+                entry.stats.update(ref, probs, paths, label_idx, labels)
     results = []
     for entry in entries:
         art, gate = entry.art, entry.gate
         row = {"path": art["path"], "format": art["format"], "variant": art["variant"], "bytes": art["bytes"],
-               "ratio_to_fp32": art.get("ratio_to_fp32"), "gate": gate.to_dict()}
+               "ratio_to_fp32": art.get("ratio_to_fp32"), "gate": gate.to_dict(),
+               "engine": getattr(entry.runner, "engine", None)}  # None when it did not run
         if entry.runner is None:
             row.update(status="not run", reason=entry.reason, failures=[])
         else:
@@ -120,6 +146,40 @@ def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate],
               "image_folder": str(images), "images": len(items), "batch_size": batch_size, "labels": labels,
               "labels_unknown_to_model": unknown, "preprocessing": manifest["preprocessing"],
               "source": manifest["source"], "keras": {"against_labels": keras_stats.summary(labels)},
+              "reference": keras_run.engine, "environment": environment(),
               "artifacts": results, "passed": not any(r["status"] == "failed" for r in results),
               "not_run": [r["path"] for r in results if r["status"] == "not run"]}
-    return report
+    return Report(report)
+
+
+def environment() -> dict:
+    """Where and when a report was made: a Linux pass comes from the executor, a macOS pass from Core ML itself."""
+    import datetime
+    import sys
+
+    return {"platform": platform.platform(), "system": platform.system(), "machine": platform.machine(),
+            "python": sys.version.split()[0],
+            "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")}
+
+
+def as_gate(variant: str, gate: Gate | dict) -> Gate:
+    """A Gate, or a dict of its fields (``{"min_top1": 0.999}``). Like ``--gate``, it replaces the variant's default
+    gate: a field left out is not checked."""
+    if isinstance(gate, Gate):
+        return gate
+    if isinstance(gate, dict):
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(Gate)}
+        bad = [k for k in gate if k not in fields]
+        if bad:
+            from ..precheck import unknown_choice
+
+            raise unknown_choice("gate field", bad[0], sorted(fields), f" for variant {variant!r}")
+        try:
+            values = {k: None if v is None else float(v) for k, v in gate.items()}
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"gate for {variant!r}: values must be numbers, got {gate!r}") from exc
+        return Gate(**values)
+    raise ConfigError(f"gate for {variant!r} must be a Gate or a dict such as {{'min_top1': 0.99}}, got {gate!r}")
+

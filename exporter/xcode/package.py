@@ -4,11 +4,13 @@ out, and opens in Xcode with File > Add Package Dependencies > Add Local.
 
 Layout (NAME is the Swift module name)::
 
-    Package.swift                         swift-tools-version 5.9, iOS 16 / macOS 13, library NAME
+    Package.swift                         platforms from the model's minimum deployment target, library NAME
     README.md
     Sources/NAME/NAME.swift               NAMEResources (every platform), NAMEClassifier (Apple platforms)
     Sources/NAME/ImageClassifier.swift    the generic Core ML / Vision classifier (Apple platforms)
-    Sources/NAME/Resources/Model.mlpackage (or Model.mlmodel), labels.txt, model.json
+    Sources/NAME/Resources/NAMEModel.mlpackage (copied) or NAMEModel.mlmodel (processed: Xcode compiles it and
+                                          generates the NAMEModel class; see RESOURCE_RULE),
+                                          labels.txt, model.json
     Tests/NAMETests/NAMETests.swift       golden parity test (skipped off Apple platforms)
     Tests/NAMETests/GoldenFile.swift, Parity.swift
     Tests/NAMETests/Golden/               golden.json and images/, see write_golden
@@ -34,7 +36,42 @@ TEMPLATES = HERE / "templates"
 TEST_SWIFT_FILES = ("GoldenFile.swift", "Parity.swift")
 LIBRARY_SWIFT_FILES = ("ImageClassifier.swift",)
 CORE_ML_FORMATS = tuple(name for name, f in FORMATS.items() if f.family == "coreml")
-MODEL_RESOURCE_STEM = "Model"
+MODEL_RESOURCE_SUFFIX = "Model"  # NAMEModel.mlpackage: Xcode names the class it generates after the file
+# The first OS releases of each Core ML specification an artifact can need (coremltools' deployment targets), as
+# SwiftPM platform versions; every platform where Core ML exists gets a floor, so the package never builds for an OS
+# that cannot load its model. iOS 18's generation (macOS 15 ...) needs swift-tools-version 6.0 to be named.
+PLATFORMS = {
+    "iOS13": {"iOS": "v13", "macOS": "v10_15", "tvOS": "v13", "watchOS": "v6"},
+    "iOS14": {"iOS": "v14", "macOS": "v11", "tvOS": "v14", "watchOS": "v7"},
+    "iOS15": {"iOS": "v15", "macOS": "v12", "tvOS": "v15", "watchOS": "v8"},
+    "iOS16": {"iOS": "v16", "macOS": "v13", "tvOS": "v16", "watchOS": "v9"},
+    "iOS17": {"iOS": "v17", "macOS": "v14", "tvOS": "v17", "watchOS": "v10", "visionOS": "v1"},
+    "iOS18": {"iOS": "v18", "macOS": "v15", "tvOS": "v18", "watchOS": "v11", "visionOS": "v2"},
+}
+# How the model file is declared as a resource. An .mlmodel is processed: Xcode compiles it into an .mlmodelc and
+# generates its class and preview, and command-line SwiftPM copies the single file as it is. An .mlpackage is copied:
+# command-line SwiftPM (`swift build`, `swift test`, the Linux build) applies `.process` to each file inside the
+# package directory and flattens them into the bundle (Swift 6.3.1 put model.mlmodel, weight.bin and Manifest.json at
+# the bundle root), which leaves no loadable model; only Xcode's build system knows .mlpackage as one item.
+RESOURCE_RULE = {"mlmodel": "process", "mlpackage": "copy"}
+RESOURCE_NOTE = {
+    "process": "Processed: Xcode compiles the model into an .mlmodelc at build time and generates its class and the "
+               "model preview; command-line SwiftPM copies it, and the classifier compiles it on first use.",
+    "copy": "Copied: command-line SwiftPM would flatten an .mlpackage's files with .process (see the exporter's "
+            "xcode/package.py); the classifier compiles it on first use and caches the result.",
+}
+# The async classify API uses Swift concurrency, which back-deploys to iOS 13 / macOS 10.15.
+TOOLS_VERSION = {"iOS18": "6.0"}
+DEFAULT_TOOLS_VERSION = "5.9"
+
+
+def platforms_for(target: str) -> tuple[str, str]:
+    """(swift-tools-version, the ``platforms:`` list) for an artifact's minimum deployment target."""
+    if target not in PLATFORMS:
+        raise ConfigError(f"no Apple platform versions known for the minimum deployment target {target!r}; "
+                          f"known: {sorted(PLATFORMS)}")
+    listed = ", ".join(f".{os_name}(.{version})" for os_name, version in PLATFORMS[target].items())
+    return TOOLS_VERSION.get(target, DEFAULT_TOOLS_VERSION), f"[{listed}]"
 MODEL_JSON_SCHEMA_VERSION = 1
 # With a top-1 gate of 0.99 (fp16) or 0.98 (int8), 100 images let one or two near-tie images flip, as the Python
 # validation allows on the full held-out set; at the model input size the PNGs stay a few hundred kilobytes or less
@@ -123,8 +160,12 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
         raise DestinationError("changed since the export (SHA-256 differs from manifest.json); export again",
                                path=model_src)
     name = check_package_name(package_name or swift_name(model_stem(manifest, artifact)))
-    model_file = f"{MODEL_RESOURCE_STEM}.{artifact['format']}"
-    values = {"NAME": name, "MODEL_FILE": model_file, "VARIANT": artifact["variant"], "ARTIFACT": artifact["path"],
+    model_file = f"{name}{MODEL_RESOURCE_SUFFIX}.{artifact['format']}"
+    tools, platforms = platforms_for(artifact["minimum_deployment_target"])
+    rule = RESOURCE_RULE[artifact["format"]]
+    values = {"NAME": name, "MODEL_FILE": model_file, "MODEL_CLASS": f"{name}{MODEL_RESOURCE_SUFFIX}",
+              "MODEL_RULE": rule, "MODEL_RULE_NOTE": RESOURCE_NOTE[rule],
+              "TOOLS_VERSION": tools, "PLATFORMS": platforms, "VARIANT": artifact["variant"], "ARTIFACT": artifact["path"],
               "EXPORTER_VERSION": __version__, "TARGET": artifact["minimum_deployment_target"],
               "RESIZE": pre["resize"], "CROP": CROP_OPTION[pre["resize"]]}
     out = Path(out_dir)

@@ -143,6 +143,18 @@ public final class ImageClassifier {
         return image
     }
 
+    /// Decode an image file with ImageIO, with the EXIF orientation it records (`.up` when it records none), to pass
+    /// on as `classify(_:orientation:)`'s orientation.
+    public static func loadImageAndOrientation(at url: URL) throws -> (CGImage, CGImagePropertyOrientation) {
+        guard let source = CGImageSourceCreateWithURL(url as CFURL, nil),
+              let image = CGImageSourceCreateImageAtIndex(source, 0, nil) else {
+            throw Failure(file: url.path, problem: "ImageIO cannot decode this image")
+        }
+        let properties = CGImageSourceCopyPropertiesAtIndex(source, 0, nil) as? [CFString: Any]
+        let raw = (properties?[kCGImagePropertyOrientation] as? NSNumber)?.uint32Value ?? 1
+        return (image, CGImagePropertyOrientation(rawValue: raw) ?? .up)
+    }
+
     // MARK: - compilation
 
     private static let compileLock = NSLock()

@@ -1,0 +1,159 @@
+"""``exporter predict``: classify images with exported files, top-k labels per image and artifact.
+
+Core ML files run through real Core ML on macOS and through the toolkit's executor elsewhere; ONNX files through
+onnxruntime. Each artifact brings its own labels and preprocessing (from the export's manifest.json, or embedded in
+the file), so one file copied out of its export still works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, ImageError, ModelLoadError
+from .packaging import MANIFEST_NAME
+
+ARTIFACT_SUFFIXES = {".mlpackage": "mlpackage", ".mlmodel": "mlmodel", ".onnx": "onnx"}
+
+
+@dataclass(frozen=True)
+class _Target:
+    path: Path
+    format: str
+    variant: str
+    preprocessing: dict | None  # from the manifest; None: read it from the file
+
+
+def _targets(target: Path) -> list[_Target]:
+    if target.is_dir() and target.suffix != ".mlpackage":
+        from .packaging import read_manifest
+
+        manifest = read_manifest(target)
+        return [_Target(target / a["path"], a["format"], a["variant"], manifest["preprocessing"]) for a in manifest["artifacts"]]
+    fmt = ARTIFACT_SUFFIXES.get(target.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"not an export folder or a {', '.join(ARTIFACT_SUFFIXES)} file", path=target)
+    manifest_file = target.parent / MANIFEST_NAME
+    if manifest_file.is_file():
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            art = next(a for a in manifest["artifacts"] if a["path"] == target.name)
+            return [_Target(target, fmt, art["variant"], manifest["preprocessing"])]
+        except (ValueError, KeyError, StopIteration, TypeError):
+            pass  # not this file's manifest: use what the file embeds
+    return [_Target(target, fmt, "", None)]
+
+
+def _image_files(images: list[str | os.PathLike]) -> list[Path]:
+    from .images import list_images
+
+    files: list[Path] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            files += [it.path for it in list_images(item)]
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ImageError("image not found", path=item)
+    return files
+
+
+def _embedded(path: Path, fmt: str) -> dict[str, str]:
+    """The file's own metadata (labels and preprocessing contract)."""
+    if fmt == "onnx":
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    from .runtime.coreml_spec import load_spec
+
+    return dict(load_spec(path).description.metadata.userDefined)
+
+
+def _runner(t: _Target):
+    from .preprocessing import Preprocessing
+    from .runtime import CoreMLRunner, ExecutorRunner, OnnxRunner, embedded_onnx_labels
+
+    meta = None
+    if t.preprocessing is None:
+        meta = _embedded(t.path, t.format)
+        if "exporter.preprocessing" not in meta:
+            raise ConfigError(
+                "the file embeds no preprocessing contract (exporter.preprocessing); predict reads files written by `exporter convert`",
+                path=t.path,
+            )
+        pre = Preprocessing.from_dict(json.loads(meta["exporter.preprocessing"]), source=str(t.path))
+    else:
+        pre = Preprocessing.from_dict(t.preprocessing, source=str(t.path.parent / MANIFEST_NAME))
+    if t.format == "onnx":
+        return OnnxRunner(t.path, pre), embedded_onnx_labels(t.path), pre
+    if platform.system() == "Darwin":
+        meta = meta or _embedded(t.path, t.format)
+        labels = json.loads(meta["exporter.labels"])
+        return CoreMLRunner(t.path, pre, labels), labels, pre
+    runner = ExecutorRunner(t.path, pre)
+    return runner, list(runner.executor.labels), pre
+
+
+def predict(
+    target: str | os.PathLike, images: list[str | os.PathLike] | str | os.PathLike, *, top_k: int = 5, verbose: bool = False
+) -> dict:
+    """Top-k labels with probabilities for every image under every artifact of ``target`` (an export folder or one
+    .mlpackage/.mlmodel/.onnx file). Returns ``{"predictions": [{"image", "artifact", "engine", "top": [{"label",
+    "probability"}]}], "environment": ...}``."""
+    from .console import quiet_libraries
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    target = Path(target)
+    if not target.exists():
+        raise ModelLoadError("artifact or export folder not found", path=target)
+    targets = _targets(target)
+    files = _image_files(list(images))
+    with quiet_libraries(verbose, preload=any(t.format != "onnx" for t in targets)):
+        return _predict(targets, files, top_k)
+
+
+def _predict(targets: list[_Target], files: list[Path], top_k: int) -> dict:
+    import numpy as np
+
+    from .images import load_image
+    from .validation.parity import environment
+
+    rows = []
+    for t in targets:
+        runner, labels, pre = _runner(t)
+        for f in files:
+            probs = runner(load_image(f, pre)[None])[0]
+            order = np.argsort(-probs, kind="stable")[:top_k]
+            rows.append(
+                {
+                    "image": str(f),
+                    "artifact": t.path.name,
+                    "format": t.format,
+                    "variant": t.variant,
+                    "engine": runner.engine,
+                    "top": [{"label": labels[i], "probability": float(probs[i])} for i in order],
+                }
+            )
+    return {"predictions": rows, "environment": environment()}
+
+
+def format_predictions(result: dict) -> str:
+    from .runtime import engine_text
+
+    lines: list[str] = []
+    by_image: dict[str, list[dict]] = {}
+    for row in result["predictions"]:
+        by_image.setdefault(row["image"], []).append(row)
+    width = max((len(r["artifact"]) for r in result["predictions"]), default=0)
+    for image, rows in by_image.items():
+        lines.append(image)
+        for r in rows:
+            top = "  ".join(f"{t['label']} {t['probability']:.4f}" for t in r["top"])
+            lines.append(f"  {r['artifact'].ljust(width)}  {top}   [{engine_text(r['engine'])}]")
+    return "\n".join(lines)

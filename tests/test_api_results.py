@@ -1,0 +1,150 @@
+"""The Python API: typed results, explicit options, reproducible bytes, folders with the user's permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, sample
+
+import exporter
+from exporter.api import ExportOptions
+from exporter.errors import ConfigError, ModelLoadError
+from exporter.packaging import atomic_directory, find_source_model, source_paths
+from exporter.results import Manifest, Report
+from exporter.validation.parity import as_gate
+from exporter.validation.tolerances import Gate
+
+S = sample("mobilenet_v1_digits")
+
+
+def test_one_format_or_variant_may_be_a_string():
+    assert ExportOptions(formats="onnx").formats == ("onnx",)
+    assert {v.key for v in ExportOptions(formats="onnx", variants="fp16").selected} == {"onnx:fp16"}
+    with pytest.raises(ConfigError, match="did you mean 'onnx'"):
+        ExportOptions(formats="onxx")
+    with pytest.raises(ConfigError, match="did you mean 'palette4'"):
+        ExportOptions(variants=["palete4"])
+
+
+def test_gates_may_be_dicts():
+    assert as_gate("int8", {"min_top1": 0.999}) == Gate(min_top1=0.999)
+    assert as_gate("fp32", Gate(max_abs_prob=1e-4)) == Gate(max_abs_prob=1e-4)
+    with pytest.raises(ConfigError, match="did you mean 'min_top1'"):
+        as_gate("int8", {"min_top": 0.9})
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        as_gate("int8", {"min_top1": 2})
+
+
+def test_errors_are_exported_from_the_package():
+    assert exporter.ParityError is exporter.errors.ParityError
+    assert issubclass(exporter.ConfigError, exporter.ExporterError)
+    assert set(exporter.__all__) >= {"Manifest", "Report", "xcode", "predict", "ExporterError"}
+
+
+def test_manifest_and_report_lookups(tmp_path):
+    m = Manifest(
+        {
+            "artifacts": [
+                {
+                    "path": "m_int8.mlpackage",
+                    "format": "mlpackage",
+                    "variant": "int8",
+                    "bytes": 3,
+                    "sha256": "ab",
+                    "minimum_deployment_target": "iOS16",
+                }
+            ]
+        },
+        tmp_path,
+    )
+    assert m.artifact("mlpackage", "int8").path == tmp_path.absolute() / "m_int8.mlpackage"
+    assert json.loads(json.dumps(m))["artifacts"][0]["variant"] == "int8"  # still the JSON document
+    with pytest.raises(ConfigError, match="no onnx:int8"):
+        m.artifact("onnx", "int8")
+    r = Report(
+        {
+            "export_dir": str(tmp_path),
+            "passed": False,
+            "artifacts": [
+                {
+                    "path": "a.onnx",
+                    "format": "onnx",
+                    "variant": "fp16",
+                    "status": "failed",
+                    "failures": ["x"],
+                    "engine": {"name": "onnxruntime"},
+                }
+            ],
+        }
+    )
+    assert not r.passed and r.artifact("onnx", "fp16").status == "failed"
+
+
+def test_source_model_is_found_after_the_export_moves(tmp_path):
+    model = tmp_path / "models" / "m.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"x")
+    manifest = {"source": source_paths(model, tmp_path / "exports" / "e")}
+    assert manifest["source"]["path_from_export"] == "../../models/m.keras"
+    # moved together (another root): the relative path still works, the absolute one does not
+    moved = tmp_path / "elsewhere"
+    (moved / "models").mkdir(parents=True)
+    (moved / "exports" / "e").mkdir(parents=True)
+    (moved / "models" / "m.keras").write_bytes(b"x")
+    assert find_source_model(manifest, moved / "exports" / "e").resolve() == (moved / "models" / "m.keras").resolve()
+    # the export alone moved: the absolute path is the fallback
+    assert find_source_model(manifest, tmp_path / "x" / "y" / "z") == model.absolute()
+    model.unlink()
+    with pytest.raises(ModelLoadError, match="--model"):
+        find_source_model(manifest, tmp_path / "x" / "y" / "z")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_folders_get_the_users_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        with atomic_directory(tmp_path / "out") as stage:
+            (stage / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
+
+
+@pytest.mark.slow
+def test_identical_exports_have_identical_manifests(tmp_path):
+    """Two exports in two fresh processes (as two users or two CI runs would make them), every format, with the
+    calibrated variants: the manifests, hashes included, must be equal apart from the build times."""
+    code = (
+        "import json, sys, exporter; m = exporter.export({m!r}, {l!r}, sys.argv[1], preprocessing={p!r}, "
+        "options=exporter.ExportOptions(variants=('fp32', 'int8', 'int8-static', 'int8-dynamic'), "
+        "calibration_images={c!r}, calibration_count=16)); print(json.dumps(m))"
+    ).format(m=str(S["model"]), l=str(S["labels"]), p=str(S["preprocessing"]), c=str(S["heldout"]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / f"run{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for i in (1, 2)
+    ]
+    outs = [p.communicate(timeout=1200) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    manifests = [json.loads(o.splitlines()[-1]) for o, _ in outs]
+    for m in manifests:
+        for a in m["artifacts"]:
+            a["details"].pop("seconds")
+    assert {a["format"] for a in manifests[0]["artifacts"]} == {"mlpackage", "mlmodel", "onnx"}
+    assert len(manifests[0]["artifacts"]) == 7  # mlpackage and mlmodel fp32, int8; onnx fp32, int8-static, int8-dynamic
+    differ = [(a["path"], k) for a, b in zip(manifests[0]["artifacts"], manifests[1]["artifacts"], strict=True) for k in a if a[k] != b[k]]
+    # Known, unexplained: in 1 of 5 two-process runs (on a loaded machine) the ONNX int8-dynamic and int8-static
+    # files differed in content at equal size while every other file matched; the same core quantized again in any
+    # one process, under any PYTHONHASHSEED, gives the same bytes. Everything else must match, always.
+    known = {p for p in ("mobilenet_v1_digits_int8_dynamic.onnx", "mobilenet_v1_digits_int8_static.onnx")}
+    assert not [d for d in differ if d[0] not in known], differ
+    assert {k: v for k, v in manifests[0].items() if k != "artifacts"} == {k: v for k, v in manifests[1].items() if k != "artifacts"}
+    if differ:
+        pytest.xfail(f"known nondeterminism of the quantized ONNX files: {differ}")
