@@ -34,7 +34,7 @@ examples:
 
 global options (--debug, --quiet, --verbose) go before or after the command.
 exit codes: 0 ok; 2 bad option, labels or preprocessing; 3 model; 4 image; 5 conversion; 6 destination;
-7 parity gates failed; 70 internal error."""
+7 parity gates failed; 8 an artifact could not be run here (parity unchecked); 70 internal error."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
