@@ -195,7 +195,7 @@ def activation_ranges(mlmodel, rgb_batches, input_name: str = "image") -> dict[s
 def _insert_activation_quantization(mlmodel, stats):
     """coremltools' own activation-quantization passes (the ones ``linear_quantize_activations`` runs after its
     calibration), fed with our ranges. These are coremltools-internal entry points, pinned by coremltools < 10 and
-    exercised by tests/test_executor.py's W8A8 parity test."""
+    exercised by tests/executor/test_executor_models.py's W8A8 parity test."""
     import coremltools.optimize.coreml as cto
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
