@@ -89,3 +89,38 @@ def test_product_goes_into_the_fresh_operand_when_the_other_is_read_later(tmp_pa
     step = next(s for s in executor._engine.steps if s.outputs == ["product"])
     assert step.call.inplace and step.call.args["x"] == ["rectified"] and step.call.args["y"] == ["conv"]
     _check(executor, pixels, conv * np.maximum(conv, 0) + conv)
+
+
+def _conv_float64(x: np.ndarray, weight: np.ndarray, pads, dilation) -> np.ndarray:
+    """Direct NCHW convolution, unit stride, in float64."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[1]), (pads[2], pads[3])))
+    o, _, kh, kw = weight.shape
+    ho = xp.shape[2] - (kh - 1) * dilation[0]
+    wo = xp.shape[3] - (kw - 1) * dilation[1]
+    out = np.zeros((x.shape[0], o, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i * dilation[0]:i * dilation[0] + ho, j * dilation[1]:j * dilation[1] + wo]
+            out += np.einsum("nchw,oc->nohw", window, weight[:, :, i, j].astype(np.float64))
+    return out
+
+
+@pytest.mark.parametrize("kernel,pads,dilation", [((3, 3), (1, 1, 1, 1), (1, 1)), ((3, 2), (2, 0, 1, 1), (2, 1)),
+                                                  ((1, 3), (0, 0, 1, 1), (1, 1))])
+def test_shifted_taps_convolution_matches_float64(kernel, pads, dilation):
+    """Unit-stride convolutions with few output channels for their input's (DenseNet's 3x3 128 -> 32) take the
+    shifted-taps path: every tap a product of the flat input shifted, summed, the grid's border dropped."""
+    from exporter.runtime.executor import kernels
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 16, 11, 12)).astype(np.float32)
+    weight = rng.normal(size=(5, 16) + kernel).astype(np.float32)
+    bias = rng.normal(size=5).astype(np.float32)
+    cache: dict = {}
+    got = kernels.conv2d(x, weight, bias, (1, 1), dilation, pads, 1, cache)
+    assert "taps" in cache  # the path under test was taken
+    want = _conv_float64(x, weight, pads, dilation) + bias.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+    single = np.concatenate([kernels.conv2d(x[i:i + 1], weight, bias, (1, 1), dilation, pads, 1, cache)
+                             for i in range(3)])
+    np.testing.assert_array_equal(single, got)  # an image's result does not depend on its neighbours in the batch

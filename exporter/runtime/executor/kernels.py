@@ -116,10 +116,18 @@ def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
 # Rows of the flattened padded input per block of the shifted-taps convolution: the block's float32 accumulator and
 # product (rows x output channels each) stay in the core's cache while the taps are summed into it.
 SHIFTED_BLOCK_ROWS = 2048
-# Largest padded grid, relative to the output, on which the shifted-taps convolution is used (it computes every grid
-# position). Measured single-threaded against im2col, batch 2-4: 3x3 over 56x56, 128 -> 32 channels 0.49 of the time;
-# 64 -> 64 at 56x56, 64 -> 96 at 35x35, 256 -> 256 at 14x14 and 128 -> 32 at 7x7 (a 1.65x grid) 0.87-1.0.
-SHIFTED_GRID = 2.0
+# When the shifted-taps convolution replaces im2col: it computes every position of the padded grid and adds one
+# product per tap into the output, so it wins when im2col's copy of kh*kw times the input outweighs the product
+# (few output channels for the input's) and loses on small maps with wide channels, where the grid's border is a large
+# share. Measured single-threaded, batch 3, time relative to im2col (a busy machine: +-15 %): 3x3 128 -> 32 at 56 px
+# 0.43-0.51, at 28 px 0.93; 64 -> 64 at 56 px 0.82-0.98; 128 -> 128 at 28 px 0.9-1.28; 256 -> 256 at 14 px 1.04-1.49;
+# 512 -> 512 at 7 px 1.08-1.41.
+SHIFTED_NARROW_GRID = 2.0  # largest grid / output area when the output has at most half the input's channels
+SHIFTED_GRID = 1.1  # otherwise
+
+
+def _shifted_pays(c: int, o: int, grid: int, out: int) -> bool:
+    return grid <= (SHIFTED_NARROW_GRID if 2 * o <= c else SHIFTED_GRID) * out
 
 
 def tap_weights(weight: np.ndarray) -> np.ndarray:
@@ -213,7 +221,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, d
             rows = np.concatenate([dense_weight(weight), np.asarray(bias, np.float32).reshape(1, o)])
             cache["dense_bias"] = np.ascontiguousarray(rows)
         return nchw(_pointwise_biased(xh, cache["dense_bias"], stride, ho, wo))
-    if groups == 1 and kh * kw > 1 and stride == (1, 1) and xh.shape[1] * xh.shape[2] <= SHIFTED_GRID * ho * wo:
+    if groups == 1 and kh * kw > 1 and stride == (1, 1) and _shifted_pays(c, o, xh.shape[1] * xh.shape[2], ho * wo):
         if "taps" not in cache:
             cache["taps"] = tap_weights(weight)
         out = _dense_shifted(xh, cache["taps"], kh, kw, dilation, ho, wo)
