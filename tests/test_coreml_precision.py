@@ -85,8 +85,7 @@ def test_fp32_coreml_error_within_twice_onnx_against_float64_keras(trained, tmp_
     assert reference.std(axis=0).max() > 0.05 and np.unique(reference.argmax(axis=1)).size >= 3
 
     pre = Preprocessing((SIZE, SIZE), scale=(1 / 255,) * 3, bias=(0.0,) * 3)
-    info = ModelInfo(name="preact", labels=[str(i) for i in range(10)], preprocessing=pre, source_sha256="",
-                     source_file="preact.keras")
+    info = ModelInfo(name="preact", labels=[str(i) for i in range(10)], preprocessing=pre, source_sha256="", source_file="preact.keras")
     path = tmp_path / f"preact.{suffix}"
     save(convert(model, info, backend=backend, precision="fp32"), path)
     coreml = CoreMLExecutor(path).predict(pixels).astype(np.float64)

@@ -24,9 +24,15 @@ def _program(tmp_path, body):
 
     count = int(np.prod(prog.functions["main"].outputs[0].shape))
     image = ct.ImageType(name="x", shape=(1, 3, SIDE, SIDE), scale=SCALE, bias=[BIAS] * 3)
-    model = ct.convert(prog, inputs=[image], classifier_config=ct.ClassifierConfig([f"o{i}" for i in range(count)]),
-                       convert_to="mlprogram", minimum_deployment_target=ct.target.iOS15, skip_model_load=True,
-                       compute_precision=ct.precision.FLOAT32)
+    model = ct.convert(
+        prog,
+        inputs=[image],
+        classifier_config=ct.ClassifierConfig([f"o{i}" for i in range(count)]),
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS15,
+        skip_model_load=True,
+        compute_precision=ct.precision.FLOAT32,
+    )
     path = tmp_path / "p.mlpackage"
     model.save(str(path))
     return path
@@ -38,7 +44,7 @@ def _conv_reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     out = np.zeros((n, weight.shape[0], h - 2, w - 2))
     for i in range(3):
         for j in range(3):
-            out += np.einsum("nchw,oc->nohw", x[:, :, i:i + h - 2, j:j + w - 2], weight[:, :, i, j])
+            out += np.einsum("nchw,oc->nohw", x[:, :, i : i + h - 2, j : j + w - 2], weight[:, :, i, j])
     return out
 
 
@@ -46,7 +52,7 @@ def _check(executor, pixels, want) -> None:
     got = executor.predict(pixels)
     np.testing.assert_allclose(got, want.reshape(len(pixels), -1), atol=ATOL, rtol=0)
     np.testing.assert_array_equal(executor.predict(pixels), got)  # reused buffers leave nothing behind
-    alone = np.concatenate([executor.predict(pixels[i:i + 1]) for i in range(len(pixels))])
+    alone = np.concatenate([executor.predict(pixels[i : i + 1]) for i in range(len(pixels))])
     np.testing.assert_array_equal(alone, got)
 
 
@@ -100,13 +106,14 @@ def _conv_float64(x: np.ndarray, weight: np.ndarray, pads, dilation) -> np.ndarr
     out = np.zeros((x.shape[0], o, ho, wo))
     for i in range(kh):
         for j in range(kw):
-            window = xp[:, :, i * dilation[0]:i * dilation[0] + ho, j * dilation[1]:j * dilation[1] + wo]
+            window = xp[:, :, i * dilation[0] : i * dilation[0] + ho, j * dilation[1] : j * dilation[1] + wo]
             out += np.einsum("nchw,oc->nohw", window, weight[:, :, i, j].astype(np.float64))
     return out
 
 
-@pytest.mark.parametrize("kernel,pads,dilation", [((3, 3), (1, 1, 1, 1), (1, 1)), ((3, 2), (2, 0, 1, 1), (2, 1)),
-                                                  ((1, 3), (0, 0, 1, 1), (1, 1))])
+@pytest.mark.parametrize(
+    "kernel,pads,dilation", [((3, 3), (1, 1, 1, 1), (1, 1)), ((3, 2), (2, 0, 1, 1), (2, 1)), ((1, 3), (0, 0, 1, 1), (1, 1))]
+)
 def test_shifted_taps_convolution_matches_float64(kernel, pads, dilation):
     """Unit-stride convolutions with few output channels for their input's (DenseNet's 3x3 128 -> 32) take the
     shifted-taps path: every tap a product of the flat input shifted, summed, the grid's border dropped."""
@@ -121,6 +128,5 @@ def test_shifted_taps_convolution_matches_float64(kernel, pads, dilation):
     assert "taps" in cache  # the path under test was taken
     want = _conv_float64(x, weight, pads, dilation) + bias.reshape(1, -1, 1, 1)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
-    single = np.concatenate([kernels.conv2d(x[i:i + 1], weight, bias, (1, 1), dilation, pads, 1, cache)
-                             for i in range(3)])
+    single = np.concatenate([kernels.conv2d(x[i : i + 1], weight, bias, (1, 1), dilation, pads, 1, cache) for i in range(3)])
     np.testing.assert_array_equal(single, got)  # an image's result does not depend on its neighbours in the batch
