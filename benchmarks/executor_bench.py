@@ -141,12 +141,14 @@ def _family_child(name: str, cache: Path, batch: int, repeats: int) -> dict:
     return {"family": name, "status": "measured", "input_size": FAMILIES[name], **result}
 
 
-def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS) -> list[dict]:
-    """One child process per family (see the module docstring); a child that fails is reported with its error."""
+def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS,
+                     done=lambda rows: None) -> list[dict]:
+    """One child process per family (see the module docstring); a child that fails is reported with its error.
+    ``done(rows)`` is called after each family, so an interrupted run keeps what it measured."""
     import json
     import subprocess
 
-    rows = []
+    rows: list[dict] = []
     for name in names:
         out = subprocess.run([sys.executable, __file__, "--family-child", name, "--cache", str(cache),
                               "--batch", str(batch), "--repeats", str(repeats)], capture_output=True, text=True)
@@ -156,6 +158,7 @@ def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats:
         else:
             rows.append(json.loads(lines[-1]))
         print(render_family(rows[-1]), flush=True)
+        done(rows)
     return rows
 
 
@@ -204,11 +207,14 @@ def main(argv=None) -> None:
             parser.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
         print(f"executor / onnxruntime per family, batch {args.batch}, fp32, {args.repeats} alternating rounds "
               f"({os.cpu_count()} CPUs)", flush=True)
+
+        def write(rows: list[dict]) -> None:
+            results = json.loads(args.json.read_text()) if args.json.exists() else {}
+            results["executor_families"] = rows
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
         with tempfile.TemporaryDirectory(prefix="executor-families-") as tmp:
-            rows = measure_families(names, args.cache or Path(tmp), args.batch, args.repeats)
-        results = json.loads(args.json.read_text()) if args.json.exists() else {}
-        results["executor_families"] = rows
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+            measure_families(names, args.cache or Path(tmp), args.batch, args.repeats, done=write)
         return
 
     from export_bench import build_large
