@@ -21,7 +21,7 @@ from pathlib import Path
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _owned_folders: set[Path] = set()
 _owned_files: set[Path] = set()
-_state = {"critical": 0, "pending": None}
+_state: dict[str, int] = {"critical": 0, "pending": 0}  # nesting depth; signal number seen inside (0: none)
 
 
 def own_folder(path: Path) -> Path:
@@ -59,7 +59,7 @@ def critical() -> Iterator[None]:
         yield
     finally:
         _state["critical"] -= 1
-        if not _state["critical"] and _state["pending"] is not None:
+        if not _state["critical"] and _state["pending"]:
             _terminate(_state["pending"])
 
 

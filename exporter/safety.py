@@ -40,6 +40,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 MAX_QUOTE_CHARS = 80
 NAME_MAX = 255  # bytes in one path component (Linux, macOS)
 
+
 def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters, for echoing untrusted values in an error."""
     text = repr(value)
@@ -47,8 +48,7 @@ def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ reading files
-def read_regular(path: str | Path, *, error: type[ExporterError], what: str = "file",
-                 max_bytes: int = MAX_FILE_BYTES) -> bytes:
+def read_regular(path: str | Path, *, error: type[ExporterError], what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of a regular file (symlinks followed) of at most ``max_bytes``. A FIFO, a device (/dev/zero), a
     socket or a folder is refused without blocking: the file is opened non-blocking and checked before reading."""
     path = Path(path)
@@ -65,8 +65,7 @@ def read_regular(path: str | Path, *, error: type[ExporterError], what: str = "f
         if stat.S_ISDIR(st.st_mode):
             raise error(f"is a directory, not a {what}", path=path)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"is not a regular file (a FIFO, device or socket); refusing to read it as a {what}",
-                        path=path)
+            raise error(f"is not a regular file (a FIFO, device or socket); refusing to read it as a {what}", path=path)
         if st.st_size > max_bytes:
             raise error(f"{what} is {st.st_size:,} bytes, over the limit of {max_bytes:,}", path=path)
         chunks, total = [], 0
@@ -112,8 +111,7 @@ def load_json(data: bytes | str, *, path: str | Path, error: type[ExporterError]
 
 
 # ------------------------------------------------------------------------------------------------ paths and names
-def inside(root: str | Path, relative: Any, *, error: type[ExporterError], where: str | Path, what: str = "path"
-           ) -> Path:
+def inside(root: str | Path, relative: Any, *, error: type[ExporterError], where: str | Path, what: str = "path") -> Path:
     """``root / relative`` for a relative path from an untrusted file (a manifest, a package), refused unless it is a
     plain relative path that resolves, symlinks included, inside ``root``."""
     if not isinstance(relative, str) or not relative or "\x00" in relative:
@@ -140,8 +138,9 @@ def check_name(name: Any, *, what: str = "--name", error: type[ExporterError] = 
     if len(name) > MAX_NAME_CHARS:
         raise error(f"{what} must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     if not SAFE_NAME.match(name) or ".." in name:
-        raise error(f"{what} must use only letters, digits, '.', '_' and '-', start with a letter or digit and not "
-                    f"contain '..', got {quote(name)}")
+        raise error(
+            f"{what} must use only letters, digits, '.', '_' and '-', start with a letter or digit and not contain '..', got {quote(name)}"
+        )
     return name
 
 
@@ -153,8 +152,9 @@ def safe_stem(text: str) -> str:
 
 def check_component_length(path: Path, *, error: type[ExporterError]) -> None:
     if len(os.fsencode(path.name)) > NAME_MAX:
-        raise error(f"folder name is {len(os.fsencode(path.name))} bytes, over the file system limit of {NAME_MAX}",
-                    path=one_line(str(path), 300))
+        raise error(
+            f"folder name is {len(os.fsencode(path.name))} bytes, over the file system limit of {NAME_MAX}", path=one_line(str(path), 300)
+        )
 
 
 def contains(outer: Path, inner: Path) -> bool:
@@ -164,16 +164,16 @@ def contains(outer: Path, inner: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ bounds
-def check_elements(shape, *, itemsize: int = 4, error: type[ExporterError], where: str | Path, what: str = "tensor"
-                   ) -> int:
+def check_elements(shape, *, itemsize: int = 4, error: type[ExporterError], where: str | Path, what: str = "tensor") -> int:
     """Element count of ``shape`` (exact, no overflow), refused when negative or over the memory budget."""
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
         raise error(f"{what} has a negative dimension {dims}", path=where)
     count = math.prod(dims)
     if count * itemsize > MEMORY_BUDGET_BYTES:
-        raise error(f"{what} of shape {dims[:8]} needs {count * itemsize:,} bytes, over the memory budget of "
-                    f"{MEMORY_BUDGET_BYTES:,}", path=where)
+        raise error(
+            f"{what} of shape {dims[:8]} needs {count * itemsize:,} bytes, over the memory budget of {MEMORY_BUDGET_BYTES:,}", path=where
+        )
     return count
 
 
@@ -185,13 +185,15 @@ def check_zip(path: str | Path, *, error: type[ExporterError]) -> None:
         with zipfile.ZipFile(path) as z:
             members = z.infolist()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise error(f"model file is corrupt or truncated ({type(exc).__name__}: {one_line(str(exc), 200)})",
-                    path=path) from exc
+        raise error(f"model file is corrupt or truncated ({type(exc).__name__}: {one_line(str(exc), 200)})", path=path) from exc
     total = 0
     for m in members:
         total += m.file_size
         if m.file_size > RATIO_CHECK_BYTES and m.file_size > MAX_COMPRESSION_RATIO * max(m.compress_size, 1):
-            raise error(f"archive member {quote(m.filename)} inflates from {m.compress_size:,} to {m.file_size:,} bytes "
-                        f"(over {MAX_COMPRESSION_RATIO}x: a decompression bomb)", path=path)
+            raise error(
+                f"archive member {quote(m.filename)} inflates from {m.compress_size:,} to {m.file_size:,} bytes "
+                f"(over {MAX_COMPRESSION_RATIO}x: a decompression bomb)",
+                path=path,
+            )
     if total > MEMORY_BUDGET_BYTES:
         raise error(f"archive members inflate to {total:,} bytes, over the limit of {MEMORY_BUDGET_BYTES:,}", path=path)

@@ -14,9 +14,11 @@ import sys
 import tempfile
 
 # Notices TensorFlow's native libraries print while loading, whatever the log level.
-IMPORT_NOISE = re.compile(r"All log messages before absl::InitializeLog|port\.cc:\d+\] oneDNN custom operations|"
-                          r"cpu_feature_guard\.cc|Unable to register cu(DNN|FFT|BLAS)|computation placer already|"
-                          r"TF-TRT Warning|external/local_xla")
+IMPORT_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|port\.cc:\d+\] oneDNN custom operations|"
+    r"cpu_feature_guard\.cc|Unable to register cu(DNN|FFT|BLAS)|computation placer already|"
+    r"TF-TRT Warning|external/local_xla"
+)
 
 
 def quiet_environment() -> None:

@@ -26,13 +26,15 @@ EXAMPLE_SECONDS = 30
 # Peak resident memory of the whole test process after fuzzing: TensorFlow and the export fixture take ~1.5 GB; a
 # reader that allocated what a mutated size field declares would go far past this.
 PEAK_RSS_BYTES = 3 << 30
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @contextmanager
@@ -74,14 +76,13 @@ def mutate(data: bytes, edits) -> bytes:
             out[offset] ^= xor
     if span is not None:
         offset, chunk = span
-        out[offset:offset + len(chunk)] = chunk
+        out[offset : offset + len(chunk)] = chunk
     return bytes(out[:cut] if cut is not None else out)
 
 
 # ------------------------------------------------------------------------------------------------ labels, preprocessing
 # Nesting deeper than Python's recursion limit: json.loads raises RecursionError, not JSONDecodeError.
-deep_json = st.integers(1_000, 50_000).map(lambda n: "[" * n + "]" * n) | st.integers(1_000, 50_000).map(
-    lambda n: '{"a": ' * n)
+deep_json = st.integers(1_000, 50_000).map(lambda n: "[" * n + "]" * n) | st.integers(1_000, 50_000).map(lambda n: '{"a": ' * n)
 
 
 @FUZZ
@@ -111,8 +112,15 @@ def test_preprocessing_from_any_json(value):
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["input_size", "channel_order", "scale", "bias", "mean", "std", "resize",
-                                        "interpolation", "in_model", "notes", "version"]), json_values, max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["input_size", "channel_order", "scale", "bias", "mean", "std", "resize", "interpolation", "in_model", "notes", "version"]
+        ),
+        json_values,
+        max_size=8,
+    )
+)
 def test_preprocessing_known_keys_any_values(value):
     from exporter.preprocessing import Preprocessing
 
@@ -193,9 +201,11 @@ def test_manifest_values_replaced(tmp_path_factory, small_export, manifest_bytes
 @pytest.fixture(scope="module")
 def core_ml_files(small_export):
     pkg = next(small_export[0].glob("*.mlpackage"))
-    return {"program": pkg / "Data" / "com.apple.CoreML" / "model.mlmodel",
-            "weights": next(pkg.rglob("weight.bin")),
-            "neuralnetwork": next(small_export[0].glob("*.mlmodel"))}, pkg
+    return {
+        "program": pkg / "Data" / "com.apple.CoreML" / "model.mlmodel",
+        "weights": next(pkg.rglob("weight.bin")),
+        "neuralnetwork": next(small_export[0].glob("*.mlmodel")),
+    }, pkg
 
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)

@@ -84,8 +84,7 @@ def test_saved_model_runs_nothing_without_trust_code(tmp_path, capsys, small_exp
 
     marker = tmp_path / "marker.txt"
     model = _evil_saved_model(tmp_path / "evil_sm", marker)
-    proc, line = _cli(["convert", str(model), "--labels", str(S["labels"]), *PRE, "--out", str(tmp_path / "o"),
-                       *SMALL], capsys)
+    proc, line = _cli(["convert", str(model), "--labels", str(S["labels"]), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
     assert proc.returncode == 3 and "--trust-code" in line and "SavedModel" in line
     assert not marker.exists()
     # validate and xcode on an export whose manifest names the SavedModel (with its real hash) refuse it too
@@ -130,8 +129,7 @@ def test_xcode_does_not_copy_a_package_from_outside(tmp_path, capsys, small_expo
     export = _copy_export(small_export, tmp_path / "a" / "export")
     pkg = next(export.glob("*.mlpackage"))
     shutil.copytree(pkg, tmp_path / "outside.mlpackage")
-    _edit_manifest(export, lambda m: next(a for a in m["artifacts"] if a["format"] == "mlpackage").update(
-        path="../../outside.mlpackage"))
+    _edit_manifest(export, lambda m: next(a for a in m["artifacts"] if a["format"] == "mlpackage").update(path="../../outside.mlpackage"))
     proc, line = _cli(["xcode", str(export), "--images", str(small_export[1]), "--out", str(tmp_path / "pkg"), "--variant", "fp32"], capsys)
     assert proc.returncode == 6 and "outside" in line
     assert not (tmp_path / "pkg").exists()
@@ -152,16 +150,25 @@ def test_swift_template_values_are_checked():
     from exporter.xcode.package import render
 
     with pytest.raises(ConfigError, match="generated Swift"):
-        render("Package.swift.in", {"NAME": "Ok", "MODEL_FILE": "Model.mlpackage", "ARTIFACT": "a\nimport Evil",
-                                    "EXPORTER_VERSION": "0", "VARIANT": "fp16", "TARGET": "iOS15", "RESIZE": "stretch",
-                                    "CROP": "scaleFill"})
+        render(
+            "Package.swift.in",
+            {
+                "NAME": "Ok",
+                "MODEL_FILE": "Model.mlpackage",
+                "ARTIFACT": "a\nimport Evil",
+                "EXPORTER_VERSION": "0",
+                "VARIANT": "fp16",
+                "TARGET": "iOS15",
+                "RESIZE": "stretch",
+                "CROP": "scaleFill",
+            },
+        )
 
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/abs-name", "a/b", "..", "x\ny", "é" * 3, "a" * 201, ".hidden"])
 def test_name_is_validated_before_it_becomes_a_path(tmp_path, capsys, name):
     dest = tmp_path / "out"
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(dest),
-                       "--name", name, *SMALL], capsys)
+    proc, line = _cli(["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(dest), "--name", name, *SMALL], capsys)
     assert proc.returncode == 2 and "--name" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -184,14 +191,12 @@ def _keras_with(tmp_path: Path, name: str, member: str, size: int, *, keep_confi
     return out
 
 
-@pytest.mark.parametrize("member,size", [("config.json", 80 << 20), ("model.weights.h5", 200 << 20),
-                                         ("assets/big.bin", 200 << 20)])
+@pytest.mark.parametrize("member,size", [("config.json", 80 << 20), ("model.weights.h5", 200 << 20), ("assets/big.bin", 200 << 20)])
 def test_archive_bombs_are_refused_before_inflating(tmp_path, capsys, member, size):
     model = _keras_with(tmp_path, "big.keras", member, size)
     assert model.stat().st_size < 2_000_000
     t0 = time.perf_counter()
-    proc, line = _cli(["convert", str(model), "--labels", str(S["labels"]), *PRE, "--out", str(tmp_path / "o"),
-                       *SMALL], capsys)
+    proc, line = _cli(["convert", str(model), "--labels", str(S["labels"]), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
     assert proc.returncode == 3 and "big.keras" in line, line
     assert "decompression bomb" in line or "over the limit" in line, line
     assert time.perf_counter() - t0 < 10  # refused from the declared sizes, not after inflating
@@ -225,9 +230,11 @@ def test_special_files_are_refused_without_hanging(tmp_path, which):
     from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing
 
-    fn, error = {"model": (lambda p: load_model(p), ModelLoadError),
-                 "labels": (read_labels, LabelsError),
-                 "preprocessing": (Preprocessing.from_file, ConfigError)}[which]
+    fn, error = {
+        "model": (lambda p: load_model(p), ModelLoadError),
+        "labels": (read_labels, LabelsError),
+        "preprocessing": (Preprocessing.from_file, ConfigError),
+    }[which]
     fifo = _fifo(tmp_path / f"{which}.keras")
     result = _in_thread(lambda: fn(fifo))
     assert isinstance(result.get("error"), error) and "regular file" in str(result["error"])
@@ -276,6 +283,7 @@ def _huge_const(dims):
         val.type.CopyFrom(out.type)
         val.immediateValue.tensor.SetInParent()  # declared, no data
         block.operations.insert(0, op)
+
     return edit
 
 
@@ -343,11 +351,11 @@ def test_deeply_nested_json_is_a_clean_error(tmp_path, capsys, small_export):
     out = ["--out", str(tmp_path / "o"), *SMALL]
     proc, line = _cli(["convert", str(model), "--labels", str(S["labels"]), *PRE, *out], capsys)
     assert proc.returncode == 3 and "nested too deeply" in line
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(_write(tmp_path / "l.json", deep)), *PRE, *out],
-                      capsys)
+    proc, line = _cli(["convert", str(S["model"]), "--labels", str(_write(tmp_path / "l.json", deep)), *PRE, *out], capsys)
     assert proc.returncode == 2 and "nested too deeply" in line
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(S["labels"]), "--preprocessing",
-                       str(_write(tmp_path / "p.json", deep)), *out], capsys)
+    proc, line = _cli(
+        ["convert", str(S["model"]), "--labels", str(S["labels"]), "--preprocessing", str(_write(tmp_path / "p.json", deep)), *out], capsys
+    )
     assert proc.returncode == 2 and "nested too deeply" in line
     export = _copy_export(small_export, tmp_path / "export")
     _write(export / "manifest.json", deep)
@@ -355,9 +363,16 @@ def test_deeply_nested_json_is_a_clean_error(tmp_path, capsys, small_export):
         validate(export, small_export[1])
 
 
-@pytest.mark.parametrize("content", ["[]", '"text"', "null", '{"schema_version": 1}',
-                                     '{"schema_version": 1, "labels": ["a", "b"], "preprocessing": {}, "source": {}, '
-                                     '"artifacts": []}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        '"text"',
+        "null",
+        '{"schema_version": 1}',
+        '{"schema_version": 1, "labels": ["a", "b"], "preprocessing": {}, "source": {}, "artifacts": []}',
+    ],
+)
 def test_manifest_of_the_wrong_shape(tmp_path, capsys, small_export, content):
     export = _copy_export(small_export, tmp_path / "export")
     _write(export / "manifest.json", content)
@@ -366,8 +381,10 @@ def test_manifest_of_the_wrong_shape(tmp_path, capsys, small_export, content):
 
 
 def test_preprocessing_path_that_is_a_folder(tmp_path, capsys):
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(S["labels"]), "--preprocessing", str(tmp_path),
-                       "--out", str(tmp_path / "o"), *SMALL], capsys)
+    proc, line = _cli(
+        ["convert", str(S["model"]), "--labels", str(S["labels"]), "--preprocessing", str(tmp_path), "--out", str(tmp_path / "o"), *SMALL],
+        capsys,
+    )
     assert proc.returncode == 2 and "directory" in line
 
 
@@ -383,8 +400,7 @@ def test_labels_with_control_characters_or_lone_surrogates(label):
 
 def test_lone_surrogate_label_through_the_cli(tmp_path, capsys):
     labels = _write(tmp_path / "l.json", json.dumps(["\ud800"] + [str(i) for i in range(1, 10)]))
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"),
-                       *SMALL], capsys)
+    proc, line = _cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
     assert proc.returncode == 2 and "surrogate" in line
     no_partial_output(tmp_path / "o")
 
@@ -394,12 +410,10 @@ def test_long_label_and_odd_file_names_give_one_bounded_line(tmp_path, capsys):
 
     big = "x" * 10_000_000
     labels = _write(tmp_path / "l.txt", "\n".join([big, big] + [str(i) for i in range(8)]) + "\n")
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"),
-                       *SMALL], capsys)
+    proc, line = _cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
     assert proc.returncode == 2 and "appears twice" in line and len(line) < MAX_MESSAGE_CHARS + 50
     odd = tmp_path / "evil\nname\x1b[2J.txt"
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(odd), *PRE, "--out", str(tmp_path / "o"), *SMALL],
-                      capsys)
+    proc, line = _cli(["convert", str(S["model"]), "--labels", str(odd), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
     assert proc.returncode == 2 and "\\n" in line and "\x1b" not in line
 
 
@@ -448,13 +462,16 @@ def test_math_text_in_labels_does_not_break_the_html_report(small_export):
 
 
 def test_long_out_name(tmp_path, capsys):
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out",
-                       str(tmp_path / ("o" * 300)), *SMALL], capsys)
+    proc, line = _cli(
+        ["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(tmp_path / ("o" * 300)), *SMALL], capsys
+    )
     assert proc.returncode == 6 and "limit" in line
 
 
-@pytest.mark.parametrize("scale,text", [("123", "must be a number"), (1e39, "finite in float32"),
-                                        (["1", "2", "3"], "must be a number"), (True, "must be a number")])
+@pytest.mark.parametrize(
+    "scale,text",
+    [("123", "must be a number"), (1e39, "finite in float32"), (["1", "2", "3"], "must be a number"), (True, "must be a number")],
+)
 def test_scale_values(scale, text):
     from exporter.preprocessing import Preprocessing
 
@@ -465,8 +482,7 @@ def test_scale_values(scale, text):
 def test_no_tensorflow_log_lines_around_the_error(tmp_path):
     labels = _write(tmp_path / "l.txt", "a\nb\n")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = run_cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"), *SMALL],
-                   env=env)
+    proc = run_cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"), *SMALL], env=env)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [one_line_error(proc)], proc.stderr
 
@@ -478,8 +494,9 @@ def test_a_locked_destination_is_refused(tmp_path):
 
     dest = tmp_path / "out"
     with destination_lock(dest.absolute()), pytest.raises(DestinationError, match="another export"):
-        export(S["model"], S["labels"], dest, preprocessing=S["preprocessing"],
-               options=ExportOptions(formats=("onnx",), variants=("fp32",)))
+        export(
+            S["model"], S["labels"], dest, preprocessing=S["preprocessing"], options=ExportOptions(formats=("onnx",), variants=("fp32",))
+        )
     no_partial_output(dest)
 
 
@@ -505,8 +522,7 @@ def test_live_staging_folders_are_kept_and_dead_ones_removed(tmp_path):
 
 def test_two_exports_at_once_do_not_both_succeed(tmp_path):
     dest = tmp_path / "out"
-    argv = [sys.executable, "-m", "exporter", "convert", str(S["model"]), "--labels", str(S["labels"]), *PRE,
-            "--out", str(dest), *SMALL]
+    argv = [sys.executable, "-m", "exporter", "convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(dest), *SMALL]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
@@ -520,10 +536,23 @@ def test_two_exports_at_once_do_not_both_succeed(tmp_path):
 def test_sigterm_removes_staging_folders(tmp_path, auto):
     dest = tmp_path / "out"
     extra = ["--quantize", "auto", "--images", str(S["heldout"])] if auto else []
-    argv = [sys.executable, "-m", "exporter", "convert", str(S["model"]), "--labels", str(S["labels"]), *PRE,
-            "--out", str(dest), "--formats", "onnx", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "convert",
+        str(S["model"]),
+        "--labels",
+        str(S["labels"]),
+        *PRE,
+        "--out",
+        str(dest),
+        "--formats",
+        "onnx",
+        *extra,
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    pattern = ".out.auto-*" if auto else ".out.partial-*"
+    pattern = ".out.partial-*"  # --quantize auto builds its candidates in the same staging folder
     deadline = time.time() + 240
     while time.time() < deadline and not list(tmp_path.glob(pattern)) and proc.poll() is None:
         time.sleep(0.05)
@@ -538,20 +567,45 @@ def test_sigterm_removes_staging_folders(tmp_path, auto):
 def test_out_that_contains_the_inputs_is_refused(tmp_path, capsys):
     folder = tmp_path / "mine"
     shutil.copytree(S["folder"], folder)
-    proc, line = _cli(["convert", str(folder / "model.keras"), "--labels", str(folder / "labels.txt"),
-                       "--preprocessing", str(folder / "preprocessing.json"), "--out", str(folder), "--overwrite",
-                       *SMALL], capsys)
+    proc, line = _cli(
+        [
+            "convert",
+            str(folder / "model.keras"),
+            "--labels",
+            str(folder / "labels.txt"),
+            "--preprocessing",
+            str(folder / "preprocessing.json"),
+            "--out",
+            str(folder),
+            "--overwrite",
+            *SMALL,
+        ],
+        capsys,
+    )
     assert proc.returncode == 6 and "contains the input" in line
     assert (folder / "model.keras").read_bytes() == S["model"].read_bytes()
-    proc, line = _cli(["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(tmp_path),
-                       "--overwrite", "--calibration-images", str(tmp_path / "mine"), *SMALL], capsys)
+    proc, line = _cli(
+        [
+            "convert",
+            str(S["model"]),
+            "--labels",
+            str(S["labels"]),
+            *PRE,
+            "--out",
+            str(tmp_path),
+            "--overwrite",
+            "--calibration-images",
+            str(tmp_path / "mine"),
+            *SMALL,
+        ],
+        capsys,
+    )
     assert proc.returncode == 6 and (folder / "model.keras").exists()
 
 
 def test_a_legal_250_character_destination_name(tmp_path, capsys):
     dest = tmp_path / ("d" * 250)
-    proc = run_in_process(["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(dest),
-                           *SMALL], capsys)
+    proc = run_in_process(["convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(dest), *SMALL], capsys)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert (dest / "manifest.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [dest.name]
