@@ -524,7 +524,8 @@ def test_two_exports_at_once_do_not_both_succeed(tmp_path):
     dest = tmp_path / "out"
     argv = [sys.executable, "-m", "exporter", "convert", str(S["model"]), "--labels", str(S["labels"]), *PRE, "--out", str(dest), *SMALL]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(300), p.stderr.read()) for p in procs]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    results = [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 6], results
     assert any("another export" in err or "already exists" in err for _, err in results)
@@ -558,8 +559,8 @@ def test_sigterm_removes_staging_folders(tmp_path, auto):
         time.sleep(0.05)
     assert list(tmp_path.glob(pattern)), "the export never started writing"
     proc.send_signal(signal.SIGTERM)
-    code = proc.wait(120)
-    assert code == 128 + signal.SIGTERM, proc.stderr.read()[-1500:]
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-1500:]
     assert not dest.exists()
     assert not [p.name for p in tmp_path.iterdir()]  # no .partial-, .auto- or lock file left
 
