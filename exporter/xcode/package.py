@@ -134,15 +134,17 @@ def model_stem(manifest: dict, artifact: dict) -> str:
     return artifact["path"].removesuffix(v.filename(""))
 
 
-# Values substituted into Swift and Markdown come from a manifest (untrusted): read_manifest limits them to plain
-# names, and render refuses anything that could end a Swift comment line or string literal all the same.
+# Values substituted into Swift and Markdown that come from a manifest (untrusted): read_manifest limits them to
+# plain names, and render refuses anything that could end a Swift comment line or string literal all the same. The
+# other values (rules, notes, versions) are the toolkit's own text.
+FROM_MANIFEST = frozenset({"NAME", "MODEL_FILE", "MODEL_CLASS", "VARIANT", "ARTIFACT", "TARGET", "RESIZE", "CROP"})
 TEMPLATE_VALUE = re.compile(r"[A-Za-z0-9 ._:-]*\Z")
 
 
 def render(template: str, values: dict[str, str]) -> str:
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     for token, value in values.items():
-        if not TEMPLATE_VALUE.match(value):
+        if token in FROM_MANIFEST and not TEMPLATE_VALUE.match(value):
             raise ConfigError(f"refusing to write {value[:80]!r} into generated Swift ({token}): only letters, "
                               "digits, spaces and . _ : - are allowed")
         text = text.replace(f"__{token}__", value)
