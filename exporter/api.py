@@ -27,6 +27,7 @@ from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict,
 from .preprocessing import Preprocessing, declared_contract, resolve
 from .provenance import ModelInfo
 from .results import Manifest, Report
+from .safety import check_name, safe_stem
 from .versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class ExportOptions:
             raise ConfigError("quantize='auto' needs validation images (--images FOLDER) to judge each variant")
         if self.calibration_count < 1:
             raise ConfigError(f"calibration_count must be at least 1, got {self.calibration_count}")
+        if self.name is not None:
+            check_name(self.name)
 
 
 def _calibration(folder: Path | None, pre: Preprocessing, count: int) -> list[np.ndarray]:
@@ -132,7 +135,7 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
                   loaded.in_model_preprocessing, source=str(model_path))
     check_outputs(loaded.keras_model, loaded.head, pre, model_path)
     export_model, removed = loaded.for_export()
-    stem = options.name or (model_path.parent.name if model_path.stem == "model" else model_path.stem)
+    stem = options.name or safe_stem(model_path.parent.name if model_path.stem == "model" else model_path.stem)
     info = ModelInfo(name=stem, labels=label_list, preprocessing=pre, source_sha256=loaded.sha256,
                      source_file=model_path.name, author=options.author, license=options.license,
                      version=options.version, description=options.description)
@@ -224,13 +227,16 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
     options = options or ExportOptions()
     precheck.export_inputs(model_path, labels, out, preprocessing, options)  # before any heavy import
     out = Path(out)
+    # what the export reads: replacing a destination that holds any of it would delete it
+    inputs = [model_path, options.calibration_images, options.validation_images]
+    inputs += [p for p in (labels, preprocessing) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
     with progress_sink(progress) as sink, quiet_libraries(verbose):
         run_options = _auto_candidates(options) if options.quantize == "auto" else options
         buildable = [v for v in run_options.selected
                      if not (v.needs_calibration and run_options.calibration_images is None)]
         steps = Steps(sink, 1 + len(buildable))  # loading, then one step per artifact
         prepared = prepare(model_path, labels, preprocessing=preprocessing, options=run_options, steps=steps)
-        with atomic_directory(out, overwrite=options.overwrite) as stage:
+        with atomic_directory(out, overwrite=options.overwrite, inputs=inputs) as stage:
             if options.quantize == "auto":
                 manifest = _export_auto(prepared, run_options, stage, out, steps, sink)
             else:

@@ -2,14 +2,15 @@
 
 Exit codes: 0 success; 1 other toolkit error; 2 bad option, preprocessing or labels; 3 model cannot be loaded (or
 refused as unsafe); 4 image error; 5 conversion failed; 6 destination problem; 7 parity gates failed; 8 parity
-unchecked (every artifact that ran passed, one could not be run here); 70 internal error (a bug: please report it
-with --debug output).
+unchecked (every artifact that ran passed, one could not be run here); 130 / 143 interrupted by SIGINT / SIGTERM
+(staging folders removed); 70 internal error (a bug: please report it with --debug output).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -229,9 +230,12 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
         _emit(manifest, args.json, lambda: terminal.size_table(manifest))
         return 0
     from .errors import ParityError
+    from .packaging import check_report_path
     from .validation.tolerances import parse_gate
 
     gates = dict(parse_gate(g) for g in args.gate)
+    check_report_path(None if args.json == "-" else args.json)  # before the validation runs, not after
+    check_report_path(args.html)
     try:
         report = api.validate(args.export_dir, args.images, model_path=args.model, batch_size=args.batch_size,
                               trust_code=args.trust_code, gates=gates, progress=progress, verbose=args.verbose)
@@ -254,25 +258,35 @@ def _emit(data: dict, json_target: str | None, table) -> None:
 
 
 def _write_reports(report: dict, args) -> None:
+    from .errors import DestinationError
     from .report import terminal
 
-    _emit(report, args.json, lambda: terminal.parity_table(report))
-    if args.html:
-        from .report import html
+    try:
+        _emit(report, args.json, lambda: terminal.parity_table(report))
+        if args.html:
+            from .report import html
 
-        html.write(report, args.html)
+            html.write(report, args.html)
+    except OSError as exc:
+        raise DestinationError(f"cannot write the report: {exc.strerror or exc}", path=exc.filename) from exc
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import ExporterError, first_line
+    from .errors import ExporterError, first_line, one_line
+    from .interrupts import clean_exit_on_signals
+    from .tfquiet import quiet_environment
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # --debug shows what TensorFlow logs
+    quiet_environment()  # before anything imports TensorFlow
     try:
-        code = run(argv)
+        with clean_exit_on_signals():
+            code = run(argv)
     except ExporterError as exc:
         if debug:
             raise
-        print(f"exporter: error: {exc}", file=sys.stderr)
+        print(f"exporter: error: {one_line(str(exc))}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("exporter: interrupted; nothing was written to the destination", file=sys.stderr)
@@ -280,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug, not a user mistake: say so in one line, keep the traceback behind --debug
         if debug:
             raise
-        print(f"exporter: internal error: {type(exc).__name__}: {first_line(exc)} "
+        print(f"exporter: internal error: {type(exc).__name__}: {one_line(first_line(exc))} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         code = INTERNAL_ERROR
     sys.exit(code)

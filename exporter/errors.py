@@ -4,12 +4,24 @@ file (or option) and the problem, and says how to fix it where we know."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 # A library's message becomes the tail of our one-line error: its first line, cut here. coremltools and tf2onnx put
 # whole graph dumps into some messages; the full text stays on the chained cause, which --debug prints.
 MAX_CAUSE_CHARS = 400
+# Longest error line. Messages quote file names and values from untrusted files; a 10 MB label must not become a
+# 10 MB line, and a newline or ESC in a file name must not split the line or drive the terminal.
+MAX_MESSAGE_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` with control characters (newlines, ESC, CR) escaped, lone surrogates replaced, cut to ``limit``."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text):,} chars)"
 
 
 class ExporterError(Exception):
@@ -20,10 +32,10 @@ class ExporterError(Exception):
     def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
         self.path = None if path is None else str(path)
         self.hint = hint
-        text = f"{self.path}: {message}" if self.path else message
+        text = f"{one_line(self.path, 500)}: {message}" if self.path else message
         if hint:
             text = f"{text} ({hint})"
-        super().__init__(text)
+        super().__init__(one_line(text))
 
 
 class ConfigError(ExporterError, ValueError):

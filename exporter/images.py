@@ -76,6 +76,9 @@ def fit(img, preprocessing: Preprocessing) -> np.ndarray:
         w0, h0 = img.size
         factor = max(width / w0, height / h0)
         new_w, new_h = max(width, round(w0 * factor)), max(height, round(h0 * factor))
+        if new_w * new_h > MAX_PIXELS:  # a thin strip scaled so its short side fits becomes enormous
+            raise ImageError(f"image is {w0}x{h0}; center_crop would scale it to {new_w}x{new_h} = "
+                             f"{new_w * new_h:,} pixels, over the limit of {MAX_PIXELS:,} (aspect ratio too extreme)")
         img = img.resize((new_w, new_h), resample=resample)
         left, top = (new_w - width) // 2, (new_h - height) // 2
         img = img.crop((left, top, left + width, top + height))
@@ -121,6 +124,8 @@ def load_image(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
     img = open_image(path)
     try:
         return fit(img, preprocessing)
+    except ImageError as exc:
+        raise ImageError(str(exc), path=path) from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"image could not be converted: {exc}", path=path) from exc
 

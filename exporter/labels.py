@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import unicodedata
 from pathlib import Path
 
 from .errors import LabelsError
+from .safety import MAX_TEXT_BYTES, load_json, quote, read_regular
 
 
 def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = None) -> list[str]:
@@ -13,10 +14,7 @@ def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = 
     if text.startswith("\ufeff"):
         text = text[1:]
     if json_list or (json_list is None and text.lstrip().startswith("[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LabelsError(f"labels are not valid JSON: {exc.msg} at line {exc.lineno}", path=source) from exc
+        data = load_json(text, path=source, error=LabelsError, what="labels")
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise LabelsError("a JSON labels file must hold a list of strings", path=source)
         labels = data
@@ -27,34 +25,33 @@ def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = 
 
 
 def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
+    """Labels end up in file metadata, Swift resources and HTML reports: each must be a non-empty, trimmed string
+    of printable characters (no control character such as ESC, CR or a newline, no lone surrogate), and unique."""
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise LabelsError("labels must be a list of strings", path=source)
     if len(labels) < 2:
         raise LabelsError(f"need at least 2 labels for a classifier, got {len(labels)}", path=source)
     for i, label in enumerate(labels, start=1):
         if not label.strip():
             raise LabelsError(f"label {i} is empty (remove blank lines; one label per line)", path=source)
         if label != label.strip():
-            raise LabelsError(f"label {i} {label!r} has leading or trailing spaces", path=source)
-        if any(ch in label for ch in "\x00\t\n"):
-            raise LabelsError(f"label {i} {label!r} contains a control character", path=source)
+            raise LabelsError(f"label {i} {quote(label)} has leading or trailing spaces", path=source)
+        bad = next((ch for ch in label if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")), None)
+        if bad is not None:
+            kind = "a lone surrogate" if unicodedata.category(bad) == "Cs" else "a control character"
+            raise LabelsError(f"label {i} {quote(label)} contains {kind} (U+{ord(bad):04X})", path=source)
     seen: dict[str, int] = {}
     for i, label in enumerate(labels, start=1):
         if label in seen:
-            raise LabelsError(f"label {label!r} appears twice (lines {seen[label]} and {i}); labels must be unique",
-                              path=source)
+            raise LabelsError(f"label {quote(label)} appears twice (lines {seen[label]} and {i}); labels must be "
+                              "unique", path=source)
         seen[label] = i
     return list(labels)
 
 
 def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise LabelsError("labels file not found", path=path) from exc
-    except IsADirectoryError as exc:
-        raise LabelsError("is a directory, not a labels file", path=path) from exc
-    except OSError as exc:
-        raise LabelsError(f"labels file cannot be read: {exc.strerror}", path=path) from exc
+    raw = read_regular(path, error=LabelsError, what="labels file", max_bytes=MAX_TEXT_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

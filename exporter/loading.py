@@ -3,13 +3,13 @@
 Formats: Keras 3 ``.keras`` archives, legacy ``.h5`` files and TensorFlow SavedModel directories. Before Keras sees a
 ``.keras`` or ``.h5`` file we read its architecture JSON ourselves and refuse anything that would run code from the
 file (Lambda layers, custom classes from outside Keras) unless the caller passes ``trust_code=True``; Keras' own
-``safe_mode`` stays on as a second line.
+``safe_mode`` stays on as a second line. A SavedModel is a TensorFlow program whose graph can do anything a program
+can (``tf.io.write_file``, reading files); it is loaded only with ``trust_code=True`` (docs/THREAT_MODEL.md).
+Archive member sizes, HDF5 dataset sizes and the architecture JSON are bounded before anything is inflated.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,8 @@ from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError, first
 from .heads import Head
 from .inference import InModelPreprocessing
 from .packaging import sha256_of
+from .safety import MAX_TEXT_BYTES, MEMORY_BUDGET_BYTES, check_elements, check_regular, check_zip, load_json
+from .tfquiet import import_keras
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -73,31 +75,64 @@ def _code_carriers(config: Any, where: str = "model") -> list[str]:
 
 
 def _read_architecture(path: Path, fmt: str) -> Any:
-    try:
-        if fmt == "keras":
+    if fmt == "keras":
+        check_zip(path, error=ModelLoadError)  # sizes and ratios of every member, before anything is inflated
+        try:
             with zipfile.ZipFile(path) as z:
-                return json.loads(z.read("config.json"))
-        import h5py
+                info = z.getinfo("config.json")
+                if info.file_size > MAX_TEXT_BYTES:
+                    raise ModelLoadError(f"config.json is {info.file_size:,} bytes, over the limit of "
+                                         f"{MAX_TEXT_BYTES:,}", path=path)
+                raw = z.read(info)
+        except ModelLoadError:
+            raise
+        except KeyError as exc:
+            raise ModelLoadError("not a Keras 3 model archive (config.json missing)", path=path) from exc
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})",
+                                 path=path) from exc
+        return load_json(raw, path=path, error=ModelLoadError, what="model architecture (config.json)")
+    import h5py
 
+    try:
         with h5py.File(path, "r") as f:
+            _check_h5_sizes(f, path)
             raw = f.attrs.get("model_config")
             if raw is None:
                 raise ModelLoadError("legacy .h5 file has no model architecture (weights-only files cannot be "
                                      "exported; save the whole model)", path=path)
-            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            raw = raw.encode() if isinstance(raw, str) else bytes(raw)
     except ModelLoadError:
         raise
-    except KeyError as exc:
-        raise ModelLoadError("not a Keras 3 model archive (config.json missing)", path=path) from exc
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (OSError, EOFError, ValueError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError("model architecture JSON is corrupt", path=path) from exc
+    if len(raw) > MAX_TEXT_BYTES:
+        raise ModelLoadError(f"model architecture is {len(raw):,} bytes, over the limit of {MAX_TEXT_BYTES:,}",
+                             path=path)
+    return load_json(raw, path=path, error=ModelLoadError, what="model architecture JSON")
+
+
+def _check_h5_sizes(f, path: Path) -> None:
+    """The datasets of an HDF5 file, inflated, must fit the memory budget (compressed datasets can be bombs)."""
+    import h5py
+
+    total = 0
+
+    def visit(_name, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += check_elements(obj.shape or (), itemsize=obj.dtype.itemsize, error=ModelLoadError, where=path,
+                                    what=f"dataset {obj.name[:80]!r}") * obj.dtype.itemsize
+            if total > MEMORY_BUDGET_BYTES:
+                raise ModelLoadError(f"datasets inflate to over {MEMORY_BUDGET_BYTES:,} bytes, the memory budget",
+                                     path=path)
+
+    f.visititems(visit)
 
 
 def _detect_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "saved_model.pb").exists():
+        if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
             return "saved_model"
         raise ModelLoadError("directory is not a TensorFlow SavedModel (no saved_model.pb)", path=path)
     suffix = path.suffix.lower()
@@ -116,10 +151,20 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
     if not path.exists():
         raise ModelLoadError("model file not found", path=path)
     fmt = _detect_format(path)
+    if fmt == "saved_model":
+        if not trust_code:
+            raise UnsafeModelError("refused: a TensorFlow SavedModel is a program (its graph can read and write files "
+                                   "and its functions run when loaded or called)", path=path,
+                                   hint="only if you trust its author, pass --trust-code (trust_code=True)")
+    else:
+        check_regular(path, error=ModelLoadError, what="model file")
     if path.is_file() and path.stat().st_size == 0:
         raise ModelLoadError("model file is empty (0 bytes)", path=path)
     if fmt in ("keras", "h5"):
-        carriers = _code_carriers(_read_architecture(path, fmt))
+        try:
+            carriers = _code_carriers(_read_architecture(path, fmt))
+        except RecursionError as exc:
+            raise ModelLoadError("model architecture is nested too deeply to check", path=path) from exc
         if carriers and not trust_code:
             raise UnsafeModelError(f"refused: loading would run code from the file: {carriers[0]}"
                                    + (f" (and {len(carriers) - 1} more)" if len(carriers) > 1 else ""), path=path,
@@ -134,8 +179,7 @@ def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool 
     unit, a sigmoid and ``[1 - p, p]``). See heads.py."""
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    keras = import_keras()
 
     try:
         if fmt == "saved_model":
@@ -161,7 +205,7 @@ def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool 
 
 
 def _wrap_saved_model(path: Path):
-    import keras
+    keras = import_keras()
 
     with translating(ModelLoadError, "SavedModel could not be loaded", path=path):
         layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")

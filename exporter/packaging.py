@@ -3,23 +3,33 @@
 An export writes everything into a hidden staging directory next to the destination, on the same file system, and
 renames it into place only when every artifact and the manifest are complete and flushed. A failed, interrupted or
 killed export therefore leaves the destination absent (or, with ``overwrite``, the previous export intact), never
-half-written. Leftover staging directories from a killed process are named ``.DEST.partial-*`` and are removed by the
-next export to the same destination.
+half-written. While it writes, the export holds an exclusive lock (``fcntl.flock`` on ``.DEST.lock``) so that a
+second export to the same destination is refused instead of racing it. Staging directories are named
+``.DEST.partial-PID-*`` after the process that owns them; the next export to the same destination removes those
+whose owner is no longer alive, never a live one.
+
+Manifests are untrusted input (docs/THREAT_MODEL.md): ``read_manifest`` checks their structure, and
+``artifact_file`` resolves an artifact's path inside the export folder only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import DestinationError
+from . import interrupts
+from .errors import DestinationError, one_line
+from .safety import MAX_TEXT_BYTES, NAME_MAX, check_component_length, contains, inside, load_json, quote, read_regular
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -79,9 +89,58 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
 
 
+# Room the staging suffix needs after its prefix: "PID-" (up to 8 digits) and mkdtemp's 8 random characters.
+STAGING_SUFFIX_BYTES = 20
+STAGING = re.compile(r"\.(partial|auto)-(\d+)-")
+
+
+def hidden_name(dest: Path, kind: str) -> str:
+    """``.NAME.KIND-`` for a sibling of ``dest`` (staging folder, lock, scratch), shortened with a hash of the name
+    when a long (legal) destination name would push the sibling past the file system's name limit."""
+    base = dest.name
+    if len(os.fsencode(f".{base}.{kind}-")) + STAGING_SUFFIX_BYTES > NAME_MAX:
+        base = f"{base[:100]}~{hashlib.sha256(os.fsencode(base)).hexdigest()[:16]}"
+    return f".{base}.{kind}-"
+
+
+def staging_directory(dest: Path, kind: str = "partial") -> Path:
+    """A new hidden folder next to ``dest``, named after this process (``.NAME.KIND-PID-XXXXXXXX``)."""
+    check_component_length(dest, error=DestinationError)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with interrupts.critical():  # registered before a signal can leave it behind
+            staging = interrupts.own_folder(Path(tempfile.mkdtemp(prefix=f"{hidden_name(dest, kind)}{os.getpid()}-",
+                                                                  dir=dest.parent)))
+        # mkdtemp makes the folder private (0700); the export becomes the user's folder, so it gets the permissions
+        # any folder they create gets (0777 minus their umask).
+        os.chmod(staging, 0o777 & ~current_umask())
+        return staging
+    except OSError as exc:
+        raise DestinationError(f"cannot write here: {exc.strerror}", path=dest.parent) from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _clean_stale_staging(dest: Path) -> None:
-    for stale in dest.parent.glob(f".{dest.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """Remove staging folders of ``dest`` whose owning process has died (called with the destination locked)."""
+    for kind in ("partial", "auto"):
+        prefix = hidden_name(dest, kind)
+        for stale in dest.parent.glob(f"{glob_escape(prefix)}*"):
+            m = re.match(r"(\d+)-", stale.name[len(prefix):])
+            if m and not _alive(int(m.group(1))) and stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def current_umask() -> int:
@@ -92,14 +151,57 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_directory(dest: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a staging directory; on success it replaces ``dest`` in one rename, on failure it is removed."""
+def destination_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``dest`` (a ``.NAME.lock-`` file next to it) or refuse at once if another process
+    holds it. The lock file is removed on release; a process that opened it just before is told by the inode check
+    and retries on the new file."""
+    path = dest.parent / f"{hidden_name(dest, 'lock')}file"
+    while True:
+        try:
+            with interrupts.critical():
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+                interrupts.own_file(path)
+        except OSError as exc:
+            raise DestinationError(f"cannot lock the destination: {exc.strerror}", path=dest) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise DestinationError("another export is writing to this destination right now", path=dest,
+                                   hint="wait for it to finish, or choose another --out") from exc
+        held = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        interrupts.disown(path)
+        os.close(fd)
+
+
+def check_inputs_outside(dest: Path, inputs: Iterable) -> None:
+    """Refuse a destination that is, or contains, one of the command's inputs: replacing it would delete them."""
+    for item in inputs:
+        if item is not None and contains(dest, Path(item)):
+            raise DestinationError(f"the destination contains the input {one_line(str(item), 300)}; replacing it "
+                                   "would delete that input", path=dest, hint="choose another --out")
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: str | Path, *, overwrite: bool = False, inputs: Iterable = ()) -> Iterator[Path]:
+    """Yield a staging directory; on success it replaces ``dest`` in one rename, on failure it is removed. ``dest``
+    is locked against other exports meanwhile; ``inputs`` (files and folders the command reads) must lie outside
+    it."""
     dest = Path(dest).absolute()
-    if dest.exists() and not overwrite:
-        raise DestinationError("destination already exists", path=dest,
-                               hint="choose another --out, or pass --overwrite to replace it")
-    if dest.exists() and not dest.is_dir():
-        raise DestinationError("destination exists and is not a directory", path=dest)
+    check_component_length(dest, error=DestinationError)
+    check_inputs_outside(dest, inputs)
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -107,33 +209,52 @@ def atomic_directory(dest: str | Path, *, overwrite: bool = False) -> Iterator[P
         raise DestinationError(f"cannot create the parent directory: {exc.strerror}", path=parent) from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DestinationError("parent directory is not writable", path=parent)
-    _clean_stale_staging(dest)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=parent))
-        # mkdtemp makes the folder private (0700); the export becomes the user's folder, so it gets the permissions
-        # any folder they create gets (0777 minus their umask).
-        os.chmod(staging, 0o777 & ~current_umask())
-    except OSError as exc:
-        raise DestinationError(f"cannot write here: {exc.strerror}", path=parent) from exc
-    try:
-        yield staging
-        _fsync_tree(staging)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-old-", dir=parent))
-            os.rename(dest, old / "previous")
-            os.rename(staging, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, dest)
-        with contextlib.suppress(OSError):
-            fd = os.open(parent, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and not isinstance(exc, DestinationError):
-            raise DestinationError(f"writing the export failed: {exc.strerror or exc}", path=dest) from exc
-        raise
+    with destination_lock(dest):
+        if dest.exists() and not overwrite:
+            raise DestinationError("destination already exists", path=dest,
+                                   hint="choose another --out, or pass --overwrite to replace it")
+        if (dest.exists() or dest.is_symlink()) and not (dest.is_dir() and not dest.is_symlink()):
+            raise DestinationError("destination exists and is not a directory", path=dest)
+        _clean_stale_staging(dest)
+        staging = staging_directory(dest)
+        try:
+            yield staging
+            _fsync_tree(staging)
+            with interrupts.critical():  # a signal must not fall between the two renames
+                if dest.exists():
+                    old = staging_directory(dest)
+                    os.rename(dest, old / "previous")
+                    os.rename(staging, dest)
+                    interrupts.disown(staging)
+                    shutil.rmtree(old, ignore_errors=True)
+                    interrupts.disown(old)
+                else:
+                    os.rename(staging, dest)
+                    interrupts.disown(staging)
+            with contextlib.suppress(OSError):
+                fd = os.open(parent, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            interrupts.disown(staging)
+            if isinstance(exc, OSError) and not isinstance(exc, DestinationError):
+                raise DestinationError(f"writing the export failed: {exc.strerror or exc}", path=dest) from exc
+            raise
+
+
+def check_report_path(path: str | Path | None) -> None:
+    """A report file the command will write at the end: refuse a folder or a missing parent before any work."""
+    if path is None:
+        return
+    path = Path(path)
+    check_component_length(path.absolute(), error=DestinationError)
+    if path.is_dir():
+        raise DestinationError("is a folder; the report needs a file name", path=path)
+    if path.exists() and not path.is_file():
+        raise DestinationError("is not a regular file; refusing to write the report into it", path=path)
+    if not path.absolute().parent.is_dir():
+        raise DestinationError("the report's folder does not exist", path=path.absolute().parent)
 
 
 def write_json(path: Path, data) -> None:
@@ -191,15 +312,87 @@ def find_source_model(manifest: dict, export_dir: str | Path) -> Path:
                          hint="pass the Keras model with --model MODEL (model_path=... in Python)")
 
 
+MANIFEST_FORMATS = ("mlpackage", "mlmodel", "onnx")
+SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+# Artifact file names and target strings from a manifest end up in paths and generated Swift: printable ASCII only.
+ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+TARGET_TEXT = re.compile(r"[A-Za-z0-9 ._-]{1,40}\Z")
+
+
 def read_manifest(folder: str | Path) -> dict:
+    """manifest.json of an export folder, with its structure checked: an object with the schema version, labels,
+    preprocessing, source and artifacts, each artifact a safe file name inside the folder."""
+    from .errors import LabelsError
+    from .labels import check_labels
+
     path = Path(folder) / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DestinationError("no manifest.json: not a folder written by `exporter convert`", path=folder) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DestinationError(f"manifest.json is corrupt: {exc}", path=path) from exc
+    if not path.exists() and not path.is_symlink():
+        raise DestinationError("no manifest.json: not a folder written by `exporter convert`", path=folder)
+    raw = read_regular(path, error=DestinationError, what="manifest.json", max_bytes=MAX_TEXT_BYTES)
+    data = load_json(raw, path=path, error=DestinationError, what="manifest.json")
+
+    def bad(message: str) -> DestinationError:
+        return DestinationError(f"manifest.json is malformed: {message}", path=path)
+
+    if not isinstance(data, dict):
+        raise bad(f"must be a JSON object, got {type(data).__name__}")
     if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
         raise DestinationError(f"manifest schema_version must be {MANIFEST_SCHEMA_VERSION}, got "
-                               f"{data.get('schema_version')!r}", path=path)
+                               f"{quote(data.get('schema_version'))}", path=path)
+    for key, kind in (("labels", list), ("preprocessing", dict), ("source", dict), ("artifacts", list)):
+        if not isinstance(data.get(key), kind):
+            raise bad(f"{key!r} must be a JSON {'list' if kind is list else 'object'}, got "
+                      f"{type(data.get(key)).__name__ if key in data else 'nothing'}")
+    try:
+        check_labels(data["labels"], source=str(path))
+    except LabelsError as exc:  # the manifest is what is broken
+        raise DestinationError(f"manifest.json is malformed: {exc}") from exc
+    if "name" in data and not (isinstance(data["name"], str) and ARTIFACT_NAME.match(data["name"])):
+        raise bad(f"name must be a plain name, got {quote(data['name'])}")
+    source = data["source"]
+    if not isinstance(source.get("path"), str) or not isinstance(source.get("sha256"), str):
+        raise bad("source must have a 'path' and a 'sha256' string")
+    seen = set()
+    for i, art in enumerate(data["artifacts"]):
+        if not isinstance(art, dict):
+            raise bad(f"artifact {i} must be an object")
+        for key in ("path", "format", "variant", "sha256", "minimum_deployment_target"):
+            if not isinstance(art.get(key), str):
+                raise bad(f"artifact {i} must have a {key!r} string")
+        if not isinstance(art.get("bytes"), int) or isinstance(art.get("bytes"), bool):
+            raise bad(f"artifact {i} must have a whole number of 'bytes'")
+        if not ARTIFACT_NAME.match(art["path"]) or ".." in art["path"] or len(art["path"]) > NAME_MAX:
+            raise bad(f"artifact {i} path {quote(art['path'])} must be a plain file name inside the export folder")
+        if art["format"] not in MANIFEST_FORMATS:
+            raise bad(f"artifact {i} format must be one of {list(MANIFEST_FORMATS)}, got {quote(art['format'])}")
+        if not ARTIFACT_NAME.match(art["variant"]) or not TARGET_TEXT.match(art["minimum_deployment_target"]):
+            raise bad(f"artifact {i} variant or target has unexpected characters")
+        if not SHA256.match(art["sha256"]):
+            raise bad(f"artifact {i} sha256 must be 64 lowercase hex digits")
+        if art["path"] in seen:
+            raise bad(f"artifact {quote(art['path'])} is listed twice")
+        seen.add(art["path"])
     return data
+
+
+def artifact_file(root: str | Path, art: dict) -> Path:
+    """The artifact's file or bundle inside ``root``, refused when it resolves outside (symlinks included), is
+    missing, or is not a regular file (a bundle: a folder of regular files and folders only)."""
+    root = Path(root)
+    manifest = root / MANIFEST_NAME
+    target = inside(root, art["path"], error=DestinationError, where=manifest, what="artifact")
+    if not target.exists():
+        raise DestinationError("listed in manifest.json but missing", path=target)
+    if art["format"] == "mlpackage":
+        if not target.is_dir():
+            raise DestinationError("is listed as an .mlpackage but is not a folder", path=target)
+        for p in target.rglob("*"):
+            inside(root, p.relative_to(root).as_posix(), error=DestinationError, where=target, what="bundle file")
+            mode = p.stat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise DestinationError("bundle holds something that is not a regular file (a FIFO or device)", path=p)
+    else:
+        mode = target.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise DestinationError("is not a regular file", path=target)
+    return target

@@ -35,7 +35,10 @@ def model_file(path: str | os.PathLike, *, trust_code: bool = False) -> Path:
 
 
 def destination(out: str | os.PathLike, *, overwrite: bool) -> None:
+    from .safety import check_component_length
+
     out = Path(out)
+    check_component_length(out.absolute(), error=DestinationError)  # Path.exists raises on a name over 255 bytes
     if out.exists() and not overwrite:
         raise DestinationError("destination already exists", path=out, hint="choose another --out, or pass --overwrite to replace it")
     if out.exists() and not out.is_dir():

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .safety import MAX_TEXT_BYTES, load_json, quote, read_regular
 
 CHANNEL_ORDERS = ("RGB", "BGR", "L")
 RESIZE_POLICIES = ("stretch", "center_crop")
@@ -28,19 +30,32 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # "caffe": on 0..255 pixels, after RGB -> BGR
 
 
+# Every backend computes in float32 (Core ML image scale, ONNX prologue, the numpy reference): a value must stay
+# finite there, not only as a Python float (1e39 is a finite double and inf in float32).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
-    if isinstance(value, (int, float)):
+    if _is_number(value):
         value = [value] * channels
+    if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got "
+                          f"{quote(value)}")
     try:
         values = tuple(float(v) for v in value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got {value!r}") from exc
+    except OverflowError as exc:
+        raise ConfigError(f"preprocessing {name} must be finite in float32, got {quote(value)}") from exc
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:
         raise ConfigError(f"preprocessing {name} must have {channels} values (one per channel), got {len(values)}")
-    if not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"preprocessing {name} must be finite, got {values}")
+    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):
+        raise ConfigError(f"preprocessing {name} must be finite in float32 (|x| <= {FLOAT32_MAX:.4g}), got "
+                          f"{quote(list(values))}")
     return values
 
 
@@ -184,12 +199,8 @@ class Preprocessing:
     @classmethod
     def from_file(cls, path: str | Path) -> Preprocessing:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError("preprocessing file not found", path=path) from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"preprocessing file is not valid UTF-8 JSON: {exc}", path=path) from exc
+        raw = read_regular(path, error=ConfigError, what="preprocessing file", max_bytes=MAX_TEXT_BYTES)
+        data = load_json(raw, path=path, error=ConfigError, what="preprocessing file")
         return cls.from_dict(data, source=str(path))
 
     # ---- the numpy reference ---------------------------------------------------------------------------------

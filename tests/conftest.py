@@ -40,3 +40,23 @@ def exports(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory):
+    """mobilenet_v1_digits exported once as fp32 .mlpackage, .mlmodel and .onnx, and 10 of its held-out images
+    (2 from each of 5 classes): the material of the hostile-file tests, which damage copies of it."""
+    import shutil
+
+    from exporter.api import ExportOptions, export
+
+    s = sample("mobilenet_v1_digits")
+    root = tmp_path_factory.mktemp("hostile")
+    out = root / "export"
+    export(s["model"], s["labels"], out, preprocessing=s["preprocessing"], options=ExportOptions(variants=("fp32",)))
+    images = root / "images"
+    for label_dir in sorted(p for p in s["heldout"].iterdir() if p.is_dir())[:5]:
+        (images / label_dir.name).mkdir(parents=True)
+        for p in sorted(label_dir.iterdir())[:2]:
+            shutil.copy(p, images / label_dir.name / p.name)
+    return out, images

@@ -69,7 +69,7 @@ def cases(tmp: Path) -> list[tuple[str, list[str], int, str]]:
         ("wrong input size", ["convert", *model_args, "--labels", str(labels), "--preprocessing",
                               str(_write(tmp / "ps.json", json.dumps({"input_size": [64, 64]})))], 2, "does not match"),
         ("preprocessing not json", ["convert", *model_args, "--labels", str(labels), "--preprocessing",
-                                    str(_write(tmp / "pj.json", "{"))], 2, "not valid UTF-8 JSON"),
+                                    str(_write(tmp / "pj.json", "{"))], 2, "not valid JSON"),
         ("no preprocessing", ["convert", *model_args, "--labels", str(labels)], 2, "no preprocessing declared"),
     ]
 

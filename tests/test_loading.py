@@ -78,7 +78,9 @@ def test_legacy_h5_loads(tmp_path):
 def test_saved_model_directory_loads(tmp_path):
     model = _tiny()
     model.export(tmp_path / "sm", verbose=False)
-    loaded = load_model(tmp_path / "sm")
+    with pytest.raises(UnsafeModelError, match="SavedModel"):  # a SavedModel is a program: trusting it is explicit
+        load_model(tmp_path / "sm")
+    loaded = load_model(tmp_path / "sm", trust_code=True)
     assert loaded.format == "saved_model" and loaded.num_classes == 3
     x = np.random.default_rng(0).random((2, 16, 16, 3), np.float32)
     np.testing.assert_allclose(np.asarray(loaded.model(x)), model(x), atol=1e-5)

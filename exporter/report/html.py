@@ -161,6 +161,15 @@ def _summary(report: dict) -> str:
 
 
 def render(report: dict) -> str:
+    """The report page. Labels and file names are untrusted text: matplotlib must not parse '$...$' in them as math
+    (a label such as '$x_{$' would make it raise)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _render(report)
+
+
+def _render(report: dict) -> str:
     from ..console import human_bytes
     from ..preprocessing import Preprocessing
 

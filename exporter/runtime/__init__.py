@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..convert.onnx import LABELS_CONSTANT, PROBS_OUTPUT
-from ..errors import ConfigError
+from ..errors import ConfigError, ConversionError, translating
 from ..preprocessing import Preprocessing
 
 
@@ -56,7 +56,8 @@ class OnnxRunner:
         self.order = None if labels is None else _label_order(embedded_onnx_labels(path), labels)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with translating(ConversionError, "onnxruntime cannot load the file", path=path):
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
@@ -77,13 +78,38 @@ class OnnxRunner:
 def embedded_onnx_labels(path: Path) -> list[str]:
     """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    from ..safety import MAX_FILE_BYTES, inside, read_regular
+
+    raw = read_regular(path, error=ConversionError, what="ONNX file", max_bytes=MAX_FILE_BYTES)
+    try:
+        model = onnx.load_from_string(raw)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ConversionError(f"is not an ONNX model ({type(exc).__name__})", path=path) from exc
+    for tensor in _all_tensors(model.graph):
+        for entry in tensor.external_data:
+            if entry.key == "location":  # external weights must stay inside the export folder
+                inside(path.parent, entry.value, error=ConversionError, where=path, what="external data")
     for init in model.graph.initializer:
         if init.name == LABELS_CONSTANT:
             return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]
     raise ConfigError(f"{path}: ONNX file has no embedded labels (exporter_labels); was it written by exporter?")
+
+
+def _all_tensors(graph):
+    """Every initializer and constant-attribute tensor of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)
 
 
 def _label_order(embedded: list[str], expected: list[str]) -> list[int | None]:

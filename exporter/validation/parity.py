@@ -14,7 +14,7 @@ from ..console import ProgressArg
 from ..errors import ConfigError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
 from ..exports import OpenedExport, open_export
 from ..images import iter_batches, list_images
-from ..packaging import find_source_model, read_manifest
+from ..packaging import artifact_file, find_source_model, read_manifest
 from ..preprocessing import Preprocessing
 from ..results import Report
 from .accumulate import LabelStats, ParityStats
@@ -31,7 +31,8 @@ def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
     from ..capabilities import format_of
 
     try:
-        return format_of(art["format"]).runner(root / art["path"], pre, labels), ""
+        path = artifact_file(root, art)  # inside the export folder, present, regular files only
+        return format_of(art["format"]).runner(path, pre, labels), ""
     except UnsupportedOperationError as exc:
         return None, str(exc)
 

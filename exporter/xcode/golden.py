@@ -97,7 +97,7 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
     keras_run = KerasRunner(loaded.model, pre)
     height, width = pre.input_size
     records: list[dict] = []
-    with atomic_directory(out_dir, overwrite=overwrite) as stage:
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=(opened.root, folder, model_path)) as stage:
         (stage / IMAGES_FOLDER).mkdir()
         for chunk, pixels in iter_batches(chosen, pre, batch_size=BATCH_SIZE):
             probs = keras_run(pixels)

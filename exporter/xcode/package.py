@@ -25,8 +25,9 @@ from pathlib import Path
 from .. import __version__
 from ..capabilities import FORMATS, variant
 from ..errors import ConfigError, DestinationError
-from ..packaging import MANIFEST_NAME, atomic_directory, read_manifest, sha256_of, write_json
+from ..packaging import MANIFEST_NAME, artifact_file, atomic_directory, read_manifest, sha256_of, write_json
 from ..preprocessing import Preprocessing
+from ..safety import MAX_NAME_CHARS
 from .golden import check_count, write_golden
 
 HERE = Path(__file__).parent
@@ -99,6 +100,8 @@ def swift_name(stem: str) -> str:
 
 
 def check_package_name(name: str) -> str:
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"package name must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     if not SWIFT_IDENTIFIER.match(name):
         raise ConfigError(f"package name must be a Swift identifier (letters, digits, _; not starting with a digit), "
                           f"got {name!r}")
@@ -131,9 +134,19 @@ def model_stem(manifest: dict, artifact: dict) -> str:
     return artifact["path"].removesuffix(v.filename(""))
 
 
+# Values substituted into Swift and Markdown that come from a manifest (untrusted): read_manifest limits them to
+# plain names, and render refuses anything that could end a Swift comment line or string literal all the same. The
+# other values (rules, notes, versions) are the toolkit's own text.
+FROM_MANIFEST = frozenset({"NAME", "MODEL_FILE", "MODEL_CLASS", "VARIANT", "ARTIFACT", "TARGET", "RESIZE", "CROP"})
+TEMPLATE_VALUE = re.compile(r"[A-Za-z0-9 ._:-]*\Z")
+
+
 def render(template: str, values: dict[str, str]) -> str:
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     for token, value in values.items():
+        if token in FROM_MANIFEST and not TEMPLATE_VALUE.match(value):
+            raise ConfigError(f"refusing to write {value[:80]!r} into generated Swift ({token}): only letters, "
+                              "digits, spaces and . _ : - are allowed")
         text = text.replace(f"__{token}__", value)
     left = sorted(set(TOKEN.findall(text)))
     if left:
@@ -153,9 +166,7 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
     manifest = read_manifest(root)
     pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / MANIFEST_NAME)).to_dict()
     artifact = pick_artifact(manifest, variant, root)
-    model_src = root / artifact["path"]
-    if not model_src.exists():
-        raise DestinationError("listed in manifest.json but missing", path=model_src)
+    model_src = artifact_file(root, artifact)  # inside the export folder, present, regular files only
     if sha256_of(model_src) != artifact["sha256"]:
         raise DestinationError("changed since the export (SHA-256 differs from manifest.json); export again",
                                path=model_src)
@@ -169,7 +180,7 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
               "EXPORTER_VERSION": __version__, "TARGET": artifact["minimum_deployment_target"],
               "RESIZE": pre["resize"], "CROP": CROP_OPTION[pre["resize"]]}
     out = Path(out_dir)
-    with atomic_directory(out, overwrite=overwrite) as stage:
+    with atomic_directory(out, overwrite=overwrite, inputs=(root, images_folder, model_path)) as stage:
         sources = stage / "Sources" / name
         resources = sources / "Resources"
         tests = stage / "Tests" / f"{name}Tests"

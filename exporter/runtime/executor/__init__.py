@@ -29,7 +29,7 @@ forward passes at once in threads instead. One executor serves one ``predict`` c
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import ConfigError, ConversionError, UnsupportedOperationError
+from ...errors import ConfigError, ConversionError, ExporterError, UnsupportedOperationError
+from ...safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, inside, load_json, read_regular
 from . import blas
 from .image import image_input, to_tensor
 
@@ -65,18 +66,16 @@ def _spec_path(path: Path) -> Path:
     if not path.is_dir():
         return path
     manifest = path / "Manifest.json"
+    if not manifest.exists():
+        raise ConversionError("is a folder without Manifest.json, not an .mlpackage", path=path)
+    data = load_json(read_regular(manifest, error=ConversionError, what="Manifest.json", max_bytes=MAX_TEXT_BYTES),
+                     path=manifest, error=ConversionError, what="Manifest.json")
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
         root = data["rootModelIdentifier"]
         rel = data["itemInfoEntries"][root]["path"]
-    except FileNotFoundError as exc:
-        raise ConversionError("is a folder without Manifest.json, not an .mlpackage", path=path) from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise ConversionError(f"Manifest.json does not name the root model ({type(exc).__name__})", path=path) from exc
-    model = (path / "Data" / rel).resolve()
-    if path.resolve() not in model.parents:
-        raise ConversionError("Manifest.json points outside the package", path=path)
-    return model
+    return inside(path / "Data", rel, error=ConversionError, where=manifest, what="root model").resolve()
 
 
 def load_spec(path: Path):
@@ -85,16 +84,30 @@ def load_spec(path: Path):
     from google.protobuf.message import DecodeError
 
     spec_file = _spec_path(path)
-    try:
-        data = spec_file.read_bytes()
-    except OSError as exc:
-        raise ConversionError(f"cannot read the model: {exc.strerror}", path=spec_file) from exc
+    data = read_regular(spec_file, error=ConversionError, what="Core ML model", max_bytes=MAX_FILE_BYTES)
     spec = Model_pb2.Model()
     try:
         spec.ParseFromString(data)
-    except DecodeError as exc:
+    except (DecodeError, RecursionError) as exc:
         raise ConversionError("is not a Core ML model protobuf", path=spec_file) from exc
     return spec, spec_file.parent
+
+
+# What a malformed file can make numpy or the protobuf classes raise while its program is loaded or run. The file,
+# not the executor, is at fault then: the error names the file and keeps the cause for --debug.
+FILE_FAULTS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, ZeroDivisionError,
+               RecursionError, MemoryError)
+
+
+@contextlib.contextmanager
+def _file_faults(where: str):
+    try:
+        yield
+    except ExporterError:
+        raise
+    except FILE_FAULTS as exc:
+        raise ConversionError(f"the executor cannot run this file, it is malformed ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})", path=where) from exc
 
 
 class CoreMLExecutor:
@@ -109,6 +122,10 @@ class CoreMLExecutor:
             raise ConfigError(f"compute must be one of {list(COMPUTE)}, got {compute!r}")
         self.path, self.compute = Path(path), compute
         where = str(self.path)
+        with _file_faults(where):
+            self._load(where, compute)
+
+    def _load(self, where: str, compute: str) -> None:
         spec, model_dir = load_spec(self.path)
         self.image = image_input(spec.description, where)
         kind = spec.WhichOneof("Type")
@@ -141,6 +158,10 @@ class CoreMLExecutor:
         """Probabilities for uint8 pixels (see the class). ``observe(name, value)``, if given, is called with every
         op (layer) output of every forward pass, named as in the file; ``value`` is only valid during the call (a
         later op may reuse its memory), so take what you need from it there (activation ranges, say)."""
+        with _file_faults(str(self.path)):
+            return self._predict(pixels, observe)
+
+    def _predict(self, pixels: np.ndarray, observe=None) -> np.ndarray:
         x = to_tensor(pixels, self.image, str(self.path))
         count = -(-x.shape[0] // self.chunk)  # passes needed; the images are spread evenly over them
         bounds = np.linspace(0, x.shape[0], count + 1).round().astype(int)

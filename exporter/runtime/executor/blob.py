@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
+from ...safety import MAX_FILE_BYTES, check_elements, read_regular
 
 HEADER_BYTES = 64  # sizeof(storage_header): the first metadata record cannot start before it
 METADATA_BYTES = 64  # sizeof(blob_metadata)
@@ -38,6 +39,12 @@ BLOB_TYPES: dict[int, tuple[str, str, int]] = {
 SUB_BYTE = frozenset({"int4", "uint1", "uint2", "uint3", "uint4", "uint6"})
 
 
+def bounded_count(shape, where: str, what: str = "tensor") -> int:
+    """Element count of a shape a file declares, exact (no int64 overflow) and refused past the memory budget,
+    counted as the float32 the executor computes in."""
+    return check_elements(shape, itemsize=4, error=ConversionError, where=where, what=what)
+
+
 def unpack_bits(data, nbits: int, count: int, *, signed: bool = False, msb_first: bool = False) -> np.ndarray:
     """``count`` integers of ``nbits`` bits packed back to back in ``data`` (bytes or uint8 array).
 
@@ -45,7 +52,7 @@ def unpack_bits(data, nbits: int, count: int, *, signed: bool = False, msb_first
     first (``msb_first``). Signed values are two's complement. Returns int8 when ``signed``, else uint8."""
     raw = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else np.asarray(data)
     raw = raw.astype(np.uint8, copy=False).ravel()
-    if raw.size * 8 < count * nbits:
+    if count < 0 or raw.size * 8 < count * nbits:
         raise ConversionError(f"packed {nbits}-bit data holds {raw.size * 8 // nbits} values, {count} expected")
     bits = np.unpackbits(raw, bitorder="big" if msb_first else "little")[: count * nbits].reshape(count, nbits).astype(np.int32)
     weights = (1 << np.arange(nbits - 1, -1, -1)) if msb_first else (1 << np.arange(nbits))
@@ -66,10 +73,8 @@ class WeightFile:
 
     def __init__(self, path: Path, where: str):
         self.path, self.where = Path(path), where
-        try:
-            self.data = self.path.read_bytes()
-        except OSError as exc:
-            raise ConversionError(f"cannot read weight file {self.path.name}: {exc.strerror}", path=where) from exc
+        # a regular file (not a FIFO or /dev/zero), no larger than the memory budget; offsets are checked below
+        self.data = read_regular(self.path, error=ConversionError, what="weight file", max_bytes=MAX_FILE_BYTES)
         if len(self.data) < HEADER_BYTES:
             raise ConversionError(f"weight file {self.path.name} is {len(self.data)} bytes, shorter than its header",
                                   path=where)
@@ -90,7 +95,7 @@ class WeightFile:
         if code not in BLOB_TYPES:
             raise UnsupportedOperationError(f"blob at offset {offset} of {self.path.name} has unknown data type "
                                             f"code {code}", path=self.where)
-        if data_offset + size > len(self.data):
+        if data_offset < HEADER_BYTES or data_offset + size > len(self.data):
             raise ConversionError(f"blob at offset {offset} runs past the end of {self.path.name}", path=self.where)
         return code, size, data_offset, padding
 
@@ -105,7 +110,7 @@ class WeightFile:
             raise UnsupportedOperationError(f"blob at offset {offset} of {self.path.name} holds {name}, which the "
                                             "executor does not decode", path=self.where)
         available = size * 8 - padding
-        if available != count * nbits:
+        if padding >= 8 or available != count * nbits:
             raise ConversionError(f"blob at offset {offset} of {self.path.name} holds {available // nbits} {name} "
                                   f"values, the program declares {count}", path=self.where)
         payload = self.data[start:start + size]

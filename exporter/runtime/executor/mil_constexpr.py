@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blob import unpack_bits
+from .blob import bounded_count, unpack_bits
 from .registry import OpCall, op
 
 F32 = np.float32
@@ -64,7 +64,7 @@ def _lut_to_dense(c: OpCall):
         nbits = int(np.log2(lut.size))
         if lut.size != 1 << nbits:
             raise c.fail(f"has a lookup table of {lut.size} entries, not a power of two")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = bounded_count(shape, c.where)
         return lut[unpack_bits(np.asarray(c["indices"], np.uint8), nbits, count)].reshape(shape)
     return _lut_ios18(c, np.asarray(c["indices"]))
 
@@ -100,12 +100,12 @@ def _sparse_to_dense(c: OpCall):
     mask = np.asarray(c["mask"])
     if c.has("shape"):  # iOS16: mask packed into uint8 bytes, LSB first
         shape = tuple(int(s) for s in np.asarray(c["shape"]).reshape(-1))
-        bits = unpack_bits(mask.astype(np.uint8), 1, int(np.prod(shape, dtype=np.int64)))
+        bits = unpack_bits(mask.astype(np.uint8), 1, bounded_count(shape, c.where))
     else:  # iOS18: mask is a uint1 tensor of the output's shape
         shape, bits = mask.shape, mask.reshape(-1)
     if int(bits.sum()) != data.size:
         raise c.fail(f"has {int(bits.sum())} set mask bits for {data.size} values")
-    out = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=data.dtype)
+    out = np.zeros(bounded_count(shape, c.where), dtype=data.dtype)
     out[bits.astype(bool)] = data
     return out.reshape(shape)
 

@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from .blob import SUB_BYTE, WeightFile, bfloat16_to_float32, unpack_bits
+from ...safety import inside
+from .blob import SUB_BYTE, WeightFile, bfloat16_to_float32, bounded_count, unpack_bits
 
 MODEL_PATH_PREFIX = "@model_path/"  # how ML Program files name weight files relative to model.mlmodel's folder
 
@@ -45,6 +46,7 @@ def tensor_type(value_type, where: str) -> tuple[str, tuple[int, ...] | None]:
         if d.WhichOneof("dimension") != "constant":
             return type_name(tt.dataType, where), None
         dims.append(int(d.constant.size))
+    bounded_count(dims, where, "a declared tensor")  # no value the file declares may exceed the memory budget
     return type_name(tt.dataType, where), tuple(dims)
 
 
@@ -62,12 +64,14 @@ class WeightFiles:
             rel = PurePosixPath(file_name[len(MODEL_PATH_PREFIX):])
             if rel.is_absolute() or ".." in rel.parts:
                 raise ConversionError(f"weight file {file_name!r} points outside the model package", path=self.where)
-            self.files[file_name] = WeightFile(self.model_dir.joinpath(*rel.parts), self.where)
+            # symlinks too: the weight file must resolve inside the folder of the model protobuf
+            path = inside(self.model_dir, rel.as_posix(), error=ConversionError, where=self.where, what="weight file")
+            self.files[file_name] = WeightFile(path, self.where)
         return self.files[file_name]
 
 
 def _from_bytes(raw: bytes, name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = bounded_count(shape, where)
     dtype, nbits = BY_NAME[name]
     if name in SUB_BYTE:
         return unpack_bits(raw, nbits, count, signed=name == "int4").reshape(shape)
@@ -89,7 +93,7 @@ def _immediate_tensor(tensor, name: str, shape: tuple[int, ...], where: str):
         return _from_bytes(tensor.bytes.values, name, shape, where)
     values = getattr(tensor, field).values
     array = np.asarray(values, dtype=BY_NAME[name][0])
-    if array.size != int(np.prod(shape, dtype=np.int64)):
+    if array.size != bounded_count(shape, where):
         raise ConversionError(f"immediate value holds {array.size} elements, its type declares shape {list(shape)}",
                               path=where)
     return array.reshape(shape)
@@ -106,7 +110,7 @@ def decode(value, files: WeightFiles, where: str):
         raise ConversionError("a constant value has an unknown dimension", path=where)
     if kind == "blobFileValue":
         blob = value.blobFileValue
-        count = int(np.prod(shape, dtype=np.int64))
+        count = bounded_count(shape, where)
         data = files.get(blob.fileName).read(int(blob.offset), name, count)
         return data.reshape(shape)
     if kind == "immediateValue":

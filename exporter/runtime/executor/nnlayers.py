@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
 from . import kernels, kernels_nd, nnweights
+from .blob import bounded_count
 from .registry import layer
 
 F32 = np.float32
@@ -212,6 +213,7 @@ def _upsample(p, ctx: LayerContext):
         x = inputs[0]
         h, w = x.shape[-2:]
         out_h, out_w = int(np.floor(h * factors[0])), int(np.floor(w * factors[1]))
+        bounded_count((*x.shape[:-2], out_h, out_w), ctx.where, f"upsample {ctx.name!r} output")  # before allocating
         if p.mode == 0:
             return kernels_nd.nearest(x, kernels_nd.nearest_floor(h, out_h), kernels_nd.nearest_floor(w, out_w))
         return kernels_nd.bilinear(x, out_h, out_w, mode)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from .blob import unpack_bits
+from .blob import bounded_count, unpack_bits
 
 F32 = np.float32
 
@@ -19,7 +19,7 @@ F32 = np.float32
 def decode(wp, shape: tuple[int, ...], where: str, channel_axis: int = 0, *, optional: bool = False):
     """Weights of ``shape`` (row-major) as float32; ``channel_axis`` is the output-channel axis that per-channel
     linear quantization runs along. Returns None for empty weights when ``optional``."""
-    count = int(np.prod(shape, dtype=np.int64))
+    count = bounded_count(shape, where, "layer weights")
     quant = wp.quantization if wp.HasField("quantization") else None
     if len(wp.floatValue):
         values = np.asarray(wp.floatValue, F32)
@@ -46,7 +46,7 @@ def decode(wp, shape: tuple[int, ...], where: str, channel_axis: int = 0, *, opt
 
 def _quantized(raw: bytes, quant, shape, channel_axis, where) -> np.ndarray:
     nbits = int(quant.numberOfBits)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = bounded_count(shape, where, "layer weights")
     if not 1 <= nbits <= 8:
         raise UnsupportedOperationError(f"{nbits}-bit quantized weights are not supported", path=where)
     q = np.frombuffer(raw, np.uint8)[:count] if nbits == 8 else unpack_bits(raw, nbits, count, msb_first=True)

@@ -1,0 +1,199 @@
+"""Shared guards for untrusted input (docs/THREAT_MODEL.md): bounded reads of regular files only, JSON that cannot
+exhaust the stack, paths that stay inside their folder, names that are safe as file names and in generated code,
+archive members checked before they are inflated, and tensor sizes checked against a memory budget.
+
+Every guard raises the caller's typed error (``error=``), so each failure keeps its documented exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import ConfigError, ExporterError, one_line
+
+# The most memory one tensor, decoded weight or resized image may take. The whole process must stay within a few GB
+# on a laptop or a CI runner next to TensorFlow (~1 GB resident by itself); the largest real value the toolkit
+# handles (a 224-px MobileNetV2's first activation batch, or VGG16's 400 MB dense kernel) is well under it.
+MEMORY_BUDGET_BYTES = 1 << 30
+# Largest file read whole into memory: protobufs, weight files, labels, manifests, preprocessing files. Same reason.
+MAX_FILE_BYTES = MEMORY_BUDGET_BYTES
+# Text files a person writes (labels, preprocessing, manifest.json): 64 MB holds a million labels; anything larger
+# is not a labels or preprocessing file.
+MAX_TEXT_BYTES = 64 << 20
+# A Keras archive's members, inflated, may not exceed the budget together, nor any member inflate more than this
+# ratio when it is over a megabyte: float weights compress by 1.1-3x, JSON configs by 5-20x; a 1 MB member that
+# inflates to 1 GB (ratio 1000) is a decompression bomb.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECK_BYTES = 1 << 20
+# Artifact names: NAME plus the longest variant suffix ("_palette8.mlpackage", 19 characters) must fit the 255-byte
+# file name limit of every common file system, with room to spare.
+MAX_NAME_CHARS = 200
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# A label or value quoted in an error message is cut at this length (the whole line is bounded in errors.py).
+MAX_QUOTE_CHARS = 80
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+
+
+def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for echoing untrusted values in an error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'" + f"({len(str(value)):,} chars)"
+
+
+# ------------------------------------------------------------------------------------------------ reading files
+def read_regular(path: str | Path, *, error: type[ExporterError], what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (symlinks followed) of at most ``max_bytes``. A FIFO, a device (/dev/zero), a
+    socket or a folder is refused without blocking: the file is opened non-blocking and checked before reading."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise error(f"{what} not found", path=path) from exc
+    except IsADirectoryError as exc:
+        raise error(f"is a directory, not a {what}", path=path) from exc
+    except OSError as exc:
+        raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"is a directory, not a {what}", path=path)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"is not a regular file (a FIFO, device or socket); refusing to read it as a {what}", path=path)
+        if st.st_size > max_bytes:
+            raise error(f"{what} is {st.st_size:,} bytes, over the limit of {max_bytes:,}", path=path)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:  # the file grew while we read it
+                raise error(f"{what} is over the limit of {max_bytes:,} bytes", path=path)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
+    finally:
+        os.close(fd)
+
+
+def check_regular(path: str | Path, *, error: type[ExporterError], what: str = "file") -> None:
+    """Refuse anything but a regular file (symlinks followed) without opening it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise error(f"{what} not found", path=path) from exc
+    except OSError as exc:
+        raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise error(f"is {kind}; expected a {what}", path=path)
+
+
+def load_json(data: bytes | str, *, path: str | Path, error: type[ExporterError], what: str = "JSON") -> Any:
+    """Parse JSON; invalid text, invalid UTF-8 and nesting deep enough to exhaust the stack all raise ``error``."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not valid UTF-8 (byte {exc.start})", path=path) from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=path) from exc
+    except RecursionError as exc:
+        raise error(f"{what} is nested too deeply to parse", path=path) from exc
+
+
+# ------------------------------------------------------------------------------------------------ paths and names
+def inside(root: str | Path, relative: Any, *, error: type[ExporterError], where: str | Path, what: str = "path") -> Path:
+    """``root / relative`` for a relative path from an untrusted file (a manifest, a package), refused unless it is a
+    plain relative path that resolves, symlinks included, inside ``root``."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise error(f"{what} must be a non-empty relative path, got {quote(relative)}", path=where)
+    rel = PurePosixPath(relative)
+    if rel.is_absolute() or relative.startswith("\\") or re.match(r"[A-Za-z]:", relative) or ".." in rel.parts:
+        raise error(f"{what} {quote(relative)} points outside its folder", path=where)
+    root = Path(root)
+    target = root.joinpath(*rel.parts)
+    try:
+        resolved, base = target.resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise error(f"{what} {quote(relative)} cannot be resolved: {exc}", path=where) from exc
+    if resolved != base and base not in resolved.parents:
+        raise error(f"{what} {quote(relative)} resolves outside its folder (a symlink?)", path=where)
+    return target
+
+
+def check_name(name: Any, *, what: str = "--name", error: type[ExporterError] = ConfigError) -> str:
+    """A name that becomes a file name and appears in generated code: letters, digits, '.', '_', '-', starting with
+    a letter or digit, at most ``MAX_NAME_CHARS`` characters; so no path separator, no '..', no control character."""
+    if not isinstance(name, str) or not name:
+        raise error(f"{what} must be a non-empty string, got {quote(name)}")
+    if len(name) > MAX_NAME_CHARS:
+        raise error(f"{what} must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise error(
+            f"{what} must use only letters, digits, '.', '_' and '-', start with a letter or digit and not contain '..', got {quote(name)}"
+        )
+    return name
+
+
+def safe_stem(text: str) -> str:
+    """A name derived from a file name, made safe for ``check_name`` (unsafe characters become '_')."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text).replace("..", "_").lstrip("._-")[:MAX_NAME_CHARS]
+    return stem or "model"
+
+
+def check_component_length(path: Path, *, error: type[ExporterError]) -> None:
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise error(
+            f"folder name is {len(os.fsencode(path.name))} bytes, over the file system limit of {NAME_MAX}", path=one_line(str(path), 300)
+        )
+
+
+def contains(outer: Path, inner: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies under it (both resolved)."""
+    outer, inner = Path(outer).resolve(), Path(inner).resolve()
+    return inner == outer or outer in inner.parents
+
+
+# ------------------------------------------------------------------------------------------------ bounds
+def check_elements(shape, *, itemsize: int = 4, error: type[ExporterError], where: str | Path, what: str = "tensor") -> int:
+    """Element count of ``shape`` (exact, no overflow), refused when negative or over the memory budget."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise error(f"{what} has a negative dimension {dims}", path=where)
+    count = math.prod(dims)
+    if count * itemsize > MEMORY_BUDGET_BYTES:
+        raise error(
+            f"{what} of shape {dims[:8]} needs {count * itemsize:,} bytes, over the memory budget of {MEMORY_BUDGET_BYTES:,}", path=where
+        )
+    return count
+
+
+def check_zip(path: str | Path, *, error: type[ExporterError]) -> None:
+    """Refuse an archive whose members would inflate past the memory budget, or a member over a megabyte that
+    inflates more than ``MAX_COMPRESSION_RATIO`` times, before anything is read or extracted. Python's zipfile stops
+    a member at its declared size, so the declared sizes are what reading can cost."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise error(f"model file is corrupt or truncated ({type(exc).__name__}: {one_line(str(exc), 200)})", path=path) from exc
+    total = 0
+    for m in members:
+        total += m.file_size
+        if m.file_size > RATIO_CHECK_BYTES and m.file_size > MAX_COMPRESSION_RATIO * max(m.compress_size, 1):
+            raise error(
+                f"archive member {quote(m.filename)} inflates from {m.compress_size:,} to {m.file_size:,} bytes "
+                f"(over {MAX_COMPRESSION_RATIO}x: a decompression bomb)",
+                path=path,
+            )
+    if total > MEMORY_BUDGET_BYTES:
+        raise error(f"archive members inflate to {total:,} bytes, over the limit of {MEMORY_BUDGET_BYTES:,}", path=path)
