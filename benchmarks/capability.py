@@ -4,6 +4,7 @@
     python benchmarks/capability.py --quick               # application shape, fp32/fp16/int8 of each format only
     python benchmarks/capability.py --families resnet densenet --shapes nested
     python benchmarks/capability.py --render-only         # rewrite the tables from benchmarks/capability.json
+    python benchmarks/capability.py --quick --jobs 2      # two families at a time
 
 Each family (sample_models/families.py) is built small, trained a few steps on digits, exported to fp32, fp16 and int8
 of every format (and, unless --quick, the low-bit Core ML variants), and validated on the held-out digits with the
@@ -17,12 +18,14 @@ its rows and keeps the others; then docs/CAPABILITY.md and the README section be
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="*", help="family names (default: all)")
     parser.add_argument("--shapes", nargs="*", choices=["application", "nested"])
     parser.add_argument("--quick", action="store_true", help="application shape, fp32/fp16/int8 of each format")
+    parser.add_argument("--jobs", type=int, default=1, help="families run at once, each in its own process")
     parser.add_argument("--render-only", action="store_true", help="rewrite the tables from capability.json")
     parser.add_argument("--worker", nargs=3, metavar=("FAMILY", "SHAPE", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--low-bit", action="store_true", help=argparse.SUPPRESS)
@@ -220,18 +224,24 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown families {unknown}; known: {list(FAMILIES)}")
         shapes = args.shapes or (["application"] if args.quick else list(SHAPES))
-        for name in names:
-            for shape in shapes:
-                row = run_one(name, shape, low_bit=not args.quick)
-                results[f"{name}:{shape}"] = row
-                passed = sum(a["status"] == "passed" for a in row.get("artifacts", []))
-                print(f"{name:28s} {shape:12s} {passed}/{len(row.get('artifacts', []))} passed "
+        jobs = [(name, shape) for name in names for shape in shapes]
+        lock = threading.Lock()
+
+        def one(job):
+            row = run_one(*job, low_bit=not args.quick)
+            passed = sum(a["status"] == "passed" for a in row.get("artifacts", []))
+            with lock:  # each finished row is saved at once, so an interrupted run keeps what it measured
+                results[f"{job[0]}:{job[1]}"] = row
+                stored["meta"] = {"mode": "--quick" if args.quick else "full", "when": time.strftime("%Y-%m-%d"),
+                                  "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                                  "rows": len(results), "seconds": round(time.perf_counter() - t0)}
+                stored["rows"] = results
+                RESULTS.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+                print(f"{job[0]:28s} {job[1]:12s} {passed}/{len(row.get('artifacts', []))} passed "
                       f"{row.get('error', '')[:120]} ({row.get('wall_seconds', '?')} s)", flush=True)
-        stored["meta"] = {"mode": "--quick" if args.quick else "full", "when": time.strftime("%Y-%m-%d"),
-                          "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-                          "rows": len(results), "seconds": round(time.perf_counter() - t0)}
-        stored["rows"] = results
-        RESULTS.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(one, jobs))
     meta = {**{"mode": "?", "when": "?", "machine": "?", "seconds": "?"}, **stored.get("meta", {}),
             "rows": len(results)}
     write_outputs(results, meta)

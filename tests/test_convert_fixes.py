@@ -109,7 +109,7 @@ def test_grouped_conv_rewrite_is_exact_and_converts(nested):
     import keras
 
     model = _grouped_model(nested)
-    rewritten = rewrite.for_coreml(model)
+    rewritten = rewrite.for_converters(model)
     assert rewritten is not model
     kinds = [type(layer).__name__ for layer in _flat(rewritten)]
     assert "DepthwiseConv2D" in kinds
@@ -118,11 +118,13 @@ def test_grouped_conv_rewrite_is_exact_and_converts(nested):
     np.testing.assert_allclose(rewritten(x), model(x), atol=REWRITE_ATOL)
     ops = _mil_ops(cm.convert(model, _info(10), backend="mlprogram"))
     assert "conv" in ops
+    proto = ox.convert_core(model, Preprocessing((10, 10)))  # tf2onnx would leave StatefulPartitionedCall behind
+    assert "StatefulPartitionedCall" not in [n.op_type for n in proto.graph.node]
 
 
 def test_model_without_grouped_conv_is_not_rebuilt():
     model = _gelu_model()
-    assert rewrite.for_coreml(model) is model
+    assert rewrite.for_converters(model) is model
 
 
 def _flat(model):

@@ -2,9 +2,10 @@
 
 Grouped ``Conv2D`` (``groups > 1``; ConvNeXt's 7x7 depthwise convolutions are ``Conv2D(groups=channels)``): Keras'
 TensorFlow backend runs grouped convolutions inside a nested ``tf.function(jit_compile=True)`` because TensorFlow's
-CPU kernel lacks them, and coremltools cannot convert that nested call ("Conversion for TF op
-'StatefulPartitionedCall' not implemented"). ``groups == input channels`` is a depthwise convolution, so the layer
-becomes a ``DepthwiseConv2D`` with the same kernel reordered (output channel ``c * m + k`` is input channel ``c``'s
+CPU kernel lacks them, and neither converter reads that nested call: coremltools stops ("Conversion for TF op
+'StatefulPartitionedCall' not implemented") and tf2onnx leaves the TensorFlow op in the ONNX graph.
+``groups == input channels`` is a depthwise convolution, so the layer becomes a ``DepthwiseConv2D`` with the same
+kernel reordered (output channel ``c * m + k`` is input channel ``c``'s
 ``k``-th filter in both layouts); any other group count becomes one ``Conv2D`` per group on its channel slice,
 concatenated. Both are the same arithmetic, weight for weight.
 
@@ -67,7 +68,7 @@ def _grouped_conv_replacement(layer):
     return keras.Model(inputs, keras.layers.Concatenate(axis=-1)(parts), name=f"{layer.name}_grouped")
 
 
-def for_coreml(model):
+def for_converters(model):
     """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent."""
     import keras
 
@@ -78,7 +79,7 @@ def for_coreml(model):
         if _is_grouped_conv(layer):
             return _grouped_conv_replacement(layer)
         if isinstance(layer, keras.Model) and needs_rewrite(layer):
-            return for_coreml(layer)
+            return for_converters(layer)
         return layer
 
     from keras.src.models.functional import Functional
