@@ -22,6 +22,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,12 @@ def worker(name: str, shape: str, low_bit: bool, out: Path) -> None:
         variants["mlpackage"] = variants["mlpackage"] + fc.LOW_BIT_VARIANTS["mlpackage"]
     with tempfile.TemporaryDirectory(prefix=f"capability-{name}-") as tmp:
         result = fc.check(name, shape, Path(tmp), variants=variants)
-    out.write_text(json.dumps(dataclasses.asdict(result), indent=1, default=float))
+    row = dataclasses.asdict(result)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds of this process: what the row would take on an idle machine (wall time here depends on whoever
+    # else shares the cores)
+    row["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
+    out.write_text(json.dumps(row, indent=1, default=float))
 
 
 def run_one(name: str, shape: str, low_bit: bool) -> dict:
