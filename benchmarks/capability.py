@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="application shape, fp32/fp16/int8 of each format")
     parser.add_argument("--jobs", type=int, default=1, help="families run at once, each in its own process")
     parser.add_argument("--render-only", action="store_true", help="rewrite the tables from capability.json")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where rows are stored (default %(default)s)")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="other results files (from runs in parallel) whose rows join --results first")
     parser.add_argument("--worker", nargs=3, metavar=("FAMILY", "SHAPE", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--low-bit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -221,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from sample_models.families import FAMILIES, SHAPES
 
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"meta": {}, "rows": {}}
+    stored = json.loads(args.results.read_text()) if args.results.exists() else {"meta": {}, "rows": {}}
     results = stored["rows"]
+    for other in args.merge:
+        results.update(json.loads(other.read_text())["rows"])
+    if args.merge:
+        args.results.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     t0 = time.perf_counter()
     if not args.render_only:
         names = args.families or list(FAMILIES)
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
                                   "rows": len(results), "seconds": round(time.perf_counter() - t0)}
                 stored["rows"] = results
-                RESULTS.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+                args.results.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
                 print(f"{job[0]:28s} {job[1]:12s} {passed}/{len(row.get('artifacts', []))} passed "
                       f"{row.get('error', '')[:120]} ({row.get('wall_seconds', '?')} s)", flush=True)
 

@@ -28,9 +28,8 @@ Each family is built by the very code keras.applications runs (keras.src.applica
   * SqueezeNet 1.1: the project's own (sample_models.architectures).
 
 Preprocessing contracts are the keras.applications ``preprocess_input`` modes: tf ([-1, 1]), caffe (BGR, ImageNet
-mean), torch (ImageNet mean/std), or ``in_model`` when the model starts with its own Rescaling/Normalization. For the
-nested shape of a family whose preprocessing sits inside the backbone, the contract is the identity (scale 1,
-bias 0, in_model false): the raw pixels go to the model, which normalises them itself inside the nested backbone.
+mean), torch (ImageNet mean/std), or ``in_model`` when the model starts with its own Rescaling/Normalization, also when it sits inside the nested
+backbone (the exporter detects it there).
 """
 
 from __future__ import annotations
@@ -291,7 +290,7 @@ def build(name: str, shape: str = "application", seed: int = 0) -> Built:
         x = keras.layers.Dropout(0.2, name="head_dropout")(x)
         outputs = keras.layers.Dense(CLASSES, activation="softmax", name="head_dense")(x)
         model = keras.Model(inputs, outputs, name=f"{name}_transfer")
-        contract = dict(IDENTITY) if family.preprocessing_inside else dict(family.mode)
+        contract = dict(IN_MODEL) if family.preprocessing_inside else dict(family.mode)
     contract["input_size"] = [size, size]
     return Built(family, shape, model, contract)
 
