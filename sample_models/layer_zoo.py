@@ -48,7 +48,15 @@ def _entries() -> list[ZooEntry]:
         return _layer(lambda: L.Activation(name, name="probe"))
 
     def gelu_tanh(x):
-        return L.Lambda(lambda t: keras.ops.gelu(t, approximate=True), name="probe")(x)
+        return L.Lambda(lambda t: keras.ops.gelu(t, approximate=True), output_shape=tuple(x.shape[1:]),
+                        name="probe")(x)
+
+    def squeeze_excite(pool):
+        def block(x):  # how networks use keepdims: the pooled vector rescales the feature map
+            pooled = pool(keepdims=True, name="probe")(x)
+            return L.Multiply(name="excite")([x, L.Activation("sigmoid", name="gate")(pooled)])
+
+        return block
 
     def dense_4d(x):
         return L.Dense(6, activation="relu", name="probe")(x)
@@ -93,9 +101,8 @@ def _entries() -> list[ZooEntry]:
                                                                              name="probe"))),
         ZooEntry("average_pooling_same", _layer(lambda: L.AveragePooling2D(3, strides=2, padding="same",
                                                                             name="probe"))),
-        ZooEntry("global_average_pooling_keepdims", _layer(lambda: L.GlobalAveragePooling2D(keepdims=True,
-                                                                                           name="probe"))),
-        ZooEntry("global_max_pooling_keepdims", _layer(lambda: L.GlobalMaxPooling2D(keepdims=True, name="probe"))),
+        ZooEntry("global_average_pooling_keepdims", squeeze_excite(L.GlobalAveragePooling2D)),
+        ZooEntry("global_max_pooling_keepdims", squeeze_excite(L.GlobalMaxPooling2D)),
         ZooEntry("flatten", flatten),
         ZooEntry("reshape", reshape),
         ZooEntry("permute", permute),
