@@ -1,6 +1,7 @@
 """Issue 13 item 5: the common layers of users' own heads and small networks (sample_models/layer_zoo.py), one small
 trained network each, exported to fp32 of every format and checked against Keras on held-out digits. A layer that a
-converter cannot handle must fail with a ConversionError naming the layer and the format; which layers those are is
+converter cannot handle must fail with a ConversionError naming the layer (or, when coremltools' message carries
+no graph node, the feature) and the format; which layers those are is
 written down here (UNSUPPORTED), so a layer that starts or stops converting fails the test until this list is updated.
 """
 
