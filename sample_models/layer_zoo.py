@@ -48,7 +48,8 @@ def _entries() -> list[ZooEntry]:
         return _layer(lambda: L.Activation(name, name="probe"))
 
     def gelu_tanh(x):
-        return L.Lambda(lambda t: keras.ops.gelu(t, approximate=True), output_shape=tuple(x.shape[1:]),
+        # the function is serialised as bytecode and loaded without this module's globals, so it imports keras itself
+        return L.Lambda(lambda t: __import__("keras").ops.gelu(t, approximate=True), output_shape=tuple(x.shape[1:]),
                         name="probe")(x)
 
     def squeeze_excite(pool):
