@@ -191,6 +191,13 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
     summary = (f"Written by `python benchmarks/capability.py` ({meta['mode']}) on {meta['when']}: {meta['machine']}; "
                f"{meta['rows']} rows, {meta['seconds']} s in the last run.")
     main, low, bad = main_table(results), low_bit_table(results), not_passing(results)
+    from sample_models.families import FAMILIES, SHAPES
+
+    missing = [f"{n} {sh}" for n in FAMILIES for sh in SHAPES if f"{n}:{sh}" not in results]
+    if missing:
+        bad += "\n\nNot measured in the runs behind this table: " + ", ".join(missing) + "."
+    bad += ("\n\nA row whose code column is `?` was measured before rows recorded their commit (an earlier state "
+            "of the exporter); rerun it with `--families NAME`.")
     doc = (f"# Capability table\n\n{summary}\n\nFamilies are the small builds of `sample_models/families.py` (its "
            f"docstring says which real model each stands for), in two shapes: `application` (the keras.applications "
            f"model, include_top, 10 classes) and `nested` (the backbone as one nested layer plus "
