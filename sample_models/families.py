@@ -28,8 +28,8 @@ Each family is built by the very code keras.applications runs (keras.src.applica
   * SqueezeNet 1.1: the project's own (sample_models.architectures).
 
 Preprocessing contracts are the keras.applications ``preprocess_input`` modes: tf ([-1, 1]), caffe (BGR, ImageNet
-mean), torch (ImageNet mean/std), or ``in_model`` when the model starts with its own Rescaling/Normalization, also when it sits inside the nested
-backbone (the exporter detects it there).
+mean), torch (ImageNet mean/std), or ``in_model`` when the model starts with its own Rescaling/Normalization, also
+when it sits inside the nested backbone (the exporter detects it there).
 """
 
 from __future__ import annotations
