@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConversionError, translating
+from ..errors import ConversionError, first_line, translating
 from ..preprocessing import Preprocessing
 from ..provenance import ModelInfo, coreml_metadata
 from .prologue import for_conversion, imagetype_scale_bias
@@ -63,8 +63,11 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
     minimum deployment target (default iOS15 for ML Program, iOS13 for NeuralNetwork)."""
     import coremltools as ct
 
+    from . import rewrite, tf_ops
+
+    tf_ops.register()
     image, multiplier = _image_input(info.preprocessing)
-    source = for_conversion(model, multiplier, INPUT_NAME)
+    source = for_conversion(rewrite.for_converters(model), multiplier, INPUT_NAME)
     kwargs: dict[str, Any] = dict(source="tensorflow", inputs=[image], classifier_config=ct.ClassifierConfig(
         info.labels, predicted_feature_name=LABEL_OUTPUT), skip_model_load=True, convert_to=backend,
         pass_pipeline=pass_pipeline())
@@ -73,8 +76,18 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or MLPROGRAM_TARGET)
     else:
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or NEURALNETWORK_TARGET)
-    with translating(ConversionError, f"coremltools could not convert the model to {backend}", path=info.source_file):
-        return ct.convert(source, **kwargs)
+    try:
+        with translating(ConversionError, f"coremltools could not convert the model to {backend}",
+                         path=info.source_file):
+            return ct.convert(source, **kwargs)
+    except ConversionError as exc:
+        from .naming import describe_failure
+
+        where = describe_failure(model, str(exc.__cause__ or ""))
+        if not where:
+            raise
+        raise ConversionError(f"coremltools could not convert the model to {backend}{where}: "
+                              f"{first_line(exc.__cause__)}", path=info.source_file) from exc.__cause__
 
 
 def convert_base(ctx: BuildContext, fmt: Format, base: Base):

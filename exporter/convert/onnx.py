@@ -39,11 +39,20 @@ def convert_core(model, pre: Preprocessing, *, opset: int = DEFAULT_OPSET, sourc
     import tensorflow as tf
     import tf2onnx
 
+    from . import rewrite, tf_ops
+
+    tf_ops.register_onnx()
     h, w = pre.input_size
     spec = (tf.TensorSpec((None, h, w, pre.channels), tf.float32, name=CORE_INPUT),)
     with translating(ConversionError, "tf2onnx could not convert the model", path=source):
-        proto, _ = tf2onnx.convert.from_keras(for_conversion(model, None, CORE_INPUT), input_signature=spec,
+        proto, _ = tf2onnx.convert.from_keras(for_conversion(rewrite.for_converters(model), None, CORE_INPUT),
+                                              input_signature=spec,
                                               opset=opset)
+    from .naming import unconvertible_onnx_nodes
+
+    leftover = unconvertible_onnx_nodes(model, proto)
+    if leftover:
+        raise ConversionError(f"tf2onnx could not convert the model to ONNX: {leftover}", path=source)
     if len(proto.graph.output) != 1:
         raise ConversionError(f"tf2onnx produced {len(proto.graph.output)} outputs; expected one", path=source)
     return proto

@@ -43,7 +43,9 @@ def _reshape_static(p, ctx: LayerContext):
         x = inputs[0]
         shape = list(target)
         if ctx.batched and shape and shape[0] == 1:
-            shape[0] = x.shape[0]  # the batch axis, 1 in the file, N here
+            # the batch axis, 1 in the file, N here: inferred from the size, since the input's first axis need not
+            # be the batch (Dense on 4-D input reshapes (1, H, W, C) to (H*W, C) and back)
+            shape[0] = -1
         return x.reshape(shape)
     return run, lambda shapes: bool(target) and target[0] in (1, -1)
 

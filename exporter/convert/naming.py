@@ -1,0 +1,54 @@
+"""Which Keras layer a converter failure belongs to, so the error names the layer, not only a TensorFlow op.
+
+TensorFlow names graph nodes after the Keras name scopes they were traced in (``functional_1/my_resize_1/resize/
+ScaleAndTranslate``; Keras adds ``_N`` to scopes it re-enters), and both coremltools and tf2onnx keep those names.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NODE_NAME = re.compile(r'name: "([^"]+)"')
+_SCOPE_SUFFIX = re.compile(r"_\d+$")
+
+
+def _layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
+def layer_for_node(model, node_name: str):
+    """The innermost Keras layer (not a model) whose name appears as a scope of ``node_name``, or None."""
+    by_name = {}
+    for layer in _layers(model):
+        if not hasattr(layer, "layers"):
+            by_name.setdefault(layer.name, layer)
+    for part in reversed(node_name.split("/")[:-1]):
+        for candidate in (part, _SCOPE_SUFFIX.sub("", part)):
+            if candidate in by_name:
+                return by_name[candidate]
+    return None
+
+
+def describe_failure(model, text: str) -> str:
+    """' in layer 'NAME' (Class)' for a coremltools error text that carries the failing node, else ''."""
+    match = _NODE_NAME.search(text)
+    if not match:
+        return ""
+    layer = layer_for_node(model, match.group(1))
+    return f" in layer {layer.name!r} ({type(layer).__name__})" if layer is not None else ""
+
+
+def unconvertible_onnx_nodes(model, proto) -> str:
+    """A description of the first ONNX node tf2onnx left as a TensorFlow op (no ONNX schema), or ''."""
+    import onnx
+
+    for node in proto.graph.node:
+        domain = node.domain or ""
+        if domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, domain):
+            layer = layer_for_node(model, node.name)
+            where = f"layer {layer.name!r} ({type(layer).__name__})" if layer is not None else f"node {node.name!r}"
+            return f"{where} became TensorFlow op {node.op_type!r}, which has no ONNX equivalent in tf2onnx"
+    return ""

@@ -1,0 +1,89 @@
+"""Exact rewrites of the Keras model before conversion, for layers whose TensorFlow graph a converter cannot read.
+
+Grouped ``Conv2D`` (``groups > 1``; ConvNeXt's 7x7 depthwise convolutions are ``Conv2D(groups=channels)``): Keras'
+TensorFlow backend runs grouped convolutions inside a nested ``tf.function(jit_compile=True)`` because TensorFlow's
+CPU kernel lacks them, and neither converter reads that nested call: coremltools stops ("Conversion for TF op
+'StatefulPartitionedCall' not implemented") and tf2onnx leaves the TensorFlow op in the ONNX graph.
+``groups == input channels`` is a depthwise convolution, so the layer becomes a ``DepthwiseConv2D`` with the same
+kernel reordered (output channel ``c * m + k`` is input channel ``c``'s
+``k``-th filter in both layouts); any other group count becomes one ``Conv2D`` per group on its channel slice,
+concatenated. Both are the same arithmetic, weight for weight.
+
+Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
+contain something to rewrite, so a model without grouped convolutions is returned unchanged.
+"""
+
+from __future__ import annotations
+
+
+def _is_grouped_conv(layer) -> bool:
+    import keras
+
+    return type(layer) is keras.layers.Conv2D and int(getattr(layer, "groups", 1)) > 1
+
+
+def needs_rewrite(model) -> bool:
+    import keras
+
+    for layer in model.layers:
+        if _is_grouped_conv(layer):
+            return True
+        if isinstance(layer, keras.Model) and needs_rewrite(layer):
+            return True
+    return False
+
+
+def _grouped_conv_replacement(layer):
+    """A layer (or small functional model) computing exactly what the grouped Conv2D ``layer`` computes."""
+    import keras
+    import numpy as np
+
+    cfg = layer.get_config()
+    in_channels = int(layer.input.shape[-1])
+    groups = int(layer.groups)
+    weights = layer.get_weights()
+    kernel = np.asarray(weights[0])  # (kh, kw, in_channels / groups, filters)
+    bias = weights[1] if layer.use_bias else None
+    common = dict(strides=cfg["strides"], padding=cfg["padding"], dilation_rate=cfg["dilation_rate"],
+                  activation=cfg["activation"], use_bias=layer.use_bias, data_format=cfg["data_format"])
+    if cfg["data_format"] != "channels_last":
+        raise NotImplementedError("grouped Conv2D rewrite handles channels_last only")
+    if groups == in_channels:
+        multiplier = layer.filters // groups
+        new = keras.layers.DepthwiseConv2D(kernel_size=cfg["kernel_size"], depth_multiplier=multiplier,
+                                           name=f"{layer.name}_depthwise", **common)
+        new.build(tuple(layer.input.shape))
+        dw = kernel.reshape(kernel.shape[0], kernel.shape[1], in_channels, multiplier)
+        new.set_weights([dw] + ([bias] if bias is not None else []))
+        return new
+    per_in, per_out = in_channels // groups, layer.filters // groups
+    inputs = keras.Input(tuple(layer.input.shape[1:]))
+    parts = []
+    for g in range(groups):
+        conv = keras.layers.Conv2D(per_out, cfg["kernel_size"], name=f"{layer.name}_group{g}", **common)
+        part = conv(inputs[..., g * per_in:(g + 1) * per_in])
+        conv.set_weights([kernel[..., g * per_out:(g + 1) * per_out]]
+                         + ([bias[g * per_out:(g + 1) * per_out]] if bias is not None else []))
+        parts.append(part)
+    return keras.Model(inputs, keras.layers.Concatenate(axis=-1)(parts), name=f"{layer.name}_grouped")
+
+
+def for_converters(model):
+    """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent."""
+    import keras
+
+    if not needs_rewrite(model):
+        return model
+
+    def clone(layer):
+        if _is_grouped_conv(layer):
+            return _grouped_conv_replacement(layer)
+        if isinstance(layer, keras.Model) and needs_rewrite(layer):
+            return for_converters(layer)
+        return layer
+
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        return model  # a subclassed model cannot be rebuilt layer by layer; the converter reports what it meets
+    return keras.models.clone_model(model, clone_function=clone)

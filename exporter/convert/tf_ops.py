@@ -1,0 +1,94 @@
+"""TensorFlow ops that coremltools' TF frontend or tf2onnx lacks, registered through their public decorators before
+conversion.
+
+``Erfc``: TensorFlow writes exact GELU as ``0.5 * x * erfc(-x / sqrt(2))`` (``tf.nn.gelu(approximate=False)``, which
+Keras' ``gelu`` activation and GELU layers use), and coremltools 9 has no converter for ``Erfc``. We emit
+``erfc(z) = 1 + erf(-z)``; when ``z`` is ``(-x) * c`` (TensorFlow's Neg then Mul), ``-z`` is written as ``x * c`` so
+that the MIL graph reads ``0.5 * x * (1 + erf(x * c))``, which coremltools' own ``fuse_gelu_exact`` pass turns into one
+``gelu(mode=EXACT)`` op (the same op a PyTorch GELU becomes).
+"""
+
+from __future__ import annotations
+
+_registered = False
+_registered_onnx = False
+
+
+def _scalar_const(var):
+    """The float value of a scalar constant var, else None."""
+    import numpy as np
+
+    val = getattr(var, "val", None)
+    if val is None:
+        return None
+    arr = np.asarray(val)
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+
+
+def _mul_operands(var):
+    """(other input, scalar constant) when ``var`` is ``mul`` by a scalar constant, else None."""
+    op = getattr(var, "op", None)
+    if op is None or op.op_type != "mul":
+        return None
+    x, y = op.inputs["x"], op.inputs["y"]
+    if _scalar_const(y) is not None and _scalar_const(x) is None:
+        return x, _scalar_const(y)
+    if _scalar_const(x) is not None and _scalar_const(y) is None:
+        return y, _scalar_const(x)
+    return None
+
+
+def negated(var):
+    """A MIL var equal to ``-var``, folding ``(-x) * c`` into ``x * c`` so no double negation is left behind."""
+    from coremltools.converters.mil import Builder as mb
+
+    outer = _mul_operands(var)
+    if outer is not None:
+        inner_var, c = outer
+        inner = _mul_operands(inner_var)
+        if inner is not None and inner[1] == -1.0:
+            return mb.mul(x=inner[0], y=c)
+    return mb.mul(x=var, y=-1.0)
+
+
+def register_onnx() -> None:
+    """Register the tf2onnx handlers once per process."""
+    global _registered_onnx
+    if _registered_onnx:
+        return
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            neg = ctx.make_node("Neg", [node.input[0]], op_name_scope=node.name, name="neg")
+            erf = ctx.make_node("Erf", neg.output, op_name_scope=node.name, name="erf")
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
+            ctx.remove_node(node.name)
+            ctx.make_node("Add", [one.output[0], erf.output[0]], outputs=[output], name=node.name, shapes=shapes,
+                          dtypes=dtypes)
+
+    _registered_onnx = True
+
+
+def register() -> None:
+    """Register the missing TF op converters once per process (coremltools refuses a second registration)."""
+    global _registered
+    if _registered:
+        return
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.tensorflow.tf_op_registry import _TF_OPS_REGISTRY, register_tf_op
+
+    if "Erfc" not in _TF_OPS_REGISTRY:
+
+        @register_tf_op
+        def Erfc(context, node):  # the TF op name is the registry key
+            z = context[node.inputs[0]]
+            context.add(node.name, mb.add(x=1.0, y=mb.erf(x=negated(z)), name=node.name))
+
+    _registered = True

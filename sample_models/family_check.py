@@ -1,0 +1,143 @@
+"""One family, end to end: build, train a few steps on digits, export the chosen variants through the public API,
+validate them on the held-out digits with the default gates, and measure the fp32 Core ML and fp32 ONNX error against
+a float64 Keras reference of the same weights. Used by tests/test_families.py and benchmarks/capability.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import families
+
+HELDOUT_DIGITS = Path(__file__).resolve().parent / "heldout" / "digits"
+# The variants issue 13 requires to pass the default gates in every format.
+CORE_VARIANTS = {"mlpackage": ("fp32", "fp16", "int8"), "mlmodel": ("fp32", "fp16", "int8"),
+                 "onnx": ("fp32", "fp16", "int8-dynamic", "int8-static")}
+# The lower-bit variants: run and their agreement reported (their quality is the quantization issue's).
+LOW_BIT_VARIANTS = {"mlpackage": ("palette8", "palette6", "palette4", "w8a8")}
+# Images for the float64 comparison: enough to meet each family's worst case on the held-out digits, few enough that
+# the float64 Keras model (slow on CPU) stays a small share of the run.
+FLOAT64_IMAGES = 64
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    shape: str
+    params: int = 0
+    train_accuracy: float = float("nan")
+    seconds: dict = field(default_factory=dict)
+    error: str = ""  # build, train or export failure (the whole row failed)
+    artifacts: list = field(default_factory=list)  # report rows: format, variant, status, failures, metrics
+    float64: dict = field(default_factory=dict)  # {"mlpackage": max|dp| vs float64, "onnx": ...}
+
+    def artifact(self, fmt: str, variant: str) -> dict | None:
+        return next((a for a in self.artifacts if a["format"] == fmt and a["variant"] == variant), None)
+
+
+def float64_twin(model):
+    """The same architecture and weights computing in float64 (every layer's dtype policy set to float64)."""
+    import keras
+
+    def retype(cfg):
+        if isinstance(cfg, dict):
+            out = {}
+            for k, v in cfg.items():
+                if k == "dtype" and (isinstance(v, (str, dict)) or v is None):
+                    out[k] = "float64"
+                else:
+                    out[k] = retype(v)
+            return out
+        if isinstance(cfg, list):
+            return [retype(v) for v in cfg]
+        return cfg
+
+    config = retype(keras.saving.serialize_keras_object(model))
+    twin = keras.saving.deserialize_keras_object(config)
+    twin.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    return twin
+
+
+def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path, count: int = FLOAT64_IMAGES) -> dict:
+    """max |dp| of the fp32 Core ML file (Linux executor) and the fp32 ONNX file (onnxruntime) against the float64
+    Keras model, on the first ``count`` held-out images; plus Keras float32 itself against float64."""
+    import json
+
+    from exporter.images import iter_batches, list_images
+    from exporter.runtime import ExecutorRunner, OnnxRunner
+
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    items = list_images(images)[:count]
+    pixels = np.concatenate([b for _, b in iter_batches(items, pre, batch_size=32)])
+    twin = float64_twin(model)
+    x = pre.normalize(pixels).astype(np.float64)
+    ref = np.asarray(twin(x, training=False), np.float64)
+    out = {"keras_fp32": float(np.abs(np.asarray(model(x.astype(np.float32), training=False), np.float64) - ref).max())}
+    for art in manifest["artifacts"]:
+        if art["variant"] != "fp32" or art["format"] not in ("mlpackage", "onnx"):
+            continue
+        runner = (ExecutorRunner if art["format"] == "mlpackage" else OnnxRunner)(export_dir / art["path"], pre, labels)
+        out[art["format"]] = float(np.abs(runner(pixels).astype(np.float64) - ref).max())
+    return out
+
+
+def check(name: str, shape: str, workdir: Path, *, variants: dict[str, tuple[str, ...]] | None = None,
+          steps: int = 60, images: Path = HELDOUT_DIGITS, float64: bool = True) -> FamilyResult:
+    """Build, train, export ``variants`` ({format: (variant, ...)}) and validate; never raises for a family failure,
+    which is recorded in the result instead (the capability table lists it with its reason)."""
+    import exporter
+    from exporter.errors import ExporterError, ParityError
+    from exporter.preprocessing import Preprocessing
+
+    variants = variants or CORE_VARIANTS
+    result = FamilyResult(name, shape)
+    t0 = time.perf_counter()
+    try:
+        built = families.build(name, shape)
+        result.params = int(built.model.count_params())
+        result.train_accuracy = families.train(built, steps=steps)
+        paths = families.save(built, workdir / f"{name}_{shape}_model")
+    except Exception as exc:  # a builder or training failure is a finding for the table, not a crash
+        result.error = f"build/train: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return result
+    result.seconds["build_train"] = round(time.perf_counter() - t0, 1)
+    out = workdir / f"{name}_{shape}_export"
+    formats = tuple(variants)
+    names = tuple(dict.fromkeys(v for vs in variants.values() for v in vs))
+    t1 = time.perf_counter()
+    try:
+        manifest = exporter.export(paths["model"], paths["labels"], out, preprocessing=paths["preprocessing"],
+                                   options=exporter.ExportOptions(formats=formats, variants=names,
+                                                                  calibration_images=images, overwrite=True))
+    except ExporterError as exc:
+        result.error = f"export: {exc}"[:400]
+        return result
+    result.seconds["export"] = round(time.perf_counter() - t1, 1)
+    # the export selected the names across formats; drop combinations nobody asked for (none exist today)
+    del manifest
+    t2 = time.perf_counter()
+    try:
+        report = exporter.validate(out, images)
+    except ParityError as exc:
+        report = exc.report
+    except ExporterError as exc:
+        result.error = f"validate: {exc}"[:400]
+        return result
+    result.seconds["validate"] = round(time.perf_counter() - t2, 1)
+    keep = ("format", "variant", "status", "failures", "reason", "max_abs_prob", "top1_agreement", "bytes")
+    result.artifacts = [{k: a.get(k) for k in keep} for a in report["artifacts"]
+                        if a["variant"] in variants.get(a["format"], ())]
+    if float64:
+        t3 = time.perf_counter()
+        pre = Preprocessing.from_dict(report["preprocessing"])
+        try:
+            result.float64 = float64_errors(built.model, out, pre, report["labels"], images)
+        except Exception as exc:  # the comparison is a measurement; its failure is reported, not fatal
+            result.float64 = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        result.seconds["float64"] = round(time.perf_counter() - t3, 1)
+    result.seconds["total"] = round(time.perf_counter() - t0, 1)
+    return result
