@@ -67,3 +67,128 @@ def test_w8a8_export_survives_activations_too_small_for_a_float16_scale(tmp_path
     got = ExecutorRunner(path, pre, PHOTO_LABELS)(pixels[:8])
     assert np.isfinite(got).all() and np.allclose(got.sum(1), 1, atol=1e-3)
     assert MIN_ACTIVATION_BOUND / 127 >= np.finfo(np.float16).tiny
+
+
+# ------------------------------------------------------------------------------------------------ auto under a budget
+def _candidate(variant, nbytes, target, status="passed", accuracy_change=0.0, top1=1.0):
+    art = {"path": f"m_{variant}.mlpackage", "format": "mlpackage", "variant": variant, "bytes": nbytes,
+           "minimum_deployment_target": target}
+    row = {"path": art["path"], "status": status, "top1_agreement": top1, "reason": "",
+           "failures": [] if status == "passed" else [f"top-1 agreement {top1:.4f} < 0.98"],
+           "against_labels": {"accuracy": 0.9 + accuracy_change, "accuracy_change": accuracy_change}}
+    return art, row
+
+
+CANDIDATES = [_candidate("fp16", 1000, "iOS15"), _candidate("int8", 520, "iOS16", accuracy_change=-0.004),
+              _candidate("palette6", 400, "iOS16", accuracy_change=-0.02),
+              _candidate("palette4", 300, "iOS18", accuracy_change=-0.003),
+              _candidate("palette2", 200, "iOS18", status="failed", top1=0.7, accuracy_change=-0.3)]
+
+
+def _choose(**kw):
+    from exporter.quantize.auto import choose
+
+    arts = [a for a, _ in CANDIDATES]
+    return choose(arts, {"artifacts": [r for _, r in CANDIDATES]}, **kw)
+
+
+def test_auto_picks_the_smallest_file_within_the_accuracy_budget_and_says_why_for_every_candidate():
+    selection, keep = _choose(max_accuracy_drop=1.0)
+    rows = {r["variant"]: r for r in selection["mlpackage"]["tried"]}
+    assert [a["variant"] for a in keep] == ["palette4"] and selection["mlpackage"]["picked"] == "palette4"
+    assert rows["palette2"]["decision"] == "rejected" and "parity gate failed" in rows["palette2"]["why"][0]
+    assert any("accuracy drop 30.00 points > budget 1" in w for w in rows["palette2"]["why"])
+    assert rows["palette6"]["decision"] == "rejected" and rows["palette6"]["why"] == [
+        "accuracy drop 2.00 points > budget 1"]
+    assert rows["int8"]["decision"] == rows["fp16"]["decision"] == "eligible"
+    assert [r["variant"] for r in selection["mlpackage"]["tried"]] == ["palette2", "palette4", "palette6", "int8",
+                                                                       "fp16"]  # smallest first
+
+
+def test_auto_choice_moves_with_the_budget_and_the_minimum_target():
+    assert _choose(max_accuracy_drop=0.0)[0]["mlpackage"]["picked"] == "fp16"
+    assert _choose(max_accuracy_drop=0.35)[0]["mlpackage"]["picked"] == "palette4"  # 0.3 points
+    assert _choose(max_accuracy_drop=5.0, min_target="iOS16")[0]["mlpackage"]["picked"] == "palette6"
+    selection, _ = _choose(max_accuracy_drop=1.0, min_target="iOS16")
+    rows = {r["variant"]: r for r in selection["mlpackage"]["tried"]}
+    assert selection["mlpackage"]["picked"] == "int8"
+    assert "needs iOS18, newer than min_target iOS16" in rows["palette4"]["why"]
+    assert _choose(max_accuracy_drop=1.0, min_target="iOS15")[0]["mlpackage"]["picked"] == "fp16"
+
+
+@pytest.mark.parametrize("kw, message", [({"max_accuracy_drop": -1}, "max_accuracy_drop"),
+                                         ({"min_target": "ios16"}, "min_target"),
+                                         ({"min_target": "opset 17"}, "min_target")])
+def test_auto_options_are_checked_when_built(kw, message):
+    from exporter.api import ExportOptions
+    from exporter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ExportOptions(**kw)
+
+
+@pytest.mark.slow
+def test_auto_on_the_mobilenet_v2_sample_stays_within_the_budget_and_follows_it(tmp_path):
+    from conftest import sample
+
+    from exporter.api import ExportOptions, export
+    from exporter.quantize.auto import choose
+
+    s = sample("mobilenet_v2_digits")
+    manifest = export(s["model"], s["labels"], tmp_path / "auto", preprocessing=s["preprocessing"],
+                      options=ExportOptions(formats=("mlpackage",), variants=("fp16", "int8", "palette6", "palette4"),
+                                            quantize="auto", validation_images=s["heldout"]))
+    rows = manifest["auto_selection"]["mlpackage"]["tried"]
+    picked = [r for r in rows if r["decision"] == "picked"]
+    assert len(picked) == 1 and picked[0]["accuracy_drop_points"] <= 1.0 and picked[0]["status"] == "passed"
+    for r in rows:  # every smaller file was rejected, with its reason written down
+        if r["bytes"] < picked[0]["bytes"]:
+            assert r["decision"] == "rejected" and r["why"]
+    # the same candidates judged under other budgets: the choice follows the budget
+    report = __import__("json").loads((tmp_path / "auto" / "parity.json").read_text())
+    arts = [{**a, "minimum_deployment_target": {"palette4": "iOS18"}.get(a["variant"], "iOS16")}
+            for a in report["artifacts"]]
+    drops = {r["variant"]: r["accuracy_drop_points"] for r in rows}
+    by_budget = {}
+    for budget in sorted({0.0, 1.0, *(d for d in drops.values() if d is not None and d > 0)}):
+        sel, keep = choose(arts, report, max_accuracy_drop=budget)
+        by_budget[budget] = sel["mlpackage"]["picked"]
+        assert keep and drops[keep[0]["variant"]] <= budget
+    print(drops, by_budget)
+    assert len(set(by_budget.values())) >= 2  # a different file under a different budget
+
+
+# ------------------------------------------------------------------------------------------------------ short names
+def test_short_names_halve_the_program_and_change_no_output(tmp_path):
+    from conftest import sample
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    from coremltools.proto import Model_pb2
+
+    from exporter.convert.coreml import ModelInfo, convert, save
+    from exporter.images import iter_batches, list_images
+    from exporter.loading import load_model
+    from exporter.preprocessing import Preprocessing
+    from exporter.runtime.executor import CoreMLExecutor
+
+    s = sample("mobilenet_v1_digits")
+    pre = Preprocessing.from_file(s["preprocessing"])
+    info = ModelInfo(name="m", labels=s["labels"].read_text().split(), preprocessing=pre, source_sha256="0",
+                     source_file="model.keras")
+    mlmodel = convert(load_model(s["model"]).model, info, backend="mlprogram", precision="fp32")
+    long_path, short_path = tmp_path / "long.mlpackage", tmp_path / "short.mlpackage"
+    mlmodel.save(str(long_path))  # coremltools' own save: the frontend's names
+    save(mlmodel, short_path)
+    program = "Data/com.apple.CoreML/model.mlmodel"
+    long_bytes, short_bytes = ((p / program).stat().st_size for p in (long_path, short_path))
+    assert short_bytes <= 0.5 * long_bytes, (long_bytes, short_bytes)
+    spec = Model_pb2.Model()
+    spec.ParseFromString((short_path / program).read_bytes())
+    block = spec.mlProgram.functions["main"].block_specializations[spec.mlProgram.functions["main"].opset]
+    names = [v.name for op in block.operations for v in op.outputs]
+    assert max(len(n) for n in names if n not in block.outputs) <= 4
+    assert [v.name for v in spec.mlProgram.functions["main"].inputs] == ["image"]
+    assert list(block.outputs) == [o.name for o in spec.description.output]  # the interface keeps its names
+    milproto_load(spec, specification_version=spec.specificationVersion, file_weights_dir=str(short_path / "Data" /
+                  "com.apple.CoreML" / "weights"))  # coremltools reads it back and type-checks every op
+    pixels = np.concatenate([b for _, b in iter_batches(list_images(s["heldout"])[:48], pre, batch_size=48)])
+    np.testing.assert_array_equal(CoreMLExecutor(short_path).predict(pixels), CoreMLExecutor(long_path).predict(pixels))
