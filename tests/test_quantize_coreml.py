@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import SAMPLES
@@ -192,3 +194,102 @@ def test_short_names_halve_the_program_and_change_no_output(tmp_path):
                   "com.apple.CoreML" / "weights"))  # coremltools reads it back and type-checks every op
     pixels = np.concatenate([b for _, b in iter_batches(list_images(s["heldout"])[:48], pre, batch_size=48)])
     np.testing.assert_array_equal(CoreMLExecutor(short_path).predict(pixels), CoreMLExecutor(long_path).predict(pixels))
+
+
+# ------------------------------------------------------------------------------------------- data-aware palettization
+def test_weighted_kmeans_matches_sklearn_on_its_own_objective():
+    from sklearn.cluster import KMeans
+
+    from exporter.quantize.palettize import weighted_kmeans_1d
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 0.05, 3000), rng.normal(0, 0.6, 40)])  # a kernel with a few large weights
+    weights = rng.gamma(0.5, 1.0, values.size) * (1 + 50 * (np.abs(values) > 0.3))  # the large ones matter more
+    lut, idx = weighted_kmeans_1d(values, weights, 16)
+    ours = float(np.sum(weights * (values - lut[idx]) ** 2))
+    sk = KMeans(16, n_init=4, random_state=0).fit(values[:, None], sample_weight=weights)
+    assert ours <= 1.10 * float(sk.inertia_)  # Lloyd from five starts: a local optimum, 6 % above sklearn here
+    assert np.all(np.abs(values - lut[idx]) <= np.abs(values[:, None] - lut[None, :]).min(1) + 1e-12)  # nearest entry
+    few = np.array([0.5, -1.0, 0.5, 2.0])  # fewer distinct values than entries: reproduced exactly
+    lut, idx = weighted_kmeans_1d(few, np.ones(4), 16)
+    np.testing.assert_array_equal(lut[idx], few)
+
+
+def test_fisher_is_the_mean_squared_gradient_of_log_p_of_the_models_own_samples():
+    """For softmax(x W + b) the gradient of log p_y with respect to W is x^T (onehot(y) - p): computed here in numpy
+    with the same seeded draws of y, independently of TensorFlow."""
+    import keras
+
+    from exporter.quantize.palettize import _kernels, fisher
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs))
+    x = np.random.default_rng(1).normal(size=(12, 6)).astype(np.float32)
+    got = fisher(model, x, seed=5)
+    (kernel,) = _kernels(model)
+    p = np.asarray(model.predict(x, verbose=0), np.float64)
+    rng = np.random.default_rng(5)
+    want = np.zeros((6, 4))
+    for i in range(len(x)):
+        y = int(rng.choice(4, p=p[i] / p[i].sum()))
+        want += np.square(np.outer(x[i], np.eye(4)[y] - p[i]))
+    np.testing.assert_allclose(got[id(kernel)], want / len(x), rtol=1e-4, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def photos_fp16_ios18():
+    from conftest import sample
+
+    from exporter.convert.coreml import convert
+    from exporter.loading import load_model
+    from exporter.preprocessing import Preprocessing
+    from exporter.provenance import ModelInfo
+
+    s = sample("transfer_photos")
+    loaded = load_model(s["model"])
+    pre = Preprocessing.from_file(s["preprocessing"])
+    info = ModelInfo(name="t", labels=PHOTO_LABELS, preprocessing=pre, source_sha256="0", source_file="model.keras")
+    return loaded.model, pre, convert(loaded.model, info, backend="mlprogram", precision="fp16", target="iOS18")
+
+
+@pytest.mark.slow
+def test_every_core_ml_weight_is_matched_to_its_keras_kernel_and_tables_decode_as_written(photos_fp16_ios18):
+    from exporter.quantize.coreml import _float_weights
+    from exporter.quantize.palettize import PaletteSpec, fisher, palettize, weight_sensitivities
+
+    model, pre, base = photos_fp16_ios18
+    pixels, _ = _photo_pixels(pre)
+    sens = weight_sensitivities(base, model, fisher(model, pre.normalize(pixels[:8]).astype(np.float32)))
+    weights = {const.name: np.asarray(v) for _op, const, v, _c in _float_weights(base)}
+    assert set(sens) == set(weights)  # batch norm folded into convolutions does not hide a kernel
+    for name, s in sens.items():
+        assert s["fisher"].shape == weights[name].shape and np.all(s["fisher"] >= 0)
+    details: dict = {}
+    quantized = palettize(base, PaletteSpec(4, 16), sens, details)
+    decoded = {op.outputs[0].name: np.asarray(op.materialized_val_inference())
+               for op in quantized._mil_program.functions["main"].operations if op.op_type == "constexpr_lut_to_dense"}
+    assert len(decoded) == len(details["palette"]["weights"]) > 20
+    for value in decoded.values():  # at most 16 distinct values per table of (up to) 16 output channels
+        group = math.gcd(value.shape[0], 16)
+        for start in range(0, value.shape[0], group):
+            assert len(np.unique(value[start:start + group])) <= 16
+
+
+@pytest.mark.slow
+def test_mixed_bits_stay_within_the_budget_and_spend_more_bits_where_the_fisher_cost_is_higher(photos_fp16_ios18):
+    from exporter.quantize.palettize import fisher, mixed, weight_sensitivities
+
+    model, pre, base = photos_fp16_ios18
+    pixels, _ = _photo_pixels(pre)
+    sens = weight_sensitivities(base, model, fisher(model, pre.normalize(pixels[:16]).astype(np.float32)))
+    costs = {}
+    for budget in (3.0, 4.0):
+        details: dict = {}
+        mixed(base, budget, sens, details=details)
+        rows = details["mixed_bits"]["weights"]
+        average = sum(r["bits"] * r["elements"] for r in rows) / sum(r["elements"] for r in rows)
+        assert average <= budget and details["mixed_bits"]["average_bits"] == pytest.approx(average, abs=1e-4)
+        assert {r["bits"] for r in rows} <= {2, 3, 4, 6, 8, 16} and len({r["bits"] for r in rows}) > 1
+        costs[budget] = sum(r["estimated_kl"] for r in rows)
+    assert costs[4.0] < costs[3.0]  # more bits, less estimated damage

@@ -33,9 +33,12 @@ from ..errors import ConfigError, ConversionError
 # weight's sensitivity is floored at this fraction of its tensor's mean, which keeps the weighting data-driven
 # where the data speaks and plain k-means where it is silent.
 SENSITIVITY_FLOOR = 0.1
-# Lloyd's algorithm in one dimension: from the initialisation below, 100 steps lower the squared error by under 0.5 %
-# against 25 on the sample models.
-KMEANS_ITERATIONS = 25
+# Lloyd's algorithm in one dimension, from each of five starts (weighted_kmeans_1d): 50 steps end within 10 % of
+# scikit-learn's k-means objective on a heavy-tailed kernel (tests/test_quantize_coreml.py) at a fraction of its time.
+KMEANS_ITERATIONS = 50
+# k-means++ seeding draws from at most this many values: the seeds only need to land in the right regions, and a
+# full pass per seed over a million-weight tensor would cost more than the clustering.
+KMEANS_PLUSPLUS_SAMPLE = 20_000
 # Images whose Fisher contributions are summed. The estimate's relative noise falls as 1/sqrt(n); 64 matches the
 # activation calibration count and costs one backward pass each.
 FISHER_IMAGES = 64
@@ -144,29 +147,52 @@ def weight_sensitivities(mlmodel, keras_model, kernel_fisher: dict[int, np.ndarr
 # ------------------------------------------------------------------------------------------------ weighted k-means
 def weighted_kmeans_1d(values: np.ndarray, weights: np.ndarray, k: int,
                        iterations: int = KMEANS_ITERATIONS) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (k,), index per value) minimising sum(weights * (values - centroid)^2). Deterministic: centroids
-    start at weighted quantiles; an empty cluster keeps its centroid."""
+    """(centroids (k,), index of the nearest centroid per value) minimising sum(weights * (values - centroid)^2).
+
+    Deterministic: Lloyd's algorithm from five starts, keeping the best: weighted quantiles (where the mass is),
+    evenly over the range (so rare large weights, which quantiles lump with their neighbours, get entries of their
+    own), half of each, and two seeded k-means++ draws. An empty cluster keeps its centroid."""
     v = np.asarray(values, np.float64).ravel()
     w = np.asarray(weights, np.float64).ravel()
     order = np.argsort(v, kind="stable")
     vs, ws = v[order], w[order]
     cum = np.cumsum(ws)
-    # Half the centroids start at weighted quantiles (where the mass is), half evenly over the range (so the rare large
-    # weights, which quantiles would lump with their neighbours, get entries of their own): on the sample models this
-    # ends 5-10 % lower in squared error than either alone.
+
+    def quantiles(n: int) -> np.ndarray:
+        targets = (np.arange(n) + 0.5) / max(n, 1) * cum[-1]
+        return vs[np.minimum(np.searchsorted(cum, targets), len(vs) - 1)]
+
+    def lloyd(centroids: np.ndarray) -> tuple[float, np.ndarray]:
+        centroids = np.unique(centroids)
+        for _ in range(iterations):
+            idx = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, vs)
+            mass = np.bincount(idx, ws, minlength=len(centroids))
+            moment = np.bincount(idx, ws * vs, minlength=len(centroids))
+            new = np.sort(np.where(mass > 0, moment / np.where(mass > 0, mass, 1), centroids))
+            if np.array_equal(new, centroids):
+                break
+            centroids = new
+        idx = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, vs)
+        return float(np.sum(ws * (vs - centroids[idx]) ** 2)), centroids
+
+    def plusplus(seed: int) -> np.ndarray:  # k-means++ seeding (weight x squared distance), on a subsample
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(vs), size=min(len(vs), KMEANS_PLUSPLUS_SAMPLE), replace=False)
+        sv, sw = vs[pick], ws[pick] + 1e-300
+        chosen = [sv[rng.choice(len(sv), p=sw / sw.sum())]]
+        dist = (sv - chosen[0]) ** 2
+        for _ in range(k - 1):
+            score = sw * dist
+            if score.sum() <= 0:
+                break
+            chosen.append(sv[rng.choice(len(sv), p=score / score.sum())])
+            dist = np.minimum(dist, (sv - chosen[-1]) ** 2)
+        return np.array(chosen)
+
     half = k // 2
-    targets = (np.arange(half) + 0.5) / max(half, 1) * cum[-1]
-    quantiles = vs[np.minimum(np.searchsorted(cum, targets), len(vs) - 1)]
-    centroids = np.unique(np.concatenate([quantiles, np.linspace(vs[0], vs[-1], k - half)]))
-    for _ in range(iterations):
-        bounds = (centroids[1:] + centroids[:-1]) / 2
-        idx = np.searchsorted(bounds, vs)
-        mass = np.bincount(idx, ws, minlength=len(centroids))
-        moment = np.bincount(idx, ws * vs, minlength=len(centroids))
-        new = np.where(mass > 0, moment / np.where(mass > 0, mass, 1), centroids)
-        if np.allclose(new, centroids, rtol=0, atol=1e-12):
-            break
-        centroids = np.sort(new)
+    starts = (quantiles(k), np.linspace(vs[0], vs[-1], k),
+              np.concatenate([quantiles(half), np.linspace(vs[0], vs[-1], k - half)]), plusplus(0), plusplus(1))
+    _, centroids = min((lloyd(c) for c in starts), key=lambda t: t[0])
     if len(centroids) < k:  # fewer distinct values than entries: pad with the last one (never indexed)
         centroids = np.concatenate([centroids, np.full(k - len(centroids), centroids[-1])])
     bounds = (centroids[1:] + centroids[:-1]) / 2
