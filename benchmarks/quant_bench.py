@@ -7,7 +7,7 @@ digits for the photo model: images outside the model's classes, which a deployed
 Calibration images (Fisher sensitivities) come from the TRAINING data (benchmarks/quant_data.py), never from the
 images measured on. Every Core ML file runs in the project's executor (float32 compute), as validation does off macOS.
 
-    python -m benchmarks.quant_bench [--models NAME ...] [--readme README.md]
+    python -m benchmarks.quant_bench [--models NAME ...] [--readme README.md] [--from-results]
 
 writes benchmarks/quant_results.json, benchmarks/quant_pareto.png and the table between README's quant-bench markers.
 """
@@ -174,7 +174,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--readme", type=Path)
+    p.add_argument("--from-results", action="store_true",
+                   help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}")
     args = p.parse_args(argv)
+    if args.from_results:
+        rows = json.loads(RESULTS.read_text())["rows"]
+        plot(rows, PLOT)
+        if args.readme:
+            write_readme(args.readme, rows)
+        print(table(rows))
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
         for name in args.models:
