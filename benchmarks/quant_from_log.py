@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 rows = []
-fam = lambda f: ("reference" if f in ("fp32", "fp16") else "8-bit" if f in ("int8", "palette8") else
+def fam(f):
+    return ("reference" if f in ("fp32", "fp16") else "8-bit" if f in ("int8", "palette8") else
                  "coremltools k-means" if f.startswith("ct-") else "Fisher k-means" if f.startswith("fisher-") else "mixed bits")
-bits = lambda f: {"fp32": 32, "fp16": 16, "int8": 8, "palette8": 8}.get(f) or float(re.findall(r"[\d.]+$", f)[0])
+def bits(f):
+    return {"fp32": 32, "fp16": 16, "int8": 8, "palette8": 8}.get(f) or float(re.findall(r"[\d.]+$", f)[0])
 pat = re.compile(r"^(\S+)\s+(\S+)\s+([\d,]+) ([\d.]+) agree ([\d.]+) acc ([+-][\d.]+) out ([\d.]+)$")
 for line in open(sys.argv[1]):
     m = pat.match(line.strip())
