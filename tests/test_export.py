@@ -22,9 +22,11 @@ from exporter.validation.tolerances import FP32_MAX_ABS_PROB, QUANTIZED_MIN_TOP1
 pytestmark = pytest.mark.slow
 COMPRESSION_OPS = {"int8": "constexpr_affine_dequantize", "palette8": "constexpr_lut_to_dense",
                    "palette6": "constexpr_lut_to_dense", "palette4": "constexpr_lut_to_dense",
-                   "w8a8": "constexpr_affine_dequantize"}
+                   "w8a8": "constexpr_affine_dequantize", "palette6-fisher": "constexpr_lut_to_dense",
+                   "palette4-fisher": "constexpr_lut_to_dense", "palette-mixed": "constexpr_lut_to_dense"}
 EXPECTED_TARGETS = {"fp32": "iOS15", "fp16": "iOS15", "int8": "iOS16", "palette8": "iOS16", "palette6": "iOS16",
-                    "palette4": "iOS18", "w8a8": "iOS17"}
+                    "palette4": "iOS18", "w8a8": "iOS17", "palette6-fisher": "iOS16", "palette4-fisher": "iOS18",
+                    "palette-mixed": "iOS18"}
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
