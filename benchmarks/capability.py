@@ -40,11 +40,19 @@ START, END = "<!-- capability:start -->", "<!-- capability:end -->"
 # One family's build, training, export and validation on this 2-core machine takes 1-5 minutes; a process past this
 # is stuck, and its row says so.
 FAMILY_TIMEOUT_S = 1800
-CORE_COLUMNS = [("mlpackage", "fp32"), ("mlpackage", "fp16"), ("mlpackage", "int8"), ("mlmodel", "fp32"),
-                ("mlmodel", "fp16"), ("mlmodel", "int8"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8-dynamic"),
-                ("onnx", "int8-static")]
-LOW_BIT_COLUMNS = [("mlpackage", "palette8"), ("mlpackage", "palette6"), ("mlpackage", "palette4"),
-                   ("mlpackage", "w8a8")]
+CORE_COLUMNS = [
+    ("mlpackage", "fp32"),
+    ("mlpackage", "fp16"),
+    ("mlpackage", "int8"),
+    ("mlmodel", "fp32"),
+    ("mlmodel", "fp16"),
+    ("mlmodel", "int8"),
+    ("onnx", "fp32"),
+    ("onnx", "fp16"),
+    ("onnx", "int8-dynamic"),
+    ("onnx", "int8-static"),
+]
+LOW_BIT_COLUMNS = [("mlpackage", "palette8"), ("mlpackage", "palette6"), ("mlpackage", "palette4"), ("mlpackage", "w8a8")]
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -78,14 +86,18 @@ def run_one(name: str, shape: str, low_bit: bool) -> dict:
         cmd = [sys.executable, __file__, "--worker", name, shape, str(out)] + (["--low-bit"] if low_bit else [])
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FAMILY_TIMEOUT_S,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=FAMILY_TIMEOUT_S,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
         except subprocess.TimeoutExpired:
             return {"family": name, "shape": shape, "error": f"timed out after {FAMILY_TIMEOUT_S} s", "artifacts": []}
         if proc.returncode != 0 or not out.exists():
             tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["no output"]
-            return {"family": name, "shape": shape, "error": f"worker crashed (exit {proc.returncode}): {tail[0][:300]}",
-                    "artifacts": []}
+            return {"family": name, "shape": shape, "error": f"worker crashed (exit {proc.returncode}): {tail[0][:300]}", "artifacts": []}
         result = json.loads(out.read_text())
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
         return result
@@ -118,15 +130,17 @@ def _sorted_rows(results: dict) -> list[dict]:
     from sample_models.families import FAMILIES, SHAPES
 
     order = {name: i for i, name in enumerate(FAMILIES)}
-    return sorted(results.values(), key=lambda r: (order.get(r["family"], 99), SHAPES.index(r["shape"])
-                                                   if r["shape"] in SHAPES else 9))
+    return sorted(results.values(), key=lambda r: (order.get(r["family"], 99), SHAPES.index(r["shape"]) if r["shape"] in SHAPES else 9))
 
 
 def main_table(results: dict) -> str:
     from sample_models.families import FAMILIES
 
-    head = (["family (stands for)", "shape"] + [f"{f} {v}" for f, v in CORE_COLUMNS]
-            + ["fp32 Core ML vs float64", "fp32 ONNX vs float64", "Keras fp32 vs float64", "trained acc.", "code"])
+    head = (
+        ["family (stands for)", "shape"]
+        + [f"{f} {v}" for f, v in CORE_COLUMNS]
+        + ["fp32 Core ML vs float64", "fp32 ONNX vs float64", "Keras fp32 vs float64", "trained acc.", "code"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in _sorted_rows(results):
         fam = FAMILIES.get(row["family"])
@@ -137,9 +151,22 @@ def main_table(results: dict) -> str:
             cells = [_cell(_find(row, f, v)) for f, v in CORE_COLUMNS]
         f64 = row.get("float64") or {}
         acc = row.get("train_accuracy")
-        lines.append("| " + " | ".join([label, row["shape"], *cells, _err(f64.get("mlpackage")),
-                                          _err(f64.get("onnx")), _err(f64.get("keras_fp32")),
-                                          "-" if acc is None else f"{acc:.2f}", row.get("commit", "?")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    label,
+                    row["shape"],
+                    *cells,
+                    _err(f64.get("mlpackage")),
+                    _err(f64.get("onnx")),
+                    _err(f64.get("keras_fp32")),
+                    "-" if acc is None else f"{acc:.2f}",
+                    row.get("commit", "?"),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -173,39 +200,48 @@ def not_passing(results: dict) -> str:
         f64 = row.get("float64") or {}
         core, onnx = f64.get("mlpackage"), f64.get("onnx")
         if core is not None and onnx is not None and core > 2 * max(onnx, 1e-9):
-            out.append(f"- {row['family']} {row['shape']}: fp32 Core ML error vs float64 {core:.1e} is more than "
-                       f"twice ONNX's {onnx:.1e}")
+            out.append(f"- {row['family']} {row['shape']}: fp32 Core ML error vs float64 {core:.1e} is more than twice ONNX's {onnx:.1e}")
         if "error" in f64:
             out.append(f"- {row['family']} {row['shape']}: float64 comparison failed: {f64['error']}")
     return "\n".join(out) if out else "Everything in the table passed."
 
 
 def render(results: dict, meta: dict) -> tuple[str, str]:
-    legend = ("A cell is `pass` when the file converted, ran on Linux (Core ML files through the project's executor, "
-              "ONNX through onnxruntime) and met its default gate on the 300 held-out digits (fp32 max |dp| <= 1e-5; "
-              "fp16 max |dp| <= 2e-2 and top-1 >= 99 %; int8 top-1 >= 98 %). The last two columns: max |dp| of the "
-              "fp32 Core ML file, of the fp32 ONNX file and of the Keras float32 model itself against a float64 Keras "
-              "model of the same weights, on 64 held-out digits (when Keras float32 is itself near 1e-5 from float64, "
-              "the model is too sensitive for the 1e-5 fp32 gate whatever runs it); the training accuracy after the "
-              "few steps; the commit the row was measured at.")
-    summary = (f"Written by `python benchmarks/capability.py` ({meta['mode']}) on {meta['when']}: {meta['machine']}; "
-               f"{meta['rows']} rows, {meta['seconds']} s in the last run.")
+    legend = (
+        "A cell is `pass` when the file converted, ran on Linux (Core ML files through the project's executor, "
+        "ONNX through onnxruntime) and met its default gate on the 300 held-out digits (fp32 max |dp| <= 1e-5; "
+        "fp16 max |dp| <= 2e-2 and top-1 >= 99 %; int8 top-1 >= 98 %). The last two columns: max |dp| of the "
+        "fp32 Core ML file, of the fp32 ONNX file and of the Keras float32 model itself against a float64 Keras "
+        "model of the same weights, on 64 held-out digits (when Keras float32 is itself near 1e-5 from float64, "
+        "the model is too sensitive for the 1e-5 fp32 gate whatever runs it); the training accuracy after the "
+        "few steps; the commit the row was measured at."
+    )
+    summary = (
+        f"Written by `python benchmarks/capability.py` ({meta['mode']}) on {meta['when']}: {meta['machine']}; "
+        f"{meta['rows']} rows, {meta['seconds']} s in the last run."
+    )
     main, low, bad = main_table(results), low_bit_table(results), not_passing(results)
     from sample_models.families import FAMILIES, SHAPES
 
     missing = [f"{n} {sh}" for n in FAMILIES for sh in SHAPES if f"{n}:{sh}" not in results]
     if missing:
         bad += "\n\nNot measured in the runs behind this table: " + ", ".join(missing) + "."
-    bad += ("\n\nA row whose code column is `?` was measured before rows recorded their commit (an earlier state "
-            "of the exporter); rerun it with `--families NAME`.")
-    doc = (f"# Capability table\n\n{summary}\n\nFamilies are the small builds of `sample_models/families.py` (its "
-           f"docstring says which real model each stands for), in two shapes: `application` (the keras.applications "
-           f"model, include_top, 10 classes) and `nested` (the backbone as one nested layer plus "
-           f"GlobalAveragePooling2D, Dropout, Dense softmax). Each was trained a few steps on digits.\n\n{legend}\n\n"
-           f"{main}\n\n## Lower-bit Core ML variants (agreement reported, not gated here)\n\n{low}\n\n"
-           f"## Not passing, and why\n\n{bad}\n")
-    readme = (f"{summary} Details, the lower-bit variants and the reasons for anything not passing: "
-              f"[docs/CAPABILITY.md](docs/CAPABILITY.md).\n\n{legend}\n\n{main}\n")
+    bad += (
+        "\n\nA row whose code column is `?` was measured before rows recorded their commit (an earlier state "
+        "of the exporter); rerun it with `--families NAME`."
+    )
+    doc = (
+        f"# Capability table\n\n{summary}\n\nFamilies are the small builds of `sample_models/families.py` (its "
+        f"docstring says which real model each stands for), in two shapes: `application` (the keras.applications "
+        f"model, include_top, 10 classes) and `nested` (the backbone as one nested layer plus "
+        f"GlobalAveragePooling2D, Dropout, Dense softmax). Each was trained a few steps on digits.\n\n{legend}\n\n"
+        f"{main}\n\n## Lower-bit Core ML variants (agreement reported, not gated here)\n\n{low}\n\n"
+        f"## Not passing, and why\n\n{bad}\n"
+    )
+    readme = (
+        f"{summary} Details, the lower-bit variants and the reasons for anything not passing: "
+        f"[docs/CAPABILITY.md](docs/CAPABILITY.md).\n\n{legend}\n\n{main}\n"
+    )
     return doc, readme
 
 
@@ -231,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="families run at once, each in its own process")
     parser.add_argument("--render-only", action="store_true", help="rewrite the tables from capability.json")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where rows are stored (default %(default)s)")
-    parser.add_argument("--merge", type=Path, nargs="*", default=[],
-                        help="other results files (from runs in parallel) whose rows join --results first")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="other results files (from runs in parallel) whose rows join --results first"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("FAMILY", "SHAPE", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--low-bit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -262,18 +299,24 @@ def main(argv: list[str] | None = None) -> int:
             passed = sum(a["status"] == "passed" for a in row.get("artifacts", []))
             with lock:  # each finished row is saved at once, so an interrupted run keeps what it measured
                 results[f"{job[0]}:{job[1]}"] = row
-                stored["meta"] = {"mode": "--quick" if args.quick else "full", "when": time.strftime("%Y-%m-%d"),
-                                  "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-                                  "rows": len(results), "seconds": round(time.perf_counter() - t0)}
+                stored["meta"] = {
+                    "mode": "--quick" if args.quick else "full",
+                    "when": time.strftime("%Y-%m-%d"),
+                    "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                    "rows": len(results),
+                    "seconds": round(time.perf_counter() - t0),
+                }
                 stored["rows"] = results
                 args.results.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
-                print(f"{job[0]:28s} {job[1]:12s} {passed}/{len(row.get('artifacts', []))} passed "
-                      f"{row.get('error', '')[:120]} ({row.get('wall_seconds', '?')} s)", flush=True)
+                print(
+                    f"{job[0]:28s} {job[1]:12s} {passed}/{len(row.get('artifacts', []))} passed "
+                    f"{row.get('error', '')[:120]} ({row.get('wall_seconds', '?')} s)",
+                    flush=True,
+                )
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(one, jobs))
-    meta = {**{"mode": "?", "when": "?", "machine": "?", "seconds": "?"}, **stored.get("meta", {}),
-            "rows": len(results)}
+    meta = {**{"mode": "?", "when": "?", "machine": "?", "seconds": "?"}, **stored.get("meta", {}), "rows": len(results)}
     write_outputs(results, meta)
     return 0
 

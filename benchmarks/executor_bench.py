@@ -43,8 +43,7 @@ def _median_rate(fn, batch, repeats: int) -> float:
     return len(batch) / statistics.median(times)
 
 
-def measure(mlpackage: Path, onnx_file: Path, keras_file: Path, preprocessing: dict, batch: int = BATCH,
-            repeats: int = REPEATS) -> dict:
+def measure(mlpackage: Path, onnx_file: Path, keras_file: Path, preprocessing: dict, batch: int = BATCH, repeats: int = REPEATS) -> dict:
     """Images per second of each runtime on the same uint8 batch, and the executor's ratios to the other two."""
     import keras
     import numpy as np
@@ -56,19 +55,34 @@ def measure(mlpackage: Path, onnx_file: Path, keras_file: Path, preprocessing: d
     pre = Preprocessing.from_dict(preprocessing)
     h, w = pre.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-    runners = {"executor": CoreMLExecutor(mlpackage).predict, "onnxruntime": OnnxRunner(onnx_file, pre),
-               "keras": KerasRunner(keras.saving.load_model(keras_file, compile=False), pre)}
+    runners = {
+        "executor": CoreMLExecutor(mlpackage).predict,
+        "onnxruntime": OnnxRunner(onnx_file, pre),
+        "keras": KerasRunner(keras.saving.load_model(keras_file, compile=False), pre),
+    }
     rates = {name: round(_median_rate(fn, pixels, repeats), 1) for name, fn in runners.items()}
-    return {"model": f"{mlpackage.name} / {onnx_file.name}", "batch": batch, "repeats": repeats,
-            "images_per_second": rates, "numpy": np.__version__,
-            "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
-            "executor_vs_keras": round(rates["executor"] / rates["keras"], 3)}
+    return {
+        "model": f"{mlpackage.name} / {onnx_file.name}",
+        "batch": batch,
+        "repeats": repeats,
+        "images_per_second": rates,
+        "numpy": np.__version__,
+        "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
+        "executor_vs_keras": round(rates["executor"] / rates["keras"], 3),
+    }
 
 
 # keras.applications constructor and default input size (pixels) of each family the benchmark measures.
 FAMILIES = {
-    "MobileNetV2": 224, "ResNet50": 224, "DenseNet121": 224, "InceptionV3": 299, "Xception": 299,
-    "NASNetMobile": 224, "MobileNetV3Large": 224, "EfficientNetB0": 224, "EfficientNetV2B0": 224,
+    "MobileNetV2": 224,
+    "ResNet50": 224,
+    "DenseNet121": 224,
+    "InceptionV3": 299,
+    "Xception": 299,
+    "NASNetMobile": 224,
+    "MobileNetV3Large": 224,
+    "EfficientNetB0": 224,
+    "EfficientNetV2B0": 224,
     "ConvNeXtTiny": 224,
 }
 FAMILY_CLASSES = 10
@@ -104,8 +118,7 @@ def export_family(name: str, folder: Path) -> tuple[Path, Path]:
     return mlpackage, onnx_file
 
 
-def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int = BATCH,
-                        repeats: int = REPEATS) -> dict:
+def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int = BATCH, repeats: int = REPEATS) -> dict:
     """executor / onnxruntime on one uint8 batch, the two called in turn ``repeats`` times after a warm-up each."""
     import numpy as np
 
@@ -127,9 +140,13 @@ def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int 
             times[key].append(time.perf_counter() - t0)
     rounds = [o / e for e, o in zip(times["executor"], times["onnxruntime"], strict=True)]
     rates = {k: round(batch / statistics.median(v), 1) for k, v in times.items()}
-    return {"batch": batch, "repeats": repeats, "images_per_second": rates,
-            "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
-            "round_ratios": [round(min(rounds), 3), round(max(rounds), 3)]}
+    return {
+        "batch": batch,
+        "repeats": repeats,
+        "images_per_second": rates,
+        "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
+        "round_ratios": [round(min(rounds), 3), round(max(rounds), 3)],
+    }
 
 
 def _family_child(name: str, cache: Path, batch: int, repeats: int) -> dict:
@@ -141,8 +158,7 @@ def _family_child(name: str, cache: Path, batch: int, repeats: int) -> dict:
     return {"family": name, "status": "measured", "input_size": FAMILIES[name], **result}
 
 
-def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS,
-                     done=lambda rows: None) -> list[dict]:
+def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS, done=lambda rows: None) -> list[dict]:
     """One child process per family (see the module docstring); a child that fails is reported with its error.
     ``done(rows)`` is called after each family, so an interrupted run keeps what it measured."""
     import json
@@ -150,8 +166,11 @@ def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats:
 
     rows: list[dict] = []
     for name in names:
-        out = subprocess.run([sys.executable, __file__, "--family-child", name, "--cache", str(cache),
-                              "--batch", str(batch), "--repeats", str(repeats)], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--family-child", name, "--cache", str(cache), "--batch", str(batch), "--repeats", str(repeats)],
+            capture_output=True,
+            text=True,
+        )
         lines = out.stdout.strip().splitlines()
         if out.returncode != 0 or not lines:
             rows.append({"family": name, "status": "failed", "reason": out.stderr.strip()[-300:]})
@@ -168,16 +187,20 @@ def render_family(r: dict) -> str:
     rates = r["images_per_second"]
     lo, hi = r["round_ratios"]
     mark = "" if r["executor_vs_onnxruntime"] >= FAMILY_TARGET else f"  (below {FAMILY_TARGET})"
-    return (f"  {r['family']:18s} {r['input_size']:3d} px  executor {rates['executor']:6.1f}  onnxruntime "
-            f"{rates['onnxruntime']:6.1f} images/s  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f} "
-            f"(rounds {lo:.2f}-{hi:.2f}){mark}")
+    return (
+        f"  {r['family']:18s} {r['input_size']:3d} px  executor {rates['executor']:6.1f}  onnxruntime "
+        f"{rates['onnxruntime']:6.1f} images/s  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f} "
+        f"(rounds {lo:.2f}-{hi:.2f}){mark}"
+    )
 
 
 def render(r: dict) -> str:
     lines = [f"{r['model']}, batch {r['batch']}, median of {r['repeats']} ({os.cpu_count()} CPUs, numpy {r['numpy']})"]
     lines += [f"  {name:12s} {rate:8.1f} images/s" for name, rate in r["images_per_second"].items()]
-    lines += [f"  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f}  (target >= 0.33)",
-              f"  executor / keras       = {r['executor_vs_keras']:.2f}"]
+    lines += [
+        f"  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f}  (target >= 0.33)",
+        f"  executor / keras       = {r['executor_vs_keras']:.2f}",
+    ]
     return "\n".join(lines)
 
 
@@ -185,11 +208,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--families", nargs="*", metavar="NAME", help=f"families to measure (default: all of "
-                        f"{', '.join(FAMILIES)})")
+    parser.add_argument("--families", nargs="*", metavar="NAME", help=f"families to measure (default: all of {', '.join(FAMILIES)})")
     parser.add_argument("--cache", type=Path, help="folder keeping the families' exported files between runs")
-    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json",
-                        help="results file whose executor_families section --families rewrites")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results.json",
+        help="results file whose executor_families section --families rewrites",
+    )
     parser.add_argument("--family-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -205,8 +231,10 @@ def main(argv=None) -> None:
         unknown = sorted(set(names) - set(FAMILIES))
         if unknown:
             parser.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
-        print(f"executor / onnxruntime per family, batch {args.batch}, fp32, {args.repeats} alternating rounds "
-              f"({os.cpu_count()} CPUs)", flush=True)
+        print(
+            f"executor / onnxruntime per family, batch {args.batch}, fp32, {args.repeats} alternating rounds ({os.cpu_count()} CPUs)",
+            flush=True,
+        )
 
         def write(rows: list[dict]) -> None:
             results = json.loads(args.json.read_text()) if args.json.exists() else {}
@@ -224,11 +252,19 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         s = build_large(Path(tmp) / "model")
         out = Path(tmp) / "export"
-        manifest = export(s["model"], s["labels"], out, preprocessing=s["preprocessing"],
-                          options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",)))
+        manifest = export(
+            s["model"],
+            s["labels"],
+            out,
+            preprocessing=s["preprocessing"],
+            options=ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",)),
+        )
         files = {a["format"]: out / a["path"] for a in manifest["artifacts"]}
-        print(render(measure(files["mlpackage"], files["onnx"], s["model"],
-                             json.loads(s["preprocessing"].read_text()), args.batch, args.repeats)))
+        print(
+            render(
+                measure(files["mlpackage"], files["onnx"], s["model"], json.loads(s["preprocessing"].read_text()), args.batch, args.repeats)
+            )
+        )
 
 
 if __name__ == "__main__":

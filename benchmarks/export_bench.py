@@ -21,9 +21,14 @@ def sample(name: str) -> dict:
     folder = ROOT / "sample_models" / name
     card = json.loads((folder / "card.json").read_text())
     pre = json.loads((folder / "preprocessing.json").read_text())
-    return {"name": name, "model": folder / "model.keras", "labels": folder / "labels.txt",
-            "preprocessing": None if pre.get("in_model") else folder / "preprocessing.json",
-            "heldout": ROOT / "sample_models" / card["heldout_folder"], "trained": True}
+    return {
+        "name": name,
+        "model": folder / "model.keras",
+        "labels": folder / "labels.txt",
+        "preprocessing": None if pre.get("in_model") else folder / "preprocessing.json",
+        "heldout": ROOT / "sample_models" / card["heldout_folder"],
+        "trained": True,
+    }
 
 
 def build_large(folder: Path) -> dict:
@@ -34,15 +39,18 @@ def build_large(folder: Path) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=(LARGE_SIZE, LARGE_SIZE, 3), alpha=1.0, weights=None,
-                                           classes=LARGE_CLASSES)
+    model = keras.applications.MobileNetV2(input_shape=(LARGE_SIZE, LARGE_SIZE, 3), alpha=1.0, weights=None, classes=LARGE_CLASSES)
     model.save(folder / "model.keras")
     (folder / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(LARGE_CLASSES)))
-    (folder / "preprocessing.json").write_text(json.dumps(
-        {"input_size": [LARGE_SIZE, LARGE_SIZE], "scale": [1 / 127.5], "bias": [-1.0]}))
-    return {"name": LARGE, "model": folder / "model.keras", "labels": folder / "labels.txt",
-            "preprocessing": folder / "preprocessing.json", "heldout": ROOT / "sample_models" / "heldout" / "digits",
-            "trained": False}
+    (folder / "preprocessing.json").write_text(json.dumps({"input_size": [LARGE_SIZE, LARGE_SIZE], "scale": [1 / 127.5], "bias": [-1.0]}))
+    return {
+        "name": LARGE,
+        "model": folder / "model.keras",
+        "labels": folder / "labels.txt",
+        "preprocessing": folder / "preprocessing.json",
+        "heldout": ROOT / "sample_models" / "heldout" / "digits",
+        "trained": False,
+    }
 
 
 def warm_up(tmp: Path) -> None:
@@ -86,9 +94,16 @@ def direct_conversions(model_path: Path, labels: list[str], pre, calibration: li
     def conv(precision, target):
         # source="tensorflow" as the toolkit passes it: left to auto-detection, coremltools spends about a second
         # more per conversion (measured on MobileNet v1), which would flatter the toolkit.
-        return ct.convert(src, source="tensorflow", inputs=[image], classifier_config=ct.ClassifierConfig(labels),
-                          convert_to="mlprogram", compute_precision=precision, minimum_deployment_target=target,
-                          skip_model_load=True)
+        return ct.convert(
+            src,
+            source="tensorflow",
+            inputs=[image],
+            classifier_config=ct.ClassifierConfig(labels),
+            convert_to="mlprogram",
+            compute_precision=precision,
+            minimum_deployment_target=target,
+            skip_model_load=True,
+        )
 
     conv(ct.precision.FLOAT32, ct.target.iOS15).save(str(out / "fp32.mlpackage"))
     fp16 = conv(ct.precision.FLOAT16, ct.target.iOS15)
@@ -98,10 +113,10 @@ def direct_conversions(model_path: Path, labels: list[str], pre, calibration: li
     for nbits in (8, 6):
         cfg = cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", weight_threshold=1)
         cto.palettize_weights(fp16, cto.OptimizationConfig(global_config=cfg)).save(str(out / f"p{nbits}.mlpackage"))
-    cfg = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_grouped_channel", group_size=16,
-                                 weight_threshold=1)
-    cto.palettize_weights(conv(ct.precision.FLOAT16, ct.target.iOS18),
-                          cto.OptimizationConfig(global_config=cfg)).save(str(out / "p4.mlpackage"))
+    cfg = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_grouped_channel", group_size=16, weight_threshold=1)
+    cto.palettize_weights(conv(ct.precision.FLOAT16, ct.target.iOS18), cto.OptimizationConfig(global_config=cfg)).save(
+        str(out / "p4.mlpackage")
+    )
     spec = (tf.TensorSpec((None, h, w, 3), tf.float32, name="input"),)
     proto, _ = tf2onnx.convert.from_keras(for_conversion(model, None, "input"), input_signature=spec, opset=17)
     onnx.save(proto, out / "fp32.onnx")
@@ -110,14 +125,21 @@ def direct_conversions(model_path: Path, labels: list[str], pre, calibration: li
 
     class Reader:
         def __init__(self):
-            self.it = iter({"input": b[i:i + 1]} for b in calibration for i in range(len(b)))
+            self.it = iter({"input": b[i : i + 1]} for b in calibration for i in range(len(b)))
 
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(out / "fp32.onnx", out / "static.onnx", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        out / "fp32.onnx",
+        out / "static.onnx",
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
 
 
 def _timed(fn) -> tuple[float, float, object]:
@@ -147,9 +169,13 @@ def bench_export(s: dict, tmp: Path, direct_first: bool = False) -> dict:
     (tmp / f"{name}-direct").mkdir()
 
     def toolkit():
-        return export(s["model"], s["labels"], tmp / f"{name}-toolkit", preprocessing=s["preprocessing"],
-                      options=ExportOptions(formats=("mlpackage", "onnx"), variants=EXPORT_VARIANTS, name=name,
-                                            calibration_images=s["heldout"]))
+        return export(
+            s["model"],
+            s["labels"],
+            tmp / f"{name}-toolkit",
+            preprocessing=s["preprocessing"],
+            options=ExportOptions(formats=("mlpackage", "onnx"), variants=EXPORT_VARIANTS, name=name, calibration_images=s["heldout"]),
+        )
 
     def direct():
         return direct_conversions(s["model"], labels, direct_pre, calibration, tmp / f"{name}-direct")
@@ -160,8 +186,16 @@ def bench_export(s: dict, tmp: Path, direct_first: bool = False) -> dict:
     else:
         t_wall, t_cpu, manifest = _timed(toolkit)
         d_wall, d_cpu, _ = _timed(direct)
-    return {"model": name, "trained": s["trained"], "first": "direct" if direct_first else "toolkit",
-            "toolkit_seconds": round(t_wall, 2), "direct_seconds": round(d_wall, 2),
-            "toolkit_cpu_seconds": round(t_cpu, 2), "direct_cpu_seconds": round(d_cpu, 2),
-            "overhead_ratio_wall": round(t_wall / d_wall, 3), "overhead_ratio": round(t_cpu / d_cpu, 3),
-            "artifacts": manifest["artifacts"], "dir": str(tmp / f"{name}-toolkit")}
+    return {
+        "model": name,
+        "trained": s["trained"],
+        "first": "direct" if direct_first else "toolkit",
+        "toolkit_seconds": round(t_wall, 2),
+        "direct_seconds": round(d_wall, 2),
+        "toolkit_cpu_seconds": round(t_cpu, 2),
+        "direct_cpu_seconds": round(d_cpu, 2),
+        "overhead_ratio_wall": round(t_wall / d_wall, 3),
+        "overhead_ratio": round(t_cpu / d_cpu, 3),
+        "artifacts": manifest["artifacts"],
+        "dir": str(tmp / f"{name}-toolkit"),
+    }

@@ -62,8 +62,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     card = json.loads((folder / "card.json").read_text())
     loaded = load_model(folder / "model.keras")
     declared = json.loads((folder / "preprocessing.json").read_text())
-    pre = resolve(Preprocessing.from_dict(declared) if declared else None, loaded.input_shape,
-                  loaded.in_model_preprocessing, source=name)
+    pre = resolve(Preprocessing.from_dict(declared) if declared else None, loaded.input_shape, loaded.in_model_preprocessing, source=name)
     labels = (folder / "labels.txt").read_text().split()
     info = ModelInfo(name=name, labels=labels, preprocessing=pre, source_sha256=loaded.sha256, source_file="model.keras")
     task = "photos" if "photos" in card["heldout_folder"] else "digits"
@@ -81,21 +80,28 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     fp16 = convert(loaded.model, info, backend="mlprogram", precision="fp16")
     base18 = convert(loaded.model, info, backend="mlprogram", precision="fp16", target="iOS18")
     t0 = time.perf_counter()
-    sens = qp.weight_sensitivities(base18, loaded.model,
-                                   qp.fisher(loaded.model, pre.normalize(cal_px).astype(np.float32)))
+    sens = qp.weight_sensitivities(base18, loaded.model, qp.fisher(loaded.model, pre.normalize(cal_px).astype(np.float32)))
     fisher_seconds = time.perf_counter() - t0
     matched = f"{len(sens)}/{sum(1 for _ in qc._float_weights(base18))}"
 
-    candidates: list[tuple[str, str, float, object]] = [("reference", "fp32", 32, lambda: fp32),
-                                                         ("reference", "fp16", 16, lambda: fp16),
-                                                         ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
-                                                         ("8-bit", "palette8", 8,
-                                                          lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 8)))]
+    candidates: list[tuple[str, str, float, object]] = [
+        ("reference", "fp32", 32, lambda: fp32),
+        ("reference", "fp16", 16, lambda: fp16),
+        ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
+        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 8))),
+    ]
     for bits in BITS:
-        candidates.append(("coremltools k-means", f"ct-palette{bits}", bits, lambda b=bits: qc.compress(
-            base18, qc.CompressionSpec("palettize", b, grouped=True))))
-        candidates.append(("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(
-            base18, qp.PaletteSpec(b, GROUP), sens)))
+        candidates.append(
+            (
+                "coremltools k-means",
+                f"ct-palette{bits}",
+                bits,
+                lambda b=bits: qc.compress(base18, qc.CompressionSpec("palettize", b, grouped=True)),
+            )
+        )
+        candidates.append(
+            ("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(base18, qp.PaletteSpec(b, GROUP), sens))
+        )
     for budget in MIXED_BUDGETS:
         candidates.append(("mixed bits", f"mixed-{budget:g}", budget, lambda b=budget: qp.mixed(base18, b, sens)))
 
@@ -109,27 +115,43 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
         ex = CoreMLExecutor(path)
         got, got_out = ex.predict(rgb(px)), ex.predict(rgb(out_px))
         acc = float((got.argmax(1) == label_idx).mean())
-        rows.append({"model": name, "family": family, "file": label, "nominal_bits": bits, "bytes": size,
-                     "ratio_to_fp32": round(size / fp32_bytes, 4),
-                     "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4),
-                     "accuracy_change_points": round(100 * (acc - keras_acc), 2),
-                     "out_of_class_agreement": round(float((got_out.argmax(1) == ref_out.argmax(1)).mean()), 4),
-                     "max_abs_prob": round(float(np.abs(got - ref).max()), 4), "images": len(px),
-                     "out_of_class_images": len(out_px), "keras_accuracy": round(keras_acc, 4),
-                     "weights_matched": matched, "fisher_seconds": round(fisher_seconds, 1),
-                     "seconds": round(time.perf_counter() - t0, 1)})
-        say(f"{name:22s} {label:18s} {size:>10,d} {rows[-1]['ratio_to_fp32']:.3f} agree {rows[-1]['top1_agreement']:.4f}"
-            f" acc {rows[-1]['accuracy_change_points']:+.2f} out {rows[-1]['out_of_class_agreement']:.4f}")
+        rows.append(
+            {
+                "model": name,
+                "family": family,
+                "file": label,
+                "nominal_bits": bits,
+                "bytes": size,
+                "ratio_to_fp32": round(size / fp32_bytes, 4),
+                "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4),
+                "accuracy_change_points": round(100 * (acc - keras_acc), 2),
+                "out_of_class_agreement": round(float((got_out.argmax(1) == ref_out.argmax(1)).mean()), 4),
+                "max_abs_prob": round(float(np.abs(got - ref).max()), 4),
+                "images": len(px),
+                "out_of_class_images": len(out_px),
+                "keras_accuracy": round(keras_acc, 4),
+                "weights_matched": matched,
+                "fisher_seconds": round(fisher_seconds, 1),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        say(
+            f"{name:22s} {label:18s} {size:>10,d} {rows[-1]['ratio_to_fp32']:.3f} agree {rows[-1]['top1_agreement']:.4f}"
+            f" acc {rows[-1]['accuracy_change_points']:+.2f} out {rows[-1]['out_of_class_agreement']:.4f}"
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | file | family | bits/weight | bytes | ratio to fp32 | top-1 agreement | accuracy change (points) "
-            "| agreement outside the classes |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| model | file | family | bits/weight | bytes | ratio to fp32 | top-1 agreement | accuracy change (points) "
+        "| agreement outside the classes |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     return head + "\n".join(
         f"| {r['model']} | {r['file']} | {r['family']} | {r['nominal_bits']:g} | {r['bytes']:,} | {r['ratio_to_fp32']:.3f} "
         f"| {r['top1_agreement']:.4f} | {r['accuracy_change_points']:+.2f} | {r['out_of_class_agreement']:.4f} |"
-        for r in rows)
+        for r in rows
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -140,12 +162,16 @@ def plot(rows: list[dict], path: Path) -> None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-    styles = {"coremltools k-means": ("o-", "tab:gray"), "Fisher k-means": ("s-", "tab:blue"),
-              "mixed bits": ("D-", "tab:red"), "8-bit": ("^", "tab:green"), "reference": ("x", "black")}
+    styles = {
+        "coremltools k-means": ("o-", "tab:gray"),
+        "Fisher k-means": ("s-", "tab:blue"),
+        "mixed bits": ("D-", "tab:red"),
+        "8-bit": ("^", "tab:green"),
+        "reference": ("x", "black"),
+    }
     for ax, model in zip(axes[0], models, strict=True):
         for family, (marker, color) in styles.items():
-            pts = sorted((r["ratio_to_fp32"], r["top1_agreement"]) for r in rows
-                         if r["model"] == model and r["family"] == family)
+            pts = sorted((r["ratio_to_fp32"], r["top1_agreement"]) for r in rows if r["model"] == model and r["family"] == family)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, color=color, label=family, markersize=5)
         ax.set_title(model, fontsize=9)
@@ -166,7 +192,7 @@ def write_readme(readme: Path, rows: list[dict]) -> None:
         raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    body = (f"\n![size against top-1 agreement](benchmarks/{PLOT.name})\n\n{table(rows)}\n")
+    body = f"\n![size against top-1 agreement](benchmarks/{PLOT.name})\n\n{table(rows)}\n"
     readme.write_text(head + README_START + body + README_END + tail)
 
 
@@ -174,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--readme", type=Path)
-    p.add_argument("--from-results", action="store_true",
-                   help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}")
+    p.add_argument(
+        "--from-results", action="store_true", help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}"
+    )
     args = p.parse_args(argv)
     if args.from_results:
         rows = json.loads(RESULTS.read_text())["rows"]
@@ -188,8 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
         for name in args.models:
             rows += bench_model(name, Path(tmp), say=lambda line: print(line, file=sys.stderr, flush=True))
-    RESULTS.write_text(json.dumps({"rows": rows, "bits": BITS, "mixed_budgets": MIXED_BUDGETS, "group": GROUP},
-                                  indent=1) + "\n")
+    RESULTS.write_text(json.dumps({"rows": rows, "bits": BITS, "mixed_budgets": MIXED_BUDGETS, "group": GROUP}, indent=1) + "\n")
     plot(rows, PLOT)
     if args.readme:
         write_readme(args.readme, rows)

@@ -42,8 +42,7 @@ def fidelity(export_dir: str, images: Path) -> list[dict]:
         report = validate(export_dir, images)
     except ParityError as exc:
         report = exc.report
-    return [{k: a.get(k) for k in ("path", "variant", "status", "top1_agreement", "max_abs_prob", "reason")}
-            for a in report["artifacts"]]
+    return [{k: a.get(k) for k in ("path", "variant", "status", "top1_agreement", "max_abs_prob", "reason")} for a in report["artifacts"]]
 
 
 # ------------------------------------------------------------------------------------------------ 5. validate memory
@@ -79,13 +78,13 @@ def validate_memory(export_dir: str, images: Path, counts: tuple[int, ...], tmp:
             dst = folder / src.parent.name / f"{i:05d}{src.suffix}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-        out = subprocess.run([sys.executable, "-c", _VALIDATE_CHILD, export_dir, str(folder)], capture_output=True,
-                             text=True, cwd=ROOT)
+        out = subprocess.run([sys.executable, "-c", _VALIDATE_CHILD, export_dir, str(folder)], capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             raise RuntimeError(f"validate on {count} images failed: {out.stderr.strip()[-500:]}")
         peak_mb, seconds, code = out.stdout.split()[-3:]
-        rows.append({"images": count, "peak_rss_mb": float(peak_mb), "images_per_second": round(count / float(seconds), 1),
-                     "exit_code": int(code)})
+        rows.append(
+            {"images": count, "peak_rss_mb": float(peak_mb), "images_per_second": round(count / float(seconds), 1), "exit_code": int(code)}
+        )
     return rows
 
 
@@ -99,25 +98,26 @@ def main() -> None:
     logging.disable(logging.WARNING)
     started = time.perf_counter()
     names = export_bench.SAMPLES[1:2] if args.quick else export_bench.SAMPLES
-    results: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}",
-                     "python": platform.python_version()}
+    results: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}", "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp_name:
         tmp = Path(tmp_name)
         export_bench.warm_up(tmp)
         models = [export_bench.sample(n) for n in names] + [export_bench.build_large(tmp / export_bench.LARGE)]
         results["export"] = [export_bench.bench_export(m, tmp, direct_first=i % 2 == 1) for i, m in enumerate(models)]
         cpu = [sum(r[k] for r in results["export"]) for k in ("toolkit_cpu_seconds", "direct_cpu_seconds")]
-        results["export_total"] = {"toolkit_cpu_seconds": round(cpu[0], 2), "direct_cpu_seconds": round(cpu[1], 2),
-                                   "overhead_ratio": round(cpu[0] / cpu[1], 3)}
+        results["export_total"] = {
+            "toolkit_cpu_seconds": round(cpu[0], 2),
+            "direct_cpu_seconds": round(cpu[1], 2),
+            "overhead_ratio": round(cpu[0] / cpu[1], 3),
+        }
         by_name = {m["name"]: m for m in models}
-        results["fidelity"] = {r["model"]: fidelity(r["dir"], by_name[r["model"]]["heldout"])
-                               for r in results["export"] if r["trained"]}
+        results["fidelity"] = {r["model"]: fidelity(r["dir"], by_name[r["model"]]["heldout"]) for r in results["export"] if r["trained"]}
         large = results["export"][-1]
         files = {(a["format"], a["variant"]): Path(large["dir"]) / a["path"] for a in large["artifacts"]}
         large_model = by_name[export_bench.LARGE]
-        results["executor"] = executor_bench.measure(files["mlpackage", "fp32"], files["onnx", "fp32"],
-                                                     large_model["model"],
-                                                     json.loads(large_model["preprocessing"].read_text()))
+        results["executor"] = executor_bench.measure(
+            files["mlpackage", "fp32"], files["onnx", "fp32"], large_model["model"], json.loads(large_model["preprocessing"].read_text())
+        )
         v2 = next(r for r in results["export"] if r["model"] == "mobilenet_v2_digits")
         counts = (100, 1000) if args.quick else (200, 2000)
         results["validate"] = validate_memory(v2["dir"], by_name["mobilenet_v2_digits"]["heldout"], counts, tmp)
@@ -129,29 +129,37 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    lines = [f"machine: {results['machine']}; whole run {results['total_seconds']} s", "",
-             "## Export time: toolkit vs direct library calls (10 files each; CPU seconds, wall seconds in brackets)",
-             "| model | ran first | toolkit s | direct s | overhead ratio, CPU (target <= 1.15) | wall ratio |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['first']} | {r['toolkit_cpu_seconds']} ({r['toolkit_seconds']}) | "
-              f"{r['direct_cpu_seconds']} ({r['direct_seconds']}) | {r['overhead_ratio']} | {r['overhead_ratio_wall']} |"
-              for r in results["export"]]
+    lines = [
+        f"machine: {results['machine']}; whole run {results['total_seconds']} s",
+        "",
+        "## Export time: toolkit vs direct library calls (10 files each; CPU seconds, wall seconds in brackets)",
+        "| model | ran first | toolkit s | direct s | overhead ratio, CPU (target <= 1.15) | wall ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['first']} | {r['toolkit_cpu_seconds']} ({r['toolkit_seconds']}) | "
+        f"{r['direct_cpu_seconds']} ({r['direct_seconds']}) | {r['overhead_ratio']} | {r['overhead_ratio_wall']} |"
+        for r in results["export"]
+    ]
     total = results["export_total"]
-    lines.append(f"| all models | | {total['toolkit_cpu_seconds']} | {total['direct_cpu_seconds']} | "
-                 f"{total['overhead_ratio']} | |")
-    lines += ["", "## Size and fidelity per variant",
-              "| model | artifact | bytes | vs fp32 | limit | top-1 agree | max abs dp | seconds |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| all models | | {total['toolkit_cpu_seconds']} | {total['direct_cpu_seconds']} | {total['overhead_ratio']} | |")
+    lines += [
+        "",
+        "## Size and fidelity per variant",
+        "| model | artifact | bytes | vs fp32 | limit | top-1 agree | max abs dp | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["export"]:
         fid = {f["path"]: f for f in results["fidelity"].get(r["model"], [])}
         for a in r["artifacts"]:
             f = fid.get(a["path"], {"status": "random weights"})
             agree = f["status"] if f["status"] in ("not run", "random weights") else f"{f['top1_agreement']:.4f}"
             dp = "" if f["status"] in ("not run", "random weights") else f"{f['max_abs_prob']:.2e}"
-            lines.append(f"| {r['model']} | {a['path']} | {a['bytes']:,} | {a['ratio_to_fp32']:.3f} | "
-                         f"{a['details']['theoretical_ratio']:.3f} | {agree} | {dp} | {a['details']['seconds']} |")
-    lines += ["", "## Core ML executor throughput (benchmarks/executor_bench.py)", "```",
-              executor_bench.render(results["executor"]), "```"]
+            lines.append(
+                f"| {r['model']} | {a['path']} | {a['bytes']:,} | {a['ratio_to_fp32']:.3f} | "
+                f"{a['details']['theoretical_ratio']:.3f} | {agree} | {dp} | {a['details']['seconds']} |"
+            )
+    lines += ["", "## Core ML executor throughput (benchmarks/executor_bench.py)", "```", executor_bench.render(results["executor"]), "```"]
     lines += ["", "## exporter validate: memory and throughput", "| images | peak RSS MB | images/s |", "|---|---|---|"]
     lines += [f"| {v['images']} | {v['peak_rss_mb']} | {v['images_per_second']} |" for v in results["validate"]]
     a, b = results["validate"][0], results["validate"][-1]

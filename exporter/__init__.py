@@ -20,9 +20,26 @@ from .errors import (
     UnsafeModelError,
 )
 
-__all__ = ["ConfigError", "ConversionError", "DestinationError", "ExportOptions", "ExporterError", "ImageError",
-           "LabelsError", "Manifest", "ModelLoadError", "ParityError", "Preprocessing", "Report", "UnsafeModelError",
-           "__version__", "export", "predict", "validate", "xcode"]
+__all__ = [
+    "ConfigError",
+    "ConversionError",
+    "DestinationError",
+    "ExportOptions",
+    "ExporterError",
+    "ImageError",
+    "LabelsError",
+    "Manifest",
+    "ModelLoadError",
+    "ParityError",
+    "Preprocessing",
+    "Report",
+    "UnsafeModelError",
+    "__version__",
+    "export",
+    "predict",
+    "validate",
+    "xcode",
+]
 
 
 def __getattr__(name):

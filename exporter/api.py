@@ -69,8 +69,9 @@ class ExportOptions:
         for name in ("calibration_images", "validation_images"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
-        object.__setattr__(self, "selected", tuple(select(list(self.formats) if self.formats else None,
-                                                          list(self.variants) if self.variants else None)))
+        object.__setattr__(
+            self, "selected", tuple(select(list(self.formats) if self.formats else None, list(self.variants) if self.variants else None))
+        )
         if not self.selected:
             raise ConfigError("no variant selected: the chosen formats have none of the chosen variants")
         if not 7 <= self.opset <= 21:
@@ -114,13 +115,24 @@ class Prepared:
     removed: list = field(default_factory=list)  # the no-op layers taken out (inference.RemovedLayer)
 
     def context(self, options: ExportOptions) -> BuildContext:
-        return BuildContext(model=self.export_model, info=self.info, calibration=self.calibration,
-                            opset=options.opset, raw_input=options.onnx_raw_input, source=str(self.model_path))
+        return BuildContext(
+            model=self.export_model,
+            info=self.info,
+            calibration=self.calibration,
+            opset=options.opset,
+            raw_input=options.onnx_raw_input,
+            source=str(self.model_path),
+        )
 
 
-def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], *,
-            preprocessing: Preprocessing | str | os.PathLike | dict | None, options: ExportOptions,
-            steps: Steps | None = None) -> Prepared:
+def prepare(
+    model_path: str | os.PathLike,
+    labels: str | os.PathLike | list[str],
+    *,
+    preprocessing: Preprocessing | str | os.PathLike | dict | None,
+    options: ExportOptions,
+    steps: Steps | None = None,
+) -> Prepared:
     """Stage 1: load the model, read and check the labels against it, settle the preprocessing contract, and read
     the calibration images if a selected variant needs them. A variant that cannot be built here is skipped with its
     reason, or refused when the caller named it explicitly."""
@@ -137,14 +149,23 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
     else:
         label_list, label_source = check_labels(list(labels)), "labels"
     check_against_model(label_list, loaded.num_classes, source=label_source)
-    pre = resolve(declared_contract(preprocessing, loaded.input_shape), loaded.input_shape,
-                  loaded.in_model_preprocessing, source=str(model_path))
+    pre = resolve(
+        declared_contract(preprocessing, loaded.input_shape), loaded.input_shape, loaded.in_model_preprocessing, source=str(model_path)
+    )
     check_outputs(loaded.keras_model, loaded.head, pre, model_path)
     export_model, removed = loaded.for_export()
     stem = options.name or safe_stem(model_path.parent.name if model_path.stem == "model" else model_path.stem)
-    info = ModelInfo(name=stem, labels=label_list, preprocessing=pre, source_sha256=loaded.sha256,
-                     source_file=model_path.name, author=options.author, license=options.license,
-                     version=options.version, description=options.description)
+    info = ModelInfo(
+        name=stem,
+        labels=label_list,
+        preprocessing=pre,
+        source_sha256=loaded.sha256,
+        source_file=model_path.name,
+        author=options.author,
+        license=options.license,
+        version=options.version,
+        description=options.description,
+    )
     wanted = list(options.selected)
     needs_cal = any(v.needs_calibration for v in wanted)
     calibration = _calibration(options.calibration_images, pre, options.calibration_count) if needs_cal else []
@@ -157,8 +178,16 @@ def prepare(model_path: str | os.PathLike, labels: str | os.PathLike | list[str]
             skipped.append({"format": v.format, "variant": v.name, "reason": reason})
         else:
             runnable.append(v)
-    return Prepared(model_path=model_path, loaded=loaded, info=info, calibration=calibration, runnable=runnable,
-                    skipped=skipped, export_model=export_model, removed=removed)
+    return Prepared(
+        model_path=model_path,
+        loaded=loaded,
+        info=info,
+        calibration=calibration,
+        runnable=runnable,
+        skipped=skipped,
+        export_model=export_model,
+        removed=removed,
+    )
 
 
 class BaseCache:
@@ -189,8 +218,7 @@ def build_artifact(v: Variant, ctx: BuildContext, bases: BaseCache, stage: Path)
     model = fmt.finish(model, ctx, v, details)
     fmt.save(model, path)
     fmt.smoke_check(path, ctx)
-    art = Artifact(path=path.name, format=v.format, variant=v.name, minimum_deployment_target=fmt.target(model, ctx),
-                   details=details)
+    art = Artifact(path=path.name, format=v.format, variant=v.name, minimum_deployment_target=fmt.target(model, ctx), details=details)
     art.measure(stage)
     art.details["seconds"] = round(time.perf_counter() - t0, 2)
     art.details["theoretical_ratio"] = v.weight_bits / 32
@@ -202,20 +230,39 @@ def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], out: Pat
     size_table(artifacts)
     loaded = prepared.loaded
     manifest = manifest_dict(
-        source={**source_paths(prepared.model_path, out), "sha256": loaded.sha256, "format": loaded.format,
-                "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes},
-        labels=prepared.info.labels, preprocessing=prepared.info.preprocessing.to_dict(), artifacts=artifacts,
-        skipped=prepared.skipped, versions={"exporter": __version__, **library_versions()},
-        inference_model={"head": loaded.head.to_dict(), "removed_layers": [r.to_dict() for r in prepared.removed],
-                         "in_model_preprocessing": loaded.in_model.to_dict() if loaded.in_model else None})
+        source={
+            **source_paths(prepared.model_path, out),
+            "sha256": loaded.sha256,
+            "format": loaded.format,
+            "input_shape": list(loaded.input_shape),
+            "num_classes": loaded.num_classes,
+        },
+        labels=prepared.info.labels,
+        preprocessing=prepared.info.preprocessing.to_dict(),
+        artifacts=artifacts,
+        skipped=prepared.skipped,
+        versions={"exporter": __version__, **library_versions()},
+        inference_model={
+            "head": loaded.head.to_dict(),
+            "removed_layers": [r.to_dict() for r in prepared.removed],
+            "in_model_preprocessing": loaded.in_model.to_dict() if loaded.in_model else None,
+        },
+    )
     manifest = {**manifest, "name": prepared.info.name, **extra}
     write_json(stage / MANIFEST_NAME, manifest)
     return manifest
 
 
-def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str], out: str | os.PathLike, *,
-           preprocessing: Preprocessing | str | os.PathLike | dict | None = None,
-           options: ExportOptions | None = None, progress: ProgressArg = None, verbose: bool = False) -> Manifest:
+def export(
+    model_path: str | os.PathLike,
+    labels: str | os.PathLike | list[str],
+    out: str | os.PathLike,
+    *,
+    preprocessing: Preprocessing | str | os.PathLike | dict | None = None,
+    options: ExportOptions | None = None,
+    progress: ProgressArg = None,
+    verbose: bool = False,
+) -> Manifest:
     """Export a Keras image classifier to every selected Core ML and ONNX variant in the folder ``out``.
 
     Writes atomically: ``out`` appears complete with its manifest.json, or not at all. Returns the manifest (a dict
@@ -238,8 +285,7 @@ def export(model_path: str | os.PathLike, labels: str | os.PathLike | list[str],
     inputs += [p for p in (labels, preprocessing) if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
     with progress_sink(progress) as sink, quiet_libraries(verbose):
         run_options = _auto_candidates(options) if options.quantize == "auto" else options
-        buildable = [v for v in run_options.selected
-                     if not (v.needs_calibration and run_options.calibration_images is None)]
+        buildable = [v for v in run_options.selected if not (v.needs_calibration and run_options.calibration_images is None)]
         steps = Steps(sink, 1 + len(buildable))  # loading, then one step per artifact
         prepared = prepare(model_path, labels, preprocessing=preprocessing, options=run_options, steps=steps)
         with atomic_directory(out, overwrite=options.overwrite, inputs=inputs) as stage:
@@ -262,9 +308,17 @@ def _build_all(prepared: Prepared, options: ExportOptions, stage: Path, steps: S
     return artifacts
 
 
-def validate(export_dir: str | os.PathLike, images: str | os.PathLike, *, model_path: str | os.PathLike | None = None,
-             gates: dict | None = None, batch_size: int = 32, trust_code: bool = False, progress: ProgressArg = None,
-             verbose: bool = False) -> Report:
+def validate(
+    export_dir: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    gates: dict | None = None,
+    batch_size: int = 32,
+    trust_code: bool = False,
+    progress: ProgressArg = None,
+    verbose: bool = False,
+) -> Report:
     """Parity of every artifact in ``export_dir`` against its Keras model on the images under ``images``.
 
     ``model_path``: the Keras model (default: the one manifest.json records, looked up relative to the export folder
@@ -273,14 +327,31 @@ def validate(export_dir: str | os.PathLike, images: str | os.PathLike, *, model_
     exporter/report/SCHEMA.md); raises ParityError, carrying the report, naming every failing artifact and metric."""
     from .validation.parity import validate as _validate
 
-    return _validate(Path(export_dir), Path(images), model_path=None if model_path is None else Path(model_path),
-                     gates=gates, batch_size=batch_size,
-                     trust_code=trust_code, progress=progress, verbose=verbose)
+    return _validate(
+        Path(export_dir),
+        Path(images),
+        model_path=None if model_path is None else Path(model_path),
+        gates=gates,
+        batch_size=batch_size,
+        trust_code=trust_code,
+        progress=progress,
+        verbose=verbose,
+    )
 
 
-def xcode(export_dir: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike, variant: str = "fp16",
-          name: str | None = None, golden_count: int | None = None, model_path: str | os.PathLike | None = None,
-          overwrite: bool = False, trust_code: bool = False, verbose: bool = False) -> Path:
+def xcode(
+    export_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    images: str | os.PathLike,
+    variant: str = "fp16",
+    name: str | None = None,
+    golden_count: int | None = None,
+    model_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    trust_code: bool = False,
+    verbose: bool = False,
+) -> Path:
     """Write the Swift package for one Core ML artifact of an export (what ``exporter xcode`` does); returns its
     folder. ``variant`` is a name (``fp16``; .mlpackage preferred) or ``FORMAT:NAME``; ``golden_count`` None
     bundles the default number of golden images."""
@@ -288,11 +359,19 @@ def xcode(export_dir: str | os.PathLike, out: str | os.PathLike, *, images: str 
     from .xcode.package import DEFAULT_GOLDEN_COUNT, write_xcode_package
 
     with quiet_libraries(verbose):
-        return Path(write_xcode_package(Path(export_dir), Path(out), images_folder=Path(images), variant=variant,
-                                        package_name=name, overwrite=overwrite,
-                                        golden_count=golden_count or DEFAULT_GOLDEN_COUNT,
-                                        model_path=None if model_path is None else Path(model_path),
-                                        trust_code=trust_code))
+        return Path(
+            write_xcode_package(
+                Path(export_dir),
+                Path(out),
+                images_folder=Path(images),
+                variant=variant,
+                package_name=name,
+                overwrite=overwrite,
+                golden_count=golden_count or DEFAULT_GOLDEN_COUNT,
+                model_path=None if model_path is None else Path(model_path),
+                trust_code=trust_code,
+            )
+        )
 
 
 def _auto_candidates(options: ExportOptions) -> ExportOptions:
@@ -300,8 +379,7 @@ def _auto_candidates(options: ExportOptions) -> ExportOptions:
     calibration images were given."""
     import dataclasses
 
-    return dataclasses.replace(options, quantize="all",
-                               calibration_images=options.calibration_images or options.validation_images)
+    return dataclasses.replace(options, quantize="all", calibration_images=options.calibration_images or options.validation_images)
 
 
 def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: Path, steps: Steps, sink) -> dict:
@@ -315,15 +393,17 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
         raise ConfigError("quantize='auto' needs validation images (--images FOLDER) to judge each variant")
     candidates = _build_all(prepared, options, stage, steps)
     full = package(stage, prepared, candidates, out)
-    opened = OpenedExport(root=stage, manifest=full, preprocessing=prepared.info.preprocessing,
-                          labels=prepared.info.labels, loaded=prepared.loaded)
-    report = {**measure(opened, options.validation_images, gates={}, progress=sink),
-              "export_dir": str(out.absolute())}
-    selection, keep = choose(full["artifacts"], report, max_accuracy_drop=options.max_accuracy_drop,
-                             min_target=options.min_target)
+    opened = OpenedExport(
+        root=stage, manifest=full, preprocessing=prepared.info.preprocessing, labels=prepared.info.labels, loaded=prepared.loaded
+    )
+    report = {**measure(opened, options.validation_images, gates={}, progress=sink), "export_dir": str(out.absolute())}
+    selection, keep = choose(full["artifacts"], report, max_accuracy_drop=options.max_accuracy_drop, min_target=options.min_target)
     if not keep:
-        raise ParityError("--quantize auto: no variant of any format passed its gates within the accuracy budget "
-                          "and deployment target (or could be run here)", path=out).with_report(report)
+        raise ParityError(
+            "--quantize auto: no variant of any format passed its gates within the accuracy budget "
+            "and deployment target (or could be run here)",
+            path=out,
+        ).with_report(report)
     for a in full["artifacts"]:
         if a not in keep:
             target = stage / a["path"]

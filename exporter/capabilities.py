@@ -194,8 +194,9 @@ def _fisher_palette(nbits: int, group_size: int) -> Transform:
     def transform(m, ctx: BuildContext, details: dict):
         from .quantize import palettize
 
-        return palettize.data_aware(m, palettize.PaletteSpec(nbits, group_size), ctx.model, ctx.calibration,
-                                    ctx.info.preprocessing.normalize, details)
+        return palettize.data_aware(
+            m, palettize.PaletteSpec(nbits, group_size), ctx.model, ctx.calibration, ctx.info.preprocessing.normalize, details
+        )
 
     return transform
 
@@ -204,8 +205,7 @@ def _mixed_palette(average_bits: float) -> Transform:
     def transform(m, ctx: BuildContext, details: dict):
         from .quantize import palettize
 
-        return palettize.data_aware_mixed(m, average_bits, ctx.model, ctx.calibration,
-                                          ctx.info.preprocessing.normalize, details)
+        return palettize.data_aware_mixed(m, average_bits, ctx.model, ctx.calibration, ctx.info.preprocessing.normalize, details)
 
     return transform
 
@@ -274,8 +274,7 @@ def format_of(name: str) -> Format:
     except KeyError as exc:
         from .precheck import did_you_mean
 
-        raise ConfigError(f"unknown format {name!r}{did_you_mean(name, FORMATS)}; valid formats are {list(FORMATS)}"
-                          ) from exc
+        raise ConfigError(f"unknown format {name!r}{did_you_mean(name, FORMATS)}; valid formats are {list(FORMATS)}") from exc
 
 
 def variant_names() -> list[str]:
@@ -308,8 +307,7 @@ def select(formats: list[str] | None = None, names: list[str] | None = None) -> 
         if bad:
             from .precheck import did_you_mean
 
-            raise ConfigError(f"unknown variant {bad[0]!r} for formats {formats}{did_you_mean(bad[0], valid)}; "
-                              f"valid variants are {valid}")
+            raise ConfigError(f"unknown variant {bad[0]!r} for formats {formats}{did_you_mean(bad[0], valid)}; valid variants are {valid}")
         chosen = [v for v in chosen if v.name in names]
     return chosen
 

@@ -22,9 +22,11 @@ from .quantize.auto import DEFAULT_MAX_ACCURACY_DROP
 from .validation.tolerances import GATE_SYNTAX
 
 INTERNAL_ERROR = 70
-DESCRIPTION = ("Export a trained Keras image classifier to Core ML (.mlpackage, .mlmodel) and ONNX with its labels "
-               "and preprocessing inside the files, quantized variants, and parity checked against Keras on your "
-               "held-out images.")
+DESCRIPTION = (
+    "Export a trained Keras image classifier to Core ML (.mlpackage, .mlmodel) and ONNX with its labels "
+    "and preprocessing inside the files, quantized variants, and parity checked against Keras on your "
+    "held-out images."
+)
 EXAMPLES = """\
 examples:
   exporter convert model.keras --labels labels.txt --preprocessing preprocessing.json --out out/my_model
@@ -46,8 +48,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if (default in (None, False, "", [], argparse.SUPPRESS) or "default" in text
-                or not action.option_strings):
+        if default in (None, False, "", [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
             return text
         return f"{text} (default: {default})"
 
@@ -67,8 +68,7 @@ def choice(kind: str, valid) -> Callable[[str], str]:
         if text not in valid:
             from .precheck import did_you_mean
 
-            raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}{did_you_mean(text, valid)}; "
-                                             f"valid {kind}s are {', '.join(valid)}")
+            raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}{did_you_mean(text, valid)}; valid {kind}s are {', '.join(valid)}")
         return text
 
     check.__name__ = kind  # argparse names the type in its error when the check raises something else
@@ -82,14 +82,20 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     g = parser.add_argument_group("global options")
     g.add_argument("--debug", action="store_true", help="show Python tracebacks", **default)
     g.add_argument("-q", "--quiet", action="store_true", help="print errors and results only, no progress", **default)
-    g.add_argument("-v", "--verbose", action="store_true",
-                   help="also show the output of TensorFlow, coremltools and the other libraries", **default)
+    g.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the output of TensorFlow, coremltools and the other libraries", **default
+    )
 
 
 def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--json", nargs="?", const="-", metavar="FILE", type=str,
-                        help=f"write {what} as JSON to FILE (schema: exporter/report/SCHEMA.md); "
-                             "--json alone prints it to stdout instead of the table")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        type=str,
+        help=f"write {what} as JSON to FILE (schema: exporter/report/SCHEMA.md); --json alone prints it to stdout instead of the table",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,35 +105,64 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
-                           epilog="examples:\n" + examples, formatter_class=HelpFormatter)
+        c = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog="examples:\n" + examples,
+            formatter_class=HelpFormatter,
+        )
         _global_options(c, top=False)
         return c
 
-    c = command("convert", "export a Keras classifier to Core ML and ONNX variants",
-                "  exporter convert model.keras --labels labels.txt --preprocessing pre.json --out out/m\n"
-                "  exporter convert model.keras --labels labels.txt --out out/m --formats onnx --variants fp32 fp16\n"
-                "  exporter convert model.keras --labels labels.txt --out out/m --quantize auto --images heldout/")
+    c = command(
+        "convert",
+        "export a Keras classifier to Core ML and ONNX variants",
+        "  exporter convert model.keras --labels labels.txt --preprocessing pre.json --out out/m\n"
+        "  exporter convert model.keras --labels labels.txt --out out/m --formats onnx --variants fp32 fp16\n"
+        "  exporter convert model.keras --labels labels.txt --out out/m --quantize auto --images heldout/",
+    )
     c.add_argument("model", help=".keras, .h5 or SavedModel directory")
     c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
     c.add_argument("--out", required=True, help="output directory (written atomically: complete or absent)")
-    c.add_argument("--preprocessing", metavar="tf|torch|caffe|raw|FILE",
-                   help="a keras.applications preprocess_input mode or a JSON contract; omit when the model has its "
-                        "own Rescaling/Normalization layers (they are detected)")
-    c.add_argument("--add-softmax", action="store_true",
-                   help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])")
-    c.add_argument("--formats", nargs="+", type=choice("format", list(FORMATS)), choices=list(FORMATS),
-                   metavar="FORMAT",
-                   help=f"formats to write: {' '.join(FORMATS)} (default: all)")
-    c.add_argument("--variants", nargs="+", type=choice("variant", sorted(variant_names())),
-                   choices=sorted(variant_names()),
-                   metavar="VARIANT", help=f"variants to write (default: all of the chosen formats); {_variants_help()}")
-    c.add_argument("--calibration-images", type=Path, metavar="FOLDER",
-                   help="image folder for w8a8 and int8-static calibration (without it those two are skipped)")
+    c.add_argument(
+        "--preprocessing",
+        metavar="tf|torch|caffe|raw|FILE",
+        help="a keras.applications preprocess_input mode or a JSON contract; omit when the model has its "
+        "own Rescaling/Normalization layers (they are detected)",
+    )
+    c.add_argument(
+        "--add-softmax", action="store_true", help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])"
+    )
+    c.add_argument(
+        "--formats",
+        nargs="+",
+        type=choice("format", list(FORMATS)),
+        choices=list(FORMATS),
+        metavar="FORMAT",
+        help=f"formats to write: {' '.join(FORMATS)} (default: all)",
+    )
+    c.add_argument(
+        "--variants",
+        nargs="+",
+        type=choice("variant", sorted(variant_names())),
+        choices=sorted(variant_names()),
+        metavar="VARIANT",
+        help=f"variants to write (default: all of the chosen formats); {_variants_help()}",
+    )
+    c.add_argument(
+        "--calibration-images",
+        type=Path,
+        metavar="FOLDER",
+        help="image folder for w8a8 and int8-static calibration (without it those two are skipped)",
+    )
     c.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N", help="calibration images to sample")
     c.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
-    c.add_argument("--float-input", action="store_true",
-                   help="ONNX takes normalised float input, no preprocessing in the graph (default: uint8 image input)")
+    c.add_argument(
+        "--float-input",
+        action="store_true",
+        help="ONNX takes normalised float input, no preprocessing in the graph (default: uint8 image input)",
+    )
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     c.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
     c.add_argument("--name", help="file name stem of the artifacts (default: from the model file)")
@@ -135,39 +170,62 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--license", default="", help="license written into every file's metadata")
     c.add_argument("--model-version", default="", help="model version written into every file's metadata")
     c.add_argument("--description", default="", help="short description written into every file's metadata")
-    c.add_argument("--quantize", choices=("all", "auto"), default="all",
-                   help="all: every selected variant; auto: per format keep only the smallest variant that passes "
-                        "the parity gates on --images")
+    c.add_argument(
+        "--quantize",
+        choices=("all", "auto"),
+        default="all",
+        help="all: every selected variant; auto: per format keep only the smallest variant that passes the parity gates on --images",
+    )
     c.add_argument("--images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
-    c.add_argument("--max-accuracy-drop", type=float, default=DEFAULT_MAX_ACCURACY_DROP, metavar="POINTS",
-                   help="--quantize auto: largest accuracy loss on the labelled --images, in points (default 1)")
-    c.add_argument("--min-target", metavar="iOSNN",
-                   help="--quantize auto: keep only Core ML files that run on this iOS version (default: any)")
+    c.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=DEFAULT_MAX_ACCURACY_DROP,
+        metavar="POINTS",
+        help="--quantize auto: largest accuracy loss on the labelled --images, in points (default 1)",
+    )
+    c.add_argument(
+        "--min-target", metavar="iOSNN", help="--quantize auto: keep only Core ML files that run on this iOS version (default: any)"
+    )
     _json_option(c, "the manifest")
 
-    v = command("validate", "check every artifact of an export against the Keras model on images",
-                "  exporter validate out/m --images heldout/\n"
-                "  exporter validate out/m --images heldout/ --json parity.json --html parity.html\n"
-                "  exporter validate out/m --images heldout/ --gate int8:min_top1=0.995 --model elsewhere/model.keras\n"
-                "  exporter validate out/m --images heldout/ --gate onnx:int8-static:min_top1=0.99")
+    v = command(
+        "validate",
+        "check every artifact of an export against the Keras model on images",
+        "  exporter validate out/m --images heldout/\n"
+        "  exporter validate out/m --images heldout/ --json parity.json --html parity.html\n"
+        "  exporter validate out/m --images heldout/ --gate int8:min_top1=0.995 --model elsewhere/model.keras\n"
+        "  exporter validate out/m --images heldout/ --gate onnx:int8-static:min_top1=0.99",
+    )
     v.add_argument("export_dir", help="folder written by `exporter convert`")
-    v.add_argument("--images", required=True, metavar="FOLDER",
-                   help="folder of held-out images (labels from sub-folder names)")
-    v.add_argument("--model", metavar="MODEL", help="the Keras model (default: the path recorded in manifest.json, "
-                                                    "looked up relative to the export folder first)")
+    v.add_argument("--images", required=True, metavar="FOLDER", help="folder of held-out images (labels from sub-folder names)")
+    v.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="the Keras model (default: the path recorded in manifest.json, looked up relative to the export folder first)",
+    )
     _json_option(v, "the report")
     v.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report with plots")
-    v.add_argument("--gate", action="append", default=[], metavar=GATE_SYNTAX,
-                   help="replace a variant's default gate, of every format or of one (repeatable; defaults in "
-                        "exporter/capabilities.py)")
+    v.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar=GATE_SYNTAX,
+        help="replace a variant's default gate, of every format or of one (repeatable; defaults in exporter/capabilities.py)",
+    )
     v.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch")
     v.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
 
-    pr = command("predict", "classify images with exported files (top-k labels per image and artifact)",
-                 "  exporter predict out/m photo.jpg\n"
-                 "  exporter predict out/m/m_int8.mlpackage a.png b.png --top-k 3 --json predictions.json")
-    pr.add_argument("target", metavar="ARTIFACT_OR_EXPORT",
-                    help="an exported .mlpackage/.mlmodel/.onnx file, or an export folder (every artifact in it)")
+    pr = command(
+        "predict",
+        "classify images with exported files (top-k labels per image and artifact)",
+        "  exporter predict out/m photo.jpg\n  exporter predict out/m/m_int8.mlpackage a.png b.png --top-k 3 --json predictions.json",
+    )
+    pr.add_argument(
+        "target",
+        metavar="ARTIFACT_OR_EXPORT",
+        help="an exported .mlpackage/.mlmodel/.onnx file, or an export folder (every artifact in it)",
+    )
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     pr.add_argument("--top-k", type=int, default=5, metavar="K", help="labels to show per image")
     _json_option(pr, "the predictions")
@@ -222,17 +280,29 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     if args.command == "convert":
         options = api.ExportOptions(
             formats=tuple(args.formats) if args.formats else None,
-            variants=tuple(args.variants) if args.variants else None, calibration_images=args.calibration_images,
-            calibration_count=args.calibration_count, opset=args.opset, onnx_raw_input=not args.float_input,
-            overwrite=args.overwrite, trust_code=args.trust_code, name=args.name, author=args.author,
-            license=args.license, version=args.model_version, description=args.description,
-            quantize=args.quantize, validation_images=args.images, add_softmax=args.add_softmax,
-            max_accuracy_drop=args.max_accuracy_drop, min_target=args.min_target)
-        manifest = api.export(args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options,
-                              progress=progress, verbose=args.verbose)
+            variants=tuple(args.variants) if args.variants else None,
+            calibration_images=args.calibration_images,
+            calibration_count=args.calibration_count,
+            opset=args.opset,
+            onnx_raw_input=not args.float_input,
+            overwrite=args.overwrite,
+            trust_code=args.trust_code,
+            name=args.name,
+            author=args.author,
+            license=args.license,
+            version=args.model_version,
+            description=args.description,
+            quantize=args.quantize,
+            validation_images=args.images,
+            add_softmax=args.add_softmax,
+            max_accuracy_drop=args.max_accuracy_drop,
+            min_target=args.min_target,
+        )
+        manifest = api.export(
+            args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options, progress=progress, verbose=args.verbose
+        )
         if progress:
-            progress.message(f"wrote {len(manifest['artifacts'])} files to {args.out} in "
-                             f"{format_seconds(progress.elapsed())}")
+            progress.message(f"wrote {len(manifest['artifacts'])} files to {args.out} in {format_seconds(progress.elapsed())}")
         _emit(manifest, args.json, lambda: terminal.size_table(manifest))
         return 0
     from .errors import ParityError
@@ -243,8 +313,16 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     check_report_path(None if args.json == "-" else args.json)  # before the validation runs, not after
     check_report_path(args.html)
     try:
-        report = api.validate(args.export_dir, args.images, model_path=args.model, batch_size=args.batch_size,
-                              trust_code=args.trust_code, gates=gates, progress=progress, verbose=args.verbose)
+        report = api.validate(
+            args.export_dir,
+            args.images,
+            model_path=args.model,
+            batch_size=args.batch_size,
+            trust_code=args.trust_code,
+            gates=gates,
+            progress=progress,
+            verbose=args.verbose,
+        )
     except ParityError as exc:
         if exc.report is not None:
             _write_reports(exc.report, args)
@@ -300,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug, not a user mistake: say so in one line, keep the traceback behind --debug
         if debug:
             raise
-        print(f"exporter: internal error: {type(exc).__name__}: {one_line(first_line(exc))} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"exporter: internal error: {type(exc).__name__}: {one_line(first_line(exc))} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         code = INTERNAL_ERROR
     sys.exit(code)

@@ -120,8 +120,7 @@ def first_line(exc: BaseException, limit: int = MAX_CAUSE_CHARS) -> str:
 
 
 @contextlib.contextmanager
-def translating(error: type[ExporterError], message: str, *, path: str | Path | None = None,
-                hint: str | None = None) -> Iterator[None]:
+def translating(error: type[ExporterError], message: str, *, path: str | Path | None = None, hint: str | None = None) -> Iterator[None]:
     """Turn any exception a library raises inside the block into ``error("MESSAGE: first line of the cause")``,
     chained to that cause (``raise ... from exc``), so the CLI prints one line and ``--debug`` the library's traceback.
 

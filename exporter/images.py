@@ -34,8 +34,7 @@ ALPHA_BACKGROUND = (255, 255, 255)
 def _resample(name: str):
     from PIL import Image
 
-    return {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
-            "bicubic": Image.Resampling.BICUBIC}[name]
+    return {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}[name]
 
 
 def to_canonical_mode(img, channels: int):
@@ -77,8 +76,10 @@ def fit(img, preprocessing: Preprocessing) -> np.ndarray:
         factor = max(width / w0, height / h0)
         new_w, new_h = max(width, round(w0 * factor)), max(height, round(h0 * factor))
         if new_w * new_h > MAX_PIXELS:  # a thin strip scaled so its short side fits becomes enormous
-            raise ImageError(f"image is {w0}x{h0}; center_crop would scale it to {new_w}x{new_h} = "
-                             f"{new_w * new_h:,} pixels, over the limit of {MAX_PIXELS:,} (aspect ratio too extreme)")
+            raise ImageError(
+                f"image is {w0}x{h0}; center_crop would scale it to {new_w}x{new_h} = "
+                f"{new_w * new_h:,} pixels, over the limit of {MAX_PIXELS:,} (aspect ratio too extreme)"
+            )
         img = img.resize((new_w, new_h), resample=resample)
         left, top = (new_w - width) // 2, (new_h - height) // 2
         img = img.crop((left, top, left + width, top + height))
@@ -101,8 +102,11 @@ def open_image(path: str | Path):
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
-                    raise ImageError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,} "
-                                     "(a decompression bomb or an image far too large to classify)", path=path)
+                    raise ImageError(
+                        f"image is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,} "
+                        "(a decompression bomb or an image far too large to classify)",
+                        path=path,
+                    )
                 img.load()
                 return ImageOps.exif_transpose(img).copy()
     except ImageError:
@@ -151,9 +155,10 @@ def list_images(folder: str | Path) -> list[ImageItem]:
     return items
 
 
-def iter_batches(items: Sequence[ImageItem], preprocessing: Preprocessing,
-                 batch_size: int = 32) -> Iterator[tuple[list[ImageItem], np.ndarray]]:
+def iter_batches(
+    items: Sequence[ImageItem], preprocessing: Preprocessing, batch_size: int = 32
+) -> Iterator[tuple[list[ImageItem], np.ndarray]]:
     """Stream ``(items, uint8 NHWC pixels)`` batches, so memory stays flat however many images there are."""
     for start in range(0, len(items), batch_size):
-        chunk = list(items[start:start + batch_size])
+        chunk = list(items[start : start + batch_size])
         yield chunk, np.stack([load_image(it.path, preprocessing) for it in chunk])

@@ -43,8 +43,7 @@ def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
     seen: dict[str, int] = {}
     for i, label in enumerate(labels, start=1):
         if label in seen:
-            raise LabelsError(f"label {quote(label)} appears twice (lines {seen[label]} and {i}); labels must be "
-                              "unique", path=source)
+            raise LabelsError(f"label {quote(label)} appears twice (lines {seen[label]} and {i}); labels must be unique", path=source)
         seen[label] = i
     return list(labels)
 
@@ -55,8 +54,7 @@ def read_labels(path: str | Path) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LabelsError(f"labels file is not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})",
-                          path=path) from exc
+        raise LabelsError(f"labels file is not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})", path=path) from exc
     return parse_labels(text, source=str(path), json_list=True if path.suffix.lower() == ".json" else None)
 
 

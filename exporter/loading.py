@@ -81,16 +81,14 @@ def _read_architecture(path: Path, fmt: str) -> Any:
             with zipfile.ZipFile(path) as z:
                 info = z.getinfo("config.json")
                 if info.file_size > MAX_TEXT_BYTES:
-                    raise ModelLoadError(f"config.json is {info.file_size:,} bytes, over the limit of "
-                                         f"{MAX_TEXT_BYTES:,}", path=path)
+                    raise ModelLoadError(f"config.json is {info.file_size:,} bytes, over the limit of {MAX_TEXT_BYTES:,}", path=path)
                 raw = z.read(info)
         except ModelLoadError:
             raise
         except KeyError as exc:
             raise ModelLoadError("not a Keras 3 model archive (config.json missing)", path=path) from exc
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})",
-                                 path=path) from exc
+            raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from exc
         return load_json(raw, path=path, error=ModelLoadError, what="model architecture (config.json)")
     import h5py
 
@@ -99,16 +97,16 @@ def _read_architecture(path: Path, fmt: str) -> Any:
             _check_h5_sizes(f, path)
             raw = f.attrs.get("model_config")
             if raw is None:
-                raise ModelLoadError("legacy .h5 file has no model architecture (weights-only files cannot be "
-                                     "exported; save the whole model)", path=path)
+                raise ModelLoadError(
+                    "legacy .h5 file has no model architecture (weights-only files cannot be exported; save the whole model)", path=path
+                )
             raw = raw.encode() if isinstance(raw, str) else bytes(raw)
     except ModelLoadError:
         raise
     except (OSError, EOFError, ValueError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from exc
     if len(raw) > MAX_TEXT_BYTES:
-        raise ModelLoadError(f"model architecture is {len(raw):,} bytes, over the limit of {MAX_TEXT_BYTES:,}",
-                             path=path)
+        raise ModelLoadError(f"model architecture is {len(raw):,} bytes, over the limit of {MAX_TEXT_BYTES:,}", path=path)
     return load_json(raw, path=path, error=ModelLoadError, what="model architecture JSON")
 
 
@@ -121,11 +119,14 @@ def _check_h5_sizes(f, path: Path) -> None:
     def visit(_name, obj):
         nonlocal total
         if isinstance(obj, h5py.Dataset):
-            total += check_elements(obj.shape or (), itemsize=obj.dtype.itemsize, error=ModelLoadError, where=path,
-                                    what=f"dataset {obj.name[:80]!r}") * obj.dtype.itemsize
+            total += (
+                check_elements(
+                    obj.shape or (), itemsize=obj.dtype.itemsize, error=ModelLoadError, where=path, what=f"dataset {obj.name[:80]!r}"
+                )
+                * obj.dtype.itemsize
+            )
             if total > MEMORY_BUDGET_BYTES:
-                raise ModelLoadError(f"datasets inflate to over {MEMORY_BUDGET_BYTES:,} bytes, the memory budget",
-                                     path=path)
+                raise ModelLoadError(f"datasets inflate to over {MEMORY_BUDGET_BYTES:,} bytes, the memory budget", path=path)
 
     f.visititems(visit)
 
@@ -140,8 +141,9 @@ def _detect_format(path: Path) -> str:
         return "keras"
     if suffix in (".h5", ".hdf5"):
         return "h5"
-    raise ModelLoadError(f"unsupported model file type {suffix!r}; expected one of {list(MODEL_SUFFIXES)} or a "
-                         "SavedModel directory", path=path)
+    raise ModelLoadError(
+        f"unsupported model file type {suffix!r}; expected one of {list(MODEL_SUFFIXES)} or a SavedModel directory", path=path
+    )
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -153,9 +155,12 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
     fmt = _detect_format(path)
     if fmt == "saved_model":
         if not trust_code:
-            raise UnsafeModelError("refused: a TensorFlow SavedModel is a program (its graph can read and write files "
-                                   "and its functions run when loaded or called)", path=path,
-                                   hint="only if you trust its author, pass --trust-code (trust_code=True)")
+            raise UnsafeModelError(
+                "refused: a TensorFlow SavedModel is a program (its graph can read and write files "
+                "and its functions run when loaded or called)",
+                path=path,
+                hint="only if you trust its author, pass --trust-code (trust_code=True)",
+            )
     else:
         check_regular(path, error=ModelLoadError, what="model file")
     if path.is_file() and path.stat().st_size == 0:
@@ -166,9 +171,12 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
         except RecursionError as exc:
             raise ModelLoadError("model architecture is nested too deeply to check", path=path) from exc
         if carriers and not trust_code:
-            raise UnsafeModelError(f"refused: loading would run code from the file: {carriers[0]}"
-                                   + (f" (and {len(carriers) - 1} more)" if len(carriers) > 1 else ""), path=path,
-                                   hint="only if you trust its author, pass --trust-code (trust_code=True)")
+            raise UnsafeModelError(
+                f"refused: loading would run code from the file: {carriers[0]}"
+                + (f" (and {len(carriers) - 1} more)" if len(carriers) > 1 else ""),
+                path=path,
+                hint="only if you trust its author, pass --trust-code (trust_code=True)",
+            )
     return fmt
 
 
@@ -190,8 +198,9 @@ def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool 
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
         if not trust_code and ("safe_mode" in str(exc) or "lambda" in str(exc).lower()):
-            raise UnsafeModelError(f"refused by Keras safe mode: {first_line(exc)}", path=path,
-                                   hint="only if you trust its author, pass --trust-code") from exc
+            raise UnsafeModelError(
+                f"refused by Keras safe mode: {first_line(exc)}", path=path, hint="only if you trust its author, pass --trust-code"
+            ) from exc
         raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path) from exc
     from .heads import final_activation, plan, with_head
     from .inference import detect_preprocessing
@@ -199,9 +208,18 @@ def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool 
     h, w, c, units = describe_classifier(model, path)
     head = plan(units, final_activation(model), add_softmax, path)
     found = detect_preprocessing(model)
-    return LoadedModel(model=with_head(model, head), path=path, format=fmt, sha256=sha256_of(path),
-                       input_shape=(h, w, c), num_classes=head.classes, in_model_preprocessing=list(found.layers),
-                       keras_model=model, head=head, in_model=found)
+    return LoadedModel(
+        model=with_head(model, head),
+        path=path,
+        format=fmt,
+        sha256=sha256_of(path),
+        input_shape=(h, w, c),
+        num_classes=head.classes,
+        in_model_preprocessing=list(found.layers),
+        keras_model=model,
+        head=head,
+        in_model=found,
+    )
 
 
 def _wrap_saved_model(path: Path):
@@ -215,13 +233,11 @@ def _wrap_saved_model(path: Path):
     fn = loaded.signatures["serving_default"]
     specs = list(fn.structured_input_signature[1].values())
     if len(specs) != 1:
-        raise NotAClassifierError(f"SavedModel serving signature has {len(specs)} inputs; an image classifier has one",
-                                  path=path)
+        raise NotAClassifierError(f"SavedModel serving signature has {len(specs)} inputs; an image classifier has one", path=path)
     shape = specs[0].shape
     outputs = fn.structured_outputs
     if len(outputs) != 1:
-        raise NotAClassifierError(f"SavedModel serving signature has {len(outputs)} outputs; expected one "
-                                  "probability vector", path=path)
+        raise NotAClassifierError(f"SavedModel serving signature has {len(outputs)} outputs; expected one probability vector", path=path)
     inputs = keras.Input(tuple(shape[1:]), name="image")
     out = layer(inputs)
     if isinstance(out, dict):
@@ -238,12 +254,15 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
         raise NotAClassifierError(f"model has {len(model.outputs)} outputs; expected one probability vector", path=path)
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
-        raise NotAClassifierError(f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) "
-                                  "with a fixed height and width", path=path)
+        raise NotAClassifierError(
+            f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width", path=path
+        )
     out_shape = tuple(model.outputs[0].shape)
     if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 1:
-        raise NotAClassifierError(f"model output shape is {out_shape}; expected (batch, classes), or (batch, 1) for "
-                                  "a binary classifier ending in a sigmoid", path=path)
+        raise NotAClassifierError(
+            f"model output shape is {out_shape}; expected (batch, classes), or (batch, 1) for a binary classifier ending in a sigmoid",
+            path=path,
+        )
     return int(shape[1]), int(shape[2]), int(shape[3]), int(out_shape[1])
 
 

@@ -109,8 +109,7 @@ def staging_directory(dest: Path, kind: str = "partial") -> Path:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with interrupts.critical():  # registered before a signal can leave it behind
-            staging = interrupts.own_folder(Path(tempfile.mkdtemp(prefix=f"{hidden_name(dest, kind)}{os.getpid()}-",
-                                                                  dir=dest.parent)))
+            staging = interrupts.own_folder(Path(tempfile.mkdtemp(prefix=f"{hidden_name(dest, kind)}{os.getpid()}-", dir=dest.parent)))
         # mkdtemp makes the folder private (0700); the export becomes the user's folder, so it gets the permissions
         # any folder they create gets (0777 minus their umask).
         os.chmod(staging, 0o777 & ~current_umask())
@@ -134,7 +133,7 @@ def _clean_stale_staging(dest: Path) -> None:
     for kind in ("partial", "auto"):
         prefix = hidden_name(dest, kind)
         for stale in dest.parent.glob(f"{glob_escape(prefix)}*"):
-            m = re.match(r"(\d+)-", stale.name[len(prefix):])
+            m = re.match(r"(\d+)-", stale.name[len(prefix) :])
             if m and not _alive(int(m.group(1))) and stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
 
@@ -167,8 +166,9 @@ def destination_lock(dest: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise DestinationError("another export is writing to this destination right now", path=dest,
-                                   hint="wait for it to finish, or choose another --out") from exc
+            raise DestinationError(
+                "another export is writing to this destination right now", path=dest, hint="wait for it to finish, or choose another --out"
+            ) from exc
         held = os.fstat(fd)
         try:
             current = os.stat(path)
@@ -190,8 +190,11 @@ def check_inputs_outside(dest: Path, inputs: Iterable) -> None:
     """Refuse a destination that is, or contains, one of the command's inputs: replacing it would delete them."""
     for item in inputs:
         if item is not None and contains(dest, Path(item)):
-            raise DestinationError(f"the destination contains the input {one_line(str(item), 300)}; replacing it "
-                                   "would delete that input", path=dest, hint="choose another --out")
+            raise DestinationError(
+                f"the destination contains the input {one_line(str(item), 300)}; replacing it would delete that input",
+                path=dest,
+                hint="choose another --out",
+            )
 
 
 @contextlib.contextmanager
@@ -211,8 +214,7 @@ def atomic_directory(dest: str | Path, *, overwrite: bool = False, inputs: Itera
         raise DestinationError("parent directory is not writable", path=parent)
     with destination_lock(dest):
         if dest.exists() and not overwrite:
-            raise DestinationError("destination already exists", path=dest,
-                                   hint="choose another --out, or pass --overwrite to replace it")
+            raise DestinationError("destination already exists", path=dest, hint="choose another --out, or pass --overwrite to replace it")
         if (dest.exists() or dest.is_symlink()) and not (dest.is_dir() and not dest.is_symlink()):
             raise DestinationError("destination exists and is not a directory", path=dest)
         _clean_stale_staging(dest)
@@ -270,11 +272,25 @@ def size_table(artifacts: list[Artifact]) -> list[Artifact]:
     return artifacts
 
 
-def manifest_dict(*, source: dict, labels: list[str], preprocessing: dict, artifacts: list[Artifact],
-                  skipped: list[dict], versions: dict, inference_model: dict | None = None) -> dict:
-    manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "source": source, "labels": labels,
-                "preprocessing": preprocessing, "artifacts": [asdict(a) for a in artifacts], "skipped": skipped,
-                "versions": versions}
+def manifest_dict(
+    *,
+    source: dict,
+    labels: list[str],
+    preprocessing: dict,
+    artifacts: list[Artifact],
+    skipped: list[dict],
+    versions: dict,
+    inference_model: dict | None = None,
+) -> dict:
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "source": source,
+        "labels": labels,
+        "preprocessing": preprocessing,
+        "artifacts": [asdict(a) for a in artifacts],
+        "skipped": skipped,
+        "versions": versions,
+    }
     if inference_model is not None:
         manifest["inference_model"] = inference_model
     return manifest
@@ -307,9 +323,11 @@ def find_source_model(manifest: dict, export_dir: str | Path) -> Path:
         if candidate.exists():
             return candidate
     where = " or ".join(str(t) for t in tried) or "nothing (manifest.json has no source path)"
-    raise ModelLoadError(f"the source model recorded in manifest.json was not found (looked for {where})",
-                         path=Path(export_dir) / MANIFEST_NAME,
-                         hint="pass the Keras model with --model MODEL (model_path=... in Python)")
+    raise ModelLoadError(
+        f"the source model recorded in manifest.json was not found (looked for {where})",
+        path=Path(export_dir) / MANIFEST_NAME,
+        hint="pass the Keras model with --model MODEL (model_path=... in Python)",
+    )
 
 
 MANIFEST_FORMATS = ("mlpackage", "mlmodel", "onnx")
@@ -337,12 +355,15 @@ def read_manifest(folder: str | Path) -> dict:
     if not isinstance(data, dict):
         raise bad(f"must be a JSON object, got {type(data).__name__}")
     if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise DestinationError(f"manifest schema_version must be {MANIFEST_SCHEMA_VERSION}, got "
-                               f"{quote(data.get('schema_version'))}", path=path)
+        raise DestinationError(
+            f"manifest schema_version must be {MANIFEST_SCHEMA_VERSION}, got {quote(data.get('schema_version'))}", path=path
+        )
     for key, kind in (("labels", list), ("preprocessing", dict), ("source", dict), ("artifacts", list)):
         if not isinstance(data.get(key), kind):
-            raise bad(f"{key!r} must be a JSON {'list' if kind is list else 'object'}, got "
-                      f"{type(data.get(key)).__name__ if key in data else 'nothing'}")
+            raise bad(
+                f"{key!r} must be a JSON {'list' if kind is list else 'object'}, got "
+                f"{type(data.get(key)).__name__ if key in data else 'nothing'}"
+            )
     try:
         check_labels(data["labels"], source=str(path))
     except LabelsError as exc:  # the manifest is what is broken

@@ -43,8 +43,7 @@ def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
     if _is_number(value):
         value = [value] * channels
     if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
-        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got "
-                          f"{quote(value)}")
+        raise ConfigError(f"preprocessing {name} must be a number or a list of {channels} numbers, got {quote(value)}")
     try:
         values = tuple(float(v) for v in value)
     except OverflowError as exc:
@@ -54,8 +53,7 @@ def _as_floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
     if len(values) != channels:
         raise ConfigError(f"preprocessing {name} must have {channels} values (one per channel), got {len(values)}")
     if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):
-        raise ConfigError(f"preprocessing {name} must be finite in float32 (|x| <= {FLOAT32_MAX:.4g}), got "
-                          f"{quote(list(values))}")
+        raise ConfigError(f"preprocessing {name} must be finite in float32 (|x| <= {FLOAT32_MAX:.4g}), got {quote(list(values))}")
     return values
 
 
@@ -84,9 +82,7 @@ class Preprocessing:
         if self.resize not in RESIZE_POLICIES:
             raise ConfigError(f"preprocessing resize must be one of {list(RESIZE_POLICIES)}, got {self.resize!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(
-                f"preprocessing interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
+            raise ConfigError(f"preprocessing interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
         scale = _as_floats("scale", self.scale, self.channels)
         bias = _as_floats("bias", self.bias, self.channels)
         if any(s == 0.0 for s in scale):
@@ -135,22 +131,17 @@ class Preprocessing:
         ``tf`` x/127.5 - 1; ``torch`` x/255 then ImageNet mean/std; ``caffe`` RGB -> BGR then minus the ImageNet
         mean; ``raw`` pixels unchanged."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown preprocessing preset {name!r}; valid presets are {list(PRESETS)} (or give a "
-                              "JSON file)")
+            raise ConfigError(f"unknown preprocessing preset {name!r}; valid presets are {list(PRESETS)} (or give a JSON file)")
         order = "L" if channels == 1 else "RGB"
         notes = f"preset {name}: keras.applications preprocess_input(mode={name!r})"
         if name in ("torch", "caffe") and channels != 3:
-            raise ConfigError(f"preprocessing preset {name!r} is defined for RGB images, but the model input has "
-                              f"{channels} channel(s)")
+            raise ConfigError(f"preprocessing preset {name!r} is defined for RGB images, but the model input has {channels} channel(s)")
         if name == "tf":
-            return cls(input_size, channel_order=order, scale=(1 / 127.5,) * channels, bias=(-1.0,) * channels,
-                       notes=notes)
+            return cls(input_size, channel_order=order, scale=(1 / 127.5,) * channels, bias=(-1.0,) * channels, notes=notes)
         if name == "torch":
-            return cls.from_mean_std(input_size, [255 * m for m in IMAGENET_MEAN_RGB],
-                                     [255 * s for s in IMAGENET_STD_RGB], notes=notes)
+            return cls.from_mean_std(input_size, [255 * m for m in IMAGENET_MEAN_RGB], [255 * s for s in IMAGENET_STD_RGB], notes=notes)
         if name == "caffe":
-            return cls(input_size, channel_order="BGR", scale=(1.0,) * 3, bias=tuple(-m for m in CAFFE_MEAN_BGR),
-                       notes=notes)
+            return cls(input_size, channel_order="BGR", scale=(1.0,) * 3, bias=tuple(-m for m in CAFFE_MEAN_BGR), notes=notes)
         return cls(input_size, channel_order=order, notes=notes)
 
     # ---- serialisation -------------------------------------------------------------------------------------
@@ -186,8 +177,7 @@ class Preprocessing:
             if mean is not None or std is not None:
                 if "scale" in data or "bias" in data:
                     raise ConfigError(f"{source}: give either mean/std or scale/bias, not both")
-                return cls.from_mean_std(data.pop("input_size"), mean if mean is not None else 0.0,
-                                         std if std is not None else 1.0, **data)
+                return cls.from_mean_std(data.pop("input_size"), mean if mean is not None else 0.0, std if std is not None else 1.0, **data)
             return cls(**data)
         except ConfigError as exc:
             if str(exc).startswith(source):
@@ -228,37 +218,49 @@ def declared_contract(value, input_shape: tuple[int, int, int]) -> Preprocessing
         return Preprocessing.preset(value, (h, w), c)
     if isinstance(value, (str, os.PathLike)):
         return Preprocessing.from_file(Path(value))
-    raise ConfigError(f"preprocessing must be a preset {list(PRESETS)}, a JSON file, a dict or a Preprocessing, "
-                      f"got {type(value).__name__}")
+    raise ConfigError(f"preprocessing must be a preset {list(PRESETS)}, a JSON file, a dict or a Preprocessing, got {type(value).__name__}")
 
 
-def resolve(declared: Preprocessing | None, input_shape: tuple[int, int, int], in_model_layers: list[str], *,
-            source: str = "model") -> Preprocessing:
+def resolve(
+    declared: Preprocessing | None, input_shape: tuple[int, int, int], in_model_layers: list[str], *, source: str = "model"
+) -> Preprocessing:
     """The one contract for this model: the declared one checked against the model, or the one the model's own
     Rescaling/Normalization layers imply. Never both: that would normalise twice."""
     h, w, c = input_shape
     if declared is None:
         if not in_model_layers:
-            raise ConfigError(f"{source}: no preprocessing declared and the model has no Rescaling or Normalization "
-                              "layer on its input path (nested models included); pass --preprocessing with a preset "
-                              f"({'|'.join(PRESETS)}) or a JSON file with its scale and bias (or preprocessing=...)")
-        return Preprocessing((h, w), channel_order="RGB" if c == 3 else "L", in_model=True,
-                             notes=f"detected in the model: {', '.join(in_model_layers)}")
+            raise ConfigError(
+                f"{source}: no preprocessing declared and the model has no Rescaling or Normalization "
+                "layer on its input path (nested models included); pass --preprocessing with a preset "
+                f"({'|'.join(PRESETS)}) or a JSON file with its scale and bias (or preprocessing=...)"
+            )
+        return Preprocessing(
+            (h, w), channel_order="RGB" if c == 3 else "L", in_model=True, notes=f"detected in the model: {', '.join(in_model_layers)}"
+        )
     if declared.input_size != (h, w):
-        raise ConfigError(f"{source}: preprocessing input_size {list(declared.input_size)} does not match the model "
-                          f"input {[h, w]}")
+        raise ConfigError(f"{source}: preprocessing input_size {list(declared.input_size)} does not match the model input {[h, w]}")
     if declared.channels != c:
-        raise ConfigError(f"{source}: preprocessing channel_order {declared.channel_order} has {declared.channels} "
-                          f"channel(s) but the model input has {c}")
+        raise ConfigError(
+            f"{source}: preprocessing channel_order {declared.channel_order} has {declared.channels} channel(s) but the model input has {c}"
+        )
     if in_model_layers and not declared.in_model:
         if declared.is_identity:  # "feed raw pixels" is what in_model means: nothing is applied twice
-            return Preprocessing(declared.input_size, channel_order=declared.channel_order, resize=declared.resize,
-                                 interpolation=declared.interpolation, in_model=True,
-                                 notes=f"detected in the model: {', '.join(in_model_layers)}")
-        raise ConfigError(f"{source}: the model normalises pixels itself ({', '.join(in_model_layers)}), and the "
-                          f"declared scale {list(declared.scale)} / bias {list(declared.bias)} would normalise them "
-                          "a second time; omit --preprocessing or declare in_model: true")
+            return Preprocessing(
+                declared.input_size,
+                channel_order=declared.channel_order,
+                resize=declared.resize,
+                interpolation=declared.interpolation,
+                in_model=True,
+                notes=f"detected in the model: {', '.join(in_model_layers)}",
+            )
+        raise ConfigError(
+            f"{source}: the model normalises pixels itself ({', '.join(in_model_layers)}), and the "
+            f"declared scale {list(declared.scale)} / bias {list(declared.bias)} would normalise them "
+            "a second time; omit --preprocessing or declare in_model: true"
+        )
     if declared.in_model and not in_model_layers:
-        raise ConfigError(f"{source}: preprocessing says in_model but the model has no Rescaling or Normalization "
-                          "layer on its input path (nested models included); declare its scale and bias instead")
+        raise ConfigError(
+            f"{source}: preprocessing says in_model but the model has no Rescaling or Normalization "
+            "layer on its input path (nested models included); declare its scale and bias instead"
+        )
     return declared

@@ -5,8 +5,16 @@ from __future__ import annotations
 from functools import cache
 from importlib import metadata
 
-_PACKAGES = {"coremltools": "coremltools", "tensorflow": "tensorflow-cpu", "keras": "keras", "onnx": "onnx",
-             "tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "numpy": "numpy", "pillow": "pillow"}
+_PACKAGES = {
+    "coremltools": "coremltools",
+    "tensorflow": "tensorflow-cpu",
+    "keras": "keras",
+    "onnx": "onnx",
+    "tf2onnx": "tf2onnx",
+    "onnxruntime": "onnxruntime",
+    "numpy": "numpy",
+    "pillow": "pillow",
+}
 
 
 @cache

@@ -54,11 +54,13 @@ def parity_case(golden: dict) -> dict:
     for variant in CASE_VARIANTS:
         # the gate golden.json gives Swift for this variant name (golden["tolerances"], from the capability table)
         failures = Gate(**golden["tolerances"][variant]).failures(metrics["max_abs_prob"], metrics["top1_agreement"])
-        results[variant] = {"status": "failed" if failures else "passed", "failures": failures,
-                            **{k: metrics[k] for k in ("images", "top1_agreement", "max_abs_prob", "mean_abs_prob")},
-                            "flipped": [row["image"] for row in metrics["flipped"]]}
-    return {"predictions": {file: [float(v) for v in row] for file, row in zip(paths, got, strict=True)},
-            "python": results}
+        results[variant] = {
+            "status": "failed" if failures else "passed",
+            "failures": failures,
+            **{k: metrics[k] for k in ("images", "top1_agreement", "max_abs_prob", "mean_abs_prob")},
+            "flipped": [row["image"] for row in metrics["flipped"]],
+        }
+    return {"predictions": {file: [float(v) for v in row] for file, row in zip(paths, got, strict=True)}, "python": results}
 
 
 def check_package(package: Path, export: Path, manifest: dict) -> str:
@@ -85,8 +87,13 @@ def check_package(package: Path, export: Path, manifest: dict) -> str:
     missing = [img["file"] for img in golden["images"] if not (golden_dir / img["file"]).is_file()]
     if missing:
         problems.append(f"Golden/ lacks {len(missing)} images listed in golden.json, e.g. {missing[0]}")
-    for required in ("Package.swift", f"Sources/{name}/{name}.swift", f"Sources/{name}/ImageClassifier.swift",
-                     f"Tests/{name}Tests/{name}Tests.swift", f"Tests/{name}Tests/Parity.swift"):
+    for required in (
+        "Package.swift",
+        f"Sources/{name}/{name}.swift",
+        f"Sources/{name}/ImageClassifier.swift",
+        f"Tests/{name}Tests/{name}Tests.swift",
+        f"Tests/{name}Tests/Parity.swift",
+    ):
         if not (package / required).is_file():
             problems.append(f"{required} is missing")
     if problems:
@@ -108,8 +115,9 @@ def main() -> None:
 
     work = args.work
     try:
-        manifest = export(args.model, args.labels, work / "export",
-                          options=ExportOptions(formats=("mlpackage",), variants=("fp16",)), progress=print)
+        manifest = export(
+            args.model, args.labels, work / "export", options=ExportOptions(formats=("mlpackage",), variants=("fp16",)), progress=print
+        )
         golden = write_golden(work / "export", args.images, work / "golden", count=GOLDEN_COUNT)
         print(f"wrote {len(golden['images'])} golden images to {work / 'golden'}")
         (work / "parity_case.json").write_text(json.dumps(parity_case(golden), indent=1) + "\n", encoding="utf-8")

@@ -6,15 +6,17 @@ from __future__ import annotations
 def mobilenet_v1(input_size: int, classes: int, alpha: float = 0.25, dropout: float = 0.2):
     import keras
 
-    return keras.applications.MobileNet(input_shape=(input_size, input_size, 3), alpha=alpha, weights=None,
-                                        classes=classes, dropout=dropout, name="mobilenet_v1")
+    return keras.applications.MobileNet(
+        input_shape=(input_size, input_size, 3), alpha=alpha, weights=None, classes=classes, dropout=dropout, name="mobilenet_v1"
+    )
 
 
 def mobilenet_v2(input_size: int, classes: int, alpha: float = 0.35):
     import keras
 
-    model = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), alpha=alpha, weights=None,
-                                           classes=classes, name="mobilenet_v2")
+    model = keras.applications.MobileNetV2(
+        input_shape=(input_size, input_size, 3), alpha=alpha, weights=None, classes=classes, name="mobilenet_v2"
+    )
     # keras.applications builds MobileNetV2 with BatchNorm momentum 0.999, tuned for fine-tuning ImageNet weights.
     # Trained from scratch on a few thousand images its moving averages never catch up with the weights, so the
     # model is right in training mode and at chance in inference mode. 0.9 lets the statistics follow.
@@ -31,8 +33,7 @@ def _fire(x, squeeze: int, expand: int, name: str):
     init = "he_normal"  # ReLU everywhere: He initialisation keeps activations alive from the first step
     s = layers.Conv2D(squeeze, 1, activation="relu", kernel_initializer=init, name=f"{name}_squeeze1x1")(x)
     e1 = layers.Conv2D(expand, 1, activation="relu", kernel_initializer=init, name=f"{name}_expand1x1")(s)
-    e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", kernel_initializer=init,
-                       name=f"{name}_expand3x3")(s)
+    e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", kernel_initializer=init, name=f"{name}_expand3x3")(s)
     return layers.Concatenate(axis=-1, name=f"{name}_concat")([e1, e3])
 
 
@@ -61,9 +62,14 @@ def squeezenet_1_1(input_size: int, classes: int, dropout: float = 0.5):
     x = layers.Dropout(dropout, name="drop9")(x)
     # As in the paper: the final 1x1 conv starts at N(0, 0.01) and a small positive bias, so its ReLU does not start
     # dead (with all class maps at zero the softmax is uniform and no gradient flows back).
-    x = layers.Conv2D(classes, 1, activation="relu", name="conv10",
-                      kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
-                      bias_initializer=keras.initializers.Constant(0.1))(x)
+    x = layers.Conv2D(
+        classes,
+        1,
+        activation="relu",
+        name="conv10",
+        kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
+        bias_initializer=keras.initializers.Constant(0.1),
+    )(x)
     x = layers.GlobalAveragePooling2D(name="pool10")(x)
     outputs = layers.Softmax(name="probabilities")(x)
     return keras.Model(inputs, outputs, name="squeezenet_1_1")
@@ -73,8 +79,9 @@ def mobilenet_v1_backbone(input_size: int, alpha: float = 0.25):
     """MobileNet v1 without its head: the part the transfer model reuses."""
     import keras
 
-    return keras.applications.MobileNet(input_shape=(input_size, input_size, 3), alpha=alpha, weights=None,
-                                        include_top=False, name="digits_backbone")
+    return keras.applications.MobileNet(
+        input_shape=(input_size, input_size, 3), alpha=alpha, weights=None, include_top=False, name="digits_backbone"
+    )
 
 
 def transfer_classifier(backbone, classes: int, dropout: float = 0.3):

@@ -57,8 +57,7 @@ def render_digit(img8: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 # ---------------------------------------------------------------------------------------------------------------- photos
 PHOTO_LABELS = ["brick", "grass", "gravel", "stars", "tissue"]
-_PHOTO_SOURCES = {"brick": "brick", "grass": "grass", "gravel": "gravel", "stars": "hubble_deep_field",
-                  "tissue": "immunohistochemistry"}
+_PHOTO_SOURCES = {"brick": "brick", "grass": "grass", "gravel": "gravel", "stars": "hubble_deep_field", "tissue": "immunohistochemistry"}
 TRAIN_FRACTION = 0.60  # training crops lie wholly in x < 0.60 W
 HELDOUT_START = 0.66  # held-out crops lie wholly in x >= 0.66 W (the gap keeps even resampling kernels apart)
 PHOTOS_HELDOUT_PER_CLASS = 40
@@ -76,8 +75,7 @@ def photo_regions(label: str) -> tuple[tuple[int, int], tuple[int, int]]:
     return (0, int(width * TRAIN_FRACTION)), (int(np.ceil(width * HELDOUT_START)), width)
 
 
-def random_crop_box(rng, region: tuple[int, int], height: int, min_side: int = 48,
-                    max_side: int = 140) -> tuple[int, int, int, int]:
+def random_crop_box(rng, region: tuple[int, int], height: int, min_side: int = 48, max_side: int = 140) -> tuple[int, int, int, int]:
     """A (left, top, right, bottom) box inside the x-region, side 48..140 px, aspect ratio 3:4..4:3."""
     x0, x1 = region
     side = int(rng.integers(min_side, max_side + 1))

@@ -135,8 +135,9 @@ def _mobilenet_v3(which: str, minimalistic: bool):
         import keras
 
         fn = keras.applications.MobileNetV3Small if which == "small" else keras.applications.MobileNetV3Large
-        return fn(alpha=0.75 if which == "small" else 0.35, minimalistic=minimalistic, include_preprocessing=True,
-                  **_common(include_top, size))
+        return fn(
+            alpha=0.75 if which == "small" else 0.35, minimalistic=minimalistic, include_preprocessing=True, **_common(include_top, size)
+        )
 
     return build
 
@@ -160,8 +161,7 @@ def _resnet(v2: bool):
             x = stack(x, 64, blocks, name="conv4")
             return stack(x, 128, blocks, name="conv5")
 
-        return resnet.ResNet(stack_fn, preact=v2, use_bias=True, name="resnet_v2" if v2 else "resnet",
-                             **_common(include_top, size))
+        return resnet.ResNet(stack_fn, preact=v2, use_bias=True, name="resnet_v2" if v2 else "resnet", **_common(include_top, size))
 
     return build
 
@@ -175,30 +175,49 @@ def _densenet(include_top, size):
 def _efficientnet(include_top, size):
     from keras.src.applications import efficientnet
 
-    return efficientnet.EfficientNet(0.25, 0.1, size, dropout_rate=0.2, name="efficientnet",
-                                     **_common(include_top, size))
+    return efficientnet.EfficientNet(0.25, 0.1, size, dropout_rate=0.2, name="efficientnet", **_common(include_top, size))
 
 
 def _efficientnet_v2(include_top, size):
     from keras.src.applications import efficientnet_v2
 
-    return efficientnet_v2.EfficientNetV2(0.25, 0.1, size, blocks_args=efficientnet_v2.DEFAULT_BLOCKS_ARGS["efficientnetv2-b0"],
-                                          name="efficientnetv2",
-                                          include_preprocessing=True, **_common(include_top, size))
+    return efficientnet_v2.EfficientNetV2(
+        0.25,
+        0.1,
+        size,
+        blocks_args=efficientnet_v2.DEFAULT_BLOCKS_ARGS["efficientnetv2-b0"],
+        name="efficientnetv2",
+        include_preprocessing=True,
+        **_common(include_top, size),
+    )
 
 
 def _nasnet(include_top, size):
     from keras.src.applications import nasnet
 
-    return nasnet.NASNet(penultimate_filters=96, num_blocks=1, stem_block_filters=8, skip_reduction=False,
-                         filter_multiplier=2, default_size=size, name="nasnet", **_common(include_top, size))
+    return nasnet.NASNet(
+        penultimate_filters=96,
+        num_blocks=1,
+        stem_block_filters=8,
+        skip_reduction=False,
+        filter_multiplier=2,
+        default_size=size,
+        name="nasnet",
+        **_common(include_top, size),
+    )
 
 
 def _convnext(include_top, size):
     from keras.src.applications import convnext
 
-    return convnext.ConvNeXt(depths=[1, 1, 1, 1], projection_dims=[8, 16, 24, 32], default_size=size,
-                             name="convnext", include_preprocessing=True, **_common(include_top, size))
+    return convnext.ConvNeXt(
+        depths=[1, 1, 1, 1],
+        projection_dims=[8, 16, 24, 32],
+        default_size=size,
+        name="convnext",
+        include_preprocessing=True,
+        **_common(include_top, size),
+    )
 
 
 def _fixed(module_name: str, fn_name: str, keep: str | None = None):
@@ -243,30 +262,31 @@ def _squeezenet(include_top, size):
     return keras.Model(model.inputs, model.get_layer("fire9_concat").output, name="squeezenet_features")
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("mobilenet", "MobileNet (alpha 0.25)", 32, TF_MODE, _mobilenet),
-    Family("mobilenet_v2", "MobileNetV2 (alpha 0.35)", 32, TF_MODE, _mobilenet_v2),
-    Family("mobilenet_v3_small", "MobileNetV3Small (alpha 0.75)", 32, IN_MODEL, _mobilenet_v3("small", False), True),
-    Family("mobilenet_v3_large", "MobileNetV3Large (alpha 0.35)", 32, IN_MODEL, _mobilenet_v3("large", False), True),
-    Family("mobilenet_v3_minimalistic", "MobileNetV3Small minimalistic (alpha 0.75)", 32, IN_MODEL,
-           _mobilenet_v3("small", True), True),
-    Family("efficientnet", "EfficientNetB0-B7 (width 0.25, depth 0.1)", 32, IN_MODEL, _efficientnet, True),
-    Family("efficientnet_v2", "EfficientNetV2 B0-B3, S (B0 blocks, width 0.25, depth 0.1)", 32, IN_MODEL,
-           _efficientnet_v2, True),
-    Family("resnet", "ResNet50/101/152 (one block per stage, 16-128 filters)", 32, CAFFE_MODE, _resnet(False)),
-    Family("resnet_v2", "ResNet50V2/101V2/152V2 (two blocks per stage, 16-128 filters)", 32, TF_MODE, _resnet(True)),
-    Family("densenet", "DenseNet121/169/201 (blocks [1, 1, 1, 1])", 32, TORCH_MODE, _densenet),
-    Family("nasnet_mobile", "NASNetMobile (penultimate 96 filters, 1 block per stack)", 32, TF_MODE, _nasnet),
-    Family("xception", f"Xception (widths / {WIDTH_DIVISOR})", 71, TF_MODE, _fixed("xception", "Xception")),
-    Family("inception_v3", f"InceptionV3 (widths / {WIDTH_DIVISOR})", 75, TF_MODE,
-           _fixed("inception_v3", "InceptionV3")),
-    Family("inception_resnet_v2", f"InceptionResNetV2 (widths / {WIDTH_DIVISOR}, 2 blocks of each type)", 75,
-           TF_MODE, _inception_resnet_v2),
-    Family("convnext", "ConvNeXt Tiny..XLarge (depths [1, 1, 1, 1], dims 8-32)", 32, IN_MODEL, _convnext, True),
-    Family("vgg16", f"VGG16 (widths / {WIDTH_DIVISOR})", 32, CAFFE_MODE, _fixed("vgg16", "VGG16")),
-    Family("vgg19", f"VGG19 (widths / {WIDTH_DIVISOR})", 32, CAFFE_MODE, _fixed("vgg19", "VGG19")),
-    Family("squeezenet", "SqueezeNet 1.1 (the project's own)", 32, IN_MODEL, _squeezenet, True),
-]}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family("mobilenet", "MobileNet (alpha 0.25)", 32, TF_MODE, _mobilenet),
+        Family("mobilenet_v2", "MobileNetV2 (alpha 0.35)", 32, TF_MODE, _mobilenet_v2),
+        Family("mobilenet_v3_small", "MobileNetV3Small (alpha 0.75)", 32, IN_MODEL, _mobilenet_v3("small", False), True),
+        Family("mobilenet_v3_large", "MobileNetV3Large (alpha 0.35)", 32, IN_MODEL, _mobilenet_v3("large", False), True),
+        Family("mobilenet_v3_minimalistic", "MobileNetV3Small minimalistic (alpha 0.75)", 32, IN_MODEL, _mobilenet_v3("small", True), True),
+        Family("efficientnet", "EfficientNetB0-B7 (width 0.25, depth 0.1)", 32, IN_MODEL, _efficientnet, True),
+        Family("efficientnet_v2", "EfficientNetV2 B0-B3, S (B0 blocks, width 0.25, depth 0.1)", 32, IN_MODEL, _efficientnet_v2, True),
+        Family("resnet", "ResNet50/101/152 (one block per stage, 16-128 filters)", 32, CAFFE_MODE, _resnet(False)),
+        Family("resnet_v2", "ResNet50V2/101V2/152V2 (two blocks per stage, 16-128 filters)", 32, TF_MODE, _resnet(True)),
+        Family("densenet", "DenseNet121/169/201 (blocks [1, 1, 1, 1])", 32, TORCH_MODE, _densenet),
+        Family("nasnet_mobile", "NASNetMobile (penultimate 96 filters, 1 block per stack)", 32, TF_MODE, _nasnet),
+        Family("xception", f"Xception (widths / {WIDTH_DIVISOR})", 71, TF_MODE, _fixed("xception", "Xception")),
+        Family("inception_v3", f"InceptionV3 (widths / {WIDTH_DIVISOR})", 75, TF_MODE, _fixed("inception_v3", "InceptionV3")),
+        Family(
+            "inception_resnet_v2", f"InceptionResNetV2 (widths / {WIDTH_DIVISOR}, 2 blocks of each type)", 75, TF_MODE, _inception_resnet_v2
+        ),
+        Family("convnext", "ConvNeXt Tiny..XLarge (depths [1, 1, 1, 1], dims 8-32)", 32, IN_MODEL, _convnext, True),
+        Family("vgg16", f"VGG16 (widths / {WIDTH_DIVISOR})", 32, CAFFE_MODE, _fixed("vgg16", "VGG16")),
+        Family("vgg19", f"VGG19 (widths / {WIDTH_DIVISOR})", 32, CAFFE_MODE, _fixed("vgg19", "VGG19")),
+        Family("squeezenet", "SqueezeNet 1.1 (the project's own)", 32, IN_MODEL, _squeezenet, True),
+    ]
+}
 SHAPES = ("application", "nested")
 
 
@@ -344,8 +364,7 @@ def train(built: Built, steps: int = 60, batch: int = 32, lr: float = 2e-3, seed
             # the moving statistics must catch up within a few dozen steps, or inference (which uses them) would
             # see activations the trained weights never met and answer near-uniformly
             layer.momentum = BN_MOMENTUM
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
     epochs = max(1, round(steps * batch / len(x)))
     hist = model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, shuffle=True)
     return float(hist.history["accuracy"][-1])

@@ -15,8 +15,11 @@ from . import families
 
 HELDOUT_DIGITS = Path(__file__).resolve().parent / "heldout" / "digits"
 # The variants issue 13 requires to pass the default gates in every format.
-CORE_VARIANTS = {"mlpackage": ("fp32", "fp16", "int8"), "mlmodel": ("fp32", "fp16", "int8"),
-                 "onnx": ("fp32", "fp16", "int8-dynamic", "int8-static")}
+CORE_VARIANTS = {
+    "mlpackage": ("fp32", "fp16", "int8"),
+    "mlmodel": ("fp32", "fp16", "int8"),
+    "onnx": ("fp32", "fp16", "int8-dynamic", "int8-static"),
+}
 # The lower-bit variants: run and their agreement reported (their quality is the quantization issue's).
 LOW_BIT_VARIANTS = {"mlpackage": ("palette8", "palette6", "palette4", "w8a8")}
 # Images for the float64 comparison: enough to meet each family's worst case on the held-out digits, few enough that
@@ -85,8 +88,16 @@ def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path
     return out
 
 
-def check(name: str, shape: str, workdir: Path, *, variants: dict[str, tuple[str, ...]] | None = None,
-          steps: int = 60, images: Path = HELDOUT_DIGITS, float64: bool = True) -> FamilyResult:
+def check(
+    name: str,
+    shape: str,
+    workdir: Path,
+    *,
+    variants: dict[str, tuple[str, ...]] | None = None,
+    steps: int = 60,
+    images: Path = HELDOUT_DIGITS,
+    float64: bool = True,
+) -> FamilyResult:
     """Build, train, export ``variants`` ({format: (variant, ...)}) and validate; never raises for a family failure,
     which is recorded in the result instead (the capability table lists it with its reason)."""
     import exporter
@@ -110,9 +121,13 @@ def check(name: str, shape: str, workdir: Path, *, variants: dict[str, tuple[str
     names = tuple(dict.fromkeys(v for vs in variants.values() for v in vs))
     t1 = time.perf_counter()
     try:
-        manifest = exporter.export(paths["model"], paths["labels"], out, preprocessing=paths["preprocessing"],
-                                   options=exporter.ExportOptions(formats=formats, variants=names,
-                                                                  calibration_images=images, overwrite=True))
+        manifest = exporter.export(
+            paths["model"],
+            paths["labels"],
+            out,
+            preprocessing=paths["preprocessing"],
+            options=exporter.ExportOptions(formats=formats, variants=names, calibration_images=images, overwrite=True),
+        )
     except ExporterError as exc:
         result.error = f"export: {exc}"[:400]
         return result
@@ -129,8 +144,7 @@ def check(name: str, shape: str, workdir: Path, *, variants: dict[str, tuple[str
         return result
     result.seconds["validate"] = round(time.perf_counter() - t2, 1)
     keep = ("format", "variant", "status", "failures", "reason", "max_abs_prob", "top1_agreement", "bytes")
-    result.artifacts = [{k: a.get(k) for k in keep} for a in report["artifacts"]
-                        if a["variant"] in variants.get(a["format"], ())]
+    result.artifacts = [{k: a.get(k) for k in keep} for a in report["artifacts"] if a["variant"] in variants.get(a["format"], ())]
     if float64:
         t3 = time.perf_counter()
         pre = Preprocessing.from_dict(report["preprocessing"])

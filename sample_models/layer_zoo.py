@@ -49,8 +49,7 @@ def _entries() -> list[ZooEntry]:
 
     def gelu_tanh(x):
         # the function is serialised as bytecode and loaded without this module's globals, so it imports keras itself
-        return L.Lambda(lambda t: __import__("keras").ops.gelu(t, approximate=True), output_shape=tuple(x.shape[1:]),
-                        name="probe")(x)
+        return L.Lambda(lambda t: __import__("keras").ops.gelu(t, approximate=True), output_shape=tuple(x.shape[1:]), name="probe")(x)
 
     def squeeze_excite(pool):
         def block(x):  # how networks use keepdims: the pooled vector rescales the feature map
@@ -77,8 +76,7 @@ def _entries() -> list[ZooEntry]:
         ZooEntry("separable_conv2d", _layer(lambda: L.SeparableConv2D(12, 3, padding="same", name="probe"))),
         ZooEntry("depthwise_conv2d_multiplier", _layer(lambda: L.DepthwiseConv2D(3, depth_multiplier=2, name="probe"))),
         ZooEntry("leaky_relu", _layer(lambda: L.LeakyReLU(0.1, name="probe"))),
-        ZooEntry("prelu", _layer(lambda: L.PReLU(alpha_initializer=keras.initializers.Constant(0.2),
-                                                 shared_axes=[1, 2], name="probe"))),
+        ZooEntry("prelu", _layer(lambda: L.PReLU(alpha_initializer=keras.initializers.Constant(0.2), shared_axes=[1, 2], name="probe"))),
         ZooEntry("elu", _layer(lambda: L.ELU(name="probe"))),
         ZooEntry("gelu_exact", act("gelu")),
         ZooEntry("gelu_tanh", gelu_tanh, needs_trust=True),
@@ -98,10 +96,8 @@ def _entries() -> list[ZooEntry]:
         ZooEntry("maximum", _two_branches(L.Maximum)),
         ZooEntry("max_pooling_valid", _layer(lambda: L.MaxPooling2D(3, strides=2, padding="valid", name="probe"))),
         ZooEntry("max_pooling_same", _layer(lambda: L.MaxPooling2D(3, strides=2, padding="same", name="probe"))),
-        ZooEntry("average_pooling_valid", _layer(lambda: L.AveragePooling2D(3, strides=2, padding="valid",
-                                                                             name="probe"))),
-        ZooEntry("average_pooling_same", _layer(lambda: L.AveragePooling2D(3, strides=2, padding="same",
-                                                                            name="probe"))),
+        ZooEntry("average_pooling_valid", _layer(lambda: L.AveragePooling2D(3, strides=2, padding="valid", name="probe"))),
+        ZooEntry("average_pooling_same", _layer(lambda: L.AveragePooling2D(3, strides=2, padding="same", name="probe"))),
         ZooEntry("global_average_pooling_keepdims", squeeze_excite(L.GlobalAveragePooling2D)),
         ZooEntry("global_max_pooling_keepdims", squeeze_excite(L.GlobalMaxPooling2D)),
         ZooEntry("flatten", flatten),
@@ -125,13 +121,45 @@ def zoo() -> dict[str, ZooEntry]:
     return ZOO
 
 
-NAMES = ["conv2d_dilated", "separable_conv2d", "depthwise_conv2d_multiplier", "leaky_relu", "prelu", "elu",
-         "gelu_exact", "gelu_tanh", "swish", "silu", "hard_sigmoid", "hard_swish", "softplus", "tanh",
-         "layer_normalization", "group_normalization", "unit_normalization", "add", "multiply", "concatenate",
-         "average", "maximum", "max_pooling_valid", "max_pooling_same", "average_pooling_valid",
-         "average_pooling_same", "global_average_pooling_keepdims", "global_max_pooling_keepdims", "flatten",
-         "reshape", "permute", "cropping2d", "zero_padding2d", "upsampling_nearest", "upsampling_bilinear",
-         "resizing", "dense_4d"]
+NAMES = [
+    "conv2d_dilated",
+    "separable_conv2d",
+    "depthwise_conv2d_multiplier",
+    "leaky_relu",
+    "prelu",
+    "elu",
+    "gelu_exact",
+    "gelu_tanh",
+    "swish",
+    "silu",
+    "hard_sigmoid",
+    "hard_swish",
+    "softplus",
+    "tanh",
+    "layer_normalization",
+    "group_normalization",
+    "unit_normalization",
+    "add",
+    "multiply",
+    "concatenate",
+    "average",
+    "maximum",
+    "max_pooling_valid",
+    "max_pooling_same",
+    "average_pooling_valid",
+    "average_pooling_same",
+    "global_average_pooling_keepdims",
+    "global_max_pooling_keepdims",
+    "flatten",
+    "reshape",
+    "permute",
+    "cropping2d",
+    "zero_padding2d",
+    "upsampling_nearest",
+    "upsampling_bilinear",
+    "resizing",
+    "dense_4d",
+]
 
 
 def build(name: str, seed: int = 0):
@@ -166,7 +194,6 @@ def train(model, steps: int = 100, batch: int = 32, seed: int = 1) -> float:
     rng = np.random.default_rng(seed)
     picked = rng.choice(train_idx, size=steps * batch, replace=steps * batch > len(train_idx))
     x = pre.normalize(np.stack([fit(data.render_digit(images[i], (16, 16)), pre) for i in picked]))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
     hist = model.fit(x, y[picked], batch_size=batch, epochs=1, verbose=0)
     return float(hist.history["accuracy"][-1])

@@ -31,19 +31,21 @@ ROOT = data.ROOT
 CHECKPOINTS = ROOT / "_checkpoints"
 BATCH = 64
 
-DIGITS_PRE = dict(scale=1 / 127.5, bias=-1.0, resize="stretch", interpolation="bilinear",
-                  notes="MobileNet convention: pixels to [-1, 1]")
+DIGITS_PRE = dict(scale=1 / 127.5, bias=-1.0, resize="stretch", interpolation="bilinear", notes="MobileNet convention: pixels to [-1, 1]")
 SPECS = {
-    "mobilenet_v1_digits": dict(task="digits", size=32, epochs=40, lr=2e-3, pre=DIGITS_PRE,
-                                build=lambda s, c: arch.mobilenet_v1(s, c)),
-    "mobilenet_v2_digits": dict(task="digits", size=48, epochs=40, lr=2e-3, pre=DIGITS_PRE,
-                                build=lambda s, c: arch.mobilenet_v2(s, c)),
-    "squeezenet_digits": dict(task="digits", size=48, epochs=40, lr=1e-3,
-                              pre=dict(in_model=True, resize="stretch", interpolation="bilinear",
-                                       notes="the model starts with Rescaling(1/255)"),
-                              build=lambda s, c: arch.squeezenet_1_1(s, c)),
-    "transfer_photos": dict(task="photos", size=64, epochs=(20, 30), lr=(1e-3, 2e-4), pre=None, build=None,
-                            unfreeze_from="conv_dw_8", crops=4000),
+    "mobilenet_v1_digits": dict(task="digits", size=32, epochs=40, lr=2e-3, pre=DIGITS_PRE, build=lambda s, c: arch.mobilenet_v1(s, c)),
+    "mobilenet_v2_digits": dict(task="digits", size=48, epochs=40, lr=2e-3, pre=DIGITS_PRE, build=lambda s, c: arch.mobilenet_v2(s, c)),
+    "squeezenet_digits": dict(
+        task="digits",
+        size=48,
+        epochs=40,
+        lr=1e-3,
+        pre=dict(in_model=True, resize="stretch", interpolation="bilinear", notes="the model starts with Rescaling(1/255)"),
+        build=lambda s, c: arch.squeezenet_1_1(s, c),
+    ),
+    "transfer_photos": dict(
+        task="photos", size=64, epochs=(20, 30), lr=(1e-3, 2e-4), pre=None, build=None, unfreeze_from="conv_dw_8", crops=4000
+    ),
 }
 
 
@@ -103,11 +105,16 @@ def _augmenter(task: str):
     from keras import layers
 
     if task == "digits":  # no flips: a mirrored 2 is not a 2
-        return keras.Sequential([layers.RandomRotation(0.04, fill_mode="constant", seed=data.SEED),
-                                 layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=data.SEED),
-                                 layers.RandomZoom(0.1, fill_mode="constant", seed=data.SEED)])
-    return keras.Sequential([layers.RandomFlip("horizontal_and_vertical", seed=data.SEED),
-                             layers.RandomRotation(0.05, fill_mode="reflect", seed=data.SEED)])
+        return keras.Sequential(
+            [
+                layers.RandomRotation(0.04, fill_mode="constant", seed=data.SEED),
+                layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=data.SEED),
+                layers.RandomZoom(0.1, fill_mode="constant", seed=data.SEED),
+            ]
+        )
+    return keras.Sequential(
+        [layers.RandomFlip("horizontal_and_vertical", seed=data.SEED), layers.RandomRotation(0.05, fill_mode="reflect", seed=data.SEED)]
+    )
 
 
 def _dataset(x, y, pre: Preprocessing, task: str):
@@ -121,8 +128,13 @@ def _dataset(x, y, pre: Preprocessing, task: str):
         images = tf.clip_by_value(images + tf.random.normal(tf.shape(images), stddev=3.0, seed=data.SEED), 0, 255)
         return (images if pre.in_model else images * scale + bias), labels
 
-    return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=data.SEED)
-            .batch(BATCH).map(prepare, num_parallel_calls=2).prefetch(2))
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=data.SEED)
+        .batch(BATCH)
+        .map(prepare, num_parallel_calls=2)
+        .prefetch(2)
+    )
 
 
 def _class_weight(y) -> dict[int, float]:
@@ -137,10 +149,15 @@ def fit_best(model, name, x, y, x_val, y_val, pre, task, epochs, lr, best_so_far
     CHECKPOINTS.mkdir(exist_ok=True)
     ckpt = CHECKPOINTS / f"{name}.keras"
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    cb = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_accuracy", save_best_only=True,
-                                         initial_value_threshold=best_so_far)
-    hist = model.fit(_dataset(x, y, pre, task), validation_data=(pre.normalize(x_val), y_val), epochs=epochs,
-                     class_weight=_class_weight(y), callbacks=[cb], verbose=2)
+    cb = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_accuracy", save_best_only=True, initial_value_threshold=best_so_far)
+    hist = model.fit(
+        _dataset(x, y, pre, task),
+        validation_data=(pre.normalize(x_val), y_val),
+        epochs=epochs,
+        class_weight=_class_weight(y),
+        callbacks=[cb],
+        verbose=2,
+    )
     best = max(hist.history["val_accuracy"])
     if best_so_far is not None and best <= best_so_far:
         return None, best_so_far
@@ -156,8 +173,13 @@ def evaluate(model, pre: Preprocessing, labels: list[str], task: str) -> dict:
     pred = model.predict(pre.normalize(x), verbose=0, batch_size=64).argmax(axis=1)
     cm = confusion_matrix(y, pred, len(labels))
     rows = per_class(cm, labels)
-    return {"heldout_images": len(records), "heldout_accuracy": accuracy(y, pred), "macro_f1": macro_f1(rows),
-            "per_class": [r.__dict__ for r in rows], "confusion_matrix": cm.tolist()}
+    return {
+        "heldout_images": len(records),
+        "heldout_accuracy": accuracy(y, pred),
+        "macro_f1": macro_f1(rows),
+        "per_class": [r.__dict__ for r in rows],
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 def save(name: str, model, rebuild, pre: Preprocessing, labels: list[str], task: str, extra: dict) -> dict:
@@ -169,9 +191,17 @@ def save(name: str, model, rebuild, pre: Preprocessing, labels: list[str], task:
     clean.save(folder / "model.keras")
     (folder / "labels.txt").write_text("\n".join(labels) + "\n")
     (folder / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2) + "\n")
-    card = {"name": name, "task": task, "architecture": clean.name, "input_size": list(pre.input_size),
-            "parameters": int(clean.count_params()), "file_bytes": (folder / "model.keras").stat().st_size,
-            "heldout_folder": f"heldout/{task}", **extra, **evaluate(clean, pre, labels, task)}
+    card = {
+        "name": name,
+        "task": task,
+        "architecture": clean.name,
+        "input_size": list(pre.input_size),
+        "parameters": int(clean.count_params()),
+        "file_bytes": (folder / "model.keras").stat().st_size,
+        "heldout_folder": f"heldout/{task}",
+        **extra,
+        **evaluate(clean, pre, labels, task),
+    }
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"{name}: held-out accuracy {card['heldout_accuracy']:.3f} on {card['heldout_images']} images")
     return card
@@ -185,9 +215,20 @@ def train_digits(name: str) -> dict:
     model = spec["build"](spec["size"], 10)
     t0 = time.time()
     best, val = fit_best(model, name, x, y, x_val, y_val, pre, "digits", spec["epochs"], spec["lr"])
-    return save(name, best, lambda: spec["build"](spec["size"], 10), pre, data.DIGIT_LABELS, "digits",
-                {"best_validation_accuracy": val, "train_seconds": round(time.time() - t0, 1),
-                 "training_images": int(len(x)), "validation_images": int(len(x_val))})
+    return save(
+        name,
+        best,
+        lambda: spec["build"](spec["size"], 10),
+        pre,
+        data.DIGIT_LABELS,
+        "digits",
+        {
+            "best_validation_accuracy": val,
+            "train_seconds": round(time.time() - t0, 1),
+            "training_images": int(len(x)),
+            "validation_images": int(len(x_val)),
+        },
+    )
 
 
 def train_transfer() -> dict:
@@ -202,10 +243,14 @@ def train_transfer() -> dict:
     raw_val, y_val = photos_crops(None, 500, data.SEED + 4, size)
     mean = raw_x.reshape(-1, 3).mean(axis=0)
     std = raw_x.reshape(-1, 3).std(axis=0)
-    pre = Preprocessing.from_mean_std((size, size), [round(float(m), 3) for m in mean],
-                                      [round(float(s), 3) for s in std], resize="center_crop",
-                                      interpolation="bilinear",
-                                      notes="per-channel mean/std of the photo training crops")
+    pre = Preprocessing.from_mean_std(
+        (size, size),
+        [round(float(m), 3) for m in mean],
+        [round(float(s), 3) for s in std],
+        resize="center_crop",
+        interpolation="bilinear",
+        notes="per-channel mean/std of the photo training crops",
+    )
 
     def build():
         backbone = arch.mobilenet_v1_backbone(size)
@@ -223,43 +268,69 @@ def train_transfer() -> dict:
     start = [layer.name for layer in backbone.layers].index(spec["unfreeze_from"])
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
-    tuned, val2 = fit_best(model, name, raw_x, y, raw_val, y_val, pre, "photos", spec["epochs"][1], spec["lr"][1],
-                           best_so_far=val1)
+    tuned, val2 = fit_best(model, name, raw_x, y, raw_val, y_val, pre, "photos", spec["epochs"][1], spec["lr"][1], best_so_far=val1)
     final = tuned if tuned is not None else model
-    return save(name, final, build, pre, data.PHOTO_LABELS, "photos",
-                {"best_validation_accuracy": max(val1, val2), "frozen_stage_validation_accuracy": val1,
-                 "fine_tune_improved": tuned is not None, "fine_tuned_from_layer": spec["unfreeze_from"],
-                 "train_seconds": round(time.time() - t0, 1), "training_images": int(len(raw_x)),
-                 "training_class_counts": np.bincount(y).tolist(), "validation_images": int(len(raw_val))})
+    return save(
+        name,
+        final,
+        build,
+        pre,
+        data.PHOTO_LABELS,
+        "photos",
+        {
+            "best_validation_accuracy": max(val1, val2),
+            "frozen_stage_validation_accuracy": val1,
+            "fine_tune_improved": tuned is not None,
+            "fine_tuned_from_layer": spec["unfreeze_from"],
+            "train_seconds": round(time.time() - t0, 1),
+            "training_images": int(len(raw_x)),
+            "training_class_counts": np.bincount(y).tolist(),
+            "validation_images": int(len(raw_val)),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- README
 def write_readme() -> None:
     cards = [json.loads((ROOT / n / "card.json").read_text()) for n in SPECS if (ROOT / n / "card.json").exists()]
-    lines = ["# Sample models", "",
-             "Generated by `python -m sample_models.train`; every number below was measured by that script on the",
-             "held-out image files in `heldout/` (never used in training), through the exporter's image path.", "",
-             "| model | task | input | parameters | .keras bytes | held-out accuracy | macro F1 | preprocessing |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Sample models",
+        "",
+        "Generated by `python -m sample_models.train`; every number below was measured by that script on the",
+        "held-out image files in `heldout/` (never used in training), through the exporter's image path.",
+        "",
+        "| model | task | input | parameters | .keras bytes | held-out accuracy | macro F1 | preprocessing |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in cards:
         pre = json.loads((ROOT / c["name"] / "preprocessing.json").read_text())
         how = "in model" if pre["in_model"] else f"scale {[round(s, 5) for s in pre['scale']]}, bias {[round(b, 4) for b in pre['bias']]}"
-        lines.append(f"| {c['name']} | {c['task']} | {c['input_size'][0]}x{c['input_size'][1]} | {c['parameters']:,} | "
-                     f"{c['file_bytes']:,} | {c['heldout_accuracy']:.3f} ({c['heldout_images']} images) | "
-                     f"{c['macro_f1']:.3f} | {how}; {pre['resize']} |")
-    lines += ["", "Tasks: `digits` is scikit-learn's handwritten digits (held-out samples are other images than the",
-              "training samples); `photos` is five materials from scikit-image's photographs (held-out crops come",
-              "from the right part of each photograph, training crops from the left, with a gap).", ""]
+        lines.append(
+            f"| {c['name']} | {c['task']} | {c['input_size'][0]}x{c['input_size'][1]} | {c['parameters']:,} | "
+            f"{c['file_bytes']:,} | {c['heldout_accuracy']:.3f} ({c['heldout_images']} images) | "
+            f"{c['macro_f1']:.3f} | {how}; {pre['resize']} |"
+        )
+    lines += [
+        "",
+        "Tasks: `digits` is scikit-learn's handwritten digits (held-out samples are other images than the",
+        "training samples); `photos` is five materials from scikit-image's photographs (held-out crops come",
+        "from the right part of each photograph, training crops from the left, with a gap).",
+        "",
+    ]
     for c in cards:
         lines += [f"## {c['name']}", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        lines += [f"| {r['label']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
-                  for r in c["per_class"]]
-        extra = [f"best validation accuracy {c['best_validation_accuracy']:.3f}",
-                 f"{c['training_images']} training images", f"trained in {c['train_seconds']} s"]
+        lines += [f"| {r['label']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |" for r in c["per_class"]]
+        extra = [
+            f"best validation accuracy {c['best_validation_accuracy']:.3f}",
+            f"{c['training_images']} training images",
+            f"trained in {c['train_seconds']} s",
+        ]
         if "frozen_stage_validation_accuracy" in c:
-            extra.append(f"frozen-backbone stage {c['frozen_stage_validation_accuracy']:.3f}, "
-                         f"fine-tuning from {c['fine_tuned_from_layer']} improved it: {c['fine_tune_improved']}; "
-                         f"training class counts {c['training_class_counts']} (balanced by class weights)")
+            extra.append(
+                f"frozen-backbone stage {c['frozen_stage_validation_accuracy']:.3f}, "
+                f"fine-tuning from {c['fine_tuned_from_layer']} improved it: {c['fine_tune_improved']}; "
+                f"training class counts {c['training_class_counts']} (balanced by class weights)"
+            )
         lines += ["", "; ".join(extra) + ".", ""]
     (ROOT / "README.md").write_text("\n".join(lines))
 

@@ -18,9 +18,15 @@ SAMPLE_NAMES = ["mobilenet_v1_digits", "mobilenet_v2_digits", "squeezenet_digits
 def sample(name: str) -> dict:
     folder = SAMPLES / name
     card = json.loads((folder / "card.json").read_text())
-    return {"name": name, "folder": folder, "model": folder / "model.keras", "labels": folder / "labels.txt",
-            "preprocessing": folder / "preprocessing.json", "card": card,
-            "heldout": SAMPLES / card["heldout_folder"]}
+    return {
+        "name": name,
+        "folder": folder,
+        "model": folder / "model.keras",
+        "labels": folder / "labels.txt",
+        "preprocessing": folder / "preprocessing.json",
+        "card": card,
+        "heldout": SAMPLES / card["heldout_folder"],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +40,9 @@ def exports(tmp_path_factory):
         if name not in cache:
             s = sample(name)
             out = tmp_path_factory.mktemp("exports") / name
-            manifest = export(s["model"], s["labels"], out, preprocessing=s["preprocessing"],
-                              options=ExportOptions(calibration_images=s["heldout"]))
+            manifest = export(
+                s["model"], s["labels"], out, preprocessing=s["preprocessing"], options=ExportOptions(calibration_images=s["heldout"])
+            )
             cache[name] = (out, manifest)
         return cache[name]
 

@@ -20,13 +20,28 @@ from exporter.validation.parity import validate
 from exporter.validation.tolerances import FP32_MAX_ABS_PROB, QUANTIZED_MIN_TOP1
 
 pytestmark = pytest.mark.slow
-COMPRESSION_OPS = {"int8": "constexpr_affine_dequantize", "palette8": "constexpr_lut_to_dense",
-                   "palette6": "constexpr_lut_to_dense", "palette4": "constexpr_lut_to_dense",
-                   "w8a8": "constexpr_affine_dequantize", "palette6-fisher": "constexpr_lut_to_dense",
-                   "palette4-fisher": "constexpr_lut_to_dense", "palette-mixed": "constexpr_lut_to_dense"}
-EXPECTED_TARGETS = {"fp32": "iOS15", "fp16": "iOS15", "int8": "iOS16", "palette8": "iOS16", "palette6": "iOS16",
-                    "palette4": "iOS18", "w8a8": "iOS17", "palette6-fisher": "iOS16", "palette4-fisher": "iOS18",
-                    "palette-mixed": "iOS18"}
+COMPRESSION_OPS = {
+    "int8": "constexpr_affine_dequantize",
+    "palette8": "constexpr_lut_to_dense",
+    "palette6": "constexpr_lut_to_dense",
+    "palette4": "constexpr_lut_to_dense",
+    "w8a8": "constexpr_affine_dequantize",
+    "palette6-fisher": "constexpr_lut_to_dense",
+    "palette4-fisher": "constexpr_lut_to_dense",
+    "palette-mixed": "constexpr_lut_to_dense",
+}
+EXPECTED_TARGETS = {
+    "fp32": "iOS15",
+    "fp16": "iOS15",
+    "int8": "iOS16",
+    "palette8": "iOS16",
+    "palette6": "iOS16",
+    "palette4": "iOS18",
+    "w8a8": "iOS17",
+    "palette6-fisher": "iOS16",
+    "palette4-fisher": "iOS18",
+    "palette-mixed": "iOS18",
+}
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
@@ -35,8 +50,9 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
     labels = sample(name)["labels"].read_text().splitlines()
     pre = Preprocessing.from_dict(manifest["preprocessing"])
     coreml = [a for a in manifest["artifacts"] if a["format"] in ("mlpackage", "mlmodel")]
-    assert {(a["format"], a["variant"]) for a in coreml} == {
-        ("mlpackage", v) for v in EXPECTED_TARGETS} | {("mlmodel", v) for v in ("fp32", "fp16", "int8")}
+    assert {(a["format"], a["variant"]) for a in coreml} == {("mlpackage", v) for v in EXPECTED_TARGETS} | {
+        ("mlmodel", v) for v in ("fp32", "fp16", "int8")
+    }
     assert manifest["skipped"] == []  # W8A8 too: calibrated by the Core ML executor off macOS
     for a in coreml:
         spec = load_spec(out / a["path"])
@@ -71,7 +87,7 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
                 if a["variant"] == "w8a8":  # activations quantized too
                     assert counts["quantize"] > 0 and counts["dequantize"] > 0
                 bits = int(a["variant"][-1]) if a["variant"].startswith("palette") else None
-                assert all(bits and w["elements"] <= 2 ** bits and "lookup table" in w["reason"] for w in left)
+                assert all(bits and w["elements"] <= 2**bits and "lookup table" in w["reason"] for w in left)
 
 
 def test_mobilenet_v2_full_size_compression(tmp_path):
@@ -82,9 +98,13 @@ def test_mobilenet_v2_full_size_compression(tmp_path):
     from exporter.api import ExportOptions, export
 
     keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None, classes=1000).save(tmp_path / "m.keras")
-    manifest = export(tmp_path / "m.keras", [f"c{i}" for i in range(1000)], tmp_path / "out",
-                      preprocessing={"input_size": [224, 224], "scale": 1 / 127.5, "bias": -1.0},
-                      options=ExportOptions(formats=("mlpackage",), variants=("fp32", "int8", "palette4")))
+    manifest = export(
+        tmp_path / "m.keras",
+        [f"c{i}" for i in range(1000)],
+        tmp_path / "out",
+        preprocessing={"input_size": [224, 224], "scale": 1 / 127.5, "bias": -1.0},
+        options=ExportOptions(formats=("mlpackage",), variants=("fp32", "int8", "palette4")),
+    )
     ratio = {a["variant"]: a["ratio_to_fp32"] for a in manifest["artifacts"]}
     assert ratio["int8"] <= 0.27
     assert ratio["palette4"] <= 0.15
@@ -139,15 +159,35 @@ def test_cli_and_api_write_equivalent_files(tmp_path):
     converted other models."""
     s = sample("squeezenet_digits")
     variants = ["fp32", "int8", "int8-dynamic"]
-    api_code = ("import json, sys; from exporter.api import ExportOptions, export; "
-                f"m = export({str(s['model'])!r}, {str(s['labels'])!r}, {str(tmp_path / 'api')!r}, "
-                f"options=ExportOptions(formats=('mlpackage', 'onnx'), variants={tuple(variants)!r})); "
-                "sys.stdout.write(json.dumps(m))")
+    api_code = (
+        "import json, sys; from exporter.api import ExportOptions, export; "
+        f"m = export({str(s['model'])!r}, {str(s['labels'])!r}, {str(tmp_path / 'api')!r}, "
+        f"options=ExportOptions(formats=('mlpackage', 'onnx'), variants={tuple(variants)!r})); "
+        "sys.stdout.write(json.dumps(m))"
+    )
     api = subprocess.run([sys.executable, "-c", api_code], capture_output=True, text=True)
     assert api.returncode == 0, api.stderr[-2000:]
-    cli = subprocess.run([sys.executable, "-m", "exporter", "convert", str(s["model"]), "--labels", str(s["labels"]),
-                          "--out", str(tmp_path / "cli"), "--formats", "mlpackage", "onnx", "--variants", *variants,
-                          "--json"], capture_output=True, text=True)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "convert",
+            str(s["model"]),
+            "--labels",
+            str(s["labels"]),
+            "--out",
+            str(tmp_path / "cli"),
+            "--formats",
+            "mlpackage",
+            "onnx",
+            "--variants",
+            *variants,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     api_manifest, cli_manifest = json.loads(api.stdout.splitlines()[-1]), json.loads(cli.stdout)
     strip = lambda m: [(a["path"], a["variant"], a["bytes"], a["sha256"]) for a in m["artifacts"]]  # noqa: E731

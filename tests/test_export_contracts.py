@@ -25,14 +25,22 @@ def _model(channels: int, path):
     return path
 
 
-@pytest.mark.parametrize("contract, colour, channels", [
-    ({"input_size": [16, 16], "channel_order": "BGR", "scale": 0.5, "bias": [-10, -20, -30]}, BGR_COLOURSPACE, 3),
-    ({"input_size": [16, 16], "channel_order": "L", "scale": 0.25, "bias": -3}, GRAY_COLOURSPACE, 1),
-])
+@pytest.mark.parametrize(
+    "contract, colour, channels",
+    [
+        ({"input_size": [16, 16], "channel_order": "BGR", "scale": 0.5, "bias": [-10, -20, -30]}, BGR_COLOURSPACE, 3),
+        ({"input_size": [16, 16], "channel_order": "L", "scale": 0.25, "bias": -3}, GRAY_COLOURSPACE, 1),
+    ],
+)
 def test_channel_order_and_bias_reach_both_core_ml_formats(tmp_path, contract, colour, channels):
     model = _model(channels, tmp_path / "m.keras")
-    manifest = export(model, ["a", "b", "c"], tmp_path / "out", preprocessing=contract,
-                      options=ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp32",)))
+    manifest = export(
+        model,
+        ["a", "b", "c"],
+        tmp_path / "out",
+        preprocessing=contract,
+        options=ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp32",)),
+    )
     for art in manifest["artifacts"]:
         spec = load_spec(tmp_path / "out" / art["path"])
         assert spec.description.input[0].type.imageType.colorSpace == colour
@@ -45,8 +53,7 @@ def test_channel_order_and_bias_reach_both_core_ml_formats(tmp_path, contract, c
 def test_onnx_bgr_graph_takes_rgb_and_matches_keras(tmp_path):
     model = _model(3, tmp_path / "m.keras")
     contract = {"input_size": [16, 16], "channel_order": "BGR", "mean": [10, 100, 200], "std": [50, 60, 70]}
-    export(model, ["a", "b", "c"], tmp_path / "out", preprocessing=contract,
-           options=ExportOptions(formats=("onnx",), variants=("fp32",)))
+    export(model, ["a", "b", "c"], tmp_path / "out", preprocessing=contract, options=ExportOptions(formats=("onnx",), variants=("fp32",)))
     rgb = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     s = ort.InferenceSession(str(tmp_path / "out" / "m_fp32.onnx"), providers=["CPUExecutionProvider"])
     got = s.run(["probabilities"], {"image": rgb})[0]
@@ -58,20 +65,27 @@ def test_onnx_bgr_graph_takes_rgb_and_matches_keras(tmp_path):
 
 def test_onnx_float_input_option(tmp_path):
     model = _model(3, tmp_path / "m.keras")
-    export(model, ["a", "b", "c"], tmp_path / "out", preprocessing={"input_size": [16, 16], "scale": 0.01},
-           options=ExportOptions(formats=("onnx",), variants=("fp32",), onnx_raw_input=False, opset=15))
+    export(
+        model,
+        ["a", "b", "c"],
+        tmp_path / "out",
+        preprocessing={"input_size": [16, 16], "scale": 0.01},
+        options=ExportOptions(formats=("onnx",), variants=("fp32",), onnx_raw_input=False, opset=15),
+    )
     s = ort.InferenceSession(str(tmp_path / "out" / "m_fp32.onnx"), providers=["CPUExecutionProvider"])
     assert s.get_inputs()[0].type == "tensor(float)"
     x = np.random.default_rng(0).random((2, 16, 16, 3), np.float32)
-    np.testing.assert_allclose(s.run(["probabilities"], {s.get_inputs()[0].name: x})[0],
-                               keras.saving.load_model(model)(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        s.run(["probabilities"], {s.get_inputs()[0].name: x})[0], keras.saving.load_model(model)(x).numpy(), atol=1e-5
+    )
 
 
 def test_per_channel_std_is_exact_in_core_ml(tmp_path):
     model = _model(3, tmp_path / "m.keras")
     contract = {"input_size": [16, 16], "mean": [10, 100, 200], "std": [50, 60, 70]}
-    export(model, ["a", "b", "c"], tmp_path / "out", preprocessing=contract,
-           options=ExportOptions(formats=("mlpackage",), variants=("fp32",)))
+    export(
+        model, ["a", "b", "c"], tmp_path / "out", preprocessing=contract, options=ExportOptions(formats=("mlpackage",), variants=("fp32",))
+    )
     spec = load_spec(tmp_path / "out" / "m_fp32.mlpackage")
     scale, bias = image_preprocessing(spec)
     assert scale == [1.0, 1.0, 1.0]

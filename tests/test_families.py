@@ -23,14 +23,15 @@ FAMILY_NAMES = list(families.FAMILIES)
 # MobileNetV3Large nested: hard-swish, Rescaling with offset inside the backbone): EfficientNetV2 (Rescaling and
 # Normalization stem, fused MBConv, swish, squeeze-excitation), ResNetV2 (BatchNormalization epsilon 1.001e-5,
 # pre-activation), and the nested shapes below; every family runs in the capability table.
-CI_FAMILIES = {"application": ("efficientnet_v2", "resnet_v2"),
-               "nested": ("mobilenet_v3_small", "efficientnet", "convnext", "densenet")}
+CI_FAMILIES = {"application": ("efficientnet_v2", "resnet_v2"), "nested": ("mobilenet_v3_small", "efficientnet", "convnext", "densenet")}
 ALL = os.environ.get("EXPORTER_FAMILIES") == "all"
 
 
 def _selected(name: str, shape: str) -> None:
     if not ALL and name not in CI_FAMILIES[shape]:
         pytest.skip(f"{name} {shape}: not in CI's share (set EXPORTER_FAMILIES=all; benchmarks/capability.py runs it)")
+
+
 # fp32 files must be as close to a float64 model as float32 arithmetic allows: the Core ML file within this factor of
 # the ONNX file's error (issue 13's bar), with an absolute floor for models whose errors are both at rounding level
 # (1e-7 is below one float32 ulp of a probability near 1, so a ratio of two such numbers means nothing).
@@ -51,8 +52,9 @@ KNOWN_INT8_SHORTFALLS = {
 INT8_SHORTFALL_FLOOR = 0.95
 
 
-def _assert_all_passed(result: family_check.FamilyResult, expected: dict[str, tuple[str, ...]],
-                       reported_only: dict[str, tuple[str, ...]] | None = None) -> None:
+def _assert_all_passed(
+    result: family_check.FamilyResult, expected: dict[str, tuple[str, ...]], reported_only: dict[str, tuple[str, ...]] | None = None
+) -> None:
     """Every expected artifact exists; gated ones pass (known int8 shortfalls stay above the floor); the
     ``reported_only`` ones (lower-bit variants) ran and have finite metrics."""
     reported_only = reported_only or {}
@@ -79,7 +81,8 @@ def _assert_float64_bar(result: family_check.FamilyResult) -> None:
     assert "error" not in f64, f64
     core, onnx = f64["mlpackage"], f64["onnx"]
     assert core <= max(CORE_ML_VS_ONNX_FACTOR * onnx, FLOAT64_NOISE_FLOOR), (
-        f"{result.family}: fp32 Core ML max |dp| vs float64 {core:.2e} > {CORE_ML_VS_ONNX_FACTOR} x ONNX's {onnx:.2e}")
+        f"{result.family}: fp32 Core ML max |dp| vs float64 {core:.2e} > {CORE_ML_VS_ONNX_FACTOR} x ONNX's {onnx:.2e}"
+    )
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -111,7 +114,24 @@ def test_every_variant(name, shape, tmp_path):
 def test_families_cover_the_issue_list():
     """Every family issue 13 names has a builder (B0-B7 etc. share one: the same blocks at other scales)."""
     stands_for = " ".join(f.stands_for for f in families.FAMILIES.values())
-    for real in ["MobileNet ", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "minimalistic", "EfficientNetB0",
-                 "EfficientNetV2", "ResNet50", "ResNet50V2", "DenseNet121", "NASNetMobile", "Xception", "InceptionV3",
-                 "InceptionResNetV2", "ConvNeXt", "VGG16", "VGG19", "SqueezeNet"]:
+    for real in [
+        "MobileNet ",
+        "MobileNetV2",
+        "MobileNetV3Small",
+        "MobileNetV3Large",
+        "minimalistic",
+        "EfficientNetB0",
+        "EfficientNetV2",
+        "ResNet50",
+        "ResNet50V2",
+        "DenseNet121",
+        "NASNetMobile",
+        "Xception",
+        "InceptionV3",
+        "InceptionResNetV2",
+        "ConvNeXt",
+        "VGG16",
+        "VGG19",
+        "SqueezeNet",
+    ]:
         assert real in stands_for, real

@@ -48,28 +48,72 @@ def cases(tmp: Path) -> list[tuple[str, list[str], int, str]]:
     return [
         ("missing model", ["convert", str(tmp / "none.keras"), "--labels", str(labels), *pre], 3, "not found"),
         ("empty model", ["convert", str(_write(tmp / "e.keras", b"")), "--labels", str(labels), *pre], 3, "empty"),
-        ("corrupt model", ["convert", str(_write(tmp / "c.keras", b"PK\x03\x04junk" * 50)), "--labels", str(labels),
-                           *pre], 3, "corrupt"),
-        ("truncated model", ["convert", str(_write(tmp / "t.keras", S["model"].read_bytes()[:5000])),
-                             "--labels", str(labels), *pre], 3, "t.keras"),
-        ("wrong label count", ["convert", *model_args, "--labels", str(_write(tmp / "l9.txt", "a\nb\n")), *pre],
-         2, "has 2 labels but the model outputs 10"),
-        ("duplicate labels", ["convert", *model_args, "--labels",
-                              str(_write(tmp / "ld.txt", ten.replace("3\n", "2\n"))), *pre], 2, "appears twice"),
-        ("empty label line", ["convert", *model_args, "--labels", str(_write(tmp / "le.txt", ten.replace("3\n", "\n"))),
-                              *pre], 2, "empty"),
-        ("labels not utf-8", ["convert", *model_args, "--labels", str(_write(tmp / "lu.txt", b"\xff\xfe\x00a\n")),
-                              *pre], 2, "not UTF-8"),
-        ("zero scale", ["convert", *model_args, "--labels", str(labels), "--preprocessing",
-                        str(_write(tmp / "p0.json", json.dumps({"input_size": [32, 32], "scale": 0})))], 2,
-         "must not be zero"),
-        ("wrong channel count", ["convert", *model_args, "--labels", str(labels), "--preprocessing",
-                                 str(_write(tmp / "pc.json", json.dumps({"input_size": [32, 32], "channel_order": "L",
-                                                                        "scale": 0.5})))], 2, "channel"),
-        ("wrong input size", ["convert", *model_args, "--labels", str(labels), "--preprocessing",
-                              str(_write(tmp / "ps.json", json.dumps({"input_size": [64, 64]})))], 2, "does not match"),
-        ("preprocessing not json", ["convert", *model_args, "--labels", str(labels), "--preprocessing",
-                                    str(_write(tmp / "pj.json", "{"))], 2, "not valid JSON"),
+        ("corrupt model", ["convert", str(_write(tmp / "c.keras", b"PK\x03\x04junk" * 50)), "--labels", str(labels), *pre], 3, "corrupt"),
+        (
+            "truncated model",
+            ["convert", str(_write(tmp / "t.keras", S["model"].read_bytes()[:5000])), "--labels", str(labels), *pre],
+            3,
+            "t.keras",
+        ),
+        (
+            "wrong label count",
+            ["convert", *model_args, "--labels", str(_write(tmp / "l9.txt", "a\nb\n")), *pre],
+            2,
+            "has 2 labels but the model outputs 10",
+        ),
+        (
+            "duplicate labels",
+            ["convert", *model_args, "--labels", str(_write(tmp / "ld.txt", ten.replace("3\n", "2\n"))), *pre],
+            2,
+            "appears twice",
+        ),
+        ("empty label line", ["convert", *model_args, "--labels", str(_write(tmp / "le.txt", ten.replace("3\n", "\n"))), *pre], 2, "empty"),
+        ("labels not utf-8", ["convert", *model_args, "--labels", str(_write(tmp / "lu.txt", b"\xff\xfe\x00a\n")), *pre], 2, "not UTF-8"),
+        (
+            "zero scale",
+            [
+                "convert",
+                *model_args,
+                "--labels",
+                str(labels),
+                "--preprocessing",
+                str(_write(tmp / "p0.json", json.dumps({"input_size": [32, 32], "scale": 0}))),
+            ],
+            2,
+            "must not be zero",
+        ),
+        (
+            "wrong channel count",
+            [
+                "convert",
+                *model_args,
+                "--labels",
+                str(labels),
+                "--preprocessing",
+                str(_write(tmp / "pc.json", json.dumps({"input_size": [32, 32], "channel_order": "L", "scale": 0.5}))),
+            ],
+            2,
+            "channel",
+        ),
+        (
+            "wrong input size",
+            [
+                "convert",
+                *model_args,
+                "--labels",
+                str(labels),
+                "--preprocessing",
+                str(_write(tmp / "ps.json", json.dumps({"input_size": [64, 64]}))),
+            ],
+            2,
+            "does not match",
+        ),
+        (
+            "preprocessing not json",
+            ["convert", *model_args, "--labels", str(labels), "--preprocessing", str(_write(tmp / "pj.json", "{"))],
+            2,
+            "not valid JSON",
+        ),
         ("no preprocessing", ["convert", *model_args, "--labels", str(labels)], 2, "no preprocessing declared"),
     ]
 
@@ -122,8 +166,10 @@ def _ignore_sigxfsz_and_cap_file_size():
 
 def test_disk_full_during_write_leaves_nothing(tmp_path):
     dest = tmp_path / "out"
-    proc = run_cli([*BASE, "--labels", str(S["labels"]), "--out", str(dest), "--formats", "onnx",
-                    "--variants", "fp32"], preexec_fn=_ignore_sigxfsz_and_cap_file_size)
+    proc = run_cli(
+        [*BASE, "--labels", str(S["labels"]), "--out", str(dest), "--formats", "onnx", "--variants", "fp32"],
+        preexec_fn=_ignore_sigxfsz_and_cap_file_size,
+    )
     line = one_line_error(proc)
     assert proc.returncode in (5, 6), line  # the write fails with EFBIG inside the converter or the packager
     no_partial_output(dest)
@@ -132,8 +178,23 @@ def test_disk_full_during_write_leaves_nothing(tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_export_leaves_destination_absent_or_complete(tmp_path):
     dest = tmp_path / "out"
-    argv = [sys.executable, "-m", "exporter", *BASE, "--labels", str(S["labels"]), "--out", str(dest),
-            "--formats", "mlpackage", "onnx", "--variants", "fp32", "fp16", "int8"]
+    argv = [
+        sys.executable,
+        "-m",
+        "exporter",
+        *BASE,
+        "--labels",
+        str(S["labels"]),
+        "--out",
+        str(dest),
+        "--formats",
+        "mlpackage",
+        "onnx",
+        "--variants",
+        "fp32",
+        "fp16",
+        "int8",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     staged = []
@@ -145,8 +206,7 @@ def test_sigkill_during_export_leaves_destination_absent_or_complete(tmp_path):
     proc.wait()
     assert not dest.exists()  # absent, not half-written
     # The next export to the same place cleans the leftover staging directory and completes.
-    done = run_cli([*BASE, "--labels", str(S["labels"]), "--out", str(dest), "--formats", "onnx",
-                    "--variants", "fp32"])
+    done = run_cli([*BASE, "--labels", str(S["labels"]), "--out", str(dest), "--formats", "onnx", "--variants", "fp32"])
     assert done.returncode == 0, done.stderr[-1500:]
     manifest = json.loads((dest / "manifest.json").read_text())
     assert [a["path"] for a in manifest["artifacts"]] == ["mobilenet_v1_digits_fp32.onnx"]
@@ -154,8 +214,7 @@ def test_sigkill_during_export_leaves_destination_absent_or_complete(tmp_path):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    proc = run_cli(["--debug", "convert", str(tmp_path / "none.keras"), "--labels", str(S["labels"]), "--out",
-                    str(tmp_path / "o")])
+    proc = run_cli(["--debug", "convert", str(tmp_path / "none.keras"), "--labels", str(S["labels"]), "--out", str(tmp_path / "o")])
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -168,9 +227,23 @@ def test_layer_the_converter_cannot_handle_is_named(tmp_path, capsys, fmt):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "odd.keras")
     dest = tmp_path / "out"
-    proc = run_in_process(["convert", str(tmp_path / "odd.keras"), "--labels", str(_write(tmp_path / "l.txt", "a\nb\n")),
-                           "--preprocessing", str(_write(tmp_path / "p.json", '{"input_size": [16, 16]}')),
-                           "--out", str(dest), "--formats", fmt, "--variants", "fp32"], capsys)
+    proc = run_in_process(
+        [
+            "convert",
+            str(tmp_path / "odd.keras"),
+            "--labels",
+            str(_write(tmp_path / "l.txt", "a\nb\n")),
+            "--preprocessing",
+            str(_write(tmp_path / "p.json", '{"input_size": [16, 16]}')),
+            "--out",
+            str(dest),
+            "--formats",
+            fmt,
+            "--variants",
+            "fp32",
+        ],
+        capsys,
+    )
     line = one_line_error(proc)
     assert proc.returncode == 5 and "ScaleAndTranslate" in line
     no_partial_output(dest)

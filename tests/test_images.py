@@ -66,10 +66,13 @@ def test_bgr_reverses_channels(tmp_path):
     assert tuple(load_image(p, Preprocessing((16, 16), channel_order="BGR"))[0, 0]) == (3, 2, 1)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not an image"),
-    (b"not an image at all", "not an image"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not an image"),
+        (b"not an image at all", "not an image"),
+    ],
+)
 def test_corrupt_files(tmp_path, content, message):
     p = tmp_path / "bad.png"
     p.write_bytes(content)
@@ -88,7 +91,7 @@ def test_truncated_file(tmp_path):
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
-    side = int(MAX_PIXELS ** 0.5) + 100
+    side = int(MAX_PIXELS**0.5) + 100
     p = _save(Image.new("1", (side, side)), tmp_path / "bomb.png")  # a 1-bit image compresses to almost nothing
     assert p.stat().st_size < 200_000
     with pytest.raises(ImageError, match="over the limit"):

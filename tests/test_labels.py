@@ -12,15 +12,18 @@ def test_text_and_json(tmp_path):
     assert read_labels(tmp_path / "l.txt") == read_labels(tmp_path / "l.json") == ["cat", "dog"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"cat\n\ndog\n", "empty"),
-    (b"cat\ncat\n", "twice"),
-    (b"cat\n", "at least 2"),
-    (b"\xff\xfecat\n", "not UTF-8"),
-    (b'["cat", 3]', "list of strings"),
-    (b'["cat",', "not valid JSON"),
-    (b"cat \ndog\n", "spaces"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"cat\n\ndog\n", "empty"),
+        (b"cat\ncat\n", "twice"),
+        (b"cat\n", "at least 2"),
+        (b"\xff\xfecat\n", "not UTF-8"),
+        (b'["cat", 3]', "list of strings"),
+        (b'["cat",', "not valid JSON"),
+        (b"cat \ndog\n", "spaces"),
+    ],
+)
 def test_bad_label_files_name_the_file_and_problem(tmp_path, content, message):
     path = tmp_path / "labels.txt"
     path.write_bytes(content)

@@ -72,9 +72,13 @@ def _export(model_path, tmp_path, formats, trust):
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{i}\n" for i in range(layer_zoo.CLASSES)))
     out = tmp_path / f"out_{'_'.join(formats)}"
-    return out, exporter.export(model_path, labels, out, preprocessing=dict(layer_zoo.PREPROCESSING),
-                                options=exporter.ExportOptions(formats=formats, variants=("fp32",),
-                                                               trust_code=trust))
+    return out, exporter.export(
+        model_path,
+        labels,
+        out,
+        preprocessing=dict(layer_zoo.PREPROCESSING),
+        options=exporter.ExportOptions(formats=formats, variants=("fp32",), trust_code=trust),
+    )
 
 
 @pytest.mark.parametrize("name", layer_zoo.NAMES)

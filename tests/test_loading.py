@@ -93,9 +93,12 @@ def test_logits_are_refused_by_the_probe_with_the_add_softmax_hint(tmp_path):
         check_outputs(loaded.keras_model, loaded.head, Preprocessing((16, 16), scale=1 / 255), loaded.path)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, activation="softmax")]), "input shape"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: keras.Sequential([keras.Input((10,)), keras.layers.Dense(3, activation="softmax")]), "input shape"),
+    ],
+)
 def test_not_a_classifier(tmp_path, make, message):
     make().save(tmp_path / "m.keras")
     with pytest.raises(NotAClassifierError, match=message):

@@ -5,7 +5,26 @@ import exporter
 
 
 def test_public_surface_is_small_and_pinned():
-    assert sorted(exporter.__all__) == ["ExportOptions", "Preprocessing", "__version__", "export", "validate"]
+    assert sorted(exporter.__all__) == [
+        "ConfigError",
+        "ConversionError",
+        "DestinationError",
+        "ExportOptions",
+        "ExporterError",
+        "ImageError",
+        "LabelsError",
+        "Manifest",
+        "ModelLoadError",
+        "ParityError",
+        "Preprocessing",
+        "Report",
+        "UnsafeModelError",
+        "__version__",
+        "export",
+        "predict",
+        "validate",
+        "xcode",
+    ]
     for name in exporter.__all__:
         assert getattr(exporter, name) is not None
 

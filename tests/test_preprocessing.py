@@ -15,15 +15,18 @@ def test_mean_std_is_scale_and_bias():
     assert not p.uniform_scale
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(input_size=(0, 4)), "between 8 and 4096"),
-    (dict(input_size=(32, 32), scale=0.0), "must not be zero"),
-    (dict(input_size=(32, 32), scale=[1, 2]), "3 values"),
-    (dict(input_size=(32, 32), channel_order="RGBA"), "channel_order"),
-    (dict(input_size=(32, 32), resize="fill"), "resize"),
-    (dict(input_size=(32, 32), in_model=True, scale=0.5), "twice"),
-    (dict(input_size=(32, 32), bias=float("nan")), "finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(input_size=(0, 4)), "between 8 and 4096"),
+        (dict(input_size=(32, 32), scale=0.0), "must not be zero"),
+        (dict(input_size=(32, 32), scale=[1, 2]), "3 values"),
+        (dict(input_size=(32, 32), channel_order="RGBA"), "channel_order"),
+        (dict(input_size=(32, 32), resize="fill"), "resize"),
+        (dict(input_size=(32, 32), in_model=True, scale=0.5), "twice"),
+        (dict(input_size=(32, 32), bias=float("nan")), "finite"),
+    ],
+)
 def test_nonsense_is_refused_with_the_reason(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Preprocessing(**kwargs)
@@ -48,11 +51,14 @@ def test_resolve_refuses_double_normalisation():
         resolve(declared, (32, 32, 1), [])
 
 
-_json = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=5),
-                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
-                     max_leaves=12)
-_keys = st.sampled_from(["input_size", "channel_order", "scale", "bias", "resize", "interpolation", "in_model",
-                         "mean", "std", "version", "other"])
+_json = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+    max_leaves=12,
+)
+_keys = st.sampled_from(
+    ["input_size", "channel_order", "scale", "bias", "resize", "interpolation", "in_model", "mean", "std", "version", "other"]
+)
 
 
 @given(st.one_of(_json, st.dictionaries(_keys, _json, max_size=6)))

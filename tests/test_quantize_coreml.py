@@ -25,8 +25,12 @@ def _photo_pixels(pre):
 def test_nonzero_ranges_widen_only_degenerate_ranges():
     from exporter.quantize.coreml import MIN_ACTIVATION_BOUND, nonzero_ranges
 
-    stats = {"dead": {"rmin": 0.0, "rmax": 0.0}, "tiny": {"rmin": -1e-9, "rmax": 2e-9},
-             "live": {"rmin": -0.5, "rmax": 3.0}, "negative": {"rmin": -2.0, "rmax": -2.0}}
+    stats = {
+        "dead": {"rmin": 0.0, "rmax": 0.0},
+        "tiny": {"rmin": -1e-9, "rmax": 2e-9},
+        "live": {"rmin": -0.5, "rmax": 3.0},
+        "negative": {"rmin": -2.0, "rmax": -2.0},
+    }
     out = nonzero_ranges(stats)
     assert out["live"] == stats["live"] and out["negative"] == stats["negative"]
     for name in ("dead", "tiny"):
@@ -57,13 +61,16 @@ def test_w8a8_export_survives_activations_too_small_for_a_float16_scale(tmp_path
     pre = Preprocessing((96, 96), scale=(1 / 127.5,) * 3, bias=(-1.0,) * 3, resize="center_crop")
     pixels, _ = _photo_pixels(pre)
     info = ModelInfo(name="m", labels=PHOTO_LABELS, preprocessing=pre, source_sha256="0", source_file="m.keras")
-    stats = activation_ranges(convert(model, info, backend="mlprogram", precision="fp16", target="iOS17"),
-                              [pixels[:16]])
+    stats = activation_ranges(convert(model, info, backend="mlprogram", precision="fp16", target="iOS17"), [pixels[:16]])
     tiny = [n for n, r in stats.items() if max(abs(r["rmin"]), abs(r["rmax"])) < 1e-6]
     assert tiny  # the condition of the report: activations far below float16's smallest scale
-    manifest = export(tmp_path / "model.keras", PHOTO_LABELS, tmp_path / "out", preprocessing=pre.to_dict(),
-                      options=ExportOptions(formats=("mlpackage",), variants=("w8a8",), calibration_images=PHOTOS,
-                                            calibration_count=16))
+    manifest = export(
+        tmp_path / "model.keras",
+        PHOTO_LABELS,
+        tmp_path / "out",
+        preprocessing=pre.to_dict(),
+        options=ExportOptions(formats=("mlpackage",), variants=("w8a8",), calibration_images=PHOTOS, calibration_count=16),
+    )
     path = tmp_path / "out" / manifest["artifacts"][0]["path"]
     assert op_counts(load_spec(path))["quantize"] > 0
     got = ExecutorRunner(path, pre, PHOTO_LABELS)(pixels[:8])
@@ -73,18 +80,31 @@ def test_w8a8_export_survives_activations_too_small_for_a_float16_scale(tmp_path
 
 # ------------------------------------------------------------------------------------------------ auto under a budget
 def _candidate(variant, nbytes, target, status="passed", accuracy_change=0.0, top1=1.0):
-    art = {"path": f"m_{variant}.mlpackage", "format": "mlpackage", "variant": variant, "bytes": nbytes,
-           "minimum_deployment_target": target}
-    row = {"path": art["path"], "status": status, "top1_agreement": top1, "reason": "",
-           "failures": [] if status == "passed" else [f"top-1 agreement {top1:.4f} < 0.98"],
-           "against_labels": {"accuracy": 0.9 + accuracy_change, "accuracy_change": accuracy_change}}
+    art = {
+        "path": f"m_{variant}.mlpackage",
+        "format": "mlpackage",
+        "variant": variant,
+        "bytes": nbytes,
+        "minimum_deployment_target": target,
+    }
+    row = {
+        "path": art["path"],
+        "status": status,
+        "top1_agreement": top1,
+        "reason": "",
+        "failures": [] if status == "passed" else [f"top-1 agreement {top1:.4f} < 0.98"],
+        "against_labels": {"accuracy": 0.9 + accuracy_change, "accuracy_change": accuracy_change},
+    }
     return art, row
 
 
-CANDIDATES = [_candidate("fp16", 1000, "iOS15"), _candidate("int8", 520, "iOS16", accuracy_change=-0.004),
-              _candidate("palette6", 400, "iOS16", accuracy_change=-0.02),
-              _candidate("palette4", 300, "iOS18", accuracy_change=-0.003),
-              _candidate("palette2", 200, "iOS18", status="failed", top1=0.7, accuracy_change=-0.3)]
+CANDIDATES = [
+    _candidate("fp16", 1000, "iOS15"),
+    _candidate("int8", 520, "iOS16", accuracy_change=-0.004),
+    _candidate("palette6", 400, "iOS16", accuracy_change=-0.02),
+    _candidate("palette4", 300, "iOS18", accuracy_change=-0.003),
+    _candidate("palette2", 200, "iOS18", status="failed", top1=0.7, accuracy_change=-0.3),
+]
 
 
 def _choose(**kw):
@@ -100,11 +120,9 @@ def test_auto_picks_the_smallest_file_within_the_accuracy_budget_and_says_why_fo
     assert [a["variant"] for a in keep] == ["palette4"] and selection["mlpackage"]["picked"] == "palette4"
     assert rows["palette2"]["decision"] == "rejected" and "parity gate failed" in rows["palette2"]["why"][0]
     assert any("accuracy drop 30.00 points > budget 1" in w for w in rows["palette2"]["why"])
-    assert rows["palette6"]["decision"] == "rejected" and rows["palette6"]["why"] == [
-        "accuracy drop 2.00 points > budget 1"]
+    assert rows["palette6"]["decision"] == "rejected" and rows["palette6"]["why"] == ["accuracy drop 2.00 points > budget 1"]
     assert rows["int8"]["decision"] == rows["fp16"]["decision"] == "eligible"
-    assert [r["variant"] for r in selection["mlpackage"]["tried"]] == ["palette2", "palette4", "palette6", "int8",
-                                                                       "fp16"]  # smallest first
+    assert [r["variant"] for r in selection["mlpackage"]["tried"]] == ["palette2", "palette4", "palette6", "int8", "fp16"]  # smallest first
 
 
 def test_auto_choice_moves_with_the_budget_and_the_minimum_target():
@@ -118,9 +136,10 @@ def test_auto_choice_moves_with_the_budget_and_the_minimum_target():
     assert _choose(max_accuracy_drop=1.0, min_target="iOS15")[0]["mlpackage"]["picked"] == "fp16"
 
 
-@pytest.mark.parametrize("kw, message", [({"max_accuracy_drop": -1}, "max_accuracy_drop"),
-                                         ({"min_target": "ios16"}, "min_target"),
-                                         ({"min_target": "opset 17"}, "min_target")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [({"max_accuracy_drop": -1}, "max_accuracy_drop"), ({"min_target": "ios16"}, "min_target"), ({"min_target": "opset 17"}, "min_target")],
+)
 def test_auto_options_are_checked_when_built(kw, message):
     from exporter.api import ExportOptions
     from exporter.errors import ConfigError
@@ -137,9 +156,15 @@ def test_auto_on_the_mobilenet_v2_sample_stays_within_the_budget_and_follows_it(
     from exporter.quantize.auto import choose
 
     s = sample("mobilenet_v2_digits")
-    manifest = export(s["model"], s["labels"], tmp_path / "auto", preprocessing=s["preprocessing"],
-                      options=ExportOptions(formats=("mlpackage",), variants=("fp16", "int8", "palette6", "palette4"),
-                                            quantize="auto", validation_images=s["heldout"]))
+    manifest = export(
+        s["model"],
+        s["labels"],
+        tmp_path / "auto",
+        preprocessing=s["preprocessing"],
+        options=ExportOptions(
+            formats=("mlpackage",), variants=("fp16", "int8", "palette6", "palette4"), quantize="auto", validation_images=s["heldout"]
+        ),
+    )
     rows = manifest["auto_selection"]["mlpackage"]["tried"]
     picked = [r for r in rows if r["decision"] == "picked"]
     assert len(picked) == 1 and picked[0]["accuracy_drop_points"] <= 1.0 and picked[0]["status"] == "passed"
@@ -148,8 +173,7 @@ def test_auto_on_the_mobilenet_v2_sample_stays_within_the_budget_and_follows_it(
             assert r["decision"] == "rejected" and r["why"]
     # the same candidates judged under other budgets: the choice follows the budget
     report = __import__("json").loads((tmp_path / "auto" / "parity.json").read_text())
-    arts = [{**a, "minimum_deployment_target": {"palette4": "iOS18"}.get(a["variant"], "iOS16")}
-            for a in report["artifacts"]]
+    arts = [{**a, "minimum_deployment_target": {"palette4": "iOS18"}.get(a["variant"], "iOS16")} for a in report["artifacts"]]
     drops = {r["variant"]: r["accuracy_drop_points"] for r in rows}
     by_budget = {}
     for budget in sorted({0.0, 1.0, *(d for d in drops.values() if d is not None and d > 0)}):
@@ -174,8 +198,7 @@ def test_short_names_halve_the_program_and_change_no_output(tmp_path):
 
     s = sample("mobilenet_v1_digits")
     pre = Preprocessing.from_file(s["preprocessing"])
-    info = ModelInfo(name="m", labels=s["labels"].read_text().split(), preprocessing=pre, source_sha256="0",
-                     source_file="model.keras")
+    info = ModelInfo(name="m", labels=s["labels"].read_text().split(), preprocessing=pre, source_sha256="0", source_file="model.keras")
     mlmodel = convert(load_model(s["model"]).model, info, backend="mlprogram", precision="fp32")
     long_path, short_path = tmp_path / "long.mlpackage", tmp_path / "short.mlpackage"
     mlmodel.save(str(long_path))  # coremltools' own save: the frontend's names
@@ -190,8 +213,9 @@ def test_short_names_halve_the_program_and_change_no_output(tmp_path):
     assert max(len(n) for n in names if n not in block.outputs) <= 4
     assert [v.name for v in spec.mlProgram.functions["main"].inputs] == ["image"]
     assert list(block.outputs) == [o.name for o in spec.description.output]  # the interface keeps its names
-    milproto_load(spec, specification_version=spec.specificationVersion, file_weights_dir=str(short_path / "Data" /
-                  "com.apple.CoreML" / "weights"))  # coremltools reads it back and type-checks every op
+    milproto_load(
+        spec, specification_version=spec.specificationVersion, file_weights_dir=str(short_path / "Data" / "com.apple.CoreML" / "weights")
+    )  # coremltools reads it back and type-checks every op
     pixels = np.concatenate([b for _, b in iter_batches(list_images(s["heldout"])[:48], pre, batch_size=48)])
     np.testing.assert_array_equal(CoreMLExecutor(short_path).predict(pixels), CoreMLExecutor(long_path).predict(pixels))
 
@@ -267,13 +291,16 @@ def test_every_core_ml_weight_is_matched_to_its_keras_kernel_and_tables_decode_a
         assert s["fisher"].shape == weights[name].shape and np.all(s["fisher"] >= 0)
     details: dict = {}
     quantized = palettize(base, PaletteSpec(4, 16), sens, details)
-    decoded = {op.outputs[0].name: np.asarray(op.materialized_val_inference())
-               for op in quantized._mil_program.functions["main"].operations if op.op_type == "constexpr_lut_to_dense"}
+    decoded = {
+        op.outputs[0].name: np.asarray(op.materialized_val_inference())
+        for op in quantized._mil_program.functions["main"].operations
+        if op.op_type == "constexpr_lut_to_dense"
+    }
     assert len(decoded) == len(details["palette"]["weights"]) > 20
     for value in decoded.values():  # at most 16 distinct values per table of (up to) 16 output channels
         group = math.gcd(value.shape[0], 16)
         for start in range(0, value.shape[0], group):
-            assert len(np.unique(value[start:start + group])) <= 16
+            assert len(np.unique(value[start : start + group])) <= 16
 
 
 @pytest.mark.slow
@@ -307,10 +334,15 @@ def test_data_aware_variants_export_with_their_layout_in_the_manifest_and_keep_t
 
     s = sample("transfer_photos")
     calibration = write_calibration("photos", tmp_path / "calibration")
-    manifest = export(s["model"], s["labels"], tmp_path / "out", preprocessing=s["preprocessing"],
-                      options=ExportOptions(formats=("mlpackage",), variants=("palette4", "palette4-fisher",
-                                                                              "palette-mixed"),
-                                            calibration_images=calibration))
+    manifest = export(
+        s["model"],
+        s["labels"],
+        tmp_path / "out",
+        preprocessing=s["preprocessing"],
+        options=ExportOptions(
+            formats=("mlpackage",), variants=("palette4", "palette4-fisher", "palette-mixed"), calibration_images=calibration
+        ),
+    )
     arts = {a["variant"]: a for a in manifest["artifacts"]}
     layout = arts["palette4-fisher"]["details"]["palette"]
     assert layout["nbits"] == 4 and all(w["sensitivity"].startswith("fisher") for w in layout["weights"])

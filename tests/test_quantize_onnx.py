@@ -41,8 +41,12 @@ def transfer_core():
     s = sample("transfer_photos")
     declared = json.loads(s["preprocessing"].read_text())
     loaded = load_model(s["model"])
-    pre = resolve(None if declared.get("in_model") else Preprocessing.from_dict(declared), loaded.input_shape,
-                  loaded.in_model_preprocessing, source=str(s["model"]))
+    pre = resolve(
+        None if declared.get("in_model") else Preprocessing.from_dict(declared),
+        loaded.input_shape,
+        loaded.in_model_preprocessing,
+        source=str(s["model"]),
+    )
     calibration = [pre.normalize(b) for b in _calibration(s["heldout"], pre, 64)]
     return ox.convert_core(loaded.model, pre, opset=17, source=str(s["model"])), calibration
 

@@ -26,8 +26,7 @@ NAME = "transfer_photos"  # colour photographs: a channel swap changes the answe
 def onnx_export(tmp_path_factory):
     S = sample(NAME)
     out = tmp_path_factory.mktemp("val") / "export"
-    export(S["model"], S["labels"], out, preprocessing=S["preprocessing"],
-           options=ExportOptions(formats=("onnx",), variants=("fp32",)))
+    export(S["model"], S["labels"], out, preprocessing=S["preprocessing"], options=ExportOptions(formats=("onnx",), variants=("fp32",)))
     return out
 
 
@@ -61,16 +60,28 @@ def _swap_channels(graph):
 
 
 def _shuffle_labels(graph):
-    labels = [v.decode() if isinstance(v, bytes) else v for v in next(numpy_helper.to_array(i) for i in graph.initializer
-                                       if i.name == "exporter_labels").tolist()]
+    labels = [
+        v.decode() if isinstance(v, bytes) else v
+        for v in next(numpy_helper.to_array(i) for i in graph.initializer if i.name == "exporter_labels").tolist()
+    ]
     _replace_init(graph, "exporter_labels", np.array(labels[1:] + labels[:1], dtype=object))
 
 
 def test_good_export_passes_and_writes_reports(onnx_export, tmp_path, capsys):
     S = sample(NAME)
     with pytest.raises(SystemExit) as info:
-        main(["validate", str(onnx_export), "--images", str(S["heldout"]), "--json", str(tmp_path / "r.json"),
-              "--html", str(tmp_path / "r.html")])
+        main(
+            [
+                "validate",
+                str(onnx_export),
+                "--images",
+                str(S["heldout"]),
+                "--json",
+                str(tmp_path / "r.json"),
+                "--html",
+                str(tmp_path / "r.html"),
+            ]
+        )
     assert info.value.code == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["schema_version"] == 2 and report["passed"] and report["images"] == 200
@@ -105,8 +116,13 @@ def test_a_looser_gate_is_an_explicit_choice(onnx_export, tmp_path):
 
 def test_quantize_auto_keeps_the_smallest_passing_variant(tmp_path):
     s = sample("mobilenet_v1_digits")
-    manifest = export(s["model"], s["labels"], tmp_path / "auto", preprocessing=s["preprocessing"],
-                      options=ExportOptions(formats=("onnx",), quantize="auto", validation_images=s["heldout"]))
+    manifest = export(
+        s["model"],
+        s["labels"],
+        tmp_path / "auto",
+        preprocessing=s["preprocessing"],
+        options=ExportOptions(formats=("onnx",), quantize="auto", validation_images=s["heldout"]),
+    )
     sel = manifest["auto_selection"]["onnx"]
     tried = {t["variant"]: t for t in sel["tried"]}
     assert set(tried) == {"fp32", "fp16", "int8-dynamic", "int8-static"}

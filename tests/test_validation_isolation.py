@@ -16,9 +16,10 @@ from exporter.cli import main
 from exporter.errors import NotCheckedError
 from exporter.validation.parity import validate
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(platform.system() == "Darwin", reason="on macOS validation runs real Core ML, "
-                                                                          "which runs every op")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(platform.system() == "Darwin", reason="on macOS validation runs real Core ML, which runs every op"),
+]
 NAME = "squeezenet_digits"
 UNKNOWN_OP = "not_a_mil_op"
 
@@ -31,8 +32,13 @@ def export_with_unknown_op(tmp_path_factory):
 
     s = sample(NAME)
     out = tmp_path_factory.mktemp("isolation") / "export"
-    manifest = export(s["model"], s["labels"], out, preprocessing=s["preprocessing"],
-                      options=ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",)))
+    manifest = export(
+        s["model"],
+        s["labels"],
+        out,
+        preprocessing=s["preprocessing"],
+        options=ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",)),
+    )
     package = out / next(a["path"] for a in manifest["artifacts"] if a["format"] == "mlpackage")
     program = next(package.rglob("model.mlmodel"))
     spec = Model_pb2.Model()
@@ -70,8 +76,7 @@ def test_the_cli_says_what_could_not_be_checked_and_exits_8(export_with_unknown_
     assert [row["status"] for row in report["artifacts"]].count("passed") == 2
 
 
-def test_a_failing_artifact_still_fails_with_exit_7_and_the_unchecked_one_named(export_with_unknown_op, tmp_path,
-                                                                               capsys):
+def test_a_failing_artifact_still_fails_with_exit_7_and_the_unchecked_one_named(export_with_unknown_op, tmp_path, capsys):
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -81,11 +86,11 @@ def test_a_failing_artifact_still_fails_with_exit_7_and_the_unchecked_one_named(
     shutil.copytree(out, broken)
     path = next(broken.glob("*.onnx"))
     model = onnx.load(path)
-    weights = [(i, numpy_helper.to_array(init)) for i, init in enumerate(model.graph.initializer)
-               if init.data_type == onnx.TensorProto.FLOAT]
+    weights = [
+        (i, numpy_helper.to_array(init)) for i, init in enumerate(model.graph.initializer) if init.data_type == onnx.TensorProto.FLOAT
+    ]
     i, largest = max(weights, key=lambda item: item[1].size)  # a weight flipped in sign: the ONNX file now disagrees
-    model.graph.initializer[i].CopyFrom(numpy_helper.from_array((-largest).astype(np.float32),
-                                                                model.graph.initializer[i].name))
+    model.graph.initializer[i].CopyFrom(numpy_helper.from_array((-largest).astype(np.float32), model.graph.initializer[i].name))
     onnx.save(model, path)
     with pytest.raises(SystemExit) as info:
         main(["validate", str(broken), "--images", str(sample(NAME)["heldout"])])

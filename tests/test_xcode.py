@@ -28,8 +28,7 @@ from exporter.xcode.package import SWIFT_SOURCES, check_package_name, swift_name
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["ant", "bee", "cat"]
 # BGR and center_crop: the golden PNGs must come out RGB, cropped exactly as the exporter's image path crops.
-CONTRACT = {"input_size": [16, 16], "channel_order": "BGR", "scale": 0.02, "bias": [-1.0, -2.0, -3.0],
-            "resize": "center_crop"}
+CONTRACT = {"input_size": [16, 16], "channel_order": "BGR", "scale": 0.02, "bias": [-1.0, -2.0, -3.0], "resize": "center_crop"}
 
 
 def _keras_model(path: Path, seed: int = 1) -> Path:
@@ -59,8 +58,9 @@ def setup(tmp_path_factory):
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / label / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(images / "cat" / "gray.png")
     export_dir = root / "export"
-    manifest = export(model, LABELS, export_dir, preprocessing=CONTRACT,
-                      options=ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp16",)))
+    manifest = export(
+        model, LABELS, export_dir, preprocessing=CONTRACT, options=ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp16",))
+    )
     return {"root": root, "model": model, "images": images, "export": export_dir, "manifest": manifest}
 
 
@@ -161,24 +161,31 @@ def test_xcode_package_holds_model_labels_golden_files_and_swift_sources(setup, 
     assert "__" not in library.replace("__NAME__", "")  # no placeholder left
     tests = (out / "Tests" / f"{name}Tests" / f"{name}Tests.swift").read_text()
     assert "XCTSkip(" in tests and "testParityThroughVision" in tests
-    assert (out / "Sources" / name / "ImageClassifier.swift").read_bytes() == (
-        SWIFT_SOURCES / "ImageClassifier.swift").read_bytes()
+    assert (out / "Sources" / name / "ImageClassifier.swift").read_bytes() == (SWIFT_SOURCES / "ImageClassifier.swift").read_bytes()
     for file in ("GoldenFile.swift", "Parity.swift"):
         assert (out / "Tests" / f"{name}Tests" / file).read_bytes() == (SWIFT_SOURCES / file).read_bytes()
     assert ".centerCrop" in (out / "README.md").read_text()
 
 
 def test_xcode_package_of_the_neuralnetwork_file_with_a_chosen_name(setup, tmp_path):
-    out = write_xcode_package(setup["export"], tmp_path / "pkg", images_folder=setup["images"],
-                              variant="mlmodel:fp16", package_name="Bugs", golden_count=2)
+    out = write_xcode_package(
+        setup["export"], tmp_path / "pkg", images_folder=setup["images"], variant="mlmodel:fp16", package_name="Bugs", golden_count=2
+    )
     assert '.process("Resources/BugsModel.mlmodel")' in (out / "Package.swift").read_text()
     assert (out / "Sources" / "Bugs" / "Resources" / "BugsModel.mlmodel").is_file()
     assert json.loads((out / "Sources" / "Bugs" / "Resources" / "model.json").read_text())["format"] == "mlmodel"
 
 
-@pytest.mark.parametrize(("target", "tools", "ios", "macos"), [
-    ("iOS13", "5.9", "v13", "v10_15"), ("iOS15", "5.9", "v15", "v12"), ("iOS16", "5.9", "v16", "v13"),
-    ("iOS17", "5.9", "v17", "v14"), ("iOS18", "6.0", "v18", "v15")])
+@pytest.mark.parametrize(
+    ("target", "tools", "ios", "macos"),
+    [
+        ("iOS13", "5.9", "v13", "v10_15"),
+        ("iOS15", "5.9", "v15", "v12"),
+        ("iOS16", "5.9", "v16", "v13"),
+        ("iOS17", "5.9", "v17", "v14"),
+        ("iOS18", "6.0", "v18", "v15"),
+    ],
+)
 def test_package_platforms_follow_the_models_deployment_target(target, tools, ios, macos):
     """palette4 needs iOS 18 and must not build for iOS 16; an fp16 file runs from iOS 15 and must not exclude it."""
     from exporter.xcode.package import platforms_for
@@ -238,8 +245,20 @@ def test_cli_command_writes_the_package(setup, tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="exporter")
     cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["xcode", str(setup["export"]), "--images", str(setup["images"]), "--out",
-                              str(tmp_path / "pkg"), "--name", "Bugs", "--golden-count", "3"])
+    args = parser.parse_args(
+        [
+            "xcode",
+            str(setup["export"]),
+            "--images",
+            str(setup["images"]),
+            "--out",
+            str(tmp_path / "pkg"),
+            "--name",
+            "Bugs",
+            "--golden-count",
+            "3",
+        ]
+    )
     assert args.command == cli.COMMAND
     assert cli.run(args) == 0
     assert capsys.readouterr().out.strip() == str((tmp_path / "pkg").absolute())
@@ -247,8 +266,10 @@ def test_cli_command_writes_the_package(setup, tmp_path, capsys):
 
 
 def test_cli_module_imports_no_heavy_library():
-    code = ("import sys, exporter.xcode.cli, exporter.xcode; "
-            "print(any(m in sys.modules for m in ('tensorflow', 'keras', 'coremltools', 'onnxruntime')))")
+    code = (
+        "import sys, exporter.xcode.cli, exporter.xcode; "
+        "print(any(m in sys.modules for m in ('tensorflow', 'keras', 'coremltools', 'onnxruntime')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -261,8 +282,12 @@ def test_sample_model_package_has_confident_golden_answers(tmp_path):
 
     sample = ROOT / "sample_models" / "squeezenet_digits"
     heldout = ROOT / "sample_models" / "heldout" / "digits"
-    export(sample / "model.keras", sample / "labels.txt", tmp_path / "export",
-           options=ExportOptions(formats=("mlpackage",), variants=("fp16",)))
+    export(
+        sample / "model.keras",
+        sample / "labels.txt",
+        tmp_path / "export",
+        options=ExportOptions(formats=("mlpackage",), variants=("fp16",)),
+    )
     out = write_xcode_package(tmp_path / "export", tmp_path / "pkg", images_folder=heldout)
     golden = read_golden(out / "Tests" / "SqueezenetDigitsTests" / "Golden")
     assert len(golden["images"]) == 100

@@ -41,8 +41,13 @@ def _image_input(pre: Preprocessing):
     scale, bias, multiplier = imagetype_scale_bias(pre)
     layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "L": ct.colorlayout.GRAYSCALE}[pre.channel_order]
     height, width = pre.input_size
-    image = ct.ImageType(name=INPUT_NAME, shape=(1, height, width, pre.channels), scale=scale,
-                         bias=bias[0] if pre.channels == 1 else bias, color_layout=layout)
+    image = ct.ImageType(
+        name=INPUT_NAME,
+        shape=(1, height, width, pre.channels),
+        scale=scale,
+        bias=bias[0] if pre.channels == 1 else bias,
+        color_layout=layout,
+    )
     return image, multiplier
 
 
@@ -68,17 +73,21 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
     tf_ops.register()
     image, multiplier = _image_input(info.preprocessing)
     source = for_conversion(rewrite.for_converters(model), multiplier, INPUT_NAME)
-    kwargs: dict[str, Any] = dict(source="tensorflow", inputs=[image], classifier_config=ct.ClassifierConfig(
-        info.labels, predicted_feature_name=LABEL_OUTPUT), skip_model_load=True, convert_to=backend,
-        pass_pipeline=pass_pipeline())
+    kwargs: dict[str, Any] = dict(
+        source="tensorflow",
+        inputs=[image],
+        classifier_config=ct.ClassifierConfig(info.labels, predicted_feature_name=LABEL_OUTPUT),
+        skip_model_load=True,
+        convert_to=backend,
+        pass_pipeline=pass_pipeline(),
+    )
     if backend == "mlprogram":
         kwargs["compute_precision"] = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or MLPROGRAM_TARGET)
     else:
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or NEURALNETWORK_TARGET)
     try:
-        with translating(ConversionError, f"coremltools could not convert the model to {backend}",
-                         path=info.source_file):
+        with translating(ConversionError, f"coremltools could not convert the model to {backend}", path=info.source_file):
             return ct.convert(source, **kwargs)
     except ConversionError as exc:
         from .naming import describe_failure
@@ -86,8 +95,9 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         where = describe_failure(model, str(exc.__cause__ or ""))
         if not where:
             raise
-        raise ConversionError(f"coremltools could not convert the model to {backend}{where}: "
-                              f"{first_line(exc.__cause__)}", path=info.source_file) from exc.__cause__
+        raise ConversionError(
+            f"coremltools could not convert the model to {backend}{where}: {first_line(exc.__cause__ or exc)}", path=info.source_file
+        ) from exc.__cause__
 
 
 def convert_base(ctx: BuildContext, fmt: Format, base: Base):
@@ -102,8 +112,7 @@ def finish(mlmodel, ctx: BuildContext, variant: Variant, details: dict):
     if variant.weight_bits < 16:
         from ..quantize.coreml import uncompressed_weights
 
-        details["uncompressed_weights"] = uncompressed_weights(mlmodel, variant.weight_bits if variant.palettized
-                                                               else None)
+        details["uncompressed_weights"] = uncompressed_weights(mlmodel, variant.weight_bits if variant.palettized else None)
     return mlmodel
 
 
@@ -121,24 +130,27 @@ def smoke_check(path: Path, ctx: BuildContext) -> None:
         image = spec.description.input[0].type.imageType
         labels = class_labels(spec)
     if (image.height, image.width) != tuple(ctx.info.preprocessing.input_size) or labels != list(ctx.info.labels):
-        raise ConversionError(f"the saved file takes {image.height}x{image.width} images and {len(labels)} labels; "
-                              f"expected {ctx.info.preprocessing.input_size} and {len(ctx.info.labels)}",
-                              path=path.name)
+        raise ConversionError(
+            f"the saved file takes {image.height}x{image.width} images and {len(labels)} labels; "
+            f"expected {ctx.info.preprocessing.input_size} and {len(ctx.info.labels)}",
+            path=path.name,
+        )
 
 
 def describe(mlmodel, info: ModelInfo, variant_key: str) -> None:
     """Set the metadata Xcode shows and the provenance a later check needs."""
     pre = info.preprocessing
     h, w = pre.input_size
-    mlmodel.short_description = info.description or (
-        f"Image classifier ({len(info.labels)} classes) exported from {info.source_file}")
+    mlmodel.short_description = info.description or (f"Image classifier ({len(info.labels)} classes) exported from {info.source_file}")
     mlmodel.author = info.author
     mlmodel.license = info.license
     mlmodel.version = info.version
-    how = "pixels are passed unchanged (the model normalises them itself)" if pre.in_model else (
-        f"pixels are scaled by {list(pre.scale)} and shifted by {list(pre.bias)} per channel")
-    mlmodel.input_description[INPUT_NAME] = (
-        f"{w}x{h} {pre.channel_order} image; resize policy {pre.resize} ({pre.interpolation}); {how}")
+    how = (
+        "pixels are passed unchanged (the model normalises them itself)"
+        if pre.in_model
+        else (f"pixels are scaled by {list(pre.scale)} and shifted by {list(pre.bias)} per channel")
+    )
+    mlmodel.input_description[INPUT_NAME] = f"{w}x{h} {pre.channel_order} image; resize policy {pre.resize} ({pre.interpolation}); {how}"
     desc = mlmodel.get_spec().description
     mlmodel.output_description[desc.predictedFeatureName] = "Most likely class label"
     mlmodel.output_description[desc.predictedProbabilitiesName] = "Probability of each class label"

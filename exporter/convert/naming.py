@@ -21,7 +21,7 @@ def _layers(model):
 
 def layer_for_node(model, node_name: str):
     """The innermost Keras layer (not a model) whose name appears as a scope of ``node_name``, or None."""
-    by_name = {}
+    by_name: dict[str, object] = {}
     for layer in _layers(model):
         if not hasattr(layer, "layers"):
             by_name.setdefault(layer.name, layer)

@@ -45,9 +45,9 @@ def convert_core(model, pre: Preprocessing, *, opset: int = DEFAULT_OPSET, sourc
     h, w = pre.input_size
     spec = (tf.TensorSpec((None, h, w, pre.channels), tf.float32, name=CORE_INPUT),)
     with translating(ConversionError, "tf2onnx could not convert the model", path=source):
-        proto, _ = tf2onnx.convert.from_keras(for_conversion(rewrite.for_converters(model), None, CORE_INPUT),
-                                              input_signature=spec,
-                                              opset=opset)
+        proto, _ = tf2onnx.convert.from_keras(
+            for_conversion(rewrite.for_converters(model), None, CORE_INPUT), input_signature=spec, opset=opset
+        )
     from .naming import unconvertible_onnx_nodes
 
     leftover = unconvertible_onnx_nodes(model, proto)
@@ -75,16 +75,16 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
         del g.input[:]
         image = helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["batch", h, w, c])
         image.type.denotation = "IMAGE"
-        for dim, name in zip(image.type.tensor_type.shape.dim,
-                             ["DATA_BATCH", "DATA_FEATURE", "DATA_FEATURE", "DATA_CHANNEL"], strict=True):
+        for dim, name in zip(image.type.tensor_type.shape.dim, ["DATA_BATCH", "DATA_FEATURE", "DATA_FEATURE", "DATA_CHANNEL"], strict=True):
             dim.denotation = name
         g.input.append(image)
         x = "exporter_pixels_f32"
         prologue.append(helper.make_node("Cast", [IMAGE_INPUT], [x], to=TensorProto.FLOAT, name="exporter_cast"))
         if pre.channel_order == "BGR":  # the caller passes RGB; the model was trained on BGR
             inits.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "exporter_bgr_index"))
-            prologue.append(helper.make_node("Gather", [x, "exporter_bgr_index"], ["exporter_pixels_bgr"], axis=3,
-                                             name="exporter_rgb_to_bgr"))
+            prologue.append(
+                helper.make_node("Gather", [x, "exporter_bgr_index"], ["exporter_pixels_bgr"], axis=3, name="exporter_rgb_to_bgr")
+            )
             x = "exporter_pixels_bgr"
         if pre.in_model:
             prologue.append(helper.make_node("Identity", [x], [core_in], name="exporter_pixels"))
@@ -92,28 +92,36 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
             inits.append(numpy_helper.from_array(np.asarray(pre.scale, np.float32), "exporter_scale"))
             inits.append(numpy_helper.from_array(np.asarray(pre.bias, np.float32), "exporter_bias"))
             prologue.append(helper.make_node("Mul", [x, "exporter_scale"], ["exporter_scaled"], name="exporter_mul"))
-            prologue.append(helper.make_node("Add", ["exporter_scaled", "exporter_bias"], [core_in],
-                                             name="exporter_add"))
+            prologue.append(helper.make_node("Add", ["exporter_scaled", "exporter_bias"], [core_in], name="exporter_add"))
     inits.append(numpy_helper.from_array(np.array(labels, dtype=object), LABELS_CONSTANT))
     epilogue = [
         helper.make_node("Identity", [core_out], [PROBS_OUTPUT], name="exporter_probabilities"),
         helper.make_node("ArgMax", [core_out], ["exporter_top"], axis=1, keepdims=0, name="exporter_argmax"),
-        helper.make_node("Gather", [LABELS_CONSTANT, "exporter_top"], [LABEL_OUTPUT], axis=0,
-                         name="exporter_label"),
+        helper.make_node("Gather", [LABELS_CONSTANT, "exporter_top"], [LABEL_OUTPUT], axis=0, name="exporter_label"),
     ]
-    nodes = _topological(prologue + list(g.node) + epilogue,
-                         {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in inits})
+    nodes = _topological(
+        prologue + list(g.node) + epilogue, {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in inits}
+    )
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(inits)
     del g.output[:]
-    g.output.extend([
-        helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["batch", len(labels)]),
-        helper.make_tensor_value_info(LABEL_OUTPUT, TensorProto.STRING, ["batch"]),
-    ])
+    g.output.extend(
+        [
+            helper.make_tensor_value_info(PROBS_OUTPUT, TensorProto.FLOAT, ["batch", len(labels)]),
+            helper.make_tensor_value_info(LABEL_OUTPUT, TensorProto.STRING, ["batch"]),
+        ]
+    )
     del model.metadata_props[:]
-    image_meta = {"Image.BitmapPixelFormat": {"RGB": "Rgb8", "BGR": "Rgb8", "L": "Gray8"}[pre.channel_order],
-                  "Image.ColorSpaceGamma": "SRGB", "Image.NominalPixelRange": "NominalRange_0_255"} if raw_input else {}
+    image_meta = (
+        {
+            "Image.BitmapPixelFormat": {"RGB": "Rgb8", "BGR": "Rgb8", "L": "Gray8"}[pre.channel_order],
+            "Image.ColorSpaceGamma": "SRGB",
+            "Image.NominalPixelRange": "NominalRange_0_255",
+        }
+        if raw_input
+        else {}
+    )
     for key, value in {**image_meta, **metadata}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     model.doc_string = f"Image classifier with {len(labels)} classes; input {IMAGE_INPUT if raw_input else core_in}"
@@ -160,8 +168,7 @@ def finish(core, ctx: BuildContext, variant: Variant, details: dict):
     info = ctx.info
     from .onnx_canonical import canonical
 
-    final = canonical(wrap(core, info.preprocessing, info.labels, onnx_metadata(info, variant.key),
-                           raw_input=ctx.raw_input))
+    final = canonical(wrap(core, info.preprocessing, info.labels, onnx_metadata(info, variant.key), raw_input=ctx.raw_input))
     check(final, source=variant.filename(info.name))
     return final
 

@@ -44,14 +44,21 @@ def _grouped_conv_replacement(layer):
     weights = layer.get_weights()
     kernel = np.asarray(weights[0])  # (kh, kw, in_channels / groups, filters)
     bias = weights[1] if layer.use_bias else None
-    common = dict(strides=cfg["strides"], padding=cfg["padding"], dilation_rate=cfg["dilation_rate"],
-                  activation=cfg["activation"], use_bias=layer.use_bias, data_format=cfg["data_format"])
+    common = dict(
+        strides=cfg["strides"],
+        padding=cfg["padding"],
+        dilation_rate=cfg["dilation_rate"],
+        activation=cfg["activation"],
+        use_bias=layer.use_bias,
+        data_format=cfg["data_format"],
+    )
     if cfg["data_format"] != "channels_last":
         raise NotImplementedError("grouped Conv2D rewrite handles channels_last only")
     if groups == in_channels:
         multiplier = layer.filters // groups
-        new = keras.layers.DepthwiseConv2D(kernel_size=cfg["kernel_size"], depth_multiplier=multiplier,
-                                           name=f"{layer.name}_depthwise", **common)
+        new = keras.layers.DepthwiseConv2D(
+            kernel_size=cfg["kernel_size"], depth_multiplier=multiplier, name=f"{layer.name}_depthwise", **common
+        )
         new.build(tuple(layer.input.shape))
         dw = kernel.reshape(kernel.shape[0], kernel.shape[1], in_channels, multiplier)
         new.set_weights([dw] + ([bias] if bias is not None else []))
@@ -61,9 +68,10 @@ def _grouped_conv_replacement(layer):
     parts = []
     for g in range(groups):
         conv = keras.layers.Conv2D(per_out, cfg["kernel_size"], name=f"{layer.name}_group{g}", **common)
-        part = conv(inputs[..., g * per_in:(g + 1) * per_in])
-        conv.set_weights([kernel[..., g * per_out:(g + 1) * per_out]]
-                         + ([bias[g * per_out:(g + 1) * per_out]] if bias is not None else []))
+        part = conv(inputs[..., g * per_in : (g + 1) * per_in])
+        conv.set_weights(
+            [kernel[..., g * per_out : (g + 1) * per_out]] + ([bias[g * per_out : (g + 1) * per_out]] if bias is not None else [])
+        )
         parts.append(part)
     return keras.Model(inputs, keras.layers.Concatenate(axis=-1)(parts), name=f"{layer.name}_grouped")
 

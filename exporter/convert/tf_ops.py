@@ -70,8 +70,7 @@ def register_onnx() -> None:
             one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
             shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
             ctx.remove_node(node.name)
-            ctx.make_node("Add", [one.output[0], erf.output[0]], outputs=[output], name=node.name, shapes=shapes,
-                          dtypes=dtypes)
+            ctx.make_node("Add", [one.output[0], erf.output[0]], outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
 
     _registered_onnx = True
 

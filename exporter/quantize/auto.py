@@ -24,7 +24,7 @@ DEFAULT_MAX_ACCURACY_DROP = 1.0  # percentage points
 _TARGET = re.compile(r"^(iOS|macOS)(\d+)$")
 
 
-def target_rank(target: str) -> int | None:
+def target_rank(target: str | None) -> int | None:
     """iOS13 -> 13 ...; None for a target that is not an OS version (ONNX opsets, "unknown")."""
     m = _TARGET.match(target or "")
     return int(m.group(2)) if m else None
@@ -35,8 +35,9 @@ def check_min_target(target: str | None) -> None:
         raise ConfigError(f"min_target must look like iOS15 (iOS13 to iOS26), got {target!r}")
 
 
-def choose(artifacts: list[dict], report: dict, *, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-           min_target: str | None = None) -> tuple[dict, list[dict]]:
+def choose(
+    artifacts: list[dict], report: dict, *, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, min_target: str | None = None
+) -> tuple[dict, list[dict]]:
     """(selection per format, the artifacts picked). ``artifacts`` are manifest entries, ``report`` the parity
     report of the same folder. Every candidate row says ``picked``, or ``rejected`` with its reasons, or
     ``eligible`` (passed everything but a smaller file was picked)."""
@@ -53,24 +54,36 @@ def choose(artifacts: list[dict], report: dict, *, max_accuracy_drop: float = DE
             reasons = _reasons(a, parity, max_accuracy_drop, min_target)
             labels = parity.get("against_labels") or {}
             drop = -100.0 * labels["accuracy_change"] if "accuracy_change" in labels else None
-            row = {"variant": a["variant"], "bytes": a["bytes"], "target": a.get("minimum_deployment_target"),
-                   "status": parity["status"], "top1_agreement": parity.get("top1_agreement"),
-                   "accuracy_drop_points": None if drop is None else round(drop, 3),
-                   "failures": parity.get("failures", []), "reason": parity.get("reason", "")}
+            row = {
+                "variant": a["variant"],
+                "bytes": a["bytes"],
+                "target": a.get("minimum_deployment_target"),
+                "status": parity["status"],
+                "top1_agreement": parity.get("top1_agreement"),
+                "accuracy_drop_points": None if drop is None else round(drop, 3),
+                "failures": parity.get("failures", []),
+                "reason": parity.get("reason", ""),
+            }
             if reasons:
                 row.update(decision="rejected", why=reasons)
             elif picked is None:
                 picked = a
-                why = [f"smallest file that passes its gate, within {max_accuracy_drop:g} accuracy points"
-                       + (f" and runs on {min_target}" if min_target else "")]
+                why = [
+                    f"smallest file that passes its gate, within {max_accuracy_drop:g} accuracy points"
+                    + (f" and runs on {min_target}" if min_target else "")
+                ]
                 if drop is None:
                     why.append("no labelled images among the validation images: accuracy drop not checked")
                 row.update(decision="picked", why=why)
             else:
                 row.update(decision="eligible", why=[f"larger than the picked {picked['variant']}"])
             rows.append(row)
-        selection[fmt] = {"picked": picked["variant"] if picked else None, "max_accuracy_drop": max_accuracy_drop,
-                          "min_target": min_target, "tried": rows}
+        selection[fmt] = {
+            "picked": picked["variant"] if picked else None,
+            "max_accuracy_drop": max_accuracy_drop,
+            "min_target": min_target,
+            "tried": rows,
+        }
         if picked:
             keep.append(picked)
     return selection, keep

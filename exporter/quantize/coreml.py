@@ -57,13 +57,19 @@ def compress(mlmodel, spec: CompressionSpec):
 
     per_const = {}
     if spec.kind == "linear":
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric" if spec.symmetric else "linear", dtype="int8",
-                                                granularity="per_channel", weight_threshold=MIN_WEIGHT_ELEMENTS)
+        op_config = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric" if spec.symmetric else "linear",
+            dtype="int8",
+            granularity="per_channel",
+            weight_threshold=MIN_WEIGHT_ELEMENTS,
+        )
         fn = cto.linear_quantize_weights
     elif spec.grouped:
+
         def grouped(size: int):
-            return cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", granularity="per_grouped_channel",
-                                          group_size=size, weight_threshold=MIN_WEIGHT_ELEMENTS)
+            return cto.OpPalettizerConfig(
+                nbits=spec.nbits, mode="kmeans", granularity="per_grouped_channel", group_size=size, weight_threshold=MIN_WEIGHT_ELEMENTS
+            )
 
         op_config = grouped(PALETTE_GROUP_SIZE)
         # Groups must divide the output channels; a layer with 24 or 56 channels gets groups of 8 instead of
@@ -73,8 +79,7 @@ def compress(mlmodel, spec: CompressionSpec):
                 per_const[name] = grouped(math.gcd(channels, PALETTE_GROUP_SIZE))
         fn = cto.palettize_weights
     else:
-        op_config = cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", granularity="per_tensor",
-                                           weight_threshold=MIN_WEIGHT_ELEMENTS)
+        op_config = cto.OpPalettizerConfig(nbits=spec.nbits, mode="kmeans", granularity="per_tensor", weight_threshold=MIN_WEIGHT_ELEMENTS)
         fn = cto.palettize_weights
     with translating(ConversionError, f"{spec.kind} {spec.nbits}-bit compression failed"), warnings.catch_warnings():
         # k-means on a small kernel finds fewer distinct values than table entries: harmless, entries repeat.
@@ -87,7 +92,7 @@ def _float_weights(mlmodel):
     constant. conv and linear keep output channels on axis 0; a matmul's constant ``y`` on its last axis (axis 0
     when ``transpose_y``), which is the axis coremltools groups on."""
     prog = mil_program(mlmodel)
-    for op in (prog.functions["main"].operations if prog is not None else []):
+    for op in prog.functions["main"].operations if prog is not None else []:
         if op.op_type in ("conv", "linear", "conv_transpose"):
             names, axis = ["weight"], 0
         elif op.op_type == "matmul":
@@ -114,8 +119,10 @@ def neuralnetwork_weights(mlmodel, nbits: int):
         raise ConfigError(f"NeuralNetwork weight bits must be 16 or 8, got {nbits}")
     mode = "linear" if nbits == 8 else None
     kwargs = {"quantization_mode": mode} if mode else {}
-    with (translating(ConversionError, f"NeuralNetwork {nbits}-bit weight quantization failed"),
-          contextlib.redirect_stdout(io.StringIO())):  # it prints a line per layer
+    with (
+        translating(ConversionError, f"NeuralNetwork {nbits}-bit weight quantization failed"),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # it prints a line per layer
         return quantization_utils.quantize_weights(mlmodel, nbits=nbits, **kwargs)
 
 
@@ -124,9 +131,11 @@ def uncompressed_weights(mlmodel, palette_bits: int | None = None) -> list[dict]
     left = []
     for op, _const, value, _channels in _float_weights(mlmodel):
         size = int(value.size)
-        if palette_bits is not None and size <= 2 ** palette_bits:
-            reason = (f"{size} elements, no more than the {2 ** palette_bits} entries of a {palette_bits}-bit "
-                      "lookup table: palettizing would not make it smaller, so coremltools keeps it")
+        if palette_bits is not None and size <= 2**palette_bits:
+            reason = (
+                f"{size} elements, no more than the {2**palette_bits} entries of a {palette_bits}-bit "
+                "lookup table: palettizing would not make it smaller, so coremltools keeps it"
+            )
         else:
             reason = "kept in float by coremltools"
         left.append({"op": op.name, "elements": size, "reason": reason})
@@ -170,8 +179,7 @@ def nonzero_ranges(stats: dict[str, dict[str, float]]) -> dict[str, dict[str, fl
     out = {}
     for name, r in stats.items():
         bound = max(abs(r["rmin"]), abs(r["rmax"]))
-        out[name] = dict(r) if bound >= MIN_ACTIVATION_BOUND else {"rmin": -MIN_ACTIVATION_BOUND,
-                                                                    "rmax": MIN_ACTIVATION_BOUND}
+        out[name] = dict(r) if bound >= MIN_ACTIVATION_BOUND else {"rmin": -MIN_ACTIVATION_BOUND, "rmax": MIN_ACTIVATION_BOUND}
     return out
 
 
@@ -226,8 +234,7 @@ def _insert_activation_quantization(mlmodel, stats):
 
     config = cto.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
     passes = []
-    for name in ("compression::insert_prefix_quantize_dequantize_pair",
-                 "compression::insert_suffix_quantize_dequantize_pair"):
+    for name in ("compression::insert_prefix_quantize_dequantize_pair", "compression::insert_suffix_quantize_dequantize_pair"):
         graph_pass = PASS_REGISTRY[name]
         graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", stats)])
         passes.append(graph_pass)

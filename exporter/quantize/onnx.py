@@ -46,13 +46,12 @@ def _roundtrip(core, fn) -> object:
 def to_int8_dynamic(core):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    return _roundtrip(core, lambda src, dst, _tmp: quantize_dynamic(src, dst, weight_type=QuantType.QInt8,
-                                                                    per_channel=True))
+    return _roundtrip(core, lambda src, dst, _tmp: quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True))
 
 
 class _Reader:
     def __init__(self, name: str, batches: Iterable[np.ndarray]):
-        self._it = iter([{name: b[i:i + 1]} for b in batches for i in range(len(b))])
+        self._it = iter([{name: b[i : i + 1]} for b in batches for i in range(len(b))])
 
     def get_next(self):
         return next(self._it, None)
@@ -145,11 +144,18 @@ class _StaticQuantizer:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         dst = self.tmp / "out.onnx"
-        quantize_static(str(self.tmp / "prepared.onnx"), str(dst), _Reader(self.input_name, self.calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=self.always_float + exclude,
-                        calibration_cache_path=str(self.tmp / "ranges.json"))
+        quantize_static(
+            str(self.tmp / "prepared.onnx"),
+            str(dst),
+            _Reader(self.input_name, self.calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=self.always_float + exclude,
+            calibration_cache_path=str(self.tmp / "ranges.json"),
+        )
         return onnx.load(dst)
 
 
@@ -175,8 +181,10 @@ def to_int8_static(core, calibration: list[np.ndarray], details: dict | None = N
             agreement, _ = _agreement(model, name, x, reference)
             candidates = [n.name for n in prepared.graph.node if n.op_type in _WEIGHTED_OPS]
             while agreement < SENSITIVITY_TARGET_TOP1 and len(exclude) < MAX_FLOAT_LAYERS:
-                best = _most_sensitive([c for c in candidates if c not in exclude],
-                                       lambda c, m=model: _agreement(_float_layer(m, prepared, c), name, x, reference))
+                best = _most_sensitive(
+                    [c for c in candidates if c not in exclude],
+                    lambda c, m=model: _agreement(_float_layer(m, prepared, c), name, x, reference),
+                )
                 exclude.append(best)
                 model = quantize(exclude)
                 agreement, _ = _agreement(model, name, x, reference)

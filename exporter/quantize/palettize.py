@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def fisher(model, images: np.ndarray, *, seed: int = 0) -> dict[int, np.ndarray]
     for i in range(len(images)):
         p = probs[i] / probs[i].sum()
         y = int(rng.choice(len(p), p=p))
-        for t, g in zip(totals, grads(tf.constant(images[i:i + 1]), tf.constant(y)), strict=True):
+        for t, g in zip(totals, grads(tf.constant(images[i : i + 1]), tf.constant(y)), strict=True):
             if g is not None:
                 t += np.square(np.asarray(g, np.float64))
     return {id(k): t / max(len(images), 1) for k, t in zip(kernels, totals, strict=True)}
@@ -122,8 +123,11 @@ def weight_sensitivities(mlmodel, keras_model, kernel_fisher: dict[int, np.ndarr
     out: dict[str, dict] = {}
     for op, const, value, _channels in _float_weights(mlmodel):
         w = np.asarray(value, np.float64)
-        axis = 0 if op.op_type != "matmul" or w.ndim < 2 else (
-            0 if (op.inputs.get("transpose_y") is not None and op.inputs["transpose_y"].val) else w.ndim - 1)
+        axis = (
+            0
+            if op.op_type != "matmul" or w.ndim < 2
+            else (0 if (op.inputs.get("transpose_y") is not None and op.inputs["transpose_y"].val) else w.ndim - 1)
+        )
         best = None
         for var, k in kernels:
             for layout, fn in _layouts(k):
@@ -132,21 +136,23 @@ def weight_sensitivities(mlmodel, keras_model, kernel_fisher: dict[int, np.ndarr
                     continue
                 reduce = tuple(i for i in range(w.ndim) if i != axis)
                 denom = np.sum(kk * kk, axis=reduce, keepdims=True)
-                scale = np.where(denom > 0, np.sum(w * kk, axis=reduce, keepdims=True) / np.where(denom > 0, denom, 1),
-                                 1.0)
-                residual = float(np.linalg.norm(w - scale * kk) / max(np.linalg.norm(w), 1e-30))
+                scale = np.where(denom > 0, np.sum(w * kk, axis=reduce, keepdims=True) / np.where(denom > 0, denom, 1), 1.0)
+                residual = float(np.linalg.norm(w - scale * kk)) / max(float(np.linalg.norm(w)), 1e-30)
                 if residual <= MATCH_TOLERANCE and (best is None or residual < best[0]):
                     safe = np.where(np.abs(scale) > 1e-12, scale, 1.0)
-                    best = (residual, {"fisher": fn(kernel_fisher[id(var)]) / np.square(safe),
-                                       "keras": getattr(var, "path", var.name), "layout": layout})
+                    best = (
+                        residual,
+                        {"fisher": fn(kernel_fisher[id(var)]) / np.square(safe), "keras": getattr(var, "path", var.name), "layout": layout},
+                    )
         if best is not None:
             out[const.name] = best[1]
     return out
 
 
 # ------------------------------------------------------------------------------------------------ weighted k-means
-def weighted_kmeans_1d(values: np.ndarray, weights: np.ndarray, k: int,
-                       iterations: int = KMEANS_ITERATIONS) -> tuple[np.ndarray, np.ndarray]:
+def weighted_kmeans_1d(
+    values: np.ndarray, weights: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS
+) -> tuple[np.ndarray, np.ndarray]:
     """(centroids (k,), index of the nearest centroid per value) minimising sum(weights * (values - centroid)^2).
 
     Deterministic: Lloyd's algorithm from five starts, keeping the best: weighted quantiles (where the mass is),
@@ -190,8 +196,13 @@ def weighted_kmeans_1d(values: np.ndarray, weights: np.ndarray, k: int,
         return np.array(chosen)
 
     half = k // 2
-    starts = (quantiles(k), np.linspace(vs[0], vs[-1], k),
-              np.concatenate([quantiles(half), np.linspace(vs[0], vs[-1], k - half)]), plusplus(0), plusplus(1))
+    starts = (
+        quantiles(k),
+        np.linspace(vs[0], vs[-1], k),
+        np.concatenate([quantiles(half), np.linspace(vs[0], vs[-1], k - half)]),
+        plusplus(0),
+        plusplus(1),
+    )
     _, centroids = min((lloyd(c) for c in starts), key=lambda t: t[0])
     if len(centroids) < k:  # fewer distinct values than entries: pad with the last one (never indexed)
         centroids = np.concatenate([centroids, np.full(k - len(centroids), centroids[-1])])
@@ -199,8 +210,9 @@ def weighted_kmeans_1d(values: np.ndarray, weights: np.ndarray, k: int,
     return centroids, np.searchsorted(bounds, v)
 
 
-def _group_tables(w: np.ndarray, f: np.ndarray | None, nbits: int, group: int, axis: int,
-                  floor: float = SENSITIVITY_FLOOR) -> dict[bytes, tuple]:
+def _group_tables(
+    w: np.ndarray, f: np.ndarray | None, nbits: int, group: int, axis: int, floor: float = SENSITIVITY_FLOOR
+) -> dict[bytes, tuple]:
     """{bytes of a group's values as coremltools passes them: (lut, indices)} for every group of ``group`` channels
     on ``axis`` (the whole tensor when group is 0), computed the way coremltools splits the weight."""
     a = np.swapaxes(w, 0, axis) if axis else w
@@ -209,11 +221,11 @@ def _group_tables(w: np.ndarray, f: np.ndarray | None, nbits: int, group: int, a
     size = group or channels
     tables = {}
     for start in range(0, channels, size):
-        block = np.ascontiguousarray(a[start:start + size])
-        weights = np.ones(block.shape) if fa is None else fa[start:start + size]
+        block = np.ascontiguousarray(a[start : start + size])
+        weights = np.ones(block.shape) if fa is None else fa[start : start + size]
         if fa is not None:
             weights = weights + floor * max(float(weights.mean()), 1e-30)
-        lut, idx = weighted_kmeans_1d(block.astype(np.float64), weights, 2 ** nbits)
+        lut, idx = weighted_kmeans_1d(block.astype(np.float64), weights, 2**nbits)
         tables[block.tobytes()] = (lut.astype(block.dtype), idx.astype(np.uint8))
     return tables
 
@@ -230,10 +242,9 @@ def palettize(mlmodel, spec: PaletteSpec, sensitivities: dict[str, dict] | None 
     per_op, layout = {}, []
     for op, const, value, channels in _float_weights(mlmodel):
         w = np.asarray(value)
-        if w.size <= 2 ** spec.nbits:
+        if w.size <= 2**spec.nbits:
             continue  # a table would not be smaller than the weight
-        axis = 0 if op.op_type != "matmul" or (op.inputs.get("transpose_y") is not None and
-                                               op.inputs["transpose_y"].val) else w.ndim - 1
+        axis = 0 if op.op_type != "matmul" or (op.inputs.get("transpose_y") is not None and op.inputs["transpose_y"].val) else w.ndim - 1
         group = math.gcd(channels, spec.group_size) if spec.group_size else 0
         sens = sensitivities.get(const.name) if spec.weighted else None
         fisher_w = None if sens is None else sens["fisher"]
@@ -248,14 +259,24 @@ def palettize(mlmodel, spec: PaletteSpec, sensitivities: dict[str, dict] | None 
             return tables[key]
 
         per_op[const.name] = cto.OpPalettizerConfig(
-            mode="custom", lut_function=lut_function, granularity="per_grouped_channel" if group else "per_tensor",
-            group_size=group, channel_axis=axis, weight_threshold=MIN_WEIGHT_ELEMENTS)
-        layout.append({"weight": const.name, "elements": int(w.size), "tables": len(tables),
-                       "group_channels": group or int(channels),
-                       "sensitivity": "none (unweighted)" if sens is None else f"fisher from {sens['keras']}"})
+            mode="custom",
+            lut_function=lut_function,
+            granularity="per_grouped_channel" if group else "per_tensor",
+            group_size=group,
+            channel_axis=axis,
+            weight_threshold=MIN_WEIGHT_ELEMENTS,
+        )
+        layout.append(
+            {
+                "weight": const.name,
+                "elements": int(w.size),
+                "tables": len(tables),
+                "group_channels": group or int(channels),
+                "sensitivity": "none (unweighted)" if sens is None else f"fisher from {sens['keras']}",
+            }
+        )
     if details is not None:
-        details["palette"] = {"nbits": spec.nbits, "group_size": spec.group_size, "weighted": spec.weighted,
-                              "weights": layout}
+        details["palette"] = {"nbits": spec.nbits, "group_size": spec.group_size, "weighted": spec.weighted, "weights": layout}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
@@ -263,12 +284,10 @@ def palettize(mlmodel, spec: PaletteSpec, sensitivities: dict[str, dict] | None 
     except ConversionError:
         raise
     except Exception as exc:
-        raise ConversionError(f"data-aware {spec.nbits}-bit palettization failed: {str(exc).splitlines()[0][:300]}"
-                              ) from exc
+        raise ConversionError(f"data-aware {spec.nbits}-bit palettization failed: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def data_aware(mlmodel, spec: PaletteSpec, keras_model, calibration: list[np.ndarray], normalize,
-               details: dict | None = None):
+def data_aware(mlmodel, spec: PaletteSpec, keras_model, calibration: list[np.ndarray], normalize, details: dict | None = None):
     """The whole transform: Fisher sensitivities of ``keras_model`` on up to FISHER_IMAGES calibration images
     (uint8 NHWC batches, ``normalize`` turns them into the model's input), matched to ``mlmodel``'s weights, then
     ``palettize``."""
@@ -291,15 +310,14 @@ def _estimated_kl(w: np.ndarray, f: np.ndarray, tables: dict[bytes, tuple], axis
     size = group or a.shape[0]
     total = 0.0
     for start in range(0, a.shape[0], size):
-        block = np.ascontiguousarray(a[start:start + size])
+        block = np.ascontiguousarray(a[start : start + size])
         lut, idx = tables[block.tobytes()]
         err = block.astype(np.float64).ravel() - lut.astype(np.float64)[idx]
-        total += 0.5 * float(np.sum(fa[start:start + size].ravel() * err * err))
+        total += 0.5 * float(np.sum(fa[start : start + size].ravel() * err * err))
     return total
 
 
-def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_size: int = 16,
-          details: dict | None = None):
+def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_size: int = 16, details: dict | None = None):
     """Each weight gets 2, 3, 4, 6 or 8 bits (or stays float16) so that the element-weighted average of the index bits
     is at most ``average_bits`` and the summed Fisher estimate of the KL cost is smallest (Lagrangian allocation:
     each layer minimises cost + lambda * bits * elements, lambda found by bisection). A weight without a sensitivity
@@ -313,20 +331,28 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
     layers = []
     for op, const, value, channels in _float_weights(mlmodel):
         w = np.asarray(value)
-        axis = 0 if op.op_type != "matmul" or (op.inputs.get("transpose_y") is not None and
-                                               op.inputs["transpose_y"].val) else w.ndim - 1
+        axis = 0 if op.op_type != "matmul" or (op.inputs.get("transpose_y") is not None and op.inputs["transpose_y"].val) else w.ndim - 1
         group = math.gcd(channels, group_size) if group_size else 0
         sens = sensitivities.get(const.name)
-        options = {}
+        options: dict[int, tuple[float, Any]] = {}
         for bits in MIXED_BITS:
-            if w.size <= 2 ** bits:
+            if w.size <= 2**bits:
                 continue
             tables = _group_tables(w, None if sens is None else sens["fisher"], bits, group, axis)
             cost = _estimated_kl(w, sens["fisher"], tables, axis, group) if sens is not None else float("nan")
             options[bits] = (cost, tables)
         options[FLOAT_BITS] = (0.0, None)
-        layers.append({"name": const.name, "op": op.name, "size": int(w.size), "axis": axis, "group": group,
-                       "options": options, "sensitive": sens is not None})
+        layers.append(
+            {
+                "name": const.name,
+                "op": op.name,
+                "size": int(w.size),
+                "axis": axis,
+                "group": group,
+                "options": options,
+                "sensitive": sens is not None,
+            }
+        )
     total = sum(layer["size"] for layer in layers)
 
     def allocate(lam: float) -> dict[str, int]:
@@ -355,10 +381,16 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
     for layer in layers:
         bits = choice[layer["name"]]
         cost, tables = layer["options"][bits]
-        report.append({"weight": layer["name"], "op": layer["op"], "elements": layer["size"], "bits": bits,
-                       "estimated_kl": None if math.isnan(cost) else cost,
-                       "estimated_kl_at_4_bits": (layer["options"].get(4, (None,))[0] if layer["sensitive"]
-                                                  else None)})
+        report.append(
+            {
+                "weight": layer["name"],
+                "op": layer["op"],
+                "elements": layer["size"],
+                "bits": bits,
+                "estimated_kl": None if math.isnan(cost) else cost,
+                "estimated_kl_at_4_bits": (layer["options"].get(4, (None,))[0] if layer["sensitive"] else None),
+            }
+        )
         if tables is None:
             continue
 
@@ -372,12 +404,21 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
         if not group and layer["axis"]:
             raise ConversionError(f"mixed palettization needs grouped tables for {layer['name']}")
         per_op[layer["name"]] = cto.OpPalettizerConfig(
-            mode="custom", lut_function=lut_function, granularity="per_grouped_channel" if group else "per_tensor",
-            group_size=group, channel_axis=layer["axis"], weight_threshold=MIN_WEIGHT_ELEMENTS)
+            mode="custom",
+            lut_function=lut_function,
+            granularity="per_grouped_channel" if group else "per_tensor",
+            group_size=group,
+            channel_axis=layer["axis"],
+            weight_threshold=MIN_WEIGHT_ELEMENTS,
+        )
     if details is not None:
-        details["mixed_bits"] = {"budget": average_bits, "average_bits": round(average(choice), 4),
-                                 "group_size": group_size, "effect": "estimated KL divergence 0.5 * sum(F * dw^2), "
-                                 "F the Fisher diagonal on the calibration images", "weights": report}
+        details["mixed_bits"] = {
+            "budget": average_bits,
+            "average_bits": round(average(choice), 4),
+            "group_size": group_size,
+            "effect": "estimated KL divergence 0.5 * sum(F * dw^2), F the Fisher diagonal on the calibration images",
+            "weights": report,
+        }
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
@@ -388,11 +429,9 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
         raise ConversionError(f"mixed-bit palettization failed: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def data_aware_mixed(mlmodel, average_bits: float, keras_model, calibration: list[np.ndarray], normalize,
-                     details: dict | None = None):
+def data_aware_mixed(mlmodel, average_bits: float, keras_model, calibration: list[np.ndarray], normalize, details: dict | None = None):
     """``mixed`` with Fisher sensitivities measured on the calibration images (see ``data_aware``)."""
     if not calibration:
         raise ConversionError("mixed-bit palettization needs calibration images")
     images = np.concatenate([normalize(b) for b in calibration])[:FISHER_IMAGES].astype(np.float32)
-    return mixed(mlmodel, average_bits, weight_sensitivities(mlmodel, keras_model, fisher(keras_model, images)),
-                 details=details)
+    return mixed(mlmodel, average_bits, weight_sensitivities(mlmodel, keras_model, fisher(keras_model, images)), details=details)

@@ -71,12 +71,17 @@ def _size_vs_agreement(report: dict) -> str:
     markers = {"mlpackage": "o", "mlmodel": "s", "onnx": "^"}
     for fmt in dict.fromkeys(a["format"] for a in run):
         rows = [a for a in run if a["format"] == fmt]
-        ax.scatter([a["bytes"] / 1e6 for a in rows], [a["top1_agreement"] for a in rows], marker=markers.get(fmt, "o"),
-                   s=50, label=fmt, c=["#c0392b" if a["status"] == "failed" else "#27ae60" for a in rows],
-                   edgecolors="black")
+        ax.scatter(
+            [a["bytes"] / 1e6 for a in rows],
+            [a["top1_agreement"] for a in rows],
+            marker=markers.get(fmt, "o"),
+            s=50,
+            label=fmt,
+            c=["#c0392b" if a["status"] == "failed" else "#27ae60" for a in rows],
+            edgecolors="black",
+        )
         for a in rows:
-            ax.annotate(a["variant"], (a["bytes"] / 1e6, a["top1_agreement"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+            ax.annotate(a["variant"], (a["bytes"] / 1e6, a["top1_agreement"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("size (MB)")
     ax.set_ylabel("top-1 agreement with Keras")
     ax.set_title("size vs agreement (up and left is better; red: failed its gate)")
@@ -93,8 +98,7 @@ def _confusion(cm: list[list[int]], labels: list[str], title: str) -> str:
     ax.set_yticks(range(len(labels)), labels)
     for (i, j), v in np.ndenumerate(counts):
         if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > counts.max() / 2 else "black")
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > counts.max() / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -122,10 +126,12 @@ def _image_rows(rows: list[dict], pre) -> str:
     cells = []
     for r in rows:
         src = _thumb(r["image"], pre)
-        cells.append(f'<figure><img src="{src}" width="{THUMB_PX}" height="{THUMB_PX}" alt="">'
-                     f"<figcaption>{html.escape(Path(r['image']).name)}<br>Keras {html.escape(r['keras'])} "
-                     f"{r['keras_p']:.3f}<br>converted {html.escape(r['converted'])} {r['converted_p']:.3f}<br>"
-                     f"max |dp| {r['max_abs_prob']:.2e}</figcaption></figure>")
+        cells.append(
+            f'<figure><img src="{src}" width="{THUMB_PX}" height="{THUMB_PX}" alt="">'
+            f"<figcaption>{html.escape(Path(r['image']).name)}<br>Keras {html.escape(r['keras'])} "
+            f"{r['keras_p']:.3f}<br>converted {html.escape(r['converted'])} {r['converted_p']:.3f}<br>"
+            f"max |dp| {r['max_abs_prob']:.2e}</figcaption></figure>"
+        )
     return '<div class="thumbs">' + "".join(cells) + "</div>" if cells else "<p>none</p>"
 
 
@@ -147,17 +153,21 @@ def _summary(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else "FAILED"
     linux_note = ""
     if any((a.get("engine") or {}).get("name") == "Linux Core ML executor" for a in report["artifacts"]):
-        linux_note = ("<p class=\"note\">Core ML files were run by the Linux Core ML executor (this toolkit's own "
-                      "implementation), not by Apple's Core ML: a pass here is a pass of the executor.</p>")
+        linux_note = (
+            '<p class="note">Core ML files were run by the Linux Core ML executor (this toolkit\'s own '
+            "implementation), not by Apple's Core ML: a pass here is a pass of the executor.</p>"
+        )
     ref = report.get("reference") or {}
-    return (f'<section class="card {"pass" if report["passed"] else "fail"}-card"><h1>{verdict}</h1>'
-            f"<p><b>{counts['passed']}</b> passed, <b>{counts['failed']}</b> failed, <b>{counts['not run']}</b> not run "
-            f"of {len(report['artifacts'])} artifacts, on {report['images']} images from "
-            f"{esc(report['image_folder'])}</p>"
-            f"<p>engines: {esc(', '.join(engines)) or 'none'}; reference: {esc(ref.get('name', 'Keras'))} "
-            f"{esc(ref.get('version', ''))}</p>"
-            f"<p>{esc(env.get('platform', ''))}, Python {esc(env.get('python', ''))}, {esc(env.get('date', ''))}; "
-            f"exporter {esc(report.get('exporter_version', ''))}</p>{linux_note}</section>")
+    return (
+        f'<section class="card {"pass" if report["passed"] else "fail"}-card"><h1>{verdict}</h1>'
+        f"<p><b>{counts['passed']}</b> passed, <b>{counts['failed']}</b> failed, <b>{counts['not run']}</b> not run "
+        f"of {len(report['artifacts'])} artifacts, on {report['images']} images from "
+        f"{esc(report['image_folder'])}</p>"
+        f"<p>engines: {esc(', '.join(engines)) or 'none'}; reference: {esc(ref.get('name', 'Keras'))} "
+        f"{esc(ref.get('version', ''))}</p>"
+        f"<p>{esc(env.get('platform', ''))}, Python {esc(env.get('python', ''))}, {esc(env.get('date', ''))}; "
+        f"exporter {esc(report.get('exporter_version', ''))}</p>{linux_note}</section>"
+    )
 
 
 def render(report: dict) -> str:
@@ -177,73 +187,94 @@ def _render(report: dict) -> str:
     labels = report["labels"]
     esc = html.escape
     ratio = lambda a: "" if a.get("ratio_to_fp32") is None else f"{a['ratio_to_fp32']:.3f}"  # noqa: E731
-    nav = " · ".join(f'<a href="#{_anchor(a["path"])}">{esc(a["path"])}</a>' for a in report["artifacts"]
-                     if a["status"] != "not run")
-    parts = [_summary(report),
-             f'<nav><a href="#artifacts">artifacts</a> · <a href="#plots">plots</a> · <a href="#labels">against the '
-             f'labels</a> · {nav}</nav>',
-             f"<p>Export {esc(report['export_dir'])}; source model {esc(report['source']['path'])} "
-             f"(SHA-256 {report['source']['sha256'][:16]}…)</p>",
-             '<h2 id="artifacts">Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>engine</th><th>size</th>'
-             "<th>vs fp32</th><th>top-1</th><th>top-5</th><th>max |dp|</th><th>mean |dp|</th><th>mean KL</th>"
-             "<th>accuracy</th><th>gate</th><th>failures / reason</th></tr>"]
+    nav = " · ".join(f'<a href="#{_anchor(a["path"])}">{esc(a["path"])}</a>' for a in report["artifacts"] if a["status"] != "not run")
+    parts = [
+        _summary(report),
+        f'<nav><a href="#artifacts">artifacts</a> · <a href="#plots">plots</a> · <a href="#labels">against the labels</a> · {nav}</nav>',
+        f"<p>Export {esc(report['export_dir'])}; source model {esc(report['source']['path'])} "
+        f"(SHA-256 {report['source']['sha256'][:16]}…)</p>",
+        '<h2 id="artifacts">Artifacts</h2><table><tr><th>artifact</th><th>status</th><th>engine</th><th>size</th>'
+        "<th>vs fp32</th><th>top-1</th><th>top-5</th><th>max |dp|</th><th>mean |dp|</th><th>mean KL</th>"
+        "<th>accuracy</th><th>gate</th><th>failures / reason</th></tr>",
+    ]
     for a in report["artifacts"]:
         gate = ", ".join(f"{k} {v:g}" for k, v in a["gate"].items() if v is not None)
         size = f'<td title="{a["bytes"]:,} bytes">{human_bytes(a["bytes"])}</td>'
         if a["status"] == "not run":
-            parts.append(f"<tr><td>{esc(a['path'])}</td><td class=\"skip\">not run</td><td>{esc(_engine(a))}</td>"
-                         f"{size}<td>{ratio(a)}</td><td colspan=6></td><td>{esc(gate)}</td>"
-                         f"<td>{esc(a['reason'])}</td></tr>")
+            parts.append(
+                f'<tr><td>{esc(a["path"])}</td><td class="skip">not run</td><td>{esc(_engine(a))}</td>'
+                f"{size}<td>{ratio(a)}</td><td colspan=6></td><td>{esc(gate)}</td>"
+                f"<td>{esc(a['reason'])}</td></tr>"
+            )
             continue
         lab = a.get("against_labels")
         acc = "" if not lab else f"{lab['accuracy']:.4f}"
-        parts.append(f'<tr><td><a href="#{_anchor(a["path"])}">{esc(a["path"])}</a></td>'
-                     f"<td class=\"{'fail' if a['status'] == 'failed' else 'pass'}\">{a['status']}</td>"
-                     f"<td>{esc(_engine(a))}</td>{size}<td>{ratio(a)}</td>"
-                     f"<td>{a['top1_agreement']:.4f}</td><td>{a['top5_overlap']:.4f}</td>"
-                     f"<td>{a['max_abs_prob']:.2e}</td><td>{a['mean_abs_prob']:.2e}</td><td>{a['mean_kl']:.2e}</td>"
-                     f"<td>{acc}</td><td>{esc(gate)}</td>"
-                     f"<td>{esc('; '.join(a['failures']))}</td></tr>")
+        parts.append(
+            f'<tr><td><a href="#{_anchor(a["path"])}">{esc(a["path"])}</a></td>'
+            f'<td class="{"fail" if a["status"] == "failed" else "pass"}">{a["status"]}</td>'
+            f"<td>{esc(_engine(a))}</td>{size}<td>{ratio(a)}</td>"
+            f"<td>{a['top1_agreement']:.4f}</td><td>{a['top5_overlap']:.4f}</td>"
+            f"<td>{a['max_abs_prob']:.2e}</td><td>{a['mean_abs_prob']:.2e}</td><td>{a['mean_kl']:.2e}</td>"
+            f"<td>{acc}</td><td>{esc(gate)}</td>"
+            f"<td>{esc('; '.join(a['failures']))}</td></tr>"
+        )
     parts.append("</table>")
     if any(a["status"] != "not run" for a in report["artifacts"]):
-        parts.append(f'<h2 id="plots">Agreement and size per variant</h2><img src="{_agreement_and_size(report)}" '
-                     f'alt="top-1 agreement and size per artifact"><img src="{_size_vs_agreement(report)}" '
-                     'alt="size against top-1 agreement">')
+        parts.append(
+            f'<h2 id="plots">Agreement and size per variant</h2><img src="{_agreement_and_size(report)}" '
+            f'alt="top-1 agreement and size per artifact"><img src="{_size_vs_agreement(report)}" '
+            'alt="size against top-1 agreement">'
+        )
     keras = report["keras"]["against_labels"]
     if keras:
         parts.append('<h2 id="labels">Against the folder labels</h2>')
-        parts.append("<table><tr><th>class</th><th>Keras precision</th><th>recall</th><th>F1</th><th>support</th>"
-                     "</tr>" + "".join(f"<tr><td>{esc(r['label'])}</td><td>{r['precision']:.3f}</td>"
-                                       f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
-                                       for r in keras["per_class"]) + "</table>")
+        parts.append(
+            "<table><tr><th>class</th><th>Keras precision</th><th>recall</th><th>F1</th><th>support</th>"
+            "</tr>"
+            + "".join(
+                f"<tr><td>{esc(r['label'])}</td><td>{r['precision']:.3f}</td>"
+                f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+                for r in keras["per_class"]
+            )
+            + "</table>"
+        )
         parts.append(f'<img src="{_confusion(keras["confusion_matrix"], labels, "Keras")}" alt="">')
         ran = [a for a in report["artifacts"] if a["status"] != "not run" and a.get("against_labels")]
         worst = sorted(ran, key=lambda a: a["top1_agreement"])[:3]
         for a in worst:
-            changes = ", ".join(f"{r['label']}: F1 {r['f1_change']:+.3f}" for r in a["against_labels"]["per_class"]
-                                if abs(r["f1_change"]) > 0)
-            parts.append(f"<h3>{esc(a['path'])}</h3><p>F1 changes against Keras: {esc(changes) or 'none'}</p>"
-                         f'<img src="{_confusion(a["against_labels"]["confusion_matrix"], labels, a["path"])}" alt="">')
+            changes = ", ".join(
+                f"{r['label']}: F1 {r['f1_change']:+.3f}" for r in a["against_labels"]["per_class"] if abs(r["f1_change"]) > 0
+            )
+            parts.append(
+                f"<h3>{esc(a['path'])}</h3><p>F1 changes against Keras: {esc(changes) or 'none'}</p>"
+                f'<img src="{_confusion(a["against_labels"]["confusion_matrix"], labels, a["path"])}" alt="">'
+            )
     for a in report["artifacts"]:
         if a["status"] == "not run":
             continue
         flipped = a["flipped"][:SHOWN_FLIPPED]
-        shown = (f"{len(flipped)} of {a['flipped_count']} shown" if a["flipped_count"] > len(flipped)
-                 else f"{a['flipped_count']}")
-        parts.append(f'<h2 id="{_anchor(a["path"])}">{esc(a["path"])} <a class="top" href="#artifacts">↑</a></h2>'
-                     f"<p>{esc(_engine(a))}; {a['status']}</p><h3>Top-1 flipped ({shown})</h3>"
-                     + _image_rows(flipped, pre) + f"<h3>Worst disagreements ({len(a['worst'])})</h3>"
-                     + _image_rows(a["worst"], pre))
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}td{text-align:right;white-space:nowrap}td:first-child,"
-             "td:nth-child(3){text-align:left}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
-             ".skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;font-size:11px;"
-             "width:140px}img{image-rendering:pixelated;max-width:100%}.card{border-radius:8px;padding:0.5em 1.2em;"
-             "margin-bottom:1em}.pass-card{background:#eafaf1;border:2px solid #27ae60}.fail-card{background:#fdedec;"
-             "border:2px solid #c0392b}.card h1{margin:0.2em 0}.note{color:#7d6608}nav{margin:0.5em 0 1em;"
-             "line-height:1.8}a.top{font-size:0.6em;text-decoration:none}")
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>Parity report</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>\n")
+        shown = f"{len(flipped)} of {a['flipped_count']} shown" if a["flipped_count"] > len(flipped) else f"{a['flipped_count']}"
+        parts.append(
+            f'<h2 id="{_anchor(a["path"])}">{esc(a["path"])} <a class="top" href="#artifacts">↑</a></h2>'
+            f"<p>{esc(_engine(a))}; {a['status']}</p><h3>Top-1 flipped ({shown})</h3>"
+            + _image_rows(flipped, pre)
+            + f"<h3>Worst disagreements ({len(a['worst'])})</h3>"
+            + _image_rows(a["worst"], pre)
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}td{text-align:right;white-space:nowrap}td:first-child,"
+        "td:nth-child(3){text-align:left}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
+        ".skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;font-size:11px;"
+        "width:140px}img{image-rendering:pixelated;max-width:100%}.card{border-radius:8px;padding:0.5em 1.2em;"
+        "margin-bottom:1em}.pass-card{background:#eafaf1;border:2px solid #27ae60}.fail-card{background:#fdedec;"
+        "border:2px solid #c0392b}.card h1{margin:0.2em 0}.note{color:#7d6608}nav{margin:0.5em 0 1em;"
+        "line-height:1.8}a.top{font-size:0.6em;text-decoration:none}"
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>Parity report</title><style>{style}</style>'
+        f"</head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write(report: dict, path: str | Path) -> None:

@@ -7,16 +7,16 @@ from collections.abc import Collection, Sequence
 
 def _table(rows: Sequence[tuple[str, ...]], right: Collection[int] = frozenset()) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-            .rstrip() for r in rows]
+    return [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip() for r in rows
+    ]
 
 
 def size_table(manifest: dict) -> str:
     rows = [("artifact", "bytes", "vs fp32", "limit", "target")]
     for a in manifest["artifacts"]:
         ratio = "" if a["ratio_to_fp32"] is None else f"{a['ratio_to_fp32']:.3f}"
-        rows.append((a["path"], f"{a['bytes']:,}", ratio, f"{a['details']['theoretical_ratio']:.3f}",
-                     a["minimum_deployment_target"]))
+        rows.append((a["path"], f"{a['bytes']:,}", ratio, f"{a['details']['theoretical_ratio']:.3f}", a["minimum_deployment_target"]))
     lines = _table(rows, right={1, 2, 3, 4})
     lines += [f"skipped {s['format']}:{s['variant']}: {s['reason']}" for s in manifest.get("skipped", [])]
     if manifest.get("auto_selection"):
@@ -35,9 +35,20 @@ def parity_table(report: dict) -> str:
             continue
         lab = a.get("against_labels")
         acc = "" if not lab else f"{lab['accuracy']:.4f} ({lab['accuracy_change']:+.4f})"
-        rows.append((a["path"], a["status"].upper() if a["status"] == "failed" else a["status"],
-                     engine_text(a.get("engine")), f"{a['top1_agreement']:.4f}", f"{a['top5_overlap']:.4f}", f"{a['max_abs_prob']:.2e}",
-                     f"{a['mean_abs_prob']:.2e}", f"{a['mean_kl']:.2e}", acc, "; ".join(a["failures"])))
+        rows.append(
+            (
+                a["path"],
+                a["status"].upper() if a["status"] == "failed" else a["status"],
+                engine_text(a.get("engine")),
+                f"{a['top1_agreement']:.4f}",
+                f"{a['top5_overlap']:.4f}",
+                f"{a['max_abs_prob']:.2e}",
+                f"{a['mean_abs_prob']:.2e}",
+                f"{a['mean_kl']:.2e}",
+                acc,
+                "; ".join(a["failures"]),
+            )
+        )
     lines = _table(rows)
     keras = (report.get("keras") or {}).get("against_labels")
     if keras:
@@ -48,6 +59,5 @@ def parity_table(report: dict) -> str:
     if env:
         lines.append(f"{env['platform']}, Python {env['python']}, {env['date']}")
     if any((a.get("engine") or {}).get("name") == "Linux Core ML executor" for a in report["artifacts"]):
-        lines.append("Core ML files ran on the Linux Core ML executor (this toolkit's numpy implementation), not on "
-                     "Apple's Core ML")
+        lines.append("Core ML files ran on the Linux Core ML executor (this toolkit's numpy implementation), not on Apple's Core ML")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ def _keras_backend() -> str:
 
 
 def engine_text(engine: dict | None) -> str:
-    """"onnxruntime 1.22.0" / "Linux Core ML executor (exporter 0.1.0)" / "not run"."""
+    """ "onnxruntime 1.22.0" / "Linux Core ML executor (exporter 0.1.0)" / "not run"."""
     if not engine:
         return "not run"
     version = engine.get("version", "")
@@ -61,8 +61,7 @@ class OnnxRunner:
         inp = self.session.get_inputs()[0]
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
-        self.engine = {"name": "onnxruntime", "version": ort.__version__,
-                       "provider": self.session.get_providers()[0]}
+        self.engine = {"name": "onnxruntime", "version": ort.__version__, "provider": self.session.get_providers()[0]}
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         feed = pixels
@@ -139,9 +138,12 @@ class ExecutorRunner:
 
         self.executor = CoreMLExecutor(path, compute=compute)
         self.pre = pre
-        self.engine = {"name": "Linux Core ML executor", "version": f"exporter {__version__}",
-                       "note": "the toolkit's own numpy executor (exporter/runtime/executor), not Apple's Core ML",
-                       "compute": compute}
+        self.engine = {
+            "name": "Linux Core ML executor",
+            "version": f"exporter {__version__}",
+            "note": "the toolkit's own numpy executor (exporter/runtime/executor), not Apple's Core ML",
+            "compute": compute,
+        }
         self.order = None if labels is None else _label_order(self.executor.labels, labels)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
@@ -160,8 +162,7 @@ class CoreMLRunner:
 
         self.model = ct.models.MLModel(str(path))
         self.pre, self.labels = pre, labels
-        self.engine = {"name": "Core ML", "version": f"macOS {platform.mac_ver()[0]}",
-                       "via": f"coremltools {ct.__version__}"}
+        self.engine = {"name": "Core ML", "version": f"macOS {platform.mac_ver()[0]}", "via": f"coremltools {ct.__version__}"}
         spec = self.model.get_spec().description
         self.input = spec.input[0].name
         self.probs = spec.predictedProbabilitiesName

@@ -49,8 +49,12 @@ class LabelStats:
     def summary(self, labels: list[str]) -> dict | None:
         if not self.labelled:
             return None
-        return {"accuracy": float(np.trace(self.cm) / self.labelled), "images": self.labelled,
-                "per_class": [r.__dict__ for r in per_class(self.cm, labels)], "confusion_matrix": self.cm.tolist()}
+        return {
+            "accuracy": float(np.trace(self.cm) / self.labelled),
+            "images": self.labelled,
+            "per_class": [r.__dict__ for r in per_class(self.cm, labels)],
+            "confusion_matrix": self.cm.tolist(),
+        }
 
 
 class ParityStats:
@@ -70,8 +74,7 @@ class ParityStats:
         self._seq = 0
         self.labels = LabelStats(num_classes)
 
-    def update(self, ref: np.ndarray, got: np.ndarray, paths: list[str], label_idx: np.ndarray,
-               names: list[str]) -> None:
+    def update(self, ref: np.ndarray, got: np.ndarray, paths: list[str], label_idx: np.ndarray, names: list[str]) -> None:
         diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
         # A NaN or infinite output is the largest possible disagreement, not a missing value that max() skips.
         diff[~np.isfinite(diff)] = np.inf
@@ -87,9 +90,15 @@ class ParityStats:
         self.kl_max = max(self.kl_max, float(kl.max()))
         self.labels.update(got, label_idx)
         for i in range(len(ref)):
-            row = {"image": paths[i], "keras": names[top_ref[i]], "keras_p": float(ref[i, top_ref[i]]),
-                   "converted": names[top_got[i]], "converted_p": float(got[i, top_got[i]]),
-                   "max_abs_prob": float(per_image[i]), "kl": float(kl[i])}
+            row = {
+                "image": paths[i],
+                "keras": names[top_ref[i]],
+                "keras_p": float(ref[i, top_ref[i]]),
+                "converted": names[top_got[i]],
+                "converted_p": float(got[i, top_got[i]]),
+                "max_abs_prob": float(per_image[i]),
+                "kl": float(kl[i]),
+            }
             if top_ref[i] != top_got[i]:
                 self.flipped_count += 1
                 if len(self.flipped) < KEEP_FLIPPED:
@@ -103,10 +112,18 @@ class ParityStats:
 
     def summary(self, labels: list[str], keras_labels: LabelStats) -> dict:
         n = max(self.images, 1)
-        out = {"images": self.images, "top1_agreement": self.agree / n, "top5_overlap": self.top5 / n,
-               "max_abs_prob": self.max_abs, "mean_abs_prob": self.abs_sum / n, "mean_kl": self.kl_sum / n,
-               "max_kl": self.kl_max, "flipped_count": self.flipped_count, "flipped": self.flipped,
-               "worst": [row for _, _, row in sorted(self._worst, key=lambda t: (-t[0], t[1]))]}
+        out = {
+            "images": self.images,
+            "top1_agreement": self.agree / n,
+            "top5_overlap": self.top5 / n,
+            "max_abs_prob": self.max_abs,
+            "mean_abs_prob": self.abs_sum / n,
+            "mean_kl": self.kl_sum / n,
+            "max_kl": self.kl_max,
+            "flipped_count": self.flipped_count,
+            "flipped": self.flipped,
+            "worst": [row for _, _, row in sorted(self._worst, key=lambda t: (-t[0], t[1]))],
+        }
         mine, ref = self.labels.summary(labels), keras_labels.summary(labels)
         if mine and ref:
             for row, keras_row in zip(mine["per_class"], ref["per_class"], strict=True):

@@ -31,8 +31,7 @@ def per_class(cm: np.ndarray, labels: list[str]) -> list[ClassMetrics]:
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return [ClassMetrics(labels[i], float(precision[i]), float(recall[i]), float(f1[i]), int(actual[i]))
-            for i in range(len(labels))]
+    return [ClassMetrics(labels[i], float(precision[i]), float(recall[i]), float(f1[i]), int(actual[i])) for i in range(len(labels))]
 
 
 def accuracy(y_true, y_pred) -> float:

@@ -46,9 +46,17 @@ class _Entry:
         self.art, self.runner, self.reason, self.gate, self.stats = art, runner, reason, gate, stats
 
 
-def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Path | None = None,
-             gates: dict[str, Gate | dict] | None = None, batch_size: int = 32, trust_code: bool = False,
-             progress: ProgressArg = False, verbose: bool = False) -> Report:
+def validate(
+    export_dir: str | Path,
+    images: str | Path,
+    *,
+    model_path: str | Path | None = None,
+    gates: dict[str, Gate | dict] | None = None,
+    batch_size: int = 32,
+    trust_code: bool = False,
+    progress: ProgressArg = False,
+    verbose: bool = False,
+) -> Report:
     """Run the Keras model and every artifact in ``export_dir`` on the images under ``images``; return the report.
 
     Raises ParityError naming every failing artifact and metric when any gate fails, and NotCheckedError (a
@@ -72,23 +80,26 @@ def validate(export_dir: str | Path, images: str | Path, *, model_path: str | Pa
         raise ModelLoadError("model file not found (given as --model)", path=model_path)
     list_images(images)
     with progress_sink(progress) as sink, quiet_libraries(verbose):
-        report = measure(open_export(root, model_path=model_path, trust_code=trust_code), images, gates=checked,
-                         batch_size=batch_size, progress=sink)
+        report = measure(
+            open_export(root, model_path=model_path, trust_code=trust_code), images, gates=checked, batch_size=batch_size, progress=sink
+        )
     failed = [r for r in report["artifacts"] if r["status"] == "failed"]
     not_run = [r for r in report["artifacts"] if r["status"] == "not run"]
     unchecked = "; not run here (parity unchecked): " + "; ".join(r["reason"] for r in not_run) if not_run else ""
     if failed:
-        raise ParityError("parity gates failed: " + "; ".join(f"{r['path']}: {', '.join(r['failures'])}"
-                                                              for r in failed) + unchecked,
-                          path=export_dir).with_report(report)
+        raise ParityError(
+            "parity gates failed: " + "; ".join(f"{r['path']}: {', '.join(r['failures'])}" for r in failed) + unchecked, path=export_dir
+        ).with_report(report)
     if not_run:
-        raise NotCheckedError(f"every artifact that ran passed, but {len(not_run)} could not be run" + unchecked,
-                              path=export_dir).with_report(report)
+        raise NotCheckedError(
+            f"every artifact that ran passed, but {len(not_run)} could not be run" + unchecked, path=export_dir
+        ).with_report(report)
     return report
 
 
-def measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate], batch_size: int = 32,
-            progress: ProgressArg = False) -> Report:
+def measure(
+    opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate], batch_size: int = 32, progress: ProgressArg = False
+) -> Report:
     """The parity report of an opened export (every artifact its manifest lists) on ``images``; never raises for a
     failed gate (``validate`` does)."""
     from ..console import progress_sink
@@ -133,9 +144,15 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
     results = []
     for entry in entries:
         art, gate = entry.art, entry.gate
-        row = {"path": art["path"], "format": art["format"], "variant": art["variant"], "bytes": art["bytes"],
-               "ratio_to_fp32": art.get("ratio_to_fp32"), "gate": gate.to_dict(),
-               "engine": getattr(entry.runner, "engine", None)}  # None when it did not run
+        row = {
+            "path": art["path"],
+            "format": art["format"],
+            "variant": art["variant"],
+            "bytes": art["bytes"],
+            "ratio_to_fp32": art.get("ratio_to_fp32"),
+            "gate": gate.to_dict(),
+            "engine": getattr(entry.runner, "engine", None),
+        }  # None when it did not run
         if entry.runner is None:
             row.update(status="not run", reason=entry.reason, failures=[])
         else:
@@ -143,13 +160,24 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
             failures = gate.failures(metrics["max_abs_prob"], metrics["top1_agreement"])
             row.update(status="failed" if failures else "passed", reason="", failures=failures, **metrics)
         results.append(row)
-    report = {"schema_version": REPORT_SCHEMA_VERSION, "exporter_version": __version__, "export_dir": str(root),
-              "image_folder": str(images), "images": len(items), "batch_size": batch_size, "labels": labels,
-              "labels_unknown_to_model": unknown, "preprocessing": manifest["preprocessing"],
-              "source": manifest["source"], "keras": {"against_labels": keras_stats.summary(labels)},
-              "reference": keras_run.engine, "environment": environment(),
-              "artifacts": results, "passed": not any(r["status"] == "failed" for r in results),
-              "not_run": [r["path"] for r in results if r["status"] == "not run"]}
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "exporter_version": __version__,
+        "export_dir": str(root),
+        "image_folder": str(images),
+        "images": len(items),
+        "batch_size": batch_size,
+        "labels": labels,
+        "labels_unknown_to_model": unknown,
+        "preprocessing": manifest["preprocessing"],
+        "source": manifest["source"],
+        "keras": {"against_labels": keras_stats.summary(labels)},
+        "reference": keras_run.engine,
+        "environment": environment(),
+        "artifacts": results,
+        "passed": not any(r["status"] == "failed" for r in results),
+        "not_run": [r["path"] for r in results if r["status"] == "not run"],
+    }
     return Report(report)
 
 
@@ -158,9 +186,13 @@ def environment() -> dict:
     import datetime
     import sys
 
-    return {"platform": platform.platform(), "system": platform.system(), "machine": platform.machine(),
-            "python": sys.version.split()[0],
-            "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")}
+    return {
+        "platform": platform.platform(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    }
 
 
 def as_gate(variant: str, gate: Gate | dict) -> Gate:
@@ -183,4 +215,3 @@ def as_gate(variant: str, gate: Gate | dict) -> Gate:
             raise ConfigError(f"gate for {variant!r}: values must be numbers, got {gate!r}") from exc
         return Gate(**values)
     raise ConfigError(f"gate for {variant!r} must be a Gate or a dict such as {{'min_top1': 0.99}}, got {gate!r}")
-

@@ -69,8 +69,10 @@ def check_gate_names(gates: dict[str, Gate]) -> None:
         elif name not in variant_names():
             from ..precheck import did_you_mean
 
-            raise ConfigError(f"gate for unknown variant {name!r}{did_you_mean(name, variant_names())}; valid "
-                              f"variants are {sorted(variant_names())} (or FORMAT:VARIANT for one format)")
+            raise ConfigError(
+                f"gate for unknown variant {name!r}{did_you_mean(name, variant_names())}; valid "
+                f"variants are {sorted(variant_names())} (or FORMAT:VARIANT for one format)"
+            )
 
 
 def gate_for(fmt: str, variant: str, overrides: dict[str, Gate]) -> Gate:

@@ -52,8 +52,7 @@ def choose_images(items: list[ImageItem], count: int | None) -> list[ImageItem]:
     groups: dict[str | None, list[ImageItem]] = {}
     for item in items:
         groups.setdefault(item.label, []).append(item)
-    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(groups.items(),
-                                                                                      key=lambda kv: str(kv[0]))]
+    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(groups.items(), key=lambda kv: str(kv[0]))]
     chosen: list[ImageItem] = []
     while len(chosen) < count:
         for queue in queues:
@@ -77,8 +76,16 @@ def as_rgb(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str | Path, *, count: int | None = None,
-                 model_path: str | Path | None = None, overwrite: bool = False, trust_code: bool = False) -> dict:
+def write_golden(
+    export_dir: str | Path,
+    images_folder: str | Path,
+    out_dir: str | Path,
+    *,
+    count: int | None = None,
+    model_path: str | Path | None = None,
+    overwrite: bool = False,
+    trust_code: bool = False,
+) -> dict:
     """Write golden files for the export in ``export_dir`` into ``out_dir`` (atomically) and return golden.json's
     content. ``count`` images are chosen from ``images_folder`` (all when None); the Keras model is the one the
     manifest records unless ``model_path`` is given, and must be the file the export was made from."""
@@ -105,17 +112,24 @@ def write_golden(export_dir: str | Path, images_folder: str | Path, out_dir: str
                 name = f"{IMAGES_FOLDER}/{len(records):04d}.png"
                 Image.fromarray(as_rgb(x, pre)).save(stage / name, format="PNG")
                 top = int(np.argmax(p))
-                records.append({"file": name, "source": item.path.relative_to(folder).as_posix(),
-                                "label": item.label, "keras_top_index": top, "keras_top_label": labels[top],
-                                "probabilities": [float(v) for v in p]})
+                records.append(
+                    {
+                        "file": name,
+                        "source": item.path.relative_to(folder).as_posix(),
+                        "label": item.label,
+                        "keras_top_index": top,
+                        "keras_top_label": labels[top],
+                        "probabilities": [float(v) for v in p],
+                    }
+                )
         versions = library_versions()
         golden: dict = {
             "schema_version": GOLDEN_SCHEMA_VERSION,
-            "generator": {"exporter": __version__, **{k: versions[k] for k in ("keras", "tensorflow", "numpy",
-                                                                                "pillow") if k in versions}},
+            "generator": {"exporter": __version__, **{k: versions[k] for k in ("keras", "tensorflow", "numpy", "pillow") if k in versions}},
             "source": {"file": loaded.path.name, "sha256": loaded.sha256},
-            "artifacts": [{"path": a["path"], "format": a["format"], "variant": a["variant"], "sha256": a["sha256"]}
-                          for a in manifest["artifacts"]],
+            "artifacts": [
+                {"path": a["path"], "format": a["format"], "variant": a["variant"], "sha256": a["sha256"]} for a in manifest["artifacts"]
+            ],
             "labels": labels,
             "preprocessing": pre.to_dict(),
             "image_format": {"type": "png", "color": "RGB", "bit_depth": 8, "height": height, "width": width},

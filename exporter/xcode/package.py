@@ -57,9 +57,9 @@ PLATFORMS = {
 RESOURCE_RULE = {"mlmodel": "process", "mlpackage": "copy"}
 RESOURCE_NOTE = {
     "process": "Processed: Xcode compiles the model into an .mlmodelc at build time and generates its class and the "
-               "model preview; command-line SwiftPM copies it, and the classifier compiles it on first use.",
+    "model preview; command-line SwiftPM copies it, and the classifier compiles it on first use.",
     "copy": "Copied: command-line SwiftPM would flatten an .mlpackage's files with .process (see the exporter's "
-            "xcode/package.py); the classifier compiles it on first use and caches the result.",
+    "xcode/package.py); the classifier compiles it on first use and caches the result.",
 }
 # The async classify API uses Swift concurrency, which back-deploys to iOS 13 / macOS 10.15.
 TOOLS_VERSION = {"iOS18": "6.0"}
@@ -69,10 +69,11 @@ DEFAULT_TOOLS_VERSION = "5.9"
 def platforms_for(target: str) -> tuple[str, str]:
     """(swift-tools-version, the ``platforms:`` list) for an artifact's minimum deployment target."""
     if target not in PLATFORMS:
-        raise ConfigError(f"no Apple platform versions known for the minimum deployment target {target!r}; "
-                          f"known: {sorted(PLATFORMS)}")
+        raise ConfigError(f"no Apple platform versions known for the minimum deployment target {target!r}; known: {sorted(PLATFORMS)}")
     listed = ", ".join(f".{os_name}(.{version})" for os_name, version in PLATFORMS[target].items())
     return TOOLS_VERSION.get(target, DEFAULT_TOOLS_VERSION), f"[{listed}]"
+
+
 MODEL_JSON_SCHEMA_VERSION = 1
 # With a top-1 gate of 0.99 (fp16) or 0.98 (int8), 100 images let one or two near-tie images flip, as the Python
 # validation allows on the full held-out set; at the model input size the PNGs stay a few hundred kilobytes or less
@@ -80,12 +81,14 @@ MODEL_JSON_SCHEMA_VERSION = 1
 DEFAULT_GOLDEN_COUNT = 100
 SWIFT_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Module names the generated code imports or declares (a package named so would shadow them), and Swift keywords.
-RESERVED_NAMES = frozenset("""
+RESERVED_NAMES = frozenset(
+    """
     Foundation CoreML Vision CoreGraphics CoreVideo CoreImage ImageIO XCTest Swift PackageDescription ImageClassifier
     GoldenParity CoreMLHarness Any Self Type Protocol associatedtype class deinit enum extension fileprivate func
     import init inout internal let open operator private precedencegroup protocol public rethrows static struct
     subscript typealias var break case catch continue default defer do else fallthrough for guard if in repeat return
-    throw switch where while as false is nil self super throws true try""".split())
+    throw switch where while as false is nil self super throws true try""".split()
+)
 TOKEN = re.compile(r"__[A-Z_]+__")
 CROP_OPTION = {"stretch": "scaleFill", "center_crop": "centerCrop"}
 
@@ -103,11 +106,9 @@ def check_package_name(name: str) -> str:
     if len(name) > MAX_NAME_CHARS:
         raise ConfigError(f"package name must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     if not SWIFT_IDENTIFIER.match(name):
-        raise ConfigError(f"package name must be a Swift identifier (letters, digits, _; not starting with a digit), "
-                          f"got {name!r}")
+        raise ConfigError(f"package name must be a Swift identifier (letters, digits, _; not starting with a digit), got {name!r}")
     if name in RESERVED_NAMES:
-        raise ConfigError(f"package name {name!r} would shadow a module or keyword the generated code uses; "
-                          "choose another --name")
+        raise ConfigError(f"package name {name!r} would shadow a module or keyword the generated code uses; choose another --name")
     return name
 
 
@@ -116,13 +117,12 @@ def pick_artifact(manifest: dict, variant: str, export_dir: Path) -> dict:
     ("mlmodel:fp16")."""
     coreml = [a for a in manifest["artifacts"] if a["format"] in CORE_ML_FORMATS]
     fmt, _, name = variant.rpartition(":")
-    for wanted in ([fmt] if fmt else list(CORE_ML_FORMATS)):
+    for wanted in [fmt] if fmt else list(CORE_ML_FORMATS):
         for a in coreml:
             if a["format"] == wanted and a["variant"] == name:
                 return a
     available = ", ".join(f"{a['format']}:{a['variant']}" for a in coreml) or "none"
-    raise ConfigError(f"{export_dir}: the export has no Core ML artifact for variant {variant!r}; "
-                      f"available: {available}")
+    raise ConfigError(f"{export_dir}: the export has no Core ML artifact for variant {variant!r}; available: {available}")
 
 
 def model_stem(manifest: dict, artifact: dict) -> str:
@@ -145,8 +145,9 @@ def render(template: str, values: dict[str, str]) -> str:
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     for token, value in values.items():
         if token in FROM_MANIFEST and not TEMPLATE_VALUE.match(value):
-            raise ConfigError(f"refusing to write {value[:80]!r} into generated Swift ({token}): only letters, "
-                              "digits, spaces and . _ : - are allowed")
+            raise ConfigError(
+                f"refusing to write {value[:80]!r} into generated Swift ({token}): only letters, digits, spaces and . _ : - are allowed"
+            )
         text = text.replace(f"__{token}__", value)
     left = sorted(set(TOKEN.findall(text)))
     if left:
@@ -154,10 +155,18 @@ def render(template: str, values: dict[str, str]) -> str:
     return text
 
 
-def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_folder: str | Path,
-                        variant: str = "fp16", package_name: str | None = None, overwrite: bool = False,
-                        golden_count: int | None = DEFAULT_GOLDEN_COUNT, model_path: str | Path | None = None,
-                        trust_code: bool = False) -> Path:
+def write_xcode_package(
+    export_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    images_folder: str | Path,
+    variant: str = "fp16",
+    package_name: str | None = None,
+    overwrite: bool = False,
+    golden_count: int | None = DEFAULT_GOLDEN_COUNT,
+    model_path: str | Path | None = None,
+    trust_code: bool = False,
+) -> Path:
     """Write a Swift package for the Core ML ``variant`` of the export in ``export_dir`` into ``out_dir``
     (atomically), with golden files from ``golden_count`` images of ``images_folder`` (all when None). Returns the
     package folder."""
@@ -168,17 +177,26 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
     artifact = pick_artifact(manifest, variant, root)
     model_src = artifact_file(root, artifact)  # inside the export folder, present, regular files only
     if sha256_of(model_src) != artifact["sha256"]:
-        raise DestinationError("changed since the export (SHA-256 differs from manifest.json); export again",
-                               path=model_src)
+        raise DestinationError("changed since the export (SHA-256 differs from manifest.json); export again", path=model_src)
     name = check_package_name(package_name or swift_name(model_stem(manifest, artifact)))
     model_file = f"{name}{MODEL_RESOURCE_SUFFIX}.{artifact['format']}"
     tools, platforms = platforms_for(artifact["minimum_deployment_target"])
     rule = RESOURCE_RULE[artifact["format"]]
-    values = {"NAME": name, "MODEL_FILE": model_file, "MODEL_CLASS": f"{name}{MODEL_RESOURCE_SUFFIX}",
-              "MODEL_RULE": rule, "MODEL_RULE_NOTE": RESOURCE_NOTE[rule],
-              "TOOLS_VERSION": tools, "PLATFORMS": platforms, "VARIANT": artifact["variant"], "ARTIFACT": artifact["path"],
-              "EXPORTER_VERSION": __version__, "TARGET": artifact["minimum_deployment_target"],
-              "RESIZE": pre["resize"], "CROP": CROP_OPTION[pre["resize"]]}
+    values = {
+        "NAME": name,
+        "MODEL_FILE": model_file,
+        "MODEL_CLASS": f"{name}{MODEL_RESOURCE_SUFFIX}",
+        "MODEL_RULE": rule,
+        "MODEL_RULE_NOTE": RESOURCE_NOTE[rule],
+        "TOOLS_VERSION": tools,
+        "PLATFORMS": platforms,
+        "VARIANT": artifact["variant"],
+        "ARTIFACT": artifact["path"],
+        "EXPORTER_VERSION": __version__,
+        "TARGET": artifact["minimum_deployment_target"],
+        "RESIZE": pre["resize"],
+        "CROP": CROP_OPTION[pre["resize"]],
+    }
     out = Path(out_dir)
     with atomic_directory(out, overwrite=overwrite, inputs=(root, images_folder, model_path)) as stage:
         sources = stage / "Sources" / name
@@ -199,12 +217,21 @@ def write_xcode_package(export_dir: str | Path, out_dir: str | Path, *, images_f
         else:
             shutil.copyfile(model_src, resources / model_file)
         (resources / "labels.txt").write_text("".join(f"{label}\n" for label in manifest["labels"]), encoding="utf-8")
-        write_json(resources / "model.json", {
-            "schema_version": MODEL_JSON_SCHEMA_VERSION, "name": name, "variant": artifact["variant"],
-            "format": artifact["format"], "model_file": model_file, "artifact": artifact["path"],
-            "sha256": artifact["sha256"], "source_sha256": manifest["source"]["sha256"],
-            "minimum_deployment_target": artifact["minimum_deployment_target"], "exporter_version": __version__,
-            "preprocessing": pre})
-        write_golden(root, images_folder, tests / "Golden", count=golden_count, model_path=model_path,
-                     trust_code=trust_code)
+        write_json(
+            resources / "model.json",
+            {
+                "schema_version": MODEL_JSON_SCHEMA_VERSION,
+                "name": name,
+                "variant": artifact["variant"],
+                "format": artifact["format"],
+                "model_file": model_file,
+                "artifact": artifact["path"],
+                "sha256": artifact["sha256"],
+                "source_sha256": manifest["source"]["sha256"],
+                "minimum_deployment_target": artifact["minimum_deployment_target"],
+                "exporter_version": __version__,
+                "preprocessing": pre,
+            },
+        )
+        write_golden(root, images_folder, tests / "Golden", count=golden_count, model_path=model_path, trust_code=trust_code)
     return out.absolute()

@@ -49,12 +49,24 @@ def program_file(tmp_path, body, name="p", shape=(1, 3, SIDE, SIDE), target=None
 
     count = int(np.prod(prog.functions["main"].outputs[0].shape))
     gray = shape[1] == 1
-    image = ct.ImageType(name="x", shape=shape, scale=IMAGE_SCALE, bias=IMAGE_BIAS if gray else [IMAGE_BIAS] * 3,
-                         color_layout=ct.colorlayout.GRAYSCALE if gray else ct.colorlayout.RGB)
+    image = ct.ImageType(
+        name="x",
+        shape=shape,
+        scale=IMAGE_SCALE,
+        bias=IMAGE_BIAS if gray else [IMAGE_BIAS] * 3,
+        color_layout=ct.colorlayout.GRAYSCALE if gray else ct.colorlayout.RGB,
+    )
     kwargs = {} if optimize else {"pass_pipeline": ct.PassPipeline.EMPTY}
-    model = ct.convert(prog, inputs=[image], classifier_config=ct.ClassifierConfig([f"o{i}" for i in range(count)]),
-                       convert_to="mlprogram", minimum_deployment_target=target, skip_model_load=True,
-                       compute_precision=ct.precision.FLOAT32, **kwargs)
+    model = ct.convert(
+        prog,
+        inputs=[image],
+        classifier_config=ct.ClassifierConfig([f"o{i}" for i in range(count)]),
+        convert_to="mlprogram",
+        minimum_deployment_target=target,
+        skip_model_load=True,
+        compute_precision=ct.precision.FLOAT32,
+        **kwargs,
+    )
     path = tmp_path / f"{name}.mlpackage"
     model.save(str(path))
     return path
@@ -81,13 +93,14 @@ def nn_file(tmp_path, build, count: int, name="nn"):
     from coremltools.models import datatypes
     from coremltools.models.neural_network import NeuralNetworkBuilder
 
-    builder = NeuralNetworkBuilder([("image", datatypes.Array(3, NN_SIDE, NN_SIDE))], [("probs", None)],
-                                   mode="classifier", disable_rank5_shape_mapping=True)
+    builder = NeuralNetworkBuilder(
+        [("image", datatypes.Array(3, NN_SIDE, NN_SIDE))], [("probs", None)], mode="classifier", disable_rank5_shape_mapping=True
+    )
     builder.add_flatten_to_2d("flat", build(builder, "image"), "probs", axis=1)
-    builder.set_class_labels([f"o{i}" for i in range(count)], predicted_feature_name="label",
-                             prediction_blob="probs")
-    builder.set_pre_processing_parameters(image_input_names=["image"], image_scale=IMAGE_SCALE,
-                                          red_bias=IMAGE_BIAS, green_bias=IMAGE_BIAS, blue_bias=IMAGE_BIAS)
+    builder.set_class_labels([f"o{i}" for i in range(count)], predicted_feature_name="label", prediction_blob="probs")
+    builder.set_pre_processing_parameters(
+        image_input_names=["image"], image_scale=IMAGE_SCALE, red_bias=IMAGE_BIAS, green_bias=IMAGE_BIAS, blue_bias=IMAGE_BIAS
+    )
     path = tmp_path / f"{name}.mlmodel"
     ct.utils.save_spec(builder.spec, str(path))
     return path
@@ -99,5 +112,22 @@ def tf():
     return tensorflow
 
 
-__all__ = ["CoreMLExecutor", "IMAGE_BIAS", "IMAGE_SCALE", "NN_SIDE", "OP_ATOL", "OP_RTOL", "SIDE", "as_input", "ct",
-           "image_pixels", "mb", "nn_file", "op_types", "program_file", "run_program", "tf", "types"]
+__all__ = [
+    "CoreMLExecutor",
+    "IMAGE_BIAS",
+    "IMAGE_SCALE",
+    "NN_SIDE",
+    "OP_ATOL",
+    "OP_RTOL",
+    "SIDE",
+    "as_input",
+    "ct",
+    "image_pixels",
+    "mb",
+    "nn_file",
+    "op_types",
+    "program_file",
+    "run_program",
+    "tf",
+    "types",
+]

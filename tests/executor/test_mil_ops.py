@@ -53,9 +53,16 @@ def _conv_reference(x, weight, bias, strides, dilations, pads, groups):
     t = tf()
     xp = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (pads[0], pads[1]), (pads[2], pads[3]), (0, 0)))
     cg, og = weight.shape[1], weight.shape[0] // groups
-    parts = [t.nn.conv2d(xp[..., g * cg:(g + 1) * cg], weight[g * og:(g + 1) * og].transpose(2, 3, 1, 0),
-                          strides=[1, *strides, 1], padding="VALID", dilations=[1, *dilations, 1]).numpy()
-             for g in range(groups)]
+    parts = [
+        t.nn.conv2d(
+            xp[..., g * cg : (g + 1) * cg],
+            weight[g * og : (g + 1) * og].transpose(2, 3, 1, 0),
+            strides=[1, *strides, 1],
+            padding="VALID",
+            dilations=[1, *dilations, 1],
+        ).numpy()
+        for g in range(groups)
+    ]
     return np.concatenate(parts, axis=-1).transpose(0, 3, 1, 2) + bias.reshape(1, -1, 1, 1)
 
 
@@ -82,8 +89,7 @@ def test_conv(tmp_path, case):
         pads = tuple(pad)
     else:
         lower = pad_type == "same_lower"
-        pads = _same(SIDE, kernel[0], strides[0], dilations[0], lower) + _same(SIDE, kernel[1], strides[1],
-                                                                                 dilations[1], lower)
+        pads = _same(SIDE, kernel[0], strides[0], dilations[0], lower) + _same(SIDE, kernel[1], strides[1], dilations[1], lower)
     want = _conv_reference(x, weight, bias, strides, dilations, pads, groups)
     np.testing.assert_allclose(got, want.reshape(len(x), -1), atol=OP_ATOL)
 
@@ -129,8 +135,13 @@ def test_pool(tmp_path, case):
     if kind == "avg":
         kwargs["exclude_padding_from_average"] = exclude
     got, x = run_program(tmp_path, lambda v: (mb.max_pool if kind == "max" else mb.avg_pool)(x=v, **kwargs))
-    pads = tuple(pad) if pad_type == "custom" else (0, 0, 0, 0) if pad_type == "valid" else (
-        _same(SIDE, kernel[0], strides[0], 1, False) + _same(SIDE, kernel[1], strides[1], 1, False))
+    pads = (
+        tuple(pad)
+        if pad_type == "custom"
+        else (0, 0, 0, 0)
+        if pad_type == "valid"
+        else (_same(SIDE, kernel[0], strides[0], 1, False) + _same(SIDE, kernel[1], strides[1], 1, False))
+    )
     want = _pool_reference(x, kind, kernel, strides, pads, exclude)
     np.testing.assert_allclose(got, want.reshape(len(x), -1), atol=OP_ATOL)
 
@@ -166,8 +177,9 @@ def _bilinear_loops(x, out_h, out_w, grid):
             c = min(max(c, 0.0), x.shape[-1] - 1)
             c0 = int(np.floor(c))
             c1, fc = min(c0 + 1, x.shape[-1] - 1), c - c0
-            out[..., i, j] = ((1 - fr) * ((1 - fc) * x[..., r0, c0] + fc * x[..., r0, c1])
-                              + fr * ((1 - fc) * x[..., r1, c0] + fc * x[..., r1, c1]))
+            out[..., i, j] = (1 - fr) * ((1 - fc) * x[..., r0, c0] + fc * x[..., r0, c1]) + fr * (
+                (1 - fc) * x[..., r1, c0] + fc * x[..., r1, c1]
+            )
     return out
 
 
@@ -184,8 +196,9 @@ def _tf_resize(x, size, method="bilinear", align_corners=False, half_pixel_cente
     """TensorFlow's raw resize ops on the NCHW tensor."""
     t = tf()
     op = t.raw_ops.ResizeBilinear if method == "bilinear" else t.raw_ops.ResizeNearestNeighbor
-    return _nchw(op(images=_nhwc(x).astype(np.float32), size=size, align_corners=align_corners,
-                    half_pixel_centers=half_pixel_centers).numpy())
+    return _nchw(
+        op(images=_nhwc(x).astype(np.float32), size=size, align_corners=align_corners, half_pixel_centers=half_pixel_centers).numpy()
+    )
 
 
 def _pool_loops(x, kind, kernel, strides, pads, exclude=False, ceil_mode=False):
@@ -210,14 +223,13 @@ def _pool_loops(x, kind, kernel, strides, pads, exclude=False, ceil_mode=False):
             inside = [i for i in range(start, start + kernel[axis]) if 0 <= i < spatial[axis]]
             ranges.append(inside)
             padded_end = spatial[axis] + pads[2 * axis + 1]
-            counted *= len(inside) if exclude else len([i for i in range(start, start + kernel[axis])
-                                                        if -pads[2 * axis] <= i < padded_end])
+            counted *= len(inside) if exclude else len([i for i in range(start, start + kernel[axis]) if -pads[2 * axis] <= i < padded_end])
         window = x[(slice(None), slice(None)) + np.ix_(*ranges)]
         axes = tuple(range(2, x.ndim))
         if kind == "max":
             value = window.max(axis=axes)
         elif kind == "l2":
-            value = np.sqrt((window ** 2).sum(axis=axes))
+            value = np.sqrt((window**2).sum(axis=axes))
         else:
             value = window.sum(axis=axes) / counted
         out[(slice(None), slice(None)) + pos] = value
@@ -238,7 +250,8 @@ def _conv_transpose_loops(x, weight, strides, dilations, crop, groups, output_sp
             for tap in itertools.product(*[range(k) for k in kernel]):
                 target = tuple(p * s + t * dl for p, s, t, dl in zip(pos, strides, tap, dilations, strict=False))
                 out[(slice(None), slice(g * cog, (g + 1) * cog)) + target] += (
-                    x[(slice(None), ci) + pos][:, None] * weight[(ci, slice(None)) + tap][None])
+                    x[(slice(None), ci) + pos][:, None] * weight[(ci, slice(None)) + tap][None]
+                )
     index = tuple(slice(crop[2 * a], full[a] - crop[2 * a + 1]) for a in range(len(kernel)))
     out = out[(slice(None), slice(None)) + index]
     if output_spatial is not None:
@@ -293,69 +306,81 @@ def _cases():
         "sub": (lambda v: mb.sub(x=v, y=C), lambda x: x - C, {}),
         "mul": (lambda v: mb.mul(x=v, y=C), lambda x: x * C, {}),
         "real_div": (lambda v: mb.real_div(x=v, y=np.float32(3.0)), lambda x: x / 3, {}),
-        "real_div:int32_floors": (lambda v: mb.real_div(x=_int(v), y=np.int32(2)),
-                                  lambda x: np.floor_divide(np.trunc(5 * np.float32(x)), 2), {}),
-        "real_div:int32_negative_divisor": (lambda v: mb.real_div(x=_int(v), y=np.int32(-3)),
-                                            lambda x: np.floor_divide(np.trunc(5 * np.float32(x)), -3), {}),
-        "floor_div": (lambda v: mb.floor_div(x=_scaled_pixels(v, 5), y=np.float32(2.0)),
-                      lambda x: np.floor(5 * x / 2), {}),
-        "floor_div:int32": (lambda v: mb.floor_div(x=_int(v), y=np.int32(-3)),
-                            lambda x: np.floor_divide(np.trunc(5 * np.float32(x)), -3), {}),
+        "real_div:int32_floors": (
+            lambda v: mb.real_div(x=_int(v), y=np.int32(2)),
+            lambda x: np.floor_divide(np.trunc(5 * np.float32(x)), 2),
+            {},
+        ),
+        "real_div:int32_negative_divisor": (
+            lambda v: mb.real_div(x=_int(v), y=np.int32(-3)),
+            lambda x: np.floor_divide(np.trunc(5 * np.float32(x)), -3),
+            {},
+        ),
+        "floor_div": (lambda v: mb.floor_div(x=_scaled_pixels(v, 5), y=np.float32(2.0)), lambda x: np.floor(5 * x / 2), {}),
+        "floor_div:int32": (
+            lambda v: mb.floor_div(x=_int(v), y=np.int32(-3)),
+            lambda x: np.floor_divide(np.trunc(5 * np.float32(x)), -3),
+            {},
+        ),
         "mod": (lambda v: mb.mod(x=_scaled_pixels(v, 5), y=np.float32(1.5)), lambda x: np.mod(5 * x, 1.5), {}),
         "maximum": (lambda v: mb.maximum(x=v, y=C), lambda x: np.maximum(x, C), {}),
         "minimum": (lambda v: mb.minimum(x=v, y=C), lambda x: np.minimum(x, C), {}),
         "pow": (lambda v: mb.pow(x=mb.add(x=v, y=2.0), y=np.float32(1.5)), lambda x: (x + 2) ** 1.5, {}),
-        "cast:int32_truncates": (lambda v: mb.cast(x=_scaled_pixels(v, 2.5), dtype="int32"),
-                                 lambda x: np.trunc(2.5 * np.float32(x)), {}),
-        "cast:bool": (lambda v: mb.cast(x=mb.floor(x=_scaled_pixels(v, 2)), dtype="bool"),
-                      lambda x: np.floor(2 * x) != 0, {}),
+        "cast:int32_truncates": (lambda v: mb.cast(x=_scaled_pixels(v, 2.5), dtype="int32"), lambda x: np.trunc(2.5 * np.float32(x)), {}),
+        "cast:bool": (lambda v: mb.cast(x=mb.floor(x=_scaled_pixels(v, 2)), dtype="bool"), lambda x: np.floor(2 * x) != 0, {}),
         # comparisons, logic, selection
         "equal": (lambda v: mb.equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=0.0), lambda x: np.floor(3 * x) == 0, {}),
-        "not_equal": (lambda v: mb.not_equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=0.0),
-                      lambda x: np.floor(3 * x) != 0, {}),
+        "not_equal": (lambda v: mb.not_equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=0.0), lambda x: np.floor(3 * x) != 0, {}),
         "greater": (lambda v: mb.greater(x=v, y=C), lambda x: x > C, {}),
-        "greater_equal": (lambda v: mb.greater_equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=1.0),
-                          lambda x: np.floor(3 * x) >= 1, {}),
+        "greater_equal": (lambda v: mb.greater_equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=1.0), lambda x: np.floor(3 * x) >= 1, {}),
         "less": (lambda v: mb.less(x=v, y=C), lambda x: x < C, {}),
-        "less_equal": (lambda v: mb.less_equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=-1.0),
-                       lambda x: np.floor(3 * x) <= -1, {}),
-        "logical_and": (lambda v: mb.logical_and(x=mb.greater(x=v, y=0.0), y=mb.less(x=v, y=0.5)),
-                        lambda x: (x > 0) & (x < 0.5), {}),
-        "logical_or": (lambda v: mb.logical_or(x=mb.greater(x=v, y=0.5), y=mb.less(x=v, y=-0.5)),
-                       lambda x: (x > 0.5) | (x < -0.5), {}),
-        "logical_xor": (lambda v: mb.logical_xor(x=mb.greater(x=v, y=0.0), y=mb.greater(x=v, y=C)),
-                        lambda x: (x > 0) ^ (x > C), {}),
+        "less_equal": (lambda v: mb.less_equal(x=mb.floor(x=_scaled_pixels(v, 3)), y=-1.0), lambda x: np.floor(3 * x) <= -1, {}),
+        "logical_and": (lambda v: mb.logical_and(x=mb.greater(x=v, y=0.0), y=mb.less(x=v, y=0.5)), lambda x: (x > 0) & (x < 0.5), {}),
+        "logical_or": (lambda v: mb.logical_or(x=mb.greater(x=v, y=0.5), y=mb.less(x=v, y=-0.5)), lambda x: (x > 0.5) | (x < -0.5), {}),
+        "logical_xor": (lambda v: mb.logical_xor(x=mb.greater(x=v, y=0.0), y=mb.greater(x=v, y=C)), lambda x: (x > 0) ^ (x > C), {}),
         "logical_not": (lambda v: mb.logical_not(x=mb.greater(x=v, y=0.0)), lambda x: ~(x > 0), {}),
-        "select": (lambda v: mb.select(cond=mb.greater(x=v, y=0.0), a=v, b=_scaled_pixels(v, -2)),
-                   lambda x: np.where(x > 0, x, -2 * x), {}),
+        "select": (
+            lambda v: mb.select(cond=mb.greater(x=v, y=0.0), a=v, b=_scaled_pixels(v, -2)),
+            lambda x: np.where(x > 0, x, -2 * x),
+            {},
+        ),
         # activations
         "relu": (lambda v: mb.relu(x=v), lambda x: t().nn.relu(x).numpy(), {}),
         "relu6": (lambda v: mb.relu6(x=_scaled_pixels(v, 8)), lambda x: t().nn.relu6(8 * x).numpy(), {}),
         "clip": (lambda v: mb.clip(x=v, alpha=-0.3, beta=0.4), lambda x: np.clip(x, -0.3, 0.4), {}),
         "sigmoid": (lambda v: mb.sigmoid(x=v), lambda x: t().math.sigmoid(x).numpy(), {}),
-        "sigmoid_hard": (lambda v: mb.sigmoid_hard(x=_scaled_pixels(v, 4), alpha=0.2, beta=0.5),
-                         lambda x: np.clip(0.8 * x + 0.5, 0, 1), {}),
+        "sigmoid_hard": (
+            lambda v: mb.sigmoid_hard(x=_scaled_pixels(v, 4), alpha=0.2, beta=0.5),
+            lambda x: np.clip(0.8 * x + 0.5, 0, 1),
+            {},
+        ),
         "silu": (lambda v: mb.silu(x=v), lambda x: t().nn.silu(x).numpy(), {}),
         "tanh": (lambda v: mb.tanh(x=v), np.tanh, {}),
         "scaled_tanh": (lambda v: mb.scaled_tanh(x=v, alpha=1.5, beta=0.7), lambda x: 1.5 * np.tanh(0.7 * x), {}),
         "leaky_relu": (lambda v: mb.leaky_relu(x=v, alpha=0.2), lambda x: t().nn.leaky_relu(x, 0.2).numpy(), {}),
         "elu": (lambda v: mb.elu(x=v, alpha=1.3), lambda x: np.where(x > 0, x, 1.3 * np.expm1(x)), {}),
-        "prelu": (lambda v: mb.prelu(x=v, alpha=ALPHA3), lambda x: np.where(x >= 0, x, ALPHA3.reshape(1, 3, 1, 1) * x),
-                  {}),
+        "prelu": (lambda v: mb.prelu(x=v, alpha=ALPHA3), lambda x: np.where(x >= 0, x, ALPHA3.reshape(1, 3, 1, 1) * x), {}),
         "softplus": (lambda v: mb.softplus(x=_scaled_pixels(v, 5)), lambda x: t().math.softplus(5 * x).numpy(), {}),
-        "softplus_parametric": (lambda v: mb.softplus_parametric(x=_scaled_pixels(v, 3), alpha=ALPHA3 * 10,
-                                                                 beta=ALPHA3 + 0.5),
-                                lambda x: (ALPHA3 * 10).reshape(1, 3, 1, 1) * np.log1p(
-                                    np.exp((ALPHA3 + 0.5).reshape(1, 3, 1, 1) * 3 * x)), {}),
+        "softplus_parametric": (
+            lambda v: mb.softplus_parametric(x=_scaled_pixels(v, 3), alpha=ALPHA3 * 10, beta=ALPHA3 + 0.5),
+            lambda x: (ALPHA3 * 10).reshape(1, 3, 1, 1) * np.log1p(np.exp((ALPHA3 + 0.5).reshape(1, 3, 1, 1) * 3 * x)),
+            {},
+        ),
         "softsign": (lambda v: mb.softsign(x=v), lambda x: t().math.softsign(x).numpy(), {}),
-        "clamped_relu": (lambda v: mb.clamped_relu(x=_scaled_pixels(v, 2), alpha=0.1, beta=0.5),
-                         lambda x: np.minimum(np.where(x >= 0, 2 * x, 0.2 * x), 0.5), {}),
+        "clamped_relu": (
+            lambda v: mb.clamped_relu(x=_scaled_pixels(v, 2), alpha=0.1, beta=0.5),
+            lambda x: np.minimum(np.where(x >= 0, 2 * x, 0.2 * x), 0.5),
+            {},
+        ),
         "thresholded_relu": (lambda v: mb.thresholded_relu(x=v, alpha=0.3), lambda x: np.where(x >= 0.3, x, 0), {}),
         "threshold": (lambda v: mb.threshold(x=v, alpha=0.2), lambda x: np.maximum(x, 0.2), {}),
         "linear_activation": (lambda v: mb.linear_activation(x=v, alpha=2.0, beta=-0.5), lambda x: 2 * x - 0.5, {}),
         "gelu": (lambda v: mb.gelu(x=_scaled_pixels(v, 3)), lambda x: t().nn.gelu(3 * x).numpy(), {}),
-        "gelu:tanh": (lambda v: mb.gelu(x=_scaled_pixels(v, 3), mode="TANH_APPROXIMATION"),
-                      lambda x: t().nn.gelu(3 * x, approximate=True).numpy(), {}),
+        "gelu:tanh": (
+            lambda v: mb.gelu(x=_scaled_pixels(v, 3), mode="TANH_APPROXIMATION"),
+            lambda x: t().nn.gelu(3 * x, approximate=True).numpy(),
+            {},
+        ),
         "gelu:sigmoid": (lambda v: mb.gelu(x=v, mode="SIGMOID_APPROXIMATION"), lambda x: x * _sigmoid(1.702 * x), {}),
         # unary functions
         "exp": (lambda v: mb.exp(x=v), np.exp, {}),
@@ -368,8 +393,11 @@ def _cases():
         "abs": (lambda v: mb.abs(x=v), np.abs, {}),
         "floor": (lambda v: mb.floor(x=_scaled_pixels(v, 3)), lambda x: np.floor(3 * x), {}),
         "ceil": (lambda v: mb.ceil(x=_scaled_pixels(v, 2)), lambda x: np.ceil(2 * x), {}),
-        "round:halves_to_even": (lambda v: mb.round(x=mb.mul(x=mb.floor(x=_scaled_pixels(v, 6)), y=0.5)),
-                                 lambda x: np.round(np.floor(6 * x) / 2), {}),
+        "round:halves_to_even": (
+            lambda v: mb.round(x=mb.mul(x=mb.floor(x=_scaled_pixels(v, 6)), y=0.5)),
+            lambda x: np.round(np.floor(6 * x) / 2),
+            {},
+        ),
         "sign": (lambda v: mb.sign(x=mb.floor(x=_scaled_pixels(v, 3))), lambda x: np.sign(np.floor(3 * x)), {}),
         "erf": (lambda v: mb.erf(x=_scaled_pixels(v, 2)), lambda x: _erf(2 * x), {}),
         "sin": (lambda v: mb.sin(x=_scaled_pixels(v, 3)), lambda x: np.sin(3 * x), {}),
@@ -385,36 +413,60 @@ def _cases():
         # normalisation, softmax, linear algebra
         "softmax": (lambda v: mb.softmax(x=v, axis=1), lambda x: t().nn.softmax(x, axis=1).numpy(), {}),
         "softmax:last_axis": (lambda v: mb.softmax(x=v, axis=-1), lambda x: t().nn.softmax(x, axis=-1).numpy(), {}),
-        "batch_norm": (lambda v: mb.batch_norm(x=v, mean=MEAN, variance=VAR, gamma=GAMMA, beta=BETA, epsilon=1e-3),
-                       lambda x: t().nn.batch_normalization(x, MEAN.reshape(1, 3, 1, 1), VAR.reshape(1, 3, 1, 1),
-                                                            BETA.reshape(1, 3, 1, 1), GAMMA.reshape(1, 3, 1, 1),
-                                                            1e-3).numpy(), {}),
-        "instance_norm": (lambda v: mb.instance_norm(x=v, gamma=GAMMA, beta=BETA, epsilon=1e-3),
-                          lambda x: _ln(x, (2, 3), GAMMA.reshape(1, 3, 1, 1), BETA.reshape(1, 3, 1, 1)), {}),
+        "batch_norm": (
+            lambda v: mb.batch_norm(x=v, mean=MEAN, variance=VAR, gamma=GAMMA, beta=BETA, epsilon=1e-3),
+            lambda x: (
+                t()
+                .nn.batch_normalization(
+                    x, MEAN.reshape(1, 3, 1, 1), VAR.reshape(1, 3, 1, 1), BETA.reshape(1, 3, 1, 1), GAMMA.reshape(1, 3, 1, 1), 1e-3
+                )
+                .numpy()
+            ),
+            {},
+        ),
+        "instance_norm": (
+            lambda v: mb.instance_norm(x=v, gamma=GAMMA, beta=BETA, epsilon=1e-3),
+            lambda x: _ln(x, (2, 3), GAMMA.reshape(1, 3, 1, 1), BETA.reshape(1, 3, 1, 1)),
+            {},
+        ),
         "layer_norm": (lambda v: mb.layer_norm(x=v, axes=[-1], epsilon=1e-3), lambda x: _ln(x, -1), {}),
         "layer_norm:channel_axis_gamma_beta": (
             lambda v: mb.layer_norm(x=v, axes=[1], gamma=GAMMA, beta=BETA, epsilon=1e-3),
-            lambda x: _ln(x, 1, GAMMA.reshape(1, 3, 1, 1), BETA.reshape(1, 3, 1, 1)), {}),
+            lambda x: _ln(x, 1, GAMMA.reshape(1, 3, 1, 1), BETA.reshape(1, 3, 1, 1)),
+            {},
+        ),
         "layer_norm:last_two_axes_gamma_beta": (
             lambda v: mb.layer_norm(x=v, axes=[-2, -1], gamma=GAMMA_HW, beta=BETA_HW, epsilon=1e-3),
-            lambda x: _ln(x, (2, 3), GAMMA_HW, BETA_HW), {}),
-        "l2_norm": (lambda v: mb.l2_norm(x=v, epsilon=1e-2),
-                    lambda x: x / np.sqrt((x ** 2).sum(axis=(1, 2, 3), keepdims=True) + 1e-2), {}),
+            lambda x: _ln(x, (2, 3), GAMMA_HW, BETA_HW),
+            {},
+        ),
+        "l2_norm": (lambda v: mb.l2_norm(x=v, epsilon=1e-2), lambda x: x / np.sqrt((x**2).sum(axis=(1, 2, 3), keepdims=True) + 1e-2), {}),
         "local_response_norm": (
             lambda v: mb.local_response_norm(x=_scaled_pixels(v, 3), size=3, alpha=0.5, beta=0.75, k=2.0),
-            lambda x: _nchw(t().nn.local_response_normalization(_nhwc(3 * x).astype(np.float32), depth_radius=1,
-                                                                bias=2.0, alpha=0.5 / 3, beta=0.75).numpy()), {}),
+            lambda x: _nchw(
+                t()
+                .nn.local_response_normalization(_nhwc(3 * x).astype(np.float32), depth_radius=1, bias=2.0, alpha=0.5 / 3, beta=0.75)
+                .numpy()
+            ),
+            {},
+        ),
         "local_response_norm:even_size": (
             lambda v: mb.local_response_norm(x=_scaled_pixels(v, 3), size=2),
-            lambda x: 3 * x / (1 + 1e-4 / 2 * (9 * x ** 2 + 9 * np.concatenate([x[:, 1:], 0 * x[:, :1]], 1) ** 2))
-            ** 0.75, {}),
+            lambda x: 3 * x / (1 + 1e-4 / 2 * (9 * x**2 + 9 * np.concatenate([x[:, 1:], 0 * x[:, :1]], 1) ** 2)) ** 0.75,
+            {},
+        ),
         "linear": (lambda v: mb.linear(x=v, weight=W_LIN, bias=B_LIN), lambda x: x @ W_LIN.T + B_LIN, {}),
         "matmul": (lambda v: mb.matmul(x=v, y=W_LIN, transpose_y=True), lambda x: x @ W_LIN.T, {}),
         "matmul:int32_with_float_weight_stays_int32": (
             lambda v: mb.matmul(x=_int(v, 2.0), y=np.full((SIDE, 2), 0.75, np.float32)),
-            lambda x: np.trunc(np.trunc(2 * np.float32(x)) @ np.full((SIDE, 2), 0.75)), {"target": i17}),
-        "einsum": (lambda v: mb.einsum(values=(v, mb.transpose(x=v, perm=[0, 3, 2, 1])), equation="nchw,nwhu->nchu"),
-                   lambda x: np.einsum("nchw,nwhu->nchu", x, x.transpose(0, 3, 2, 1)), {}),
+            lambda x: np.trunc(np.trunc(2 * np.float32(x)) @ np.full((SIDE, 2), 0.75)),
+            {"target": i17},
+        ),
+        "einsum": (
+            lambda v: mb.einsum(values=(v, mb.transpose(x=v, perm=[0, 3, 2, 1])), equation="nchw,nwhu->nchu"),
+            lambda x: np.einsum("nchw,nwhu->nchu", x, x.transpose(0, 3, 2, 1)),
+            {},
+        ),
         # reductions
         "reduce_mean": (lambda v: mb.reduce_mean(x=v, axes=[2, 3], keep_dims=True), lambda x: x.mean((2, 3)), {}),
         "reduce_sum": (lambda v: mb.reduce_sum(x=v, axes=[1]), lambda x: x.sum(1), {}),
@@ -423,207 +475,350 @@ def _cases():
         "reduce_l2_norm": (lambda v: mb.reduce_l2_norm(x=v, axes=[2, 3]), lambda x: np.sqrt((x * x).sum((2, 3))), {}),
         "reduce_prod": (lambda v: mb.reduce_prod(x=mb.add(x=v, y=1.5), axes=[1]), lambda x: (x + 1.5).prod(1), {}),
         "reduce_sum_square": (lambda v: mb.reduce_sum_square(x=v, axes=[3]), lambda x: (x * x).sum(3), {}),
-        "reduce_l1_norm": (lambda v: mb.reduce_l1_norm(x=v, axes=[2, 3], keep_dims=True),
-                           lambda x: np.abs(x).sum((2, 3)), {}),
-        "reduce_log_sum": (lambda v: mb.reduce_log_sum(x=mb.add(x=v, y=1.5), axes=[1]),
-                           lambda x: np.log((x + 1.5).sum(1)), {}),
-        "reduce_log_sum_exp": (lambda v: mb.reduce_log_sum_exp(x=_scaled_pixels(v, 40), axes=[2, 3], keep_dims=True),
-                               lambda x: np.log(np.exp(40 * x).sum((2, 3))), {}),
+        "reduce_l1_norm": (lambda v: mb.reduce_l1_norm(x=v, axes=[2, 3], keep_dims=True), lambda x: np.abs(x).sum((2, 3)), {}),
+        "reduce_log_sum": (lambda v: mb.reduce_log_sum(x=mb.add(x=v, y=1.5), axes=[1]), lambda x: np.log((x + 1.5).sum(1)), {}),
+        "reduce_log_sum_exp": (
+            lambda v: mb.reduce_log_sum_exp(x=_scaled_pixels(v, 40), axes=[2, 3], keep_dims=True),
+            lambda x: np.log(np.exp(40 * x).sum((2, 3))),
+            {},
+        ),
         "reduce_argmax": (lambda v: mb.reduce_argmax(x=v, axis=1, keep_dims=True), lambda x: x.argmax(1), {}),
         "reduce_argmin": (lambda v: mb.reduce_argmin(x=v, axis=-1), lambda x: x.argmin(-1), {}),
         "argsort": (lambda v: mb.argsort(x=v, axis=-1), lambda x: np.argsort(-x, axis=-1, kind="stable"), {}),
-        "argsort:ascending": (lambda v: mb.argsort(x=v, axis=2, ascending=True),
-                              lambda x: np.argsort(x, axis=2, kind="stable"), {}),
-        "topk": (lambda v: mb.concat(values=list(_topk_parts(mb.topk(x=v, k=3, axis=-1))), axis=-1),
-                 lambda x: np.concatenate([-np.sort(-x, -1)[..., :3], np.argsort(-x, -1, kind="stable")[..., :3]], -1),
-                 {}),
+        "argsort:ascending": (lambda v: mb.argsort(x=v, axis=2, ascending=True), lambda x: np.argsort(x, axis=2, kind="stable"), {}),
+        "topk": (
+            lambda v: mb.concat(values=list(_topk_parts(mb.topk(x=v, k=3, axis=-1))), axis=-1),
+            lambda x: np.concatenate([-np.sort(-x, -1)[..., :3], np.argsort(-x, -1, kind="stable")[..., :3]], -1),
+            {},
+        ),
         "topk:ascending_channels": (
             lambda v: mb.concat(values=list(_topk_parts(mb.topk(x=v, k=2, axis=1, ascending=True))), axis=1),
-            lambda x: np.concatenate([np.sort(x, 1)[:, :2], np.argsort(x, 1, kind="stable")[:, :2]], 1), {}),
-        "topk:unsorted": (lambda v: mb.topk(x=v, k=3, axis=-1, sort=False)[0],
-                          lambda x: np.take_along_axis(x, np.sort(np.argsort(-x, -1, kind="stable")[..., :3], -1), -1),
-                          {"target": i16}),
+            lambda x: np.concatenate([np.sort(x, 1)[:, :2], np.argsort(x, 1, kind="stable")[:, :2]], 1),
+            {},
+        ),
+        "topk:unsorted": (
+            lambda v: mb.topk(x=v, k=3, axis=-1, sort=False)[0],
+            lambda x: np.take_along_axis(x, np.sort(np.argsort(-x, -1, kind="stable")[..., :3], -1), -1),
+            {"target": i16},
+        ),
         "cumsum": (lambda v: mb.cumsum(x=v, axis=2), lambda x: np.cumsum(x, 2), {}),
         "cumsum:exclusive_reverse": (
             lambda v: mb.cumsum(x=v, axis=-1, exclusive=True, reverse=True),
-            lambda x: np.flip(np.cumsum(np.flip(x, -1), -1), -1) - x, {}),
+            lambda x: np.flip(np.cumsum(np.flip(x, -1), -1), -1) - x,
+            {},
+        ),
         # shapes
-        "concat": (lambda v: mb.concat(values=[v, _scaled_pixels(v, 2)], axis=1),
-                   lambda x: np.concatenate([x, 2 * x], 1), {}),
-        "concat:interleave": (lambda v: mb.concat(values=[v, _scaled_pixels(v, 2)], axis=1, interleave=True),
-                              lambda x: np.stack([x, 2 * x], 2).reshape(len(x), 6, SIDE, SIDE), {}),
+        "concat": (lambda v: mb.concat(values=[v, _scaled_pixels(v, 2)], axis=1), lambda x: np.concatenate([x, 2 * x], 1), {}),
+        "concat:interleave": (
+            lambda v: mb.concat(values=[v, _scaled_pixels(v, 2)], axis=1, interleave=True),
+            lambda x: np.stack([x, 2 * x], 2).reshape(len(x), 6, SIDE, SIDE),
+            {},
+        ),
         "transpose": (lambda v: mb.transpose(x=v, perm=[0, 3, 1, 2]), lambda x: x.transpose(0, 3, 1, 2), {}),
-        "squeeze": (lambda v: mb.squeeze(x=mb.reduce_mean(x=v, axes=[1], keep_dims=True), axes=[1]),
-                    lambda x: x.mean(1), {}),
+        "squeeze": (lambda v: mb.squeeze(x=mb.reduce_mean(x=v, axes=[1], keep_dims=True), axes=[1]), lambda x: x.mean(1), {}),
         "expand_dims": (lambda v: mb.expand_dims(x=v, axes=[-1]), lambda x: x[..., None], {}),
-        "reshape": (lambda v: mb.reduce_sum(x=mb.reshape(x=v, shape=[1, 3, 3, 27]), axes=[2]),
-                    lambda x: x.reshape(len(x), 3, 3, 27).sum(2), {}),
+        "reshape": (
+            lambda v: mb.reduce_sum(x=mb.reshape(x=v, shape=[1, 3, 3, 27]), axes=[2]),
+            lambda x: x.reshape(len(x), 3, 3, 27).sum(2),
+            {},
+        ),
         "reshape:ios17_zero_aligned_right": (
             lambda v: mb.reduce_sum(x=mb.reshape(x=v, shape=[1, 0, -1, 0, 0]), axes=[2]),
-            lambda x: x.reshape(len(x), 1, 3, SIDE, SIDE).sum(2), {"target": i17}),
-        "reshape:zero_same_rank": (lambda v: mb.reduce_sum(x=mb.reshape(x=v, shape=[1, 0, 3, -1]), axes=[2]),
-                                   lambda x: x.reshape(len(x), 3, 3, 27).sum(2), {}),
+            lambda x: x.reshape(len(x), 1, 3, SIDE, SIDE).sum(2),
+            {"target": i17},
+        ),
+        "reshape:zero_same_rank": (
+            lambda v: mb.reduce_sum(x=mb.reshape(x=v, shape=[1, 0, 3, -1]), axes=[2]),
+            lambda x: x.reshape(len(x), 3, 3, 27).sum(2),
+            {},
+        ),
         "reshape:computed_shape": (
-            lambda v: mb.reduce_max(x=mb.reshape(x=v, shape=mb.slice_by_index(x=mb.shape(x=v), begin=[1], end=[4])),
-                                    axes=[0]),
-            lambda x: x.max(1), {}),
+            lambda v: mb.reduce_max(x=mb.reshape(x=v, shape=mb.slice_by_index(x=mb.shape(x=v), begin=[1], end=[4])), axes=[0]),
+            lambda x: x.max(1),
+            {},
+        ),
         "shape": (lambda v: mb.shape(x=v), lambda x: np.tile([1, 3, SIDE, SIDE], (len(x), 1)), {}),
         "fill": (lambda v: mb.add(x=v, y=mb.fill(shape=mb.shape(x=v), value=2.5)), lambda x: x + 2.5, {}),
-        "fill_like": (lambda v: mb.add(x=v, y=mb.fill_like(ref_tensor=v, value=-1.5)), lambda x: x - 1.5,
-                      {"target": i16}),
-        "range_1d": (lambda v: mb.add(x=v, y=mb.range_1d(start=1.0, end=5.5, step=0.5)),
-                     lambda x: x + np.arange(1.0, 5.5, 0.5), {}),
+        "fill_like": (lambda v: mb.add(x=v, y=mb.fill_like(ref_tensor=v, value=-1.5)), lambda x: x - 1.5, {"target": i16}),
+        "range_1d": (lambda v: mb.add(x=v, y=mb.range_1d(start=1.0, end=5.5, step=0.5)), lambda x: x + np.arange(1.0, 5.5, 0.5), {}),
         "flatten2d": (lambda v: mb.flatten2d(x=v, axis=2), lambda x: x.reshape(len(x) * 3, -1), {}),
-        "flatten2d:axis_equals_rank": (lambda v: mb.reduce_sum(x=mb.flatten2d(x=v, axis=4), axes=[1]),
-                                       lambda x: x.reshape(len(x), -1), {}),
-        "flatten2d:negative_axis": (lambda v: mb.reduce_max(x=mb.flatten2d(x=v, axis=-1), axes=[1]),
-                                    lambda x: x.max(-1), {}),
-        "slice_by_index": (lambda v: mb.slice_by_index(x=v, begin=[0, 1, 1, 0], end=[1, 3, 8, 9], stride=[1, 1, 2, 3],
-                                                       end_mask=[True, False, False, False]),
-                           lambda x: x[:, 1:3, 1:8:2, 0:9:3], {}),
+        "flatten2d:axis_equals_rank": (lambda v: mb.reduce_sum(x=mb.flatten2d(x=v, axis=4), axes=[1]), lambda x: x.reshape(len(x), -1), {}),
+        "flatten2d:negative_axis": (lambda v: mb.reduce_max(x=mb.flatten2d(x=v, axis=-1), axes=[1]), lambda x: x.max(-1), {}),
+        "slice_by_index": (
+            lambda v: mb.slice_by_index(
+                x=v, begin=[0, 1, 1, 0], end=[1, 3, 8, 9], stride=[1, 1, 2, 3], end_mask=[True, False, False, False]
+            ),
+            lambda x: x[:, 1:3, 1:8:2, 0:9:3],
+            {},
+        ),
         "slice_by_index:squeeze_negative": (
-            lambda v: mb.slice_by_index(x=v, begin=[0, -1, 0, 8], end=[1, 3, 9, 2], stride=[1, 1, 1, -2],
-                                        squeeze_mask=[False, True, False, False], end_mask=[True, False, True, False]),
-            lambda x: x[:, -1, :, 8:2:-2], {}),
+            lambda v: mb.slice_by_index(
+                x=v,
+                begin=[0, -1, 0, 8],
+                end=[1, 3, 9, 2],
+                stride=[1, 1, 1, -2],
+                squeeze_mask=[False, True, False, False],
+                end_mask=[True, False, True, False],
+            ),
+            lambda x: x[:, -1, :, 8:2:-2],
+            {},
+        ),
         "slice_by_index:computed_begin": (
-            lambda v: mb.slice_by_index(x=v, begin=mb.sub(x=mb.shape(x=v), y=np.array([1, 3, 7, 7], np.int32)),
-                                        end=[1, 3, 9, 9]),
-            lambda x: x[:, :, 2:, 2:], {}),
-        "slice_by_size": (lambda v: mb.slice_by_size(x=v, begin=[0, 0, 2, 3], size=[-1, 2, 4, -1]),
-                          lambda x: x[:, 0:2, 2:6, 3:], {}),
+            lambda v: mb.slice_by_index(x=v, begin=mb.sub(x=mb.shape(x=v), y=np.array([1, 3, 7, 7], np.int32)), end=[1, 3, 9, 9]),
+            lambda x: x[:, :, 2:, 2:],
+            {},
+        ),
+        "slice_by_size": (lambda v: mb.slice_by_size(x=v, begin=[0, 0, 2, 3], size=[-1, 2, 4, -1]), lambda x: x[:, 0:2, 2:6, 3:], {}),
         "slice_by_size:computed_begin": (
-            lambda v: mb.slice_by_size(x=v, begin=mb.sub(x=mb.shape(x=v), y=np.array([1, 2, 6, 8], np.int32)),
-                                       size=[-1, 2, 3, 4]),
-            lambda x: x[:, 1:3, 3:6, 1:5], {}),
-        "split": (lambda v: mb.concat(values=list(mb.split(x=v, split_sizes=[4, 5], axis=2))[::-1], axis=2),
-                  lambda x: np.concatenate([x[:, :, 4:], x[:, :, :4]], 2), {}),
-        "split:num_splits": (lambda v: mb.concat(values=list(mb.split(x=v, num_splits=3, axis=-1))[::-1], axis=-1),
-                             lambda x: np.concatenate([x[..., 6:], x[..., 3:6], x[..., :3]], -1), {}),
+            lambda v: mb.slice_by_size(x=v, begin=mb.sub(x=mb.shape(x=v), y=np.array([1, 2, 6, 8], np.int32)), size=[-1, 2, 3, 4]),
+            lambda x: x[:, 1:3, 3:6, 1:5],
+            {},
+        ),
+        "split": (
+            lambda v: mb.concat(values=list(mb.split(x=v, split_sizes=[4, 5], axis=2))[::-1], axis=2),
+            lambda x: np.concatenate([x[:, :, 4:], x[:, :, :4]], 2),
+            {},
+        ),
+        "split:num_splits": (
+            lambda v: mb.concat(values=list(mb.split(x=v, num_splits=3, axis=-1))[::-1], axis=-1),
+            lambda x: np.concatenate([x[..., 6:], x[..., 3:6], x[..., :3]], -1),
+            {},
+        ),
         "tile": (lambda v: mb.tile(x=v, reps=[1, 2, 1, 2]), lambda x: np.tile(x, (1, 2, 1, 2)), {}),
-        "stack": (lambda v: mb.stack(values=[v, _scaled_pixels(v, 3)], axis=2),
-                  lambda x: np.stack([x, 3 * x], 2), {}),
+        "stack": (lambda v: mb.stack(values=[v, _scaled_pixels(v, 3)], axis=2), lambda x: np.stack([x, 3 * x], 2), {}),
         "reverse": (lambda v: mb.reverse(x=v, axes=[1, -1]), lambda x: x[:, ::-1, :, ::-1], {}),
-        "pad": (lambda v: mb.pad(x=v, pad=[1, 2, 0, 3], mode="constant", constant_val=0.5),
-                lambda x: np.pad(x, ((0, 0), (0, 0), (1, 2), (0, 3)), constant_values=0.5), {}),
-        "pad:reflect": (lambda v: mb.pad(x=v, pad=[2, 1, 1, 2], mode="reflect"),
-                        lambda x: np.pad(x, ((0, 0), (0, 0), (2, 1), (1, 2)), mode="reflect"), {}),
-        "pad:replicate": (lambda v: mb.pad(x=v, pad=[0, 2, 3, 1], mode="replicate"),
-                          lambda x: np.pad(x, ((0, 0), (0, 0), (0, 2), (3, 1)), mode="edge"), {}),
-        "gather": (lambda v: mb.gather(x=v, indices=np.array([2, 0, 2, 1], np.int32), axis=1),
-                   lambda x: x[:, [2, 0, 2, 1]], {}),
-        "gather:negative_indices_last_axis": (lambda v: mb.gather(x=v, indices=np.array([-1, 0, 3], np.int32), axis=-1),
-                                              lambda x: x[..., [-1, 0, 3]], {}),
-        "gather:batch_dims": (lambda v: mb.gather(x=v, indices=np.array([[2, 0]], np.int32), axis=1, batch_dims=1),
-                              lambda x: x[:, [2, 0]], {"target": i16}),
+        "pad": (
+            lambda v: mb.pad(x=v, pad=[1, 2, 0, 3], mode="constant", constant_val=0.5),
+            lambda x: np.pad(x, ((0, 0), (0, 0), (1, 2), (0, 3)), constant_values=0.5),
+            {},
+        ),
+        "pad:reflect": (
+            lambda v: mb.pad(x=v, pad=[2, 1, 1, 2], mode="reflect"),
+            lambda x: np.pad(x, ((0, 0), (0, 0), (2, 1), (1, 2)), mode="reflect"),
+            {},
+        ),
+        "pad:replicate": (
+            lambda v: mb.pad(x=v, pad=[0, 2, 3, 1], mode="replicate"),
+            lambda x: np.pad(x, ((0, 0), (0, 0), (0, 2), (3, 1)), mode="edge"),
+            {},
+        ),
+        "gather": (lambda v: mb.gather(x=v, indices=np.array([2, 0, 2, 1], np.int32), axis=1), lambda x: x[:, [2, 0, 2, 1]], {}),
+        "gather:negative_indices_last_axis": (
+            lambda v: mb.gather(x=v, indices=np.array([-1, 0, 3], np.int32), axis=-1),
+            lambda x: x[..., [-1, 0, 3]],
+            {},
+        ),
+        "gather:batch_dims": (
+            lambda v: mb.gather(x=v, indices=np.array([[2, 0]], np.int32), axis=1, batch_dims=1),
+            lambda x: x[:, [2, 0]],
+            {"target": i16},
+        ),
         "gather_along_axis": (
             lambda v: mb.gather_along_axis(x=v, indices=RNG_IDX, axis=3),
-            lambda x: np.take_along_axis(x, np.broadcast_to(RNG_IDX, (len(x),) + RNG_IDX.shape[1:]), 3), {}),
-        "gather_nd": (lambda v: mb.gather_nd(x=v, indices=np.array([[[2, 3], [0, 0], [1, 8]]], np.int32), batch_dims=1),
-                      lambda x: np.stack([x[:, 2, 3], x[:, 0, 0], x[:, 1, 8]], 1), {"target": i16}),
+            lambda x: np.take_along_axis(x, np.broadcast_to(RNG_IDX, (len(x),) + RNG_IDX.shape[1:]), 3),
+            {},
+        ),
+        "gather_nd": (
+            lambda v: mb.gather_nd(x=v, indices=np.array([[[2, 3], [0, 0], [1, 8]]], np.int32), batch_dims=1),
+            lambda x: np.stack([x[:, 2, 3], x[:, 0, 0], x[:, 1, 8]], 1),
+            {"target": i16},
+        ),
         # rearrangements
-        "pixel_shuffle": (lambda v: mb.pixel_shuffle(x=_four(v), upscale_factor=2), lambda x: _shuffle_loops(
-            np.concatenate([x, 2 * x, 3 * x, 4 * x], 1), 2), {"target": i16}),
-        "pixel_unshuffle": (lambda v: mb.pixel_unshuffle(x=mb.slice_by_size(x=v, begin=[0, 0, 0, 0], size=[-1, -1, 8, 8]),
-                                                         downscale_factor=np.uint32(2)),
-                            lambda x: _unshuffle_loops(x[..., :8, :8], 2), {"target": i16}),
-        "depth_to_space": (lambda v: mb.depth_to_space(x=_four(v), block_size=2),
-                           lambda x: _nchw(t().nn.depth_to_space(_nhwc(np.concatenate([x, 2 * x, 3 * x, 4 * x], 1)),
-                                                                 2).numpy()), {}),
-        "space_to_depth": (lambda v: mb.space_to_depth(x=v, block_size=3),
-                           lambda x: _nchw(t().nn.space_to_depth(_nhwc(x), 3).numpy()), {}),
+        "pixel_shuffle": (
+            lambda v: mb.pixel_shuffle(x=_four(v), upscale_factor=2),
+            lambda x: _shuffle_loops(np.concatenate([x, 2 * x, 3 * x, 4 * x], 1), 2),
+            {"target": i16},
+        ),
+        "pixel_unshuffle": (
+            lambda v: mb.pixel_unshuffle(x=mb.slice_by_size(x=v, begin=[0, 0, 0, 0], size=[-1, -1, 8, 8]), downscale_factor=np.uint32(2)),
+            lambda x: _unshuffle_loops(x[..., :8, :8], 2),
+            {"target": i16},
+        ),
+        "depth_to_space": (
+            lambda v: mb.depth_to_space(x=_four(v), block_size=2),
+            lambda x: _nchw(t().nn.depth_to_space(_nhwc(np.concatenate([x, 2 * x, 3 * x, 4 * x], 1)), 2).numpy()),
+            {},
+        ),
+        "space_to_depth": (lambda v: mb.space_to_depth(x=v, block_size=3), lambda x: _nchw(t().nn.space_to_depth(_nhwc(x), 3).numpy()), {}),
         "crop": (lambda v: mb.crop(x=v, crop_height=[1, 2], crop_width=[0, 3]), lambda x: x[..., 1:7, 0:6], {}),
         # resampling
         "upsample_nearest_neighbor": (
             lambda v: mb.upsample_nearest_neighbor(x=v, scale_factor_height=2, scale_factor_width=3),
-            lambda x: x.repeat(2, 2).repeat(3, 3), {}),
+            lambda x: x.repeat(2, 2).repeat(3, 3),
+            {},
+        ),
         "upsample_nearest_neighbor:fractional": (
             lambda v: mb.upsample_nearest_neighbor(x=v, scale_factor_height=1.5, scale_factor_width=0.7),
-            lambda x: _tf_resize(x, (13, 6), "nearest", half_pixel_centers=False), {}),
+            lambda x: _tf_resize(x, (13, 6), "nearest", half_pixel_centers=False),
+            {},
+        ),
         "upsample_bilinear": (
             lambda v: mb.upsample_bilinear(x=v, scale_factor_height=2, scale_factor_width=2, align_corners=False),
-            lambda x: _tf_resize(x, (18, 18)), {}),
+            lambda x: _tf_resize(x, (18, 18)),
+            {},
+        ),
         "upsample_bilinear:align_corners": (
             lambda v: mb.upsample_bilinear(x=v, scale_factor_height=2.0, scale_factor_width=1.5, align_corners=True),
-            lambda x: _tf_resize(x, (18, 13), align_corners=True, half_pixel_centers=False), {}),
+            lambda x: _tf_resize(x, (18, 13), align_corners=True, half_pixel_centers=False),
+            {},
+        ),
         "upsample_bilinear:no_half_pixel_centers": (
-            lambda v: mb.upsample_bilinear(x=v, scale_factor_height=3.0, scale_factor_width=1.5, align_corners=False,
-                                           half_pixel_centers=False),
-            lambda x: _tf_resize(x, (27, 13), half_pixel_centers=False), {"target": i16}),
+            lambda v: mb.upsample_bilinear(
+                x=v, scale_factor_height=3.0, scale_factor_width=1.5, align_corners=False, half_pixel_centers=False
+            ),
+            lambda x: _tf_resize(x, (27, 13), half_pixel_centers=False),
+            {"target": i16},
+        ),
         "upsample_bilinear:fractional_half_pixel": (
             lambda v: mb.upsample_bilinear(x=v, scale_factor_height=1.5, scale_factor_width=0.5, align_corners=False),
-            lambda x: _tf_resize(x, (13, 4)), {}),
+            lambda x: _tf_resize(x, (13, 4)),
+            {},
+        ),
         "resize_nearest_neighbor": (
             lambda v: mb.resize_nearest_neighbor(x=v, target_size_height=13, target_size_width=5),
-            lambda x: _tf_resize(x, (13, 5), "nearest"), {}),
-        "resize_bilinear": (lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5),
-                            lambda x: _tf_resize(x, (13, 5), half_pixel_centers=False), {}),
+            lambda x: _tf_resize(x, (13, 5), "nearest"),
+            {},
+        ),
+        "resize_bilinear": (
+            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5),
+            lambda x: _tf_resize(x, (13, 5), half_pixel_centers=False),
+            {},
+        ),
         "resize_bilinear:strict_align_corners": (
-            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5,
-                                         sampling_mode="STRICT_ALIGN_CORNERS"),
-            lambda x: _tf_resize(x, (13, 5), align_corners=True, half_pixel_centers=False), {}),
+            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5, sampling_mode="STRICT_ALIGN_CORNERS"),
+            lambda x: _tf_resize(x, (13, 5), align_corners=True, half_pixel_centers=False),
+            {},
+        ),
         "resize_bilinear:unalign_corners": (
-            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5,
-                                         sampling_mode="UNALIGN_CORNERS"),
-            lambda x: _tf_resize(x, (13, 5)), {}),
+            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5, sampling_mode="UNALIGN_CORNERS"),
+            lambda x: _tf_resize(x, (13, 5)),
+            {},
+        ),
         "resize_bilinear:offset_corners": (
-            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5,
-                                         sampling_mode="OFFSET_CORNERS"),
-            lambda x: _bilinear_loops(x, 13, 5, _offset_corners), {}),
+            lambda v: mb.resize_bilinear(x=v, target_size_height=13, target_size_width=5, sampling_mode="OFFSET_CORNERS"),
+            lambda x: _bilinear_loops(x, 13, 5, _offset_corners),
+            {},
+        ),
         "resize_bilinear:align_corners_single_row": (
             lambda v: mb.resize_bilinear(x=v, target_size_height=1, target_size_width=4, sampling_mode="ALIGN_CORNERS"),
-            lambda x: _bilinear_loops(x, 1, 4, _align_corners), {}),
-        "resize": (lambda v: mb.resize(x=v, shape=np.array([0, 13, 5], np.int32), resized_dims=np.uint32(2)),
-                   lambda x: _tf_resize(x, (13, 5), half_pixel_centers=False), {"target": i17}),
-        "resize:nearest": (lambda v: mb.resize(x=v, shape=np.array([13, 5], np.int32), resized_dims=np.uint32(2),
-                                               interpolation_mode="NEAREST_NEIGHBOR"),
-                           lambda x: _tf_resize(x, (13, 5), "nearest"), {"target": i17}),
-        "crop_resize": (lambda v: mb.crop_resize(x=v, boxes=BOXES, box_indices=np.zeros(3, np.int32),
-                                                 target_height=4, target_width=5, normalized_coordinates=True,
-                                                 sampling_mode="STRICT_ALIGN_CORNERS", pad_value=0.25),
-                        lambda x: _crop_and_resize(x, BOXES, (4, 5), 0.25), {"target": i17}),
+            lambda x: _bilinear_loops(x, 1, 4, _align_corners),
+            {},
+        ),
+        "resize": (
+            lambda v: mb.resize(x=v, shape=np.array([0, 13, 5], np.int32), resized_dims=np.uint32(2)),
+            lambda x: _tf_resize(x, (13, 5), half_pixel_centers=False),
+            {"target": i17},
+        ),
+        "resize:nearest": (
+            lambda v: mb.resize(x=v, shape=np.array([13, 5], np.int32), resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR"),
+            lambda x: _tf_resize(x, (13, 5), "nearest"),
+            {"target": i17},
+        ),
+        "crop_resize": (
+            lambda v: mb.crop_resize(
+                x=v,
+                boxes=BOXES,
+                box_indices=np.zeros(3, np.int32),
+                target_height=4,
+                target_width=5,
+                normalized_coordinates=True,
+                sampling_mode="STRICT_ALIGN_CORNERS",
+                pad_value=0.25,
+            ),
+            lambda x: _crop_and_resize(x, BOXES, (4, 5), 0.25),
+            {"target": i17},
+        ),
         "crop_resize:ios15_roi": (
-            lambda v: mb.crop_resize(x=v, roi=np.concatenate([BOXES * (SIDE - 1)], 0).reshape(3, 1, 4, 1, 1),
-                                     target_height=4, target_width=5, sampling_mode="STRICT_ALIGN_CORNERS"),
-            lambda x: _crop_and_resize(x, BOXES, (4, 5), 0.0), {}),
+            lambda v: mb.crop_resize(
+                x=v,
+                roi=np.concatenate([BOXES * (SIDE - 1)], 0).reshape(3, 1, 4, 1, 1),
+                target_height=4,
+                target_width=5,
+                sampling_mode="STRICT_ALIGN_CORNERS",
+            ),
+            lambda x: _crop_and_resize(x, BOXES, (4, 5), 0.0),
+            {},
+        ),
         # convolution and pooling beyond 2-D
-        "conv:1d": (lambda v: mb.conv(x=mb.reshape(x=v, shape=[1, 3, 81]), weight=W_1D, strides=[2], pad_type="same"),
-                    lambda x: t().nn.conv1d(np.float32(x).reshape(len(x), 3, 81).transpose(0, 2, 1), W_1D.transpose(2, 1, 0), 2,
-                                            "SAME").numpy().transpose(0, 2, 1), {}),
-        "conv:3d": (lambda v: mb.conv(x=mb.reshape(x=v, shape=[1, 1, 3, 9, 9]), weight=W_3D, strides=[1, 2, 1],
-                                      pad_type="custom", pad=[0, 1, 1, 1, 0, 2]),
-                    lambda x: t().nn.conv3d(np.pad(x.reshape(len(x), 1, 3, 9, 9), ((0, 0), (0, 0), (0, 1), (1, 1),
-                                                                                   (0, 2))).transpose(0, 2, 3, 4, 1),
-                                            W_3D.transpose(2, 3, 4, 1, 0), [1, 1, 2, 1, 1], "VALID").numpy()
-                    .transpose(0, 4, 1, 2, 3), {}),
-        "conv_transpose": (lambda v: mb.conv_transpose(x=v, weight=W_T, bias=B_T, strides=[2, 2], pad_type="valid"),
-                           lambda x: _nchw(t().nn.conv2d_transpose(_nhwc(x), W_T.transpose(2, 3, 1, 0),
-                                                                   (len(x), 19, 19, 2), 2, "VALID").numpy())
-                           + B_T.reshape(1, 2, 1, 1), {}),
+        "conv:1d": (
+            lambda v: mb.conv(x=mb.reshape(x=v, shape=[1, 3, 81]), weight=W_1D, strides=[2], pad_type="same"),
+            lambda x: (
+                t()
+                .nn.conv1d(np.float32(x).reshape(len(x), 3, 81).transpose(0, 2, 1), W_1D.transpose(2, 1, 0), 2, "SAME")
+                .numpy()
+                .transpose(0, 2, 1)
+            ),
+            {},
+        ),
+        "conv:3d": (
+            lambda v: mb.conv(
+                x=mb.reshape(x=v, shape=[1, 1, 3, 9, 9]), weight=W_3D, strides=[1, 2, 1], pad_type="custom", pad=[0, 1, 1, 1, 0, 2]
+            ),
+            lambda x: (
+                t()
+                .nn.conv3d(
+                    np.pad(x.reshape(len(x), 1, 3, 9, 9), ((0, 0), (0, 0), (0, 1), (1, 1), (0, 2))).transpose(0, 2, 3, 4, 1),
+                    W_3D.transpose(2, 3, 4, 1, 0),
+                    [1, 1, 2, 1, 1],
+                    "VALID",
+                )
+                .numpy()
+                .transpose(0, 4, 1, 2, 3)
+            ),
+            {},
+        ),
+        "conv_transpose": (
+            lambda v: mb.conv_transpose(x=v, weight=W_T, bias=B_T, strides=[2, 2], pad_type="valid"),
+            lambda x: (
+                _nchw(t().nn.conv2d_transpose(_nhwc(x), W_T.transpose(2, 3, 1, 0), (len(x), 19, 19, 2), 2, "VALID").numpy())
+                + B_T.reshape(1, 2, 1, 1)
+            ),
+            {},
+        ),
         "conv_transpose:same_output_shape": (
             lambda v: mb.conv_transpose(x=v, weight=W_T, strides=[2, 2], pad_type="same", output_shape=[1, 2, 18, 18]),
-            lambda x: _nchw(t().nn.conv2d_transpose(_nhwc(x), W_T.transpose(2, 3, 1, 0), (len(x), 18, 18, 2), 2,
-                                                    "SAME").numpy()), {}),
+            lambda x: _nchw(t().nn.conv2d_transpose(_nhwc(x), W_T.transpose(2, 3, 1, 0), (len(x), 18, 18, 2), 2, "SAME").numpy()),
+            {},
+        ),
         "conv_transpose:groups_dilation_custom_pad": (
-            lambda v: mb.conv_transpose(x=v, weight=W_T_GROUPED, strides=[1, 2], dilations=[2, 1], groups=3,
-                                        pad_type="custom", pad=[1, 0, 2, 1]),
-            lambda x: _conv_transpose_loops(x, W_T_GROUPED, (1, 2), (2, 1), (1, 0, 2, 1), 3), {}),
-        "max_pool:1d": (lambda v: mb.max_pool(x=mb.reshape(x=v, shape=[1, 3, 81]), kernel_sizes=[4], strides=[3],
-                                              pad_type="same"),
-                        lambda x: _pool_loops(x.reshape(len(x), 3, 81), "max", (4,), (3,), (0, 1)), {}),
+            lambda v: mb.conv_transpose(
+                x=v, weight=W_T_GROUPED, strides=[1, 2], dilations=[2, 1], groups=3, pad_type="custom", pad=[1, 0, 2, 1]
+            ),
+            lambda x: _conv_transpose_loops(x, W_T_GROUPED, (1, 2), (2, 1), (1, 0, 2, 1), 3),
+            {},
+        ),
+        "max_pool:1d": (
+            lambda v: mb.max_pool(x=mb.reshape(x=v, shape=[1, 3, 81]), kernel_sizes=[4], strides=[3], pad_type="same"),
+            lambda x: _pool_loops(x.reshape(len(x), 3, 81), "max", (4,), (3,), (0, 1)),
+            {},
+        ),
         "avg_pool:3d_exclude_padding": (
-            lambda v: mb.avg_pool(x=mb.reshape(x=v, shape=[1, 1, 3, 9, 9]), kernel_sizes=[2, 3, 2], strides=[1, 2, 2],
-                                  pad_type="custom", pad=[1, 0, 1, 1, 0, 1], exclude_padding_from_average=True),
-            lambda x: _pool_loops(x.reshape(len(x), 1, 3, 9, 9), "avg", (2, 3, 2), (1, 2, 2), (1, 0, 1, 1, 0, 1),
-                                  exclude=True), {}),
+            lambda v: mb.avg_pool(
+                x=mb.reshape(x=v, shape=[1, 1, 3, 9, 9]),
+                kernel_sizes=[2, 3, 2],
+                strides=[1, 2, 2],
+                pad_type="custom",
+                pad=[1, 0, 1, 1, 0, 1],
+                exclude_padding_from_average=True,
+            ),
+            lambda x: _pool_loops(x.reshape(len(x), 1, 3, 9, 9), "avg", (2, 3, 2), (1, 2, 2), (1, 0, 1, 1, 0, 1), exclude=True),
+            {},
+        ),
         "max_pool:ceil_mode": (
             lambda v: mb.max_pool(x=v, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid", ceil_mode=True),
-            lambda x: _pool_loops(x, "max", (2, 2), (2, 2), (0, 0, 0, 0), ceil_mode=True), {}),
+            lambda x: _pool_loops(x, "max", (2, 2), (2, 2), (0, 0, 0, 0), ceil_mode=True),
+            {},
+        ),
         "avg_pool:ceil_mode_padded": (
-            lambda v: mb.avg_pool(x=v, kernel_sizes=[3, 2], strides=[2, 3], pad_type="custom", pad=[1, 1, 1, 1],
-                                  ceil_mode=True),
-            lambda x: _pool_loops(x, "avg", (3, 2), (2, 3), (1, 1, 1, 1), ceil_mode=True), {}),
-        "l2_pool": (lambda v: mb.l2_pool(x=v, kernel_sizes=[3, 2], strides=[2, 2], pad_type="same"),
-                    lambda x: _pool_loops(x, "l2", (3, 2), (2, 2), (1, 1, 0, 1)), {}),
+            lambda v: mb.avg_pool(x=v, kernel_sizes=[3, 2], strides=[2, 3], pad_type="custom", pad=[1, 1, 1, 1], ceil_mode=True),
+            lambda x: _pool_loops(x, "avg", (3, 2), (2, 3), (1, 1, 1, 1), ceil_mode=True),
+            {},
+        ),
+        "l2_pool": (
+            lambda v: mb.l2_pool(x=v, kernel_sizes=[3, 2], strides=[2, 2], pad_type="same"),
+            lambda x: _pool_loops(x, "l2", (3, 2), (2, 2), (1, 1, 0, 1)),
+            {},
+        ),
     }
 
 
@@ -661,8 +856,9 @@ def _crop_and_resize(x, boxes, size, pad):
     t = tf()
     per_image = []
     for image in x:
-        crops = t.image.crop_and_resize(_nhwc(image[None]).astype(np.float32), boxes, np.zeros(len(boxes), np.int32),
-                                        size, extrapolation_value=pad).numpy()
+        crops = t.image.crop_and_resize(
+            _nhwc(image[None]).astype(np.float32), boxes, np.zeros(len(boxes), np.int32), size, extrapolation_value=pad
+        ).numpy()
         per_image.append(_nchw(crops))
     return np.stack(per_image)  # (images, boxes, C, h, w)
 
@@ -703,7 +899,7 @@ def test_batch_equals_one_image_at_a_time(tmp_path):
     assert executor.batchable
     pixels = image_pixels(5)
     together = executor.predict(pixels)
-    alone = np.concatenate([executor.predict(pixels[i:i + 1]) for i in range(5)])
+    alone = np.concatenate([executor.predict(pixels[i : i + 1]) for i in range(5)])
     np.testing.assert_array_equal(together, alone)
     executor.chunk = 2  # three passes, run by the worker threads
     np.testing.assert_array_equal(executor.predict(pixels), alone)

@@ -19,8 +19,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_readme_lists_exactly_the_registered_ops_and_layers():
     assert oplist.current(README) == oplist.render(), (
-        "README.md's supported-operations block differs from the registry; run "
-        "python -m exporter.runtime.executor.oplist --write")
+        "README.md's supported-operations block differs from the registry; run python -m exporter.runtime.executor.oplist --write"
+    )
     block = oplist.current(README)
     for name in MIL.names() + NN.names():
         assert f"`{name}`" in block

@@ -12,9 +12,15 @@ from exporter.errors import ConversionError
 from exporter.preprocessing import Preprocessing
 
 # The ops these tests run through the executor (test_registry checks every registered op is covered somewhere).
-COVERS = {"constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-          "constexpr_blockwise_shift_scale", "constexpr_cast", "constexpr_lut_to_sparse",
-          "constexpr_sparse_blockwise_shift_scale"}
+COVERS = {
+    "constexpr_affine_dequantize",
+    "constexpr_lut_to_dense",
+    "constexpr_sparse_to_dense",
+    "constexpr_blockwise_shift_scale",
+    "constexpr_cast",
+    "constexpr_lut_to_sparse",
+    "constexpr_sparse_blockwise_shift_scale",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------- blobs
@@ -25,11 +31,10 @@ BLOB_CASES = {  # writer method -> (blob type name, values)
     "write_uint8_data": ("uint8", np.arange(0, 256, 5, dtype=np.uint8)),
     "write_int16_data": ("int16", np.arange(-30000, 30000, 997, dtype=np.int16)),
     "write_uint16_data": ("uint16", np.arange(0, 65000, 1013, dtype=np.uint16)),
-    "write_int32_data": ("int32", np.arange(-10**6, 10**6, 40009, dtype=np.int32)),
+    "write_int32_data": ("int32", np.arange(-(10**6), 10**6, 40009, dtype=np.int32)),
     "write_uint32_data": ("uint32", np.arange(0, 4 * 10**9, 10**8 + 7, dtype=np.uint32)),
 }
-SUB_BYTE_CASES = {"int4": (-8, 8), "uint1": (0, 2), "uint2": (0, 4), "uint3": (0, 8), "uint4": (0, 16),
-                  "uint6": (0, 64)}
+SUB_BYTE_CASES = {"int4": (-8, 8), "uint1": (0, 2), "uint2": (0, 4), "uint3": (0, 8), "uint4": (0, 16), "uint6": (0, 64)}
 
 
 def test_weight_file_decodes_what_coremltools_writes(tmp_path):
@@ -121,16 +126,16 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     model = keras.saving.load_model(_tiny_model(folder / "tiny.keras"))
     pre = Preprocessing((12, 12), scale=(IMAGE_SCALE,) * 3, bias=(IMAGE_BIAS,) * 3)
-    info = ModelInfo(name="tiny", labels=[f"c{i}" for i in range(6)], preprocessing=pre, source_sha256="0",
-                     source_file="tiny.keras")
+    info = ModelInfo(name="tiny", labels=[f"c{i}" for i in range(6)], preprocessing=pre, source_sha256="0", source_file="tiny.keras")
     return folder, model, info, pre
 
 
 def _coremltools_constexpr_values(mlmodel) -> dict[str, np.ndarray]:
     """coremltools' own decompression of every constexpr op of an in-memory (just converted) model."""
     ops = mlmodel._mil_program.functions["main"].operations
-    return {op.outputs[0].name: np.asarray(op.materialized_val_inference(), np.float32) for op in ops
-            if op.op_type.startswith("constexpr_")}
+    return {
+        op.outputs[0].name: np.asarray(op.materialized_val_inference(), np.float32) for op in ops if op.op_type.startswith("constexpr_")
+    }
 
 
 def _compressed_variants(base16, base18):
@@ -144,14 +149,23 @@ def _compressed_variants(base16, base18):
         "palette8": q.compress(base16, q.CompressionSpec("palettize", 8)),
         "palette6": q.compress(base16, q.CompressionSpec("palettize", 6)),
         "palette4_grouped": q.compress(base18, q.CompressionSpec("palettize", 4, grouped=True)),
-        "sparse": cto.prune_weights(base16, cto.OptimizationConfig(global_config=cto.OpMagnitudePrunerConfig(
-            target_sparsity=0.5, weight_threshold=1))),
-        "int4_blockwise": cto.linear_quantize_weights(base18, cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(mode="linear", dtype="int4", granularity="per_block",
-                                                      block_size=4, weight_threshold=1))),
-        "uint8_affine": cto.linear_quantize_weights(base16, cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(mode="linear", dtype="uint8", granularity="per_tensor",
-                                                      weight_threshold=1))),
+        "sparse": cto.prune_weights(
+            base16, cto.OptimizationConfig(global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=1))
+        ),
+        "int4_blockwise": cto.linear_quantize_weights(
+            base18,
+            cto.OptimizationConfig(
+                global_config=cto.OpLinearQuantizerConfig(
+                    mode="linear", dtype="int4", granularity="per_block", block_size=4, weight_threshold=1
+                )
+            ),
+        ),
+        "uint8_affine": cto.linear_quantize_weights(
+            base16,
+            cto.OptimizationConfig(
+                global_config=cto.OpLinearQuantizerConfig(mode="linear", dtype="uint8", granularity="per_tensor", weight_threshold=1)
+            ),
+        ),
     }
 
 
@@ -177,8 +191,12 @@ def test_compressed_weights_decode_as_coremltools_decodes_them(tiny, tmp_path):
             assert np.all(np.abs(got - want) <= ulp), (name, const_name)
         probs = executor.predict(pixels)  # and the decompressed program still computes the model
         assert np.abs(probs - keras_probs).max() < 0.1, name
-    assert {"constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-            "constexpr_blockwise_shift_scale"} <= kinds
+    assert {
+        "constexpr_affine_dequantize",
+        "constexpr_lut_to_dense",
+        "constexpr_sparse_to_dense",
+        "constexpr_blockwise_shift_scale",
+    } <= kinds
 
 
 def test_neuralnetwork_weights_decode_as_coremltools_dequantizes_them(tiny, tmp_path):
@@ -191,9 +209,12 @@ def test_neuralnetwork_weights_decode_as_coremltools_dequantizes_them(tiny, tmp_
     _, model, info, pre = tiny
     base = convert(model, info, backend="neuralnetwork")
     float_layers = {layer.name: layer for layer in base.get_spec().neuralNetworkClassifier.layers}
-    variants = {"fp16": neuralnetwork_weights(base, 16), "int8": neuralnetwork_weights(base, 8),
-                "lut5": quantization_utils.quantize_weights(base, nbits=5, quantization_mode="linear_lut"),
-                "linear3": quantization_utils.quantize_weights(base, nbits=3, quantization_mode="linear")}
+    variants = {
+        "fp16": neuralnetwork_weights(base, 16),
+        "int8": neuralnetwork_weights(base, 8),
+        "lut5": quantization_utils.quantize_weights(base, nbits=5, quantization_mode="linear_lut"),
+        "linear3": quantization_utils.quantize_weights(base, nbits=3, quantization_mode="linear"),
+    }
     pixels = image_pixels(8, 12, 12)
     keras_probs = model(pre.normalize(pixels)).numpy()
     for name, quantized in variants.items():
@@ -225,6 +246,7 @@ def test_neuralnetwork_weights_decode_as_coremltools_dequantizes_them(tiny, tmp_
 
 def _weight_through(tmp_path, make_weight, shape, target):
     """The weight a constexpr op decodes to, as the executor holds it, and the program's output with it."""
+
     def body(v):
         weight = make_weight()
         return mb.conv(x=v, weight=weight, name="out")
@@ -244,20 +266,29 @@ def test_constexpr_forms_the_exporter_does_not_write_yet(tmp_path):
     indices = rng.integers(0, 4, (2, 3, 1, 3)).astype(np.uint8)
     lut = rng.normal(size=(1, 1, 1, 1, 4, 2)).astype(np.float16)
     want = np.moveaxis(lut[0, 0, 0, 0][indices], -1, 1).reshape(4, 3, 1, 3)  # row 2a+v is vector entry v of a
-    got, _ = _weight_through(tmp_path / "lut", lambda: mb.constexpr_lut_to_dense(
-        indices=indices.astype(types.np_uint2_dtype), lut=lut, vector_axis=0), (4, 3, 1, 3), ct.target.iOS18)
+    got, _ = _weight_through(
+        tmp_path / "lut",
+        lambda: mb.constexpr_lut_to_dense(indices=indices.astype(types.np_uint2_dtype), lut=lut, vector_axis=0),
+        (4, 3, 1, 3),
+        ct.target.iOS18,
+    )
     np.testing.assert_array_equal(got[0], want.astype(np.float32))
     # Sparse: a uint1 mask of the full shape and the kept values in row-major order.
     mask = rng.integers(0, 2, (2, 3, 3, 3)).astype(np.uint8)
     data = rng.normal(size=int(mask.sum())).astype(np.float16)
     dense = np.zeros(mask.shape, np.float16)
     dense[mask.astype(bool)] = data
-    got, _ = _weight_through(tmp_path / "sparse", lambda: mb.constexpr_sparse_to_dense(
-        nonzero_data=data, mask=mask.astype(types.np_uint1_dtype)), (2, 3, 3, 3), ct.target.iOS18)
+    got, _ = _weight_through(
+        tmp_path / "sparse",
+        lambda: mb.constexpr_sparse_to_dense(nonzero_data=data, mask=mask.astype(types.np_uint1_dtype)),
+        (2, 3, 3, 3),
+        ct.target.iOS18,
+    )
     np.testing.assert_array_equal(got[0], dense.astype(np.float32))
     source = rng.normal(size=(2, 3, 3, 3)).astype(np.float16)
-    got, _ = _weight_through(tmp_path / "cast", lambda: mb.constexpr_cast(source_val=source, output_dtype="fp32"),
-                             (2, 3, 3, 3), ct.target.iOS16)
+    got, _ = _weight_through(
+        tmp_path / "cast", lambda: mb.constexpr_cast(source_val=source, output_dtype="fp32"), (2, 3, 3, 3), ct.target.iOS16
+    )
     np.testing.assert_array_equal(got[0], source.astype(np.float32))
 
 
@@ -278,8 +309,11 @@ def test_ios18_sparse_constexpr_forms_decode_as_defined(tmp_path):
 
     def palettized():
         out_mask, out_data = mb.constexpr_lut_to_sparse(
-            indices_mask=mask.astype(types.np_uint1_dtype), indices_nonzero_data=indices.astype(types.np_uint2_dtype),
-            lut=lut, vector_axis=0)
+            indices_mask=mask.astype(types.np_uint1_dtype),
+            indices_nonzero_data=indices.astype(types.np_uint2_dtype),
+            lut=lut,
+            vector_axis=0,
+        )
         return mb.constexpr_sparse_to_dense(nonzero_data=out_data, mask=out_mask)
 
     got, _ = _weight_through(tmp_path / "lut_sparse", palettized, (4, 3, 3, 3), ct.target.iOS18)
@@ -295,7 +329,8 @@ def test_ios18_sparse_constexpr_forms_decode_as_defined(tmp_path):
 
     def quantized():
         out_mask, out_data = mb.constexpr_sparse_blockwise_shift_scale(
-            data_mask=mask.astype(types.np_uint1_dtype), nonzero_data=data, scale=scale, offset=offset)
+            data_mask=mask.astype(types.np_uint1_dtype), nonzero_data=data, scale=scale, offset=offset
+        )
         return mb.constexpr_sparse_to_dense(nonzero_data=out_data, mask=out_mask)
 
     got, _ = _weight_through(tmp_path / "quant_sparse", quantized, (4, 3, 3, 3), ct.target.iOS18)

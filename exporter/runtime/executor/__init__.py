@@ -68,8 +68,12 @@ def _spec_path(path: Path) -> Path:
     manifest = path / "Manifest.json"
     if not manifest.exists():
         raise ConversionError("is a folder without Manifest.json, not an .mlpackage", path=path)
-    data = load_json(read_regular(manifest, error=ConversionError, what="Manifest.json", max_bytes=MAX_TEXT_BYTES),
-                     path=manifest, error=ConversionError, what="Manifest.json")
+    data = load_json(
+        read_regular(manifest, error=ConversionError, what="Manifest.json", max_bytes=MAX_TEXT_BYTES),
+        path=manifest,
+        error=ConversionError,
+        what="Manifest.json",
+    )
     try:
         root = data["rootModelIdentifier"]
         rel = data["itemInfoEntries"][root]["path"]
@@ -95,8 +99,7 @@ def load_spec(path: Path):
 
 # What a malformed file can make numpy or the protobuf classes raise while its program is loaded or run. The file,
 # not the executor, is at fault then: the error names the file and keeps the cause for --debug.
-FILE_FAULTS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, ZeroDivisionError,
-               RecursionError, MemoryError)
+FILE_FAULTS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, ZeroDivisionError, RecursionError, MemoryError)
 
 
 @contextlib.contextmanager
@@ -106,8 +109,9 @@ def _file_faults(where: str):
     except ExporterError:
         raise
     except FILE_FAULTS as exc:
-        raise ConversionError(f"the executor cannot run this file, it is malformed ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})", path=where) from exc
+        raise ConversionError(
+            f"the executor cannot run this file, it is malformed ({type(exc).__name__}: {str(exc)[:200]})", path=where
+        ) from exc
 
 
 class CoreMLExecutor:
@@ -140,8 +144,7 @@ class CoreMLExecutor:
 
             self._engine = Network(spec, self.image, where, fp16)
         else:
-            raise UnsupportedOperationError(f"model type {kind!r} is not supported by the Core ML executor",
-                                            path=where)
+            raise UnsupportedOperationError(f"model type {kind!r} is not supported by the Core ML executor", path=where)
         self.labels: list[str] = list(self._engine.labels)
         self.batchable: bool = self._engine.batchable
         fitting = CHUNK_ACTIVATION_BYTES // max(self._engine.largest_activation, 1)
@@ -174,8 +177,7 @@ class CoreMLExecutor:
                     parts = list(pool.map(self._engine.run, chunks))
         probs = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         if probs.shape[1] != len(self.labels):
-            raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels",
-                                  path=self.path)
+            raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels", path=self.path)
         return probs
 
     __call__ = predict

@@ -29,11 +29,23 @@ STORAGE_VERSION = 2  # the only version the format defines for ML Program weight
 
 # BlobDataType (MILBlob/Blob/BlobDataType.hpp) -> (name, numpy dtype of the decoded values, bits per element).
 BLOB_TYPES: dict[int, tuple[str, str, int]] = {
-    1: ("fp16", "<f2", 16), 2: ("fp32", "<f4", 32), 3: ("uint8", "u1", 8), 4: ("int8", "i1", 8),
-    5: ("bf16", "<u2", 16), 6: ("int16", "<i2", 16), 7: ("uint16", "<u2", 16), 8: ("int4", "i1", 4),
-    9: ("uint1", "u1", 1), 10: ("uint2", "u1", 2), 11: ("uint4", "u1", 4), 12: ("uint3", "u1", 3),
-    13: ("uint6", "u1", 6), 14: ("int32", "<i4", 32), 15: ("uint32", "<u4", 32),
-    16: ("fp8e4m3fn", "u1", 8), 17: ("fp8e5m2", "u1", 8),
+    1: ("fp16", "<f2", 16),
+    2: ("fp32", "<f4", 32),
+    3: ("uint8", "u1", 8),
+    4: ("int8", "i1", 8),
+    5: ("bf16", "<u2", 16),
+    6: ("int16", "<i2", 16),
+    7: ("uint16", "<u2", 16),
+    8: ("int4", "i1", 4),
+    9: ("uint1", "u1", 1),
+    10: ("uint2", "u1", 2),
+    11: ("uint4", "u1", 4),
+    12: ("uint3", "u1", 3),
+    13: ("uint6", "u1", 6),
+    14: ("int32", "<i4", 32),
+    15: ("uint32", "<u4", 32),
+    16: ("fp8e4m3fn", "u1", 8),
+    17: ("fp8e5m2", "u1", 8),
 }
 # Types stored packed, several values per byte (also what milvalue unpacks from immediate values).
 SUB_BYTE = frozenset({"int4", "uint1", "uint2", "uint3", "uint4", "uint6"})
@@ -76,25 +88,24 @@ class WeightFile:
         # a regular file (not a FIFO or /dev/zero), no larger than the memory budget; offsets are checked below
         self.data = read_regular(self.path, error=ConversionError, what="weight file", max_bytes=MAX_FILE_BYTES)
         if len(self.data) < HEADER_BYTES:
-            raise ConversionError(f"weight file {self.path.name} is {len(self.data)} bytes, shorter than its header",
-                                  path=where)
+            raise ConversionError(f"weight file {self.path.name} is {len(self.data)} bytes, shorter than its header", path=where)
         self.count, version = struct.unpack_from("<II", self.data, 0)
         if version != STORAGE_VERSION:
-            raise UnsupportedOperationError(f"weight file {self.path.name} has storage version {version}, only "
-                                            f"{STORAGE_VERSION} is supported", path=where)
+            raise UnsupportedOperationError(
+                f"weight file {self.path.name} has storage version {version}, only {STORAGE_VERSION} is supported", path=where
+            )
 
     def metadata(self, offset: int) -> tuple[int, int, int, int]:
         """(BlobDataType code, data size in bytes, data offset, padding bits) of the blob recorded at ``offset``."""
         if offset < HEADER_BYTES or offset + METADATA_BYTES > len(self.data):
-            raise ConversionError(f"weight offset {offset} lies outside {self.path.name} ({len(self.data)} bytes)",
-                                  path=self.where)
+            raise ConversionError(f"weight offset {offset} lies outside {self.path.name} ({len(self.data)} bytes)", path=self.where)
         sentinel, code, size, data_offset, padding = struct.unpack_from(METADATA_FORMAT, self.data, offset)
         if sentinel != SENTINEL:
-            raise ConversionError(f"no blob record at offset {offset} of {self.path.name} (sentinel {sentinel:#x})",
-                                  path=self.where)
+            raise ConversionError(f"no blob record at offset {offset} of {self.path.name} (sentinel {sentinel:#x})", path=self.where)
         if code not in BLOB_TYPES:
-            raise UnsupportedOperationError(f"blob at offset {offset} of {self.path.name} has unknown data type "
-                                            f"code {code}", path=self.where)
+            raise UnsupportedOperationError(
+                f"blob at offset {offset} of {self.path.name} has unknown data type code {code}", path=self.where
+            )
         if data_offset < HEADER_BYTES or data_offset + size > len(self.data):
             raise ConversionError(f"blob at offset {offset} runs past the end of {self.path.name}", path=self.where)
         return code, size, data_offset, padding
@@ -104,16 +115,20 @@ class WeightFile:
         code, size, start, padding = self.metadata(offset)
         name, dtype, nbits = BLOB_TYPES[code]
         if name != expected_type:
-            raise ConversionError(f"blob at offset {offset} of {self.path.name} holds {name}, the program declares "
-                                  f"{expected_type}", path=self.where)
+            raise ConversionError(
+                f"blob at offset {offset} of {self.path.name} holds {name}, the program declares {expected_type}", path=self.where
+            )
         if name.startswith("fp8"):
-            raise UnsupportedOperationError(f"blob at offset {offset} of {self.path.name} holds {name}, which the "
-                                            "executor does not decode", path=self.where)
+            raise UnsupportedOperationError(
+                f"blob at offset {offset} of {self.path.name} holds {name}, which the executor does not decode", path=self.where
+            )
         available = size * 8 - padding
         if padding >= 8 or available != count * nbits:
-            raise ConversionError(f"blob at offset {offset} of {self.path.name} holds {available // nbits} {name} "
-                                  f"values, the program declares {count}", path=self.where)
-        payload = self.data[start:start + size]
+            raise ConversionError(
+                f"blob at offset {offset} of {self.path.name} holds {available // nbits} {name} values, the program declares {count}",
+                path=self.where,
+            )
+        payload = self.data[start : start + size]
         if name in SUB_BYTE:
             return unpack_bits(payload, nbits, count, signed=name == "int4")
         values = np.frombuffer(payload, dtype=dtype, count=count)

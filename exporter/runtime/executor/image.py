@@ -36,8 +36,7 @@ def image_input(description, where: str) -> ImageInput:
     inputs = list(description.input)
     if len(inputs) != 1 or inputs[0].type.WhichOneof("Type") != "imageType":
         kinds = [i.type.WhichOneof("Type") for i in inputs]
-        raise UnsupportedOperationError(f"model inputs are {kinds}; the executor runs models with one image input",
-                                        path=where)
+        raise UnsupportedOperationError(f"model inputs are {kinds}; the executor runs models with one image input", path=where)
     image = inputs[0].type.imageType
     if image.colorSpace not in ORDERS:
         raise UnsupportedOperationError(f"image colour space {image.colorSpace} is not supported", path=where)
@@ -54,8 +53,9 @@ def to_tensor(pixels: np.ndarray, image: ImageInput, where: str) -> np.ndarray:
         pixels = pixels[..., None]
     expected = (image.height, image.width, image.channels)
     if pixels.ndim != 4 or pixels.shape[1:] != expected:
-        raise ConfigError(f"pixels must have shape (N, {image.height}, {image.width}, {image.channels}), got "
-                          f"{tuple(pixels.shape)}", path=where)
+        raise ConfigError(
+            f"pixels must have shape (N, {image.height}, {image.width}, {image.channels}), got {tuple(pixels.shape)}", path=where
+        )
     if image.order == "BGR":
         pixels = pixels[..., ::-1]
     return pixels.astype(np.float32).transpose(0, 3, 1, 2)

@@ -44,13 +44,11 @@ def output_size(size: int, kernel: int, stride: int, dilation: int, before: int,
     effective = (kernel - 1) * dilation + 1
     out = (size + before + after - effective) // stride + 1
     if out < 1:
-        raise ConversionError(f"a {kernel}-wide window (dilation {dilation}) does not fit an input of {size} "
-                              f"padded by {before}+{after}")
+        raise ConversionError(f"a {kernel}-wide window (dilation {dilation}) does not fit an input of {size} padded by {before}+{after}")
     return out
 
 
-def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float | np.floating = 0.0,
-             scratch: dict | None = None) -> np.ndarray:
+def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float | np.floating = 0.0, scratch: dict | None = None) -> np.ndarray:
     """Contiguous NHWC copy of ``xh`` padded by (top, bottom, left, right) with ``value``.
 
     With ``scratch`` (a kernel's private cache) the padded buffer is kept and reused, one per thread: its border is
@@ -66,7 +64,7 @@ def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float | np.
         out = np.full(shape, value, dtype=xh.dtype)
         if scratch is not None:
             scratch[key] = out
-    out[:, top:top + h, left:left + w] = xh
+    out[:, top : top + h, left : left + w] = xh
     return out
 
 
@@ -94,7 +92,7 @@ def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
     out = np.empty((n, ho, wo, wmat.shape[1]), np.float32)
     flat = out.reshape(-1, wmat.shape[1])
     if kh == kw == 1:
-        src = xh[:, : (ho - 1) * stride[0] + 1: stride[0], : (wo - 1) * stride[1] + 1: stride[1], :]
+        src = xh[:, : (ho - 1) * stride[0] + 1 : stride[0], : (wo - 1) * stride[1] + 1 : stride[1], :]
         np.matmul(src.reshape(-1, c), wmat, out=flat)
         return out
     windows = _windows(xh, ho, wo, kh, kw, stride, dilation)
@@ -103,13 +101,13 @@ def _dense(xh, wmat, kh, kw, stride, dilation, ho, wo) -> np.ndarray:
     if rows >= ho:
         images = max(1, rows // ho)
         for i in range(0, n, images):
-            patches = windows[i:i + images].reshape(-1, k)
-            np.matmul(patches, wmat, out=out[i:i + images].reshape(-1, wmat.shape[1]))
+            patches = windows[i : i + images].reshape(-1, k)
+            np.matmul(patches, wmat, out=out[i : i + images].reshape(-1, wmat.shape[1]))
         return out
     for i in range(n):
         for r in range(0, ho, rows):
-            patches = windows[i, r:r + rows].reshape(-1, k)
-            np.matmul(patches, wmat, out=out[i, r:r + rows].reshape(-1, wmat.shape[1]))
+            patches = windows[i, r : r + rows].reshape(-1, k)
+            np.matmul(patches, wmat, out=out[i, r : r + rows].reshape(-1, wmat.shape[1]))
     return out
 
 
@@ -154,10 +152,10 @@ def _dense_shifted(xh, taps, kh, kw, dilation, ho, wo) -> np.ndarray:
     for start in range(0, rows, SHIFTED_BLOCK_ROWS):
         stop = min(start + SHIFTED_BLOCK_ROWS, rows)
         acc = full[start:stop]
-        np.matmul(flat[start + offsets[0]:stop + offsets[0]], taps[0], out=acc)
-        part = product[:stop - start]
+        np.matmul(flat[start + offsets[0] : stop + offsets[0]], taps[0], out=acc)
+        part = product[: stop - start]
         for t in range(1, len(offsets)):
-            np.matmul(flat[start + offsets[t]:stop + offsets[t]], taps[t], out=part)
+            np.matmul(flat[start + offsets[t] : stop + offsets[t]], taps[t], out=part)
             acc += part
     return np.ascontiguousarray(full.reshape(n, hp, wp, o)[:, :ho, :wo])
 
@@ -167,7 +165,7 @@ def _pointwise_biased(xh, wmat_bias, stride, ho, wo) -> np.ndarray:
     product, and no second pass over the (wider) output to add the bias."""
     n, _, _, c = xh.shape
     widened = np.empty((n, ho, wo, c + 1), np.float32)
-    widened[..., :c] = xh[:, : (ho - 1) * stride[0] + 1: stride[0], : (wo - 1) * stride[1] + 1: stride[1], :]
+    widened[..., :c] = xh[:, : (ho - 1) * stride[0] + 1 : stride[0], : (wo - 1) * stride[1] + 1 : stride[1], :]
     widened[..., c] = 1.0
     out = np.empty((n, ho, wo, wmat_bias.shape[1]), np.float32)
     np.matmul(widened.reshape(-1, c + 1), wmat_bias, out=out.reshape(-1, wmat_bias.shape[1]))
@@ -179,8 +177,7 @@ def _tap_rows(xh, wtiled, ho, wo, kh, kw, stride_h, dilation, out_rows) -> None:
     of wo*c values per output row, so each product is one long vector loop against the kernel tiled over the width."""
     n, c = xh.shape[0], xh.shape[3]
     sn, sh, sw, sc = xh.strides
-    rows = as_strided(xh, (n, ho, kh, kw, wo * c), (sn, sh * stride_h, sh * dilation[0], sw * dilation[1], sc),
-                      writeable=False)
+    rows = as_strided(xh, (n, ho, kh, kw, wo * c), (sn, sh * stride_h, sh * dilation[0], sw * dilation[1], sc), writeable=False)
     np.einsum("nhijl,ijl->nhl", rows, wtiled, out=out_rows)
 
 
@@ -194,15 +191,22 @@ def _depthwise(xh, wdw, kh, kw, stride, dilation, ho, wo, cache: dict) -> np.nda
     n, c = xh.shape[0], xh.shape[3]
     out = np.empty((n, ho, wo, c), np.float32)
     if stride[1] == 1:
-        _tap_rows(xh, _tiled(wdw, wo, cache, ("tiled", wo)), ho, wo, kh, kw, stride[0], dilation,
-                  out.reshape(n, ho, wo * c))
+        _tap_rows(xh, _tiled(wdw, wo, cache, ("tiled", wo)), ho, wo, kh, kw, stride[0], dilation, out.reshape(n, ho, wo * c))
     else:  # strided along the width: a sum over the taps of each window, vectorised over channels
         np.einsum("nhwijc,ijc->nhwc", _windows(xh, ho, wo, kh, kw, stride, dilation), wdw, out=out)
     return out
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, dilation,
-           pads: tuple[int, int, int, int], groups: int, cache: dict | None = None) -> np.ndarray:
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride,
+    dilation,
+    pads: tuple[int, int, int, int],
+    groups: int,
+    cache: dict | None = None,
+) -> np.ndarray:
     """2-D convolution of logically NCHW ``x`` with an (O, I/groups, kh, kw) kernel; returns logical NCHW.
 
     ``pads`` is (top, bottom, left, right) of zeros. ``cache``, when given, keeps the rearranged kernel between
@@ -210,8 +214,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, d
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
     if cg * groups != c or o % groups:
-        raise ConversionError(f"convolution kernel {list(weight.shape)} with {groups} groups does not fit an input "
-                              f"of {c} channels")
+        raise ConversionError(f"convolution kernel {list(weight.shape)} with {groups} groups does not fit an input of {c} channels")
     ho = output_size(h, kh, stride[0], dilation[0], pads[0], pads[1])
     wo = output_size(w, kw, stride[1], dilation[1], pads[2], pads[3])
     cache = {} if cache is None else cache
@@ -239,11 +242,11 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, d
     else:
         og = o // groups
         if "grouped" not in cache:
-            cache["grouped"] = [dense_weight(weight[g * og:(g + 1) * og]) for g in range(groups)]
+            cache["grouped"] = [dense_weight(weight[g * og : (g + 1) * og]) for g in range(groups)]
         out = np.empty((n, ho, wo, o), np.float32)
         for g, wmat in enumerate(cache["grouped"]):
-            part = np.ascontiguousarray(xh[..., g * cg:(g + 1) * cg])
-            out[..., g * og:(g + 1) * og] = _dense(part, wmat, kh, kw, stride, dilation, ho, wo)
+            part = np.ascontiguousarray(xh[..., g * cg : (g + 1) * cg])
+            out[..., g * og : (g + 1) * og] = _dense(part, wmat, kh, kw, stride, dilation, ho, wo)
     if bias is not None:
         # Added along whole output rows (the bias tiled over the width): one long vector loop per row instead of
         # one short loop per pixel.
@@ -254,8 +257,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, d
     return nchw(out)
 
 
-def pool2d(x: np.ndarray, kind: str, kernel, stride, pads: tuple[int, int, int, int],
-           exclude_padding: bool, cache: dict | None = None) -> np.ndarray:
+def pool2d(
+    x: np.ndarray, kind: str, kernel, stride, pads: tuple[int, int, int, int], exclude_padding: bool, cache: dict | None = None
+) -> np.ndarray:
     """Max or average pooling of logically NCHW ``x`` over (kh, kw) windows; returns logical NCHW.
 
     Padded positions never win a max; for averages they count as zeros unless ``exclude_padding``."""

@@ -21,8 +21,7 @@ def same_pads(spatial, kernel, strides, dilations, lower: bool = False) -> list[
     return pads
 
 
-def conv(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, pads, groups: int,
-         cache: dict | None = None) -> np.ndarray:
+def conv(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, pads, groups: int, cache: dict | None = None) -> np.ndarray:
     """Convolution of (N, C, *D) with an (O, C/groups, *K) kernel, 1 to 3 spatial axes; ``pads`` flat
     (before, after) per axis."""
     rank = x.ndim - 2
@@ -30,8 +29,9 @@ def conv(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, pads, grou
     if rank == 2:
         return kernels.conv2d(x, weight, bias, tuple(strides), tuple(dilations), tuple(pads), groups, cache)
     if rank == 1:  # a 2-D convolution over a height of 1
-        out = kernels.conv2d(x[:, :, None, :], weight[:, :, None, :], bias, (1, strides[0]), (1, dilations[0]),
-                             (0, 0, pads[0], pads[1]), groups, cache)
+        out = kernels.conv2d(
+            x[:, :, None, :], weight[:, :, None, :], bias, (1, strides[0]), (1, dilations[0]), (0, 0, pads[0], pads[1]), groups, cache
+        )
         return out[:, :, 0, :]
     if rank != 3:
         raise ConversionError(f"a convolution over {rank} spatial axes is not defined (1 to 3 are)")
@@ -43,10 +43,18 @@ def conv(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, pads, grou
     total: np.ndarray = np.zeros(0, F32)
     for j in range(kd):
         start = j * dd
-        part = xp[:, :, start:start + (do - 1) * sd + 1:sd]  # (N, C, do, H, W)
+        part = xp[:, :, start : start + (do - 1) * sd + 1 : sd]  # (N, C, do, H, W)
         part = part.transpose(0, 2, 1, 3, 4).reshape(n * do, c, *x.shape[3:])
-        out = kernels.conv2d(part, weight[:, :, j], None, tuple(strides[1:]), tuple(dilations[1:]), tuple(pads[2:]),
-                             groups, cache.setdefault(("depth tap", j), {}))
+        out = kernels.conv2d(
+            part,
+            weight[:, :, j],
+            None,
+            tuple(strides[1:]),
+            tuple(dilations[1:]),
+            tuple(pads[2:]),
+            groups,
+            cache.setdefault(("depth tap", j), {}),
+        )
         total = out if j == 0 else total + out
     total = np.ascontiguousarray(total).reshape(n, do, *total.shape[1:]).transpose(0, 2, 1, 3, 4)
     if bias is not None:
@@ -54,8 +62,7 @@ def conv(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, pads, grou
     return total
 
 
-def conv_transpose(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, crop, groups: int,
-                   output_spatial=None) -> np.ndarray:
+def conv_transpose(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, crop, groups: int, output_spatial=None) -> np.ndarray:
     """Transposed convolution of (N, C_in, *D) with a (C_in, C_out/groups, *K) kernel: every input value scatters
     ``value * kernel`` into the output at ``position * stride + tap * dilation``. The full result, of size
     ``(D - 1) * stride + (K - 1) * dilation + 1``, loses ``crop`` (flat before/after per axis); ``output_spatial``,
@@ -65,16 +72,16 @@ def conv_transpose(x: np.ndarray, weight: np.ndarray, bias, strides, dilations, 
     kernel = weight.shape[2:]
     cog = weight.shape[1]
     if cin % groups or weight.shape[0] != cin:
-        raise ConversionError(f"transposed convolution kernel {list(weight.shape)} with {groups} groups does not "
-                              f"fit an input of {cin} channels")
+        raise ConversionError(
+            f"transposed convolution kernel {list(weight.shape)} with {groups} groups does not fit an input of {cin} channels"
+        )
     cig = cin // groups
-    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(x.shape[2:], strides, kernel, dilations,
-                                                                     strict=True)]
+    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(x.shape[2:], strides, kernel, dilations, strict=True)]
     out = np.zeros((n, cog * groups, *full), F32)
     xf = np.asarray(x, F32)
     for g in range(groups):
-        xg = xf[:, g * cig:(g + 1) * cig]
-        wg = np.asarray(weight[g * cig:(g + 1) * cig], F32)
+        xg = xf[:, g * cig : (g + 1) * cig]
+        wg = np.asarray(weight[g * cig : (g + 1) * cig], F32)
         # (N, *D, C_out/g, *K): every input position's contribution to every tap at once
         contrib = np.tensordot(np.moveaxis(xg, 1, -1), wg, axes=([-1], [0]))
         for tap in np.ndindex(*kernel):
@@ -117,11 +124,9 @@ def pool(x: np.ndarray, kind: str, kernel, strides, pads, exclude_padding: bool,
     input (otherwise; a ceil_mode window's overhang past the padding is never counted)."""
     rank = x.ndim - 2
     spatial = x.shape[2:]
-    outs = [pool_output_size(spatial[i], kernel[i], strides[i], pads[2 * i], pads[2 * i + 1], ceil_mode)
-            for i in range(rank)]
+    outs = [pool_output_size(spatial[i], kernel[i], strides[i], pads[2 * i], pads[2 * i + 1], ceil_mode) for i in range(rank)]
     # Extra room at the end for ceil_mode windows that run past the padding.
-    extra = [max(0, (outs[i] - 1) * strides[i] + kernel[i] - (spatial[i] + pads[2 * i] + pads[2 * i + 1]))
-             for i in range(rank)]
+    extra = [max(0, (outs[i] - 1) * strides[i] + kernel[i] - (spatial[i] + pads[2 * i] + pads[2 * i + 1])) for i in range(rank)]
     widths = [(0, 0), (0, 0)] + [(pads[2 * i], pads[2 * i + 1] + extra[i]) for i in range(rank)]
     fill = -np.inf if kind == "max" else 0.0
     xf = np.asarray(x, F32)
@@ -130,8 +135,7 @@ def pool(x: np.ndarray, kind: str, kernel, strides, pads, exclude_padding: bool,
     xp = np.pad(xf, widths, constant_values=fill)
     axes = tuple(range(2, 2 + rank))
     windows = sliding_window_view(xp, tuple(kernel), axis=axes)
-    windows = windows[(slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s)
-                                                          for o, s in zip(outs, strides, strict=True))]
+    windows = windows[(slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(outs, strides, strict=True))]
     tap_axes = tuple(range(-rank, 0))
     if kind == "max":
         return windows.max(axis=tap_axes)
@@ -144,8 +148,7 @@ def pool(x: np.ndarray, kind: str, kernel, strides, pads, exclude_padding: bool,
     divisor = np.ones((1, 1) + tuple(outs), F32)
     for i in range(rank):
         starts = np.arange(outs[i]) * strides[i]  # in padded coordinates
-        low, high = (pads[2 * i], pads[2 * i] + spatial[i]) if exclude_padding else (
-            0, spatial[i] + pads[2 * i] + pads[2 * i + 1])
+        low, high = (pads[2 * i], pads[2 * i] + spatial[i]) if exclude_padding else (0, spatial[i] + pads[2 * i] + pads[2 * i + 1])
         count = np.minimum(starts + kernel[i], high) - np.maximum(starts, low)
         shape = [1] * (rank + 2)
         shape[2 + i] = outs[i]
@@ -224,19 +227,16 @@ def depth_to_space(x: np.ndarray, b: int) -> np.ndarray:
 def space_to_depth(x: np.ndarray, b: int) -> np.ndarray:
     """The inverse of depth_to_space: (N, C, H*b, W*b) -> (N, C*b*b, H, W)."""
     n, channels, h, w = x.shape
-    return x.reshape(n, channels, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4).reshape(
-        n, channels * b * b, h // b, w // b)
+    return x.reshape(n, channels, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4).reshape(n, channels * b * b, h // b, w // b)
 
 
 def pixel_shuffle(x: np.ndarray, f: int) -> np.ndarray:
     """PyTorch's pixel_shuffle: ``out[n, c, h*f + i, w*f + j] = x[n, c*f*f + i*f + j, h, w]``."""
     n, channels, h, w = x.shape
-    return x.reshape(n, channels // (f * f), f, f, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(
-        n, channels // (f * f), h * f, w * f)
+    return x.reshape(n, channels // (f * f), f, f, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, channels // (f * f), h * f, w * f)
 
 
 def pixel_unshuffle(x: np.ndarray, f: int) -> np.ndarray:
     """The inverse of pixel_shuffle: (N, C, H*f, W*f) -> (N, C*f*f, H, W)."""
     n, channels, h, w = x.shape
-    return x.reshape(n, channels, h // f, f, w // f, f).transpose(0, 1, 3, 5, 2, 4).reshape(
-        n, channels * f * f, h // f, w // f)
+    return x.reshape(n, channels, h // f, f, w // f, f).transpose(0, 1, 3, 5, 2, 4).reshape(n, channels * f * f, h // f, w // f)

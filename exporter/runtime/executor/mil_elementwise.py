@@ -73,10 +73,17 @@ def _mod(c: OpCall):
 
 
 # Comparisons and logical operators return bool tensors.
-for _name, _fn in {"equal": np.equal, "not_equal": np.not_equal, "greater": np.greater,
-                   "greater_equal": np.greater_equal, "less": np.less, "less_equal": np.less_equal,
-                   "logical_and": np.logical_and, "logical_or": np.logical_or,
-                   "logical_xor": np.logical_xor}.items():
+for _name, _fn in {
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
+}.items():
     op(_name, batch=always)(lambda c, fn=_fn: fn(c["x"], c["y"]))
 
 
@@ -252,8 +259,7 @@ def _cast(c: OpCall):
     if dtype in ("fp16", "fp32", "fp64"):
         return np.asarray(x, F32)
     if dtype in ("int8", "uint8", "int16", "uint16", "int32", "int64"):
-        return np.trunc(x).astype(np.int32) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(
-            x, np.int32)
+        return np.trunc(x).astype(np.int32) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x, np.int32)
     if dtype == "bool":
         return np.asarray(x) != 0
     raise c.unsupported(f"casts to {dtype!r}")
@@ -264,9 +270,19 @@ def _unary(name: str, fn):
     op(name, batch=always)(lambda c: fn(c["x"]))
 
 
-for _unary_name, _unary_fn in {"sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
-                               "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "atanh": np.arctanh,
-                               "exp2": np.exp2, "sign": np.sign}.items():
+for _unary_name, _unary_fn in {
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "atanh": np.arctanh,
+    "exp2": np.exp2,
+    "sign": np.sign,
+}.items():
     _unary(_unary_name, _unary_fn)
 
 

@@ -55,8 +55,7 @@ def _sampling_mode(c: OpCall) -> str:
 def _resize_bilinear(c: OpCall):
     """Bilinear to (target_size_height, target_size_width) on the grid of ``sampling_mode``."""
     x = c["x"]
-    return kernels_nd.bilinear(x, int(c.const("target_size_height", 1)), int(c.const("target_size_width", 1)),
-                               _sampling_mode(c))
+    return kernels_nd.bilinear(x, int(c.const("target_size_height", 1)), int(c.const("target_size_width", 1)), _sampling_mode(c))
 
 
 @op("resize_nearest_neighbor", batch=always)
@@ -153,8 +152,9 @@ def _corners(box, mode: str) -> tuple[float, float, float, float]:
     return b - d / 2, a - c_ / 2, b + d / 2, a + c_ / 2
 
 
-def crop_box(image: np.ndarray, box, box_mode: str, normalized: bool, scale: float, size: tuple[int, int],
-             mode: str, pad: float = 0.0) -> np.ndarray:
+def crop_box(
+    image: np.ndarray, box, box_mode: str, normalized: bool, scale: float, size: tuple[int, int], mode: str, pad: float = 0.0
+) -> np.ndarray:
     """One box of a (C, H, W) image resized bilinearly to ``size``: coordinates in ``box_mode``, scaled by
     (H - 1, W - 1) when ``normalized``, then by ``scale``; samples outside the image are ``pad``."""
     h, w = image.shape[-2:]
@@ -188,8 +188,11 @@ def _crop_resize(c: OpCall):
     if c.has("boxes"):  # iOS17
         boxes = np.asarray(c["boxes"], np.float64)
         indices = np.asarray(c["box_indices"]).astype(np.int64) if c.has("box_indices") else np.arange(len(boxes))
-        return np.stack([crop(x[i], box) for i, box in zip(indices, boxes, strict=True)]) if len(boxes) else \
-            np.zeros((0, channels, th, tw), F32)
+        return (
+            np.stack([crop(x[i], box) for i, box in zip(indices, boxes, strict=True)])
+            if len(boxes)
+            else np.zeros((0, channels, th, tw), F32)
+        )
     roi = np.asarray(c["roi"], np.float64).reshape(-1, c.shape("roi")[2] if c.shape("roi") else 4)
     out = np.zeros((len(roi), b, channels, th, tw), F32)
     for n, row in enumerate(roi):

@@ -30,8 +30,7 @@ def reshape_zeros(x_shape, shape: list[int], opset: int) -> list[int]:
                 out[-i] = x_shape[-i] if i <= len(x_shape) else 1
         return out
     if len(shape) != len(x_shape):
-        raise ValueError(f"shape {shape} has a 0 and {len(shape)} entries for a rank-{len(x_shape)} input "
-                         "(before iOS17 they must match)")
+        raise ValueError(f"shape {shape} has a 0 and {len(shape)} entries for a rank-{len(x_shape)} input (before iOS17 they must match)")
     return [x_shape[i] if s == 0 else s for i, s in enumerate(shape)]
 
 
@@ -193,8 +192,7 @@ def _batched_take(x: np.ndarray, indices: np.ndarray, batch_dims: int, take) -> 
     return out.reshape(indices.shape[:batch_dims] + out.shape[1:])
 
 
-@op("gather", batch=lambda c: int(c.const("axis", 0)) % max(c.rank("x") or 1, 1) != 0 and not c.const(
-    "batch_dims", 0))
+@op("gather", batch=lambda c: int(c.const("axis", 0)) % max(c.rank("x") or 1, 1) != 0 and not c.const("batch_dims", 0))
 def _gather(c: OpCall):
     """``x`` indexed along ``axis`` by ``indices`` (negative ones count from the end); the leading ``batch_dims``
     axes of x and indices are taken together."""
@@ -233,6 +231,7 @@ def _gather_nd(c: OpCall):
         for axis in range(depth):
             _check_range(c, flat[:, axis], a.shape[axis])
         return a[tuple(flat.T)].reshape(i.shape[:-1] + a.shape[depth:])
+
     return _batched_take(x, indices, batch_dims, take)
 
 
@@ -265,7 +264,7 @@ def _crop(c: OpCall):
     x = c["x"]
     top, bottom = [int(v) for v in c.const("crop_height")]
     left, right = [int(v) for v in c.const("crop_width")]
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+    return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
 
 
 @op("stack", batch=lambda c: int(c.const("axis")) % ((c.rank("values") or 0) + 1) != 0)

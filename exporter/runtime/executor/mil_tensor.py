@@ -77,8 +77,7 @@ def _conv_transpose(c: OpCall):
     kernel = weight.shape[2:]
     strides = _ints(c, "strides", rank, 1)
     dilations = _ints(c, "dilations", rank, 1)
-    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(x.shape[2:], strides, kernel, dilations,
-                                                                     strict=True)]
+    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(x.shape[2:], strides, kernel, dilations, strict=True)]
     output_shape = c.const("output_shape", None)
     target = None if output_shape is None else [int(v) for v in output_shape][-rank:]
     pad_type = c.const("pad_type", "valid")
@@ -95,8 +94,7 @@ def _conv_transpose(c: OpCall):
             crop.extend((total - small, small) if pad_type == "same_lower" else (small, total - small))
     else:
         raise c.unsupported(f"has unknown pad_type {pad_type!r}")
-    return kernels_nd.conv_transpose(x, weight, c.get("bias"), strides, dilations, crop, int(c.const("groups", 1)),
-                                     target)
+    return kernels_nd.conv_transpose(x, weight, c.get("bias"), strides, dilations, crop, int(c.const("groups", 1)), target)
 
 
 def _pool_params(c: OpCall, kind: str, spatial: tuple[int, ...]) -> tuple:
@@ -110,10 +108,15 @@ def _pool_params(c: OpCall, kind: str, spatial: tuple[int, ...]) -> tuple:
         pads = _pads(c, spatial, kernel, strides, [1] * rank)
         ceil_mode = bool(c.const("ceil_mode", False))
         exclude = bool(c.const("exclude_padding_from_average", False))
-        fast = rank == 2 and kind != "l2" and all(
-            kernels_nd.pool_output_size(spatial[i], kernel[i], strides[i], pads[2 * i], pads[2 * i + 1], ceil_mode)
-            == kernels.output_size(spatial[i], kernel[i], strides[i], 1, pads[2 * i], pads[2 * i + 1])
-            for i in range(2))
+        fast = (
+            rank == 2
+            and kind != "l2"
+            and all(
+                kernels_nd.pool_output_size(spatial[i], kernel[i], strides[i], pads[2 * i], pads[2 * i + 1], ceil_mode)
+                == kernels.output_size(spatial[i], kernel[i], strides[i], 1, pads[2 * i], pads[2 * i + 1])
+                for i in range(2)
+            )
+        )
         c.cache[key] = (kernel, strides, pads, exclude, ceil_mode, fast)
     return c.cache[key]
 
@@ -265,6 +268,7 @@ def _reduce(fn):
         axes = c.const("axes", None)
         axes = None if axes is None else tuple(int(a) % x.ndim for a in (axes if isinstance(axes, list) else [axes]))
         return np.asarray(fn(x, axes, bool(c.const("keep_dims", False))))
+
     return run
 
 
@@ -282,8 +286,7 @@ def _reduce_log_sum_exp(c: OpCall):
     """``log(sum(exp(x)))``, computed around the maximum so that large values do not overflow."""
     x = c["x"]
     axes = c.const("axes", None)
-    axes = tuple(range(x.ndim)) if axes is None else tuple(int(a) % x.ndim for a in (
-        axes if isinstance(axes, list) else [axes]))
+    axes = tuple(range(x.ndim)) if axes is None else tuple(int(a) % x.ndim for a in (axes if isinstance(axes, list) else [axes]))
     top = x.max(axis=axes, keepdims=True)
     out = np.log(np.exp(x - top).sum(axis=axes, keepdims=True, dtype=F32)) + top
     return out if c.const("keep_dims", False) else np.squeeze(out, axis=axes)
@@ -295,6 +298,7 @@ def _arg_reduce(pick):
         axis = int(c.const("axis", -1)) % x.ndim
         out = pick(x, axis=axis).astype(np.int32)
         return np.expand_dims(out, axis) if c.const("keep_dims", False) else out
+
     return run
 
 
@@ -341,8 +345,9 @@ def _cumsum(c: OpCall):
         x = np.flip(x, axis=axis)
     out = np.cumsum(x, axis=axis, dtype=x.dtype)
     if c.const("exclusive", False):
-        out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)),
-                              np.take(out, np.arange(x.shape[axis] - 1), axis=axis)], axis=axis)
+        out = np.concatenate(
+            [np.zeros_like(np.take(out, [0], axis=axis)), np.take(out, np.arange(x.shape[axis] - 1), axis=axis)], axis=axis
+        )
     return np.flip(out, axis=axis) if c.const("reverse", False) else out
 
 

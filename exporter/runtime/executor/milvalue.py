@@ -16,14 +16,26 @@ MODEL_PATH_PREFIX = "@model_path/"  # how ML Program files name weight files rel
 
 # MIL.proto DataType -> (name, numpy dtype of decoded values, bits per element).
 MIL_TYPES: dict[int, tuple[str, type | None, int]] = {
-    1: ("bool", np.bool_, 8), 2: ("string", None, 0),
-    10: ("fp16", np.float16, 16), 11: ("fp32", np.float32, 32), 12: ("fp64", np.float64, 64),
+    1: ("bool", np.bool_, 8),
+    2: ("string", None, 0),
+    10: ("fp16", np.float16, 16),
+    11: ("fp32", np.float32, 32),
+    12: ("fp64", np.float64, 64),
     13: ("bf16", np.float32, 16),
-    21: ("int8", np.int8, 8), 22: ("int16", np.int16, 16), 23: ("int32", np.int32, 32), 24: ("int64", np.int64, 64),
+    21: ("int8", np.int8, 8),
+    22: ("int16", np.int16, 16),
+    23: ("int32", np.int32, 32),
+    24: ("int64", np.int64, 64),
     25: ("int4", np.int8, 4),
-    31: ("uint8", np.uint8, 8), 32: ("uint16", np.uint16, 16), 33: ("uint32", np.uint32, 32),
-    34: ("uint64", np.uint64, 64), 35: ("uint4", np.uint8, 4), 36: ("uint2", np.uint8, 2), 37: ("uint1", np.uint8, 1),
-    38: ("uint6", np.uint8, 6), 39: ("uint3", np.uint8, 3),
+    31: ("uint8", np.uint8, 8),
+    32: ("uint16", np.uint16, 16),
+    33: ("uint32", np.uint32, 32),
+    34: ("uint64", np.uint64, 64),
+    35: ("uint4", np.uint8, 4),
+    36: ("uint2", np.uint8, 2),
+    37: ("uint1", np.uint8, 1),
+    38: ("uint6", np.uint8, 6),
+    39: ("uint3", np.uint8, 3),
 }
 BY_NAME = {name: (dtype, bits) for name, dtype, bits in MIL_TYPES.values()}
 FLOAT_TYPES = ("fp16", "fp32", "fp64", "bf16")
@@ -61,7 +73,7 @@ class WeightFiles:
         if file_name not in self.files:
             if self.model_dir is None or not file_name.startswith(MODEL_PATH_PREFIX):
                 raise ConversionError(f"weight file {file_name!r} is not inside the model package", path=self.where)
-            rel = PurePosixPath(file_name[len(MODEL_PATH_PREFIX):])
+            rel = PurePosixPath(file_name[len(MODEL_PATH_PREFIX) :])
             if rel.is_absolute() or ".." in rel.parts:
                 raise ConversionError(f"weight file {file_name!r} points outside the model package", path=self.where)
             # symlinks too: the weight file must resolve inside the folder of the model protobuf
@@ -94,8 +106,7 @@ def _immediate_tensor(tensor, name: str, shape: tuple[int, ...], where: str):
     values = getattr(tensor, field).values
     array = np.asarray(values, dtype=BY_NAME[name][0])
     if array.size != bounded_count(shape, where):
-        raise ConversionError(f"immediate value holds {array.size} elements, its type declares shape {list(shape)}",
-                              path=where)
+        raise ConversionError(f"immediate value holds {array.size} elements, its type declares shape {list(shape)}", path=where)
     return array.reshape(shape)
 
 
@@ -116,7 +127,6 @@ def decode(value, files: WeightFiles, where: str):
     if kind == "immediateValue":
         imm = value.immediateValue
         if imm.WhichOneof("value") != "tensor":
-            raise UnsupportedOperationError(f"immediate MIL value of kind {imm.WhichOneof('value')} is not supported",
-                                            path=where)
+            raise UnsupportedOperationError(f"immediate MIL value of kind {imm.WhichOneof('value')} is not supported", path=where)
         return _immediate_tensor(imm.tensor, name, shape, where)
     raise ConversionError(f"MIL value has no content ({kind})", path=where)

@@ -52,10 +52,9 @@ IOS_OF_COREML = 10  # CoreML<n> is iOS<n + 10>
 
 
 def _ios_opset(name: str, where: str) -> int:
-    digits = name[len(OPSET_PREFIX):] if name.startswith(OPSET_PREFIX) else ""
+    digits = name[len(OPSET_PREFIX) :] if name.startswith(OPSET_PREFIX) else ""
     if not digits.isdigit():
-        raise UnsupportedOperationError(f"ML Program opset {name!r} is not one the executor knows (CoreML5-8)",
-                                        path=where)
+        raise UnsupportedOperationError(f"ML Program opset {name!r} is not one the executor knows (CoreML5-8)", path=where)
     return int(digits) + IOS_OF_COREML
 
 
@@ -81,8 +80,7 @@ class Program:
         block = fn.block_specializations[fn.opset]
         self.opset = _ios_opset(fn.opset, where)
         if len(fn.inputs) != 1:
-            raise UnsupportedOperationError(f"ML Program has {len(fn.inputs)} inputs; one image input is supported",
-                                            path=where)
+            raise UnsupportedOperationError(f"ML Program has {len(fn.inputs)} inputs; one image input is supported", path=where)
         self.input = fn.inputs[0].name
         self.env: dict = {}
         self.consts: set[str] = set()
@@ -127,8 +125,7 @@ class Program:
             for i, binding in enumerate(argument.arguments):
                 if binding.WhichOneof("binding") == "name":
                     if binding.name not in self.env and binding.name not in self.shapes:
-                        raise ConversionError(f"op {op_name!r} reads {binding.name!r} before it is defined",
-                                              path=self.where)
+                        raise ConversionError(f"op {op_name!r} reads {binding.name!r} before it is defined", path=self.where)
                     names.append(binding.name)
                 else:
                     const_name = f"{op_name}::{key}::{i}"
@@ -157,8 +154,9 @@ class Program:
         names, declared, dtypes = self._declare(operation)
         op_name = names[0] if names else f"#{index}"
         if operation.blocks:
-            raise UnsupportedOperationError(f"{kind} op {op_name!r} has nested blocks (control flow), which the "
-                                            "executor does not support", path=self.where)
+            raise UnsupportedOperationError(
+                f"{kind} op {op_name!r} has nested blocks (control flow), which the executor does not support", path=self.where
+            )
         if kind == "const":
             value = decode(operation.attributes["val"], self.files, self.where)
             self._constant(names[0], value)
@@ -186,8 +184,9 @@ class Program:
         for name, value, shape, dtype in zip(names, outputs, declared, dtypes, strict=True):
             value = _declared_kind(np.asarray(value), element_type(dtype))
             if shape is not None and tuple(value.shape) != tuple(shape):
-                raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the file "
-                                      f"declares {list(shape)}", path=self.where)
+                raise ConversionError(
+                    f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the file declares {list(shape)}", path=self.where
+                )
             if dtype == "fp16" or (self.fp16 and value.dtype.kind == "f"):
                 value = value.astype(np.float16)
             self.env[name] = value.astype(F32) if value.dtype.kind == "f" else value
@@ -215,14 +214,17 @@ class Program:
             out = step.fn(call)
             outs = out if isinstance(out, tuple) else (out,)
             if len(outs) != len(step.outputs):
-                raise ConversionError(f"{call.op_type} op {call.name!r} produced {len(outs)} outputs, the file "
-                                      f"declares {len(step.outputs)}", path=self.where)
+                raise ConversionError(
+                    f"{call.op_type} op {call.name!r} produced {len(outs)} outputs, the file declares {len(step.outputs)}", path=self.where
+                )
             for name, value, shape, dtype in zip(step.outputs, outs, step.declared, step.types, strict=True):
                 value = _declared_kind(np.asarray(value), dtype)
                 lead = (n,) if self.batchable and name in self.batched else tuple(shape[:1]) if shape else ()
                 if shape is not None and (value.shape[1:] != tuple(shape[1:]) or value.shape[:1] != lead):
-                    raise ConversionError(f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the "
-                                          f"file declares {list(shape)}", path=self.where)
+                    raise ConversionError(
+                        f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the file declares {list(shape)}",
+                        path=self.where,
+                    )
                 if value.dtype == np.float64:
                     value = value.astype(F32)
                 if self.fp16 and value.dtype == F32:

@@ -35,12 +35,12 @@ class Network:
     def __init__(self, spec, image: ImageInput, where: str, fp16: bool):
         kind = spec.WhichOneof("Type")
         if kind != "neuralNetworkClassifier":
-            raise UnsupportedOperationError(f"model type {kind!r} is not supported; the executor runs classifiers",
-                                            path=where)
+            raise UnsupportedOperationError(f"model type {kind!r} is not supported; the executor runs classifiers", path=where)
         nn = spec.neuralNetworkClassifier
         if nn.imageInputShapeMapping != RANK4_IMAGE_MAPPING:
-            raise UnsupportedOperationError("NeuralNetwork uses the rank-5 image layout of iOS 12 and earlier, which "
-                                            "the executor does not support", path=where)
+            raise UnsupportedOperationError(
+                "NeuralNetwork uses the rank-5 image layout of iOS 12 and earlier, which the executor does not support", path=where
+            )
         self.where, self.fp16, self.image = where, fp16, image
         labels = nn.WhichOneof("ClassLabels")
         vector = nn.stringClassLabels.vector if labels == "stringClassLabels" else nn.int64ClassLabels.vector

@@ -18,6 +18,7 @@ from .registry import layer
 F32 = np.float32
 BATCHNORM_EPSILON = 1e-5  # NeuralNetwork.proto: batchnorm epsilon "defaults to 1e-5 if not set or set to 0"
 
+
 def always(_shapes) -> bool:
     return True
 
@@ -28,6 +29,7 @@ def axes_rule(axes, reduce_all: bool = False):
             return False
         rank = len(shapes[0])
         return all(int(a) % rank != 0 for a in axes)
+
     return rule
 
 
@@ -67,8 +69,7 @@ def _borders(padding) -> tuple[int, int, int, int]:
     amounts = list(padding.paddingAmounts.borderAmounts)
     if not amounts:
         return (0, 0, 0, 0)
-    return (int(amounts[0].startEdgeSize), int(amounts[0].endEdgeSize), int(amounts[1].startEdgeSize),
-            int(amounts[1].endEdgeSize))
+    return (int(amounts[0].startEdgeSize), int(amounts[0].endEdgeSize), int(amounts[1].startEdgeSize), int(amounts[1].endEdgeSize))
 
 
 def _same_pads(shape, kernel, stride, dilation, mode: int) -> tuple[int, int, int, int]:
@@ -104,6 +105,7 @@ def _deconvolution(p, ctx: LayerContext):
                 total = max(f - size, 0)
                 crop.extend((total // 2, total - total // 2))
         return kernels_nd.conv_transpose(x, weight, bias, stride, (1, 1), crop, groups, target)
+
     return run, always
 
 
@@ -124,9 +126,9 @@ def _convolution(p, ctx: LayerContext):
         x = inputs[0]
         if x.ndim != 4:
             raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
-        pads = _same_pads(x.shape, kernel, stride, dilation, p.same.asymmetryMode) if padding == "same" \
-            else _borders(p.valid)
+        pads = _same_pads(x.shape, kernel, stride, dilation, p.same.asymmetryMode) if padding == "same" else _borders(p.valid)
         return kernels.conv2d(x, weight, bias, stride, dilation, pads, groups, cache)
+
     return run, always
 
 
@@ -148,17 +150,20 @@ def _pooling(p, ctx: LayerContext):
         if x.ndim != 4:
             raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
         if p.globalPooling:
-            return kernels_nd.pool(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False) if kind == "l2" else \
-                kernels.pool2d(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False, cache)
+            return (
+                kernels_nd.pool(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False)
+                if kind == "l2"
+                else kernels.pool2d(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False, cache)
+            )
         if padding == "includeLastPixel":
             amounts = [int(v) for v in p.includeLastPixel.paddingAmounts] or [0, 0]
             pads = (amounts[0], amounts[0], amounts[1], amounts[1])
             return kernels_nd.pool(x, kind, kernel, stride, pads, exclude, ceil_mode=True)
-        pads = _same_pads(x.shape, kernel, stride, (1, 1), p.same.asymmetryMode) if padding == "same" \
-            else _borders(p.valid)
+        pads = _same_pads(x.shape, kernel, stride, (1, 1), p.same.asymmetryMode) if padding == "same" else _borders(p.valid)
         if kind == "l2":
             return kernels_nd.pool(x, kind, kernel, stride, pads, exclude)
         return kernels.pool2d(x, kind, kernel, stride, pads, exclude, cache)
+
     return run, always
 
 
@@ -174,6 +179,7 @@ def _padding(p, ctx: LayerContext):
             return kernels.pad_constant(x, pairs, F32(p.constant.value))
         full = [(0, 0)] * (x.ndim - 2) + pairs
         return np.pad(x, full, mode="reflect" if kind == "reflection" else "edge")
+
     return run, always
 
 
@@ -189,6 +195,7 @@ def _constant_pad(p, ctx: LayerContext):
 
     def rule(shapes) -> bool:
         return len(pairs) < len(shapes[0]) or pairs[0] == (0, 0)
+
     return run, rule
 
 
@@ -217,6 +224,7 @@ def _upsample(p, ctx: LayerContext):
         if p.mode == 0:
             return kernels_nd.nearest(x, kernels_nd.nearest_floor(h, out_h), kernels_nd.nearest_floor(w, out_w))
         return kernels_nd.bilinear(x, out_h, out_w, mode)
+
     return run, always
 
 
@@ -236,6 +244,7 @@ def _batchnorm(p, ctx: LayerContext):
             mean = x.mean(axis=axes, keepdims=True)
             var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
             return (x - mean) / np.sqrt(var + eps) * gamma.reshape(-1, 1, 1) + beta.reshape(-1, 1, 1)
+
         return instance, always
     mean, var = ctx.weights(p.mean, (c,)), ctx.weights(p.variance, (c,))
     scale = gamma / np.sqrt(var + eps)
@@ -266,6 +275,7 @@ def _inner_product(p, ctx: LayerContext):
         if bias is not None:
             out = out + (bias.reshape(-1, 1, 1) if rank >= 4 else bias)
         return out
+
     return run, lambda shapes: len(shapes[0]) >= 2
 
 
@@ -294,6 +304,7 @@ def _batched_matmul(p, ctx: LayerContext):
 
     def rule(shapes) -> bool:
         return len(shapes) == 1 and len(shapes[0]) >= 2
+
     return run, rule
 
 
@@ -305,6 +316,7 @@ def _softmax_nd(p, ctx: LayerContext):
         x = inputs[0]
         e = np.exp(x - x.max(axis=axis, keepdims=True))
         return e / e.sum(axis=axis, keepdims=True)
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -314,4 +326,5 @@ def _softmax(p, ctx: LayerContext):
         x = inputs[0]
         e = np.exp(x - x.max(axis=-3, keepdims=True))
         return e / e.sum(axis=-3, keepdims=True)
+
     return run, lambda shapes: len(shapes[0]) > 3

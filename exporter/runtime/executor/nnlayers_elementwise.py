@@ -47,6 +47,7 @@ def _activation_fn(p, ctx: LayerContext):
         def prelu(x):
             a = alpha.reshape((-1,) + (1,) * 2) if alpha.size > 1 else alpha.reshape(())  # channel axis -3
             return np.where(x >= 0, x, a * x)
+
         return prelu
     if kind == "parametricSoftplus":
         alpha, beta = ctx.vector(p.parametricSoftplus.alpha), ctx.vector(p.parametricSoftplus.beta)
@@ -55,6 +56,7 @@ def _activation_fn(p, ctx: LayerContext):
             a = alpha.reshape(-1, 1, 1) if alpha.size > 1 else alpha.reshape(())
             b = beta.reshape(-1, 1, 1) if beta.size > 1 else beta.reshape(())
             return a * np.logaddexp(F32(0), b * x)
+
         return softplus
     raise ctx.unsupported(f"uses activation {kind!r}, which the executor does not support")
 
@@ -90,6 +92,7 @@ def _unary(p, ctx: LayerContext):
         if scale != 1 or shift != 0:
             x = scale * x + shift
         return fn(x, p, eps)
+
     return run, always
 
 
@@ -109,6 +112,7 @@ def _gelu(p, ctx: LayerContext):
         if p.mode == 1:
             return F32(0.5) * x * (F32(1) + np.tanh(SQRT_2_OVER_PI * (x + F32(0.044715) * x * x * x)))
         return x / (F32(1) + np.exp(-GELU_SIGMOID_FACTOR * x))
+
     return run, always
 
 
@@ -122,7 +126,9 @@ def _fold(fn, alpha_default=None):
             for x in inputs[1:]:
                 out = fn(out, x)
             return out
+
         return run, always
+
     return build
 
 

@@ -48,13 +48,12 @@ def _crop_resize(p, ctx: LayerContext):
         outs = []
         for row in rois:
             if len(row) == 5:
-                crops = [crop_box(images[int(row[0])], row[1:], box_mode, p.normalizedCoordinates, scale, size,
-                                  method)]
+                crops = [crop_box(images[int(row[0])], row[1:], box_mode, p.normalizedCoordinates, scale, size, method)]
             else:
-                crops = [crop_box(image, row, box_mode, p.normalizedCoordinates, scale, size, method)
-                         for image in images]
+                crops = [crop_box(image, row, box_mode, p.normalizedCoordinates, scale, size, method) for image in images]
             outs.append(np.stack(crops))
         return np.stack(outs)
+
     return run, lambda shapes: False
 
 
@@ -62,17 +61,19 @@ def _crop_resize(p, ctx: LayerContext):
 def _crop(p, ctx: LayerContext):
     """One input: the border amounts cropped from H and W. Two inputs: the second input's H and W, starting at
     ``offset`` (H, W)."""
+
     def run(inputs):
         x = inputs[0]
         h, w = x.shape[-2:]
         if len(inputs) == 2:
             top, left = [int(v) for v in p.offset] or [0, 0]
             th, tw = inputs[1].shape[-2:]
-            return x[..., top:top + th, left:left + tw]
+            return x[..., top : top + th, left : left + tw]
         amounts = list(p.cropAmounts.borderAmounts)
         top, bottom = int(amounts[0].startEdgeSize), int(amounts[0].endEdgeSize)
         left, right = int(amounts[1].startEdgeSize), int(amounts[1].endEdgeSize)
-        return x[..., top:h - bottom, left:w - right]
+        return x[..., top : h - bottom, left : w - right]
+
     return run, always
 
 
@@ -101,8 +102,10 @@ def _lrn(p, ctx: LayerContext):
         cumulative = np.cumsum(squares, axis=axis, dtype=F32)
         cumulative = np.concatenate([np.zeros_like(np.take(cumulative, [0], axis=axis)), cumulative], axis=axis)
         window = np.take(cumulative, np.arange(size, cumulative.shape[axis]), axis=axis) - np.take(
-            cumulative, np.arange(cumulative.shape[axis] - size), axis=axis)
+            cumulative, np.arange(cumulative.shape[axis] - size), axis=axis
+        )
         return x / np.power(k + alpha / F32(size) * window, beta)
+
     return run, always
 
 
@@ -119,6 +122,7 @@ def _mvn(p, ctx: LayerContext):
         if not p.normalizeVariance:
             return centred
         return centred / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + eps)
+
     return run, lambda shapes: len(shapes[0]) > 3 or not p.acrossChannels
 
 
@@ -134,6 +138,7 @@ def _layer_normalization(p, ctx: LayerContext):
         x = inputs[0]
         centred = x - x.mean(axis=axes, keepdims=True)
         return centred / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + eps) * gamma + beta
+
     return run, lambda shapes: len(shape) < len(shapes[0])
 
 
@@ -149,6 +154,7 @@ def _scale(p, ctx: LayerContext):
     def run(inputs):
         out = inputs[0] * scale
         return out if bias is None else out + bias
+
     return run, always
 
 
@@ -186,6 +192,7 @@ def _slice(p, ctx: LayerContext):
         index = [slice(None)] * x.ndim
         index[axis] = slice(start, end, stride)
         return x[tuple(index)]
+
     return run, lambda shapes: len(shapes[0]) > 3
 
 
@@ -195,8 +202,14 @@ def _pads_3d(p, x, kernel, strides, dilations) -> list[int]:
         return [0] * 6
     if p.paddingType == PAD_SAME:
         return kernels_nd.same_pads(x.shape[2:], kernel, strides, dilations)
-    return [int(p.customPaddingFront), int(p.customPaddingBack), int(p.customPaddingTop),
-            int(p.customPaddingBottom), int(p.customPaddingLeft), int(p.customPaddingRight)]
+    return [
+        int(p.customPaddingFront),
+        int(p.customPaddingBack),
+        int(p.customPaddingTop),
+        int(p.customPaddingBottom),
+        int(p.customPaddingLeft),
+        int(p.customPaddingRight),
+    ]
 
 
 @layer("convolution3d")
@@ -217,6 +230,7 @@ def _convolution3d(p, ctx: LayerContext):
             raise ctx.unsupported(f"gets a rank-{x.ndim} input; rank 5 (N, C, D, H, W) is supported")
         pads = _pads_3d(p, x, kernel, strides, dilations)
         return kernels_nd.conv(x, weight, bias, strides, dilations, pads, groups, cache)
+
     return run, always
 
 
@@ -230,6 +244,7 @@ def _pooling3d(p, ctx: LayerContext):
         x = inputs[0]
         pads = _pads_3d(p, x, kernel, strides, [1, 1, 1])
         return kernels_nd.pool(x, kind, kernel, strides, pads, bool(p.countExcludePadding))
+
     return run, always
 
 

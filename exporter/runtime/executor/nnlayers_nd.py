@@ -14,8 +14,10 @@ L2_NORMALIZE_EPSILON = 1e-6  # NeuralNetwork.proto: l2normalize epsilon when not
 
 def _one(fn):
     """A builder for a parameterless one-input layer computing ``fn(x)``."""
+
     def build(p, ctx: LayerContext):
         return (lambda inputs: fn(inputs[0])), always
+
     return build
 
 
@@ -25,10 +27,26 @@ def _erf(x):
     return erf(x).astype(F32)
 
 
-for _name, _fn in {"ceil": np.ceil, "floor": np.floor, "sign": np.sign, "round": np.round, "exp2": np.exp2,
-                   "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
-                   "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "asinh": np.arcsinh,
-                   "acosh": np.arccosh, "atanh": np.arctanh, "erf": _erf}.items():
+for _name, _fn in {
+    "ceil": np.ceil,
+    "floor": np.floor,
+    "sign": np.sign,
+    "round": np.round,
+    "exp2": np.exp2,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "tanh": np.tanh,
+    "asinh": np.arcsinh,
+    "acosh": np.arccosh,
+    "atanh": np.arctanh,
+    "erf": _erf,
+}.items():
     layer(_name)(_one(_fn))
 
 
@@ -42,25 +60,36 @@ def _clamped_relu(p, ctx: LayerContext):
 # ------------------------------------------------------------------------------------------------ comparisons, logic
 def _compare(fn):
     """x1 (op) x2, or x1 (op) alpha with one input; 1.0 where true, 0.0 elsewhere."""
+
     def build(p, ctx: LayerContext):
         alpha = F32(p.alpha)
 
         def run(inputs):
             other = inputs[1] if len(inputs) > 1 else alpha
             return fn(inputs[0], other).astype(F32)
+
         return run, always
+
     return build
 
 
-for _name, _fn in {"equal": np.equal, "notEqual": np.not_equal, "lessThan": np.less, "lessEqual": np.less_equal,
-                   "greaterThan": np.greater, "greaterEqual": np.greater_equal}.items():
+for _name, _fn in {
+    "equal": np.equal,
+    "notEqual": np.not_equal,
+    "lessThan": np.less,
+    "lessEqual": np.less_equal,
+    "greaterThan": np.greater,
+    "greaterEqual": np.greater_equal,
+}.items():
     layer(_name)(_compare(_fn))
 
 
 def _logical(fn):
     """Inputs are false where 0.0, true elsewhere; the output is 1.0 or 0.0."""
+
     def build(p, ctx: LayerContext):
         return (lambda inputs: fn(*[x != 0 for x in inputs]).astype(F32)), always
+
     return build
 
 
@@ -73,6 +102,7 @@ layer("logicalNot")(_logical(np.logical_not))
 def _binary(fn):
     def build(p, ctx: LayerContext):
         return (lambda inputs: fn(inputs[0], inputs[1])), always
+
     return build
 
 
@@ -103,6 +133,7 @@ def _gather(p, ctx: LayerContext):
         x = inputs[0]
         a = axis % x.ndim
         return np.take(x, _indices(inputs[1], x.shape[a], ctx), axis=a)
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -114,12 +145,14 @@ def _gather_along_axis(p, ctx: LayerContext):
         x = inputs[0]
         a = axis % x.ndim
         return np.take_along_axis(x, _indices(inputs[1], x.shape[a], ctx), axis=a)
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
 @layer("gatherND")
 def _gather_nd(p, ctx: LayerContext):
     """``out[i] = x[indices[i]]``, each index addressing the first ``indices.shape[-1]`` axes."""
+
     def run(inputs):
         x, indices = inputs[0], np.asarray(inputs[1]).astype(np.int64)
         depth = indices.shape[-1]
@@ -127,6 +160,7 @@ def _gather_nd(p, ctx: LayerContext):
         for axis in range(depth):
             _indices(flat[:, axis], x.shape[axis], ctx)
         return x[tuple(flat.T)].reshape(indices.shape[:-1] + x.shape[depth:])
+
     return run, lambda shapes: False
 
 
@@ -146,6 +180,7 @@ def _topk(p, ctx: LayerContext):
         k = int(np.asarray(inputs[1]).reshape(-1)[0]) if len(inputs) > 1 else int(p.K)
         index = np.take(_order(x, a, bool(p.useBottomK)), np.arange(k), axis=a)
         return [np.take_along_axis(x, index, axis=a), index.astype(F32)]
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -158,7 +193,9 @@ def _arg(pick):
             a = axis % x.ndim
             out = pick(x, axis=a).astype(F32)
             return out if p.removeDim else np.expand_dims(out, a)
+
         return run, lambda shapes: axis % len(shapes[0]) != 0
+
     return build
 
 
@@ -173,6 +210,7 @@ def _argsort(p, ctx: LayerContext):
     def run(inputs):
         x = inputs[0]
         return _order(x, axis % x.ndim, not p.descending).astype(F32)
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -189,9 +227,9 @@ def _cumsum(p, ctx: LayerContext):
             x = np.flip(x, axis=a)
         out = np.cumsum(x, axis=a, dtype=F32)
         if p.excludeFinalSum:
-            out = np.concatenate([np.zeros_like(np.take(out, [0], axis=a)),
-                                  np.take(out, np.arange(x.shape[a] - 1), axis=a)], axis=a)
+            out = np.concatenate([np.zeros_like(np.take(out, [0], axis=a)), np.take(out, np.arange(x.shape[a] - 1), axis=a)], axis=a)
         return np.flip(out, axis=a) if p.reverse else out
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -205,12 +243,14 @@ def _reduce_log_sum(p, ctx: LayerContext):
     def run(inputs):
         x = inputs[0]
         return np.log(kernels.REDUCTIONS["sum"](x, _reduce_axes(p, x), bool(p.keepDims)))
+
     return run, axes_rule([int(a) for a in p.axes], p.reduceAll)
 
 
 @layer("reduceLogSumExp")
 def _reduce_log_sum_exp(p, ctx: LayerContext):
     """``log(sum(exp(x)))``, computed around the maximum so that large values do not overflow."""
+
     def run(inputs):
         x = inputs[0]
         axes = _reduce_axes(p, x)
@@ -218,6 +258,7 @@ def _reduce_log_sum_exp(p, ctx: LayerContext):
         top = x.max(axis=axes, keepdims=True)
         out = np.log(np.exp(x - top).sum(axis=axes, keepdims=True, dtype=F32)) + top
         return out if p.keepDims else np.squeeze(out, axis=axes)
+
     return run, axes_rule([int(a) for a in p.axes], p.reduceAll)
 
 
@@ -237,6 +278,7 @@ def _reverse(p, ctx: LayerContext):
         x = inputs[0]
         axes = tuple(i for i, f in enumerate(flags) if f) if flags else tuple(range(x.ndim))
         return np.flip(x, axis=axes)
+
     return run, lambda shapes: not flags or not flags[0]
 
 
@@ -260,8 +302,7 @@ def _fill_static(p, ctx: LayerContext):
 @layer("fillDynamic")
 def _fill_dynamic(p, ctx: LayerContext):
     value = F32(p.value)
-    return (lambda inputs: np.full([int(s) for s in np.asarray(inputs[0]).reshape(-1)], value, F32)), \
-        (lambda shapes: False)
+    return (lambda inputs: np.full([int(s) for s in np.asarray(inputs[0]).reshape(-1)], value, F32)), (lambda shapes: False)
 
 
 @layer("rangeStatic")
@@ -290,6 +331,7 @@ def _reshape_like(p, ctx: LayerContext):
 def _reshape_dynamic(p, ctx: LayerContext):
     def run(inputs):
         return inputs[0].reshape([int(s) for s in np.asarray(inputs[1]).reshape(-1)])
+
     return run, lambda shapes: False
 
 
@@ -302,6 +344,7 @@ def _rank_preserving_reshape(p, ctx: LayerContext):
         x = inputs[0]
         shape = [x.shape[i] if s == 0 else s for i, s in enumerate(target)]
         return x.reshape(shape)
+
     return run, lambda shapes: bool(target) and target[0] in (0, -1)
 
 
@@ -315,27 +358,28 @@ def _split_nd(p, ctx: LayerContext):
         if sizes:
             return list(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
         return list(np.split(x, int(p.numSplits), axis=axis))
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
 @layer("sliceDynamic")
 def _slice_dynamic(p, ctx: LayerContext):
     """As sliceStatic, with begin (and, when given, end, strides) read from the second (third, fourth) input."""
+
     def run(inputs):
         x = inputs[0]
         rank = x.ndim
         begin = [int(v) for v in np.asarray(inputs[1]).reshape(-1)]
         end = [int(v) for v in np.asarray(inputs[2]).reshape(-1)] if len(inputs) > 2 else [int(v) for v in p.endIds]
-        strides = [int(v) for v in np.asarray(inputs[3]).reshape(-1)] if len(inputs) > 3 else (
-            [int(v) for v in p.strides] or [1] * rank)
+        strides = [int(v) for v in np.asarray(inputs[3]).reshape(-1)] if len(inputs) > 3 else ([int(v) for v in p.strides] or [1] * rank)
         begin_mask = list(p.beginMasks) or [False] * rank
         end_mask = list(p.endMasks) or [False] * rank
         squeeze = list(p.squeezeMasks) or [False] * rank
-        index = tuple(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], strides[i])
-                      for i in range(rank))
+        index = tuple(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], strides[i]) for i in range(rank))
         out = x[index]
         drop = tuple(i for i in range(rank) if squeeze[i])
         return out.squeeze(axis=drop) if drop else out
+
     return run, lambda shapes: False
 
 
@@ -350,6 +394,7 @@ def _slice_by_size(p, ctx: LayerContext):
         index = [slice(None)] * x.ndim
         index[axis] = slice(begin, begin + size)
         return x[tuple(index)]
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -361,4 +406,5 @@ def _l2_normalize(p, ctx: LayerContext):
     def run(inputs):
         x = inputs[0]
         return x / np.sqrt((x * x).sum(axis=(-3, -2, -1), keepdims=True, dtype=F32) + eps)
+
     return run, lambda shapes: len(shapes[0]) > 3

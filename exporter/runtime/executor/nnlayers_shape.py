@@ -9,8 +9,16 @@ from .nnlayers import LayerContext, axes_rule, layer
 
 # ------------------------------------------------------------------------------------------------ reductions, shapes
 # NeuralNetwork's names for the shared reduction kernels
-_REDUCE = {"reduceMean": "mean", "reduceSum": "sum", "reduceMax": "max", "reduceMin": "min", "reduceProd": "prod",
-           "reduceSumSquare": "sum_square", "reduceL1": "l1_norm", "reduceL2": "l2_norm"}
+_REDUCE = {
+    "reduceMean": "mean",
+    "reduceSum": "sum",
+    "reduceMax": "max",
+    "reduceMin": "min",
+    "reduceProd": "prod",
+    "reduceSumSquare": "sum_square",
+    "reduceL1": "l1_norm",
+    "reduceL2": "l2_norm",
+}
 
 
 def _reduce_builder(fn):
@@ -21,7 +29,9 @@ def _reduce_builder(fn):
             x = inputs[0]
             a = None if p.reduceAll or not axes else tuple(v % x.ndim for v in axes)
             return np.asarray(fn(x, a, bool(p.keepDims)))
+
         return run, axes_rule(axes, p.reduceAll)
+
     return build
 
 
@@ -47,6 +57,7 @@ def _reshape_static(p, ctx: LayerContext):
             # be the batch (Dense on 4-D input reshapes (1, H, W, C) to (H*W, C) and back)
             shape[0] = -1
         return x.reshape(shape)
+
     return run, lambda shapes: bool(target) and target[0] in (1, -1)
 
 
@@ -58,6 +69,7 @@ def _flatten_2d(p, ctx: LayerContext):
         x = inputs[0]
         a = axis % x.ndim if x.ndim else 0
         return x.reshape(int(np.prod(x.shape[:a])), -1)
+
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
@@ -68,6 +80,7 @@ def _flatten(p, ctx: LayerContext):
         if p.mode == 1:  # CHANNEL_LAST: flatten in (H, W, C) order
             x = np.moveaxis(x, -3, -1)
         return x.reshape(x.shape[:-3] + (-1, 1, 1))
+
     return run, lambda shapes: len(shapes[0]) > 3
 
 
@@ -80,6 +93,7 @@ def _squeeze(p, ctx: LayerContext):
         if p.squeezeAll:
             return np.squeeze(x)
         return np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
+
     return run, axes_rule(axes, p.squeezeAll)
 
 
@@ -90,6 +104,7 @@ def _expand_dims(p, ctx: LayerContext):
     def run(inputs):
         rank = inputs[0].ndim + len(axes)
         return np.expand_dims(inputs[0], tuple(sorted(a % rank for a in axes)))
+
     return run, lambda shapes: all(a % (len(shapes[0]) + len(axes)) != 0 for a in axes)
 
 
@@ -114,8 +129,7 @@ def _slice_static(p, ctx: LayerContext):
     end_mask = list(p.endMasks) or [False] * rank
     strides = [int(v) for v in p.strides] or [1] * rank
     squeeze = list(p.squeezeMasks) or [False] * rank
-    index = tuple(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], strides[i])
-                  for i in range(rank))
+    index = tuple(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], strides[i]) for i in range(rank))
     drop = tuple(i for i in range(rank) if squeeze[i])
 
     def run(inputs):
@@ -124,6 +138,7 @@ def _slice_static(p, ctx: LayerContext):
 
     def rule(shapes) -> bool:
         return (begin_mask[0] or begin[0] == 0) and end_mask[0] and strides[0] == 1 and not squeeze[0]
+
     return run, rule
 
 

@@ -39,8 +39,7 @@ def decode(wp, shape: tuple[int, ...], where: str, channel_axis: int = 0, *, opt
     else:
         raise ConversionError(f"layer weights of shape {list(shape)} are empty", path=where)
     if values.size != count:
-        raise ConversionError(f"layer weights hold {values.size} values, the layer needs {count} ({list(shape)})",
-                              path=where)
+        raise ConversionError(f"layer weights hold {values.size} values, the layer needs {count} ({list(shape)})", path=where)
     return values.reshape(shape)
 
 
@@ -70,8 +69,7 @@ def _linear(values, quant, shape, channel_axis, where, *, with_bias: bool) -> np
     channels = shape[channel_axis] if shape else 1
     for name, p in (("scale", scale), ("bias", bias)):
         if p.size not in (1, channels):
-            raise ConversionError(f"linear quantization {name} has {p.size} values for {channels} channels",
-                                  path=where)
+            raise ConversionError(f"linear quantization {name} has {p.size} values for {channels} channels", path=where)
     view = [1] * len(shape)
     if view:
         view[channel_axis] = -1

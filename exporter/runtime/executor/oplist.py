@@ -39,7 +39,7 @@ def current(readme: Path) -> str | None:
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
         return None
-    return text[start:end + len(END)]
+    return text[start : end + len(END)]
 
 
 def write(readme: Path) -> bool:

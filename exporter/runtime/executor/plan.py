@@ -53,8 +53,12 @@ def fuse_pads(program) -> None:
             continue
         program.add_constant(f"{conv.name}::fused_pad_type", "custom")
         program.add_constant(f"{conv.name}::fused_pad", [int(p) for p in pads])
-        conv.args = {**conv.args, "x": step.call.args["x"], "pad_type": [f"{conv.name}::fused_pad_type"],
-                     "pad": [f"{conv.name}::fused_pad"]}
+        conv.args = {
+            **conv.args,
+            "x": step.call.args["x"],
+            "pad_type": [f"{conv.name}::fused_pad_type"],
+            "pad": [f"{conv.name}::fused_pad"],
+        }
         step.observe_only = True
 
 
@@ -76,10 +80,15 @@ def plan_release(program) -> None:
         """Whether the step may write its result into its ``key`` operand."""
         names = step.call.args.get(key, [None])
         source = producer.get(names[0])
-        return (len(names) == 1 and source is not None and MIL[source.call.op_type].fresh
-                and last.get(names[0]) == i
-                and sum(args.count(names[0]) for args in step.call.args.values()) == 1
-                and program.shapes.get(names[0]) is not None and program.shapes.get(names[0]) == step.declared[0])
+        return (
+            len(names) == 1
+            and source is not None
+            and MIL[source.call.op_type].fresh
+            and last.get(names[0]) == i
+            and sum(args.count(names[0]) for args in step.call.args.values()) == 1
+            and program.shapes.get(names[0]) is not None
+            and program.shapes.get(names[0]) == step.declared[0]
+        )
 
     for i, step in enumerate(program.steps):
         if not MIL[step.call.op_type].inplace:

@@ -26,7 +26,7 @@ from ...errors import ConversionError, UnsupportedOperationError
 
 _MISSING = object()
 # Where the generated list of supported operations lives (named in the error for an unknown one).
-SUPPORTED_LIST = "README.md, section \"Core ML executor: supported operations\""
+SUPPORTED_LIST = 'README.md, section "Core ML executor: supported operations"'
 
 
 def always(_call) -> bool:
@@ -61,6 +61,7 @@ class Registry:
                     raise RuntimeError(f"{self.model_type} {self.noun} {name!r} is registered twice")
                 self.entries[name] = Entry(name, impl, batch, inplace, fresh or inplace, impl.__module__)
             return impl
+
         return add
 
     def __contains__(self, name: str) -> bool:
@@ -81,7 +82,8 @@ class Registry:
             raise UnsupportedOperationError(
                 f"{self.model_type} {self.noun} type {name!r} ({what}) is not supported by the Core ML executor; it "
                 f"runs {len(self.entries)} {self.model_type} {self.noun} types{hint}, listed in {SUPPORTED_LIST}",
-                path=where)
+                path=where,
+            )
         return entry
 
 
@@ -104,11 +106,20 @@ class OpCall:
     """One op's view of its parameters: values by name (inputs and attributes alike), whether they are constants,
     their declared shapes, and a per-op cache for data derived from constants."""
 
-    __slots__ = ("op_type", "name", "where", "args", "env", "consts", "shapes", "cache", "batched", "inplace",
-                 "opset")
+    __slots__ = ("op_type", "name", "where", "args", "env", "consts", "shapes", "cache", "batched", "inplace", "opset")
 
-    def __init__(self, op_type: str, name: str, where: str, args: dict[str, list[str]], env: dict, consts: set,
-                 shapes: dict, batched: bool = False, opset: int = 15):
+    def __init__(
+        self,
+        op_type: str,
+        name: str,
+        where: str,
+        args: dict[str, list[str]],
+        env: dict,
+        consts: set,
+        shapes: dict,
+        batched: bool = False,
+        opset: int = 15,
+    ):
         self.op_type, self.name, self.where, self.args = op_type, name, where, args
         self.env, self.consts, self.shapes, self.batched = env, consts, shapes, batched
         self.cache: dict = {}
@@ -186,6 +197,7 @@ class OpCall:
 def axes_exclude_batch(key: str, default=None):
     """Batch rule for ops with an axis/axes parameter: fine when no axis is 0 (normalised by the declared rank).
     ``default`` is the op's own default when the parameter is absent; None means "every axis"."""
+
     def rule(call: OpCall) -> bool:
         value = call.const(key, default)
         if value is None:
@@ -193,4 +205,5 @@ def axes_exclude_batch(key: str, default=None):
         rank = call.rank("x") if call.has("x") else call.rank("values")
         axes = value if isinstance(value, list) else [value]
         return rank is not None and all(int(a) % rank != 0 for a in axes)
+
     return rule
