@@ -104,6 +104,8 @@ def test_nested_backbone_family_fp32_every_format(name, tmp_path):
 
 @pytest.mark.parametrize("name, shape", [("mobilenet_v3_large", "nested"), ("convnext", "application")])
 def test_every_variant(name, shape, tmp_path):
+    if not ALL and name == "mobilenet_v3_large":
+        pytest.skip("mobilenet_v3_large through every variant takes over 10 minutes on 2 cores: set EXPORTER_FAMILIES=all")
     variants = dict(family_check.CORE_VARIANTS)
     variants["mlpackage"] += family_check.LOW_BIT_VARIANTS["mlpackage"]
     result = family_check.check(name, shape, tmp_path, variants=variants)
