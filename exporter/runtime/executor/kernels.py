@@ -310,3 +310,20 @@ REDUCTIONS = {
     "l1_norm": lambda x, a, k: np.abs(x).sum(axis=a, keepdims=k, dtype=np.float32),
     "l2_norm": lambda x, a, k: np.sqrt((x * x).sum(axis=a, keepdims=k, dtype=np.float32)),
 }
+
+
+# Elementwise numpy functions that ML Program ops and NeuralNetwork unary layers both name the same way: one table,
+# each interpreter registers it under its own protocol (like REDUCTIONS).
+UNARY_FUNCTIONS = {
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "atanh": np.arctanh,
+    "exp2": np.exp2,
+    "sign": np.sign,
+}

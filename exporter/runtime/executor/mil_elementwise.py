@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .registry import OpCall, always, op
 
 F32 = np.float32
@@ -270,19 +271,7 @@ def _unary(name: str, fn):
     op(name, batch=always)(lambda c: fn(c["x"]))
 
 
-for _unary_name, _unary_fn in {
-    "sin": np.sin,
-    "cos": np.cos,
-    "tan": np.tan,
-    "asin": np.arcsin,
-    "acos": np.arccos,
-    "atan": np.arctan,
-    "sinh": np.sinh,
-    "cosh": np.cosh,
-    "atanh": np.arctanh,
-    "exp2": np.exp2,
-    "sign": np.sign,
-}.items():
+for _unary_name, _unary_fn in kernels.UNARY_FUNCTIONS.items():
     _unary(_unary_name, _unary_fn)
 
 

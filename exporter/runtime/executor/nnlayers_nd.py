@@ -28,23 +28,13 @@ def _erf(x):
 
 
 for _name, _fn in {
+    **kernels.UNARY_FUNCTIONS,
     "ceil": np.ceil,
     "floor": np.floor,
-    "sign": np.sign,
     "round": np.round,
-    "exp2": np.exp2,
-    "sin": np.sin,
-    "cos": np.cos,
-    "tan": np.tan,
-    "asin": np.arcsin,
-    "acos": np.arccos,
-    "atan": np.arctan,
-    "sinh": np.sinh,
-    "cosh": np.cosh,
     "tanh": np.tanh,
     "asinh": np.arcsinh,
     "acosh": np.arccosh,
-    "atanh": np.arctanh,
     "erf": _erf,
 }.items():
     layer(_name)(_one(_fn))
