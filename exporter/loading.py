@@ -19,6 +19,7 @@ from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError, first
 from .heads import Head
 from .inference import InModelPreprocessing
 from .packaging import sha256_of
+from .preprocessing import MAX_SIDE, MIN_SIDE
 from .safety import MAX_TEXT_BYTES, MEMORY_BUDGET_BYTES, check_elements, check_regular, check_zip, load_json
 from .tfquiet import import_keras
 
@@ -256,6 +257,11 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
     if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
         raise NotAClassifierError(
             f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width", path=path
+        )
+    if not all(MIN_SIDE <= int(side) <= MAX_SIDE for side in shape[1:3]):
+        raise NotAClassifierError(
+            f"model input is {shape[1]}x{shape[2]} pixels; the exporter supports image sides from {MIN_SIDE} to {MAX_SIDE} pixels",
+            path=path,
         )
     out_shape = tuple(model.outputs[0].shape)
     if len(out_shape) != 2 or out_shape[1] is None or out_shape[1] < 1:

@@ -23,6 +23,9 @@ CHANNEL_ORDERS = ("RGB", "BGR", "L")
 RESIZE_POLICIES = ("stretch", "center_crop")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 CONTRACT_VERSION = 1
+# Image sides the contract accepts: below 8 px no classifier in the field works (Core ML image inputs and Vision
+# crops degenerate), above 4096 px one float32 RGB input is 200 MB before the model runs.
+MIN_SIDE, MAX_SIDE = 8, 4096
 # keras.applications' preprocess_input modes (keras/src/applications/imagenet_utils.py), by name.
 PRESETS = ("tf", "torch", "caffe", "raw")
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # "torch": on [0, 1] pixels
@@ -74,8 +77,8 @@ class Preprocessing:
         size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else None
         if size is None or len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
             raise ConfigError(f"preprocessing input_size must be [height, width] integers, got {self.input_size!r}")
-        if not all(8 <= s <= 4096 for s in size):
-            raise ConfigError(f"preprocessing input_size must be between 8 and 4096 pixels, got {list(size)}")
+        if not all(MIN_SIDE <= s <= MAX_SIDE for s in size):
+            raise ConfigError(f"preprocessing input_size must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {list(size)}")
         object.__setattr__(self, "input_size", size)
         if self.channel_order not in CHANNEL_ORDERS:
             raise ConfigError(f"preprocessing channel_order must be one of {list(CHANNEL_ORDERS)}, got {self.channel_order!r}")

@@ -468,6 +468,20 @@ def test_long_out_name(tmp_path, capsys):
     assert proc.returncode == 6 and "limit" in line
 
 
+@pytest.mark.parametrize("side", [4, 5000])
+def test_model_input_size_out_of_range_names_the_model(tmp_path, capsys, side):
+    import keras
+
+    inputs = keras.Input((side, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    path = tmp_path / f"side{side}.keras"
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(path)
+    labels = _write(tmp_path / "labels.txt", "a\nb\nc\n")
+    proc, line = _cli(["convert", str(path), "--labels", str(labels), "--out", str(tmp_path / "out"), *SMALL], capsys)
+    assert proc.returncode == 3 and path.name in line and f"{side}x8 pixels" in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "scale,text",
     [("123", "must be a number"), (1e39, "finite in float32"), (["1", "2", "3"], "must be a number"), (True, "must be a number")],
