@@ -361,7 +361,7 @@ def xcode(
                 variant=variant,
                 package_name=name,
                 overwrite=overwrite,
-                golden_count=golden_count or DEFAULT_GOLDEN_COUNT,
+                golden_count=DEFAULT_GOLDEN_COUNT if golden_count is None else golden_count,
                 model_path=None if model_path is None else Path(model_path),
                 trust_code=trust_code,
             )

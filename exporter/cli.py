@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .arguments import GateAction
 from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, FORMATS, VARIANTS, variant_names
 from .validation.tolerances import GATE_SYNTAX
 
@@ -121,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         "  exporter convert model.keras --labels labels.txt --out out/m --formats onnx --variants fp32 fp16\n"
         "  exporter convert model.keras --labels labels.txt --out out/m --quantize auto --images heldout/",
     )
-    c.add_argument("model", help=".keras, .h5 or SavedModel directory")
+    # Every option's dest is the name of the API parameter or ExportOptions field it sets (exporter/arguments.py).
+    c.add_argument("model_path", metavar="model", help=".keras, .h5 or SavedModel directory")
     c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
     c.add_argument("--out", required=True, help="output directory (written atomically: complete or absent)")
     c.add_argument(
@@ -159,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     c.add_argument(
         "--float-input",
-        action="store_true",
+        dest="onnx_raw_input",
+        action="store_false",
         help="ONNX takes normalised float input, no preprocessing in the graph (default: uint8 image input)",
     )
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
@@ -167,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="file name stem of the artifacts (default: from the model file)")
     c.add_argument("--author", default="", help="author written into every file's metadata")
     c.add_argument("--license", default="", help="license written into every file's metadata")
-    c.add_argument("--model-version", default="", help="model version written into every file's metadata")
+    c.add_argument("--model-version", dest="version", default="", help="model version written into every file's metadata")
     c.add_argument("--description", default="", help="short description written into every file's metadata")
     c.add_argument(
         "--quantize",
@@ -175,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         default="all",
         help="all: every selected variant; auto: per format keep only the smallest variant that passes the parity gates on --images",
     )
-    c.add_argument("--images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
+    c.add_argument("--images", dest="validation_images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
     _json_option(c, "the manifest")
 
     v = command(
@@ -190,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--images", required=True, metavar="FOLDER", help="folder of held-out images (labels from sub-folder names)")
     v.add_argument(
         "--model",
+        dest="model_path",
         metavar="MODEL",
         help="the Keras model (default: the path recorded in manifest.json, looked up relative to the export folder first)",
     )
@@ -197,8 +201,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report with plots")
     v.add_argument(
         "--gate",
-        action="append",
-        default=[],
+        dest="gates",
+        action=GateAction,
         metavar=GATE_SYNTAX,
         help="replace a variant's default gate, of every format or of one (repeatable; defaults in exporter/capabilities.py)",
     )
@@ -240,14 +244,14 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
+    """One API call per command, its arguments taken from ``args`` by name (exporter/arguments.py)."""
+    from .arguments import api_arguments
+
     if args.command == "xcode":
         import contextlib
 
-        from .console import import_quietly
         from .xcode import cli as xcode_cli
 
-        if not args.verbose:
-            import_quietly()
         with contextlib.redirect_stderr(stderr):  # its own notes go to the real stderr
             return xcode_cli.run(args)
     if args.command == "doctor":
@@ -259,7 +263,8 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     if args.command == "predict":
         from .predict import format_predictions, predict
 
-        result = predict(args.target, args.images, top_k=args.top_k, verbose=args.verbose)
+        (kwargs,) = api_arguments(args, predict)
+        result = predict(**kwargs)
         _emit(result, args.json, lambda: format_predictions(result))
         return 0
     from . import api
@@ -267,49 +272,20 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     from .report import terminal
 
     if args.command == "convert":
-        options = api.ExportOptions(
-            formats=tuple(args.formats) if args.formats else None,
-            variants=tuple(args.variants) if args.variants else None,
-            calibration_images=args.calibration_images,
-            calibration_count=args.calibration_count,
-            opset=args.opset,
-            onnx_raw_input=not args.float_input,
-            overwrite=args.overwrite,
-            trust_code=args.trust_code,
-            name=args.name,
-            author=args.author,
-            license=args.license,
-            version=args.model_version,
-            description=args.description,
-            quantize=args.quantize,
-            validation_images=args.images,
-            add_softmax=args.add_softmax,
-        )
-        manifest = api.export(
-            args.model, args.labels, args.out, preprocessing=args.preprocessing, options=options, progress=progress, verbose=args.verbose
-        )
+        option_args, export_args = api_arguments(args, api.ExportOptions, api.export)
+        manifest = api.export(**export_args, options=api.ExportOptions(**option_args), progress=progress)
         if progress:
             progress.message(f"wrote {len(manifest['artifacts'])} files to {args.out} in {format_seconds(progress.elapsed())}")
         _emit(manifest, args.json, lambda: terminal.size_table(manifest))
         return 0
     from .errors import ParityError
     from .packaging import check_report_path
-    from .validation.tolerances import parse_gate
 
-    gates = dict(parse_gate(g) for g in args.gate)
     check_report_path(None if args.json == "-" else args.json)  # before the validation runs, not after
     check_report_path(args.html)
+    (validate_args,) = api_arguments(args, api.validate)
     try:
-        report = api.validate(
-            args.export_dir,
-            args.images,
-            model_path=args.model,
-            batch_size=args.batch_size,
-            trust_code=args.trust_code,
-            gates=gates,
-            progress=progress,
-            verbose=args.verbose,
-        )
+        report = api.validate(**validate_args, progress=progress)
     except ParityError as exc:
         if exc.report is not None:
             _write_reports(exc.report, args)

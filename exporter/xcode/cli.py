@@ -1,7 +1,8 @@
 """``exporter xcode EXPORT_DIR --images FOLDER --out DIR``: the Swift package for one Core ML artifact of an export.
 
 exporter/cli.py hooks this in with ``add_parser(sub)`` in its parser and ``return run(args)`` when
-``args.command == "xcode"``; everything the command does is ``write_xcode_package``.
+``args.command == "xcode"``; everything the command does is ``exporter.api.xcode``, whose parameters the options are
+named after (exporter/arguments.py hands them over by name).
 """
 
 from __future__ import annotations
@@ -37,26 +38,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=DEFAULT_GOLDEN_COUNT,
         help=f"golden images to bundle for the parity test (default {DEFAULT_GOLDEN_COUNT})",
     )
-    x.add_argument("--model", type=Path, help="the Keras model (default: the path recorded in manifest.json)")
+    x.add_argument("--model", dest="model_path", type=Path, help="the Keras model (default: the path recorded in manifest.json)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     x.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
     return x
 
 
 def run(args: argparse.Namespace) -> int:
-    from .package import write_xcode_package
+    from .. import api
+    from ..arguments import api_arguments
 
-    out = write_xcode_package(
-        args.export_dir,
-        args.out,
-        images_folder=args.images,
-        variant=args.variant,
-        package_name=args.name,
-        overwrite=args.overwrite,
-        golden_count=args.golden_count,
-        model_path=args.model,
-        trust_code=args.trust_code,
-    )
+    (kwargs,) = api_arguments(args, api.xcode)
+    out = api.xcode(**kwargs)
     print(f"wrote Swift package {out}", file=sys.stderr)
     print(
         "add it in Xcode with File > Add Package Dependencies... > Add Local...; `swift test` in it runs the golden "
