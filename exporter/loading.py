@@ -20,7 +20,16 @@ from .heads import Head
 from .inference import InModelPreprocessing
 from .packaging import sha256_of
 from .preprocessing import MAX_SIDE, MIN_SIDE
-from .safety import MAX_TEXT_BYTES, MEMORY_BUDGET_BYTES, check_elements, check_regular, check_zip, load_json
+from .safety import (
+    MAX_COMPRESSION_RATIO,
+    MAX_TEXT_BYTES,
+    MEMORY_BUDGET_BYTES,
+    RATIO_CHECK_BYTES,
+    check_elements,
+    check_regular,
+    check_zip,
+    load_json,
+)
 from .tfquiet import import_keras
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -84,6 +93,7 @@ def _read_architecture(path: Path, fmt: str) -> Any:
                 if info.file_size > MAX_TEXT_BYTES:
                     raise ModelLoadError(f"config.json is {info.file_size:,} bytes, over the limit of {MAX_TEXT_BYTES:,}", path=path)
                 raw = z.read(info)
+                _check_keras_weights(z, path)
         except ModelLoadError:
             raise
         except KeyError as exc:
@@ -111,25 +121,58 @@ def _read_architecture(path: Path, fmt: str) -> Any:
     return load_json(raw, path=path, error=ModelLoadError, what="model architecture JSON")
 
 
-def _check_h5_sizes(f, path: Path) -> None:
-    """The datasets of an HDF5 file, inflated, must fit the memory budget (compressed datasets can be bombs)."""
+# The HDF5 file of a .keras archive, where Keras 3 keeps the weights.
+KERAS_WEIGHTS_MEMBER = "model.weights.h5"
+
+
+def _check_h5_sizes(f, path: Path, member: str = "") -> None:
+    """The datasets of an HDF5 file (a legacy .h5 model, or a .keras archive's ``member``), read from its metadata
+    alone, before any data is read: inflated, they must fit the memory budget together; a dataset over a megabyte may
+    not inflate more than ``MAX_COMPRESSION_RATIO`` times its stored size (gzip of zeros is a bomb: a few kB of
+    chunks that read back as gigabytes); and no dataset may keep its data in other files (external storage, virtual
+    datasets), which reading would open wherever they point."""
     import h5py
 
     total = 0
+    prefix = f"{member}: " if member else ""
 
     def visit(_name, obj):
         nonlocal total
-        if isinstance(obj, h5py.Dataset):
-            total += (
-                check_elements(
-                    obj.shape or (), itemsize=obj.dtype.itemsize, error=ModelLoadError, where=path, what=f"dataset {obj.name[:80]!r}"
-                )
-                * obj.dtype.itemsize
+        if not isinstance(obj, h5py.Dataset):
+            return
+        what = f"{prefix}dataset {obj.name[:80]!r}"
+        if obj.is_virtual or obj.external:
+            raise ModelLoadError(f"{what} keeps its data in other files (external or virtual storage), refused", path=path)
+        nbytes = check_elements(obj.shape or (), itemsize=obj.dtype.itemsize, error=ModelLoadError, where=path, what=what)
+        nbytes *= obj.dtype.itemsize
+        stored = obj.id.get_storage_size()
+        if nbytes > RATIO_CHECK_BYTES and nbytes > MAX_COMPRESSION_RATIO * max(stored, 1):
+            raise ModelLoadError(
+                f"{what} inflates from {stored:,} stored bytes to {nbytes:,} (over {MAX_COMPRESSION_RATIO}x: a decompression bomb)",
+                path=path,
             )
-            if total > MEMORY_BUDGET_BYTES:
-                raise ModelLoadError(f"datasets inflate to over {MEMORY_BUDGET_BYTES:,} bytes, the memory budget", path=path)
+        total += nbytes
+        if total > MEMORY_BUDGET_BYTES:
+            raise ModelLoadError(f"{prefix}datasets inflate to over {MEMORY_BUDGET_BYTES:,} bytes, the memory budget", path=path)
 
     f.visititems(visit)
+
+
+def _check_keras_weights(z: zipfile.ZipFile, path: Path) -> None:
+    """``_check_h5_sizes`` on the weights file inside a .keras archive, read from the archive (never extracted)."""
+    if KERAS_WEIGHTS_MEMBER not in z.namelist():
+        return  # Keras reports a missing weights file itself
+    import h5py
+
+    try:
+        with z.open(KERAS_WEIGHTS_MEMBER) as member, h5py.File(member, "r") as f:
+            _check_h5_sizes(f, path, KERAS_WEIGHTS_MEMBER)
+    except ModelLoadError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(
+            f"{KERAS_WEIGHTS_MEMBER} is not a readable HDF5 file ({type(exc).__name__}: {first_line(exc)})", path=path
+        ) from exc
 
 
 def _detect_format(path: Path) -> str:
