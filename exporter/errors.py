@@ -113,6 +113,14 @@ class UpstreamAPIError(ExporterError):
     exit_code = 70
 
 
+class ExecutorBugError(ExporterError):
+    """The reference executor failed on a Core ML file that passed its checks (the file loaded and ran once on a
+    blank image of its input size), so the executor, not the file, is at fault: a bug to report, exit 70 like any
+    internal error."""
+
+    exit_code = 70
+
+
 def first_line(exc: BaseException, limit: int = MAX_CAUSE_CHARS) -> str:
     """The first non-empty line of ``exc``'s message cut to ``limit`` characters (its type name if it has none)."""
     text = str(exc).strip()

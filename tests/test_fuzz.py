@@ -212,9 +212,13 @@ PIXELS = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint
 
 
 def _run_executor(path: Path) -> None:
+    from exporter.errors import ExecutorBugError
     from exporter.runtime.executor import CoreMLExecutor
 
-    probs = CoreMLExecutor(path).predict(PIXELS)
+    try:
+        probs = CoreMLExecutor(path).predict(PIXELS)
+    except ExecutorBugError as exc:  # a mutated file's fault must be found while loading, and blamed on the file
+        pytest.fail(f"a mutated file passed the executor's checks and then failed as an executor bug: {exc}")
     assert probs.shape[0] == 2
 
 
@@ -240,3 +244,30 @@ def test_executor_on_mutated_files(tmp_path_factory, core_ml_files, which):
     with peak_growth() as peak:
         check()
     assert peak.growth_bytes < PEAK_GROWTH_BYTES
+
+
+@pytest.mark.parametrize("when, code, text", [("trial", 5, "it is malformed"), ("run", 70, "bug in the executor")])
+def test_executor_faults_are_the_files_while_loading_and_the_executors_after(core_ml_files, capsys, monkeypatch, when, code, text):
+    """The same ValueError from a kernel: during the trial pass at load (a file whose program cannot run) it is a
+    conversion error naming the file (exit 5); once the file has loaded and run its trial pass, it is an executor
+    bug (exit 70, "please report"), not hidden as a malformed file."""
+    from test_faults import one_line_error, run_in_process
+
+    from exporter.runtime.executor.mlprogram import Program
+
+    real_run, calls = Program.run, []
+
+    def run(self, x, observe=None):
+        calls.append(x.shape[0])
+        if when == "trial" or len(calls) > 1:
+            raise ValueError("operands could not be broadcast together (injected)")
+        return real_run(self, x, observe)
+
+    monkeypatch.setattr(Program, "run", run)
+    _, pkg = core_ml_files
+    image = next(p for p in S["heldout"].rglob("*.png"))
+    proc = run_in_process(["predict", str(pkg), str(image)], capsys)
+    line = one_line_error(proc)
+    assert proc.returncode == code and text in line and pkg.name in line and "injected" in line, line
+    if when == "run":
+        assert "please report" in line

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import ConfigError, ConversionError, ExporterError, UnsupportedOperationError
-from ...safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, inside, load_json, read_regular
+from ...errors import ConfigError, ConversionError, ExecutorBugError, ExporterError, UnsupportedOperationError
+from ...safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, check_elements, inside, load_json, read_regular
 from . import blas
 from .image import image_input, to_tensor
 
@@ -97,23 +97,52 @@ def load_spec(path: Path):
     return spec, spec_file.parent
 
 
-# What a malformed file can make numpy or the protobuf classes raise while its program is loaded or run. The file,
-# not the executor, is at fault then: the error names the file and keeps the cause for --debug.
+# What a malformed file can make numpy or the protobuf classes raise while its program is loaded and tried (see
+# CoreMLExecutor): the file, not the executor, is at fault then; the error names the file and keeps the cause.
 FILE_FAULTS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, ZeroDivisionError, RecursionError, MemoryError)
+# What the same code raising later, on a file that loaded and ran its trial pass, means: a bug in the executor (the
+# shapes, constants and bindings it runs on are those the trial pass already ran on). Running out of memory stays
+# a resource error of the file's size (ConversionError).
+RUN_BUGS = (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, ZeroDivisionError, RecursionError)
+
+
+@contextlib.contextmanager
+def _numpy_as_on_device():
+    # Float overflow or an invalid operation inside the model (corrupted or extreme weights) gives inf/NaN, as it would
+    # on a device: that is the model's output, which the parity gates report as non-finite, not an executor error.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        yield
 
 
 @contextlib.contextmanager
 def _file_faults(where: str):
-    # Float overflow or an invalid operation inside the model (corrupted or extreme weights) gives inf/NaN, as it would
-    # on a device: that is the model's output, which the parity gates report as non-finite, not an executor error.
+    """The boundary of loading a file (parse, decode, plan, trial pass): any fault is the file's."""
     try:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        with _numpy_as_on_device():
             yield
     except ExporterError:
         raise
     except FILE_FAULTS as exc:
         raise ConversionError(
             f"the executor cannot run this file, it is malformed ({type(exc).__name__}: {str(exc)[:200]})", path=where
+        ) from exc
+
+
+@contextlib.contextmanager
+def _run_faults(where: str):
+    """The boundary of running a file that passed loading and its trial pass: a fault is the executor's."""
+    try:
+        with _numpy_as_on_device():
+            yield
+    except ExporterError:
+        raise
+    except MemoryError as exc:
+        raise ConversionError("the executor ran out of memory running this file", path=where) from exc
+    except RUN_BUGS as exc:
+        raise ExecutorBugError(
+            f"internal error in the Core ML executor on a file that passed its checks ({type(exc).__name__}: {str(exc)[:200]}); "
+            "this is a bug in the executor, not in the file: please report it with the --debug output",
+            path=where,
         ) from exc
 
 
@@ -152,6 +181,17 @@ class CoreMLExecutor:
         self.batchable: bool = self._engine.batchable
         fitting = CHUNK_ACTIVATION_BYTES // max(self._engine.largest_activation, 1)
         self.chunk = max(1, min(MAX_BATCH, fitting)) if self.batchable else 1  # images per forward pass
+        self._trial_pass(where)
+
+    def _trial_pass(self, where: str) -> None:
+        """Run the program once on a blank image of its input size, inside the loading boundary. Every shape in
+        these files is static, so this meets each fault a file's shapes, constants and bindings can cause; what
+        fails in ``predict`` afterwards is the executor's fault (ExecutorBugError), not hidden as a malformed file."""
+        shape = (1, self.image.channels, self.image.height, self.image.width)
+        check_elements(shape, error=ConversionError, where=where, what="image input")
+        probs = np.asarray(self._engine.run(np.zeros(shape, np.float32)))
+        if probs.size != len(self.labels):
+            raise ConversionError(f"the model produces {probs.size} probabilities for {len(self.labels)} labels", path=where)
 
     @property
     def constants(self) -> dict[str, np.ndarray]:
@@ -164,7 +204,7 @@ class CoreMLExecutor:
         """Probabilities for uint8 pixels (see the class). ``observe(name, value)``, if given, is called with every
         op (layer) output of every forward pass, named as in the file; ``value`` is only valid during the call (a
         later op may reuse its memory), so take what you need from it there (activation ranges, say)."""
-        with _file_faults(str(self.path)):
+        with _run_faults(str(self.path)):
             return self._predict(pixels, observe)
 
     def _predict(self, pixels: np.ndarray, observe=None) -> np.ndarray:
