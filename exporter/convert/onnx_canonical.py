@@ -3,8 +3,10 @@
 tf2onnx makes names unique with a process-wide counter (``pad_const__180`` in one run, ``pad_const__27`` in the
 next, depending on the order it visits hash-ordered sets) and lists initializers in the order it created them, so two
 exports of the same model differed in bytes and in the manifest's SHA-256. ``canonical`` renumbers every
-counter-suffixed name by its first use in the node list and orders the initializers by first use; the computation,
-the node order and every name without a counter are untouched.
+counter-suffixed name by its first use in the node list, orders the initializers by first use, and renumbers the
+symbolic dimensions tf2onnx names by the same counter (``unk__429`` in one process, ``unk__430`` in another: the
+counter also counts what earlier conversions in the process made); the computation, the node order and every name
+without a counter are untouched.
 """
 
 from __future__ import annotations
@@ -47,9 +49,15 @@ def canonical(model):
             renamed_node = f"{COUNTER.sub('', node.name)}__n{len(node_names)}"
             node_names[node.name] = renamed_node
             node.name = renamed_node
+    dims: dict[str, str] = {}
     for coll in (g.input, g.output, g.value_info):
         for v in coll:
             v.name = new(v.name)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+                for dim in v.type.tensor_type.shape.dim:
+                    if dim.HasField("dim_param") and COUNTER.search(dim.dim_param):
+                        # the same symbol stays the same symbol (equal unknown sizes), numbered by first appearance
+                        dim.dim_param = dims.setdefault(dim.dim_param, f"{COUNTER.sub('', dim.dim_param)}__d{len(dims)}")
     inits = sorted(g.initializer, key=lambda t: (first_use.get(t.name, len(g.node)), names.get(t.name, t.name)))
     renamed = []
     for t in inits:
