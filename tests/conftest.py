@@ -67,3 +67,57 @@ def small_export(tmp_path_factory):
         for p in sorted(label_dir.iterdir())[:2]:
             shutil.copy(p, images / label_dir.name / p.name)
     return out, images
+
+
+# The environment a user has: the test runner's TF_CPP_MIN_LOG_LEVEL (set above) or a TQDM_DISABLE would hide the
+# library output the toolkit must silence itself.
+USER_ENV = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TQDM_DISABLE")}
+USER_ENV["PYTHONPATH"] = str(ROOT)
+# What the two fresh-process exports build: every format, with the calibrated variants (int8-static) and the one whose
+# compression once printed "Failed to load _MLModelProxy" (int8).
+FRESH_VARIANTS = ("fp32", "int8", "int8-static", "int8-dynamic")
+FRESH_CALIBRATION_COUNT = 16
+
+
+@pytest.fixture(scope="session")
+def fresh_exports(tmp_path_factory):
+    """mobilenet_v1_digits exported the same way twice, at the same time, each in a fresh process in the user's
+    environment: once through the Python API (manifest written to a file, so stdout and stderr must stay empty) and
+    once through the CLI with its output piped (as in a CI log). Shared by the reproducibility test (identical
+    manifests, so also CLI = API), the quiet-console tests (a pipe; the API prints nothing) and test_export; one pair
+    of exports instead of six separate ones. Returns {"api"|"cli": {"out", "manifest", "stdout", "stderr"}}."""
+    import subprocess
+    import sys
+
+    s = sample("mobilenet_v1_digits")
+    root = tmp_path_factory.mktemp("fresh")
+    api_code = (
+        "import json, sys, exporter; m = exporter.export({m!r}, {l!r}, sys.argv[1], preprocessing={p!r}, "
+        "options=exporter.ExportOptions(variants={v!r}, calibration_images={c!r}, calibration_count={n})); "
+        "open(sys.argv[2], 'w').write(json.dumps(m))"
+    ).format(
+        m=str(s["model"]), l=str(s["labels"]), p=str(s["preprocessing"]), v=FRESH_VARIANTS, c=str(s["heldout"]), n=FRESH_CALIBRATION_COUNT
+    )
+    argv = {
+        "api": [sys.executable, "-c", api_code, str(root / "api"), str(root / "api.json")],
+        "cli": [
+            *(sys.executable, "-m", "exporter", "convert", str(s["model"]), "--labels", str(s["labels"])),
+            *("--preprocessing", str(s["preprocessing"]), "--out", str(root / "cli"), "--variants", *FRESH_VARIANTS),
+            *(
+                "--calibration-images",
+                str(s["heldout"]),
+                "--calibration-count",
+                str(FRESH_CALIBRATION_COUNT),
+                "--json",
+                str(root / "cli.json"),
+            ),
+        ],
+    }
+    procs = {k: subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=USER_ENV) for k, a in argv.items()}
+    done = {k: p.communicate(timeout=1800) for k, p in procs.items()}
+    out = {}
+    for k, p in procs.items():
+        assert p.returncode == 0, (k, done[k][1][-3000:])
+        manifest = json.loads((root / f"{k}.json").read_text())
+        out[k] = {"out": root / k, "manifest": manifest, "stdout": done[k][0], "stderr": done[k][1]}
+    return out

@@ -65,7 +65,7 @@ def _run_in_pty(argv: list[str], timeout: float = 900) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_convert_prints_only_its_own_lines_in_a_terminal_and_in_a_pipe(tmp_path):
+def test_convert_prints_only_its_own_lines_in_a_terminal_and_in_a_pipe(tmp_path, fresh_exports):
     # int8 and the two ONNX files: coremltools' compression bars, tf2onnx's and TensorFlow's logs all get a chance.
     args = [*CONVERT, "--formats", "mlpackage", "onnx", "--variants", "fp32", "int8", "int8-dynamic"]
     code, shown = _run_in_pty([*args, "--out", str(tmp_path / "tty")])
@@ -74,14 +74,13 @@ def test_convert_prints_only_its_own_lines_in_a_terminal_and_in_a_pipe(tmp_path)
     assert "ETA" in ANSI.sub("", shown)  # the bar was drawn (a step ran while earlier ones gave a mean)
     assert re.search(r"\[5/5\] onnx int8-dynamic \.\.\. \d+\.\d s", shown)
 
-    piped = subprocess.run(
-        [sys.executable, "-m", "exporter", *args, "--out", str(tmp_path / "pipe")], capture_output=True, text=True, env=ENV
-    )
-    assert piped.returncode == 0, piped.stderr[-3000:]
-    assert _foreign(piped.stderr) == [] and _foreign(piped.stdout) == [], piped.stderr[-3000:]
-    assert "\r" not in piped.stderr and "\x1b" not in piped.stderr  # a log gets plain lines
-    steps = re.findall(r"^\[(\d+)/(\d+)\] ", piped.stderr, re.M)
-    assert [int(i) for i, _ in steps] == [1, 2, 3, 4, 5] and {t for _, t in steps} == {"5"}
+    # in a pipe (a CI log): the session's CLI export in a fresh process, every format, calibrated variants included
+    piped = fresh_exports["cli"]
+    assert _foreign(piped["stderr"]) == [] and _foreign(piped["stdout"]) == [], piped["stderr"][-3000:]
+    assert "\r" not in piped["stderr"] and "\x1b" not in piped["stderr"]  # a log gets plain lines
+    steps = re.findall(r"^\[(\d+)/(\d+)\] ", piped["stderr"], re.M)
+    total = 1 + len(piped["manifest"]["artifacts"])  # loading, then one step per artifact
+    assert [int(i) for i, _ in steps] == list(range(1, total + 1)) and {t for _, t in steps} == {str(total)}
 
     # --verbose hands the libraries their voice back: the same check now finds their lines (so it can fail).
     loud = subprocess.run(
@@ -107,15 +106,12 @@ def test_convert_prints_only_its_own_lines_in_a_terminal_and_in_a_pipe(tmp_path)
 
 
 @pytest.mark.slow
-def test_python_api_int8_export_prints_nothing(tmp_path):
-    code = (
-        "import exporter; exporter.export({m!r}, {l!r}, {o!r}, preprocessing={p!r}, "
-        "options=exporter.ExportOptions(formats='mlpackage', variants='int8'))"
-    ).format(m=str(S["model"]), l=str(S["labels"]), o=str(tmp_path / "api"), p=str(S["preprocessing"]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout == "" and proc.stderr == "", proc.stderr[-3000:]
-    assert (tmp_path / "api" / "mobilenet_v1_digits_int8.mlpackage").is_dir()
+def test_python_api_int8_export_prints_nothing(fresh_exports):
+    """The session's API export in a fresh process (int8 of every format among its variants, whose compression once
+    printed "Failed to load _MLModelProxy" eight times): nothing on stdout or stderr."""
+    api = fresh_exports["api"]
+    assert api["stdout"] == "" and api["stderr"] == "", api["stderr"][-3000:]
+    assert (api["out"] / "mobilenet_v1_digits_int8.mlpackage").is_dir()
 
 
 # --- cheap failures: well under 2 s each, TensorFlow never imported ----------------------------------------------
