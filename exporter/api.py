@@ -26,6 +26,7 @@ from .loading import LoadedModel
 from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, source_paths, write_json
 from .preprocessing import Preprocessing, declared_contract, resolve
 from .provenance import ModelInfo
+from .quantize.auto import DEFAULT_MAX_ACCURACY_DROP, check_min_target
 from .results import Manifest, Report
 from .safety import check_name, safe_stem
 from .versions import library_versions
@@ -54,6 +55,8 @@ class ExportOptions:
     quantize: str = "all"  # "all": every selected variant; "auto": per format, the smallest that passes the gates
     validation_images: Path | None = None  # held-out images for quantize="auto"
     add_softmax: bool = False  # the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # quantize="auto": largest accuracy loss (points); auto.py
+    min_target: str | None = None  # quantize="auto": only files that run on this OS (e.g. "iOS16"); None: any
     selected: tuple[Variant, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +80,9 @@ class ExportOptions:
             raise ConfigError(f"quantize must be 'all' or 'auto', got {self.quantize!r}")
         if self.quantize == "auto" and self.validation_images is None:
             raise ConfigError("quantize='auto' needs validation images (--images FOLDER) to judge each variant")
+        if not self.max_accuracy_drop >= 0:
+            raise ConfigError(f"max_accuracy_drop must be a number of points >= 0, got {self.max_accuracy_drop}")
+        check_min_target(self.min_target)
         if self.calibration_count < 1:
             raise ConfigError(f"calibration_count must be at least 1, got {self.calibration_count}")
         if self.name is not None:
@@ -380,6 +386,7 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
     """Build every candidate into ``stage``, measure them all on the validation images, keep per format the smallest
     that passes its gates, and delete the rest from ``stage`` before it becomes ``out``."""
     from .exports import OpenedExport
+    from .quantize.auto import choose
     from .validation.parity import measure
 
     if options.validation_images is None:
@@ -390,26 +397,13 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
         root=stage, manifest=full, preprocessing=prepared.info.preprocessing, labels=prepared.info.labels, loaded=prepared.loaded
     )
     report = {**measure(opened, options.validation_images, gates={}, progress=sink), "export_dir": str(out.absolute())}
-    by_path = {r["path"]: r for r in report["artifacts"]}
-    selection, keep = {}, []
-    for fmt in dict.fromkeys(a["format"] for a in full["artifacts"]):
-        tried = sorted((a for a in full["artifacts"] if a["format"] == fmt), key=lambda a: a["bytes"])
-        rows = [
-            {
-                "variant": a["variant"],
-                "bytes": a["bytes"],
-                "status": by_path[a["path"]]["status"],
-                "failures": by_path[a["path"]]["failures"],
-                "reason": by_path[a["path"]]["reason"],
-            }
-            for a in tried
-        ]
-        picked = next((a for a in tried if by_path[a["path"]]["status"] == "passed"), None)
-        selection[fmt] = {"picked": picked["variant"] if picked else None, "tried": rows}
-        if picked:
-            keep.append(picked)
+    selection, keep = choose(full["artifacts"], report, max_accuracy_drop=options.max_accuracy_drop, min_target=options.min_target)
     if not keep:
-        raise ParityError("--quantize auto: no variant of any format passed its gates (or could be run here)", path=out).with_report(report)
+        raise ParityError(
+            "--quantize auto: no variant of any format passed its gates within the accuracy budget "
+            "and deployment target (or could be run here)",
+            path=out,
+        ).with_report(report)
     for a in full["artifacts"]:
         if a not in keep:
             target = stage / a["path"]

@@ -185,6 +185,31 @@ def _palette(nbits: int, **grouping: Any) -> Transform:
     return lambda m, _ctx, _details: qc.compress(m, spec)
 
 
+# palette-mixed: the average index bits per weight. 4 matches palette4's nominal size, so the two compare at equal
+# bits: the mixed file spends them where the Fisher estimate says decisions are at stake.
+MIXED_AVERAGE_BITS = 4.0
+
+
+def _fisher_palette(nbits: int, group_size: int) -> Transform:
+    def transform(m, ctx: BuildContext, details: dict):
+        from .quantize import palettize
+
+        return palettize.data_aware(
+            m, palettize.PaletteSpec(nbits, group_size), ctx.model, ctx.calibration, ctx.info.preprocessing.normalize, details
+        )
+
+    return transform
+
+
+def _mixed_palette(average_bits: float) -> Transform:
+    def transform(m, ctx: BuildContext, details: dict):
+        from .quantize import palettize
+
+        return palettize.data_aware_mixed(m, average_bits, ctx.model, ctx.calibration, ctx.info.preprocessing.normalize, details)
+
+    return transform
+
+
 def _normalized_calibration(ctx: BuildContext) -> list:
     return [ctx.info.preprocessing.normalize(b) for b in ctx.calibration]
 
@@ -207,6 +232,19 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("mlpackage", "palette4", 4, base=Base("fp16", target="iOS18"), transform=_palette(4, grouped=True),
             gate=LOW_BIT_GATE, min_target="iOS18", palettized=True,
             description="ML Program, 4-bit k-means lookup tables per 16 output channels"),
+    Variant("mlpackage", "palette6-fisher", 6, base=FP16, transform=_fisher_palette(6, 0), gate=LOW_BIT_GATE,
+            min_target="iOS16", needs_calibration=True, palettized=True,
+            description="ML Program, 6-bit lookup table per tensor, k-means weighted by Fisher sensitivity on "
+                        "calibration images"),
+    Variant("mlpackage", "palette4-fisher", 4, base=Base("fp16", target="iOS18"), transform=_fisher_palette(4, 16),
+            gate=LOW_BIT_GATE, min_target="iOS18", needs_calibration=True, palettized=True,
+            description="ML Program, 4-bit lookup tables per 16 output channels, k-means weighted by Fisher "
+                        "sensitivity"),
+    Variant("mlpackage", "palette-mixed", 4, base=Base("fp16", target="iOS18"),
+            transform=_mixed_palette(MIXED_AVERAGE_BITS), gate=LOW_BIT_GATE, min_target="iOS18",
+            needs_calibration=True, palettized=True,
+            description="ML Program, 2-8 bits (or float16) per layer by Fisher sensitivity, at most 4 bits per "
+                        "weight on average"),
     Variant("mlpackage", "w8a8", 8, base=Base("fp16", target="iOS17"),
             transform=lambda m, ctx, _d: qc.w8a8(m, ctx.calibration, ctx.info.preprocessing.channel_order),
             gate=QUANTIZED_GATE, min_target="iOS17", needs_calibration=True,

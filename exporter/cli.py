@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from .arguments import GateAction
 from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, FORMATS, VARIANTS, variant_names
+from .quantize.auto import DEFAULT_MAX_ACCURACY_DROP
 from .validation.tolerances import GATE_SYNTAX
 
 INTERNAL_ERROR = 70
@@ -179,6 +180,16 @@ def _parser() -> argparse.ArgumentParser:
         help="all: every selected variant; auto: per format keep only the smallest variant that passes the parity gates on --images",
     )
     c.add_argument("--images", dest="validation_images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
+    c.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=DEFAULT_MAX_ACCURACY_DROP,
+        metavar="POINTS",
+        help="--quantize auto: largest accuracy loss on the labelled --images, in points (default 1)",
+    )
+    c.add_argument(
+        "--min-target", metavar="iOSNN", help="--quantize auto: keep only Core ML files that run on this iOS version (default: any)"
+    )
     _json_option(c, "the manifest")
 
     v = command(

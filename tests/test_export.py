@@ -21,6 +21,9 @@ COMPRESSION_OPS = {
     "palette6": "constexpr_lut_to_dense",
     "palette4": "constexpr_lut_to_dense",
     "w8a8": "constexpr_affine_dequantize",
+    "palette6-fisher": "constexpr_lut_to_dense",
+    "palette4-fisher": "constexpr_lut_to_dense",
+    "palette-mixed": "constexpr_lut_to_dense",
 }
 EXPECTED_TARGETS = {
     "fp32": "iOS15",
@@ -30,6 +33,9 @@ EXPECTED_TARGETS = {
     "palette6": "iOS16",
     "palette4": "iOS18",
     "w8a8": "iOS17",
+    "palette6-fisher": "iOS16",
+    "palette4-fisher": "iOS18",
+    "palette-mixed": "iOS18",
 }
 
 

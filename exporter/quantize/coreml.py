@@ -157,8 +157,30 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
     if platform.system() == "Darwin":
         quantized = _w8a8_coremltools(mlmodel, rgb_batches, input_name)
     else:
-        quantized = _insert_activation_quantization(mlmodel, activation_ranges(mlmodel, rgb_batches, input_name))
+        ranges = nonzero_ranges(activation_ranges(mlmodel, rgb_batches, input_name))
+        quantized = _insert_activation_quantization(mlmodel, ranges)
     return compress(quantized, CompressionSpec("linear", 8))
+
+
+# coremltools stores activation ranges and scales in float16 and refuses a quantize op whose scale is 0. A tensor that
+# is constant zero over the calibration set (a dead ReLU channel, a layer that a random or pruned model never
+# activates) has range [0, 0], so its symmetric int8 scale max(|rmin|, |rmax|) / 127 is 0 and the whole export used to
+# fail. Such a tensor gets the smallest range whose int8 step is a normal float16 number (2**-14, the smallest step the
+# float16 scale can hold without going subnormal, which some accelerators flush to zero): 127 * 2**-14 = 0.00775.
+# Any value the tensor takes on the calibration set stays exactly representable (0 is), and a value that appears later
+# is clipped to that small range, which is what a range estimated from data always does.
+MIN_ACTIVATION_BOUND = 127 * 2.0**-14
+
+
+def nonzero_ranges(stats: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """A copy of ``stats`` in which every range whose symmetric bound max(|rmin|, |rmax|) is below
+    MIN_ACTIVATION_BOUND (constant zero, or too small for a float16 scale) is widened to
+    [-MIN_ACTIVATION_BOUND, MIN_ACTIVATION_BOUND]; other ranges are kept as they are."""
+    out = {}
+    for name, r in stats.items():
+        bound = max(abs(r["rmin"]), abs(r["rmax"]))
+        out[name] = dict(r) if bound >= MIN_ACTIVATION_BOUND else {"rmin": -MIN_ACTIVATION_BOUND, "rmax": MIN_ACTIVATION_BOUND}
+    return out
 
 
 def _w8a8_coremltools(mlmodel, rgb_batches, input_name: str):

@@ -1,0 +1,226 @@
+"""Size against decisions, side by side: coremltools' data-free palettes and this project's Fisher-weighted palettes at
+2, 3, 4 and 6 bits, and the mixed bit widths under average-bit budgets, on every sample model.
+
+For each file: bytes on disk and ratio to the fp32 .mlpackage, top-1 agreement with Keras and accuracy change on the
+model's held-out images, and top-1 agreement on the other task's held-out images (photos for the digit models and
+digits for the photo model: images outside the model's classes, which a deployed classifier meets every day).
+Calibration images (Fisher sensitivities) come from the TRAINING data (benchmarks/quant_data.py), never from the
+images measured on. Every Core ML file runs in the project's executor (float32 compute), as validation does off macOS.
+
+    python -m benchmarks.quant_bench [--models NAME ...] [--readme README.md] [--from-results]
+
+writes benchmarks/quant_results.json, benchmarks/quant_pareto.png and the table between README's quant-bench markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_models"
+MODELS = ["mobilenet_v1_digits", "mobilenet_v2_digits", "squeezenet_digits", "transfer_photos"]
+BITS = (2, 3, 4, 6)
+MIXED_BUDGETS = (3.0, 3.5, 4.0)
+GROUP = 16  # output channels per lookup table, for both palettizers (coremltools' recommendation for 4 bits)
+README_START = "<!-- quant-bench:start (written by `python -m benchmarks.quant_bench --readme README.md`) -->"
+README_END = "<!-- quant-bench:end -->"
+RESULTS = ROOT / "benchmarks" / "quant_results.json"
+PLOT = ROOT / "benchmarks" / "quant_pareto.png"
+
+
+def _package_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _pixels(folder: Path, pre, labels: list[str] | None = None):
+    from exporter.images import iter_batches, list_images
+
+    items = list_images(folder)
+    px = np.concatenate([b for _, b in iter_batches(items, pre, batch_size=128)])
+    idx = None if labels is None else np.array([labels.index(it.label) for it in items])
+    return px, idx
+
+
+def bench_model(name: str, work: Path, say=print) -> list[dict]:
+    from benchmarks.quant_data import write_calibration
+    from exporter.convert.coreml import convert, save
+    from exporter.loading import load_model
+    from exporter.preprocessing import Preprocessing, resolve
+    from exporter.provenance import ModelInfo
+    from exporter.quantize import coreml as qc
+    from exporter.quantize import palettize as qp
+    from exporter.runtime.executor import CoreMLExecutor
+
+    folder = SAMPLES / name
+    card = json.loads((folder / "card.json").read_text())
+    loaded = load_model(folder / "model.keras")
+    declared = json.loads((folder / "preprocessing.json").read_text())
+    pre = resolve(Preprocessing.from_dict(declared) if declared else None, loaded.input_shape, loaded.in_model_preprocessing, source=name)
+    labels = (folder / "labels.txt").read_text().split()
+    info = ModelInfo(name=name, labels=labels, preprocessing=pre, source_sha256=loaded.sha256, source_file="model.keras")
+    task = "photos" if "photos" in card["heldout_folder"] else "digits"
+    other = "digits" if task == "photos" else "photos"
+    calibration = write_calibration(task, work / f"calibration_{task}")
+    cal_px, _ = _pixels(calibration, pre)
+    px, label_idx = _pixels(SAMPLES / card["heldout_folder"], pre, labels)
+    out_px, _ = _pixels(SAMPLES / "heldout" / other, pre)
+    ref = np.asarray(loaded.model.predict(pre.normalize(px), verbose=0, batch_size=128))
+    ref_out = np.asarray(loaded.model.predict(pre.normalize(out_px), verbose=0, batch_size=128))
+    keras_acc = float((ref.argmax(1) == label_idx).mean())
+    rgb = (lambda a: a[..., ::-1]) if pre.channel_order == "BGR" else (lambda a: a)
+
+    fp32 = convert(loaded.model, info, backend="mlprogram", precision="fp32")
+    fp16 = convert(loaded.model, info, backend="mlprogram", precision="fp16")
+    base18 = convert(loaded.model, info, backend="mlprogram", precision="fp16", target="iOS18")
+    t0 = time.perf_counter()
+    sens = qp.weight_sensitivities(base18, loaded.model, qp.fisher(loaded.model, pre.normalize(cal_px).astype(np.float32)))
+    fisher_seconds = time.perf_counter() - t0
+    matched = f"{len(sens)}/{sum(1 for _ in qc._float_weights(base18))}"
+
+    candidates: list[tuple[str, str, float, object]] = [
+        ("reference", "fp32", 32, lambda: fp32),
+        ("reference", "fp16", 16, lambda: fp16),
+        ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
+        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 8))),
+    ]
+    for bits in BITS:
+        candidates.append(
+            (
+                "coremltools k-means",
+                f"ct-palette{bits}",
+                bits,
+                lambda b=bits: qc.compress(base18, qc.CompressionSpec("palettize", b, grouped=True)),
+            )
+        )
+        candidates.append(
+            ("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(base18, qp.PaletteSpec(b, GROUP), sens))
+        )
+    for budget in MIXED_BUDGETS:
+        candidates.append(("mixed bits", f"mixed-{budget:g}", budget, lambda b=budget: qp.mixed(base18, b, sens)))
+
+    rows, fp32_bytes = [], None
+    for family, label, bits, build in candidates:
+        t0 = time.perf_counter()
+        path = work / name / f"{label}.mlpackage"
+        save(build(), path)
+        size = _package_bytes(path)
+        fp32_bytes = fp32_bytes or size
+        ex = CoreMLExecutor(path)
+        got, got_out = ex.predict(rgb(px)), ex.predict(rgb(out_px))
+        acc = float((got.argmax(1) == label_idx).mean())
+        rows.append(
+            {
+                "model": name,
+                "family": family,
+                "file": label,
+                "nominal_bits": bits,
+                "bytes": size,
+                "ratio_to_fp32": round(size / fp32_bytes, 4),
+                "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4),
+                "accuracy_change_points": round(100 * (acc - keras_acc), 2),
+                "out_of_class_agreement": round(float((got_out.argmax(1) == ref_out.argmax(1)).mean()), 4),
+                "max_abs_prob": round(float(np.abs(got - ref).max()), 4),
+                "images": len(px),
+                "out_of_class_images": len(out_px),
+                "keras_accuracy": round(keras_acc, 4),
+                "weights_matched": matched,
+                "fisher_seconds": round(fisher_seconds, 1),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        say(
+            f"{name:22s} {label:18s} {size:>10,d} {rows[-1]['ratio_to_fp32']:.3f} agree {rows[-1]['top1_agreement']:.4f}"
+            f" acc {rows[-1]['accuracy_change_points']:+.2f} out {rows[-1]['out_of_class_agreement']:.4f}"
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| model | file | family | bits/weight | bytes | ratio to fp32 | top-1 agreement | accuracy change (points) "
+        "| agreement outside the classes |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(
+        f"| {r['model']} | {r['file']} | {r['family']} | {r['nominal_bits']:g} | {r['bytes']:,} | {r['ratio_to_fp32']:.3f} "
+        f"| {r['top1_agreement']:.4f} | {r['accuracy_change_points']:+.2f} | {r['out_of_class_agreement']:.4f} |"
+        for r in rows
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+    styles = {
+        "coremltools k-means": ("o-", "tab:gray"),
+        "Fisher k-means": ("s-", "tab:blue"),
+        "mixed bits": ("D-", "tab:red"),
+        "8-bit": ("^", "tab:green"),
+        "reference": ("x", "black"),
+    }
+    for ax, model in zip(axes[0], models, strict=True):
+        for family, (marker, color) in styles.items():
+            pts = sorted((r["ratio_to_fp32"], r["top1_agreement"]) for r in rows if r["model"] == model and r["family"] == family)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker, color=color, label=family, markersize=5)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("size / fp32")
+        ax.set_ylim(0.5, 1.005)
+        ax.axhline(0.98, color="tab:orange", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 agreement with Keras")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_readme(readme: Path, rows: list[dict]) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    body = f"\n![size against top-1 agreement](benchmarks/{PLOT.name})\n\n{table(rows)}\n"
+    readme.write_text(head + README_START + body + README_END + tail)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--readme", type=Path)
+    p.add_argument(
+        "--from-results", action="store_true", help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}"
+    )
+    args = p.parse_args(argv)
+    if args.from_results:
+        rows = json.loads(RESULTS.read_text())["rows"]
+        plot(rows, PLOT)
+        if args.readme:
+            write_readme(args.readme, rows)
+        print(table(rows))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
+        for name in args.models:
+            rows += bench_model(name, Path(tmp), say=lambda line: print(line, file=sys.stderr, flush=True))
+    RESULTS.write_text(json.dumps({"rows": rows, "bits": BITS, "mixed_budgets": MIXED_BUDGETS, "group": GROUP}, indent=1) + "\n")
+    plot(rows, PLOT)
+    if args.readme:
+        write_readme(args.readme, rows)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
