@@ -87,3 +87,33 @@ def test_search_keeps_the_reported_layers_in_float_and_reaches_its_target(transf
     assert agreement == details["calibration_top1_agreement"]
     output = model.graph.output[0].name
     assert next(n for n in model.graph.node if output in n.output).op_type == "Softmax"  # probabilities in float
+
+
+def test_quantized_files_do_not_depend_on_the_converters_dimension_counter():
+    """tf2onnx names the batch dimension with a process-wide counter (unk__430 in one run, unk__428 in the next);
+    onnxruntime's dynamic quantizer copies it into the int8 file's value_info, so the canonical core must number it
+    before quantizing, or identical exports give different int8 bytes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporter.convert.onnx_canonical import canonical
+
+    def core(counter: int):
+        w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.linspace(-1, 1, 12, dtype=np.float32))
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [f"unk__{counter}", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"unk__{counter + 1}", 3])],
+            [w],
+        )
+        return canonical(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    a, b = core(430), core(428)
+    assert a.SerializeToString() == b.SerializeToString()
+    qa, qb = q.to_int8_dynamic(a), q.to_int8_dynamic(b)
+    assert qa.SerializeToString() == qb.SerializeToString()
+    values = (*qa.graph.input, *qa.graph.output, *qa.graph.value_info)
+    dims = {d.dim_param for v in values for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    assert dims and not any(p.startswith("unk__4") for p in dims)  # the counter is gone, the symbol kept
+    onnx.checker.check_model(qa)
