@@ -57,7 +57,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _variants_help() -> str:
     by_format: dict[str, list[str]] = {}
     for v in VARIANTS:
-        by_format.setdefault(v.format, []).append(v.name)
+        by_format.setdefault(v.format, []).append(v.name if v.default else f"({v.name})")
     return "; ".join(f"{fmt}: {' '.join(names)}" for fmt, names in by_format.items())
 
 
@@ -150,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
         type=choice("variant", sorted(variant_names())),
         choices=sorted(variant_names()),
         metavar="VARIANT",
-        help=f"variants to write (default: all of the chosen formats); {_variants_help()}",
+        help=f"variants to write (default: every variant of the chosen formats not in parentheses; those are opt-in, "
+        f"built only when named); {_variants_help()}",
     )
     c.add_argument(
         "--calibration-images",

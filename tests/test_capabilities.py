@@ -174,3 +174,23 @@ def test_entries_are_checked_when_built():
         caps.Variant("onnx", "fp0", 0, base=caps.Base(), transform=None, gate=caps.FP32_GATE, description="x")
     with pytest.raises(ConfigError, match="base precision must be 'fp32' or 'fp16', got 'int8'"):
         caps.Base("int8")
+
+
+def test_opt_in_variants_are_built_only_when_named_and_say_why():
+    """The default export builds only variants that hold their gate on the sample models; the others are opt-in,
+    each with its measured reason, and are built (and judged by the same gate) when named."""
+    opt_in = {v.key for v in caps.VARIANTS if not v.default}
+    assert opt_in == {"mlpackage:palette4", "mlpackage:palette4-fisher", "onnx:int8-dynamic"}
+    default_keys = {v.key for v in caps.select()}
+    assert not default_keys & opt_in and "mlpackage:palette-mixed" in default_keys
+    assert {v.key for v in caps.select(["mlpackage", "onnx"], ["palette4", "int8-dynamic"])} == {
+        "mlpackage:palette4",
+        "onnx:int8-dynamic",
+    }
+    for v in caps.VARIANTS:
+        assert bool(v.opt_in_reason) == (not v.default), v.key
+        assert v.default or v.gate.min_top1 == 0.98, v.key  # opt-in is not a looser gate
+    with pytest.raises(ConfigError, match="opt_in_reason"):
+        caps.Variant("onnx", "x", 8, base=caps.Base(), transform=None, gate=Gate(min_top1=0.98), description="d", default=False)
+    table = caps.readme_table()
+    assert table.count("**opt-in**") == len(opt_in)
