@@ -180,9 +180,15 @@ def test_opt_in_variants_are_built_only_when_named_and_say_why():
     """The default export builds only variants that hold their gate on the sample models; the others are opt-in,
     each with its measured reason, and are built (and judged by the same gate) when named."""
     opt_in = {v.key for v in caps.VARIANTS if not v.default}
-    assert opt_in == {"mlpackage:palette4", "mlpackage:palette4-fisher", "onnx:int8-dynamic"}
+    assert opt_in == {
+        "mlpackage:palette4",
+        "mlpackage:palette4-fisher",
+        "mlpackage:palette6-fisher",
+        "mlpackage:palette-mixed",
+        "onnx:int8-dynamic",
+    }
     default_keys = {v.key for v in caps.select()}
-    assert not default_keys & opt_in and "mlpackage:palette-mixed" in default_keys
+    assert not default_keys & opt_in and {"mlpackage:palette6", "mlpackage:w8a8", "onnx:int8-static"} <= default_keys
     assert {v.key for v in caps.select(["mlpackage", "onnx"], ["palette4", "int8-dynamic"])} == {
         "mlpackage:palette4",
         "onnx:int8-dynamic",

@@ -38,7 +38,13 @@ EXPECTED_TARGETS = {
     "palette-mixed": "iOS18",
 }
 # Built only when named (capabilities.py says why: they lose decisions on the samples); the default export skips them.
-OPT_IN = {("mlpackage", "palette4"), ("mlpackage", "palette4-fisher"), ("onnx", "int8-dynamic")}
+OPT_IN = {
+    ("mlpackage", "palette4"),
+    ("mlpackage", "palette4-fisher"),
+    ("mlpackage", "palette6-fisher"),
+    ("mlpackage", "palette-mixed"),
+    ("onnx", "int8-dynamic"),
+}
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
