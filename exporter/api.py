@@ -40,7 +40,7 @@ class ExportOptions:
     """Everything ``export`` needs besides the model; checked on construction."""
 
     formats: tuple[str, ...] | None = None  # default: every format
-    variants: tuple[str, ...] | None = None  # default: every variant of those formats
+    variants: tuple[str, ...] | None = None  # default: every variant of those formats except the opt-in ones
     calibration_images: Path | None = None  # folder of images for w8a8 and int8-static
     calibration_count: int = DEFAULT_CALIBRATION_COUNT
     opset: int = DEFAULT_OPSET
