@@ -5,7 +5,9 @@ The TensorFlow frontend names every value after its full Keras path, e.g.
 stores each name at least twice (the op's output and every use, plus the op's ``name`` attribute). On the small sample
 models those names are most of model.mlmodel. This pass renames every internal value to ``v<base-36 counter>`` in
 program order and names each op after its first output; the function inputs (the image) and the function outputs
-(class label and probabilities) keep their names, because apps and the model's description refer to them. Weights
+(class label and probabilities) keep their names, because apps and the model's description refer to them, and so do
+the image input's preprocessing ops (``image__scaled__``, ``image__biased__``: coremltools' names, by which readers of
+the file, ours included, find the scale and bias the file applies to pixels). Weights
 live in weight.bin by offset, not by name, so they are untouched. Parity of the saved file against Keras proves that
 nothing else changed.
 """
@@ -41,6 +43,7 @@ def shorten_names(spec) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for function in spec.mlProgram.functions.values():
         kept = {v.name for v in function.inputs}
+        prefixes = tuple(f"{name}__" for name in kept)  # the image input's preprocessing ops: image__scaled__ ...
         for block in function.block_specializations.values():
             kept |= set(block.outputs)  # the function's outputs
         counter = 0
@@ -59,7 +62,9 @@ def shorten_names(spec) -> dict[str, str]:
                         mapping[value.name] = fresh()
                 for op in block.operations:
                     for value in op.outputs:
-                        if value.name not in kept and value.name not in mapping:
+                        if value.name.startswith(prefixes):
+                            kept.add(value.name)
+                        elif value.name not in kept and value.name not in mapping:
                             mapping[value.name] = fresh()
         for top in function.block_specializations.values():
             for block in _blocks(top):
