@@ -110,7 +110,7 @@ def test_mobilenet_v2_full_size_compression(tmp_path):
     )
     ratio = {a["variant"]: a["ratio_to_fp32"] for a in manifest["artifacts"]}
     assert ratio["int8"] <= 0.27
-    assert ratio["palette4"] <= 0.15
+    assert ratio["palette4"] <= 0.135  # issue 18's bar; 0.146 with coremltools' long value names, 0.134 with short ones
     assert all(a["details"].get("uncompressed_weights", []) == [] for a in manifest["artifacts"])
 
 
