@@ -35,14 +35,14 @@ PROBABILITY_ROUNDING = 1.2e-7
 
 
 def measure(name: str, shape: str, work: Path, fresh: bool = False, steps: int = 60, reuse_export: bool = False) -> dict:
+    import keras
+
     import exporter
     from exporter.images import iter_batches, list_images
     from exporter.preprocessing import Preprocessing
     from exporter.runtime import ExecutorRunner, OnnxRunner
     from sample_models import families
     from sample_models.family_check import HELDOUT_DIGITS, float64_twin
-
-    import keras
 
     folder = work / f"{name}_{shape}"
     model_dir = folder / "model"
