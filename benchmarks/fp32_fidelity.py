@@ -97,6 +97,30 @@ def measure(name: str, shape: str, work: Path, fresh: bool = False, steps: int =
     return row
 
 
+def render(rows: list[dict]) -> str:
+    """A markdown table of measured rows (the last row of each family and shape wins)."""
+    latest = {(r["family"], r["shape"]): r for r in rows}
+    head = (
+        "| family | shape | train acc. | Keras fp32 | .mlpackage | .mlmodel | ONNX | rms .mlpackage / .mlmodel / ONNX "
+        "| Core ML vs fp32 Keras (gate 1e-5) | ONNX vs fp32 Keras | 2x ONNX and gate |"
+    )
+    out = [head, "|" + "---|" * head.count(" | ")]
+    for (family, shape), r in latest.items():
+        if "error" in r:
+            out.append(f"| {family} | {shape} | {r['error']} |" + " |" * 8)
+            continue
+
+        def e(key, r=r):
+            return f"{r[key]:.2e}" if key in r else "-"
+
+        gate = max(r.get("mlpackage_gate", np.nan), r.get("mlmodel_gate", np.nan))
+        out.append(
+            f"| {family} | {shape} | {r['train_accuracy']:.2f} | {e('keras_fp32')} | {e('mlpackage')} | {e('mlmodel')} | {e('onnx')} | "
+            f"{e('mlpackage_rms')} / {e('mlmodel_rms')} / {e('onnx_rms')} | {gate:.2e} | {e('onnx_gate')} | {'yes' if r['ok'] else 'no'} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     from sample_models import families
 
@@ -107,7 +131,11 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="retrain and re-export")
     ap.add_argument("--reuse-export", action="store_true", help="measure the files a previous run exported")
     ap.add_argument("--out", type=Path, help="append each row as a JSON line to this file")
+    ap.add_argument("--render", type=Path, help="print the rows of this JSON-lines file as a markdown table and stop")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render([json.loads(line) for line in args.render.read_text().splitlines() if line.strip()]))
+        return 0
     print(f"{'family':27} {'shape':11} {'acc':>5} {'spread':>7} {'keras32':>9} {'mlpackage':>9} {'mlmodel':>9} {'onnx':>9} {'gate':>9}  ok")
     for name in args.families:
         for shape in args.shape or families.SHAPES:
