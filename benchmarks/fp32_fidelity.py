@@ -104,7 +104,7 @@ def render(rows: list[dict]) -> str:
         "| family | shape | train acc. | Keras fp32 | .mlpackage | .mlmodel | ONNX | rms .mlpackage / .mlmodel / ONNX "
         "| Core ML vs fp32 Keras (gate 1e-5) | ONNX vs fp32 Keras | 2x ONNX and gate |"
     )
-    out = [head, "|" + "---|" * head.count(" | ")]
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
     for (family, shape), r in latest.items():
         if "error" in r:
             out.append(f"| {family} | {shape} | {r['error']} |" + " |" * 8)
