@@ -141,7 +141,7 @@ def test_fp32_coreml_layers_stay_at_keras_float32_rounding(trained, tmp_path, ba
     """Issue 14 item 4, layer by layer: through the executor's observe hook, every BatchNormalization, ReLU and
     residual sum of the fp32 Core ML file is as close to float64 Keras as Keras float32 is (a deep network's error
     cannot then come from any one op)."""
-    from exporter.convert.coreml import ModelInfo, convert, save
+    from exporter.convert.coreml import ModelInfo, convert
     from exporter.preprocessing import Preprocessing
     from exporter.runtime.executor import CoreMLExecutor
 
@@ -152,7 +152,9 @@ def test_fp32_coreml_layers_stay_at_keras_float32_rounding(trained, tmp_path, ba
     pre = Preprocessing((SIZE, SIZE), scale=(1 / 255,) * 3, bias=(0.0,) * 3)
     info = ModelInfo(name="preact", labels=[str(i) for i in range(10)], preprocessing=pre, source_sha256="", source_file="preact.keras")
     path = tmp_path / f"preact.{suffix}"
-    save(convert(model, info, backend=backend, precision="fp32"), path)
+    # saved by coremltools itself: exporter's save() shortens ML Program value names (quantize/names.py), and the
+    # values are found here by the Keras layer names the converter put in them (the arithmetic is the same)
+    convert(model, info, backend=backend, precision="fp32").save(str(path))
     observed: dict[str, list] = {}
     CoreMLExecutor(path).predict(pixels, observe=lambda name, value: observed.setdefault(name, []).append(np.array(value)))
     values = {name: np.concatenate(parts) for name, parts in observed.items()}
