@@ -72,18 +72,24 @@ def measure(mlpackage: Path, onnx_file: Path, keras_file: Path, preprocessing: d
     }
 
 
-# keras.applications constructor and default input size (pixels) of each family the benchmark measures.
+# keras.applications constructor and default input size (pixels) of each family the benchmark measures: one model
+# of every family of the families issue (13), the smallest of each (speed per family, not per depth).
 FAMILIES = {
+    "MobileNet": 224,
     "MobileNetV2": 224,
-    "ResNet50": 224,
-    "DenseNet121": 224,
-    "InceptionV3": 299,
-    "Xception": 299,
-    "NASNetMobile": 224,
+    "MobileNetV3Small": 224,
     "MobileNetV3Large": 224,
     "EfficientNetB0": 224,
     "EfficientNetV2B0": 224,
+    "ResNet50": 224,
+    "ResNet50V2": 224,
+    "DenseNet121": 224,
+    "NASNetMobile": 224,
+    "Xception": 299,
+    "InceptionV3": 299,
+    "InceptionResNetV2": 299,
     "ConvNeXtTiny": 224,
+    "VGG16": 224,
 }
 FAMILY_CLASSES = 10
 FAMILY_TARGET = 0.5  # executor / onnxruntime wanted on every family (issue 14)
@@ -118,17 +124,45 @@ def export_family(name: str, folder: Path) -> tuple[Path, Path]:
     return mlpackage, onnx_file
 
 
-def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int = BATCH, repeats: int = REPEATS) -> dict:
-    """executor / onnxruntime on one uint8 batch, the two called in turn ``repeats`` times after a warm-up each."""
+def default_threads() -> int:
+    """Threads each runtime uses when left alone: the executor's worker threads (BLAS held to one thread each), and
+    onnxruntime's intra-op pool, which defaults to the physical cores (one thread per core on the machines measured
+    so far)."""
+    from exporter.runtime import executor
+
+    return executor.WORKERS
+
+
+def _onnx_runner(onnx_file: Path, pre, threads: int):
+    """The toolkit's OnnxRunner, its session rebuilt with ``threads`` intra-op threads (one inter-op thread)."""
+    import onnxruntime as ort
+
+    from exporter.runtime import OnnxRunner
+
+    runner = OnnxRunner(onnx_file, pre)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    runner.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    return runner
+
+
+def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int = BATCH, repeats: int = REPEATS, threads: int = 0) -> dict:
+    """executor / onnxruntime on one uint8 batch, the two called in turn ``repeats`` times after a warm-up each.
+    ``threads`` (0: each runtime's default, ``default_threads``) is given to both: the executor's worker threads and
+    onnxruntime's intra-op threads."""
     import numpy as np
 
     from exporter.preprocessing import Preprocessing
-    from exporter.runtime import OnnxRunner
+    from exporter.runtime import executor
     from exporter.runtime.executor import CoreMLExecutor
 
+    threads = threads or default_threads()
+    executor.WORKERS = threads
     pre = Preprocessing((size, size), scale=(1 / 127.5,) * 3, bias=(-1.0,) * 3)
     pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    runners = {"executor": CoreMLExecutor(mlpackage).predict, "onnxruntime": OnnxRunner(onnx_file, pre)}
+    runners = {"executor": CoreMLExecutor(mlpackage).predict, "onnxruntime": _onnx_runner(onnx_file, pre, threads)}
     times: dict[str, list[float]] = {k: [] for k in runners}
     for fn in runners.values():
         fn(pixels)  # warm-up
@@ -143,22 +177,26 @@ def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int 
     return {
         "batch": batch,
         "repeats": repeats,
+        "threads": threads,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "images_per_second": rates,
         "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
         "round_ratios": [round(min(rounds), 3), round(max(rounds), 3)],
     }
 
 
-def _family_child(name: str, cache: Path, batch: int, repeats: int) -> dict:
+def _family_child(name: str, cache: Path, batch: int, repeats: int, threads: int) -> dict:
     try:
         mlpackage, onnx_file = export_family(name, cache / name)
     except Exception as exc:  # a family that does not convert is reported, not fatal to the others
         return {"family": name, "status": "not converted", "reason": str(exc).splitlines()[0][:300]}
-    result = measure_alternating(mlpackage, onnx_file, FAMILIES[name], batch, repeats)
+    result = measure_alternating(mlpackage, onnx_file, FAMILIES[name], batch, repeats, threads)
     return {"family": name, "status": "measured", "input_size": FAMILIES[name], **result}
 
 
-def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS, done=lambda rows: None) -> list[dict]:
+def measure_families(
+    names: list[str], cache: Path, batch: int = BATCH, repeats: int = REPEATS, threads: int = 0, done=lambda rows: None
+) -> list[dict]:
     """One child process per family (see the module docstring); a child that fails is reported with its error.
     ``done(rows)`` is called after each family, so an interrupted run keeps what it measured."""
     import json
@@ -166,11 +204,8 @@ def measure_families(names: list[str], cache: Path, batch: int = BATCH, repeats:
 
     rows: list[dict] = []
     for name in names:
-        out = subprocess.run(
-            [sys.executable, __file__, "--family-child", name, "--cache", str(cache), "--batch", str(batch), "--repeats", str(repeats)],
-            capture_output=True,
-            text=True,
-        )
+        child = [sys.executable, __file__, "--family-child", name, "--cache", str(cache), "--batch", str(batch), "--repeats", str(repeats)]
+        out = subprocess.run([*child, "--threads", str(threads)], capture_output=True, text=True)
         lines = out.stdout.strip().splitlines()
         if out.returncode != 0 or not lines:
             rows.append({"family": name, "status": "failed", "reason": out.stderr.strip()[-300:]})
@@ -208,6 +243,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="--families: threads given to each runtime (default 0: their defaults, which agree)"
+    )
     parser.add_argument("--families", nargs="*", metavar="NAME", help=f"families to measure (default: all of {', '.join(FAMILIES)})")
     parser.add_argument("--cache", type=Path, help="folder keeping the families' exported files between runs")
     parser.add_argument(
@@ -224,7 +262,7 @@ def main(argv=None) -> None:
     import json
 
     if args.family_child:
-        print(json.dumps(_family_child(args.family_child, args.cache, args.batch, args.repeats)))
+        print(json.dumps(_family_child(args.family_child, args.cache, args.batch, args.repeats, args.threads)))
         return
     if args.families is not None:
         names = args.families or list(FAMILIES)
@@ -242,7 +280,7 @@ def main(argv=None) -> None:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
 
         with tempfile.TemporaryDirectory(prefix="executor-families-") as tmp:
-            measure_families(names, args.cache or Path(tmp), args.batch, args.repeats, done=write)
+            measure_families(names, args.cache or Path(tmp), args.batch, args.repeats, args.threads, done=write)
         return
 
     from export_bench import build_large
