@@ -1,7 +1,7 @@
 """Throughput of the numpy Core ML executor against onnxruntime and Keras on the same model and the same batch.
 
     .venv/bin/python benchmarks/executor_bench.py [--batch 16] [--repeats 5]
-    .venv/bin/python benchmarks/executor_bench.py --families [NAME ...] [--cache DIR] [--json benchmarks/results.json]
+    .venv/bin/python benchmarks/executor_bench.py --families [NAME ...] [--threads N] [--cache DIR] [--readme README.md]
 
 Standalone, it builds the random-weight MobileNetV2 (alpha 1.0, 224 px) of benchmarks/export_bench.py and exports its
 fp32 .mlpackage and ONNX files; benchmarks/run.py calls ``measure`` on the files its export section already wrote.
@@ -11,8 +11,12 @@ Each runtime gets one warm-up call; the figure is the median of ``repeats`` time
 size (random weights: speed does not depend on them), each family in a child process of its own so one model's
 memory and TensorFlow state do not weigh on the next. The two runtimes are called alternately on the same batch,
 ``repeats`` times each, so a neighbour's load lands on both sides alike; the ratio is of the two medians, and the
-spread of the per-round ratios is reported with it. The numbers go into ``executor_families`` of the results file
-(other sections are kept). ``--cache DIR`` keeps the exported files between runs.
+spread of the per-round ratios is reported with it. Both runtimes get the same number of threads: ``--threads N``
+(default: the executor's own WORKERS) executor worker threads and onnxruntime intra-op threads. With one thread each
+the ratio of CPU seconds is reported too, which holds on a machine other processes load (wall time there measures
+the scheduler as much as the runtimes). The numbers go into ``executor_families`` of the results file (other sections
+are kept) and, with ``--readme README.md``, into the table of README's "Measured" section. ``--cache DIR`` keeps the
+exported files between runs. Every family of the families issue is measured, one model each (the smallest).
 """
 
 from __future__ import annotations
@@ -125,9 +129,8 @@ def export_family(name: str, folder: Path) -> tuple[Path, Path]:
 
 
 def default_threads() -> int:
-    """Threads each runtime uses when left alone: the executor's worker threads (BLAS held to one thread each), and
-    onnxruntime's intra-op pool, which defaults to the physical cores (one thread per core on the machines measured
-    so far)."""
+    """The executor's own number of worker threads (BLAS held to one thread in each); onnxruntime, whose intra-op pool
+    defaults to the physical cores, is given the same number, so both runtimes use the same cores."""
     from exporter.runtime import executor
 
     return executor.WORKERS
@@ -164,25 +167,36 @@ def measure_alternating(mlpackage: Path, onnx_file: Path, size: int, batch: int 
     pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     runners = {"executor": CoreMLExecutor(mlpackage).predict, "onnxruntime": _onnx_runner(onnx_file, pre, threads)}
     times: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
     for fn in runners.values():
         fn(pixels)  # warm-up
+    load_before = os.getloadavg()[0]
     for i in range(repeats):
         order = list(runners.items()) if i % 2 == 0 else list(runners.items())[::-1]
         for key, fn in order:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn(pixels)
             times[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
     rounds = [o / e for e, o in zip(times["executor"], times["onnxruntime"], strict=True)]
     rates = {k: round(batch / statistics.median(v), 1) for k, v in times.items()}
-    return {
+    result = {
         "batch": batch,
         "repeats": repeats,
         "threads": threads,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after the rounds
         "images_per_second": rates,
         "executor_vs_onnxruntime": round(rates["executor"] / rates["onnxruntime"], 3),
         "round_ratios": [round(min(rounds), 3), round(max(rounds), 3)],
     }
+    if threads == 1:
+        # One thread each: the process's CPU seconds are the work itself, whatever share of the cores the neighbours
+        # leave (wall time on a loaded machine measures the scheduler as much). Not with more threads: onnxruntime's
+        # pool spins while it waits, which CPU time would count as work.
+        medians = {k: statistics.median(v) for k, v in cpu.items()}
+        result["cpu_seconds"] = {k: round(v, 3) for k, v in medians.items()}
+        result["executor_vs_onnxruntime_cpu"] = round(medians["onnxruntime"] / medians["executor"], 3)
+    return result
 
 
 def _family_child(name: str, cache: Path, batch: int, repeats: int, threads: int) -> dict:
@@ -222,11 +236,57 @@ def render_family(r: dict) -> str:
     rates = r["images_per_second"]
     lo, hi = r["round_ratios"]
     mark = "" if r["executor_vs_onnxruntime"] >= FAMILY_TARGET else f"  (below {FAMILY_TARGET})"
+    cpu = f", CPU {r['executor_vs_onnxruntime_cpu']:.2f}" if "executor_vs_onnxruntime_cpu" in r else ""
     return (
         f"  {r['family']:18s} {r['input_size']:3d} px  executor {rates['executor']:6.1f}  onnxruntime "
         f"{rates['onnxruntime']:6.1f} images/s  executor / onnxruntime = {r['executor_vs_onnxruntime']:.2f} "
-        f"(rounds {lo:.2f}-{hi:.2f}){mark}"
+        f"(rounds {lo:.2f}-{hi:.2f}{cpu}; load {r['load_average'][0]:.1f}/{r['load_average'][1]:.1f}){mark}"
     )
+
+
+README_START = "<!-- executor-families:start (written by python benchmarks/executor_bench.py --families --readme README.md) -->"
+README_END = "<!-- executor-families:end -->"
+
+
+def render_families_markdown(rows: list[dict]) -> str:
+    """The per-family table README's "Measured" section holds between README_START and README_END."""
+    measured = [r for r in rows if r["status"] == "measured"]
+    threads = sorted({r["threads"] for r in measured})
+    lines = [
+        f"Batch {measured[0]['batch'] if measured else BATCH}, fp32, random weights, {os.cpu_count()} cores; each runtime given "
+        f"{' / '.join(map(str, threads)) or '?'} thread(s) (the executor's worker threads, onnxruntime's intra-op threads); "
+        "one warm-up call each, then the two called in turn on the same uint8 batch, the ratio of the median times "
+        "in one process. Wall ratio, the spread of the per-round ratios, and with one thread the ratio of CPU seconds "
+        "(the work itself, whatever share of the cores other processes leave); the 1-minute load average before and "
+        f"after the rounds. Target: executor / onnxruntime >= {FAMILY_TARGET} on every family.",
+        "",
+        "| family | px | executor images/s | onnxruntime images/s | executor / onnxruntime | rounds | CPU ratio | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] != "measured":
+            lines.append(f"| {r['family']} | | | | {r['status']} | | | |")
+            continue
+        rates, (lo, hi) = r["images_per_second"], r["round_ratios"]
+        cpu = r.get("executor_vs_onnxruntime_cpu")
+        lines.append(
+            f"| {r['family']} | {r['input_size']} | {rates['executor']} | {rates['onnxruntime']} | "
+            f"{r['executor_vs_onnxruntime']:.2f} | {lo:.2f}-{hi:.2f} | {'' if cpu is None else f'{cpu:.2f}'} | "
+            f"{r['load_average'][0]:.1f} / {r['load_average'][1]:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(readme: Path, rows: list[dict]) -> None:
+    """Replace the block between README_START and README_END (added at the end of the file if absent)."""
+    text = readme.read_text()
+    block = f"{README_START}\n{render_families_markdown(rows)}{README_END}"
+    if README_START in text and README_END in text:
+        before, rest = text.split(README_START, 1)
+        text = before + block + rest.split(README_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    readme.write_text(text)
 
 
 def render(r: dict) -> str:
@@ -254,6 +314,7 @@ def main(argv=None) -> None:
         default=Path(__file__).resolve().parent / "results.json",
         help="results file whose executor_families section --families rewrites",
     )
+    parser.add_argument("--readme", type=Path, help="--families: also write the table into this README's Measured block")
     parser.add_argument("--family-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
@@ -270,7 +331,8 @@ def main(argv=None) -> None:
         if unknown:
             parser.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
         print(
-            f"executor / onnxruntime per family, batch {args.batch}, fp32, {args.repeats} alternating rounds ({os.cpu_count()} CPUs)",
+            f"executor / onnxruntime per family, batch {args.batch}, fp32, {args.repeats} alternating rounds ({os.cpu_count()} CPUs, "
+            f"{args.threads or default_threads()} thread(s) each)",
             flush=True,
         )
 
@@ -278,6 +340,8 @@ def main(argv=None) -> None:
             results = json.loads(args.json.read_text()) if args.json.exists() else {}
             results["executor_families"] = rows
             args.json.write_text(json.dumps(results, indent=2) + "\n")
+            if args.readme:
+                write_readme(args.readme, rows)
 
         with tempfile.TemporaryDirectory(prefix="executor-families-") as tmp:
             measure_families(names, args.cache or Path(tmp), args.batch, args.repeats, args.threads, done=write)
