@@ -947,10 +947,13 @@ def test_observe_sees_every_op_output_even_a_pad_folded_into_its_convolution(tmp
     np.testing.assert_array_equal(observed, executor.predict(image_pixels(2)))  # observing changes nothing
 
 
+RELU6_SPREAD = 16.0  # scales the test image (about [-1, 1]) well past relu6's 0 and 6
+
+
 def test_relu_read_only_by_a_convolution_is_applied_as_the_convolution_pads(tmp_path):
-    """plan.fuse_relus: relu -> 3x3 conv (same padding), and relu -> zero pad -> depthwise conv (both fused), give
-    conv(relu(x)) against TensorFlow; a relu that a second op also reads, or one before a 1x1 conv, is left as it is;
-    an observer still sees every relu output."""
+    """plan.fuse_relus: relu -> 3x3 conv (same padding), relu -> zero pad -> depthwise conv (both fused) and relu6 ->
+    depthwise conv give conv(activation(x)) against TensorFlow; a relu that a second op also reads, or one before a
+    1x1 conv, is left as it is; an observer still sees every relu output."""
     from exporter.runtime.executor.plan import FUSED_RELU
 
     rng = np.random.default_rng(7)
@@ -968,16 +971,19 @@ def test_relu_read_only_by_a_convolution_is_applied_as_the_convolution_pads(tmp_
         shared = mb.relu(x=centred[2], name="r3")
         c = mb.add(x=mb.conv(x=shared, weight=weight, pad_type="same"), y=mb.reduce_mean(x=shared, axes=[1], keep_dims=True))
         d = mb.conv(x=mb.relu(x=centred[3], name="r4"), weight=weight[:, :, :1, :1])
-        return mb.concat(values=[a, b, c, d], axis=1)
+        wide = mb.sub(x=mb.mul(x=v, y=np.float32(RELU6_SPREAD)), y=np.float32(RELU6_SPREAD / 4))  # below 0 and above 6
+        e = mb.conv(x=mb.relu6(x=wide, name="r5"), weight=depthwise, groups=3, pad_type="same")
+        return mb.concat(values=[a, b, c, d, e], axis=1)
 
     path = program_file(tmp_path, body)
     executor = CoreMLExecutor(path)
     fused = [s.call.name for s in executor._engine.steps if s.call.has(FUSED_RELU)]
     skipped = {s.call.name for s in executor._engine.steps if s.observe_only}
-    assert len(fused) == 2 and {"r1", "r2"} <= skipped and not {"r3", "r4"} & skipped
+    assert len(fused) == 3 and {"r1", "r2", "r5"} <= skipped and not {"r3", "r4"} & skipped
     pixels = image_pixels(2)
     got = executor.predict(pixels)
-    r = [np.maximum(as_input(pixels) - shift, 0) for shift in shifts]
+    x = as_input(pixels)
+    r = [np.maximum(x - shift, 0) for shift in shifts]
     no_bias = np.zeros(4, np.float32)
     want = np.concatenate(
         [
@@ -985,13 +991,16 @@ def test_relu_read_only_by_a_convolution_is_applied_as_the_convolution_pads(tmp_
             _conv_reference(r[1], depthwise, np.zeros(3, np.float32), (1, 1), (1, 1), (1, 1, 1, 1), 3),
             _conv_reference(r[2], weight, no_bias, (1, 1), (1, 1), (1, 1, 1, 1), 1) + r[2].mean(axis=1, keepdims=True),
             _conv_reference(r[3], weight[:, :, :1, :1], no_bias, (1, 1), (1, 1), (0, 0, 0, 0), 1),
+            _conv_reference(
+                np.clip(x * RELU6_SPREAD - RELU6_SPREAD / 4, 0, 6), depthwise, np.zeros(3, np.float32), (1, 1), (1, 1), (1, 1, 1, 1), 3
+            ),
         ],
         axis=1,
     )
     np.testing.assert_allclose(got, want.reshape(2, -1), atol=OP_ATOL, rtol=OP_RTOL)
     seen: dict[str, float] = {}
     observed = executor.predict(pixels, observe=lambda name, value: seen.setdefault(name, float(value.min())))
-    assert {"r1", "r2", "r3", "r4"} <= set(seen) and seen["r1"] == 0.0
+    assert {"r1", "r2", "r3", "r4", "r5"} <= set(seen) and seen["r1"] == 0.0
     np.testing.assert_array_equal(observed, got)
 
 
