@@ -222,7 +222,10 @@ def measure_families(
         out = subprocess.run([*child, "--threads", str(threads)], capture_output=True, text=True)
         lines = out.stdout.strip().splitlines()
         if out.returncode != 0 or not lines:
-            rows.append({"family": name, "status": "failed", "reason": out.stderr.strip()[-300:]})
+            # the last stderr line that is not a progress bar, and how the child ended (-9: killed, say for memory)
+            said = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+            reason = f"child exited {out.returncode}: {said[-1][:300] if said else 'no message'}"
+            rows.append({"family": name, "status": "failed", "reason": reason})
         else:
             rows.append(json.loads(lines[-1]))
         print(render_family(rows[-1]), flush=True)
