@@ -103,6 +103,10 @@ POOL_CASES = {  # name -> (kind, kernel, strides, pad_type, pad, exclude padding
     "avg_same_exclude": ("avg", (3, 3), (2, 2), "same", None, True),
     "avg_same_include": ("avg", (3, 3), (2, 2), "same", None, False),
     "avg_custom_exclude": ("avg", (3, 2), (1, 1), "custom", [1, 2, 0, 1], True),
+    # unit stride along the width: the separable window sum (kernels._window_reduce), not the tap-by-tap one
+    "max_same_unit_stride": ("max", (3, 3), (1, 1), "same", None, False),
+    "avg_same_exclude_unit_stride": ("avg", (3, 3), (1, 1), "same", None, True),
+    "avg_custom_include_row_stride": ("avg", (2, 3), (2, 1), "custom", [0, 1, 1, 1], False),
 }
 
 
@@ -941,6 +945,63 @@ def test_observe_sees_every_op_output_even_a_pad_folded_into_its_convolution(tmp
     assert {"padded", "convolved", "rectified"} <= set(seen)
     assert seen["padded"] == (2, 3, SIDE + 2, SIDE + 2) and seen["convolved"] == (2, 2, SIDE, SIDE)
     np.testing.assert_array_equal(observed, executor.predict(image_pixels(2)))  # observing changes nothing
+
+
+RELU6_SPREAD = 16.0  # scales the test image (about [-1, 1]) well past relu6's 0 and 6
+
+
+def test_relu_read_only_by_a_convolution_is_applied_as_the_convolution_pads(tmp_path):
+    """plan.fuse_relus: relu -> 3x3 conv (same padding), relu -> zero pad -> depthwise conv (both fused) and relu6 ->
+    depthwise conv give conv(activation(x)) against TensorFlow; a relu that a second op also reads, or one before a
+    1x1 conv, is left as it is; an observer still sees every relu output."""
+    from exporter.runtime.executor.plan import FUSED_RELU
+
+    rng = np.random.default_rng(7)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    depthwise = rng.normal(size=(3, 1, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+
+    shifts = np.float32([0.5, 0.4, 0.6, 0.3])  # negative values for relu to clip; distinct, so no relu is merged
+
+    def body(v):
+        centred = [mb.sub(x=v, y=shift) for shift in shifts]
+        a = mb.conv(x=mb.relu(x=centred[0], name="r1"), weight=weight, bias=bias, pad_type="same")
+        padded = mb.pad(x=mb.relu(x=centred[1], name="r2"), pad=[1, 1, 1, 1], mode="constant", constant_val=0.0)
+        b = mb.conv(x=padded, weight=depthwise, groups=3, pad_type="valid")
+        shared = mb.relu(x=centred[2], name="r3")
+        c = mb.add(x=mb.conv(x=shared, weight=weight, pad_type="same"), y=mb.reduce_mean(x=shared, axes=[1], keep_dims=True))
+        d = mb.conv(x=mb.relu(x=centred[3], name="r4"), weight=weight[:, :, :1, :1])
+        wide = mb.sub(x=mb.mul(x=v, y=np.float32(RELU6_SPREAD)), y=np.float32(RELU6_SPREAD / 4))  # below 0 and above 6
+        e = mb.conv(x=mb.relu6(x=wide, name="r5"), weight=depthwise, groups=3, pad_type="same")
+        return mb.concat(values=[a, b, c, d, e], axis=1)
+
+    path = program_file(tmp_path, body)
+    executor = CoreMLExecutor(path)
+    fused = [s.call.name for s in executor._engine.steps if s.call.has(FUSED_RELU)]
+    skipped = {s.call.name for s in executor._engine.steps if s.observe_only}
+    assert len(fused) == 3 and {"r1", "r2", "r5"} <= skipped and not {"r3", "r4"} & skipped
+    pixels = image_pixels(2)
+    got = executor.predict(pixels)
+    x = as_input(pixels)
+    r = [np.maximum(x - shift, 0) for shift in shifts]
+    no_bias = np.zeros(4, np.float32)
+    want = np.concatenate(
+        [
+            _conv_reference(r[0], weight, bias, (1, 1), (1, 1), (1, 1, 1, 1), 1),
+            _conv_reference(r[1], depthwise, np.zeros(3, np.float32), (1, 1), (1, 1), (1, 1, 1, 1), 3),
+            _conv_reference(r[2], weight, no_bias, (1, 1), (1, 1), (1, 1, 1, 1), 1) + r[2].mean(axis=1, keepdims=True),
+            _conv_reference(r[3], weight[:, :, :1, :1], no_bias, (1, 1), (1, 1), (0, 0, 0, 0), 1),
+            _conv_reference(
+                np.clip(x * RELU6_SPREAD - RELU6_SPREAD / 4, 0, 6), depthwise, np.zeros(3, np.float32), (1, 1), (1, 1), (1, 1, 1, 1), 3
+            ),
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(got, want.reshape(2, -1), atol=OP_ATOL, rtol=OP_RTOL)
+    seen: dict[str, float] = {}
+    observed = executor.predict(pixels, observe=lambda name, value: seen.setdefault(name, float(value.min())))
+    assert {"r1", "r2", "r3", "r4", "r5"} <= set(seen) and seen["r1"] == 0.0
+    np.testing.assert_array_equal(observed, got)
 
 
 def test_grayscale_program_input(tmp_path):

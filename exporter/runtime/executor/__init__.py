@@ -61,6 +61,17 @@ MAX_BATCH = 16
 CHUNK_ACTIVATION_BYTES = 12 * 1024 * 1024
 
 
+def _passes(images: int, chunk: int, parallel: bool) -> int:
+    """Forward passes for ``images`` at most ``chunk`` per pass; the images are spread evenly over them. When the
+    passes run in the worker threads their number is a multiple of ``WORKERS`` (as long as there are images for it),
+    so that every worker gets the same share: 16 images in passes of at most 7 run as four passes of four, two per
+    worker, not as 6 + 5 + 5, where one worker runs two passes (11 images) while the other waits after one."""
+    count = -(-images // chunk)
+    if parallel and WORKERS > 1 and count % WORKERS:
+        count = min(images, -(-count // WORKERS) * WORKERS)
+    return count
+
+
 def _spec_path(path: Path) -> Path:
     """The protobuf of an .mlpackage (as its Manifest.json names it) or of an .mlmodel file."""
     if not path.is_dir():
@@ -209,7 +220,7 @@ class CoreMLExecutor:
 
     def _predict(self, pixels: np.ndarray, observe=None) -> np.ndarray:
         x = to_tensor(pixels, self.image, str(self.path))
-        count = -(-x.shape[0] // self.chunk)  # passes needed; the images are spread evenly over them
+        count = _passes(x.shape[0], self.chunk, parallel=observe is None)
         bounds = np.linspace(0, x.shape[0], count + 1).round().astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         with blas.single_threaded():

@@ -48,14 +48,29 @@ def output_size(size: int, kernel: int, stride: int, dilation: int, before: int,
     return out
 
 
-def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float | np.floating = 0.0, scratch: dict | None = None) -> np.ndarray:
-    """Contiguous NHWC copy of ``xh`` padded by (top, bottom, left, right) with ``value``.
+# Activations a convolution can apply to its input as it copies it into its padded buffer (plan.fuse_relus): both
+# keep the zero padding zero.
+INPUT_ACTIVATIONS = {
+    "relu": lambda x, out: np.maximum(x, np.float32(0), out=out),
+    "relu6": lambda x, out: np.clip(x, np.float32(0), np.float32(6), out=out),
+}
+
+
+def pad_nhwc(
+    xh: np.ndarray,
+    pads: tuple[int, int, int, int],
+    value: float | np.floating = 0.0,
+    scratch: dict | None = None,
+    activation: str | None = None,
+) -> np.ndarray:
+    """Contiguous NHWC copy of ``xh`` padded by (top, bottom, left, right) with ``value``; with ``activation`` (one
+    of INPUT_ACTIVATIONS, ``value`` then 0) of the activation of ``xh``.
 
     With ``scratch`` (a kernel's private cache) the padded buffer is kept and reused, one per thread: its border is
     written once and each call only copies the interior. Only for buffers that never leave the kernel."""
     top, bottom, left, right = pads
     if not any(pads):
-        return np.ascontiguousarray(xh)
+        return INPUT_ACTIVATIONS[activation](xh, None) if activation else np.ascontiguousarray(xh)
     n, h, w, c = xh.shape
     shape = (n, h + top + bottom, w + left + right, c)
     key = ("padded", threading.get_ident(), value)
@@ -64,7 +79,10 @@ def pad_nhwc(xh: np.ndarray, pads: tuple[int, int, int, int], value: float | np.
         out = np.full(shape, value, dtype=xh.dtype)
         if scratch is not None:
             scratch[key] = out
-    out[:, top : top + h, left : left + w] = xh
+    if activation:
+        INPUT_ACTIVATIONS[activation](xh, out[:, top : top + h, left : left + w])
+    else:
+        out[:, top : top + h, left : left + w] = xh
     return out
 
 
@@ -187,12 +205,51 @@ def _tiled(wdw: np.ndarray, wo: int, cache: dict, key) -> np.ndarray:
     return cache[key]
 
 
+# Most channels for which a depthwise convolution strided along the width is split into width phases (below). With few
+# channels the window sum's inner loop (over channels) is short and the phases' long rows win; with many it is already
+# long and the phases' copy of the input costs more than it saves. Measured single-threaded on NASNetMobile's and
+# MobileNet's strided depthwise layers (time relative to the window sum): 7x7 over 32 channels at 117 px 0.56, 22 at
+# 61 px 0.59, 5x5 over 22 at 56 px 0.38, 3x3 over 32 at 225 px 0.82; but 3x3 over 96 at 113 px 2.3, 5x5 over 144 at
+# 57 px 2.1.
+PHASED_MAX_CHANNELS = 48
+
+
+def _depthwise_phased(xh, wdw, kh, kw, stride, dilation_h, ho, wo, cache: dict, out_rows) -> None:
+    """A depthwise convolution with stride s > 1 along the width (no dilation) as s unit-stride ones: phase p holds
+    the input columns p, p + s, ... (a contiguous copy), and the kernel columns j = p, p + s, ... read it at columns
+    ow + j // s, so each tap reads whole output rows (``_tap_rows``) instead of short runs of channels."""
+    s = stride[1]
+    scratch = None
+    for p in range(min(s, kw)):
+        taps = list(range(p, kw, s))
+        phase = np.ascontiguousarray(xh[:, :, p::s, :])
+        key = ("phase", p, wo)
+        if key not in cache:
+            cache[key] = np.ascontiguousarray(np.tile(wdw[:, taps, :], (1, 1, wo)))
+        if p == 0:
+            _tap_rows(phase, cache[key], ho, wo, kh, len(taps), stride[0], (dilation_h, 1), out_rows)
+            continue
+        scratch = np.empty_like(out_rows) if scratch is None else scratch
+        _tap_rows(phase, cache[key], ho, wo, kh, len(taps), stride[0], (dilation_h, 1), scratch)
+        out_rows += scratch
+
+
+# Fewest channels for which a unit-stride depthwise convolution sums each window over its taps (inner loop over the
+# channels, the kernel small enough to stay in L1) rather than whole output rows against the kernel tiled over the
+# width (whose tiled copy, kh*kw rows of wo*c, no longer stays in cache). CPU time of the window sum relative to the
+# row sum, single-threaded, 3x3: 256 channels at 74 px 0.87, 728 at 37 px 0.75, 728 at 19 px 0.77, 1024 at 10 px
+# 0.64; but 240 at 28 px 1.06, 144 at 56 px 1.19, 44 at 28 px 2.7.
+WINDOWS_MIN_CHANNELS = 256
+
+
 def _depthwise(xh, wdw, kh, kw, stride, dilation, ho, wo, cache: dict) -> np.ndarray:
     n, c = xh.shape[0], xh.shape[3]
     out = np.empty((n, ho, wo, c), np.float32)
-    if stride[1] == 1:
+    if stride[1] == 1 and c < WINDOWS_MIN_CHANNELS:
         _tap_rows(xh, _tiled(wdw, wo, cache, ("tiled", wo)), ho, wo, kh, kw, stride[0], dilation, out.reshape(n, ho, wo * c))
-    else:  # strided along the width: a sum over the taps of each window, vectorised over channels
+    elif c <= PHASED_MAX_CHANNELS and dilation[1] == 1:
+        _depthwise_phased(xh, wdw, kh, kw, stride, dilation[0], ho, wo, cache, out.reshape(n, ho, wo * c))
+    else:  # many channels, or strided along the width: a sum over the taps of each window, vectorised over channels
         np.einsum("nhwijc,ijc->nhwc", _windows(xh, ho, wo, kh, kw, stride, dilation), wdw, out=out)
     return out
 
@@ -206,11 +263,13 @@ def conv2d(
     pads: tuple[int, int, int, int],
     groups: int,
     cache: dict | None = None,
+    input_activation: str | None = None,
 ) -> np.ndarray:
     """2-D convolution of logically NCHW ``x`` with an (O, I/groups, kh, kw) kernel; returns logical NCHW.
 
     ``pads`` is (top, bottom, left, right) of zeros. ``cache``, when given, keeps the rearranged kernel between
-    calls (pass it only for a constant kernel)."""
+    calls (pass it only for a constant kernel). ``input_activation`` (relu, relu6): convolve that activation of x,
+    applied as x is copied into the padded buffer."""
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
     if cg * groups != c or o % groups:
@@ -218,7 +277,7 @@ def conv2d(
     ho = output_size(h, kh, stride[0], dilation[0], pads[0], pads[1])
     wo = output_size(w, kw, stride[1], dilation[1], pads[2], pads[3])
     cache = {} if cache is None else cache
-    xh = pad_nhwc(nhwc(x).astype(np.float32, copy=False), pads, scratch=cache)
+    xh = pad_nhwc(nhwc(x).astype(np.float32, copy=False), pads, scratch=cache, activation=input_activation)
     if groups == 1 and kh == kw == 1 and bias is not None and c < o:
         if "dense_bias" not in cache:
             rows = np.concatenate([dense_weight(weight), np.asarray(bias, np.float32).reshape(1, o)])
@@ -271,20 +330,48 @@ def pool2d(
     wo = output_size(w, kw, stride[1], 1, pads[2], pads[3])
     fill = -np.inf if kind == "max" else 0.0
     xh = pad_nhwc(nhwc(x).astype(np.float32, copy=False), pads, fill, scratch=cache)
-    windows = _windows(xh, ho, wo, kh, kw, stride, (1, 1))
-    out = np.array(windows[:, :, :, 0, 0, :])
-    for i in range(kh):
-        for j in range(kw):
-            if i or j:
-                (np.maximum if kind == "max" else np.add)(out, windows[:, :, :, i, j, :], out=out)
+    combine = np.maximum if kind == "max" else np.add
+    out = _window_reduce(xh, combine, (kh, kw), stride, (ho, wo))
     if kind == "avg":
         if exclude_padding and any(pads):
-            ones = pad_nhwc(np.ones((1, h, w, 1), np.float32), pads)
-            counts = _windows(ones, ho, wo, kh, kw, stride, (1, 1)).sum(axis=(3, 4))
+            key = ("counts", h, w, ho, wo)
+            counts = None if cache is None else cache.get(key)
+            if counts is None:
+                ones = pad_nhwc(np.ones((1, h, w, 1), np.float32), pads)
+                counts = _window_reduce(ones, np.add, (kh, kw), stride, (ho, wo))
+                if cache is not None:
+                    cache[key] = counts
             out /= counts
         else:
             out /= np.float32(kh * kw)
     return nchw(out)
+
+
+def _window_reduce(xh: np.ndarray, combine, kernel, stride, size) -> np.ndarray:
+    """``combine`` (np.maximum or np.add) over every (kh, kw) window of contiguous NHWC ``xh``, separably: first
+    along the width for every input row, then along the height, kh + kw - 2 passes instead of kh * kw - 1, each one
+    long vector loop over whole rows (unit stride along the width; strided pools go tap by tap).
+    Measured single-threaded, 3x3 average pools over 28 px x 44 channels and 35 px x 192 channels: 0.45-0.6 of the
+    tap-by-tap time."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, size
+    if sw > 1:  # strided: the width pass would cover sw times the output, saving nothing; one pass per tap instead
+        windows = _windows(xh, ho, wo, kh, kw, stride, (1, 1))
+        out = np.array(windows[:, :, :, 0, 0, :])
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    combine(out, windows[:, :, :, i, j, :], out=out)
+        return out
+    rows = (ho - 1) * sh + kh  # input rows some window reads
+    span_w = (wo - 1) * sw + 1
+    across = np.array(xh[:, :rows, 0:span_w:sw])
+    for j in range(1, kw):
+        combine(across, xh[:, :rows, j : j + span_w : sw], out=across)
+    span_h = (ho - 1) * sh + 1
+    out = np.array(across[:, 0:span_h:sh])
+    for i in range(1, kh):
+        combine(out, across[:, i : i + span_h : sh], out=out)
+    return out
 
 
 def pad_constant(x: np.ndarray, pairs: list[tuple[int, int]], value: float | np.floating) -> np.ndarray:

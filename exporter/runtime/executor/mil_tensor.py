@@ -7,6 +7,7 @@ import numpy as np
 
 from . import kernels, kernels_nd
 from .mil_elementwise import F32, scalar
+from .plan import FUSED_RELU
 from .registry import OpCall, always, axes_exclude_batch, op
 
 
@@ -64,6 +65,9 @@ def _conv(c: OpCall):
         raise c.fail(f"has a rank-{weight.ndim} kernel for a rank-{x.ndim} input")
     strides, dilations, pads, groups = _conv_params(c, x.shape[2:], weight.shape[2:])
     cache = c.cache if c.is_const("weight") else None
+    if c.has(FUSED_RELU):  # plan.fuse_relus: x is the input of a relu (relu6) this conv applies (2-D only)
+        args = (tuple(strides), tuple(dilations), tuple(pads), groups, cache, c.const(FUSED_RELU))
+        return kernels.conv2d(x, np.asarray(weight, F32), c.get("bias"), *args)
     return kernels_nd.conv(x, np.asarray(weight, F32), c.get("bias"), strides, dilations, pads, groups, cache)
 
 

@@ -99,6 +99,7 @@ class Program:
         for step in self.steps:  # a program that runs image by image keeps every declared shape as it is
             step.call.batched = step.call.batched and self.batchable
         plan.fuse_pads(self)
+        plan.fuse_relus(self)
         plan.plan_release(self)
         sizes = [int(np.prod(shape)) for step in self.steps for shape in step.declared if shape]
         self.largest_activation: int = 4 * max(sizes, default=1)  # bytes per image of the biggest float32 value

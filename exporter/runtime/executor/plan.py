@@ -6,14 +6,18 @@
 * each computed value is dropped after the last step that reads it;
 * an elementwise step whose ``x`` is a fresh array that nothing reads afterwards writes its result into ``x``;
   for ``add`` and ``mul``, whose operands commute exactly in IEEE arithmetic, ``x`` and ``y`` are swapped when only
-  ``y`` is such an array.
+  ``y`` is such an array;
+* a ``relu`` (``relu6``) read only by a convolution with a kernel wider than 1x1 is applied by that convolution as it
+  pads its input (``fuse_relus``), the activation step then run only for an observer.
 """
 
 from __future__ import annotations
 
+from .kernels import INPUT_ACTIVATIONS
 from .registry import MIL  # an entry's ``inplace`` and ``fresh`` flags say which ops may write into x
 
 COMMUTATIVE = ("add", "mul")  # operands swap without changing a bit of the IEEE result
+FUSED_RELU = "::relu_input"  # the conv argument fuse_relus adds (not a MIL parameter name, so never a file's own)
 
 
 def _readers(steps) -> dict[str, list]:
@@ -59,6 +63,34 @@ def fuse_pads(program) -> None:
             "pad_type": [f"{conv.name}::fused_pad_type"],
             "pad": [f"{conv.name}::fused_pad"],
         }
+        step.observe_only = True
+
+
+def fuse_relus(program) -> None:
+    """A ``relu`` or ``relu6`` whose only reader is a 2-D convolution with a kernel wider than 1x1 is applied by that
+    convolution while it copies its input into its padded buffer (``kernels.conv2d``'s ``input_activation``): one
+    pass over the activation and one array fewer (NASNet's and Xception's separable convolutions, ResNetV2's
+    pre-activations, MobileNetV2's expanded activations before their depthwise convolution). The activation step
+    stays in the list, run only when a caller observes every value."""
+    readers = _readers([step for step in program.steps if not step.observe_only])
+    for step in program.steps:
+        if step.call.op_type not in INPUT_ACTIVATIONS or step.observe_only or len(step.outputs) != 1:
+            continue
+        if step.outputs[0] == program.probabilities:
+            continue
+        consumers = readers.get(step.outputs[0], [])
+        if len(consumers) != 1:
+            continue
+        conv = consumers[0].call
+        if conv.op_type != "conv" or conv.args.get("x") != step.outputs or not conv.is_const("weight"):
+            continue
+        if sum(names.count(step.outputs[0]) for names in conv.args.values()) != 1:
+            continue
+        weight = program.env[conv.args["weight"][0]]
+        if getattr(weight, "ndim", 0) != 4 or weight.shape[2] * weight.shape[3] == 1:
+            continue
+        program.add_constant(f"{conv.name}::fused_relu", step.call.op_type)
+        conv.args = {**conv.args, "x": step.call.args["x"], FUSED_RELU: [f"{conv.name}::fused_relu"]}
         step.observe_only = True
 
 
