@@ -6,6 +6,7 @@ a float64 Keras reference of the same weights. Used by tests/test_families.py an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,19 +102,24 @@ def check(
     workdir: Path,
     *,
     variants: dict[str, tuple[str, ...]] | None = None,
-    steps: int = 60,
+    steps: int = families.TRAIN_STEPS,
     images: Path = HELDOUT_DIGITS,
     float64: bool = True,
+    on_stage: Callable[[str], None] | None = None,
 ) -> FamilyResult:
     """Build, train, export ``variants`` ({format: (variant, ...)}) and validate; never raises for a family failure,
-    which is recorded in the result instead (the capability table lists it with its reason)."""
+    which is recorded in the result instead (the capability table lists it with its reason). ``on_stage`` is told
+    the name of each stage as it starts (build/train, export, validate, float64), so a caller that has to stop a
+    stuck run can say where it was."""
     import exporter
     from exporter.errors import ExporterError, ParityError
     from exporter.preprocessing import Preprocessing
 
     variants = variants or CORE_VARIANTS
     result = FamilyResult(name, shape)
+    stage = on_stage or (lambda _name: None)
     t0 = time.perf_counter()
+    stage("build/train")
     try:
         built = families.build(name, shape)
         result.params = int(built.model.count_params())
@@ -127,6 +133,7 @@ def check(
     formats = tuple(variants)
     names = tuple(dict.fromkeys(v for vs in variants.values() for v in vs))
     t1 = time.perf_counter()
+    stage("export")
     try:
         manifest = exporter.export(
             paths["model"],
@@ -134,16 +141,18 @@ def check(
             out,
             preprocessing=paths["preprocessing"],
             options=exporter.ExportOptions(formats=formats, variants=names, calibration_images=images, overwrite=True),
+            progress=lambda step: None if step.done else stage(f"export: {step.what}"),
         )
     except ExporterError as exc:
         result.error = f"export: {exc}"[:400]
         return result
     result.seconds["export"] = round(time.perf_counter() - t1, 1)
-    # the export selected the names across formats; drop combinations nobody asked for (none exist today)
-    del manifest
+    for art in manifest["artifacts"]:  # where the export's time went, per file
+        result.seconds[f"export {art['format']} {art['variant']}"] = art.get("details", {}).get("seconds")
     t2 = time.perf_counter()
+    stage("validate")
     try:
-        report = exporter.validate(out, images)
+        report = exporter.validate(out, images, progress=lambda step: None if step.done else stage(f"validate: {step.what}"))
     except ParityError as exc:
         report = exc.report
     except ExporterError as exc:
@@ -154,6 +163,7 @@ def check(
     result.artifacts = [{k: a.get(k) for k in keep} for a in report["artifacts"] if a["variant"] in variants.get(a["format"], ())]
     if float64:
         t3 = time.perf_counter()
+        stage("float64")
         pre = Preprocessing.from_dict(report["preprocessing"])
         try:
             result.float64 = float64_errors(built.model, out, pre, report["labels"], images)
