@@ -263,9 +263,11 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
         "the model is too sensitive for the 1e-5 fp32 gate whatever runs it); the trained model's accuracy on its "
         "training digits (inference mode, so what the exported files compute); the commit the row was measured at."
     )
+    cpu = sorted(r["cpu_seconds"] for r in results.values() if r.get("cpu_seconds"))
+    cost = f" One row costs {cpu[len(cpu) // 2]:.0f} CPU-seconds (median; {cpu[0]:.0f}-{cpu[-1]:.0f})." if cpu else ""
     summary = (
         f"Written by `python benchmarks/capability.py` ({meta['mode']}) on {meta['when']}: {meta['machine']}; "
-        f"{meta['rows']} rows, {meta['seconds']} s in the last run."
+        f"{meta['rows']} rows, {meta['seconds']} s in the last run.{cost}"
     )
     main, low, bad = main_table(results), low_bit_table(results), not_passing(results)
     from sample_models.families import FAMILIES, SHAPES
@@ -281,7 +283,8 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
         f"# Capability table\n\n{summary}\n\nFamilies are the small builds of `sample_models/families.py` (its "
         f"docstring says which real model each stands for), in two shapes: `application` (the keras.applications "
         f"model, include_top, 10 classes) and `nested` (the backbone as one nested layer plus "
-        f"GlobalAveragePooling2D, Dropout, Dense softmax). Each was trained for a few epochs on digits (the recipe in `families.train`).\n\n{legend}\n\n"
+        f"GlobalAveragePooling2D, Dropout, Dense softmax). Each was trained for a few epochs on digits (the recipe in "
+        f"`families.train`).\n\n{legend}\n\n"
         f"{main}\n\n## Lower-bit Core ML variants (agreement reported, not gated here)\n\n{low}\n\n"
         f"## Not passing, and why\n\n{bad}\n"
     )
