@@ -59,6 +59,7 @@ class Family:
     mode: dict  # the contract of the application shape
     build: Any  # (include_top, size) -> keras.Model
     preprocessing_inside: bool = False  # the model starts with its own Rescaling/Normalization
+    lr: float | None = None  # its own learning rate, when the recipe's LEARNING_RATE does not train it
 
 
 @dataclass
@@ -284,7 +285,8 @@ FAMILIES: dict[str, Family] = {
         Family("convnext", "ConvNeXt Tiny..XLarge (depths [1, 1, 1, 1], dims 8-32)", 32, IN_MODEL, _convnext, True),
         Family("vgg16", f"VGG16 (widths / {WIDTH_DIVISOR})", 32, CAFFE_MODE, _fixed("vgg16", "VGG16")),
         Family("vgg19", f"VGG19 (widths / {WIDTH_DIVISOR})", 32, CAFFE_MODE, _fixed("vgg19", "VGG19")),
-        Family("squeezenet", "SqueezeNet 1.1 (the project's own)", 32, IN_MODEL, _squeezenet, True),
+        # no BatchNormalization: at 3e-3 its ReLUs die within the first steps (outputs uniform, accuracy 0.10)
+        Family("squeezenet", "SqueezeNet 1.1 (the project's own)", 32, IN_MODEL, _squeezenet, True, lr=1e-3),
     ]
 }
 SHAPES = ("application", "nested")
@@ -375,13 +377,14 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def train(built: Built, steps: int = TRAIN_STEPS, batch: int = BATCH, lr: float = LEARNING_RATE, seed: int = 1) -> float:
+def train(built: Built, steps: int = TRAIN_STEPS, batch: int = BATCH, lr: float | None = None, seed: int = 1) -> float:
     """Train every layer for ``steps`` batches on real digits; returns the accuracy of the trained model in inference
     mode (moving BatchNormalization statistics, no dropout) on its training digits. Enough for the probabilities to
     depend on the image (a random classifier's near-uniform outputs cannot fail a parity gate)."""
     import keras
 
     keras.utils.set_random_seed(seed)
+    lr = lr or built.family.lr or LEARNING_RATE
     count = max(batch, min(TRAIN_IMAGES, steps * batch) // batch * batch)
     x, y = training_digits(built, count=count, seed=seed)
     model = built.model
