@@ -22,8 +22,8 @@ FAMILY_NAMES = list(families.FAMILIES)
 # test_every_variant (ConvNeXt: grouped convolutions, exact GELU, LayerNormalization, its own Normalization;
 # MobileNetV3Large nested: hard-swish, Rescaling with offset inside the backbone): EfficientNetV2 (Rescaling and
 # Normalization stem, fused MBConv, swish, squeeze-excitation), ResNetV2 (BatchNormalization epsilon 1.001e-5,
-# pre-activation), and the nested shapes below; every family runs in the capability table.
-CI_FAMILIES = {"application": ("efficientnet_v2", "resnet_v2"), "nested": ("mobilenet_v3_small", "efficientnet", "convnext", "densenet")}
+# pre-activation, as in DenseNet), and the nested shapes below; every family runs in the capability table.
+CI_FAMILIES = {"application": ("efficientnet_v2", "resnet_v2"), "nested": ("mobilenet_v3_small", "efficientnet", "convnext")}
 ALL = os.environ.get("EXPORTER_FAMILIES") == "all"
 
 
@@ -37,8 +37,12 @@ def _selected(name: str, shape: str) -> None:
 # (1e-7 is below one float32 ulp of a probability near 1, so a ratio of two such numbers means nothing).
 CORE_ML_VS_ONNX_FACTOR = 2.0
 FLOAT64_NOISE_FLOOR = 1e-7
-# A trained family must have learned something from the digits: above chance (10 %) on its own training batches.
-MIN_TRAIN_ACCURACY = 0.15
+# A trained family must have learned the digits: its accuracy on its own training digits in inference mode (what the
+# exported files compute) far above chance (10 %); the recipe reaches 0.9-1.0, a model whose ReLUs died sits at 0.10.
+MIN_TRAIN_ACCURACY = 0.5
+# The nested tests check fp32 parity only, which needs outputs that depend on the input, not the wide decision margins
+# int8 needs: a third of the recipe's steps (and of its training time) is enough.
+FP32_ONLY_STEPS = families.TRAIN_STEPS // 3
 
 
 # int8 files measured just under the 98 % top-1 gate on these briefly trained models (capability run, 300 held-out
@@ -100,7 +104,7 @@ def test_nested_backbone_family_fp32_every_format(name, tmp_path):
     """The transfer-learning shape: conversion through the nested model and exact fp32 parity in every format."""
     _selected(name, "nested")
     fp32 = {fmt: ("fp32",) for fmt in family_check.CORE_VARIANTS}
-    result = family_check.check(name, "nested", tmp_path, variants=fp32, float64=False)
+    result = family_check.check(name, "nested", tmp_path, variants=fp32, steps=FP32_ONLY_STEPS, float64=False)
     _assert_all_passed(result, fp32)
 
 
@@ -139,3 +143,49 @@ def test_families_cover_the_issue_list():
         "SqueezeNet",
     ]:
         assert real in stands_for, real
+
+
+def _capability_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "capability.py"
+    spec = importlib.util.spec_from_file_location("capability_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_capability_table_says_why_each_cell_failed():
+    """Every failing cell of the capability table gets a cause from what its row measured, and a row that did not learn
+    is flagged (rows built by hand here: no model is run)."""
+    cap = _capability_module()
+
+    def art(fmt, variant, failures, top1=1.0):
+        return {"format": fmt, "variant": variant, "status": "failed" if failures else "passed", "failures": failures, "top1_agreement": top1}
+
+    sensitive = {
+        "family": "mobilenet",
+        "shape": "nested",
+        "train_accuracy": 0.95,
+        "float64": {"keras_fp32": 6e-6, "mlpackage": 5e-6, "onnx": 4e-6},
+        "artifacts": [art("onnx", "fp32", ["max |dp| 1.2e-05 > 1e-05"]), art("onnx", "int8-static", ["top-1 agreement 0.9100 < 0.98"], 0.91)],
+    }
+    core_ml = {
+        "family": "resnet_v2",
+        "shape": "application",
+        "train_accuracy": 0.99,
+        "float64": {"keras_fp32": 5e-7, "mlpackage": 5e-5, "onnx": 2e-6},
+        "artifacts": [art("mlpackage", "fp32", ["max |dp| 1.05e-04 > 1e-05"])],
+    }
+    dead = {"family": "squeezenet", "shape": "application", "train_accuracy": 0.10, "float64": {}, "artifacts": [art("onnx", "fp32", [])]}
+    text = cap.not_passing({"a": sensitive, "b": core_ml, "c": dead})
+    lines = text.splitlines()
+    fp32 = next(line for line in lines if "mobilenet nested onnx fp32" in line)
+    assert "Keras float32 itself is 6.0e-06 from float64" in fp32
+    int8 = next(line for line in lines if "int8-static" in line)
+    assert "27 of 300 top-1 decisions moved" in int8  # (1 - 0.91) * 300
+    core = next(line for line in lines if "resnet_v2 application mlpackage fp32" in line)
+    assert "Core ML path is less exact" in core and "5.0e-05" in core and "2.0e-06" in core
+    assert any("squeezenet application: did not learn" in line for line in lines)
+    assert all("why:" in line for line in lines if " fp32: FAIL" in line or " int8-static: FAIL" in line)
