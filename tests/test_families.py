@@ -162,14 +162,23 @@ def test_capability_table_says_why_each_cell_failed():
     cap = _capability_module()
 
     def art(fmt, variant, failures, top1=1.0):
-        return {"format": fmt, "variant": variant, "status": "failed" if failures else "passed", "failures": failures, "top1_agreement": top1}
+        return {
+            "format": fmt,
+            "variant": variant,
+            "status": "failed" if failures else "passed",
+            "failures": failures,
+            "top1_agreement": top1,
+        }
 
     sensitive = {
         "family": "mobilenet",
         "shape": "nested",
         "train_accuracy": 0.95,
         "float64": {"keras_fp32": 6e-6, "mlpackage": 5e-6, "onnx": 4e-6},
-        "artifacts": [art("onnx", "fp32", ["max |dp| 1.2e-05 > 1e-05"]), art("onnx", "int8-static", ["top-1 agreement 0.9100 < 0.98"], 0.91)],
+        "artifacts": [
+            art("onnx", "fp32", ["max |dp| 1.2e-05 > 1e-05"]),
+            art("onnx", "int8-static", ["top-1 agreement 0.9100 < 0.98"], 0.91),
+        ],
     }
     core_ml = {
         "family": "resnet_v2",
