@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, BuildContext, Variant, format_of, select
 from .console import ProgressArg, Steps, human_bytes
+from .convert.coreml import SKIPPED_PASSES
 from .errors import ConfigError, ParityError
 from .labels import check_against_model, check_labels, read_labels
 from .loading import LoadedModel
@@ -29,6 +30,7 @@ from .provenance import ModelInfo
 from .quantize.auto import DEFAULT_MAX_ACCURACY_DROP, check_min_target
 from .results import Manifest, Report
 from .safety import check_name, safe_stem
+from .upstream import compression_without_passes
 from .versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -214,7 +216,9 @@ def build_artifact(v: Variant, ctx: BuildContext, bases: BaseCache, stage: Path)
     details: dict = {"description": v.description}
     model = bases.get(v)
     if v.transform is not None:
-        model = v.transform(model, ctx, details)
+        # a compressor converts its result back with coremltools' default passes: not the ones conversion skipped
+        with compression_without_passes(SKIPPED_PASSES):
+            model = v.transform(model, ctx, details)
     model = fmt.finish(model, ctx, v, details)
     fmt.save(model, path)
     fmt.smoke_check(path, ctx)

@@ -8,6 +8,8 @@ pinned in pyproject.toml are the ones these readers are tested against.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import UpstreamAPIError
@@ -43,3 +45,30 @@ def apply_graph_pass(mlmodel: Any, passes: list, *, spec_version: int) -> Any:
 
     run = _read(model_utils, "_apply_graph_pass", "coremltools")
     return run(mlmodel, passes, spec_version=spec_version, pymil_load_func=milproto.load, skip_model_load=True)
+
+
+@contextmanager
+def compression_without_passes(passes: tuple[str, ...]) -> Iterator[None]:
+    """Inside this block, coremltools' compressors (``linear_quantize_weights``, ``palettize_weights``,
+    ``linear_quantize_activations``, ``_apply_graph_pass``) convert the compressed program back to a model without
+    ``passes``. They call ``models.utils._mil_convert`` with no pass pipeline, i.e. the whole default one, which would
+    redo what the conversion deliberately skipped (convert/coreml.SKIPPED_PASSES): every int8 or palettized file of a
+    model with unfused BatchNormalization got the 1e-5 batch_norm epsilon back, and a trained NASNetMobile's failed
+    outright ("the named input `mean` must have the same data type as the named input `x`")."""
+    import coremltools as ct
+    from coremltools.models import utils as model_utils
+
+    original = _read(model_utils, "_mil_convert", "coremltools")
+
+    def convert(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("pass_pipeline") is None:
+            pipeline = ct.PassPipeline.DEFAULT
+            pipeline.remove_passes(set(passes))
+            kwargs["pass_pipeline"] = pipeline
+        return original(*args, **kwargs)
+
+    model_utils._mil_convert = convert
+    try:
+        yield
+    finally:
+        model_utils._mil_convert = original

@@ -132,3 +132,43 @@ def _flat(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _flat(layer)
+
+
+def _ops(mlmodel) -> list[str]:
+    spec = mlmodel.get_spec()
+    fn = spec.mlProgram.functions["main"]
+    return [op.type for op in fn.block_specializations[fn.opset].operations]
+
+
+@pytest.mark.parametrize("spec_name", ["WEIGHT_ONLY_INT8", "palette6"])
+def test_compression_does_not_redo_the_passes_conversion_skipped(spec_name):
+    """coremltools' compressors convert their result back with the whole default pass pipeline, which would fold a
+    standalone multiply and add (an unfused BatchNormalization) into a batch_norm with epsilon 1e-5 again, the error
+    conversion avoids by skipping that pass (and, on a trained NASNetMobile, an fp16 program that failed to build).
+    Inside ``compression_without_passes`` (how api.build_artifact runs every transform) the compressed file keeps the
+    multiply and the add."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    from exporter.quantize import coreml as qc
+    from exporter.upstream import compression_without_passes
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(8, 8, 1, 1)).astype(np.float32)
+    scale, shift = rng.uniform(0.5, 2, size=(1, 8, 1, 1)).astype(np.float32), rng.normal(size=(1, 8, 1, 1)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 4, 4))], opset_version=ct.target.iOS16)
+    def prog(x):
+        x = mb.relu(x=mb.conv(x=x, weight=weight))
+        return mb.add(x=mb.mul(x=x, y=scale), y=shift)
+
+    model = ct.convert(prog, convert_to="mlprogram", pass_pipeline=cm.pass_pipeline(), skip_model_load=True)
+    assert "batch_norm" not in _ops(model)
+    spec = qc.WEIGHT_ONLY_INT8 if spec_name == "WEIGHT_ONLY_INT8" else qc.CompressionSpec("palettize", 6)
+    from exporter.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="batch_norm"):  # what coremltools does on its own (NASNetMobile's error)
+        qc.compress(model, spec)
+    with compression_without_passes(cm.SKIPPED_PASSES):
+        ops = _ops(qc.compress(model, spec))
+    assert "batch_norm" not in ops and "mul" in ops and "add" in ops
