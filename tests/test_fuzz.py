@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import sample
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from peakmem import peak_growth
 
@@ -229,6 +229,9 @@ def test_executor_on_mutated_files(tmp_path_factory, core_ml_files, which):
 
     @FUZZ
     @given(edits=mutations(len(original)))
+    # found by this test in a full run: a flipped weight byte overflows a matmul inside an executor worker thread,
+    # where numpy's error state (per thread) was not the caller's, so the overflow was a RuntimeWarning-as-error
+    @example(edits=([(1783, 64)], None, None))
     def check(edits):
         root = tmp_path_factory.mktemp("x")
         if which == "neuralnetwork":

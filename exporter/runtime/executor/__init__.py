@@ -228,10 +228,15 @@ class CoreMLExecutor:
                 parts = [self._engine.run(chunk, observe) for chunk in chunks]
             else:
                 with ThreadPoolExecutor(min(WORKERS, len(chunks))) as pool:
-                    parts = list(pool.map(self._engine.run, chunks))
+                    parts = list(pool.map(self._run_in_worker, chunks))
         probs = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         if probs.shape[1] != len(self.labels):
             raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels", path=self.path)
         return probs
+
+    def _run_in_worker(self, chunk: np.ndarray) -> np.ndarray:
+        # numpy's error state belongs to the thread that set it: a worker thread sets its own, as the caller's does
+        with _numpy_as_on_device():
+            return self._engine.run(chunk)
 
     __call__ = predict
