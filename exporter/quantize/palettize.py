@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ConversionError
+from ..errors import ConfigError, ConversionError, translating
 
 # Fisher estimates from a few dozen images are noisy and exactly zero for weights no calibration image exercises
 # (a ReLU that never fires); a weight the calibration set never needed can still matter on other images. Each
@@ -277,14 +277,7 @@ def palettize(mlmodel, spec: PaletteSpec, sensitivities: dict[str, dict] | None 
         )
     if details is not None:
         details["palette"] = {"nbits": spec.nbits, "group_size": spec.group_size, "weighted": spec.weighted, "weights": layout}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            return cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=per_op))
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"data-aware {spec.nbits}-bit palettization failed: {str(exc).splitlines()[0][:300]}") from exc
+    return _palettize_by_op(mlmodel, per_op, f"data-aware {spec.nbits}-bit palettization failed")
 
 
 def data_aware(mlmodel, spec: PaletteSpec, keras_model, calibration: list[np.ndarray], normalize, details: dict | None = None):
@@ -419,14 +412,17 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
             "effect": "estimated KL divergence 0.5 * sum(F * dw^2), F the Fisher diagonal on the calibration images",
             "weights": report,
         }
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            return cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=per_op))
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"mixed-bit palettization failed: {str(exc).splitlines()[0][:300]}") from exc
+    return _palettize_by_op(mlmodel, per_op, "mixed-bit palettization failed")
+
+
+def _palettize_by_op(mlmodel, per_op: dict, failure: str):
+    """coremltools' palettizer with one config per weight; a library error becomes ``failure: its first line``."""
+    import coremltools.optimize.coreml as cto
+
+    with translating(ConversionError, failure), warnings.catch_warnings():
+        # k-means on a small kernel finds fewer distinct values than table entries: harmless, entries repeat.
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=per_op))
 
 
 def data_aware_mixed(mlmodel, average_bits: float, keras_model, calibration: list[np.ndarray], normalize, details: dict | None = None):
