@@ -22,6 +22,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .convert import fp16
 from .convert.onnx import DEFAULT_OPSET
 from .errors import ConfigError
 from .quantize import coreml as qc
@@ -99,10 +100,14 @@ class Base:
 
     precision: str = "fp32"  # compute precision of the conversion ("fp32" or "fp16")
     target: str | None = None  # minimum deployment target asked of the converter (None: the converter's default)
+    # fp16 only: the ops before convert/fp16.FP32_STEM_FRACTION of the weights keep float32 (that module says why)
+    fp32_stem: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
             raise ConfigError(f"base precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if self.fp32_stem and self.precision != "fp16":
+            raise ConfigError(f"a float32 stem needs base precision 'fp16', got {self.precision!r}")
 
 
 # A pure transform (base model, context, details) -> new model; it may record what it did in ``details``, which the
@@ -257,8 +262,8 @@ INT8_DYNAMIC_OPT_IN = (
 VARIANTS: tuple[Variant, ...] = (
     Variant("mlpackage", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, min_target="iOS15",
             description="ML Program, float32 weights and compute"),
-    Variant("mlpackage", "fp16", 16, base=FP16, transform=None, gate=FP16_GATE, min_target="iOS15",
-            description="ML Program, float16 weights and compute"),
+    Variant("mlpackage", "fp16", 16, base=Base("fp16", fp32_stem=True), transform=None, gate=FP16_GATE,
+            min_target="iOS15", description="ML Program, float16 weights and compute (the stem in float32)"),
     Variant("mlpackage", "int8", 8, base=FP16, transform=lambda m, _c, _d: qc.compress(m, qc.WEIGHT_ONLY_INT8),
             gate=QUANTIZED_GATE, min_target="iOS16",
             description="ML Program, int8 affine weights (scale and zero point) per output channel"),
@@ -290,13 +295,13 @@ VARIANTS: tuple[Variant, ...] = (
             description="ML Program, int8 weights and int8 activations calibrated on images"),
     Variant("mlmodel", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, min_target="iOS13",
             description="NeuralNetwork, float32 weights"),
-    Variant("mlmodel", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: qc.neuralnetwork_weights(m, 16),
-            gate=FP16_GATE, min_target="iOS13", description="NeuralNetwork, float16 weights"),
+    Variant("mlmodel", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: fp16.neuralnetwork_fp16(m),
+            gate=FP16_GATE, min_target="iOS13", description="NeuralNetwork, float16 weights (the stem's float32)"),
     Variant("mlmodel", "int8", 8, base=Base("fp32"), transform=lambda m, _c, _d: qc.neuralnetwork_weights(m, 8),
             gate=QUANTIZED_GATE, min_target="iOS13", description="NeuralNetwork, 8-bit linear weights"),
     Variant("onnx", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, description="ONNX, float32"),
-    Variant("onnx", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: qo.to_fp16(m), gate=FP16_GATE,
-            description="ONNX, float16 weights and compute, float32 inputs and outputs"),
+    Variant("onnx", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: fp16.onnx_fp16(m), gate=FP16_GATE,
+            description="ONNX, float16 weights and compute (the stem in float32), float32 inputs and outputs"),
     Variant("onnx", "int8-dynamic", 8, base=Base("fp32"), transform=lambda m, _c, _d: qo.to_int8_dynamic(m),
             gate=QUANTIZED_GATE, default=False, opt_in_reason=INT8_DYNAMIC_OPT_IN,
             description="ONNX, int8 weights, activations quantized per batch at run time"),

@@ -1,0 +1,196 @@
+"""float16 files whose stem stays float32: the first operations of the network, up to ``FP32_STEM_FRACTION`` of its
+weights, keep float32 weights (and, where the format computes in float16, float32 arithmetic); the rest is float16.
+
+Why the stem. Rounding a weight to float16 is a relative error of up to 2**-11; what it does to the probabilities is
+that error times how much every later layer amplifies it, so the same rounding costs most at the start of the network.
+Measured on the MobileNet (alpha 0.25) application stand-in of the capability table (300 held-out digits, fp16
+weights, float32 arithmetic): all weights in float16 moved probabilities by 0.034 (gate 0.02). Rounding one tensor at
+a time, the five that moved them most (0.004-0.011 each) were the first five of the network (conv1 and its bias,
+conv_dw_1, conv_pw_1); the final Dense and every later tensor moved them by less than 0.002. Keeping the first ops
+that hold 1 % of the weights in float32 brought the whole file to 0.005, for 1 % more bytes (a stem is narrow: the
+first 14 tensors of that MobileNet hold 1 % of its weights).
+
+The budget is a fraction of the weights, not a number of layers, so the size cost is bounded the same way on every
+model: at most ``FP32_STEM_FRACTION`` of the weights double in size (a float16 file grows by at most that fraction).
+Every operation before the cut stays float32, weighted or not, so the file has one float32 -> float16 boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+# The share of a model's weight elements (convolution, dense and matmul weights, counted from the input) whose ops keep
+# float32 in the fp16 files. 1 % was measured (see the module docstring) to take the MobileNet stand-in from 0.034 to
+# 0.005 max |dp|; 0.5 % gave 0.006 and 2 % 0.004, so the first percent holds most of the gain.
+FP32_STEM_FRACTION = 0.01
+# Weights of fewer elements than this are biases, scales and shape constants, not what the budget counts.
+MIN_WEIGHT_ELEMENTS = 2
+
+
+def stem_length(sizes: Sequence[int], fraction: float = FP32_STEM_FRACTION) -> int:
+    """How many leading ops (``sizes``: weight elements of each op in execution order, 0 for an op without weights)
+    stay float32: every op up to the last weighted op whose weights, with all before it, fit in ``fraction`` of the
+    total. 0 when even the first weighted op does not fit."""
+    total = sum(sizes)
+    budget = fraction * total
+    seen, length = 0, 0
+    for index, size in enumerate(sizes):
+        if not size:
+            continue
+        if seen + size > budget:
+            break
+        seen += size
+        length = index + 1
+    return length
+
+
+def _stem_names(ops: Iterable[tuple[str, int]], fraction: float) -> set[str]:
+    ops = list(ops)
+    return {name for name, _ in ops[: stem_length([size for _, size in ops], fraction)]}
+
+
+# ------------------------------------------------------------------------------------------------ ML Program
+def mlprogram_precision(fraction: float = FP32_STEM_FRACTION):
+    """``compute_precision`` for ``ct.convert``: float16 everywhere except the stem (coremltools' add_fp16_cast pass
+    asks the selector op by op, in program order; the stem is worked out from the op's block on its first question)."""
+    import coremltools as ct
+
+    stems: dict[int, set[str]] = {}
+
+    def in_float16(op) -> bool:
+        block = op.enclosing_block
+        if id(block) not in stems:
+            stems[id(block)] = _stem_names(((o.name, _mil_weight_elements(o)) for o in block.operations if o.op_type != "const"), fraction)
+        return op.name not in stems[id(block)]
+
+    return ct.transform.FP16ComputePrecision(op_selector=in_float16)
+
+
+def _mil_weight_elements(op) -> int:
+    size = 0
+    for var in op.inputs.values():
+        for v in var if isinstance(var, (list, tuple)) else (var,):
+            producer = getattr(v, "op", None)
+            if (
+                producer is not None
+                and producer.op_type == "const"
+                and getattr(v.val, "ndim", 0) >= 2
+                and v.val.size >= MIN_WEIGHT_ELEMENTS
+            ):
+                size += int(v.val.size)
+    return size
+
+
+# ------------------------------------------------------------------------------------------------ NeuralNetwork
+def neuralnetwork_layers(spec) -> list:
+    kind = spec.WhichOneof("Type")
+    if kind not in ("neuralNetworkClassifier", "neuralNetwork"):
+        return []
+    return list(getattr(spec, kind).layers)
+
+
+def _nn_weight_elements(layer) -> int:
+    params = getattr(layer, layer.WhichOneof("layer"))
+    weights = getattr(params, "weights", None)
+    if weights is None:
+        return 0
+    return max(len(weights.floatValue), len(weights.float16Value) // 2)
+
+
+def neuralnetwork_fp16(mlmodel, fraction: float = FP32_STEM_FRACTION):
+    """A NeuralNetwork (.mlmodel) model with float16 weights except the stem's; a new model."""
+    import contextlib
+    import io
+
+    from coremltools.models.neural_network import quantization_utils
+
+    from ..errors import ConversionError, translating
+
+    stem = _stem_names(((layer.name, _nn_weight_elements(layer)) for layer in neuralnetwork_layers(mlmodel.get_spec())), fraction)
+
+    class AfterStem(quantization_utils.QuantizedLayerSelector):
+        def do_quantize(self, layer, **kwargs) -> bool:
+            return layer.name not in stem and super().do_quantize(layer, **kwargs)
+
+    with (
+        translating(ConversionError, "NeuralNetwork 16-bit weight conversion failed"),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # it prints a line per layer
+        return quantization_utils.quantize_weights(mlmodel, nbits=16, selector=AfterStem())
+
+
+# ------------------------------------------------------------------------------------------------ ONNX
+def onnx_stem(core, fraction: float = FP32_STEM_FRACTION) -> set[str]:
+    """Names of the ONNX nodes (in graph order, which tf2onnx writes topologically) that stay float32."""
+    from onnx import TensorProto
+
+    floats = {t.name: _elements(t) for t in core.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2}
+    stem = _stem_names(((node.name, sum(floats.get(i, 0) for i in node.input)) for node in core.graph.node), fraction)
+    return stem - {""}  # an unnamed node cannot be named in the block list (it would block every unnamed node)
+
+
+def _elements(tensor) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    return count
+
+
+def onnx_fp16(core, fraction: float = FP32_STEM_FRACTION):
+    """The core graph in float16 (inputs and outputs kept float32) except the stem's nodes; a new model."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from ..errors import ConversionError, translating
+
+    clone = onnx.ModelProto()
+    clone.CopyFrom(core)
+    nodes = sorted(onnx_stem(clone, fraction))
+    with translating(ConversionError, "fp16 conversion of the ONNX graph failed"):
+        converted = convert_float_to_float16(
+            clone, keep_io_types=True, disable_shape_infer=False, op_block_list=DEFAULT_OP_BLOCK_LIST, node_block_list=nodes
+        )
+    return drop_round_trips(converted)
+
+
+def drop_round_trips(model):
+    """Remove every float32 -> float16 -> float32 Cast pair, in place: onnxruntime's converter wraps each blocked node
+    in its own casts, so between two stem nodes the activation was still rounded to float16 (and back), which is
+    what the stem is there to avoid. A consumer of the pair's output reads the float32 value instead; a first Cast
+    that nothing else reads goes too."""
+    from onnx import TensorProto
+
+    g = model.graph
+    producers = {out: node for node in g.node for out in node.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    outputs = {o.name for o in g.output}
+    renamed: dict[str, str] = {}
+    dropped: set[int] = set()
+    for node in g.node:
+        first = producers.get(node.input[0]) if node.input else None
+        if cast_to(node) != TensorProto.FLOAT or first is None or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        if node.output[0] in outputs:  # the graph's output keeps its name: the second Cast becomes an Identity
+            node.op_type = "Identity"
+            del node.attribute[:]
+            node.input[0] = first.input[0]
+        else:
+            renamed[node.output[0]] = first.input[0]
+            dropped.add(id(node))
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    keep = [n for n in g.node if id(n) not in dropped]
+    read = {name for n in keep for name in n.input} | outputs
+    keep = [n for n in keep if n.op_type != "Cast" or any(o in read for o in n.output)]
+    from .onnx import _topological  # the converter appends its casts at the end of the node list
+
+    available = {i.name for i in g.input} | {t.name for t in g.initializer}
+    keep = _topological(keep, available)
+    del g.node[:]
+    g.node.extend(keep)
+    return model
