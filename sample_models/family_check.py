@@ -46,26 +46,10 @@ class FamilyResult:
 
 
 def float64_twin(model):
-    """The same architecture and weights computing in float64 (every layer's dtype policy set to float64)."""
-    import keras
+    """The same architecture and weights computing in float64 (the validator's own float64 reference)."""
+    from exporter.validation.float64 import float64_twin as twin
 
-    def retype(cfg):
-        if isinstance(cfg, dict):
-            out = {}
-            for k, v in cfg.items():
-                if k == "dtype" and (isinstance(v, (str, dict)) or v is None):
-                    out[k] = "float64"
-                else:
-                    out[k] = retype(v)
-            return out
-        if isinstance(cfg, list):
-            return [retype(v) for v in cfg]
-        return cfg
-
-    config = retype(keras.saving.serialize_keras_object(model))
-    twin = keras.saving.deserialize_keras_object(config)
-    twin.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
-    return twin
+    return twin(model)
 
 
 def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path, count: int = FLOAT64_IMAGES) -> dict:

@@ -256,7 +256,9 @@ def _render(report: dict) -> str:
         shown = f"{len(flipped)} of {a['flipped_count']} shown" if a["flipped_count"] > len(flipped) else f"{a['flipped_count']}"
         parts.append(
             f'<h2 id="{_anchor(a["path"])}">{esc(a["path"])} <a class="top" href="#artifacts">↑</a></h2>'
-            f"<p>{esc(_engine(a))}; {a['status']}</p><h3>Top-1 flipped ({shown})</h3>"
+            f"<p>{esc(_engine(a))}; {a['status']}</p>"
+            + (f"<p>float64 check: {esc(a['float64']['note'])}</p>" if a.get("float64") else "")
+            + f"<h3>Top-1 flipped ({shown})</h3>"
             + _image_rows(flipped, pre)
             + f"<h3>Worst disagreements ({len(a['worst'])})</h3>"
             + _image_rows(a["worst"], pre)

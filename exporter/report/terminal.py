@@ -50,6 +50,7 @@ def parity_table(report: dict) -> str:
             )
         )
     lines = _table(rows)
+    lines += [f"{a['path']}: float64 check: {a['float64']['note']}" for a in report["artifacts"] if a.get("float64")]
     keras = (report.get("keras") or {}).get("against_labels")
     if keras:
         lines.append(f"Keras accuracy {keras['accuracy']:.4f} on {keras['images']} labelled of {report['images']} images")

@@ -1,0 +1,62 @@
+"""The fp32 gate's float64 arbiter (exporter/validation/float64.py): an fp32 file that fails only its max |dp| limit
+passes when it is no further from a float64 Keras model than Keras float32 is (within FP32_FLOAT64_RATIO), and a
+file that really computes something else still fails. Uses the session's small fp32 export (10 held-out images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exporter.validation.tolerances import FP32_FLOAT64_RATIO, PROBABILITY_ROUNDING
+
+# A limit no float32 computation meets (probabilities near 1 are already 6e-8 apart), so every fp32 file fails the
+# plain gate and is judged against float64.
+UNREACHABLE = 1e-12
+# Added to the head's biases of the reference model: moves probabilities by about 1e-4 (ten times the fp32 gate),
+# far beyond float32 rounding, but not enough to flip the top-1 class of the sample's confident predictions.
+BIAS_SHIFT = 2e-3
+
+
+def _validate(out, images, **kw):
+    import exporter
+    from exporter.errors import ParityError
+
+    try:
+        return exporter.validate(out, images, **kw)
+    except ParityError as exc:
+        return exc.report
+
+
+def test_a_file_as_exact_as_keras_float32_passes_a_gate_only_float64_can_judge(small_export):
+    out, images = small_export
+    report = _validate(out, images, gates={"fp32": {"max_abs_prob": UNREACHABLE}})
+    rows = [a for a in report["artifacts"] if a["variant"] == "fp32"]
+    assert len(rows) == 3
+    for row in rows:
+        check = row["float64"]
+        assert row["max_abs_prob"] > UNREACHABLE  # the plain gate failed ...
+        assert 0 < check["keras_fp32_max_abs_prob"] < 1e-5  # ... at float32 rounding level
+        assert check["limit"] == pytest.approx(FP32_FLOAT64_RATIO * check["keras_fp32_max_abs_prob"] + PROBABILITY_ROUNDING)
+        assert check["passed"] == (check["artifact_max_abs_prob"] <= check["limit"])
+        assert row["status"] == ("passed" if check["passed"] else "failed")
+        assert "float64" in check["note"]
+    assert all(r["float64"]["passed"] for r in rows), [r["float64"]["note"] for r in rows]
+
+
+def test_a_file_that_computes_something_else_still_fails(small_export):
+    from exporter.exports import open_export
+    from exporter.validation.parity import measure
+
+    out, images = small_export
+    opened = open_export(out)  # then the reference model is changed in memory: the files no longer compute it
+    head = [layer for layer in opened.loaded.model.layers if len(layer.get_weights()) == 2][-1]  # the classifier
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + BIAS_SHIFT * np.arange(len(bias))])  # not a softmax-invariant shift
+    report = measure(opened, images, gates={})
+    rows = [a for a in report["artifacts"] if a["variant"] == "fp32"]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["top1_agreement"] == 1.0 and row["max_abs_prob"] > 1e-5, row["path"]
+        check = row["float64"]
+        assert not check["passed"] and row["status"] == "failed", check["note"]
+        assert check["artifact_max_abs_prob"] > 10 * check["keras_fp32_max_abs_prob"]
