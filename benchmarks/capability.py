@@ -124,6 +124,9 @@ def _text(art: dict | None) -> str:
     if art is None:
         return "-"
     if art["status"] == "passed":
+        check = art.get("float64") or {}
+        if check.get("passed"):  # past the plain gate, judged against float64 (exporter/validation/float64.py)
+            return f"pass (float64: {check['artifact_max_abs_prob']:.1e} vs Keras fp32 {check['keras_fp32_max_abs_prob']:.1e})"
         return "pass"
     if art["status"] == "not run":
         return f"not run: {art.get('reason') or '?'}"
@@ -266,7 +269,9 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
     legend = (
         "A cell is `pass` when the file converted, ran on Linux (Core ML files through the project's executor, "
         "ONNX through onnxruntime) and met its default gate on the 300 held-out digits (fp32 max |dp| <= 1e-5; "
-        "fp16 max |dp| <= 2e-2 and top-1 >= 99 %; int8 top-1 >= 98 %). The last two columns: max |dp| of the "
+        "fp16 max |dp| <= 2e-2 and top-1 >= 99 %; int8 top-1 >= 98 %); `pass (float64: a vs Keras fp32 b)` is an fp32 "
+        "file past the 1e-5 limit that the validator judged against a float64 Keras model instead: a (the file) is "
+        "within 2x of b (Keras float32), so the model amplifies float32 rounding, not the file. The last two columns: max |dp| of the "
         "fp32 Core ML file, of the fp32 ONNX file and of the Keras float32 model itself against a float64 Keras "
         "model of the same weights, on 64 held-out digits (when Keras float32 is itself near 1e-5 from float64, "
         "the model is too sensitive for the 1e-5 fp32 gate whatever runs it); the trained model's accuracy on its "

@@ -143,7 +143,7 @@ def check(
         result.error = f"validate: {exc}"[:400]
         return result
     result.seconds["validate"] = round(time.perf_counter() - t2, 1)
-    keep = ("format", "variant", "status", "failures", "reason", "max_abs_prob", "top1_agreement", "bytes")
+    keep = ("format", "variant", "status", "failures", "reason", "max_abs_prob", "top1_agreement", "bytes", "float64")
     result.artifacts = [{k: a.get(k) for k in keep} for a in report["artifacts"] if a["variant"] in variants.get(a["format"], ())]
     if float64:
         t3 = time.perf_counter()
