@@ -100,14 +100,10 @@ class Base:
 
     precision: str = "fp32"  # compute precision of the conversion ("fp32" or "fp16")
     target: str | None = None  # minimum deployment target asked of the converter (None: the converter's default)
-    # fp16 only: the ops before convert/fp16.FP32_STEM_FRACTION of the weights keep float32 (that module says why)
-    fp32_stem: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
             raise ConfigError(f"base precision must be 'fp32' or 'fp16', got {self.precision!r}")
-        if self.fp32_stem and self.precision != "fp16":
-            raise ConfigError(f"a float32 stem needs base precision 'fp16', got {self.precision!r}")
 
 
 # A pure transform (base model, context, details) -> new model; it may record what it did in ``details``, which the
@@ -262,8 +258,8 @@ INT8_DYNAMIC_OPT_IN = (
 VARIANTS: tuple[Variant, ...] = (
     Variant("mlpackage", "fp32", 32, base=Base("fp32"), transform=None, gate=FP32_GATE, min_target="iOS15",
             description="ML Program, float32 weights and compute"),
-    Variant("mlpackage", "fp16", 16, base=Base("fp16", fp32_stem=True), transform=None, gate=FP16_GATE,
-            min_target="iOS15", description="ML Program, float16 weights and compute (the stem in float32)"),
+    Variant("mlpackage", "fp16", 16, base=Base("fp32"), transform=lambda m, _c, _d: fp16.mlprogram_fp16(m),
+            gate=FP16_GATE, min_target="iOS15", description="ML Program, float16 weights and compute (the stem in float32)"),
     Variant("mlpackage", "int8", 8, base=FP16, transform=lambda m, _c, _d: qc.compress(m, qc.WEIGHT_ONLY_INT8),
             gate=QUANTIZED_GATE, min_target="iOS16",
             description="ML Program, int8 affine weights (scale and zero point) per output channel"),

@@ -60,16 +60,15 @@ def pass_pipeline():
     return pipeline
 
 
-def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", target: str | None = None, fp32_stem: bool = False):
+def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", target: str | None = None):
     """Convert a Keras model to an in-memory ``ct.models.MLModel`` (not compiled, so this works on Linux).
 
     backend: "mlprogram" or "neuralnetwork"; precision: "fp32" or "fp16" (ML Program compute precision; for
     NeuralNetwork files fp16 is applied afterwards as a weight transform, see ``quantize.coreml``); target: the
-    minimum deployment target (default iOS15 for ML Program, iOS13 for NeuralNetwork); fp32_stem: with fp16, the ops
-    before ``fp16.FP32_STEM_FRACTION`` of the weights keep float32 (convert/fp16.py says why)."""
+    minimum deployment target (default iOS15 for ML Program, iOS13 for NeuralNetwork)."""
     import coremltools as ct
 
-    from . import fp16, rewrite, tf_ops
+    from . import rewrite, tf_ops
 
     tf_ops.register()
     image, multiplier = _image_input(info.preprocessing)
@@ -83,10 +82,7 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         pass_pipeline=pass_pipeline(),
     )
     if backend == "mlprogram":
-        if precision == "fp16":
-            kwargs["compute_precision"] = fp16.mlprogram_precision() if fp32_stem else ct.precision.FLOAT16
-        else:
-            kwargs["compute_precision"] = ct.precision.FLOAT32
+        kwargs["compute_precision"] = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or MLPROGRAM_TARGET)
     else:
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or NEURALNETWORK_TARGET)
@@ -106,7 +102,7 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
 
 def convert_base(ctx: BuildContext, fmt: Format, base: Base):
     """The capability table's converter for the Core ML formats: ``fmt.backend`` at ``base``'s precision and target."""
-    return convert(ctx.model, ctx.info, backend=fmt.backend, precision=base.precision, target=base.target, fp32_stem=base.fp32_stem)
+    return convert(ctx.model, ctx.info, backend=fmt.backend, precision=base.precision, target=base.target)
 
 
 def finish(mlmodel, ctx: BuildContext, variant: Variant, details: dict):
