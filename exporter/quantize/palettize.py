@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -103,20 +102,25 @@ def fisher(model, images: np.ndarray, *, seed: int = 0) -> dict[int, np.ndarray]
 
 
 def _layouts(kernel: np.ndarray):
-    """The Core ML layouts a Keras kernel can take: conv (O, I, kh, kw), depthwise (I*M, 1, kh, kw), linear (O, I),
-    matmul y (I, O)."""
+    """(name, Keras -> Core ML, Core ML -> Keras) for the layouts a Keras kernel can take: conv (O, I, kh, kw),
+    depthwise (I*M, 1, kh, kw), linear (O, I), matmul y (I, O)."""
     if kernel.ndim == 4:
         kh, kw, cin, cout = kernel.shape
-        yield "conv", lambda a: np.transpose(a, (3, 2, 0, 1))
-        yield "depthwise", lambda a: np.transpose(a, (2, 3, 0, 1)).reshape(cin * cout, 1, kh, kw)
+        yield "conv", lambda a: np.transpose(a, (3, 2, 0, 1)), lambda a: np.transpose(a, (2, 3, 1, 0))
+        yield (
+            "depthwise",
+            lambda a: np.transpose(a, (2, 3, 0, 1)).reshape(cin * cout, 1, kh, kw),
+            lambda a: np.transpose(a.reshape(cin, cout, kh, kw), (2, 3, 0, 1)),
+        )
     else:
-        yield "linear", lambda a: a.T
-        yield "matmul", lambda a: a
+        yield "linear", lambda a: a.T, lambda a: a.T
+        yield "matmul", lambda a: a, lambda a: a
 
 
 def weight_sensitivities(mlmodel, keras_model, kernel_fisher: dict[int, np.ndarray]) -> dict[str, dict]:
-    """{Core ML const name: {"fisher": array in the weight's layout, "keras": kernel path, "layout": ...}} for every
-    Core ML conv/linear/matmul weight matched to a Keras kernel (see MATCH_TOLERANCE)."""
+    """{Core ML const name: {"fisher": array in the weight's layout, "keras": kernel path, "layout": ..., "variable":
+    the Keras variable, "to_keras": Core ML value -> Keras kernel (folded scale undone)}} for every Core ML
+    conv/linear/matmul weight matched to a Keras kernel (see MATCH_TOLERANCE)."""
     from .coreml import _float_weights
 
     kernels = [(k, np.asarray(k.numpy(), np.float64)) for k in _kernels(keras_model)]
@@ -130,7 +134,7 @@ def weight_sensitivities(mlmodel, keras_model, kernel_fisher: dict[int, np.ndarr
         )
         best = None
         for var, k in kernels:
-            for layout, fn in _layouts(k):
+            for layout, fn, inverse in _layouts(k):
                 kk = fn(k)
                 if kk.shape != w.shape:
                     continue
@@ -142,7 +146,15 @@ def weight_sensitivities(mlmodel, keras_model, kernel_fisher: dict[int, np.ndarr
                     safe = np.where(np.abs(scale) > 1e-12, scale, 1.0)
                     best = (
                         residual,
-                        {"fisher": fn(kernel_fisher[id(var)]) / np.square(safe), "keras": getattr(var, "path", var.name), "layout": layout},
+                        {
+                            "fisher": fn(kernel_fisher[id(var)]) / np.square(safe),
+                            "keras": getattr(var, "path", var.name),
+                            "layout": layout,
+                            "variable": var,
+                            "to_keras": lambda a, inverse=inverse, safe=safe: inverse(np.asarray(a, np.float64) / safe),
+                            # d loss / d Core ML weight from d loss / d Keras kernel (the layouts are permutations)
+                            "from_keras_grad": lambda g, fn=fn, safe=safe: fn(g) / safe,
+                        },
                     )
         if best is not None:
             out[const.name] = best[1]
@@ -294,6 +306,14 @@ def data_aware(mlmodel, spec: PaletteSpec, keras_model, calibration: list[np.nda
 # ------------------------------------------------------------------------------------------------ mixed bit widths
 MIXED_BITS = (2, 3, 4, 6, 8)  # lookup-table widths a layer may get; 16 means the weight stays float16
 FLOAT_BITS = 16
+# Up to 4 bits, one table per 16 output channels (Apple's recommendation for 4 bits; a per-tensor 4-bit table loses
+# far more); at 6 and 8 bits a table of 64 or 256 float16 entries per group would cost more than the indices on small
+# layers, and one table per tensor already keeps the decisions (palette6, palette8).
+GROUPED_BITS = 4
+# Adam step on table entries, relative to each table's largest entry.
+REFINE_LEARNING_RATE = 1e-3
+# Images the measured effect is computed on: one forward pass of this many per (layer, width) choice.
+MEASURE_IMAGES = 64
 
 
 def _estimated_kl(w: np.ndarray, f: np.ndarray, tables: dict[bytes, tuple], axis: int, group: int) -> float:
@@ -310,11 +330,76 @@ def _estimated_kl(w: np.ndarray, f: np.ndarray, tables: dict[bytes, tuple], axis
     return total
 
 
-def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_size: int = 16, details: dict | None = None):
-    """Each weight gets 2, 3, 4, 6 or 8 bits (or stays float16) so that the element-weighted average of the index bits
-    is at most ``average_bits`` and the summed Fisher estimate of the KL cost is smallest (Lagrangian allocation:
-    each layer minimises cost + lambda * bits * elements, lambda found by bisection). A weight without a sensitivity
-    gets the budget rounded down. ``details`` lists each weight's bits and estimated cost."""
+def _dequantized(w: np.ndarray, tables: dict[bytes, tuple], axis: int, group: int) -> np.ndarray:
+    """The weight as the lookup tables decode it (same layout as ``w``)."""
+    a = np.swapaxes(w, 0, axis) if axis else w
+    size = group or a.shape[0]
+    out = np.empty(a.shape, np.float64)
+    for start in range(0, a.shape[0], size):
+        block = np.ascontiguousarray(a[start : start + size])
+        lut, idx = tables[block.tobytes()]
+        out[start : start + size] = lut.astype(np.float64)[idx].reshape(block.shape)
+    return np.swapaxes(out, 0, axis) if axis else out
+
+
+class _KerasProbe:
+    """Measured effect of a quantized weight: the mean KL divergence between the Keras model's outputs on the
+    calibration images and the same model's with that weight replaced by its decoded table (batch norm scale undone),
+    every other weight left as trained."""
+
+    def __init__(self, keras_model, images: np.ndarray):
+        import tensorflow as tf
+
+        self.model = keras_model
+        self.images = tf.constant(images[:MEASURE_IMAGES])
+        self.call = tf.function(lambda x: keras_model(x, training=False))
+        self.ref = self._probs()
+
+    def _probs(self) -> np.ndarray:
+        p = np.asarray(self.call(self.images), np.float64)
+        return np.clip(p / p.sum(axis=1, keepdims=True), 1e-12, 1.0)
+
+    def _kl(self, q: np.ndarray) -> float:
+        return float(np.mean(np.sum(self.ref * (np.log(self.ref) - np.log(q)), axis=1)))
+
+    def cost(self, replacements: list[tuple[dict, np.ndarray]]) -> tuple[float, float]:
+        """(mean KL, top-1 agreement) with each (sensitivity entry, Core ML-layout value) swapped into Keras."""
+        saved = []
+        try:
+            for sens, value in replacements:
+                var = sens["variable"]
+                saved.append((var, var.numpy()))
+                var.assign(sens["to_keras"](value).astype(saved[-1][1].dtype))
+            q = self._probs()
+        finally:
+            for var, old in reversed(saved):
+                var.assign(old)
+        return self._kl(q), float(np.mean(q.argmax(1) == self.ref.argmax(1)))
+
+
+def _table_bits(tables: dict[bytes, tuple], nbits: int, axis: int, group: int) -> int:
+    """Bits the lookup tables themselves take (float16 entries): ``2**nbits`` entries per table."""
+    # the per-tensor case lists the table under two layouts (see palettize); it is stored once
+    count = 1 if not group else len(tables)
+    return count * (2**nbits) * FLOAT_BITS
+
+
+def mixed(
+    mlmodel,
+    average_bits: float,
+    sensitivities: dict[str, dict],
+    group_size: int = 16,
+    details: dict | None = None,
+    probe: _KerasProbe | None = None,
+    refine_steps: int = 0,
+):
+    """Each weight gets 2, 3, 4, 6 or 8 bits (or stays float16) so that the bits stored per weight, lookup tables
+    included, average at most ``average_bits`` over every conv/linear/matmul weight and the summed cost is smallest
+    (Lagrangian allocation: each layer minimises cost + lambda * stored bits, lambda found by bisection). The cost of a
+    choice is measured when ``probe`` is given (``_KerasProbe``: the Keras model's KL divergence with that one weight
+    quantized), else estimated from the Fisher diagonal (0.5 * sum(F * dw^2)). Tables of 2-4 bits cover
+    ``group_size`` output channels, 6- and 8-bit tables a whole tensor. A weight without a sensitivity gets the largest
+    width whose stored bits fit the budget. ``details`` lists each weight's bits and cost."""
     import coremltools.optimize.coreml as cto
 
     from .coreml import MIN_WEIGHT_ELEMENTS, _float_weights
@@ -325,40 +410,43 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
     for op, const, value, channels in _float_weights(mlmodel):
         w = np.asarray(value)
         axis = 0 if op.op_type != "matmul" or (op.inputs.get("transpose_y") is not None and op.inputs["transpose_y"].val) else w.ndim - 1
-        group = math.gcd(channels, group_size) if group_size else 0
         sens = sensitivities.get(const.name)
-        options: dict[int, tuple[float, Any]] = {}
+        options: dict[int, dict] = {}
         for bits in MIXED_BITS:
             if w.size <= 2**bits:
                 continue
-            tables = _group_tables(w, None if sens is None else sens["fisher"], bits, group, axis)
-            cost = _estimated_kl(w, sens["fisher"], tables, axis, group) if sens is not None else float("nan")
-            options[bits] = (cost, tables)
-        options[FLOAT_BITS] = (0.0, None)
+            group = (math.gcd(channels, group_size) if group_size else 0) if bits <= GROUPED_BITS else 0
+            fisher_w = None if sens is None else sens["fisher"]
+            tables = _group_tables(w, fisher_w, bits, group, axis)
+            if not group and axis:  # coremltools may pass the tensor unswapped; same table either way
+                tables.update(_group_tables(w, fisher_w, bits, 0, 0))
+            if sens is None:
+                cost = float("nan")
+            elif probe is not None and "variable" in sens:
+                cost = probe.cost([(sens, _dequantized(w, tables, axis, group))])[0]
+            else:
+                cost = _estimated_kl(w, sens["fisher"], tables, axis, group)
+            stored = bits * w.size + _table_bits(tables, bits, axis, group)
+            options[bits] = {"cost": cost, "tables": tables, "group": group, "stored": stored}
+        options[FLOAT_BITS] = {"cost": 0.0, "tables": None, "group": 0, "stored": FLOAT_BITS * w.size}
         layers.append(
-            {
-                "name": const.name,
-                "op": op.name,
-                "size": int(w.size),
-                "axis": axis,
-                "group": group,
-                "options": options,
-                "sensitive": sens is not None,
-            }
+            {"name": const.name, "op": op.name, "size": int(w.size), "axis": axis, "options": options, "sens": sens, "w": w}
         )
     total = sum(layer["size"] for layer in layers)
 
     def allocate(lam: float) -> dict[str, int]:
         out = {}
         for layer in layers:
-            if not layer["sensitive"]:
-                out[layer["name"]] = max((b for b in layer["options"] if b <= average_bits), default=FLOAT_BITS)
+            opts = layer["options"]
+            if layer["sens"] is None:
+                fits = [b for b in opts if opts[b]["stored"] <= average_bits * layer["size"]]
+                out[layer["name"]] = max(fits, default=min(opts, key=lambda b: opts[b]["stored"]))
                 continue
-            out[layer["name"]] = min(layer["options"], key=lambda b: layer["options"][b][0] + lam * b * layer["size"])
+            out[layer["name"]] = min(opts, key=lambda b: opts[b]["cost"] + lam * opts[b]["stored"])
         return out
 
     def average(choice: dict[str, int]) -> float:
-        return sum(choice[layer["name"]] * layer["size"] for layer in layers) / max(total, 1)
+        return sum(layer["options"][choice[layer["name"]]]["stored"] for layer in layers) / max(total, 1)
 
     lo, hi = 0.0, 1.0
     while average(allocate(hi)) > average_bits and hi < 1e30:
@@ -370,22 +458,40 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
         else:
             hi = mid
     choice = allocate(hi)
-    per_op, report = {}, []
+    if average(choice) > average_bits:
+        raise ConversionError(
+            f"mixed palettization: no allocation fits {average_bits:g} bits per weight (the smallest is {average(allocate(1e30)):.3f})"
+        )
+    refined = None
+    if probe is not None and refine_steps:
+        chosen = [
+            {"sens": la["sens"], "w": la["w"], "axis": la["axis"], **la["options"][choice[la["name"]]]}
+            for la in layers
+            if la["options"][choice[la["name"]]]["tables"] is not None and la["sens"] is not None and "variable" in la["sens"]
+        ]
+        refined = refine_tables(probe, chosen, refine_steps, REFINE_LEARNING_RATE)
+    per_op, report, replaced = {}, [], []
     for layer in layers:
         bits = choice[layer["name"]]
-        cost, tables = layer["options"][bits]
+        option = layer["options"][bits]
+        cost = option["cost"]
         report.append(
             {
                 "weight": layer["name"],
                 "op": layer["op"],
                 "elements": layer["size"],
                 "bits": bits,
-                "estimated_kl": None if math.isnan(cost) else cost,
-                "estimated_kl_at_4_bits": (layer["options"].get(4, (None,))[0] if layer["sensitive"] else None),
+                "bits_with_table": round(option["stored"] / layer["size"], 4),
+                "group_channels": option["group"] or None,
+                "kl": None if math.isnan(cost) else cost,
+                "kl_at_4_bits": layer["options"][4]["cost"] if layer["sens"] is not None and 4 in layer["options"] else None,
             }
         )
+        tables = option["tables"]
         if tables is None:
             continue
+        if layer["sens"] is not None and "variable" in layer["sens"]:
+            replaced.append((layer["sens"], _dequantized(layer["w"], tables, layer["axis"], option["group"])))
 
         def lut_function(val, tables=tables, name=layer["name"]):
             key = np.ascontiguousarray(val).tobytes()
@@ -393,14 +499,11 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
                 raise ConversionError(f"palettize: coremltools passed a weight group of {name} in an unexpected layout")
             return tables[key]
 
-        group = layer["group"]
-        if not group and layer["axis"]:
-            raise ConversionError(f"mixed palettization needs grouped tables for {layer['name']}")
         per_op[layer["name"]] = cto.OpPalettizerConfig(
             mode="custom",
             lut_function=lut_function,
-            granularity="per_grouped_channel" if group else "per_tensor",
-            group_size=group,
+            granularity="per_grouped_channel" if option["group"] else "per_tensor",
+            group_size=option["group"],
             channel_axis=layer["axis"],
             weight_threshold=MIN_WEIGHT_ELEMENTS,
         )
@@ -408,10 +511,22 @@ def mixed(mlmodel, average_bits: float, sensitivities: dict[str, dict], group_si
         details["mixed_bits"] = {
             "budget": average_bits,
             "average_bits": round(average(choice), 4),
+            "average_index_bits": round(sum(choice[la["name"]] * la["size"] for la in layers) / max(total, 1), 4),
+            "counted": "bits stored per conv/linear/matmul weight: indices plus float16 lookup tables; float16 weights 16",
             "group_size": group_size,
-            "effect": "estimated KL divergence 0.5 * sum(F * dw^2), F the Fisher diagonal on the calibration images",
+            "effect": (
+                f"measured: mean KL divergence of the Keras model's outputs on {len(probe.ref)} calibration images with "
+                "only that weight quantized"
+                if probe is not None
+                else "estimated KL divergence 0.5 * sum(F * dw^2), F the Fisher diagonal on the calibration images"
+            ),
             "weights": report,
         }
+        if refined is not None:
+            details["mixed_bits"]["table_refinement"] = refined
+        if probe is not None and replaced:
+            kl, agreement = probe.cost(replaced)
+            details["mixed_bits"]["all_weights_together"] = {"kl": kl, "calibration_top1_agreement": agreement}
     return _palettize_by_op(mlmodel, per_op, "mixed-bit palettization failed")
 
 
@@ -425,9 +540,104 @@ def _palettize_by_op(mlmodel, per_op: dict, failure: str):
         return cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=per_op))
 
 
-def data_aware_mixed(mlmodel, average_bits: float, keras_model, calibration: list[np.ndarray], normalize, details: dict | None = None):
-    """``mixed`` with Fisher sensitivities measured on the calibration images (see ``data_aware``)."""
+def data_aware_mixed(
+    mlmodel,
+    average_bits: float,
+    keras_model,
+    calibration: list[np.ndarray],
+    normalize,
+    details: dict | None = None,
+    measured: bool = True,
+):
+    """``mixed`` with Fisher-weighted tables and, unless ``measured`` is False, each choice's effect measured on the
+    Keras model with the calibration images (else the Fisher estimate; see ``data_aware``)."""
     if not calibration:
         raise ConversionError("mixed-bit palettization needs calibration images")
     images = np.concatenate([normalize(b) for b in calibration])[:FISHER_IMAGES].astype(np.float32)
-    return mixed(mlmodel, average_bits, weight_sensitivities(mlmodel, keras_model, fisher(keras_model, images)), details=details)
+    sens = weight_sensitivities(mlmodel, keras_model, fisher(keras_model, images))
+    return mixed(mlmodel, average_bits, sens, details=details, probe=_KerasProbe(keras_model, images) if measured else None)
+
+
+# ------------------------------------------------------------------------------------------------ table refinement
+def _tables_to_arrays(w: np.ndarray, tables: dict[bytes, tuple], axis: int, group: int):
+    """(luts (G, K) float64, indices (G, n) in the swapped block layout) for the groups of ``w`` in order."""
+    a = np.swapaxes(w, 0, axis) if axis else w
+    size = group or a.shape[0]
+    luts, idxs, keys = [], [], []
+    for start in range(0, a.shape[0], size):
+        key = np.ascontiguousarray(a[start : start + size]).tobytes()
+        lut, idx = tables[key]
+        luts.append(lut.astype(np.float64))
+        idxs.append(idx.ravel().astype(np.int64))
+        keys.append(key)
+    return np.stack(luts), np.stack(idxs), keys
+
+
+def refine_tables(probe: _KerasProbe, chosen: list[dict], steps: int, learning_rate: float) -> dict:
+    """Lookup-table entries moved by Adam on the KL divergence between the Keras model and its quantized copy on the
+    calibration images, indices fixed (every entry is the mean of its cluster's gradient step: the table stays a table).
+    ``chosen``: [{"sens", "w", "tables", "axis", "group"}] for every quantized weight; their "tables" are replaced.
+    Returns {"kl_before", "kl_after", "steps"}."""
+    import tensorflow as tf
+
+    layers = []
+    for c in chosen:
+        luts, idxs, keys = _tables_to_arrays(c["w"], c["tables"], c["axis"], c["group"])
+        layers.append({**c, "luts": luts, "idxs": idxs, "keys": keys, "m": np.zeros_like(luts), "v": np.zeros_like(luts)})
+    variables = [layer["sens"]["variable"] for layer in layers]
+    saved = [v.numpy() for v in variables]
+    ref = tf.constant(probe.ref, tf.float32)
+
+    @tf.function
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            q = tf.clip_by_value(probe.model(probe.images, training=False), 1e-12, 1.0)
+            loss = tf.reduce_mean(tf.reduce_sum(ref * (tf.math.log(ref) - tf.math.log(q)), axis=1))
+        return loss, tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+
+    def decoded(layer) -> np.ndarray:
+        blocks = np.take_along_axis(layer["luts"], layer["idxs"], axis=1)
+        a = np.swapaxes(layer["w"], 0, layer["axis"]) if layer["axis"] else layer["w"]
+        out = blocks.reshape(a.shape)
+        return np.swapaxes(out, 0, layer["axis"]) if layer["axis"] else out
+
+    history = []
+    try:
+        for step in range(steps + 1):
+            for layer, var, old in zip(layers, variables, saved, strict=True):
+                var.assign(layer["sens"]["to_keras"](decoded(layer)).astype(old.dtype))
+            loss, grads = loss_and_grads()
+            history.append(float(loss))
+            if step == steps:
+                break
+            for layer, g in zip(layers, grads, strict=True):
+                if g is None:
+                    continue
+                gc = layer["sens"]["from_keras_grad"](np.asarray(g, np.float64))
+                a = np.swapaxes(gc, 0, layer["axis"]) if layer["axis"] else gc
+                blocks = a.reshape(layer["idxs"].shape)
+                glut = np.zeros_like(layer["luts"])
+                for gi in range(len(glut)):
+                    glut[gi] = np.bincount(layer["idxs"][gi], blocks[gi], minlength=glut.shape[1])
+                layer["m"] = 0.9 * layer["m"] + 0.1 * glut
+                layer["v"] = 0.999 * layer["v"] + 0.001 * glut * glut
+                mhat = layer["m"] / (1 - 0.9 ** (step + 1))
+                vhat = layer["v"] / (1 - 0.999 ** (step + 1))
+                scale = np.abs(layer["luts"]).max(axis=1, keepdims=True) + 1e-12
+                layer["luts"] = layer["luts"] - learning_rate * scale * mhat / (np.sqrt(vhat) + 1e-12)
+    finally:
+        for var, old in zip(variables, saved, strict=True):
+            var.assign(old)
+    best = history[-1] <= history[0]
+    for layer in layers:
+        if not best:
+            continue
+        dtype = layer["w"].dtype
+        for gi, key in enumerate(layer["keys"]):
+            _, idx = layer["tables"][key]
+            layer["tables"][key] = (layer["luts"][gi].astype(dtype), idx)
+        if not layer["group"] and layer["axis"]:  # the same table under the unswapped layout
+            whole = layer["w"].tobytes()
+            if whole in layer["tables"]:
+                layer["tables"][whole] = (layer["luts"][0].astype(dtype), layer["tables"][whole][1])
+    return {"kl_before": history[0], "kl_after": history[-1], "steps": steps, "kept": best}
