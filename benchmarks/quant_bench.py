@@ -1,11 +1,15 @@
 """Size against decisions, side by side: coremltools' data-free palettes and this project's Fisher-weighted palettes at
-2, 3, 4 and 6 bits, and the mixed bit widths under average-bit budgets, on every sample model.
+2, 3, 4 and 6 bits, and the mixed bit widths (palette-mixed: measured per-layer effect, refined tables) under
+average-bit budgets, on every sample model and on a full-size MobileNetV2 224.
 
-For each file: bytes on disk and ratio to the fp32 .mlpackage, top-1 agreement with Keras and accuracy change on the
-model's held-out images, and top-1 agreement on the other task's held-out images (photos for the digit models and
-digits for the photo model: images outside the model's classes, which a deployed classifier meets every day).
-Calibration images (Fisher sensitivities) come from the TRAINING data (benchmarks/quant_data.py), never from the
-images measured on. Every Core ML file runs in the project's executor (float32 compute), as validation does off macOS.
+For each file: bytes on disk and ratio to the fp32 .mlpackage, stored bits per weight (the weight file's bits over the
+conv/linear/matmul weight count, so tables, biases and other constants count against it), top-1 agreement with Keras
+and accuracy change, and top-1 agreement on the other task's held-out images (photos for the digit models and digits
+for the photo model: images outside the model's classes, which a deployed classifier meets every day).
+Calibration images are CALIBRATION_IMAGES drawn (seeded) from the model's held-out folder, as a user's export
+calibrates on its held-out folder; agreement and accuracy are measured on the REST of that folder only, never on an
+image calibrated on. The MobileNetV2 224 has random weights (no pretrained weights offline): its rows are sizes only.
+Every Core ML file runs in the project's executor (float32 compute), as validation does off macOS.
 
     python -m benchmarks.quant_bench [--models NAME ...] [--readme README.md] [--from-results]
 
@@ -28,6 +32,9 @@ SAMPLES = ROOT / "sample_models"
 MODELS = ["mobilenet_v1_digits", "mobilenet_v2_digits", "squeezenet_digits", "transfer_photos"]
 BITS = (2, 3, 4, 6)
 MIXED_BUDGETS = (3.0, 3.5, 4.0)
+CALIBRATION_IMAGES = 64  # drawn from the held-out folder; the benchmark measures on the others
+SPLIT_SEED = 0
+FULL_SIZE = "mobilenet_v2_224_random"
 GROUP = 16  # output channels per lookup table, for both palettizers (coremltools' recommendation for 4 bits)
 README_START = "<!-- quant-bench:start (written by `python -m benchmarks.quant_bench --readme README.md`) -->"
 README_END = "<!-- quant-bench:end -->"
@@ -48,8 +55,17 @@ def _pixels(folder: Path, pre, labels: list[str] | None = None):
     return px, idx
 
 
+def _weight_elements(mlmodel) -> int:
+    from exporter.quantize.coreml import _float_weights
+
+    return sum(int(np.asarray(v).size) for _op, _c, v, _ch in _float_weights(mlmodel))
+
+
+def _weight_file_bits(path: Path) -> int:
+    return 8 * sum(f.stat().st_size for f in path.rglob("weight.bin"))
+
+
 def bench_model(name: str, work: Path, say=print) -> list[dict]:
-    from benchmarks.quant_data import write_calibration
     from exporter.convert.coreml import convert, save
     from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing, resolve
@@ -67,9 +83,10 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     info = ModelInfo(name=name, labels=labels, preprocessing=pre, source_sha256=loaded.sha256, source_file="model.keras")
     task = "photos" if "photos" in card["heldout_folder"] else "digits"
     other = "digits" if task == "photos" else "photos"
-    calibration = write_calibration(task, work / f"calibration_{task}")
-    cal_px, _ = _pixels(calibration, pre)
-    px, label_idx = _pixels(SAMPLES / card["heldout_folder"], pre, labels)
+    all_px, all_idx = _pixels(SAMPLES / card["heldout_folder"], pre, labels)
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(all_px))
+    cal_px = all_px[perm[:CALIBRATION_IMAGES]]
+    px, label_idx = all_px[perm[CALIBRATION_IMAGES:]], all_idx[perm[CALIBRATION_IMAGES:]]
     out_px, _ = _pixels(SAMPLES / "heldout" / other, pre)
     ref = np.asarray(loaded.model.predict(pre.normalize(px), verbose=0, batch_size=128))
     ref_out = np.asarray(loaded.model.predict(pre.normalize(out_px), verbose=0, batch_size=128))
@@ -79,10 +96,13 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     fp32 = convert(loaded.model, info, backend="mlprogram", precision="fp32")
     fp16 = convert(loaded.model, info, backend="mlprogram", precision="fp16")
     base18 = convert(loaded.model, info, backend="mlprogram", precision="fp16", target="iOS18")
+    cal = pre.normalize(cal_px).astype(np.float32)
     t0 = time.perf_counter()
-    sens = qp.weight_sensitivities(base18, loaded.model, qp.fisher(loaded.model, pre.normalize(cal_px).astype(np.float32)))
+    sens = qp.weight_sensitivities(base18, loaded.model, qp.fisher(loaded.model, cal))
     fisher_seconds = time.perf_counter() - t0
     matched = f"{len(sens)}/{sum(1 for _ in qc._float_weights(base18))}"
+    probe = qp._KerasProbe(loaded.model, cal)
+    details: dict[str, dict] = {}
 
     candidates: list[tuple[str, str, float, object]] = [
         ("reference", "fp32", 32, lambda: fp32),
@@ -103,8 +123,18 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
             ("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(base18, qp.PaletteSpec(b, GROUP), sens))
         )
     for budget in MIXED_BUDGETS:
-        candidates.append(("mixed bits", f"mixed-{budget:g}", budget, lambda b=budget: qp.mixed(base18, b, sens)))
+        candidates.append(
+            (
+                "mixed bits",
+                f"mixed-{budget:g}",
+                budget,
+                lambda b=budget: qp.mixed(
+                    base18, b, sens, details=details.setdefault(f"mixed-{b:g}", {}), probe=probe, refine_steps=qp.REFINE_STEPS
+                ),
+            )
+        )
 
+    elements = _weight_elements(base18)
     rows, fp32_bytes = [], None
     for family, label, bits, build in candidates:
         t0 = time.perf_counter()
@@ -112,6 +142,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
         save(build(), path)
         size = _package_bytes(path)
         fp32_bytes = fp32_bytes or size
+        mixed_details = details.get(label, {}).get("mixed_bits")
         ex = CoreMLExecutor(path)
         got, got_out = ex.predict(rgb(px)), ex.predict(rgb(out_px))
         acc = float((got.argmax(1) == label_idx).mean())
@@ -121,6 +152,11 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
                 "family": family,
                 "file": label,
                 "nominal_bits": bits,
+                "stored_bits_per_weight": round(_weight_file_bits(path) / elements, 3),
+                "mixed_average_bits": None if mixed_details is None else mixed_details["average_bits"],
+                "mixed_layers": None
+                if mixed_details is None
+                else [{k: w[k] for k in ("weight", "elements", "bits", "kl")} for w in mixed_details["weights"]],
                 "bytes": size,
                 "ratio_to_fp32": round(size / fp32_bytes, 4),
                 "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4),
@@ -128,6 +164,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
                 "out_of_class_agreement": round(float((got_out.argmax(1) == ref_out.argmax(1)).mean()), 4),
                 "max_abs_prob": round(float(np.abs(got - ref).max()), 4),
                 "images": len(px),
+                "calibration_images": len(cal_px),
                 "out_of_class_images": len(out_px),
                 "keras_accuracy": round(keras_acc, 4),
                 "weights_matched": matched,
@@ -142,14 +179,98 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     return rows
 
 
+def bench_full_size(work: Path, say=print) -> list[dict]:
+    """keras.applications MobileNetV2 (alpha 1.0, 224 px, 1000 classes, 3.5 M weights) with RANDOM weights: file sizes
+    and stored bits per weight only. A random classifier's outputs are near uniform, so agreement on it would prove
+    nothing and is not measured. Fisher sensitivities from 4 held-out digits (resized); the mixed files use the Fisher
+    estimate (no measured effect, no refinement): their size is what the row shows."""
+    import keras
+
+    from exporter.convert.coreml import convert, save
+    from exporter.preprocessing import Preprocessing
+    from exporter.provenance import ModelInfo
+    from exporter.quantize import coreml as qc
+    from exporter.quantize import palettize as qp
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, weights=None, classes=1000)
+    pre = Preprocessing.from_dict({"input_size": [224, 224], "scale": [1 / 127.5], "bias": [-1.0]})
+    info = ModelInfo(name=FULL_SIZE, labels=[f"c{i}" for i in range(1000)], preprocessing=pre, source_sha256="0", source_file="-")
+    fp32 = convert(model, info, backend="mlprogram", precision="fp32")
+    fp16 = convert(model, info, backend="mlprogram", precision="fp16")
+    base18 = convert(model, info, backend="mlprogram", precision="fp16", target="iOS18")
+    px, _ = _pixels(SAMPLES / "heldout" / "digits", pre)
+    sens = qp.weight_sensitivities(base18, model, qp.fisher(model, pre.normalize(px[:4]).astype(np.float32)))
+    details: dict[str, dict] = {}
+    candidates = [
+        ("reference", "fp32", 32, lambda: fp32),
+        ("reference", "fp16", 16, lambda: fp16),
+        ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
+        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 8))),
+    ]
+    for bits in BITS:
+        candidates.append(
+            (
+                "coremltools k-means",
+                f"ct-palette{bits}",
+                bits,
+                lambda b=bits: qc.compress(base18, qc.CompressionSpec("palettize", b, grouped=True)),
+            )
+        )
+        candidates.append(
+            ("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(base18, qp.PaletteSpec(b, GROUP), sens))
+        )
+    for budget in MIXED_BUDGETS:
+        candidates.append(
+            (
+                "mixed bits",
+                f"mixed-{budget:g}",
+                budget,
+                lambda b=budget: qp.mixed(base18, b, sens, details=details.setdefault(f"mixed-{b:g}", {})),
+            )
+        )
+    elements = _weight_elements(base18)
+    rows, fp32_bytes = [], None
+    for family, label, bits, build in candidates:
+        t0 = time.perf_counter()
+        path = work / FULL_SIZE / f"{label}.mlpackage"
+        save(build(), path)
+        size = _package_bytes(path)
+        fp32_bytes = fp32_bytes or size
+        mixed_details = details.get(label, {}).get("mixed_bits")
+        rows.append(
+            {
+                "model": FULL_SIZE,
+                "family": family,
+                "file": label,
+                "nominal_bits": bits,
+                "stored_bits_per_weight": round(_weight_file_bits(path) / elements, 3),
+                "mixed_average_bits": None if mixed_details is None else mixed_details["average_bits"],
+                "bytes": size,
+                "ratio_to_fp32": round(size / fp32_bytes, 4),
+                "top1_agreement": None,
+                "accuracy_change_points": None,
+                "out_of_class_agreement": None,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        say(f"{FULL_SIZE:22s} {label:18s} {size:>10,d} {rows[-1]['ratio_to_fp32']:.3f} bits {rows[-1]['stored_bits_per_weight']:.3f}")
+    return rows
+
+
+def _cell(value, fmt: str) -> str:
+    return "n/a (random weights)" if value is None else format(value, fmt)
+
+
 def table(rows: list[dict]) -> str:
     head = (
-        "| model | file | family | bits/weight | bytes | ratio to fp32 | top-1 agreement | accuracy change (points) "
-        "| agreement outside the classes |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| model | file | family | nominal bits | stored bits/weight | bytes | ratio to fp32 | top-1 agreement "
+        "| accuracy change (points) | agreement outside the classes |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return head + "\n".join(
-        f"| {r['model']} | {r['file']} | {r['family']} | {r['nominal_bits']:g} | {r['bytes']:,} | {r['ratio_to_fp32']:.3f} "
-        f"| {r['top1_agreement']:.4f} | {r['accuracy_change_points']:+.2f} | {r['out_of_class_agreement']:.4f} |"
+        f"| {r['model']} | {r['file']} | {r['family']} | {r['nominal_bits']:g} | {r['stored_bits_per_weight']:.2f} "
+        f"| {r['bytes']:,} | {r['ratio_to_fp32']:.3f} | {_cell(r['top1_agreement'], '.4f')} "
+        f"| {_cell(r['accuracy_change_points'], '+.2f')} | {_cell(r['out_of_class_agreement'], '.4f')} |"
         for r in rows
     )
 
@@ -160,7 +281,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows if r["top1_agreement"] is not None))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
     styles = {
         "coremltools k-means": ("o-", "tab:gray"),
@@ -198,7 +319,7 @@ def write_readme(readme: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--models", nargs="+", default=[*MODELS, FULL_SIZE], choices=[*MODELS, FULL_SIZE])
     p.add_argument("--readme", type=Path)
     p.add_argument(
         "--from-results", action="store_true", help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}"
@@ -211,11 +332,27 @@ def main(argv: list[str] | None = None) -> None:
             write_readme(args.readme, rows)
         print(table(rows))
         return
-    rows = []
+    rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         for name in args.models:
-            rows += bench_model(name, Path(tmp), say=lambda line: print(line, file=sys.stderr, flush=True))
-    RESULTS.write_text(json.dumps({"rows": rows, "bits": BITS, "mixed_budgets": MIXED_BUDGETS, "group": GROUP}, indent=1) + "\n")
+            rows += bench_full_size(Path(tmp), say) if name == FULL_SIZE else bench_model(name, Path(tmp), say)
+    seconds = round(time.perf_counter() - started)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "bits": BITS,
+                "mixed_budgets": MIXED_BUDGETS,
+                "group": GROUP,
+                "calibration_images": CALIBRATION_IMAGES,
+                "split_seed": SPLIT_SEED,
+                "run_seconds": seconds,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     plot(rows, PLOT)
     if args.readme:
         write_readme(args.readme, rows)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,44 +308,77 @@ def test_every_core_ml_weight_is_matched_to_its_keras_kernel_and_tables_decode_a
             assert len(np.unique(value[start : start + group])) <= 16
 
 
+def _stored_bits_per_weight(mlmodel) -> float:
+    """Average bits per conv/linear/matmul weight as the program stores them, counted from the written ops: a
+    ``constexpr_lut_to_dense`` costs log2(entries) bits per index plus 16 per float16 table entry, a weight left as a
+    float16 constant 16 bits per element."""
+    ops = mlmodel._mil_program.functions["main"].operations
+    bits = elements = 0
+    for op in ops:
+        if op.op_type == "constexpr_lut_to_dense":
+            lut, indices = np.asarray(op.lut.val), np.asarray(op.indices.val)
+            entries = lut.shape[-2]
+            bits += indices.size * math.log2(entries) + lut.size * 16
+            elements += indices.size
+        elif op.op_type in ("conv", "linear", "matmul"):
+            w = op.inputs.get("weight", op.inputs.get("y"))
+            if w is not None and w.op is not None and w.op.op_type == "const" and w.val is not None and w.val.ndim >= 2:
+                bits += 16 * w.val.size
+                elements += w.val.size
+    return bits / elements
+
+
 @pytest.mark.slow
-def test_mixed_bits_stay_within_the_budget_and_spend_more_bits_where_the_fisher_cost_is_higher(photos_fp16_ios18):
-    from exporter.quantize.palettize import fisher, mixed, weight_sensitivities
+def test_mixed_bits_count_their_tables_stay_within_the_budget_and_refinement_lowers_the_measured_kl(photos_fp16_ios18):
+    from exporter.quantize.palettize import _KerasProbe, fisher, mixed, weight_sensitivities
 
     model, pre, base = photos_fp16_ios18
     pixels, _ = _photo_pixels(pre)
-    sens = weight_sensitivities(base, model, fisher(model, pre.normalize(pixels[:16]).astype(np.float32)))
-    costs = {}
-    for budget in (3.0, 4.0):
-        details: dict = {}
-        mixed(base, budget, sens, details=details)
-        rows = details["mixed_bits"]["weights"]
-        average = sum(r["bits"] * r["elements"] for r in rows) / sum(r["elements"] for r in rows)
-        assert average <= budget and details["mixed_bits"]["average_bits"] == pytest.approx(average, abs=1e-4)
-        assert {r["bits"] for r in rows} <= {2, 3, 4, 6, 8, 16} and len({r["bits"] for r in rows}) > 1
-        costs[budget] = sum(r["estimated_kl"] for r in rows)
-    assert costs[4.0] < costs[3.0]  # more bits, less estimated damage
+    images = pre.normalize(pixels[:16]).astype(np.float32)
+    sens = weight_sensitivities(base, model, fisher(model, images))
+    estimated: dict = {}
+    quantized = mixed(base, 3.0, sens, details=estimated)
+    assert estimated["mixed_bits"]["average_bits"] <= 3.0
+    assert _stored_bits_per_weight(quantized) == pytest.approx(estimated["mixed_bits"]["average_bits"], abs=1e-3)
+    measured: dict = {}
+    quantized = mixed(base, 4.0, sens, details=measured, probe=_KerasProbe(model, images), refine_steps=20)
+    rows = measured["mixed_bits"]["weights"]
+    assert measured["mixed_bits"]["average_bits"] <= 4.0
+    assert _stored_bits_per_weight(quantized) == pytest.approx(measured["mixed_bits"]["average_bits"], abs=1e-3)
+    assert {r["bits"] for r in rows} <= {2, 3, 4, 6, 8, 16} and len({r["bits"] for r in rows}) > 1
+    refinement = measured["mixed_bits"]["table_refinement"]
+    assert refinement["kept"] and refinement["kl_after"] < 0.5 * refinement["kl_before"]
+    # the refined tables are the ones written: the program's decoded weights give the KL the refinement reported
+    assert measured["mixed_bits"]["all_weights_together"]["kl"] == pytest.approx(refinement["kl_after"], rel=0.05)
 
 
 @pytest.mark.slow
-def test_data_aware_variants_export_with_their_layout_in_the_manifest_and_keep_the_decisions(tmp_path):
-    """palette4-fisher and palette-mixed through the public export, calibrated on training crops of the photographs
-    (benchmarks/quant_data.py), judged on the held-out crops like any variant."""
+def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_it_was_not_calibrated_on(tmp_path):
+    """palette-mixed (<= 4 stored bits per weight) through the public export, calibrated on 64 of the held-out photos
+    and judged on the others (a seeded split): issue 18's bar is top-1 agreement >= 0.99 and accuracy within 0.5
+    points; coremltools' data-free 4-bit file agrees on 0.805. palette4-fisher's manifest carries its table layout."""
+    import shutil
+
     from conftest import sample
 
-    from benchmarks.quant_data import write_calibration
     from exporter.api import ExportOptions, export, validate
     from exporter.errors import ParityError
+    from exporter.images import list_images
 
     s = sample("transfer_photos")
-    calibration = write_calibration("photos", tmp_path / "calibration")
+    items = list_images(s["heldout"])
+    calibrate = set(np.random.default_rng(0).permutation(len(items))[:64].tolist())
+    for i, it in enumerate(items):
+        dest = tmp_path / ("calibration" if i in calibrate else "judged") / it.label / Path(it.path).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(it.path, dest)
     manifest = export(
         s["model"],
         s["labels"],
         tmp_path / "out",
         preprocessing=s["preprocessing"],
         options=ExportOptions(
-            formats=("mlpackage",), variants=("palette4", "palette4-fisher", "palette-mixed"), calibration_images=calibration
+            formats=("mlpackage",), variants=("palette4-fisher", "palette-mixed"), calibration_images=tmp_path / "calibration"
         ),
     )
     arts = {a["variant"]: a for a in manifest["artifacts"]}
@@ -353,11 +387,10 @@ def test_data_aware_variants_export_with_their_layout_in_the_manifest_and_keep_t
     mixed = arts["palette-mixed"]["details"]["mixed_bits"]
     assert mixed["average_bits"] <= 4.0 and {w["bits"] for w in mixed["weights"]} - {4}
     try:
-        report = validate(tmp_path / "out", s["heldout"])
+        report = validate(tmp_path / "out", tmp_path / "judged")
     except ParityError as exc:
         report = exc.report
-    top1 = {r["variant"]: r["top1_agreement"] for r in report["artifacts"]}
-    print(top1)
-    # the data-free palette4 agrees on 0.805 of these images (README); sensitivity-weighted tables do better, and the
-    # mixed widths at the same average bits pass the 0.98 gate
-    assert top1["palette4-fisher"] > top1["palette4"] and top1["palette-mixed"] >= 0.98
+    row = next(r for r in report["artifacts"] if r["variant"] == "palette-mixed")
+    print(row["top1_agreement"], row["against_labels"]["accuracy_change"])
+    assert row["images"] == len(items) - 64
+    assert row["top1_agreement"] >= 0.99 and row["against_labels"]["accuracy_change"] >= -0.005

@@ -310,8 +310,10 @@ FLOAT_BITS = 16
 # far more); at 6 and 8 bits a table of 64 or 256 float16 entries per group would cost more than the indices on small
 # layers, and one table per tensor already keeps the decisions (palette6, palette8).
 GROUPED_BITS = 4
-# Adam step on table entries, relative to each table's largest entry.
+# Adam step on table entries, relative to each table's largest entry, and the number of steps: on the transfer sample
+# 100 steps take the calibration KL from 0.022 to 9e-5 (about 10 s at 64 px); k-means alone leaves 0.95 agreement.
 REFINE_LEARNING_RATE = 1e-3
+REFINE_STEPS = 100
 # Images the measured effect is computed on: one forward pass of this many per (layer, width) choice.
 MEASURE_IMAGES = 64
 
@@ -550,12 +552,15 @@ def data_aware_mixed(
     measured: bool = True,
 ):
     """``mixed`` with Fisher-weighted tables and, unless ``measured`` is False, each choice's effect measured on the
-    Keras model with the calibration images (else the Fisher estimate; see ``data_aware``)."""
+    Keras model with the calibration images and the chosen tables refined on them (else the Fisher estimate, tables
+    as k-means left them; see ``data_aware``)."""
     if not calibration:
         raise ConversionError("mixed-bit palettization needs calibration images")
     images = np.concatenate([normalize(b) for b in calibration])[:FISHER_IMAGES].astype(np.float32)
     sens = weight_sensitivities(mlmodel, keras_model, fisher(keras_model, images))
-    return mixed(mlmodel, average_bits, sens, details=details, probe=_KerasProbe(keras_model, images) if measured else None)
+    if not measured:
+        return mixed(mlmodel, average_bits, sens, details=details)
+    return mixed(mlmodel, average_bits, sens, details=details, probe=_KerasProbe(keras_model, images), refine_steps=REFINE_STEPS)
 
 
 # ------------------------------------------------------------------------------------------------ table refinement
