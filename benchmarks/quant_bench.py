@@ -262,6 +262,29 @@ def _cell(value, fmt: str) -> str:
     return "n/a (random weights)" if value is None else format(value, fmt)
 
 
+# Issue 18's bar for a file at <= 4 bits per weight: top-1 agreement >= 0.99 and accuracy within 0.5 points of Keras.
+BAR_AGREEMENT = 0.99
+BAR_ACCURACY_POINTS = -0.5
+
+
+def summary(rows: list[dict]) -> str:
+    """Per sample model, the files at <= 4 stored bits per weight and whether each meets issue 18's bar."""
+    head = (
+        "| model | file | stored bits/weight | ratio to fp32 | top-1 agreement | accuracy change (points) | meets the bar |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        if r["top1_agreement"] is None or r["stored_bits_per_weight"] > 4.0 or r["family"] == "reference":
+            continue
+        ok = r["top1_agreement"] >= BAR_AGREEMENT and r["accuracy_change_points"] >= BAR_ACCURACY_POINTS
+        lines.append(
+            f"| {r['model']} | {r['file']} | {r['stored_bits_per_weight']:.2f} | {r['ratio_to_fp32']:.3f} "
+            f"| {r['top1_agreement']:.4f} | {r['accuracy_change_points']:+.2f} | {'yes' if ok else 'no'} |"
+        )
+    return head + "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = (
         "| model | file | family | nominal bits | stored bits/weight | bytes | ratio to fp32 | top-1 agreement "
@@ -299,6 +322,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("size / fp32")
         ax.set_ylim(0.5, 1.005)
         ax.axhline(0.98, color="tab:orange", lw=0.8, ls="--")
+        ax.axhline(BAR_AGREEMENT, color="tab:purple", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 agreement with Keras")
     axes[0][0].legend(fontsize=7, loc="lower right")
@@ -307,13 +331,18 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_readme(readme: Path, rows: list[dict]) -> None:
+def write_readme(readme: Path, rows: list[dict], seconds: int | None = None) -> None:
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    body = f"\n![size against top-1 agreement](benchmarks/{PLOT.name})\n\n{table(rows)}\n"
+    took = "" if seconds is None else f"One run, {seconds} s on the shared 2-core machine. "
+    body = (
+        f"\n![size against top-1 agreement](benchmarks/{PLOT.name})\n\n{took}Files at 4 stored bits per weight or less "
+        f"against issue 18's bar (top-1 agreement >= {BAR_AGREEMENT}, accuracy within {-BAR_ACCURACY_POINTS} points):\n\n"
+        f"{summary(rows)}\n\nEvery file:\n\n{table(rows)}\n"
+    )
     readme.write_text(head + README_START + body + README_END + tail)
 
 
@@ -326,10 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     if args.from_results:
-        rows = json.loads(RESULTS.read_text())["rows"]
+        saved = json.loads(RESULTS.read_text())
+        rows = saved["rows"]
         plot(rows, PLOT)
         if args.readme:
-            write_readme(args.readme, rows)
+            write_readme(args.readme, rows, saved.get("run_seconds"))
         print(table(rows))
         return
     rows, started = [], time.perf_counter()
@@ -355,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     plot(rows, PLOT)
     if args.readme:
-        write_readme(args.readme, rows)
+        write_readme(args.readme, rows, seconds)
     print(table(rows))
 
 
