@@ -431,9 +431,7 @@ def mixed(
             stored = bits * w.size + _table_bits(tables, bits, axis, group)
             options[bits] = {"cost": cost, "tables": tables, "group": group, "stored": stored}
         options[FLOAT_BITS] = {"cost": 0.0, "tables": None, "group": 0, "stored": FLOAT_BITS * w.size}
-        layers.append(
-            {"name": const.name, "op": op.name, "size": int(w.size), "axis": axis, "options": options, "sens": sens, "w": w}
-        )
+        layers.append({"name": const.name, "op": op.name, "size": int(w.size), "axis": axis, "options": options, "sens": sens, "w": w})
     total = sum(layer["size"] for layer in layers)
 
     def allocate(lam: float) -> dict[str, int]:
