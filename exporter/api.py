@@ -91,16 +91,18 @@ class ExportOptions:
             check_name(self.name)
 
 
-def _calibration(folder: Path | None, pre: Preprocessing, count: int) -> list[np.ndarray]:
-    """Up to ``count`` images from ``folder`` (a seeded sample), as uint8 NHWC batches in the contract's order."""
+def _calibration(folder: Path | None, pre: Preprocessing, count: int) -> tuple[list[np.ndarray], list[str]]:
+    """Up to ``count`` images from ``folder`` (a seeded sample), as uint8 NHWC batches in the contract's order, and the
+    SHA-256 of each picked file (the manifest records them so that ``validate`` leaves them out)."""
     if folder is None:
-        return []
+        return [], []
     from .images import iter_batches, list_images
+    from .packaging import sha256_of
 
     items = list_images(folder)
     rng = np.random.default_rng(0)
     picked = [items[i] for i in sorted(rng.permutation(len(items))[:count])]
-    return [batch for _, batch in iter_batches(picked, pre, batch_size=16)]
+    return [batch for _, batch in iter_batches(picked, pre, batch_size=16)], sorted({sha256_of(it.path) for it in picked})
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Prepared:
     skipped: list[dict]  # the others, each with its reason
     export_model: Any = None  # what the converters see: no inference no-ops, the head appended (LoadedModel.for_export)
     removed: list = field(default_factory=list)  # the no-op layers taken out (inference.RemovedLayer)
+    calibration_sha256: list[str] = field(default_factory=list)  # of the calibration files, for the manifest
 
     def context(self, options: ExportOptions) -> BuildContext:
         return BuildContext(
@@ -170,7 +173,7 @@ def prepare(
     )
     wanted = list(options.selected)
     needs_cal = any(v.needs_calibration for v in wanted)
-    calibration = _calibration(options.calibration_images, pre, options.calibration_count) if needs_cal else []
+    calibration, calibration_sha256 = _calibration(options.calibration_images, pre, options.calibration_count) if needs_cal else ([], [])
     skipped, runnable = [], []
     for v in wanted:
         if v.needs_calibration and not calibration:
@@ -185,6 +188,7 @@ def prepare(
         loaded=loaded,
         info=info,
         calibration=calibration,
+        calibration_sha256=calibration_sha256,
         runnable=runnable,
         skipped=skipped,
         export_model=export_model,
@@ -253,6 +257,8 @@ def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], out: Pat
         },
     )
     manifest = {**manifest, "name": prepared.info.name, **extra}
+    if prepared.calibration_sha256:  # validate leaves these images out: a file is not judged on what tuned it
+        manifest["calibration"] = {"images": len(prepared.calibration_sha256), "sha256": prepared.calibration_sha256}
     write_json(stage / MANIFEST_NAME, manifest)
     return manifest
 

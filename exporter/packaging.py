@@ -393,6 +393,11 @@ def read_manifest(folder: str | Path) -> dict:
         if art["path"] in seen:
             raise bad(f"artifact {quote(art['path'])} is listed twice")
         seen.add(art["path"])
+    calibration = data.get("calibration")
+    if calibration is not None:
+        hashes = calibration.get("sha256") if isinstance(calibration, dict) else None
+        if not isinstance(hashes, list) or not all(isinstance(h, str) and SHA256.match(h) for h in hashes):
+            raise bad("calibration must be an object whose 'sha256' is a list of 64-hex-digit strings")
     return data
 
 

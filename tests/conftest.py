@@ -29,21 +29,42 @@ def sample(name: str) -> dict:
     }
 
 
+def shared_once(tmp_path_factory, key: str, build) -> tuple[Path, object]:
+    """(folder, result) of ``build(folder) -> JSON-able result``, run once per test run even when pytest-xdist runs the files in several
+    processes: the first process to ask builds it in a folder every process can see, under a file lock, and the
+    others read the stored result. Without xdist the folder is this session's own."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this run
+    folder = base / "shared" / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder.parent / f"{key}.json"
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(folder)))
+        return folder, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
-    """Each sample model exported once per session with every variant this machine can build."""
+    """Each sample model exported once per test run with every variant this machine can build."""
     from exporter.api import ExportOptions, export
+
+    def build(name: str, folder: Path) -> dict:
+        s = sample(name)
+        options = ExportOptions(calibration_images=s["heldout"])
+        return dict(export(s["model"], s["labels"], folder / name, preprocessing=s["preprocessing"], options=options))
 
     cache: dict[str, tuple[Path, dict]] = {}
 
     def get(name: str) -> tuple[Path, dict]:
         if name not in cache:
-            s = sample(name)
-            out = tmp_path_factory.mktemp("exports") / name
-            manifest = export(
-                s["model"], s["labels"], out, preprocessing=s["preprocessing"], options=ExportOptions(calibration_images=s["heldout"])
-            )
-            cache[name] = (out, manifest)
+            folder, manifest = shared_once(tmp_path_factory, f"exports-{name}", lambda folder: build(name, folder))
+            cache[name] = (folder / name, manifest)
         return cache[name]
 
     return get
@@ -85,12 +106,17 @@ def fresh_exports(tmp_path_factory):
     environment: once through the Python API (manifest written to a file, so stdout and stderr must stay empty) and
     once through the CLI with its output piped (as in a CI log). Shared by the reproducibility test (identical
     manifests, so also CLI = API), the quiet-console tests (a pipe; the API prints nothing) and test_export; one pair
-    of exports instead of six separate ones. Returns {"api"|"cli": {"out", "manifest", "stdout", "stderr"}}."""
+    of exports instead of six separate ones, built once per run (shared_once). Returns {"api"|"cli": {"out",
+    "manifest", "stdout", "stderr"}}."""
+    folder, out = shared_once(tmp_path_factory, "fresh_exports", _fresh_exports)
+    return {k: {**v, "out": folder / k} for k, v in out.items()}
+
+
+def _fresh_exports(root: Path) -> dict:
     import subprocess
     import sys
 
     s = sample("mobilenet_v1_digits")
-    root = tmp_path_factory.mktemp("fresh")
     api_code = (
         "import json, sys, exporter; m = exporter.export({m!r}, {l!r}, sys.argv[1], preprocessing={p!r}, "
         "options=exporter.ExportOptions(variants={v!r}, calibration_images={c!r}, calibration_count={n})); "
@@ -119,5 +145,5 @@ def fresh_exports(tmp_path_factory):
     for k, p in procs.items():
         assert p.returncode == 0, (k, done[k][1][-3000:])
         manifest = json.loads((root / f"{k}.json").read_text())
-        out[k] = {"out": root / k, "manifest": manifest, "stdout": done[k][0], "stderr": done[k][1]}
+        out[k] = {"manifest": manifest, "stdout": done[k][0], "stderr": done[k][1]}
     return out

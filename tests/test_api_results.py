@@ -154,3 +154,34 @@ def test_symbolic_dimensions_are_renumbered():
     assert a.SerializeToString() == b.SerializeToString()
     dims = [v.type.tensor_type.shape.dim[0].dim_param for v in (*a.graph.input, *a.graph.value_info, *a.graph.output)]
     assert dims[0] == dims[1] != dims[2] and not any("429" in d for d in dims)
+
+
+def test_validate_leaves_out_the_images_the_export_calibrated_on(fresh_exports, tmp_path):
+    """The manifest records each calibration file's SHA-256; validate judges on the other images only (copies
+    recognised by content), and a folder of calibration images alone is refused, naming it."""
+    import shutil
+
+    from exporter.errors import ParityError
+    from exporter.packaging import sha256_of
+
+    export = fresh_exports["api"]
+    recorded = set(export["manifest"]["calibration"]["sha256"])
+    assert len(recorded) == export["manifest"]["calibration"]["images"] > 0
+    heldout = sample("mobilenet_v1_digits")["heldout"]
+    files = sorted(p for p in heldout.rglob("*") if p.is_file())
+    calibration = [p for p in files if sha256_of(p) in recorded][:3]
+    others = [p for p in files if sha256_of(p) not in recorded][:4]
+    assert len(calibration) == 3 and len(others) == 4
+    mixed, only = tmp_path / "mixed", tmp_path / "only"
+    for folder, chosen in ((mixed, calibration + others), (only, calibration)):
+        for i, p in enumerate(chosen):
+            (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, folder / p.parent.name / f"copy{i}{p.suffix}")  # renamed: matched by content
+    try:
+        report = exporter.validate(export["out"], mixed)
+    except ParityError as exc:  # 4 images can move a gate; what is asserted here is which images were judged
+        report = exc.report
+    assert report["images"] == 4 and report["calibration_images_left_out"] == 3
+    assert all(a["images"] == 4 for a in report["artifacts"] if a["status"] != "not run")
+    with pytest.raises(ConfigError, match="every image under .*only.* calibrated"):
+        exporter.validate(export["out"], only)

@@ -162,7 +162,7 @@ def _summary(report: dict) -> str:
         f'<section class="card {"pass" if report["passed"] else "fail"}-card"><h1>{verdict}</h1>'
         f"<p><b>{counts['passed']}</b> passed, <b>{counts['failed']}</b> failed, <b>{counts['not run']}</b> not run "
         f"of {len(report['artifacts'])} artifacts, on {report['images']} images from "
-        f"{esc(report['image_folder'])}</p>"
+        f"{esc(report['image_folder'])}{_left_out(report)}</p>"
         f"<p>engines: {esc(', '.join(engines)) or 'none'}; reference: {esc(ref.get('name', 'Keras'))} "
         f"{esc(ref.get('version', ''))}</p>"
         f"<p>{esc(env.get('platform', ''))}, Python {esc(env.get('python', ''))}, {esc(env.get('date', ''))}; "
@@ -281,3 +281,8 @@ def _render(report: dict) -> str:
 
 def write(report: dict, path: str | Path) -> None:
     Path(path).write_text(render(report), encoding="utf-8")
+
+
+def _left_out(report: dict) -> str:
+    n = report.get("calibration_images_left_out") or 0
+    return f" ({n} left out: they calibrated the quantized files)" if n else ""

@@ -54,6 +54,8 @@ def parity_table(report: dict) -> str:
     keras = (report.get("keras") or {}).get("against_labels")
     if keras:
         lines.append(f"Keras accuracy {keras['accuracy']:.4f} on {keras['images']} labelled of {report['images']} images")
+    if report.get("calibration_images_left_out"):
+        lines.append(f"{report['calibration_images_left_out']} images of the folder left out: they calibrated the quantized files")
     if report.get("not_run"):
         lines.append(f"{len(report['not_run'])} artifact(s) NOT RUN: their parity is unchecked here")
     env = report.get("environment")

@@ -113,7 +113,7 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
     from ..runtime import KerasRunner
 
     root, manifest, pre, labels = opened.root, opened.manifest, opened.preprocessing, opened.labels
-    items = list_images(images)
+    items, calibration_left_out = _without_calibration_images(list_images(images), manifest, images)
     index_of: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     unknown = sorted({it.label for it in items if it.label is not None and it.label not in index_of})
     keras_run = KerasRunner(opened.loaded.model, pre)
@@ -172,6 +172,7 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
         "export_dir": str(root),
         "image_folder": str(images),
         "images": len(items),
+        "calibration_images_left_out": calibration_left_out,
         "batch_size": batch_size,
         "labels": labels,
         "labels_unknown_to_model": unknown,
@@ -185,6 +186,24 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
         "not_run": [r["path"] for r in results if r["status"] == "not run"],
     }
     return Report(report)
+
+
+def _without_calibration_images(items: list, manifest: dict, folder: str | Path) -> tuple[list, int]:
+    """The images that did not calibrate the export (the manifest records the SHA-256 of each calibration file, so a
+    copy elsewhere is recognised too) and how many were left out: a quantized file tuned on an image would be judged
+    on it otherwise. Every image being a calibration image is a ConfigError naming the folder."""
+    recorded = set((manifest.get("calibration") or {}).get("sha256", ()))
+    if not recorded:
+        return items, 0
+    from ..packaging import sha256_of
+
+    kept = [it for it in items if sha256_of(it.path) not in recorded]
+    if not kept:
+        raise ConfigError(
+            f"every image under {folder} calibrated this export's quantized files, so none can judge them; validate on "
+            "other images (or export with a --calibration-count smaller than the folder)"
+        )
+    return kept, len(items) - len(kept)
 
 
 def _float64_candidate(entry: _Entry, summaries: dict) -> bool:
