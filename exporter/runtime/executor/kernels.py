@@ -384,6 +384,38 @@ def pad_constant(x: np.ndarray, pairs: list[tuple[int, int]], value: float | np.
     return np.pad(x, full, mode="constant", constant_values=value)
 
 
+# Elements per block of ``blockwise``: a block and its temporary (256 KB each) stay in the core's L2 cache while the
+# passes of a chain of elementwise functions run over it. Measured single-threaded, SiLU (five passes) over 2.4M and
+# 1.8M floats: 0.56-0.6 of the time of whole-array passes, 64K-element blocks against 16K (0.7) and 4K (0.9).
+ELEMENTWISE_BLOCK = 65536
+
+
+def memory_flat(x: np.ndarray) -> np.ndarray | None:
+    """A 1-D view of all of ``x``'s elements in memory order, or None when they are not one contiguous run (a logically
+    NCHW value held as NHWC gives its NHWC order)."""
+    order = sorted(range(x.ndim), key=lambda axis: -x.strides[axis])
+    view = x.transpose(order)
+    return view.reshape(-1) if view.flags.c_contiguous else None
+
+
+def blockwise(fn, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``fn(x_block, out_block, scratch_block)`` over blocks of ``x``, writing into ``out`` (new if None, may be ``x``):
+    a chain of elementwise passes runs block by block in cache instead of each pass streaming the whole array
+    through memory. Elementwise, so every value is the one a whole-array pass gives. ``scratch_block`` is a float32
+    buffer of the block's size for ``fn``'s intermediate."""
+    if out is None:
+        out = np.empty_like(x)  # the same memory order as x
+    flat_x, flat_out = memory_flat(x), memory_flat(out)
+    if flat_x is None or flat_out is None or (out is not x and out.strides != x.strides):
+        fn(x, out, np.empty_like(x))
+        return out
+    scratch = np.empty(min(ELEMENTWISE_BLOCK, flat_x.size), np.float32)
+    for start in range(0, flat_x.size, ELEMENTWISE_BLOCK):
+        part = flat_x[start : start + ELEMENTWISE_BLOCK]
+        fn(part, flat_out[start : start + ELEMENTWISE_BLOCK], scratch[: part.size])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ reductions
 # (x, axes or None, keep_dims) -> array; ML Program (reduce_*) and NeuralNetwork (reduce*) layers name the same eight.
 # Sums accumulate in float32 whatever the input's precision, as Core ML's CPU does.

@@ -49,7 +49,7 @@ def plan_stages(program) -> list[tuple[int, int, int]]:
         tail[i] = min(tail[i], tail[i + 1])
     stages = [[0, 0, tail[0]]]
     for i in range(1, len(steps)):
-        if tail[i] >= STAGE_GROWTH * stages[-1][2] or (tail[i] == MAX_BATCH and stages[-1][2] < MAX_BATCH):
+        if tail[i] >= STAGE_GROWTH * stages[-1][2]:
             stages[-1][1] = i
             stages.append([i, 0, tail[i]])
     stages[-1][1] = len(steps)
