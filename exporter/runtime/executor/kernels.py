@@ -196,7 +196,24 @@ def _tap_rows(xh, wtiled, ho, wo, kh, kw, stride_h, dilation, out_rows) -> None:
     n, c = xh.shape[0], xh.shape[3]
     sn, sh, sw, sc = xh.strides
     rows = as_strided(xh, (n, ho, kh, kw, wo * c), (sn, sh * stride_h, sh * dilation[0], sw * dilation[1], sc), writeable=False)
-    np.einsum("nhijl,ijl->nhl", rows, wtiled, out=out_rows)
+    block = _block_rows(wo * c)
+    if block >= ho:
+        np.einsum("nhijl,ijl->nhl", rows, wtiled, out=out_rows)
+        return
+    for i in range(n):
+        for r in range(0, ho, block):
+            np.einsum("hijl,ijl->hl", rows[i, r : r + block], wtiled, out=out_rows[i, r : r + block])
+
+
+# Bytes of output per call of a depthwise convolution's tap sum: the block being summed into stays in the core's L2
+# cache over the kh*kw taps instead of streaming through memory once per tap. Measured single-threaded, 3x3, time
+# relative to one call over the whole pass: passes of 15-16 images at 14-28 px (384, 576, 672, 192 channels) 0.91-0.92,
+# passes of 2 at 56-112 px 0.95-1.0; 512 KB blocks did no better.
+DEPTHWISE_BLOCK_BYTES = 256 * 1024
+
+
+def _block_rows(row_floats: int) -> int:
+    return max(1, DEPTHWISE_BLOCK_BYTES // (4 * row_floats))
 
 
 def _tiled(wdw: np.ndarray, wo: int, cache: dict, key) -> np.ndarray:
@@ -250,7 +267,14 @@ def _depthwise(xh, wdw, kh, kw, stride, dilation, ho, wo, cache: dict) -> np.nda
     elif c <= PHASED_MAX_CHANNELS and dilation[1] == 1:
         _depthwise_phased(xh, wdw, kh, kw, stride, dilation[0], ho, wo, cache, out.reshape(n, ho, wo * c))
     else:  # many channels, or strided along the width: a sum over the taps of each window, vectorised over channels
-        np.einsum("nhwijc,ijc->nhwc", _windows(xh, ho, wo, kh, kw, stride, dilation), wdw, out=out)
+        windows = _windows(xh, ho, wo, kh, kw, stride, dilation)
+        block = _block_rows(wo * c)
+        if block >= ho:
+            np.einsum("nhwijc,ijc->nhwc", windows, wdw, out=out)
+        else:
+            for i in range(n):
+                for r in range(0, ho, block):
+                    np.einsum("hwijc,ijc->hwc", windows[i, r : r + block], wdw, out=out[i, r : r + block])
     return out
 
 
