@@ -19,7 +19,8 @@ for it (float16 for compressed ML Program weights), as Core ML materialises it.
 
 Batching. Files are declared for one image. When every operation treats the leading axis as a batch (no reshape,
 transpose, concat, reduction or slice touches it), images run together, a few at a time so that activations stay
-in cache; otherwise one at a time. An operation, layer or data type the executor does not implement raises
+in cache (an ML Program stage by stage: the later layers' small maps on bigger passes, see ``stages``); otherwise
+one at a time. An operation, layer or data type the executor does not implement raises
 ``UnsupportedOperationError`` naming it, the file, and where the supported list is (README.md, generated from
 ``registry.MIL`` and ``registry.NN`` by ``oplist``).
 
