@@ -19,7 +19,8 @@ for it (float16 for compressed ML Program weights), as Core ML materialises it.
 
 Batching. Files are declared for one image. When every operation treats the leading axis as a batch (no reshape,
 transpose, concat, reduction or slice touches it), images run together, a few at a time so that activations stay
-in cache; otherwise one at a time. An operation, layer or data type the executor does not implement raises
+in cache (an ML Program stage by stage: the later layers' small maps on bigger passes, see ``stages``); otherwise
+one at a time. An operation, layer or data type the executor does not implement raises
 ``UnsupportedOperationError`` naming it, the file, and where the supported list is (README.md, generated from
 ``registry.MIL`` and ``registry.NN`` by ``oplist``).
 
@@ -220,6 +221,8 @@ class CoreMLExecutor:
 
     def _predict(self, pixels: np.ndarray, observe=None) -> np.ndarray:
         x = to_tensor(pixels, self.image, str(self.path))
+        if observe is None and getattr(self._engine, "stages", None) and x.shape[0] > 0:
+            return self._predict_staged(x)
         count = _passes(x.shape[0], self.chunk, parallel=observe is None)
         bounds = np.linspace(0, x.shape[0], count + 1).round().astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -233,6 +236,27 @@ class CoreMLExecutor:
         if probs.shape[1] != len(self.labels):
             raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels", path=self.path)
         return probs
+
+    def _predict_staged(self, x: np.ndarray) -> np.ndarray:
+        """A batchable ML Program: the images split evenly over the worker threads, each share run stage by stage
+        (``stages``: passes sized by each stage's own largest activation)."""
+        groups = min(WORKERS, x.shape[0])
+        bounds = np.linspace(0, x.shape[0], groups + 1).round().astype(int)
+        shares = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        with blas.single_threaded():
+            if groups < 2:
+                parts = [self._engine.run_staged(x)]  # type: ignore[union-attr]
+            else:
+                with ThreadPoolExecutor(groups) as pool:
+                    parts = list(pool.map(self._run_staged_in_worker, shares))
+        probs = np.concatenate(parts, axis=0)
+        if probs.shape[1] != len(self.labels):
+            raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels", path=self.path)
+        return probs
+
+    def _run_staged_in_worker(self, share: np.ndarray) -> np.ndarray:
+        with _numpy_as_on_device():
+            return self._engine.run_staged(share)  # type: ignore[union-attr]
 
     def _run_in_worker(self, chunk: np.ndarray) -> np.ndarray:
         # numpy's error state belongs to the thread that set it: a worker thread sets its own, as the caller's does

@@ -129,9 +129,16 @@ def _clip(c: OpCall):
     return np.clip(c["x"], scalar(c["alpha"]), scalar(c["beta"]), out=c.out())
 
 
+def _float32(x) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == F32
+
+
 @op("sigmoid", batch=always, inplace=True)
 def _sigmoid_op(c: OpCall):
-    return _sigmoid(c["x"], c.out())
+    x = c["x"]
+    if not _float32(x):
+        return _sigmoid(x, c.out())
+    return kernels.blockwise(lambda part, out, _: _sigmoid(part, out), x, c.out())
 
 
 @op("sigmoid_hard", batch=always)
@@ -140,10 +147,16 @@ def _sigmoid_hard(c: OpCall):
     return np.clip(alpha * c["x"] + beta, F32(0), F32(1))
 
 
+def _silu_block(x, out, scratch):
+    np.multiply(x, _sigmoid(x, scratch), out=out)
+
+
 @op("silu", batch=always, inplace=True)
 def _silu(c: OpCall):
     x = c["x"]
-    return np.multiply(x, _sigmoid(x), out=c.out())
+    if not _float32(x):
+        return np.multiply(x, _sigmoid(x), out=c.out())
+    return kernels.blockwise(_silu_block, x, c.out())
 
 
 @op("tanh", batch=always)
@@ -186,6 +199,11 @@ def _softsign(c: OpCall):
     return x / (F32(1) + np.abs(x))
 
 
+def _gelu_sigmoid_block(x, out, scratch):
+    np.multiply(GELU_SIGMOID_FACTOR, x, out=scratch)
+    np.multiply(x, _sigmoid(scratch, scratch), out=out)
+
+
 @op("gelu", batch=always)
 def _gelu(c: OpCall):
     x, mode = c["x"], c.const("mode", "EXACT")
@@ -196,8 +214,10 @@ def _gelu(c: OpCall):
     if mode == "TANH_APPROXIMATION":
         return F32(0.5) * x * (F32(1) + np.tanh(SQRT_2_OVER_PI * (x + F32(0.044715) * x * x * x)))
     if mode == "SIGMOID_APPROXIMATION":
-        scaled = GELU_SIGMOID_FACTOR * x
-        return np.multiply(x, _sigmoid(scaled, scaled), out=scaled)
+        if not _float32(x):
+            scaled = GELU_SIGMOID_FACTOR * x
+            return np.multiply(x, _sigmoid(scaled, scaled), out=scaled)
+        return kernels.blockwise(_gelu_sigmoid_block, x)
     raise c.unsupported(f"has unknown mode {mode!r}")
 
 

@@ -1,0 +1,98 @@
+"""The executor's speed paths compute what the plain ones do: stages (passes of different sizes, values regrouped
+between them), block-by-block elementwise chains, im2col in blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from executor_helpers import ct, image_pixels, mb  # noqa: F401  (ct: skips without coremltools)
+
+from exporter.runtime import executor as executor_pkg
+from exporter.runtime.executor import CoreMLExecutor, kernels, stages
+
+# Staged and one-pass runs multiply the same numbers in the same order; only the number of rows of a matrix product
+# differs, which a BLAS may block differently: a few float32 roundings at most.
+SAME_RTOL = 1e-6
+SAME_ATOL = 1e-7
+SIDE = 32
+
+
+@pytest.fixture(scope="module")
+def staged_program(tmp_path_factory):
+    """32-px image -> conv + silu (64 KB an image) -> stride-2 conv (16 KB) -> stride-2 conv (4 KB) -> residual 1x1
+    conv, plus a pooled branch taken at 16 px and added at the end, so that two values cross the last boundary."""
+    from executor_helpers import program_file
+
+    rng = np.random.default_rng(5)
+
+    def w(o, i, k):
+        return (rng.normal(size=(o, i, k, k)) / np.sqrt(i * k * k)).astype(np.float32)
+
+    def body(x):
+        a = mb.silu(x=mb.conv(x=x, weight=w(16, 3, 3), pad_type="same"))
+        b = mb.conv(x=a, weight=w(16, 16, 3), strides=[2, 2], pad_type="same")
+        pooled = mb.max_pool(x=b, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid")
+        c = mb.relu(x=mb.conv(x=b, weight=w(16, 16, 3), strides=[2, 2], pad_type="same"))
+        e = mb.add(x=mb.conv(x=c, weight=w(16, 16, 1), bias=rng.normal(size=16).astype(np.float32)), y=c)
+        return mb.reduce_mean(x=mb.add(x=e, y=pooled), axes=[2, 3])
+
+    return program_file(tmp_path_factory.mktemp("staged"), body, name="staged", shape=(1, 3, SIDE, SIDE))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_staged_run_matches_one_pass_per_chunk(staged_program, monkeypatch, workers):
+    # a budget that makes the 64 KB activations two images a pass, the 16 KB ones eight and the rest sixteen
+    monkeypatch.setattr(executor_pkg, "CHUNK_ACTIVATION_BYTES", 128 * 1024)
+    monkeypatch.setattr(executor_pkg, "WORKERS", workers)
+    executor = CoreMLExecutor(staged_program)
+    assert [images for _, _, images in executor._engine.stages] == [2, 8, 16]
+    pixels = image_pixels(13, SIDE, SIDE)  # uneven passes in every stage
+    staged = executor.predict(pixels)
+    # an observer makes predict run every pass through all the steps (one pass of two images at a time)
+    plain = executor.predict(pixels, observe=lambda name, value: None)
+    np.testing.assert_allclose(staged, plain, rtol=SAME_RTOL, atol=SAME_ATOL)
+    single = np.concatenate([executor.predict(pixels[i : i + 1]) for i in (0, 6, 12)])
+    np.testing.assert_allclose(staged[[0, 6, 12]], single, rtol=SAME_RTOL, atol=SAME_ATOL)
+
+
+def test_join_keeps_the_memory_order():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(k, 5, 4, 6)).astype(np.float32).transpose(0, 3, 1, 2) for k in (2, 3)]  # NHWC memory
+    joined = stages._join(parts)
+    np.testing.assert_array_equal(joined, np.concatenate(parts))
+    assert joined.transpose(0, 2, 3, 1).flags.c_contiguous  # still NHWC in memory, as the kernels expect
+
+
+def _silu(x, out, scratch):
+    np.multiply(x, np.reciprocal(np.exp(-x, out=scratch) + np.float32(1), out=scratch), out=out)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_blockwise_equals_the_whole_array(monkeypatch, inplace):
+    monkeypatch.setattr(kernels, "ELEMENTWISE_BLOCK", 7)  # blocks that straddle rows and pixels
+    x = np.random.default_rng(1).normal(size=(2, 5, 3, 4)).astype(np.float32).transpose(0, 3, 1, 2)
+    want = np.empty_like(x)
+    _silu(x, want, np.empty_like(x))
+    got = kernels.blockwise(_silu, x, x if inplace else None)
+    np.testing.assert_array_equal(got, want)
+    assert got.transpose(0, 2, 3, 1).flags.c_contiguous
+    if inplace:
+        assert got is x
+
+
+def test_im2col_in_small_blocks_matches_float64(monkeypatch):
+    monkeypatch.setattr(kernels, "IM2COL_BYTES", 1)
+    monkeypatch.setattr(kernels, "IM2COL_MIN_ROWS", 5)  # one output row per product
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 4, 9, 7)).astype(np.float32)
+    weight = rng.normal(size=(6, 4, 3, 3)).astype(np.float32)
+    cache: dict = {}
+    got = kernels.conv2d(x, weight, None, (1, 1), (1, 1), (1, 1, 1, 1), 1, cache)
+    assert "dense" in cache  # widening: im2col, not the shifted taps
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = sum(
+        np.einsum("nchw,oc->nohw", xp[:, :, i : i + 9, j : j + 7], weight[:, :, i, j].astype(np.float64))
+        for i in range(3)
+        for j in range(3)
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
