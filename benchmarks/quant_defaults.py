@@ -1,13 +1,18 @@
 """The measurement behind the default variant set (exporter/capabilities.py, ``default`` and each opt-in reason).
 
-For each sample model: export every variant (opt-in ones included) the way README's first command and the tests'
-exports do (calibration images = the model's held-out folder), then validate on the held-out images (top-1 agreement
-with Keras, accuracy change against the folder labels) and on the other task's held-out images (photos for the digit
-models, digits for the photo model: images outside the model's classes). Core ML files run in the project's executor.
+For each sample model (and, with ``--families``, the keras.applications stand-ins of sample_models.families, trained
+with its recipe and cached in ``--cache``): export the chosen variants (opt-in ones included) with calibration
+images drawn from the model's held-out folder, then validate on the held-out images the calibration did NOT see (top-1
+agreement with Keras, accuracy change against the folder labels) and on the other task's held-out images (photos for
+the digit models, digits for the photo model: images outside the model's classes). Core ML files run in the project's
+executor.
 
-    python -m benchmarks.quant_defaults [--models NAME ...] [--variants V ...] [--out benchmarks/quant_defaults.md]
+    python benchmarks/quant_defaults.py [--models NAME ...] [--families NAME:SHAPE ...] [--variants V ...]
+        [--json rows.json] [--before rows.json] [--out benchmarks/quant_defaults.md]
 
-Slow (one full export and two validations per model; 10-15 minutes each on a shared 2-core machine).
+``--before`` takes the ``--json`` rows of an earlier run (the same command run with PYTHONPATH pointing at another
+tree, e.g. main) and writes them next to this run's. Slow: one full export and two validations per model, minutes
+each on a shared 2-core machine; a family stand-in is trained first (a few minutes, once per cache).
 """
 
 from __future__ import annotations
@@ -19,30 +24,53 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the sample models import from the tree
+    sys.path.append(str(ROOT))
 SAMPLES = ROOT / "sample_models"
+HELDOUT = SAMPLES / "heldout"
 MODELS = ["mobilenet_v1_digits", "mobilenet_v2_digits", "squeezenet_digits", "transfer_photos"]
+# Held-out images given to the export as calibration (the exporter's default count); agreement is reported on the rest.
+CALIBRATION_COUNT = 64
+EIGHT_BIT = ("int8", "palette8", "w8a8", "int8-static", "int8-dynamic")
 
 
-def measure(name: str, work: Path, variants: tuple[str, ...] | None) -> list[dict]:
+def split(folder: Path, work: Path, count: int = CALIBRATION_COUNT, seed: int = 0) -> tuple[Path, Path]:
+    """(calibration folder, test folder): ``count`` images drawn with a seed and the rest, as symlinks that keep the
+    class sub-folders, so no image is both calibrated on and measured."""
+    import numpy as np
+
+    from exporter.images import list_images
+
+    items = list_images(folder)
+    picked = set(np.random.default_rng(seed).permutation(len(items))[:count].tolist())
+    cal, test = work / f"{folder.name}_calibration", work / f"{folder.name}_test"
+    for i, item in enumerate(items):
+        dst = (cal if i in picked else test) / item.path.relative_to(folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            dst.symlink_to(item.path)
+    return cal, test
+
+
+def measure(name: str, paths: dict, task: str, work: Path, variants: tuple[str, ...] | None) -> list[dict]:
     from exporter.api import ExportOptions, export, validate
     from exporter.capabilities import VARIANTS, variant
     from exporter.errors import ParityError
 
-    folder = SAMPLES / name
-    card = json.loads((folder / "card.json").read_text())
-    held = SAMPLES / card["heldout_folder"]
-    other = SAMPLES / "heldout" / ("photos" if card["task"] == "digits" else "digits")
+    held = HELDOUT / task
+    other = HELDOUT / ("photos" if task == "digits" else "digits")
+    calibration, test = split(held, work)
     names = variants or tuple(dict.fromkeys(v.name for v in VARIANTS))
     out = work / name
     manifest = export(
-        folder / "model.keras",
-        folder / "labels.txt",
+        paths["model"],
+        paths["labels"],
         out,
-        preprocessing=folder / "preprocessing.json",
-        options=ExportOptions(variants=names, calibration_images=held, overwrite=True),
+        preprocessing=paths["preprocessing"],
+        options=ExportOptions(variants=names, calibration_images=calibration, overwrite=True),
     )
     reports = {}
-    for tag, images in (("held", held), ("outside", other)):
+    for tag, images in (("held", test), ("outside", other)):
         try:
             reports[tag] = validate(out, images)
         except ParityError as exc:
@@ -67,32 +95,78 @@ def measure(name: str, work: Path, variants: tuple[str, ...] | None) -> list[dic
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    out = [
-        "| model | file | default | ratio to fp32 | top-1 agreement | accuracy change (points) | agreement outside the classes |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def sample_paths(name: str) -> tuple[dict, str]:
+    folder = SAMPLES / name
+    card = json.loads((folder / "card.json").read_text())
+    paths = {"model": folder / "model.keras", "labels": folder / "labels.txt", "preprocessing": folder / "preprocessing.json"}
+    return paths, card["task"]
+
+
+def family_paths(spec: str, cache: Path) -> tuple[dict, str]:
+    """Build and train the stand-in ``family:shape`` once (sample_models.families' recipe), cached in ``cache``."""
+    from sample_models import families
+
+    family, shape = spec.split(":")
+    folder = cache / f"{family}_{shape}"
+    if not (folder / "model.keras").exists():
+        built = families.build(family, shape)
+        families.train(built)
+        families.save(built, folder)
+    pre = folder / "preprocessing.json"
+    return {"model": folder / "model.keras", "labels": folder / "labels.txt", "preprocessing": pre if pre.exists() else None}, "digits"
+
+
+def _key(r: dict) -> tuple:
+    return (r["model"], r["format"], r["variant"])
+
+
+def table(rows: list[dict], before: list[dict] | None = None) -> str:
+    old = {_key(r): r for r in before or []}
+    head = "| model | file | default | ratio to fp32 | top-1 agreement | accuracy change (points) | agreement outside the classes |"
+    if old:
+        head = (
+            "| model | file | default | ratio to fp32 (before) | top-1 agreement (before) | accuracy change, points (before) "
+            "| agreement outside the classes (before) |"
+        )
+    out = [head, "|---|---|---|---|---|---|---|"]
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        value = r.get(key)
+        text = "" if value is None else format(value, fmt)
+        prev = old.get(_key(r), {}).get(key)
+        return text if not old else f"{text} ({'' if prev is None else format(prev, fmt)})"
+
     for r in rows:
-        acc = "" if r["accuracy_change_points"] is None else f"{r['accuracy_change_points']:+.1f}"
         out.append(
-            f"| {r['model']} | {r['format']}:{r['variant']} | {'yes' if r['default'] else 'opt-in'} | {r['ratio_to_fp32']:.3f} "
-            f"| {r['top1_agreement']:.3f} | {acc} | {r['outside_top1_agreement']:.3f} |"
+            f"| {r['model']} | {r['format']}:{r['variant']} | {'yes' if r['default'] else 'opt-in'} | {cell(r, 'ratio_to_fp32', '.3f')} "
+            f"| {cell(r, 'top1_agreement', '.3f')} | {cell(r, 'accuracy_change_points', '+.1f')} "
+            f"| {cell(r, 'outside_top1_agreement', '.3f')} |"
         )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--models", nargs="*", default=MODELS, choices=MODELS)
+    parser.add_argument("--families", nargs="*", default=[], help="family:shape stand-ins, e.g. mobilenet_v3_small:application")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "quant-defaults-families")
     parser.add_argument("--variants", nargs="+", help="default: every variant, opt-in ones included")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--before", type=Path, help="rows of an earlier run (--json) to show in brackets")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
     args = parser.parse_args(argv)
     rows: list[dict] = []
+    jobs = [(name, *sample_paths(name)) for name in args.models]
     with tempfile.TemporaryDirectory(prefix="quant-defaults-") as tmp:
-        for name in args.models:
-            rows += measure(name, Path(tmp), tuple(args.variants) if args.variants else None)
+        for spec in args.families:
+            jobs.append((spec.replace(":", " "), *family_paths(spec, args.cache)))
+        for name, paths, task in jobs:
+            rows += measure(name, paths, task, Path(tmp) / name.replace(" ", "_"), tuple(args.variants) if args.variants else None)
             print(f"{name}: done", file=sys.stderr, flush=True)
-    text = table(rows)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    before = json.loads(args.before.read_text()) if args.before else None
+    text = table(rows, before)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     else:

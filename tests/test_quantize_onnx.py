@@ -117,3 +117,48 @@ def test_quantized_files_do_not_depend_on_the_converters_dimension_counter():
     dims = {d.dim_param for v in values for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
     assert dims and not any(p.startswith("unk__4") for p in dims)  # the counter is gone, the symbol kept
     onnx.checker.check_model(qa)
+
+
+def test_int8_weights_store_every_large_kernel_as_int8_and_compute_what_numpy_dequantizes(transfer_core):
+    """Each Conv/MatMul/Gemm weight of at least SMALL_WEIGHT_ELEMENTS elements becomes int8 + per-channel scale and
+    zero point read by a DequantizeLinear; the dequantized kernel is within half a step of the float one, smaller
+    kernels stay float, and the graph's probabilities equal those of the float graph with the numpy-dequantized
+    kernels substituted (so onnxruntime computes exactly that weight rounding and nothing else)."""
+    import onnx
+    from onnx import numpy_helper
+
+    core, calibration = transfer_core
+    details: dict = {}
+    model = q.to_int8_weights(core, details)
+    floats = {t.name: numpy_helper.to_array(t) for t in core.graph.initializer}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    dequantized = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    substituted = onnx.ModelProto()
+    substituted.CopyFrom(core)
+    large = 0
+    for node in core.graph.node:
+        axis = q._weight_axis(node, 1)
+        if axis is None or len(node.input) < 2 or node.input[1] not in floats:
+            continue
+        w = floats[node.input[1]]
+        if w.size < q.SMALL_WEIGHT_ELEMENTS:
+            assert node.input[1] in inits and node.input[1] not in dequantized
+            continue
+        large += 1
+        dq = dequantized[node.input[1]]
+        values, scale, zero = (inits[name] for name in dq.input)
+        assert values.dtype == np.int8 and zero.dtype == np.int8 and scale.shape == (w.shape[axis],)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        back = (values.astype(np.float32) - zero.reshape(shape)) * scale.reshape(shape)
+        assert np.all(np.abs(back - w) <= scale.reshape(shape) / 2 * (1 + 1e-5) + 1e-7)
+        for t in substituted.graph.initializer:
+            if t.name == node.input[1]:
+                t.CopyFrom(numpy_helper.from_array(back.astype(np.float32), t.name))
+    assert large == details["quantized_layers"] > 0
+    x = np.concatenate(calibration)
+    name = core.graph.input[0].name
+    got = q._session(model).run(None, {name: x})[0]
+    want = q._session(substituted).run(None, {name: x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)  # float32 summation order only
+    assert len(model.SerializeToString()) < 0.45 * len(core.SerializeToString())

@@ -110,9 +110,10 @@ def finish(mlmodel, ctx: BuildContext, variant: Variant, details: dict):
     float, reported in ``details``."""
     describe(mlmodel, ctx.info, variant.key)
     if variant.weight_bits < 16:
-        from ..quantize.coreml import uncompressed_weights
+        from ..quantize.coreml import min_elements_for, uncompressed_weights
 
-        details["uncompressed_weights"] = uncompressed_weights(mlmodel, variant.weight_bits if variant.palettized else None)
+        palette_bits = variant.weight_bits if variant.palettized else None
+        details["uncompressed_weights"] = uncompressed_weights(mlmodel, palette_bits, min_elements_for(variant.weight_bits))
     return mlmodel
 
 
