@@ -136,9 +136,12 @@ def table(rows: list[dict], before: list[dict] | None = None) -> str:
         prev = old.get(_key(r), {}).get(key)
         return text if not old else f"{text} ({'' if prev is None else format(prev, fmt)})"
 
-    for r in rows:
+    from exporter.capabilities import variant
+
+    for r in rows:  # the default column as the capability table says now (a --rows run may follow a change of it)
+        default = variant(r["format"], r["variant"]).default
         out.append(
-            f"| {r['model']} | {r['format']}:{r['variant']} | {'yes' if r['default'] else 'opt-in'} | {cell(r, 'ratio_to_fp32', '.3f')} "
+            f"| {r['model']} | {r['format']}:{r['variant']} | {'yes' if default else 'opt-in'} | {cell(r, 'ratio_to_fp32', '.3f')} "
             f"| {cell(r, 'top1_agreement', '.3f')} | {cell(r, 'accuracy_change_points', '+.1f')} "
             f"| {cell(r, 'outside_top1_agreement', '.3f')} |"
         )
@@ -154,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--before", type=Path, help="rows of an earlier run (--json) to show in brackets")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
+    parser.add_argument("--rows", type=Path, help="measure nothing: write the table of these rows (--json of a run)")
     args = parser.parse_args(argv)
+    before = json.loads(args.before.read_text()) if args.before else None
+    if args.rows:
+        return _write(table(json.loads(args.rows.read_text()), before), args.out)
     rows: list[dict] = []
     jobs = [(name, *sample_paths(name)) for name in args.models]
     with tempfile.TemporaryDirectory(prefix="quant-defaults-") as tmp:
@@ -165,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: done", file=sys.stderr, flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    before = json.loads(args.before.read_text()) if args.before else None
-    text = table(rows, before)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    return _write(table(rows, before), args.out)
+
+
+def _write(text: str, out: Path | None) -> int:
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
     else:
         print(text)
     return 0

@@ -186,9 +186,11 @@ def test_opt_in_variants_are_built_only_when_named_and_say_why():
         "mlpackage:palette6-fisher",
         "mlpackage:palette-mixed",
         "onnx:int8-dynamic",
+        "onnx:int8-static",
+        "mlpackage:w8a8",
     }
     default_keys = {v.key for v in caps.select()}
-    assert not default_keys & opt_in and {"mlpackage:palette6", "mlpackage:w8a8", "onnx:int8-static"} <= default_keys
+    assert not default_keys & opt_in and {"mlpackage:palette6", "mlpackage:palette8", "onnx:int8-weights"} <= default_keys
     assert {v.key for v in caps.select(["mlpackage", "onnx"], ["palette4", "int8-dynamic"])} == {
         "mlpackage:palette4",
         "onnx:int8-dynamic",

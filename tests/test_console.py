@@ -267,7 +267,7 @@ def test_help_explains_every_option_and_global_options_work_anywhere():
     assert not missing, missing
     convert_help = " ".join(sub.choices["convert"].format_help().split())  # without the line wrapping
     assert "examples:" in convert_help and "(default: 64)" in convert_help
-    assert "mlmodel: fp32 fp16 int8" in convert_help and "onnx: fp32 fp16 (int8-dynamic) int8-static" in convert_help
+    assert "mlmodel: fp32 fp16 int8" in convert_help and "onnx: fp32 fp16 (int8-dynamic) int8-weights (int8-static)" in convert_help
     for argv in (["--debug", "doctor"], ["doctor", "--debug"]):
         assert parser.parse_args(argv).debug is True
     assert parser.parse_args(["doctor"]).debug is False

@@ -389,6 +389,7 @@ def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_
         report = validate(tmp_path / "out", tmp_path / "judged")
     except ParityError as exc:
         report = exc.report
+<<<<<<< HEAD
     row = next(r for r in report["artifacts"] if r["variant"] == "palette-mixed")
     print(row["top1_agreement"], row["against_labels"]["accuracy_change"])
     assert row["images"] == len(items) - 64
@@ -397,3 +398,57 @@ def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_
     # of the bar, so the bar itself is not asserted. What is: far above the data-free 4-bit file (0.805) and within
     # `auto`'s default accuracy budget (1 point).
     assert row["top1_agreement"] >= 0.97 and row["against_labels"]["accuracy_change"] >= -0.01
+||||||| parent of 696b439 (w8a8 and int8-static leave the default set (below 0.98 on images outside the classes after the fixes tried, reasons measured in capabilities.py); onnx:int8-weights is the default int8 ONNX file; tests: 8-bit default files keep decisions on photos outside the classes, small kernels stay float16 and are reported, int8-weights matches numpy dequantization; quant_defaults --rows)
+    top1 = {r["variant"]: r["top1_agreement"] for r in report["artifacts"]}
+    print(top1)
+    # the data-free palette4 agrees on 0.805 of these images (README); sensitivity-weighted tables do better, and the
+    # mixed widths at the same average bits pass the 0.98 gate
+    assert top1["palette4-fisher"] > top1["palette4"] and top1["palette-mixed"] >= 0.98
+=======
+    top1 = {r["variant"]: r["top1_agreement"] for r in report["artifacts"]}
+    print(top1)
+    # the data-free palette4 agrees on 0.805 of these images (README); sensitivity-weighted tables do better, and the
+    # mixed widths at the same average bits pass the 0.98 gate
+    assert top1["palette4-fisher"] > top1["palette4"] and top1["palette-mixed"] >= 0.98
+
+
+def test_every_default_8bit_file_keeps_its_decisions_on_images_outside_the_models_classes(exports):
+    """Issue 18's bar: a digits model meets photos every day. Each 8-bit file the default export builds (Core ML int8,
+    palette8, NeuralNetwork int8, ONNX int8-weights; the opt-in ones are left to benchmarks/quant_defaults.py) keeps
+    top-1 agreement with Keras >= the 8-bit gate on the held-out photos, which the calibration never saw. With every
+    kernel in int8 (before SMALL_WEIGHT_ELEMENTS) the ML Program int8 file agreed on 0.940 of them."""
+    from exporter.capabilities import variant
+    from exporter.exports import open_export
+    from exporter.validation.parity import measure
+    from exporter.validation.tolerances import QUANTIZED_MIN_TOP1
+
+    out, manifest = exports("mobilenet_v1_digits")
+    eight_bit = [a for a in manifest["artifacts"] if variant(a["format"], a["variant"]).weight_bits == 8]
+    assert {(a["format"], a["variant"]) for a in eight_bit} >= {("mlpackage", "int8"), ("mlmodel", "int8"), ("onnx", "int8-weights")}
+    opened = open_export(out)
+    opened.manifest = {**opened.manifest, "artifacts": eight_bit}
+    report = measure(opened, PHOTOS, gates={})
+    agreement = {(r["format"], r["variant"]): r["top1_agreement"] for r in report["artifacts"]}
+    assert len(agreement) == len(eight_bit)
+    assert all(a >= QUANTIZED_MIN_TOP1 for a in agreement.values()), agreement
+
+
+def test_8bit_compression_keeps_exactly_the_small_kernels_in_float16_and_says_why(photos_fp16_ios18):
+    """The kernels of at most SMALL_WEIGHT_ELEMENTS elements stay plain float16 constants (reported with the reason), every other
+    conv/dense kernel is compressed; the low-bit palettes still compress every kernel."""
+    from exporter.convert.coreml import SKIPPED_PASSES
+    from exporter.quantize import coreml as qc
+    from exporter.upstream import compression_without_passes
+
+    base = photos_fp16_ios18[2]
+    sizes = [int(value.size) for _op, _c, value, _ch in qc._float_weights(base)]
+    small = sorted(size for size in sizes if size <= qc.SMALL_WEIGHT_ELEMENTS)
+    assert small and len(small) < len(sizes)
+    with compression_without_passes(SKIPPED_PASSES):
+        for spec in (qc.WEIGHT_ONLY_INT8, qc.PALETTE8):
+            left = qc.uncompressed_weights(qc.compress(base, spec), 8 if spec.kind == "palettize" else None, qc.min_elements_for(8))
+            assert sorted(w["elements"] for w in left) == small
+            assert all("float16" in w["reason"] for w in left)
+        six = qc.uncompressed_weights(qc.compress(base, qc.CompressionSpec("palettize", 6)), 6)
+    assert all(w["elements"] <= 2**6 for w in six)
+>>>>>>> 696b439 (w8a8 and int8-static leave the default set (below 0.98 on images outside the classes after the fixes tried, reasons measured in capabilities.py); onnx:int8-weights is the default int8 ONNX file; tests: 8-bit default files keep decisions on photos outside the classes, small kernels stay float16 and are reported, int8-weights matches numpy dequantization; quant_defaults --rows)

@@ -120,7 +120,7 @@ def test_quantized_files_do_not_depend_on_the_converters_dimension_counter():
 
 
 def test_int8_weights_store_every_large_kernel_as_int8_and_compute_what_numpy_dequantizes(transfer_core):
-    """Each Conv/MatMul/Gemm weight of at least SMALL_WEIGHT_ELEMENTS elements becomes int8 + per-channel scale and
+    """Each Conv/MatMul/Gemm weight of more than SMALL_WEIGHT_ELEMENTS elements becomes int8 + per-channel scale and
     zero point read by a DequantizeLinear; the dequantized kernel is within half a step of the float one, smaller
     kernels stay float, and the graph's probabilities equal those of the float graph with the numpy-dequantized
     kernels substituted (so onnxruntime computes exactly that weight rounding and nothing else)."""
@@ -141,7 +141,7 @@ def test_int8_weights_store_every_large_kernel_as_int8_and_compute_what_numpy_de
         if axis is None or len(node.input) < 2 or node.input[1] not in floats:
             continue
         w = floats[node.input[1]]
-        if w.size < q.SMALL_WEIGHT_ELEMENTS:
+        if w.size <= q.SMALL_WEIGHT_ELEMENTS:
             assert node.input[1] in inits and node.input[1] not in dequantized
             continue
         large += 1

@@ -125,7 +125,7 @@ def test_quantize_auto_keeps_the_smallest_passing_variant(tmp_path):
     )
     sel = manifest["auto_selection"]["onnx"]
     tried = {t["variant"]: t for t in sel["tried"]}
-    assert set(tried) == {"fp32", "fp16", "int8-static"}  # the default ONNX set: int8-dynamic is opt-in
+    assert set(tried) == {"fp32", "fp16", "int8-weights"}  # the default ONNX set: int8-dynamic and int8-static are opt-in
     picked = tried[sel["picked"]]
     assert picked["status"] == "passed"
     assert all(t["bytes"] >= picked["bytes"] or t["status"] != "passed" for t in tried.values())

@@ -2,7 +2,7 @@
 
 coremltools skips weights with fewer than 2,048 elements by default. The low-bit palettes set ``weight_threshold`` to
 ``MIN_WEIGHT_ELEMENTS`` so every convolution and dense kernel is compressed; the 8-bit files keep the small kernels
-(fewer than ``SMALL_WEIGHT_ELEMENTS``) in float16, which is where their lost decisions came from (see there).
+(up to ``SMALL_WEIGHT_ELEMENTS`` elements) in float16, which is where their lost decisions came from (see there).
 ``uncompressed_weights`` reports whatever constant is still stored in float and why.
 """
 
@@ -20,14 +20,15 @@ from ..upstream import apply_graph_pass, mil_program
 # Compress every kernel with at least this many elements. Biases are inputs of their op, not weights, and stay fp16:
 # they are a fraction of a percent of the bytes and quantizing them buys nothing but error.
 MIN_WEIGHT_ELEMENTS = 1
-# 8-bit files (int8, palette8, W8A8) keep every conv/dense kernel with fewer elements than this in float16. The small
+# 8-bit files (int8, palette8, W8A8) keep every conv/dense kernel with at most this many elements in float16
+# (coremltools' ``weight_threshold``: kernels of that size or smaller are left as they are). The small
 # kernels are the first layers (a 3x3 stem, the depthwise kernels and pointwise convs of the early blocks): few
 # channels, so one rounding error moves every later activation, and on images outside the model's classes, whose margins
 # are small, that flips decisions. Measured one kernel at a time on the MobileNet v1 sample (int8 affine, the rest in
 # float16): the six kernels that moved decisions on held-out photos all have at most 1,024 elements, the kernels above
 # 4,096 elements moved none; KL on the in-class calibration digits ranks them the same way. Whole files, agreement on
 # photos outside the classes (digits model) / on digits outside the classes (transfer model), every kernel compressed
-# -> below 2,048 float -> below 4,096 float: int8 0.940 -> 0.985 -> 0.995 and 0.987 -> 0.993 -> 0.997, palette8
+# -> up to 2,048 elements float -> up to 4,096 float: int8 0.940 -> 0.985 -> 0.995 and 0.987 -> 0.993 -> 0.997, palette8
 # 0.970 -> 0.980 -> 0.985 and 0.990 -> 0.997 -> 0.993, for 1-3 % more bytes (2-3 % of fp32 on the samples, under 1 % on a
 # full-size MobileNetV2). 4,096 is also coremltools' NeuralNetwork default (minimum_conv_weight_count), which the
 # NeuralNetwork int8 file already used (0.985 there).
@@ -47,7 +48,7 @@ class CompressionSpec:
     # linear only: symmetric (scale per channel, no zero point; what int8 x int8 compute in W8A8 needs) or affine
     # (scale and zero point per channel; the better fit for a weight-only variant, see WEIGHT_ONLY_INT8)
     symmetric: bool = True
-    # kernels with fewer elements stay float16 (MIN_WEIGHT_ELEMENTS: none; SMALL_WEIGHT_ELEMENTS for 8-bit files)
+    # kernels with at most this many elements stay float16 (MIN_WEIGHT_ELEMENTS: none; SMALL_WEIGHT_ELEMENTS: 8-bit)
     min_elements: int = MIN_WEIGHT_ELEMENTS
 
     def __post_init__(self) -> None:
@@ -132,8 +133,8 @@ def min_elements_for(weight_bits: int) -> int:
 
 
 def small_weight_ops(mlmodel, min_elements: int = SMALL_WEIGHT_ELEMENTS) -> list[str]:
-    """Names of the conv/linear/matmul ops whose float weight has fewer than ``min_elements`` elements."""
-    return [op.name for op, _const, value, _channels in _float_weights(mlmodel) if value.size < min_elements]
+    """Names of the conv/linear/matmul ops whose float weight has at most ``min_elements`` elements."""
+    return [op.name for op, _const, value, _channels in _float_weights(mlmodel) if value.size <= min_elements]
 
 
 def _weight_output_channels(mlmodel) -> dict[str, int]:
@@ -161,9 +162,9 @@ def uncompressed_weights(mlmodel, palette_bits: int | None = None, min_elements:
     left = []
     for op, _const, value, _channels in _float_weights(mlmodel):
         size = int(value.size)
-        if size < min_elements:
+        if min_elements > MIN_WEIGHT_ELEMENTS and size <= min_elements:
             reason = (
-                f"{size} elements, fewer than the {min_elements} below which 8-bit files keep a kernel in float16: "
+                f"{size} elements, at most the {min_elements} up to which 8-bit files keep a kernel in float16: "
                 "the small early kernels are where 8-bit rounding moved decisions (quantize/coreml.py)"
             )
         elif palette_bits is not None and size <= 2**palette_bits:

@@ -77,7 +77,7 @@ def _affine_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def to_int8_weights(core, details: dict | None = None):
-    """int8 weights, float activations: every Conv/MatMul/Gemm weight with at least SMALL_WEIGHT_ELEMENTS elements is
+    """int8 weights, float activations: every Conv/MatMul/Gemm weight with more than SMALL_WEIGHT_ELEMENTS elements is
     stored as affine int8 (a float32 scale and an int8 zero point per output channel) and read through a DequantizeLinear (opset
     13+, per-axis); everything else, and all arithmetic, stays float32. The ONNX counterpart of the Core ML int8 file:
     nothing is calibrated, so nothing depends on which images the calibration saw (see SMALL_WEIGHT_ELEMENTS and
@@ -100,7 +100,7 @@ def to_int8_weights(core, details: dict | None = None):
             if axis is None or tensor is None or users.get(name) != 1 or tensor.data_type != onnx.TensorProto.FLOAT:
                 continue
             w = numpy_helper.to_array(tensor).astype(np.float32)
-            if w.size < SMALL_WEIGHT_ELEMENTS:
+            if w.size <= SMALL_WEIGHT_ELEMENTS:
                 continue
             q, scale, zero = _affine_int8(w, axis)
             graph.initializer.remove(tensor)
@@ -148,7 +148,7 @@ _WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 # and scrambles the order of the runners-up (top-5 overlap with Keras fell to 0.52 on MobileNet v2 with top-1 intact).
 # Its input, the logits, stays quantized; the probabilities are computed from them in float.
 _FLOAT_OPS = ("Softmax",)
-# Conv/MatMul/Gemm nodes whose weight has fewer elements than this stay float, as the Core ML 8-bit files keep such
+# Conv/MatMul/Gemm nodes whose weight has at most this many elements stay float, as the Core ML 8-bit files keep such
 # kernels in float16 (exporter/quantize/coreml.py SMALL_WEIGHT_ELEMENTS, where the measurement is): on the MobileNet v1
 # sample, agreement on photos outside its classes 0.930 -> 0.955 for a few kB.
 SMALL_WEIGHT_ELEMENTS = 4096
@@ -225,7 +225,7 @@ class _StaticQuantizer:
         self.always_float = [n.name for n in self.prepared.graph.node if n.op_type in _FLOAT_OPS] + [
             n.name
             for n in self.prepared.graph.node
-            if n.op_type in _WEIGHTED_OPS and len(n.input) > 1 and sizes.get(n.input[1], SMALL_WEIGHT_ELEMENTS) < SMALL_WEIGHT_ELEMENTS
+            if n.op_type in _WEIGHTED_OPS and len(n.input) > 1 and sizes.get(n.input[1], 0) <= SMALL_WEIGHT_ELEMENTS and n.input[1] in sizes
         ]
 
     def __call__(self, exclude: list[str]):

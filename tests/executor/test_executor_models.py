@@ -196,9 +196,9 @@ def test_sample_model_files_match_keras_on_heldout_images(exports, name):
     assert keras_probs.max(1).mean() > 0.5  # a trained model, confident on its held-out images
     rgb = pixels[..., ::-1] if pre.channel_order == "BGR" else pixels
     coreml = [a for a in manifest["artifacts"] if a["format"] in ("mlpackage", "mlmodel")]
-    # 6 ML Program variants (W8A8 included; the 4-bit palettes, palette6-fisher and palette-mixed are opt-in,
-    # capabilities.py says why), 3 NeuralNetwork
-    assert len(coreml) == 9
+    # 5 ML Program variants (W8A8, the 4-bit palettes, palette6-fisher and palette-mixed are opt-in, capabilities.py
+    # says why), 3 NeuralNetwork
+    assert len(coreml) == 8
     for art in coreml:
         max_abs, top1 = _compare(out / art["path"], rgb, keras_probs)
         if art["variant"] == "fp32":
