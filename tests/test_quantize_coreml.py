@@ -434,8 +434,9 @@ def test_every_default_8bit_file_keeps_its_decisions_on_images_outside_the_model
 
 
 def test_8bit_compression_keeps_exactly_the_small_kernels_in_float16_and_says_why(photos_fp16_ios18):
-    """The kernels of at most SMALL_WEIGHT_ELEMENTS elements stay plain float16 constants (reported with the reason), every other
-    conv/dense kernel is compressed; the low-bit palettes still compress every kernel."""
+    """The kernels of at most SMALL_WEIGHT_ELEMENTS elements stay plain float16 constants, reported with the reason;
+    every other conv/dense kernel is compressed. (palette8 shares the threshold through min_elements; test_export
+    checks its files' reports. Its 256-entry k-means is too slow to repeat here.)"""
     from exporter.convert.coreml import SKIPPED_PASSES
     from exporter.quantize import coreml as qc
     from exporter.upstream import compression_without_passes
@@ -444,7 +445,9 @@ def test_8bit_compression_keeps_exactly_the_small_kernels_in_float16_and_says_wh
     sizes = [int(value.size) for _op, _c, value, _ch in qc._float_weights(base)]
     small = sorted(size for size in sizes if size <= qc.SMALL_WEIGHT_ELEMENTS)
     assert small and len(small) < len(sizes)
+    assert qc.PALETTE8.min_elements == qc.W8A8_WEIGHTS.min_elements == qc.SMALL_WEIGHT_ELEMENTS == qc.min_elements_for(8)
     with compression_without_passes(SKIPPED_PASSES):
+<<<<<<< HEAD
         for spec in (qc.WEIGHT_ONLY_INT8, qc.PALETTE8):
             left = qc.uncompressed_weights(qc.compress(base, spec), 8 if spec.kind == "palettize" else None, qc.min_elements_for(8))
             assert sorted(w["elements"] for w in left) == small
@@ -452,3 +455,15 @@ def test_8bit_compression_keeps_exactly_the_small_kernels_in_float16_and_says_wh
         six = qc.uncompressed_weights(qc.compress(base, qc.CompressionSpec("palettize", 6)), 6)
     assert all(w["elements"] <= 2**6 for w in six)
 >>>>>>> 696b439 (w8a8 and int8-static leave the default set (below 0.98 on images outside the classes after the fixes tried, reasons measured in capabilities.py); onnx:int8-weights is the default int8 ONNX file; tests: 8-bit default files keep decisions on photos outside the classes, small kernels stay float16 and are reported, int8-weights matches numpy dequantization; quant_defaults --rows)
+||||||| parent of 539e1c3 (test_quantize_coreml: the small-kernel test checks int8 only (palette8's 256-entry k-means is slow; test_export checks its reports))
+        for spec in (qc.WEIGHT_ONLY_INT8, qc.PALETTE8):
+            left = qc.uncompressed_weights(qc.compress(base, spec), 8 if spec.kind == "palettize" else None, qc.min_elements_for(8))
+            assert sorted(w["elements"] for w in left) == small
+            assert all("float16" in w["reason"] for w in left)
+        six = qc.uncompressed_weights(qc.compress(base, qc.CompressionSpec("palettize", 6)), 6)
+    assert all(w["elements"] <= 2**6 for w in six)
+=======
+        left = qc.uncompressed_weights(qc.compress(base, qc.WEIGHT_ONLY_INT8), None, qc.min_elements_for(8))
+    assert sorted(w["elements"] for w in left) == small
+    assert all("float16" in w["reason"] for w in left)
+>>>>>>> 539e1c3 (test_quantize_coreml: the small-kernel test checks int8 only (palette8's 256-entry k-means is slow; test_export checks its reports))
