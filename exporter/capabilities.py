@@ -250,13 +250,15 @@ PALETTE6_FISHER_OPT_IN = (
 )
 W8A8_OPT_IN = (
     "int8 activations calibrated on in-class images lose decisions on images outside the classes: top-1 agreement on "
-    "them 0.965 on the MobileNet v1 sample (0.905 before its small kernels and their activations stayed float16), "
-    "below the 0.98 gate; wider ranges lower it (x1.5: 0.930, x2: 0.920); int8 (weights only) keeps 0.995"
+    "them 0.960 / 0.975 on the MobileNet v1 / v2 samples (0.905 / 0.980 before the small kernels and their "
+    "activations stayed float16), below the 0.98 gate; wider ranges lower it (x1.5: 0.930, x2: 0.920 on v1); "
+    "int8 (weights only) keeps 0.995 / 1.000 there (benchmarks/quant_defaults.md)"
 )
 INT8_STATIC_OPT_IN = (
     "uint8 activations calibrated on in-class images lose decisions on images outside the classes: top-1 agreement on "
     "them 0.955 on the MobileNet v1 sample (0.930 before its small kernels stayed float; Entropy 0.930, Percentile "
-    "0.920, 16-bit activations 0.950); int8-weights, with float activations, is the default int8 ONNX file"
+    "0.920, 16-bit activations 0.950); int8-weights, with float activations, keeps 0.995 there and is the default "
+    "int8 ONNX file (benchmarks/quant_defaults.md)"
 )
 INT8_DYNAMIC_OPT_IN = (
     "activations quantized per tensor at run time leave no margin on convolutional models: 0.980-0.983 on held-out "
