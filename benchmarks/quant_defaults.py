@@ -52,7 +52,9 @@ def split(folder: Path, work: Path, count: int = CALIBRATION_COUNT, seed: int = 
     return cal, test
 
 
-def measure(name: str, paths: dict, task: str, work: Path, variants: tuple[str, ...] | None) -> list[dict]:
+def measure(
+    name: str, paths: dict, task: str, work: Path, variants: tuple[str, ...] | None, formats: tuple[str, ...] | None = None
+) -> list[dict]:
     from exporter.api import ExportOptions, export, validate
     from exporter.capabilities import VARIANTS, variant
     from exporter.errors import ParityError
@@ -67,7 +69,7 @@ def measure(name: str, paths: dict, task: str, work: Path, variants: tuple[str, 
         paths["labels"],
         out,
         preprocessing=paths["preprocessing"],
-        options=ExportOptions(variants=names, calibration_images=calibration, overwrite=True),
+        options=ExportOptions(formats=formats, variants=names, calibration_images=calibration, overwrite=True),
     )
     reports = {}
     for tag, images in (("held", test), ("outside", other)):
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="*", default=[], help="family:shape stand-ins, e.g. mobilenet_v3_small:application")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "quant-defaults-families")
     parser.add_argument("--variants", nargs="+", help="default: every variant, opt-in ones included")
+    parser.add_argument("--formats", nargs="+", help="default: every format")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--before", type=Path, help="rows of an earlier run (--json) to show in brackets")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
@@ -168,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.families:
             jobs.append((spec.replace(":", " "), *family_paths(spec, args.cache)))
         for name, paths, task in jobs:
-            rows += measure(name, paths, task, Path(tmp) / name.replace(" ", "_"), tuple(args.variants) if args.variants else None)
+            work = Path(tmp) / name.replace(" ", "_")
+            variants = tuple(args.variants) if args.variants else None
+            rows += measure(name, paths, task, work, variants, tuple(args.formats) if args.formats else None)
             print(f"{name}: done", file=sys.stderr, flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")

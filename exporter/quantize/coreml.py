@@ -148,7 +148,14 @@ def neuralnetwork_weights(mlmodel, nbits: int):
     if nbits not in (16, 8):
         raise ConfigError(f"NeuralNetwork weight bits must be 16 or 8, got {nbits}")
     mode = "linear" if nbits == 8 else None
-    kwargs = {"quantization_mode": mode} if mode else {}
+    kwargs: dict = {"quantization_mode": mode} if mode else {}
+    if nbits == 8:
+        # coremltools' default selector also quantizes batchnorm parameters and biases, each vector with ONE 8-bit
+        # range (a vector is one "channel"): means and variances of every channel share 256 levels. Kept float, like
+        # the ML Program files' biases, and convolutions up to SMALL_WEIGHT_ELEMENTS stay float as there.
+        kwargs["selector"] = quantization_utils.AdvancedQuantizedLayerSelector(
+            skip_layer_types=["batchnorm", "bias"], minimum_conv_kernel_channels=1, minimum_conv_weight_count=SMALL_WEIGHT_ELEMENTS + 1
+        )
     with (
         translating(ConversionError, f"NeuralNetwork {nbits}-bit weight quantization failed"),
         contextlib.redirect_stdout(io.StringIO()),
