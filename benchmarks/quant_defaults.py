@@ -124,6 +124,7 @@ def _key(r: dict) -> tuple:
 
 def table(rows: list[dict], before: list[dict] | None = None) -> str:
     old = {_key(r): r for r in before or []}
+    measured_before = {r["model"] for r in before or []}
     head = "| model | file | default | ratio to fp32 | top-1 agreement | accuracy change (points) | agreement outside the classes |"
     if old:
         head = (
@@ -136,7 +137,11 @@ def table(rows: list[dict], before: list[dict] | None = None) -> str:
         value = r.get(key)
         text = "" if value is None else format(value, fmt)
         prev = old.get(_key(r), {}).get(key)
-        return text if not old else f"{text} ({'' if prev is None else format(prev, fmt)})"
+        if not old:
+            return text
+        if r["model"] not in measured_before:
+            return f"{text} (n/m)"
+        return f"{text} ({'' if prev is None else format(prev, fmt)})"
 
     from exporter.capabilities import variant
 
@@ -188,7 +193,8 @@ measured on the rest of that folder, "agreement outside the classes" on the othe
 the digit models, digits for the photo model), which no calibration saw. Core ML files run in the project's executor
 (float32 arithmetic), ONNX files in onnxruntime. The family rows are sample_models.families stand-ins trained with its
 recipe on digits. "default" is the capability table's (exporter/capabilities.py) at the time the table was written;
-numbers in brackets are the same measurement of the code before (`--before`); an empty bracket: no such file then.
+numbers in brackets are the same measurement of the code before (`--before`); an empty bracket: no such file then;
+n/m: that model was not measured before.
 The 8-bit gate is top-1 agreement >= 0.98.
 
 """

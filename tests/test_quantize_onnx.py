@@ -59,10 +59,10 @@ def test_quick_trial_ranks_layers_like_a_real_exclusion(transfer_core, tmp_path)
     prepared = quantize.prepared
     name, x = core.graph.input[0].name, np.concatenate(calibration)
     reference = q._session(core).run(None, {name: x})[0]
-    full = quantize([])
     # the mechanism on the fully quantized graph (the small kernels, float by default since SMALL_WEIGHT_ELEMENTS,
     # quantized too): with them float, what is left moves the calibration images too little to rank
     quantize.always_float = [n.name for n in prepared.graph.node if n.op_type in q._FLOAT_OPS]
+    full = quantize([])
     candidates = [n.name for n in prepared.graph.node if n.op_type in q._WEIGHTED_OPS]
     assert len(candidates) > 20
     real = np.array([q._agreement(quantize([c]), name, x, reference) for c in candidates])
