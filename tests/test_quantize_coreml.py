@@ -389,7 +389,6 @@ def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_
         report = validate(tmp_path / "out", tmp_path / "judged")
     except ParityError as exc:
         report = exc.report
-<<<<<<< HEAD
     row = next(r for r in report["artifacts"] if r["variant"] == "palette-mixed")
     print(row["top1_agreement"], row["against_labels"]["accuracy_change"])
     assert row["images"] == len(items) - 64
@@ -398,18 +397,6 @@ def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_
     # of the bar, so the bar itself is not asserted. What is: far above the data-free 4-bit file (0.805) and within
     # `auto`'s default accuracy budget (1 point).
     assert row["top1_agreement"] >= 0.97 and row["against_labels"]["accuracy_change"] >= -0.01
-||||||| parent of 696b439 (w8a8 and int8-static leave the default set (below 0.98 on images outside the classes after the fixes tried, reasons measured in capabilities.py); onnx:int8-weights is the default int8 ONNX file; tests: 8-bit default files keep decisions on photos outside the classes, small kernels stay float16 and are reported, int8-weights matches numpy dequantization; quant_defaults --rows)
-    top1 = {r["variant"]: r["top1_agreement"] for r in report["artifacts"]}
-    print(top1)
-    # the data-free palette4 agrees on 0.805 of these images (README); sensitivity-weighted tables do better, and the
-    # mixed widths at the same average bits pass the 0.98 gate
-    assert top1["palette4-fisher"] > top1["palette4"] and top1["palette-mixed"] >= 0.98
-=======
-    top1 = {r["variant"]: r["top1_agreement"] for r in report["artifacts"]}
-    print(top1)
-    # the data-free palette4 agrees on 0.805 of these images (README); sensitivity-weighted tables do better, and the
-    # mixed widths at the same average bits pass the 0.98 gate
-    assert top1["palette4-fisher"] > top1["palette4"] and top1["palette-mixed"] >= 0.98
 
 
 def test_every_default_8bit_file_keeps_its_decisions_on_images_outside_the_models_classes(exports):
@@ -447,23 +434,6 @@ def test_8bit_compression_keeps_exactly_the_small_kernels_in_float16_and_says_wh
     assert small and len(small) < len(sizes)
     assert qc.PALETTE8.min_elements == qc.W8A8_WEIGHTS.min_elements == qc.SMALL_WEIGHT_ELEMENTS == qc.min_elements_for(8)
     with compression_without_passes(SKIPPED_PASSES):
-<<<<<<< HEAD
-        for spec in (qc.WEIGHT_ONLY_INT8, qc.PALETTE8):
-            left = qc.uncompressed_weights(qc.compress(base, spec), 8 if spec.kind == "palettize" else None, qc.min_elements_for(8))
-            assert sorted(w["elements"] for w in left) == small
-            assert all("float16" in w["reason"] for w in left)
-        six = qc.uncompressed_weights(qc.compress(base, qc.CompressionSpec("palettize", 6)), 6)
-    assert all(w["elements"] <= 2**6 for w in six)
->>>>>>> 696b439 (w8a8 and int8-static leave the default set (below 0.98 on images outside the classes after the fixes tried, reasons measured in capabilities.py); onnx:int8-weights is the default int8 ONNX file; tests: 8-bit default files keep decisions on photos outside the classes, small kernels stay float16 and are reported, int8-weights matches numpy dequantization; quant_defaults --rows)
-||||||| parent of 539e1c3 (test_quantize_coreml: the small-kernel test checks int8 only (palette8's 256-entry k-means is slow; test_export checks its reports))
-        for spec in (qc.WEIGHT_ONLY_INT8, qc.PALETTE8):
-            left = qc.uncompressed_weights(qc.compress(base, spec), 8 if spec.kind == "palettize" else None, qc.min_elements_for(8))
-            assert sorted(w["elements"] for w in left) == small
-            assert all("float16" in w["reason"] for w in left)
-        six = qc.uncompressed_weights(qc.compress(base, qc.CompressionSpec("palettize", 6)), 6)
-    assert all(w["elements"] <= 2**6 for w in six)
-=======
         left = qc.uncompressed_weights(qc.compress(base, qc.WEIGHT_ONLY_INT8), None, qc.min_elements_for(8))
     assert sorted(w["elements"] for w in left) == small
     assert all("float16" in w["reason"] for w in left)
->>>>>>> 539e1c3 (test_quantize_coreml: the small-kernel test checks int8 only (palette8's 256-entry k-means is slow; test_export checks its reports))
