@@ -47,7 +47,8 @@ def transfer_core():
         loaded.in_model_preprocessing,
         source=str(s["model"]),
     )
-    calibration = [pre.normalize(b) for b in _calibration(s["heldout"], pre, 64)]
+    batches, _hashes = _calibration(s["heldout"], pre, 64)
+    calibration = [pre.normalize(b) for b in batches]
     return ox.convert_core(loaded.model, pre, opset=17, source=str(s["model"])), calibration
 
 
