@@ -7,9 +7,9 @@
     python benchmarks/capability.py --quick --jobs 2      # two families at a time
 
 Each family (sample_models/families.py) is built small, trained a few steps on digits, exported to fp32, fp16 and int8
-of every format (and, unless --quick, the low-bit Core ML variants), and validated on the held-out digits with the
-default gates; the fp32 Core ML file (run by the Linux executor) and the fp32 ONNX file (onnxruntime) are also compared
-with a float64 Keras model of the same weights. Each family runs in its own process (memory stays bounded, one
+of every format (and, unless --quick, the low-bit Core ML variants and the opt-in ONNX int8 files), and validated on
+the held-out digits with the default gates; the fp32 Core ML file (run by the Linux executor) and the fp32 ONNX file
+(onnxruntime) are also compared with a float64 Keras model of the same weights. Each family runs in its own process (memory stays bounded, one
 crash costs one row). Results merge into benchmarks/capability.json by (family, shape), so a filtered run updates
 its rows and keeps the others; then docs/CAPABILITY.md and the README section between
 ``<!-- capability:start -->`` and ``<!-- capability:end -->`` are rewritten from that file.
@@ -49,10 +49,16 @@ CORE_COLUMNS = [
     ("mlmodel", "int8"),
     ("onnx", "fp32"),
     ("onnx", "fp16"),
+    ("onnx", "int8-weights"),
+]
+LOW_BIT_COLUMNS = [
+    ("mlpackage", "palette8"),
+    ("mlpackage", "palette6"),
+    ("mlpackage", "palette4"),
+    ("mlpackage", "w8a8"),
     ("onnx", "int8-dynamic"),
     ("onnx", "int8-static"),
 ]
-LOW_BIT_COLUMNS = [("mlpackage", "palette8"), ("mlpackage", "palette6"), ("mlpackage", "palette4"), ("mlpackage", "w8a8")]
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -65,9 +71,7 @@ def worker(name: str, shape: str, low_bit: bool, out: Path) -> None:
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     from sample_models import family_check as fc
 
-    variants = dict(fc.CORE_VARIANTS)
-    if low_bit:
-        variants["mlpackage"] = variants["mlpackage"] + fc.LOW_BIT_VARIANTS["mlpackage"]
+    variants = fc.with_low_bit(fc.CORE_VARIANTS) if low_bit else dict(fc.CORE_VARIANTS)
     started = time.perf_counter()
     stage_file = _stage_file(out)
 
@@ -299,7 +303,7 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
         f"model, include_top, 10 classes) and `nested` (the backbone as one nested layer plus "
         f"GlobalAveragePooling2D, Dropout, Dense softmax). Each was trained for a few epochs on digits (the recipe in "
         f"`families.train`).\n\n{legend}\n\n"
-        f"{main}\n\n## Lower-bit Core ML variants (agreement reported, not gated here)\n\n{low}\n\n"
+        f"{main}\n\n## Lower-bit and opt-in variants (agreement reported, not gated here)\n\n{low}\n\n"
         f"## Not passing, and why\n\n{bad}\n"
     )
     readme = (

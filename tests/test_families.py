@@ -116,8 +116,7 @@ def test_nested_backbone_family_fp32_every_format(name, tmp_path):
 def test_every_variant(name, shape, tmp_path):
     if not ALL and name == "mobilenet_v3_large":
         pytest.skip("mobilenet_v3_large through every variant takes over 10 minutes on 2 cores: set EXPORTER_FAMILIES=all")
-    variants = dict(family_check.CORE_VARIANTS)
-    variants["mlpackage"] += family_check.LOW_BIT_VARIANTS["mlpackage"]
+    variants = family_check.with_low_bit(family_check.CORE_VARIANTS)
     result = family_check.check(name, shape, tmp_path, variants=variants)
     _assert_all_passed(result, family_check.CORE_VARIANTS, family_check.LOW_BIT_VARIANTS)
     _assert_float64_bar(result)
@@ -181,7 +180,7 @@ def test_capability_table_says_why_each_cell_failed():
         "float64": {"keras_fp32": 6e-6, "mlpackage": 5e-6, "onnx": 4e-6},
         "artifacts": [
             art("onnx", "fp32", ["max |dp| 1.2e-05 > 1e-05"]),
-            art("onnx", "int8-static", ["top-1 agreement 0.9100 < 0.98"], 0.91),
+            art("onnx", "int8-weights", ["top-1 agreement 0.9100 < 0.98"], 0.91),
         ],
     }
     core_ml = {
@@ -196,9 +195,9 @@ def test_capability_table_says_why_each_cell_failed():
     lines = text.splitlines()
     fp32 = next(line for line in lines if "mobilenet nested onnx fp32" in line)
     assert "Keras float32 itself is 6.0e-06 from float64" in fp32
-    int8 = next(line for line in lines if "int8-static" in line)
+    int8 = next(line for line in lines if "int8-weights" in line)
     assert "27 of 300 top-1 decisions moved" in int8  # (1 - 0.91) * 300
     core = next(line for line in lines if "resnet_v2 application mlpackage fp32" in line)
     assert "Core ML path is less exact" in core and "5.0e-05" in core and "2.0e-06" in core
     assert any("squeezenet application: did not learn" in line for line in lines)
-    assert all("why:" in line for line in lines if " fp32: FAIL" in line or " int8-static: FAIL" in line)
+    assert all("why:" in line for line in lines if " fp32: FAIL" in line or " int8-weights: FAIL" in line)
