@@ -9,8 +9,8 @@
 Each family (sample_models/families.py) is built small, trained a few steps on digits, exported to fp32, fp16 and int8
 of every format (and, unless --quick, the low-bit Core ML variants and the opt-in ONNX int8 files), and validated on
 the held-out digits with the default gates; the fp32 Core ML file (run by the Linux executor) and the fp32 ONNX file
-(onnxruntime) are also compared with a float64 Keras model of the same weights. Each family runs in its own process (memory stays bounded, one
-crash costs one row). Results merge into benchmarks/capability.json by (family, shape), so a filtered run updates
+(onnxruntime) are also compared with a float64 Keras model of the same weights. Each family runs in its own process
+(memory stays bounded, one crash costs one row). Results merge into benchmarks/capability.json by (family, shape), so a filtered run updates
 its rows and keeps the others; then docs/CAPABILITY.md and the README section between
 ``<!-- capability:start -->`` and ``<!-- capability:end -->`` are rewritten from that file.
 """
