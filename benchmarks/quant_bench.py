@@ -108,7 +108,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
         ("reference", "fp32", 32, lambda: fp32),
         ("reference", "fp16", 16, lambda: fp16),
         ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
-        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 8))),
+        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
     ]
     for bits in BITS:
         candidates.append(
@@ -206,7 +206,7 @@ def bench_full_size(work: Path, say=print) -> list[dict]:
         ("reference", "fp32", 32, lambda: fp32),
         ("reference", "fp16", 16, lambda: fp16),
         ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
-        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 8))),
+        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
     ]
     for bits in BITS:
         candidates.append(
