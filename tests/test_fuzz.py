@@ -258,15 +258,23 @@ def test_executor_faults_are_the_files_while_loading_and_the_executors_after(cor
 
     from exporter.runtime.executor.mlprogram import Program
 
-    real_run, calls = Program.run, []
+    real_run, real_staged, calls = Program.run, Program.run_staged, []
 
-    def run(self, x, observe=None):
+    def fault(x) -> None:
         calls.append(x.shape[0])
         if when == "trial" or len(calls) > 1:
             raise ValueError("operands could not be broadcast together (injected)")
+
+    def run(self, x, observe=None):
+        fault(x)
         return real_run(self, x, observe)
 
+    def run_staged(self, x):  # the later passes of a batchable program (executor/stages.py)
+        fault(x)
+        return real_staged(self, x)
+
     monkeypatch.setattr(Program, "run", run)
+    monkeypatch.setattr(Program, "run_staged", run_staged)
     _, pkg = core_ml_files
     image = next(p for p in S["heldout"].rglob("*.png"))
     proc = run_in_process(["predict", str(pkg), str(image)], capsys)
