@@ -65,6 +65,34 @@ def _weight_file_bits(path: Path) -> int:
     return 8 * sum(f.stat().st_size for f in path.rglob("weight.bin"))
 
 
+def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> list[tuple[str, str, float, object]]:
+    """(family, file label, bits per weight, build) of every file the benchmark compares, built lazily: the references,
+    the shipped 8-bit files, coremltools' and the Fisher palettes at each of BITS, and palette-mixed at each of
+    MIXED_BUDGETS (``mixed_options`` go to palettize.mixed; its per-layer details land in ``details``)."""
+    from exporter.quantize import coreml as qc
+    from exporter.quantize import palettize as qp
+
+    candidates: list[tuple[str, str, float, object]] = [
+        ("reference", "fp32", 32, lambda: fp32),
+        ("reference", "fp16", 16, lambda: fp16),
+        ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
+        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
+    ]
+    for bits in BITS:
+        ct_spec = qc.CompressionSpec("palettize", bits, grouped=True)
+        candidates.append(("coremltools k-means", f"ct-palette{bits}", bits, lambda s=ct_spec: qc.compress(base18, s)))
+        ours = qp.PaletteSpec(bits, GROUP)
+        candidates.append(("Fisher k-means", f"fisher-palette{bits}", bits, lambda s=ours: qp.palettize(base18, s, sens)))
+    for budget in MIXED_BUDGETS:
+        label = f"mixed-{budget:g}"
+
+        def build(b=budget, key=label):
+            return qp.mixed(base18, b, sens, details=details.setdefault(key, {}), **mixed_options)
+
+        candidates.append(("mixed bits", label, budget, build))
+    return candidates
+
+
 def bench_model(name: str, work: Path, say=print) -> list[dict]:
     from exporter.convert.coreml import convert, save
     from exporter.loading import load_model
@@ -104,35 +132,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     probe = qp._KerasProbe(loaded.model, cal)
     details: dict[str, dict] = {}
 
-    candidates: list[tuple[str, str, float, object]] = [
-        ("reference", "fp32", 32, lambda: fp32),
-        ("reference", "fp16", 16, lambda: fp16),
-        ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
-        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
-    ]
-    for bits in BITS:
-        candidates.append(
-            (
-                "coremltools k-means",
-                f"ct-palette{bits}",
-                bits,
-                lambda b=bits: qc.compress(base18, qc.CompressionSpec("palettize", b, grouped=True)),
-            )
-        )
-        candidates.append(
-            ("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(base18, qp.PaletteSpec(b, GROUP), sens))
-        )
-    for budget in MIXED_BUDGETS:
-        candidates.append(
-            (
-                "mixed bits",
-                f"mixed-{budget:g}",
-                budget,
-                lambda b=budget: qp.mixed(
-                    base18, b, sens, details=details.setdefault(f"mixed-{b:g}", {}), probe=probe, refine_steps=qp.REFINE_STEPS
-                ),
-            )
-        )
+    candidates = _candidates(fp32, fp16, base18, sens, details, probe=probe, refine_steps=qp.REFINE_STEPS)
 
     elements = _weight_elements(base18)
     rows, fp32_bytes = [], None
@@ -189,7 +189,6 @@ def bench_full_size(work: Path, say=print) -> list[dict]:
     from exporter.convert.coreml import convert, save
     from exporter.preprocessing import Preprocessing
     from exporter.provenance import ModelInfo
-    from exporter.quantize import coreml as qc
     from exporter.quantize import palettize as qp
 
     keras.utils.set_random_seed(0)
@@ -202,33 +201,7 @@ def bench_full_size(work: Path, say=print) -> list[dict]:
     px, _ = _pixels(SAMPLES / "heldout" / "digits", pre)
     sens = qp.weight_sensitivities(base18, model, qp.fisher(model, pre.normalize(px[:4]).astype(np.float32)))
     details: dict[str, dict] = {}
-    candidates = [
-        ("reference", "fp32", 32, lambda: fp32),
-        ("reference", "fp16", 16, lambda: fp16),
-        ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
-        ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
-    ]
-    for bits in BITS:
-        candidates.append(
-            (
-                "coremltools k-means",
-                f"ct-palette{bits}",
-                bits,
-                lambda b=bits: qc.compress(base18, qc.CompressionSpec("palettize", b, grouped=True)),
-            )
-        )
-        candidates.append(
-            ("Fisher k-means", f"fisher-palette{bits}", bits, lambda b=bits: qp.palettize(base18, qp.PaletteSpec(b, GROUP), sens))
-        )
-    for budget in MIXED_BUDGETS:
-        candidates.append(
-            (
-                "mixed bits",
-                f"mixed-{budget:g}",
-                budget,
-                lambda b=budget: qp.mixed(base18, b, sens, details=details.setdefault(f"mixed-{b:g}", {})),
-            )
-        )
+    candidates = _candidates(fp32, fp16, base18, sens, details)
     elements = _weight_elements(base18)
     rows, fp32_bytes = [], None
     for family, label, bits, build in candidates:
