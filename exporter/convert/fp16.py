@@ -123,12 +123,9 @@ def _nn_weight_elements(layer) -> int:
 
 def neuralnetwork_fp16(mlmodel, fraction: float = FP32_STEM_FRACTION):
     """A NeuralNetwork (.mlmodel) model with float16 weights except the stem's; a new model."""
-    import contextlib
-    import io
-
     from coremltools.models.neural_network import quantization_utils
 
-    from ..errors import ConversionError, translating
+    from ..quantize.coreml import neuralnetwork_weights
 
     stem = _stem_names(((layer.name, _nn_weight_elements(layer)) for layer in neuralnetwork_layers(mlmodel.get_spec())), fraction)
 
@@ -136,11 +133,7 @@ def neuralnetwork_fp16(mlmodel, fraction: float = FP32_STEM_FRACTION):
         def do_quantize(self, layer, **kwargs) -> bool:
             return layer.name not in stem and super().do_quantize(layer, **kwargs)
 
-    with (
-        translating(ConversionError, "NeuralNetwork 16-bit weight conversion failed"),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):  # it prints a line per layer
-        return quantization_utils.quantize_weights(mlmodel, nbits=16, selector=AfterStem())
+    return neuralnetwork_weights(mlmodel, 16, selector=AfterStem())
 
 
 # ------------------------------------------------------------------------------------------------ ONNX

@@ -141,15 +141,19 @@ def _weight_output_channels(mlmodel) -> dict[str, int]:
     return {const.name: channels for _op, const, _val, channels in _float_weights(mlmodel)}
 
 
-def neuralnetwork_weights(mlmodel, nbits: int):
-    """NeuralNetwork (.mlmodel) weights to fp16 (nbits=16) or 8-bit linear; a new model, the input is unchanged."""
+def neuralnetwork_weights(mlmodel, nbits: int, selector=None):
+    """NeuralNetwork (.mlmodel) weights to fp16 (nbits=16) or 8-bit linear; a new model, the input is unchanged.
+    ``selector`` (a coremltools QuantizedLayerSelector) replaces the layer choice; by default 16 bits takes every
+    layer and 8 bits the one below."""
     from coremltools.models.neural_network import quantization_utils
 
     if nbits not in (16, 8):
         raise ConfigError(f"NeuralNetwork weight bits must be 16 or 8, got {nbits}")
     mode = "linear" if nbits == 8 else None
     kwargs: dict = {"quantization_mode": mode} if mode else {}
-    if nbits == 8:
+    if selector is not None:
+        kwargs["selector"] = selector
+    elif nbits == 8:
         # coremltools' default selector also quantizes batchnorm parameters and biases, each vector with ONE 8-bit
         # range (a vector is one "channel"): means and variances of every channel share 256 levels. Kept float, like
         # the ML Program files' biases, and convolutions up to SMALL_WEIGHT_ELEMENTS stay float as there.

@@ -209,7 +209,6 @@ def _without_calibration_images(items: list, manifest: dict, folder: str | Path)
 def _float64_candidate(entry: _Entry, summaries: dict) -> bool:
     """An fp32 artifact (32-bit weights) that failed only its max |dp| limit: float32 rounding may be the cause."""
     from ..capabilities import variant
-    from ..errors import ConfigError
 
     metrics = summaries.get(id(entry))
     gate = entry.gate
