@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,12 @@ def _numpy_as_on_device():
     # on a device: that is the model's output, which the parity gates report as non-finite, not an executor error.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         yield
+
+
+def _run_in_worker(run, chunk: np.ndarray) -> np.ndarray:
+    # numpy's error state belongs to the thread that set it: a worker thread sets its own, as the caller's does
+    with _numpy_as_on_device():
+        return run(chunk)
 
 
 @contextlib.contextmanager
@@ -220,47 +227,25 @@ class CoreMLExecutor:
             return self._predict(pixels, observe)
 
     def _predict(self, pixels: np.ndarray, observe=None) -> np.ndarray:
+        from .stages import even_bounds
+
         x = to_tensor(pixels, self.image, str(self.path))
-        if observe is None and getattr(self._engine, "stages", None) and x.shape[0] > 0:
-            return self._predict_staged(x)
-        count = _passes(x.shape[0], self.chunk, parallel=observe is None)
-        bounds = np.linspace(0, x.shape[0], count + 1).round().astype(int)
+        # A batchable ML Program runs stage by stage (``stages``: passes sized by each stage's own largest activation),
+        # its images split evenly over the worker threads; otherwise passes of ``self.chunk`` images.
+        staged = observe is None and bool(getattr(self._engine, "stages", None)) and x.shape[0] > 0
+        count = min(WORKERS, x.shape[0]) if staged else _passes(x.shape[0], self.chunk, parallel=observe is None)
+        bounds = even_bounds(x.shape[0], count)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        run = self._engine.run_staged if staged else partial(self._engine.run, observe=observe)  # type: ignore[union-attr]
         with blas.single_threaded():
             if observe is not None or len(chunks) < 2 or WORKERS < 2:  # an observer sees one pass at a time
-                parts = [self._engine.run(chunk, observe) for chunk in chunks]
+                parts = [run(chunk) for chunk in chunks]
             else:
                 with ThreadPoolExecutor(min(WORKERS, len(chunks))) as pool:
-                    parts = list(pool.map(self._run_in_worker, chunks))
+                    parts = list(pool.map(partial(_run_in_worker, run), chunks))
         probs = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         if probs.shape[1] != len(self.labels):
             raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels", path=self.path)
         return probs
-
-    def _predict_staged(self, x: np.ndarray) -> np.ndarray:
-        """A batchable ML Program: the images split evenly over the worker threads, each share run stage by stage
-        (``stages``: passes sized by each stage's own largest activation)."""
-        groups = min(WORKERS, x.shape[0])
-        bounds = np.linspace(0, x.shape[0], groups + 1).round().astype(int)
-        shares = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        with blas.single_threaded():
-            if groups < 2:
-                parts = [self._engine.run_staged(x)]  # type: ignore[union-attr]
-            else:
-                with ThreadPoolExecutor(groups) as pool:
-                    parts = list(pool.map(self._run_staged_in_worker, shares))
-        probs = np.concatenate(parts, axis=0)
-        if probs.shape[1] != len(self.labels):
-            raise ConversionError(f"the model produced {probs.shape[1]} probabilities for {len(self.labels)} labels", path=self.path)
-        return probs
-
-    def _run_staged_in_worker(self, share: np.ndarray) -> np.ndarray:
-        with _numpy_as_on_device():
-            return self._engine.run_staged(share)  # type: ignore[union-attr]
-
-    def _run_in_worker(self, chunk: np.ndarray) -> np.ndarray:
-        # numpy's error state belongs to the thread that set it: a worker thread sets its own, as the caller's does
-        with _numpy_as_on_device():
-            return self._engine.run(chunk)
 
     __call__ = predict
