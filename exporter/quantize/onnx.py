@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError, translating
+from .coreml import SMALL_WEIGHT_ELEMENTS
 
 
 def _copy(model):
@@ -148,10 +149,9 @@ _WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 # and scrambles the order of the runners-up (top-5 overlap with Keras fell to 0.52 on MobileNet v2 with top-1 intact).
 # Its input, the logits, stays quantized; the probabilities are computed from them in float.
 _FLOAT_OPS = ("Softmax",)
-# Conv/MatMul/Gemm nodes whose weight has at most this many elements stay float, as the Core ML 8-bit files keep such
-# kernels in float16 (exporter/quantize/coreml.py SMALL_WEIGHT_ELEMENTS, where the measurement is): on the MobileNet v1
-# sample, agreement on photos outside its classes 0.930 -> 0.955 for a few kB.
-SMALL_WEIGHT_ELEMENTS = 4096
+# Conv/MatMul/Gemm nodes whose weight has at most SMALL_WEIGHT_ELEMENTS elements stay float, the same threshold as the
+# Core ML 8-bit files (imported from quantize/coreml.py, where the measurement is): on the MobileNet v1 sample,
+# int8-static's agreement on photos outside its classes 0.930 -> 0.955 for a few kB.
 
 
 def _session(model):
