@@ -156,6 +156,66 @@ def test_symbolic_dimensions_are_renumbered():
     assert dims[0] == dims[1] != dims[2] and not any("429" in d for d in dims)
 
 
+def test_canonical_bytes_do_not_depend_on_the_converters_names_merges_or_order():
+    """What CI once caught (two exports of one model in two processes, fp32 ONNX files of different sizes): tf2onnx
+    names values after whichever of several merged duplicates it met first, and may or may not have merged them. Three
+    graphs computing the same thing with different names, node order and duplicate handling serialize to equal bytes,
+    and the canonical graph computes what the original did."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporter.convert.onnx_canonical import canonical
+
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    six = np.array(6, np.float32)
+
+    def graph(names: dict, merged: bool, reverse: bool):
+        inits = [numpy_helper.from_array(w, names["w"]), numpy_helper.from_array(six, names["six_a"])]
+        if not merged:
+            inits.append(numpy_helper.from_array(six, names["six_b"]))
+        six_b = names["six_a"] if merged else names["six_b"]
+        branches = [
+            helper.make_node("MatMul", ["x", names["w"]], [names["h"]], name=names["mm"]),
+            helper.make_node("Relu", [names["h"]], [names["r1"]], name=names["relu1"]),
+            helper.make_node("Min", [names["r1"], names["six_a"]], [names["a"]], name="min_a"),
+            helper.make_node("Abs", [names["h"]], [names["r2"]], name=names["abs"]),
+            helper.make_node("Min", [names["r2"], six_b], [names["b"]], name="min_b"),
+        ]
+        if not merged:  # a duplicate node the converter did not merge this time
+            branches.append(helper.make_node("Abs", [names["h"]], ["dup_abs"], name="dup"))
+            branches[-2] = helper.make_node("Min", ["dup_abs", six_b], [names["b"]], name="min_b")
+        nodes = [*branches, helper.make_node("Add", [names["a"], names["b"]], ["y"], name="add")]
+        if reverse:  # still topological: the independent branches swapped
+            nodes = [nodes[0], *nodes[3:-1], *nodes[1:3], nodes[-1]]
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+            inits,
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    one = {k: k for k in ("w", "six_a", "six_b", "h", "r1", "r2", "a", "b", "mm", "relu1", "abs")}
+    other = {k: f"layer_{i}/{k}__{i * 7}" for i, k in enumerate(one)}
+    other["six_a"], other["six_b"] = "conv_pw_3_relu/Relu6_min", "conv_dw_2_relu/Relu6_min"
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32) * 10
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    originals = [graph(one, True, False), graph(other, False, True), graph(other, True, True)]
+    expected = run(originals[0])
+    canon = [canonical(type(m).FromString(m.SerializeToString())) for m in originals]
+    assert len({c.SerializeToString() for c in canon}) == 1
+    for o, c in zip(originals, canon, strict=True):
+        np.testing.assert_array_equal(run(o), expected)
+        np.testing.assert_array_equal(run(c), expected)
+    assert len(canon[0].graph.initializer) == 2 and len(canon[0].graph.node) == 6  # duplicates merged
+    assert canonical(type(canon[0]).FromString(canon[0].SerializeToString())).SerializeToString() == canon[0].SerializeToString()
+
+
 def test_validate_leaves_out_the_images_the_export_calibrated_on(fresh_exports, tmp_path):
     """The manifest records each calibration file's SHA-256; validate judges on the other images only (copies
     recognised by content), and a folder of calibration images alone is refused, naming it."""
