@@ -4,7 +4,7 @@ Tensors are logically NCHW (Core ML's layout) but held in memory as NHWC: a kern
 ``nhwc_array.transpose(0, 3, 1, 2)``, a free view, and the next kernel's ``transpose(0, 2, 3, 1)`` gets the
 contiguous NHWC array back without a copy. Elementwise numpy operations keep that memory order. In NHWC a
 convolution is one matrix product over (pixels, kernel taps x channels) and a depthwise convolution is a
-channel-vectorised sum over kernel taps.
+channel-vectorised sum over kernel taps (compiled: see ``compiled``).
 """
 
 from __future__ import annotations
@@ -201,92 +201,19 @@ def _pointwise_biased(xh, wmat_bias, stride, ho, wo) -> np.ndarray:
     return out
 
 
-def _tap_rows(xh, wtiled, ho, wo, kh, kw, stride_h, dilation, out_rows) -> None:
-    """Sum over kernel taps of whole output rows: with unit stride along the width, one tap reads a contiguous run
-    of wo*c values per output row, so each product is one long vector loop against the kernel tiled over the width."""
-    n, c = xh.shape[0], xh.shape[3]
-    sn, sh, sw, sc = xh.strides
-    rows = as_strided(xh, (n, ho, kh, kw, wo * c), (sn, sh * stride_h, sh * dilation[0], sw * dilation[1], sc), writeable=False)
-    block = _block_rows(wo * c)
-    if block >= ho:
-        np.einsum("nhijl,ijl->nhl", rows, wtiled, out=out_rows)
-        return
-    for i in range(n):
-        for r in range(0, ho, block):
-            np.einsum("hijl,ijl->hl", rows[i, r : r + block], wtiled, out=out_rows[i, r : r + block])
+def _depthwise(x, weight, bias, stride, dilation, pads, size, cache: dict, input_activation) -> np.ndarray:
+    from . import compiled  # numba, imported on the first depthwise convolution
 
-
-# Bytes of output per call of a depthwise convolution's tap sum: the block being summed into stays in the core's L2
-# cache over the kh*kw taps instead of streaming through memory once per tap. Measured single-threaded, 3x3, time
-# relative to one call over the whole pass: passes of 15-16 images at 14-28 px (384, 576, 672, 192 channels) 0.91-0.92,
-# passes of 2 at 56-112 px 0.95-1.0; 512 KB blocks did no better.
-DEPTHWISE_BLOCK_BYTES = 256 * 1024
-
-
-def _block_rows(row_floats: int) -> int:
-    return max(1, DEPTHWISE_BLOCK_BYTES // (4 * row_floats))
-
-
-def _tiled(wdw: np.ndarray, wo: int, cache: dict, key) -> np.ndarray:
-    if key not in cache:
-        cache[key] = np.ascontiguousarray(np.tile(wdw, (1, 1, wo)))
-    return cache[key]
-
-
-# Most channels for which a depthwise convolution strided along the width is split into width phases (below). With few
-# channels the window sum's inner loop (over channels) is short and the phases' long rows win; with many it is already
-# long and the phases' copy of the input costs more than it saves. Measured single-threaded on NASNetMobile's and
-# MobileNet's strided depthwise layers (time relative to the window sum): 7x7 over 32 channels at 117 px 0.56, 22 at
-# 61 px 0.59, 5x5 over 22 at 56 px 0.38, 3x3 over 32 at 225 px 0.82; but 3x3 over 96 at 113 px 2.3, 5x5 over 144 at
-# 57 px 2.1.
-PHASED_MAX_CHANNELS = 48
-
-
-def _depthwise_phased(xh, wdw, kh, kw, stride, dilation_h, ho, wo, cache: dict, out_rows) -> None:
-    """A depthwise convolution with stride s > 1 along the width (no dilation) as s unit-stride ones: phase p holds
-    the input columns p, p + s, ... (a contiguous copy), and the kernel columns j = p, p + s, ... read it at columns
-    ow + j // s, so each tap reads whole output rows (``_tap_rows``) instead of short runs of channels."""
-    s = stride[1]
-    scratch = None
-    for p in range(min(s, kw)):
-        taps = list(range(p, kw, s))
-        phase = np.ascontiguousarray(xh[:, :, p::s, :])
-        key = ("phase", p, wo)
-        if key not in cache:
-            cache[key] = np.ascontiguousarray(np.tile(wdw[:, taps, :], (1, 1, wo)))
-        if p == 0:
-            _tap_rows(phase, cache[key], ho, wo, kh, len(taps), stride[0], (dilation_h, 1), out_rows)
-            continue
-        scratch = np.empty_like(out_rows) if scratch is None else scratch
-        _tap_rows(phase, cache[key], ho, wo, kh, len(taps), stride[0], (dilation_h, 1), scratch)
-        out_rows += scratch
-
-
-# Fewest channels for which a unit-stride depthwise convolution sums each window over its taps (inner loop over the
-# channels, the kernel small enough to stay in L1) rather than whole output rows against the kernel tiled over the
-# width (whose tiled copy, kh*kw rows of wo*c, no longer stays in cache). CPU time of the window sum relative to the
-# row sum, single-threaded, 3x3: 256 channels at 74 px 0.87, 728 at 37 px 0.75, 728 at 19 px 0.77, 1024 at 10 px
-# 0.64; but 240 at 28 px 1.06, 144 at 56 px 1.19, 44 at 28 px 2.7.
-WINDOWS_MIN_CHANNELS = 256
-
-
-def _depthwise(xh, wdw, kh, kw, stride, dilation, ho, wo, cache: dict) -> np.ndarray:
-    n, c = xh.shape[0], xh.shape[3]
-    out = np.empty((n, ho, wo, c), np.float32)
-    if stride[1] == 1 and c < WINDOWS_MIN_CHANNELS:
-        _tap_rows(xh, _tiled(wdw, wo, cache, ("tiled", wo)), ho, wo, kh, kw, stride[0], dilation, out.reshape(n, ho, wo * c))
-    elif c <= PHASED_MAX_CHANNELS and dilation[1] == 1:
-        _depthwise_phased(xh, wdw, kh, kw, stride, dilation[0], ho, wo, cache, out.reshape(n, ho, wo * c))
-    else:  # many channels, or strided along the width: a sum over the taps of each window, vectorised over channels
-        windows = _windows(xh, ho, wo, kh, kw, stride, dilation)
-        block = _block_rows(wo * c)
-        if block >= ho:
-            np.einsum("nhwijc,ijc->nhwc", windows, wdw, out=out)
-        else:
-            for i in range(n):
-                for r in range(0, ho, block):
-                    np.einsum("hwijc,ijc->hwc", windows[i, r : r + block], wdw, out=out[i, r : r + block])
-    return out
+    o = weight.shape[0]
+    if "depthwise" not in cache:
+        cache["depthwise"] = depthwise_weight(weight)
+        cache["depthwise_bias"] = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(o)
+    xh = nhwc(x).astype(np.float32, copy=False)
+    multiplier = o // x.shape[1]
+    if multiplier > 1:
+        xh = np.repeat(xh, multiplier, axis=3)  # output channel j reads input channel j // multiplier
+    out = compiled.depthwise(xh, cache["depthwise"], cache["depthwise_bias"], stride, dilation, pads, *size, input_activation)
+    return nchw(out)
 
 
 def conv2d(
@@ -312,6 +239,8 @@ def conv2d(
     ho = output_size(h, kh, stride[0], dilation[0], pads[0], pads[1])
     wo = output_size(w, kw, stride[1], dilation[1], pads[2], pads[3])
     cache = {} if cache is None else cache
+    if groups == c and cg == 1:  # depthwise, o // groups outputs per input channel: compiled, reads x in place
+        return _depthwise(x, weight, bias, stride, dilation, pads, (ho, wo), cache, input_activation)
     xh = pad_nhwc(nhwc(x).astype(np.float32, copy=False), pads, scratch=cache, activation=input_activation)
     if groups == 1 and kh == kw == 1 and bias is not None and c < o:
         if "dense_bias" not in cache:
@@ -326,13 +255,6 @@ def conv2d(
         if "dense" not in cache:
             cache["dense"] = dense_weight(weight)
         out = _dense(xh, cache["dense"], kh, kw, stride, dilation, ho, wo)
-    elif cg == 1:  # depthwise, with o // groups output channels per input channel
-        multiplier = o // groups
-        if multiplier > 1:
-            xh = np.repeat(xh, multiplier, axis=3)  # output channel j reads input channel j // multiplier
-        if "depthwise" not in cache:
-            cache["depthwise"] = depthwise_weight(weight)
-        out = _depthwise(xh, cache["depthwise"], kh, kw, stride, dilation, ho, wo, cache)
     else:
         og = o // groups
         if "grouped" not in cache:
