@@ -96,3 +96,52 @@ def test_im2col_in_small_blocks_matches_float64(monkeypatch):
         for j in range(3)
     )
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+ACTIVATIONS = {None: lambda v: v, "relu": lambda v: np.maximum(v, np.float32(0)), "relu6": lambda v: np.clip(v, np.float32(0), np.float32(6))}
+
+
+def _depthwise_in_tap_order(x, weight, bias, stride, dilation, pads, activation):
+    """float32 numpy: each product rounded, added to the running sum tap by tap (row by row), the bias last: the
+    order compiled.depthwise promises (see its docstring)."""
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, pads
+    xp = np.pad(ACTIVATIONS[activation](x), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    wo = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    acc = np.zeros((n, c, ho, wo), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i * dh : i * dh + (ho - 1) * sh + 1 : sh, j * dw : j * dw + (wo - 1) * sw + 1 : sw]
+            acc = acc + tap * weight[:, 0, i, j][None, :, None, None]
+    return acc + bias[None, :, None, None]
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, dilation, pads, activation",
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), None),
+        ((3, 3), (2, 2), (1, 1), (0, 1, 0, 1), "relu6"),  # TensorFlow's "same" at stride 2: the odd pixel after
+        ((3, 3), (1, 2), (2, 1), (2, 0, 1, 3), "relu"),  # dilated, asymmetric padding
+        ((5, 5), (2, 2), (1, 1), (2, 2, 2, 2), "relu6"),  # any other kernel: the general loop
+        ((1, 3), (1, 1), (1, 1), (0, 0, 1, 1), None),
+    ],
+)
+def test_compiled_depthwise_sums_taps_in_order(kernel, stride, dilation, pads, activation):
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(2, 5, 9, 11)) * 4).astype(np.float32)  # relu6 clips some values at both ends
+    weight = rng.normal(size=(5, 1, *kernel)).astype(np.float32)
+    bias = rng.normal(size=5).astype(np.float32)
+    got = kernels.conv2d(x, weight, bias, stride, dilation, pads, 5, input_activation=activation)
+    want = _depthwise_in_tap_order(x, weight, bias, stride, dilation, pads, activation)
+    np.testing.assert_array_equal(got, want)  # the same float32 operations in the same order: the same bits
+
+
+def test_compiled_depthwise_keeps_nan():
+    # a NaN input stays NaN through the fused relu6, as numpy's clip keeps it
+    x = np.ones((1, 2, 4, 4), np.float32)
+    x[0, 1, 2, 2] = np.nan
+    weight = np.ones((2, 1, 3, 3), np.float32)
+    got = kernels.conv2d(x, weight, None, (1, 1), (1, 1), (1, 1, 1, 1), 2, input_activation="relu6")
+    assert np.isnan(got[0, 1, 1:4, 1:4]).all() and not np.isnan(got[0, 0]).any()

@@ -16,104 +16,100 @@ Compiled on first use and cached on disk (numba's cache next to this file, or it
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-_KERNELS: dict[str, object] = {}
+_jit = numba.njit(nogil=True, cache=True, boundscheck=False, fastmath=False)
 
 
-def _compile() -> dict[str, object]:
-    import numba
+@numba.njit(inline="always", nogil=True, cache=True, boundscheck=False, fastmath=False)
+def clamp(v, lo, hi):  # pragma: no cover  (compiled)
+    # NaN stays NaN, as numpy's clip and maximum keep it
+    v = lo if v < lo else v
+    return hi if v > hi else v
 
-    options = dict(nogil=True, cache=True, boundscheck=False, fastmath=False)
-    jit = numba.njit(**options)
 
-    @numba.njit(inline="always", **options)
-    def clamp(v, lo, hi):  # pragma: no cover  (compiled)
-        # NaN stays NaN, as numpy's clip and maximum keep it
-        v = lo if v < lo else v
-        return hi if v > hi else v
-
-    @jit
-    def edge_pixel(x, w, o, b, ih0, iw0, dh, dw, act, alo, ahi):  # pragma: no cover  (compiled)
-        # an output pixel whose window reaches into the padding: the taps on zeros add nothing (x + 0 * w == x), the
-        # others are summed in the same order as inside
-        h, wd, c = x.shape[1], x.shape[2], x.shape[3]
-        for ch in range(c):
-            o[ch] = 0.0
-        for i in range(w.shape[0]):
-            ih = ih0 + i * dh
-            if ih < 0 or ih >= h:
+@_jit
+def edge_pixel(x, w, o, b, ih0, iw0, dh, dw, act, alo, ahi):  # pragma: no cover  (compiled)
+    # an output pixel whose window reaches into the padding: the taps on zeros add nothing (x + 0 * w == x), the
+    # others are summed in the same order as inside
+    h, wd, c = x.shape[1], x.shape[2], x.shape[3]
+    for ch in range(c):
+        o[ch] = 0.0
+    for i in range(w.shape[0]):
+        ih = ih0 + i * dh
+        if ih < 0 or ih >= h:
+            continue
+        for j in range(w.shape[1]):
+            iw = iw0 + j * dw
+            if iw < 0 or iw >= wd:
                 continue
-            for j in range(w.shape[1]):
-                iw = iw0 + j * dw
-                if iw < 0 or iw >= wd:
-                    continue
-                tap = x[b, ih, iw]
-                wt = w[i, j]
-                if act:
-                    for ch in range(c):
-                        o[ch] = o[ch] + clamp(tap[ch], alo, ahi) * wt[ch]
-                else:
-                    for ch in range(c):
-                        o[ch] = o[ch] + tap[ch] * wt[ch]
+            tap = x[b, ih, iw]
+            wt = w[i, j]
+            if act:
+                for ch in range(c):
+                    o[ch] = o[ch] + clamp(tap[ch], alo, ahi) * wt[ch]
+            else:
+                for ch in range(c):
+                    o[ch] = o[ch] + tap[ch] * wt[ch]
 
-    @jit
-    def depthwise3x3(x, w, bias, out, sh, sw, dh, dw, top, left, act, alo, ahi, clip, lo, hi):  # pragma: no cover
-        n, ho, wo, c = out.shape
-        h, wd = x.shape[1], x.shape[2]
-        for b in range(n):
-            for oh in range(ho):
-                ih0 = oh * sh - top
-                rows_inside = ih0 >= 0 and ih0 + 2 * dh < h
-                for ow in range(wo):
-                    o = out[b, oh, ow]
-                    iw0 = ow * sw - left
-                    if not (rows_inside and iw0 >= 0 and iw0 + 2 * dw < wd):
-                        edge_pixel(x, w, o, b, ih0, iw0, dh, dw, act, alo, ahi)
-                        for ch in range(c):
-                            o[ch] = clamp(o[ch] + bias[ch], lo, hi) if clip else o[ch] + bias[ch]
-                        continue
-                    r0, r1, r2 = x[b, ih0], x[b, ih0 + dh], x[b, ih0 + 2 * dh]
-                    a0, a1, a2 = r0[iw0], r0[iw0 + dw], r0[iw0 + 2 * dw]
-                    b0, b1, b2 = r1[iw0], r1[iw0 + dw], r1[iw0 + 2 * dw]
-                    c0, c1, c2 = r2[iw0], r2[iw0 + dw], r2[iw0 + 2 * dw]
-                    if act:
-                        for ch in range(c):
-                            v = clamp(a0[ch], alo, ahi) * w[0, 0, ch] + clamp(a1[ch], alo, ahi) * w[0, 1, ch]
-                            v = v + clamp(a2[ch], alo, ahi) * w[0, 2, ch]
-                            v = v + clamp(b0[ch], alo, ahi) * w[1, 0, ch]
-                            v = v + clamp(b1[ch], alo, ahi) * w[1, 1, ch]
-                            v = v + clamp(b2[ch], alo, ahi) * w[1, 2, ch]
-                            v = v + clamp(c0[ch], alo, ahi) * w[2, 0, ch]
-                            v = v + clamp(c1[ch], alo, ahi) * w[2, 1, ch]
-                            v = v + clamp(c2[ch], alo, ahi) * w[2, 2, ch]
-                            v = v + bias[ch]
-                            o[ch] = clamp(v, lo, hi) if clip else v
-                    else:
-                        for ch in range(c):
-                            v = a0[ch] * w[0, 0, ch] + a1[ch] * w[0, 1, ch]
-                            v = v + a2[ch] * w[0, 2, ch]
-                            v = v + b0[ch] * w[1, 0, ch]
-                            v = v + b1[ch] * w[1, 1, ch]
-                            v = v + b2[ch] * w[1, 2, ch]
-                            v = v + c0[ch] * w[2, 0, ch]
-                            v = v + c1[ch] * w[2, 1, ch]
-                            v = v + c2[ch] * w[2, 2, ch]
-                            v = v + bias[ch]
-                            o[ch] = clamp(v, lo, hi) if clip else v
 
-    @jit
-    def depthwise(x, w, bias, out, sh, sw, dh, dw, top, left, act, alo, ahi, clip, lo, hi):  # pragma: no cover
-        n, ho, wo, c = out.shape
-        for b in range(n):
-            for oh in range(ho):
-                for ow in range(wo):
-                    o = out[b, oh, ow]
-                    edge_pixel(x, w, o, b, oh * sh - top, ow * sw - left, dh, dw, act, alo, ahi)
+@_jit
+def depthwise3x3(x, w, bias, out, sh, sw, dh, dw, top, left, act, alo, ahi, clip, lo, hi):  # pragma: no cover
+    n, ho, wo, c = out.shape
+    h, wd = x.shape[1], x.shape[2]
+    for b in range(n):
+        for oh in range(ho):
+            ih0 = oh * sh - top
+            rows_inside = ih0 >= 0 and ih0 + 2 * dh < h
+            for ow in range(wo):
+                o = out[b, oh, ow]
+                iw0 = ow * sw - left
+                if not (rows_inside and iw0 >= 0 and iw0 + 2 * dw < wd):
+                    edge_pixel(x, w, o, b, ih0, iw0, dh, dw, act, alo, ahi)
                     for ch in range(c):
                         o[ch] = clamp(o[ch] + bias[ch], lo, hi) if clip else o[ch] + bias[ch]
+                    continue
+                r0, r1, r2 = x[b, ih0], x[b, ih0 + dh], x[b, ih0 + 2 * dh]
+                a0, a1, a2 = r0[iw0], r0[iw0 + dw], r0[iw0 + 2 * dw]
+                b0, b1, b2 = r1[iw0], r1[iw0 + dw], r1[iw0 + 2 * dw]
+                c0, c1, c2 = r2[iw0], r2[iw0 + dw], r2[iw0 + 2 * dw]
+                if act:
+                    for ch in range(c):
+                        v = clamp(a0[ch], alo, ahi) * w[0, 0, ch] + clamp(a1[ch], alo, ahi) * w[0, 1, ch]
+                        v = v + clamp(a2[ch], alo, ahi) * w[0, 2, ch]
+                        v = v + clamp(b0[ch], alo, ahi) * w[1, 0, ch]
+                        v = v + clamp(b1[ch], alo, ahi) * w[1, 1, ch]
+                        v = v + clamp(b2[ch], alo, ahi) * w[1, 2, ch]
+                        v = v + clamp(c0[ch], alo, ahi) * w[2, 0, ch]
+                        v = v + clamp(c1[ch], alo, ahi) * w[2, 1, ch]
+                        v = v + clamp(c2[ch], alo, ahi) * w[2, 2, ch]
+                        v = v + bias[ch]
+                        o[ch] = clamp(v, lo, hi) if clip else v
+                else:
+                    for ch in range(c):
+                        v = a0[ch] * w[0, 0, ch] + a1[ch] * w[0, 1, ch]
+                        v = v + a2[ch] * w[0, 2, ch]
+                        v = v + b0[ch] * w[1, 0, ch]
+                        v = v + b1[ch] * w[1, 1, ch]
+                        v = v + b2[ch] * w[1, 2, ch]
+                        v = v + c0[ch] * w[2, 0, ch]
+                        v = v + c1[ch] * w[2, 1, ch]
+                        v = v + c2[ch] * w[2, 2, ch]
+                        v = v + bias[ch]
+                        o[ch] = clamp(v, lo, hi) if clip else v
 
-    return {"3x3": depthwise3x3, "any": depthwise}
+
+@_jit
+def depthwise_any(x, w, bias, out, sh, sw, dh, dw, top, left, act, alo, ahi, clip, lo, hi):  # pragma: no cover
+    n, ho, wo, c = out.shape
+    for b in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                o = out[b, oh, ow]
+                edge_pixel(x, w, o, b, oh * sh - top, ow * sw - left, dh, dw, act, alo, ahi)
+                for ch in range(c):
+                    o[ch] = clamp(o[ch] + bias[ch], lo, hi) if clip else o[ch] + bias[ch]
 
 
 # (low, high) of the activations the kernel applies to its input as it reads it (plan.fuse_relus) or to its output
@@ -136,12 +132,10 @@ def depthwise(
     place, no padded copy), with the (kh, kw, C) kernel ``wdw``, plus ``bias`` (C,): a new (N, ho, wo, C) float32
     array. ``input_activation`` (a key of BOUNDS) is applied to each input value as it is read, ``output_activation``
     to each result."""
-    if not _KERNELS:
-        _KERNELS.update(_compile())
     n, c = x.shape[0], x.shape[3]
     kh, kw = wdw.shape[:2]
     out = np.empty((n, ho, wo, c), np.float32)
-    kernel = _KERNELS["3x3" if (kh, kw) == (3, 3) else "any"]
+    kernel = depthwise3x3 if (kh, kw) == (3, 3) else depthwise_any
     alo, ahi = BOUNDS.get(input_activation or "", (0.0, 0.0))
     lo, hi = BOUNDS.get(output_activation or "", (0.0, 0.0))
     kernel(

@@ -212,7 +212,7 @@ def _depthwise(x, weight, bias, stride, dilation, pads, size, cache: dict, input
     multiplier = o // x.shape[1]
     if multiplier > 1:
         xh = np.repeat(xh, multiplier, axis=3)  # output channel j reads input channel j // multiplier
-    out = compiled.depthwise(xh, cache["depthwise"], cache["depthwise_bias"], stride, dilation, pads, *size, input_activation)
+    out = compiled.depthwise(xh, cache["depthwise"], cache["depthwise_bias"], stride, dilation, pads, size[0], size[1], input_activation)
     return nchw(out)
 
 
