@@ -130,3 +130,29 @@ def test_shifted_taps_convolution_matches_float64(kernel, pads, dilation):
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
     single = np.concatenate([kernels.conv2d(x[i : i + 1], weight, bias, (1, 1), dilation, pads, 1, cache) for i in range(3)])
     np.testing.assert_array_equal(single, got)  # an image's result does not depend on its neighbours in the batch
+
+
+def test_fp16_compute_rounds_only_what_the_file_declares_fp16(tmp_path):
+    """compute="fp16" rounds the values a mixed-precision file declares float16 and leaves its float32 ones (the stem
+    of our fp16 files, exporter/convert/fp16.py) alone: an fp32 mul by 1/3 keeps its float32 bits, the fp16 mul after
+    the cast gives float16 values; with compute="fp32" neither is rounded (the cast to fp16 is a no-op)."""
+    from executor_helpers import as_input, image_pixels, program_file
+
+    third, seventh = np.float32(1 / 3), np.float16(1 / 7)
+
+    def body(x):
+        a = mb.mul(x=x, y=third)  # declared fp32
+        b = mb.mul(x=mb.cast(x=a, dtype="fp16"), y=seventh)  # declared fp16
+        return mb.concat(values=[a, mb.cast(x=b, dtype="fp32")], axis=1)
+
+    path = program_file(tmp_path, body, optimize=False)
+    pix = image_pixels(2)
+    a = as_input(pix) * third  # float32 arithmetic
+    b16 = (a.astype(np.float16).astype(np.float32) * np.float32(seventh)).astype(np.float16).astype(np.float32)
+    got16 = CoreMLExecutor(path, compute="fp16").predict(pix).reshape(2, 6, *a.shape[2:])
+    np.testing.assert_array_equal(got16[:, :3], a)  # the fp32 op: not rounded to fp16
+    np.testing.assert_array_equal(got16[:, 3:], b16)
+    assert not np.array_equal(a, a.astype(np.float16).astype(np.float32))  # a rounding would show
+    got32 = CoreMLExecutor(path, compute="fp32").predict(pix).reshape(2, 6, *a.shape[2:])
+    np.testing.assert_array_equal(got32[:, :3], a)
+    np.testing.assert_array_equal(got32[:, 3:], a * np.float32(seventh))

@@ -11,8 +11,11 @@ Neural Engine. ``compute`` brackets the two:
 
 * ``"fp32"``: every value is float32. float16 weights are widened exactly; ``cast`` to fp16 inside an fp16 program
   is a no-op. This is the exact arithmetic of the file's weights, up to float32 rounding.
-* ``"fp16"``: every floating constant and every op's (layer's) output is rounded to float16 before the next op
-  reads it; the arithmetic inside one op stays float32. This is float16 storage between ops, the coarser end.
+* ``"fp16"``: float16 storage between ops, the coarser end. An ML Program's values are rounded as the file
+  declares them: every op output it types fp16 is rounded to float16 before the next op reads it, and what it types
+  fp32 (the float32 stem of a mixed-precision file, see exporter/convert/fp16.py) stays float32. A NeuralNetwork
+  declares no precision per layer (Core ML runs it in float16 throughout on the GPU and the Neural Engine), so every
+  weight and every layer output is rounded. The arithmetic inside one op stays float32.
 
 Constant decompression is exact either way: a dequantized weight is rounded to the element type the file declares
 for it (float16 for compressed ML Program weights), as Core ML materialises it.

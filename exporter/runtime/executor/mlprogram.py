@@ -21,10 +21,10 @@ F32 = np.float32
 FUNCTION = "main"
 
 
-def _to_compute(value, fp16: bool):
-    """Floating constants in the compute precision: float32, rounded through float16 when ``fp16``."""
+def _to_compute(value):
+    """Floating constants held as float32. A constant the file declares float16 was decoded as float16, so it is
+    widened exactly; one it declares float32 keeps its bits in either compute precision."""
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        value = value.astype(np.float16) if fp16 else value
         return value.astype(F32)
     return value
 
@@ -59,11 +59,12 @@ def _ios_opset(name: str, where: str) -> int:
 
 
 class Step:
-    __slots__ = ("call", "fn", "outputs", "declared", "types", "release", "observe_only")
+    __slots__ = ("call", "fn", "outputs", "declared", "types", "half", "release", "observe_only")
 
     def __init__(self, call: OpCall, fn, outputs: list[str], declared: list, dtypes: list[str]):
         self.call, self.fn, self.outputs, self.declared = call, fn, outputs, declared
         self.types = [element_type(d) for d in dtypes]  # the numpy type of each output as the file declares it
+        self.half = [d == "fp16" for d in dtypes]  # outputs the file declares float16 (rounded when computing in fp16)
         self.release: list[str] = []  # computed values no later step reads: dropped after this one
         self.observe_only = False  # folded into a later step (plan.fuse_pads): run only to show its value
 
@@ -147,7 +148,7 @@ class Program:
         self._constant(name, np.asarray(value) if not isinstance(value, str) else value)
 
     def _constant(self, name: str, value, value_type=None) -> None:
-        self.env[name] = _to_compute(value, self.fp16)
+        self.env[name] = _to_compute(value)
         self.consts.add(name)
         if value_type is not None and value_type.WhichOneof("type") == "tensorType":
             self.shapes[name] = tensor_type(value_type, self.where)[1]
@@ -190,7 +191,7 @@ class Program:
                 raise ConversionError(
                     f"{call.op_type} op {call.name!r} produced shape {list(value.shape)}, the file declares {list(shape)}", path=self.where
                 )
-            if dtype == "fp16" or (self.fp16 and value.dtype.kind == "f"):
+            if dtype == "fp16":
                 value = value.astype(np.float16)
             self.env[name] = value.astype(F32) if value.dtype.kind == "f" else value
             self.consts.add(name)
@@ -251,7 +252,7 @@ class Program:
                 raise ConversionError(
                     f"{call.op_type} op {call.name!r} produced {len(outs)} outputs, the file declares {len(step.outputs)}", path=self.where
                 )
-            for name, value, shape, dtype in zip(step.outputs, outs, step.declared, step.types, strict=True):
+            for name, value, shape, dtype, half in zip(step.outputs, outs, step.declared, step.types, step.half, strict=True):
                 value = _declared_kind(np.asarray(value), dtype)
                 lead = (n,) if self.batchable and name in self.batched else tuple(shape[:1]) if shape else ()
                 if shape is not None and (value.shape[1:] != tuple(shape[1:]) or value.shape[:1] != lead):
@@ -261,7 +262,7 @@ class Program:
                     )
                 if value.dtype == np.float64:
                     value = value.astype(F32)
-                if self.fp16 and value.dtype == F32:
+                if self.fp16 and half and value.dtype == F32:
                     value = value.astype(np.float16).astype(F32)
                 env[name] = value
                 if observe is not None:
