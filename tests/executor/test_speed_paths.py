@@ -98,7 +98,11 @@ def test_im2col_in_small_blocks_matches_float64(monkeypatch):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-ACTIVATIONS = {None: lambda v: v, "relu": lambda v: np.maximum(v, np.float32(0)), "relu6": lambda v: np.clip(v, np.float32(0), np.float32(6))}
+ACTIVATIONS = {
+    None: lambda v: v,
+    "relu": lambda v: np.maximum(v, np.float32(0)),
+    "relu6": lambda v: np.clip(v, np.float32(0), np.float32(6)),
+}
 
 
 def _depthwise_in_tap_order(x, weight, bias, stride, dilation, pads, activation):
