@@ -1,4 +1,4 @@
-"""Depthwise convolution compiled with numba: the one kernel numpy cannot run near the machine's speed.
+"""Depthwise convolution and pooling compiled with numba: kernels numpy cannot run near the machine's speed.
 
 A depthwise convolution does kh*kw multiply-adds per output value and nothing else, so in numpy it is a chain of
 elementwise passes (or an einsum over the kernel taps), each reading and writing memory: about one multiply-add per
@@ -155,5 +155,78 @@ def depthwise(
         output_activation is not None,
         np.float32(lo),
         np.float32(hi),
+    )
+    return out
+
+
+@_jit
+def _pool(x, out, kh, kw, sh, sw, top, left, is_max, exclude):  # pragma: no cover  (compiled)
+    # separably: each window row combined along the width first, the rows then combined
+    # in order; positions in the padding are skipped (a max never takes them, a sum adds zero for them)
+    n, ho, wo, c = out.shape
+    h, wd = x.shape[1], x.shape[2]
+    row = np.empty(c, np.float32)
+    for b in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                o = out[b, oh, ow]
+                for ch in range(c):
+                    o[ch] = -np.inf if is_max else 0.0
+                count = 0
+                for i in range(kh):
+                    ih = oh * sh - top + i
+                    if ih < 0 or ih >= h:
+                        continue
+                    first = True
+                    for j in range(kw):
+                        iw = ow * sw - left + j
+                        if iw < 0 or iw >= wd:
+                            continue
+                        count += 1
+                        src = x[b, ih, iw]
+                        if first:
+                            for ch in range(c):
+                                row[ch] = src[ch]
+                            first = False
+                        elif is_max:
+                            for ch in range(c):
+                                v = src[ch]
+                                row[ch] = v if (v > row[ch] or v != v) else row[ch]
+                        else:
+                            for ch in range(c):
+                                row[ch] = row[ch] + src[ch]
+                    if first:
+                        continue
+                    if is_max:
+                        for ch in range(c):
+                            v = row[ch]
+                            o[ch] = v if (v > o[ch] or v != v) else o[ch]
+                    else:
+                        for ch in range(c):
+                            o[ch] = o[ch] + row[ch]
+                if not is_max:
+                    divisor = np.float32(count if exclude else kh * kw)
+                    for ch in range(c):
+                        o[ch] = o[ch] / divisor
+
+
+def pool(
+    x: np.ndarray, is_max: bool, kernel, stride, pads: tuple[int, int, int, int], ho: int, wo: int, exclude_padding: bool
+) -> np.ndarray:
+    """Max or average pooling of the NHWC float32 ``x`` padded by ``pads`` (read in place) over (kh, kw) windows: a new
+    (N, ho, wo, C) float32 array. Padded positions never win a max and count as zeros in an average, which divides by
+    the window's size, or with ``exclude_padding`` by the number of its positions inside ``x``."""
+    out = np.empty((x.shape[0], ho, wo, x.shape[3]), np.float32)
+    _pool(
+        np.ascontiguousarray(x, np.float32),
+        out,
+        int(kernel[0]),
+        int(kernel[1]),
+        int(stride[0]),
+        int(stride[1]),
+        int(pads[0]),
+        int(pads[2]),
+        is_max,
+        exclude_padding,
     )
     return out
