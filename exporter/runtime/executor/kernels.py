@@ -145,7 +145,11 @@ SHIFTED_BLOCK_ROWS = 2048
 # 0.43-0.51, at 28 px 0.93; 64 -> 64 at 56 px 0.82-0.98; 128 -> 128 at 28 px 0.9-1.28; 256 -> 256 at 14 px 1.04-1.49;
 # 512 -> 512 at 7 px 1.08-1.41.
 SHIFTED_NARROW_GRID = 2.0  # largest grid / output area when the output has at most half the input's channels
-SHIFTED_GRID = 1.1  # otherwise
+SHIFTED_GRID = 1.1  # otherwise, and then only below SHIFTED_WIDE_CHANNELS input channels:
+# from 128 channels in and out, im2col's one long product wins at any grid. Measured single-threaded (taps / im2col):
+# 3x3 128 -> 128 at 112 px 1.26 and at 28 px 1.15-1.19, 256 -> 256 at 56 px 1.20 and at 14 px 1.32-1.35; but 64 -> 64
+# at 224 px 0.82-0.87, at 112 px 0.92, at 56 px 0.74-0.94, 32 -> 32 at 147 px 0.88-0.91.
+SHIFTED_WIDE_CHANNELS = 128
 
 
 def _shifted_pays(c: int, o: int, grid: int, out: int) -> bool:
@@ -154,7 +158,9 @@ def _shifted_pays(c: int, o: int, grid: int, out: int) -> bool:
     # 32 -> 64 at 147 px 1.03; but 32 -> 32 at 149 px 0.73, 64 -> 64 at 56 px 0.82-0.96, 128 -> 32 at 28 px 0.66.
     if o > c:
         return False
-    return grid <= (SHIFTED_NARROW_GRID if 2 * o <= c else SHIFTED_GRID) * out
+    if 2 * o <= c:
+        return grid <= SHIFTED_NARROW_GRID * out
+    return c < SHIFTED_WIDE_CHANNELS and grid <= SHIFTED_GRID * out
 
 
 def tap_weights(weight: np.ndarray) -> np.ndarray:
