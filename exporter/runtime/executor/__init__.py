@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 COMPUTE = ("fp32", "fp16")
 # Forward passes run at once, in threads. numpy releases the GIL in matrix products and elementwise loops, so two
 # passes overlap those while BLAS itself stays single-threaded (see blas); more threads would mostly wait for the
-# GIL, which the depthwise convolutions (einsum) hold.
+# GIL, which the interpreter holds between the array operations (the compiled depthwise and pooling kernels release it).
 WORKERS = min(2, os.cpu_count() or 1)
 # Images per forward pass at most: the matrix products gain nothing from more.
 MAX_BATCH = 16

@@ -4,7 +4,11 @@ A depthwise convolution does kh*kw multiply-adds per output value and nothing el
 elementwise passes (or an einsum over the kernel taps), each reading and writing memory: about one multiply-add per
 cycle. Here each output pixel's channels are summed over all taps in one loop that LLVM vectorises over the
 channels, reading each input value from L1. Measured single-threaded against the einsum over shifted windows it
-replaces (MobileNetV2's 3x3 layers, batch 2-16): 0.26-0.48 of its time, the same bits.
+replaces (MobileNetV2's 3x3 layers, batch 2-16): 0.26-0.48 of its time, the same bits; numpy's own alternatives (nine
+multiplies and adds into a block kept in L2) ran 1.3-3x slower than that einsum. The input is read in place with
+its zero padding skipped rather than copied into a padded buffer, and a relu (relu6) the plan fused into the
+convolution is applied to each value as it is read. MobileNetV2 (224 px, batch 16, one thread) went from 0.54 to
+0.38 CPU seconds, onnxruntime taking 0.26. Pooling likewise: InceptionV3's pools from 0.34 to 0.1 s.
 
 The arithmetic is float32 without fast-math: every product is rounded, then added to the running sum in tap order
 (row by row, then column by column), and the bias is added last, so that the result is what numpy's float32
