@@ -11,9 +11,12 @@ calibrates on its held-out folder; agreement and accuracy are measured on the RE
 image calibrated on. The MobileNetV2 224 has random weights (no pretrained weights offline): its rows are sizes only.
 Every Core ML file runs in the project's executor (float32 compute), as validation does off macOS.
 
-    python -m benchmarks.quant_bench [--models NAME ...] [--readme README.md] [--from-results]
+    python -m benchmarks.quant_bench [--models NAME ...] [--files LABEL ...] [--readme README.md] [--from-results]
 
 writes benchmarks/quant_results.json, benchmarks/quant_pareto.png and the table between README's quant-bench markers.
+``--files`` (e.g. ``fp16 int8 palette8``) measures only those files (and fp32, the size reference) and replaces just
+their rows in quant_results.json, keeping the others; every row records the commit it was measured on, and the README
+text says which rows come from which commit.
 """
 
 from __future__ import annotations
@@ -93,7 +96,23 @@ def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> lis
     return candidates
 
 
-def bench_model(name: str, work: Path, say=print) -> list[dict]:
+def _commit() -> str:
+    """The short hash of the tree measured, with "+changes" when it has uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _wanted(candidates: list, files: tuple[str, ...] | None) -> list:
+    """The candidates named in ``files`` (all when None); fp32 always, as every ratio is measured against it."""
+    return candidates if files is None else [c for c in candidates if c[1] == "fp32" or c[1] in files]
+
+
+def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None = None) -> list[dict]:
     from exporter.convert.coreml import convert, save
     from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing, resolve
@@ -132,7 +151,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     probe = qp._KerasProbe(loaded.model, cal)
     details: dict[str, dict] = {}
 
-    candidates = _candidates(fp32, fp16, base18, sens, details, probe=probe, refine_steps=qp.REFINE_STEPS)
+    candidates = _wanted(_candidates(fp32, fp16, base18, sens, details, probe=probe, refine_steps=qp.REFINE_STEPS), files)
 
     elements = _weight_elements(base18)
     rows, fp32_bytes = [], None
@@ -170,6 +189,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
                 "weights_matched": matched,
                 "fisher_seconds": round(fisher_seconds, 1),
                 "seconds": round(time.perf_counter() - t0, 1),
+                "commit": _commit(),
             }
         )
         say(
@@ -179,7 +199,7 @@ def bench_model(name: str, work: Path, say=print) -> list[dict]:
     return rows
 
 
-def bench_full_size(work: Path, say=print) -> list[dict]:
+def bench_full_size(work: Path, say=print, files: tuple[str, ...] | None = None) -> list[dict]:
     """keras.applications MobileNetV2 (alpha 1.0, 224 px, 1000 classes, 3.5 M weights) with RANDOM weights: file sizes
     and stored bits per weight only. A random classifier's outputs are near uniform, so agreement on it would prove
     nothing and is not measured. Fisher sensitivities from 4 held-out digits (resized); the mixed files use the Fisher
@@ -201,7 +221,7 @@ def bench_full_size(work: Path, say=print) -> list[dict]:
     px, _ = _pixels(SAMPLES / "heldout" / "digits", pre)
     sens = qp.weight_sensitivities(base18, model, qp.fisher(model, pre.normalize(px[:4]).astype(np.float32)))
     details: dict[str, dict] = {}
-    candidates = _candidates(fp32, fp16, base18, sens, details)
+    candidates = _wanted(_candidates(fp32, fp16, base18, sens, details), files)
     elements = _weight_elements(base18)
     rows, fp32_bytes = [], None
     for family, label, bits, build in candidates:
@@ -225,6 +245,7 @@ def bench_full_size(work: Path, say=print) -> list[dict]:
                 "accuracy_change_points": None,
                 "out_of_class_agreement": None,
                 "seconds": round(time.perf_counter() - t0, 1),
+                "commit": _commit(),
             }
         )
         say(f"{FULL_SIZE:22s} {label:18s} {size:>10,d} {rows[-1]['ratio_to_fp32']:.3f} bits {rows[-1]['stored_bits_per_weight']:.3f}")
@@ -307,13 +328,38 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def provenance(rows: list[dict], fallback: str) -> str:
+    """Which rows were measured on which commit (rows without a commit are from the run of ``fallback``)."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        files = by.setdefault(r.get("commit", fallback), [])
+        if r["file"] not in files:
+            files.append(r["file"])
+    if len(by) == 1:
+        return f"Every row measured on commit {next(iter(by))}."
+    return "Rows by the commit they were measured on: " + "; ".join(f"{c}: {', '.join(f)}" for c, f in by.items()) + "."
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with every (model, file) row that ``new`` has replaced by its new measurement, order kept; fp32's
+    bytes may differ slightly between runs, so ratios of the rows kept are not recomputed (they are of their run)."""
+    fresh = {(r["model"], r["file"]): r for r in new}
+    out = [fresh.pop((r["model"], r["file"]), r) for r in old]
+    return out + list(fresh.values())
+
+
+# The commit of the run that wrote the rows saved before rows recorded their commit (README: "One run, 2847 s").
+FIRST_RUN_COMMIT = "cd99382"
+
+
 def write_readme(readme: Path, rows: list[dict], seconds: int | None = None) -> None:
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    took = "" if seconds is None else f"One run, {seconds} s on the shared 2-core machine. "
+    took = "" if seconds is None else f"The full run took {seconds} s on the shared 2-core machine. "
+    took += provenance(rows, FIRST_RUN_COMMIT) + " "
     body = (
         f"\n![size against top-1 agreement](benchmarks/{PLOT.name})\n\n{took}Files of 4 bits or fewer "
         f"against issue 18's bar (top-1 agreement >= {BAR_AGREEMENT}, accuracy within {-BAR_ACCURACY_POINTS} points):\n\n"
@@ -327,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=[*MODELS, FULL_SIZE], choices=[*MODELS, FULL_SIZE])
     p.add_argument("--readme", type=Path)
     p.add_argument(
+        "--files", nargs="+", help="measure only these files (labels such as fp16, int8, mixed-4); merge their rows into the saved results"
+    )
+    p.add_argument(
         "--from-results", action="store_true", help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}"
     )
     args = p.parse_args(argv)
@@ -339,11 +388,16 @@ def main(argv: list[str] | None = None) -> None:
         print(table(rows))
         return
     rows, started = [], time.perf_counter()
+    files = tuple(args.files) if args.files else None
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         for name in args.models:
-            rows += bench_full_size(Path(tmp), say) if name == FULL_SIZE else bench_model(name, Path(tmp), say)
+            rows += bench_full_size(Path(tmp), say, files) if name == FULL_SIZE else bench_model(name, Path(tmp), say, files)
     seconds = round(time.perf_counter() - started)
+    if files is not None:  # a partial run: the other rows, and the full run's time, are those saved
+        saved = json.loads(RESULTS.read_text())
+        rows = merge(saved["rows"], [r for r in rows if r["file"] in files])
+        seconds = saved.get("run_seconds")
     RESULTS.write_text(
         json.dumps(
             {
