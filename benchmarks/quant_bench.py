@@ -97,14 +97,22 @@ def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> lis
 
 
 def _commit() -> str:
-    """The short hash of the tree measured, with "+changes" when it has uncommitted changes."""
+    """The short hash of the tree measured, with "+changes" when it has uncommitted changes; read once, when the run
+    starts (the code it imports is the code of that moment)."""
+    global _COMMIT
+    if _COMMIT is not None:
+        return _COMMIT
     import subprocess
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    _COMMIT = head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return _COMMIT
+
+
+_COMMIT: str | None = None
 
 
 def _wanted(candidates: list, files: tuple[str, ...] | None) -> list:
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table(rows))
         return
     rows, started = [], time.perf_counter()
+    _commit()
     files = tuple(args.files) if args.files else None
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731

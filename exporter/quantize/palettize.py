@@ -42,6 +42,14 @@ KMEANS_PLUSPLUS_SAMPLE = 20_000
 # Images whose Fisher contributions are summed. The estimate's relative noise falls as 1/sqrt(n); 64 matches the
 # activation calibration count and costs one backward pass each.
 FISHER_IMAGES = 64
+# The Fisher diagonal is E_{y ~ p(y|x)}[(d log p(y|x) / dw)^2]. It was estimated with one label drawn per image (seeded),
+# so the same 64 calibration images in another order gave other sensitivities, another allocation of bits and on the
+# transfer sample's palette-mixed 4-bit file 0.9926 or 0.9706 agreement on the held-out photos. The expectation is now
+# taken exactly over the most probable classes that hold this much of each image's probability (renormalised over them,
+# at most FISHER_MAX_CLASSES): deterministic and order-free. On in-class calibration images that is one or two classes,
+# so it costs about one backward pass per image, as the draw did; a 1000-class model is bounded by the cap.
+FISHER_MASS = 0.99
+FISHER_MAX_CLASSES = 8
 # A Keras kernel matches a Core ML weight when the weight is the kernel times one scale per output channel (batch
 # norm folded in) up to float16 rounding (relative 5e-4 per element): 1 % relative residual leaves room for that.
 MATCH_TOLERANCE = 1e-2
@@ -73,13 +81,13 @@ def _kernels(model) -> list:
     return out
 
 
-def fisher(model, images: np.ndarray, *, seed: int = 0) -> dict[int, np.ndarray]:
-    """{id(kernel variable): mean squared gradient of log p(y|x)} over ``images`` (normalised float NHWC), with y
-    drawn from the model's own prediction for each image (seeded)."""
+def fisher(model, images: np.ndarray) -> dict[int, np.ndarray]:
+    """{id(kernel variable): E_y[squared gradient of log p(y|x)]} averaged over ``images`` (normalised float NHWC), the
+    expectation over the model's own prediction taken exactly over the classes that hold FISHER_MASS of it (see
+    there): deterministic, and the same whatever the order of the images."""
     import tensorflow as tf
 
     kernels = _kernels(model)
-    rng = np.random.default_rng(seed)
 
     @tf.function(reduce_retracing=True)
     def grads(x, y):
@@ -94,10 +102,13 @@ def fisher(model, images: np.ndarray, *, seed: int = 0) -> dict[int, np.ndarray]
     probs = np.asarray(model.predict(images, verbose=0, batch_size=32), np.float64)
     for i in range(len(images)):
         p = probs[i] / probs[i].sum()
-        y = int(rng.choice(len(p), p=p))
-        for t, g in zip(totals, grads(tf.constant(images[i : i + 1]), tf.constant(y)), strict=True):
-            if g is not None:
-                t += np.square(np.asarray(g, np.float64))
+        order = np.argsort(-p, kind="stable")
+        classes = order[: int(np.searchsorted(np.cumsum(p[order]), FISHER_MASS)) + 1][:FISHER_MAX_CLASSES]
+        weights = p[classes] / p[classes].sum()
+        for y, weight in zip(classes, weights, strict=True):
+            for t, g in zip(totals, grads(tf.constant(images[i : i + 1]), tf.constant(int(y))), strict=True):
+                if g is not None:
+                    t += weight * np.square(np.asarray(g, np.float64))
     return {id(k): t / max(len(images), 1) for k, t in zip(kernels, totals, strict=True)}
 
 
