@@ -10,6 +10,9 @@ executor.
     python benchmarks/quant_defaults.py [--models NAME ...] [--families NAME:SHAPE ...] [--variants V ...]
         [--json rows.json] [--before rows.json] [--out benchmarks/quant_defaults.md]
 
+``--readme README.md`` also writes the table (without the brackets) between README's quant-defaults markers, with
+the commit the rows were measured on (``--rows rows.json --readme README.md`` rewrites it from saved rows).
+
 ``--before`` takes the ``--json`` rows of an earlier run (the same command run with PYTHONPATH pointing at another
 tree, e.g. main) and writes them next to this run's. Slow: one full export and two validations per model, minutes
 each on a shared 2-core machine; a family stand-in is trained first (a few minutes, once per cache).
@@ -118,6 +121,45 @@ def family_paths(spec: str, cache: Path) -> tuple[dict, str]:
     return {"model": folder / "model.keras", "labels": folder / "labels.txt", "preprocessing": pre if pre.exists() else None}, "digits"
 
 
+README_START = "<!-- quant-defaults:start (written by `python benchmarks/quant_defaults.py --readme README.md`) -->"
+README_END = "<!-- quant-defaults:end -->"
+# The commit that wrote the rows saved before rows recorded their commit (benchmarks/quant_defaults_rows.json).
+FIRST_RUN_COMMIT = "8b132c8"
+
+
+def _commit() -> str:
+    """The short hash of the tree measured, with "+changes" when it has uncommitted changes (read when a run starts)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def write_readme(readme: Path, rows: list[dict]) -> None:
+    """The table of ``rows`` between README's quant-defaults markers, and which commit measured which models."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        models = by.setdefault(r.get("commit", FIRST_RUN_COMMIT), [])
+        if r["model"] not in models:
+            models.append(r["model"])
+    where = "; ".join(f"commit {c}: {', '.join(m)}" for c, m in by.items())
+    body = (
+        f"\nMeasured on {where}. {CALIBRATION_COUNT} calibration images drawn (seeded) from each model's held-out folder; "
+        "agreement and accuracy on the rest of it, \"outside the classes\" on the other task's held-out folder. "
+        "\"default\": built by a plain export (exporter/capabilities.py, now).\n\n"
+        f"<details><summary>every 8-bit file ({len(rows)} rows)</summary>\n\n{table(rows)}\n\n</details>\n"
+    )
+    readme.write_text(head + README_START + body + README_END + tail, encoding="utf-8")
+
+
 def _key(r: dict) -> tuple:
     return (r["model"], r["format"], r["variant"])
 
@@ -166,10 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, help="rows of an earlier run (--json) to show in brackets")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
     parser.add_argument("--rows", type=Path, help="measure nothing: write the table of these rows (--json of a run)")
+    parser.add_argument("--readme", type=Path, help="also write the table between this README's quant-defaults markers")
     args = parser.parse_args(argv)
     before = json.loads(args.before.read_text()) if args.before else None
     if args.rows:
-        return _write(table(json.loads(args.rows.read_text()), before), args.out)
+        saved = json.loads(args.rows.read_text())
+        if args.readme:
+            write_readme(args.readme, saved)
+        return _write(table(saved, before), args.out)
+    commit = _commit()
     rows: list[dict] = []
     jobs = [(name, *sample_paths(name)) for name in args.models]
     with tempfile.TemporaryDirectory(prefix="quant-defaults-") as tmp:
@@ -178,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, paths, task in jobs:
             work = Path(tmp) / name.replace(" ", "_")
             variants = tuple(args.variants) if args.variants else None
-            rows += measure(name, paths, task, work, variants, tuple(args.formats) if args.formats else None)
+            measured = measure(name, paths, task, work, variants, tuple(args.formats) if args.formats else None)
+            rows += [{**r, "commit": commit} for r in measured]
             print(f"{name}: done", file=sys.stderr, flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    if args.readme:
+        write_readme(args.readme, rows)
     return _write(table(rows, before), args.out)
 
 
