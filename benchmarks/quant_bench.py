@@ -337,15 +337,22 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def provenance(rows: list[dict], fallback: str) -> str:
-    """Which rows were measured on which commit (rows without a commit are from the run of ``fallback``)."""
-    by: dict[str, list[str]] = {}
+    """Which rows were measured on which commit (rows without a commit are from the run of ``fallback``): per commit,
+    its files, each followed by the models it was measured for unless that is every model."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by: dict[str, dict[str, list[str]]] = {}
     for r in rows:
-        files = by.setdefault(r.get("commit", fallback), [])
-        if r["file"] not in files:
-            files.append(r["file"])
+        by.setdefault(r.get("commit", fallback), {}).setdefault(r["file"], []).append(r["model"])
     if len(by) == 1:
         return f"Every row measured on commit {next(iter(by))}."
-    return "Rows by the commit they were measured on: " + "; ".join(f"{c}: {', '.join(f)}" for c, f in by.items()) + "."
+    parts = []
+    for commit, files in by.items():
+        groups: dict[tuple, list[str]] = {}
+        for file, ms in files.items():
+            groups.setdefault(tuple(ms), []).append(file)
+        text = "; ".join(f"{', '.join(fs)} ({'every model' if len(ms) == len(models) else ', '.join(ms)})" for ms, fs in groups.items())
+        parts.append(f"{commit}: {text}")
+    return "Rows by the commit they were measured on: " + ". ".join(parts) + "."
 
 
 def merge(old: list[dict], new: list[dict]) -> list[dict]:
