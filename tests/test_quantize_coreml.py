@@ -398,11 +398,11 @@ def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_
     row = next(r for r in report["artifacts"] if r["variant"] == "palette-mixed")
     print(row["top1_agreement"], row["against_labels"]["accuracy_change"])
     assert row["images"] == len(items) - 64
-    # Issue 18's bar is 0.99 and -0.5 points. Measured on this split: 0.978 / +0.7 points through this path, 0.993 /
-    # -0.7 with the same 64 images in another order (the benchmark's; the Fisher draws differ): one image either side
-    # of the bar, so the bar itself is not asserted. What is: far above the data-free 4-bit file (0.805) and within
-    # `auto`'s default accuracy budget (1 point).
-    assert row["top1_agreement"] >= 0.97 and row["against_labels"]["accuracy_change"] >= -0.01
+    # Issue 18's bar is 0.99 and -0.5 points. Measured on this split: 0.993 / -0.7 points, through this path and in the
+    # benchmark's order of the same 64 images alike (the Fisher estimate is order-free; with one seeded label draw per
+    # image it gave 0.978 here and 0.993 there): one image short of the bar, so the bar itself is not asserted. What is:
+    # far above the data-free 4-bit file (0.805), the 8-bit gate, and `auto`'s default accuracy budget (1 point).
+    assert row["top1_agreement"] >= 0.98 and row["against_labels"]["accuracy_change"] >= -0.01
 
 
 def test_every_default_8bit_file_keeps_its_decisions_on_images_outside_the_models_classes(exports):
