@@ -36,6 +36,43 @@ def with_low_bit(variants: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, .
 FLOAT64_IMAGES = 300
 
 
+# Issue 13's bar for fp32 Core ML files: error against a float64 Keras model of the same weights within this factor of
+# the fp32 ONNX file's (onnxruntime), judged on the max relative error of the probabilities
+# (validation.float64.max_relative_error), with a floor for errors that are both at rounding level: float32 carries a
+# probability with a relative step of 1.2e-7 and the softmax alone adds a few of those, so a ratio of two such numbers
+# means nothing. max |dp| is reported but not judged: it weighs each image by its p (|dp| = p |d log p|), so over a few
+# hundred images it is decided by the one or two nearest a tie. On the ResNetV2 application stand-in (300 digits):
+# Core ML 4.0e-6 vs ONNX 1.5e-6 in max |dp|, the Core ML number from one image at p = 0.63 (its next worst image
+# 2.0e-6, ONNX's 1.1e-6), and onnxruntime itself at 2.1e-6 on the same file with its graph optimizations off
+# (ORT_DISABLE_ALL; its default NCHWc convolution kernels sum more exactly); relative errors 1.3e-5 (.mlpackage),
+# 1.5e-5 (.mlmodel), 1.1e-5 (ONNX), 1.5e-5 (Keras float32).
+CORE_ML_VS_ONNX_FACTOR = 2.0
+RELATIVE_NOISE_FLOOR = 1e-6
+# The floor of the older max |dp| statistic: 1e-7 is below one float32 ulp of a probability near 1.
+ABSOLUTE_NOISE_FLOOR = 1e-7
+CORE_ML_FORMATS = ("mlpackage", "mlmodel")
+
+
+def float64_bar_misses(f64: dict) -> list[str]:
+    """Where a row's fp32 Core ML files miss issue 13's bar (``CORE_ML_VS_ONNX_FACTOR``), one line each; a row
+    measured before ``relative`` was recorded is judged on max |dp| and says so."""
+    if not f64 or "error" in f64:
+        return []
+    rel = f64.get("relative")
+    stat, values = ("relative error", rel) if rel else ("max |dp| (row predates the relative error)", f64)
+    onnx = values.get("onnx")
+    floor = RELATIVE_NOISE_FLOOR if rel else ABSOLUTE_NOISE_FLOOR
+    out = []
+    for fmt in CORE_ML_FORMATS:
+        core = values.get(fmt)
+        if core is not None and onnx is not None and core > max(CORE_ML_VS_ONNX_FACTOR * onnx, floor):
+            out.append(
+                f"fp32 {fmt} {stat} vs float64 {core:.1e} is more than {CORE_ML_VS_ONNX_FACTOR:g}x ONNX's {onnx:.1e}"
+                + (f" (max |dp| {f64[fmt]:.1e} vs {f64['onnx']:.1e})" if rel and fmt in f64 and "onnx" in f64 else "")
+            )
+    return out
+
+
 @dataclass
 class FamilyResult:
     family: str
@@ -61,12 +98,15 @@ def float64_twin(model):
 def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path, count: int = FLOAT64_IMAGES) -> dict:
     """max |dp| of the fp32 Core ML files (.mlpackage and .mlmodel, Linux executor) and the fp32 ONNX file
     (onnxruntime) against the float64 Keras model, on the first ``count`` held-out images; plus Keras float32 itself
-    against float64. The reference input is normalised in float64 from the uint8 pixels, not the float32 tensor the
-    runtimes compute, so that no runtime's own input rounding is taken as the truth."""
+    against float64. Under ``relative``, the same files' max relative error of the probabilities
+    (``validation.float64.max_relative_error``), the statistic issue 13's 2x-of-ONNX bar is judged on. The reference
+    input is normalised in float64 from the uint8 pixels, not the float32 tensor the runtimes compute, so that no
+    runtime's own input rounding is taken as the truth."""
     import json
 
     from exporter.images import iter_batches, list_images
     from exporter.runtime import ExecutorRunner, OnnxRunner
+    from exporter.validation.float64 import max_relative_error
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     items = list_images(images)[:count]
@@ -77,12 +117,14 @@ def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path
         x = x * np.asarray(pre.scale, np.float64) + np.asarray(pre.bias, np.float64)
     ref = np.concatenate([np.asarray(twin(x[i : i + 64], training=False), np.float64) for i in range(0, len(x), 64)])
     keras32 = np.asarray(model.predict(pre.normalize(pixels), batch_size=64, verbose=0), np.float64)
-    out = {"keras_fp32": float(np.abs(keras32 - ref).max())}
+    out = {"keras_fp32": float(np.abs(keras32 - ref).max()), "relative": {"keras_fp32": max_relative_error(keras32, ref)}}
     for art in manifest["artifacts"]:
         if art["variant"] != "fp32" or art["format"] not in ("mlpackage", "mlmodel", "onnx"):
             continue
         runner = (OnnxRunner if art["format"] == "onnx" else ExecutorRunner)(export_dir / art["path"], pre, labels)
-        out[art["format"]] = float(np.abs(runner(pixels).astype(np.float64) - ref).max())
+        got = runner(pixels).astype(np.float64)
+        out[art["format"]] = float(np.abs(got - ref).max())
+        out["relative"][art["format"]] = max_relative_error(got, ref)
     return out
 
 

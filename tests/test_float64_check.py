@@ -60,3 +60,30 @@ def test_a_file_that_computes_something_else_still_fails(small_export):
         check = row["float64"]
         assert not check["passed"] and row["status"] == "failed", check["note"]
         assert check["artifact_max_abs_prob"] > 10 * check["keras_fp32_max_abs_prob"]
+
+
+def test_relative_error_weighs_a_confident_image_like_a_near_tie():
+    """max_relative_error is |d log p| (to first order) whatever p is, where max |dp| scales with p(1 - p); classes
+    below the floor (exp() underflow territory) are left out. Expected values from the logits, not from the code."""
+    from exporter.validation.float64 import RELATIVE_ERROR_FLOOR, max_relative_error
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    logits = np.array([[0.0, 0.5, -40.0], [0.0, 9.0, -40.0]])  # a near tie, a confident image, a class near 1e-18
+    exact = softmax(logits)
+    shift = np.array([0.0, 1e-5, 0.0])  # the same logit error on both images
+    got = softmax(logits + shift)
+    # p_j' / p_j = exp(shift_j) / sum_k p_k exp(shift_k)
+    ratio = np.exp(shift) / (exact * np.exp(shift)).sum(1, keepdims=True)
+    kept = exact >= RELATIVE_ERROR_FLOOR
+    assert not kept[:, 2].any()
+    want = np.abs(ratio - 1)[kept].max()
+    assert max_relative_error(got, exact) == pytest.approx(want, rel=1e-6)
+    per_image = [max_relative_error(got[i : i + 1], exact[i : i + 1]) for i in range(2)]
+    dp = np.abs(got - exact).max(1)
+    assert dp[0] > 100 * dp[1]  # max |dp| is decided by the near tie ...
+    assert per_image[1] > 0.3 * per_image[0]  # ... the relative error sees both images' equal logit error
+    got[1, 2] = 0.0  # an underflowed class below the floor does not count
+    assert max_relative_error(got, exact) == pytest.approx(want, rel=1e-6)
