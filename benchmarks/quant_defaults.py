@@ -153,8 +153,8 @@ def write_readme(readme: Path, rows: list[dict]) -> None:
     where = "; ".join(f"commit {c}: {', '.join(m)}" for c, m in by.items())
     body = (
         f"\nMeasured on {where}. {CALIBRATION_COUNT} calibration images drawn (seeded) from each model's held-out folder; "
-        "agreement and accuracy on the rest of it, \"outside the classes\" on the other task's held-out folder. "
-        "\"default\": built by a plain export (exporter/capabilities.py, now).\n\n"
+        'agreement and accuracy on the rest of it, "outside the classes" on the other task\'s held-out folder. '
+        '"default": built by a plain export (exporter/capabilities.py, now).\n\n'
         f"<details><summary>every 8-bit file ({len(rows)} rows)</summary>\n\n{table(rows)}\n\n</details>\n"
     )
     readme.write_text(head + README_START + body + README_END + tail, encoding="utf-8")

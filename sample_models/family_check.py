@@ -29,6 +29,8 @@ LOW_BIT_VARIANTS = {"mlpackage": ("palette8", "palette6", "palette4", "w8a8"), "
 def with_low_bit(variants: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
     """``variants`` plus every LOW_BIT_VARIANTS entry of each format."""
     return {fmt: variants.get(fmt, ()) + LOW_BIT_VARIANTS.get(fmt, ()) for fmt in {**variants, **LOW_BIT_VARIANTS}}
+
+
 # Images for the float64 comparison: all 300 held-out digits. The maximum |dp| at float32 rounding level is a noisy
 # statistic, and the 2x criterion compares two of them: on 64 images the Xception nested stand-in measured Core ML
 # 1.0e-6 vs ONNX 3.0e-7 (3.4x), on all 300 2.4e-6 vs 1.9e-6, with the same rms (1.46e-7 vs 1.47e-7)
