@@ -311,6 +311,13 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
         "\n\nA row whose code column is `?` was measured before rows recorded their commit (an earlier state "
         "of the exporter); rerun it with `--families NAME`."
     )
+    off = _commits_outside_history(results)
+    if off:
+        bad += (
+            "\n\nCommits in the code column that are not in this checkout's history were a work branch's state "
+            "before it was rebased onto main (same changes, on an older main); the main commits with the same "
+            "message: " + "; ".join(f"{old} -> {new or 'none'}" for old, new in off.items()) + "."
+        )
     doc = (
         f"# Capability table\n\n{summary}\n\nFamilies are the small builds of `sample_models/families.py` (its "
         f"docstring says which real model each stands for), in two shapes: `application` (the keras.applications "
@@ -325,6 +332,24 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
         f"[docs/CAPABILITY.md](docs/CAPABILITY.md).\n\n{legend}\n\n{main}\n"
     )
     return doc, readme
+
+
+def _commits_outside_history(results: dict) -> dict[str, str | None]:
+    """{recorded commit: the commit of HEAD's history with the same message, or None} for the rows' commits that HEAD
+    does not contain (measured on a branch before its rebase); empty when git is unavailable."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+    out: dict[str, str | None] = {}
+    for commit in sorted({r.get("commit") for r in results.values() if r.get("commit") not in (None, "?")}):
+        if git("merge-base", "--is-ancestor", commit, "HEAD").returncode != 1:
+            continue  # in the history (0), or git cannot tell (128: unknown object, no repository)
+        subject = git("show", "-s", "--format=%s", commit).stdout.strip()
+        match = git("log", "--format=%h", "-F", "--grep", subject, "-n", "1", "HEAD").stdout.strip() if subject else ""
+        out[commit] = match or None
+    return out
 
 
 def write_outputs(results: dict, meta: dict) -> None:
