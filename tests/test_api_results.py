@@ -216,6 +216,53 @@ def test_canonical_bytes_do_not_depend_on_the_converters_names_merges_or_order()
     assert canonical(type(canon[0]).FromString(canon[0].SerializeToString())).SerializeToString() == canon[0].SerializeToString()
 
 
+def test_a_reshape_left_unfolded_by_tf2onnx_settles_to_the_same_graph():
+    """The form CI and the suite met (one process of two kept a Keras Reshape's Shape -> Gather -> Concat batch-size
+    computation, the other had folded it into a constant shape): after the converter's second optimizer pass and
+    canonical, both are the same bytes and compute the same."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporter.convert.onnx import _settled
+    from exporter.convert.onnx_canonical import canonical
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 4 * 3, dtype=np.float32).reshape(3, 4, 1, 1), "w")
+
+    def graph(folded: bool):
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")]
+        inits = [w]
+        if folded:
+            inits.append(numpy_helper.from_array(np.array([-1, 3], np.int64), "target"))
+        else:
+            inits += [numpy_helper.from_array(np.array([0], np.int64), "i0"), numpy_helper.from_array(np.array([3], np.int64), "k")]
+            nodes += [
+                helper.make_node("Shape", ["c"], ["s"], name="shape"),
+                helper.make_node("Gather", ["s", "i0"], ["n"], axis=0, name="gather"),
+                helper.make_node("Concat", ["n", "k"], ["target"], axis=0, name="concat"),
+            ]
+        nodes.append(helper.make_node("Reshape", ["c", "target"], ["y"], name="reshape"))
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 1, 1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+            inits,
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    x = np.random.default_rng(1).normal(size=(5, 4, 1, 1)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    unfolded, folded = graph(False), graph(True)
+    assert canonical(graph(False)).SerializeToString() != canonical(graph(True)).SerializeToString()  # what canonical alone left
+    a, b = canonical(_settled(unfolded)), canonical(_settled(folded))
+    assert a.SerializeToString() == b.SerializeToString()
+    np.testing.assert_array_equal(run(a), run(unfolded))
+
+
 def test_validate_leaves_out_the_images_the_export_calibrated_on(fresh_exports, tmp_path):
     """The manifest records each calibration file's SHA-256; validate judges on the other images only (copies
     recognised by content), and a folder of calibration images alone is refused, naming it."""
