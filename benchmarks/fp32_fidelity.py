@@ -41,8 +41,9 @@ def measure(name: str, shape: str, work: Path, fresh: bool = False, steps: int =
     from exporter.images import iter_batches, list_images
     from exporter.preprocessing import Preprocessing
     from exporter.runtime import ExecutorRunner, OnnxRunner
+    from exporter.validation.float64 import float64_twin
     from sample_models import families
-    from sample_models.family_check import HELDOUT_DIGITS, float64_twin
+    from sample_models.family_check import HELDOUT_DIGITS
 
     folder = work / f"{name}_{shape}"
     model_dir = folder / "model"

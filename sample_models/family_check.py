@@ -90,13 +90,6 @@ class FamilyResult:
         return next((a for a in self.artifacts if a["format"] == fmt and a["variant"] == variant), None)
 
 
-def float64_twin(model):
-    """The same architecture and weights computing in float64 (the validator's own float64 reference)."""
-    from exporter.validation.float64 import float64_twin as twin
-
-    return twin(model)
-
-
 def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path, count: int = FLOAT64_IMAGES) -> dict:
     """max |dp| of the fp32 Core ML files (.mlpackage and .mlmodel, Linux executor) and the fp32 ONNX file
     (onnxruntime) against the float64 Keras model, on the first ``count`` held-out images; plus Keras float32 itself
@@ -108,15 +101,13 @@ def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path
 
     from exporter.images import iter_batches, list_images
     from exporter.runtime import ExecutorRunner, OnnxRunner
-    from exporter.validation.float64 import max_relative_error
+    from exporter.validation.float64 import float64_twin, max_relative_error, normalize64
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     items = list_images(images)[:count]
     pixels = np.concatenate([b for _, b in iter_batches(items, pre, batch_size=64)])
     twin = float64_twin(model)
-    x = pixels.astype(np.float64)
-    if not pre.in_model:
-        x = x * np.asarray(pre.scale, np.float64) + np.asarray(pre.bias, np.float64)
+    x = normalize64(pre, pixels)
     ref = np.concatenate([np.asarray(twin(x[i : i + 64], training=False), np.float64) for i in range(0, len(x), 64)])
     keras32 = np.asarray(model.predict(pre.normalize(pixels), batch_size=64, verbose=0), np.float64)
     out = {"keras_fp32": float(np.abs(keras32 - ref).max()), "relative": {"keras_fp32": max_relative_error(keras32, ref)}}

@@ -204,10 +204,10 @@ def drop_round_trips(model):
     keep = [n for n in g.node if id(n) not in dropped]
     read = {name for n in keep for name in n.input} | outputs
     keep = [n for n in keep if n.op_type != "Cast" or any(o in read for o in n.output)]
-    from .onnx import _topological  # the converter appends its casts at the end of the node list
+    from .onnx_canonical import topological_order  # the converter appends its casts at the end of the node list
 
     available = {i.name for i in g.input} | {t.name for t in g.initializer}
-    keep = _topological(keep, available)
+    keep = [keep[i] for i in topological_order(keep, available)]
     del g.node[:]
     g.node.extend(keep)
     return model

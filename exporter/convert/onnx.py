@@ -111,9 +111,11 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
         helper.make_node("ArgMax", [core_out], ["exporter_top"], axis=1, keepdims=0, name="exporter_argmax"),
         helper.make_node("Gather", [LABELS_CONSTANT, "exporter_top"], [LABEL_OUTPUT], axis=0, name="exporter_label"),
     ]
-    nodes = _topological(
-        prologue + list(g.node) + epilogue, {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in inits}
-    )
+    from .onnx_canonical import topological_order
+
+    nodes = prologue + list(g.node) + epilogue
+    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in inits}
+    nodes = [nodes[i] for i in topological_order(nodes, available)]
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(inits)
@@ -139,23 +141,6 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
     model.doc_string = f"Image classifier with {len(labels)} classes; input {IMAGE_INPUT if raw_input else core_in}"
     model.producer_name = "exporter"
     return model
-
-
-def _topological(nodes, available: set[str]) -> list:
-    """Nodes in an order where each runs after its inputs exist (some transforms append nodes out of order)."""
-    available = set(available) | {""}
-    pending, ordered = list(nodes), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            missing = sorted({i for n in pending for i in n.input if i not in available})[:3]
-            raise ConversionError(f"ONNX graph has a cycle or undefined inputs: {missing}")
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    return ordered
 
 
 def check(model, *, source: str = "onnx") -> None:

@@ -42,7 +42,7 @@ def canonical(model):
 
     # Structural keys in a first topological pass; a node's key covers its op, attributes and input keys.
     node_key: dict[int, str] = {}
-    order = _topological(list(g.node), set(keys), lambda i, n: str(i))
+    order = topological_order(list(g.node), set(keys))
     for i in order:
         node = g.node[i]
         digest = _node_key(node, keys)
@@ -79,7 +79,7 @@ def canonical(model):
     nodes = [n for i, n in enumerate(g.node) if i not in drop]
     final_keys = [node_key[i] for i in range(len(g.node)) if i not in drop]
     initial = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    nodes = [nodes[i] for i in _topological(nodes, initial, lambda i, n: final_keys[i])]
+    nodes = [nodes[i] for i in topological_order(nodes, initial, lambda i: final_keys[i])]
 
     names: dict[str, str] = {}
     fixed = set(kept) | {i.name for i in g.input} | graph_outputs  # never renamed
@@ -190,10 +190,12 @@ def _node_key(node, keys: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _topological(nodes: list, available: set[str], tiebreak) -> list[int]:
+def topological_order(nodes: list, available: set[str], tiebreak=None) -> list[int]:
     """Indices of ``nodes`` in an order where each runs after its inputs exist; among ready nodes the smallest
-    ``tiebreak(index, node)`` first. Inputs nothing in the graph produces are treated as available (a subgraph's
-    outer-scope reads, optional inputs)."""
+    ``tiebreak(index)`` first (default: the index, so an order that is already topological stays as it is). Inputs
+    nothing in the graph produces count as available (a subgraph's outer-scope reads, optional inputs; onnx.checker
+    judges undefined names)."""
+    key = tiebreak or (lambda i: i)
     produced = {o for n in nodes for o in n.output if o}
     available = set(available)
     waiting = {i: {x for x in n.input if x in produced and x not in available} for i, n in enumerate(nodes)}
@@ -201,7 +203,7 @@ def _topological(nodes: list, available: set[str], tiebreak) -> list[int]:
     for i, missing in waiting.items():
         for x in missing:
             consumers.setdefault(x, []).append(i)
-    heap = [(tiebreak(i, n), i) for i, n in enumerate(nodes) if not waiting[i]]
+    heap = [(key(i), i) for i in range(len(nodes)) if not waiting[i]]
     heapq.heapify(heap)
     order: list[int] = []
     while heap:
@@ -214,7 +216,7 @@ def _topological(nodes: list, available: set[str], tiebreak) -> list[int]:
             for c in consumers.get(out, ()):
                 waiting[c].discard(out)
                 if not waiting[c]:
-                    heapq.heappush(heap, (tiebreak(c, nodes[c]), c))
+                    heapq.heappush(heap, (key(c), c))
     if len(order) != len(nodes):
         from ..errors import ConversionError
 
