@@ -508,3 +508,36 @@ def test_w8a8_activations_are_affine_and_lose_fewer_decisions_than_symmetric_one
     # measured: 0.012 against 0.020 (top-1 1.000 against 0.980)
     measured = (affine_error, symmetric_error, affine_top1, symmetric_top1)
     assert affine_error < 0.9 * symmetric_error and affine_top1 >= symmetric_top1, measured
+
+
+def test_w8a8_on_macos_widens_coremltools_dead_ranges_too(photos_fp16_ios18, monkeypatch):
+    """On macOS the ranges come from coremltools' own calibration (which needs Core ML, so it is stood in for here by
+    the executor's ranges with every ReLU output made constant zero). An affine range of zero width has no zero point and
+    a scale of 0, which the quantize op refuses: it is widened on that path as on the executor's."""
+    import platform
+
+    from exporter.convert.coreml import SKIPPED_PASSES
+    from exporter.quantize import coreml as qc
+    from exporter.upstream import compression_without_passes
+
+    _model, pre, base = photos_fp16_ios18
+    photos, _ = _photo_pixels(pre)
+    calibration = photos[::25]
+    ranges = qc.activation_ranges(base, [calibration])
+    dead = [n for n, r in ranges.items() if r["rmin"] >= 0 and r["rmax"] > 0 and n != "image"]  # ReLU outputs
+    ranges.update(dict.fromkeys(dead, {"rmin": 0.0, "rmax": 0.0}))
+    calls = []
+
+    def coremltools_ranges(mlmodel, batches, input_name):
+        calls.append(input_name)
+        return ranges
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(qc, "_coremltools_ranges", coremltools_ranges)
+    with compression_without_passes(SKIPPED_PASSES):
+        quantized = qc.w8a8(base, [calibration], pre.channel_order)
+    assert calls == ["image"]
+    from exporter.upstream import mil_program
+
+    scales = [float(op.inputs["scale"].val) for op in mil_program(quantized).functions["main"].operations if op.op_type == "quantize"]
+    assert scales and min(scales) >= float(np.finfo(np.float16).tiny)

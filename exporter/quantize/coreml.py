@@ -194,8 +194,9 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
     batches in the contract's channel order).
 
     On macOS coremltools calibrates by running the model in Core ML. Elsewhere the ranges come from this project's
-    Core ML executor running the same saved program, and coremltools' own passes insert the quantize/dequantize pairs
-    from those ranges, so the file is what coremltools would write given the same statistics."""
+    Core ML executor running the same saved program. Either way coremltools' own passes insert the quantize/dequantize
+    pairs from those ranges (degenerate ones widened, ``nonzero_ranges``), so the file is what coremltools would write
+    given the same statistics."""
     import platform
 
     if not calibration:
@@ -203,10 +204,12 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
     rgb_batches = [b[..., ::-1] if channel_order == "BGR" else b for b in calibration]  # image inputs take RGB
     config = _activation_config(small_weight_ops(mlmodel, W8A8_WEIGHTS.min_elements))
     if platform.system() == "Darwin":
-        quantized = _w8a8_coremltools(mlmodel, rgb_batches, input_name, config)
+        ranges = _coremltools_ranges(mlmodel, rgb_batches, input_name)
     else:
-        ranges = nonzero_ranges(activation_ranges(mlmodel, rgb_batches, input_name), ACTIVATION_MODE)
-        quantized = _insert_activation_quantization(mlmodel, ranges, config)
+        ranges = activation_ranges(mlmodel, rgb_batches, input_name)
+    # Both paths widen degenerate ranges: coremltools replaces a symmetric scale of 0 by 1 itself, but an affine range
+    # of zero width has no zero point (0 / 0) and its scale 0 fails the quantize op.
+    quantized = _insert_activation_quantization(mlmodel, nonzero_ranges(ranges, ACTIVATION_MODE), config)
     return compress(quantized, W8A8_WEIGHTS)
 
 
@@ -273,14 +276,19 @@ def nonzero_ranges(stats: dict[str, dict[str, float]], mode: str = "linear_symme
     return out
 
 
-def _w8a8_coremltools(mlmodel, rgb_batches, input_name: str, config):
+def _coremltools_ranges(mlmodel, rgb_batches, input_name: str) -> dict[str, dict[str, float]]:
+    """macOS: the activation ranges coremltools' ``linear_quantize_activations`` calibrates by running the model in
+    Core ML (its ``_get_activation_calibration_stats``), before it inserts the quantize/dequantize pairs."""
     import numpy as np
-    from coremltools.optimize.coreml.experimental import linear_quantize_activations
+    from coremltools.optimize.coreml.experimental import _post_training_quantization as ptq
     from PIL import Image
 
+    from ..upstream import _read
+
+    calibrate = _read(ptq, "_get_activation_calibration_stats", "coremltools")
     samples = [{input_name: Image.fromarray(np.ascontiguousarray(x).squeeze())} for b in rgb_batches for x in b]
     with translating(ConversionError, "W8A8 activation calibration failed"):
-        return linear_quantize_activations(mlmodel, config, samples)
+        return calibrate(mlmodel, samples)
 
 
 def activation_ranges(mlmodel, rgb_batches, input_name: str = "image") -> dict[str, dict[str, float]]:
