@@ -297,9 +297,12 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
     )
     cpu = sorted(r["cpu_seconds"] for r in results.values() if r.get("cpu_seconds"))
     cost = f" One row costs {cpu[len(cpu) // 2]:.0f} CPU-seconds (median; {cpu[0]:.0f}-{cpu[-1]:.0f})." if cpu else ""
+    # rows come from several runs (a filtered run merges its rows into the others), so what each row covers is counted
+    # from the rows themselves, not taken from the last run's mode
+    full = sum(any(_find(r, f, v) for f, v in LOW_BIT_COLUMNS) for r in results.values())
     summary = (
-        f"Written by `python benchmarks/capability.py` ({meta['mode']}) on {meta['when']}: {meta['machine']}; "
-        f"{meta['rows']} rows, {meta['seconds']} s in the last run.{cost}"
+        f"Written by `python benchmarks/capability.py` on {meta['when']}: {meta['machine']}; {meta['rows']} rows "
+        f"({full} with the lower-bit variants, the others --quick), {meta['seconds']} s in the last run.{cost}"
     )
     main, low, bad = main_table(results), low_bit_table(results), not_passing(results)
     from sample_models.families import FAMILIES, SHAPES
