@@ -108,7 +108,8 @@ def test_winograd_chosen_only_where_it_applies(c, o, stride, dilation, groups, k
         for i in range(kernel):
             for j in range(kernel):
                 r0, c0 = i * dilation[0], j * dilation[1]
-                tap = xp[:, g * cg : (g + 1) * cg, r0 : r0 + (ho - 1) * stride[0] + 1 : stride[0], c0 : c0 + (wo - 1) * stride[1] + 1 : stride[1]]
+                rows = slice(r0, r0 + (ho - 1) * stride[0] + 1, stride[0])
+                tap = xp[:, g * cg : (g + 1) * cg, rows, c0 : c0 + (wo - 1) * stride[1] + 1 : stride[1]]
                 want[:, g * og : (g + 1) * og] += np.einsum("nchw,oc->nohw", tap, weight[g * og : (g + 1) * og, :, i, j].astype(np.float64))
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 

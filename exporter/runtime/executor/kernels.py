@@ -266,8 +266,8 @@ def _winograd(x, weight, bias, pads, size, cache: dict, input_activation) -> np.
         cache["winograd_bias"] = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(o)
     if cache["winograd"] is None:
         return None
-    c, o = weight.shape[1], weight.shape[0]
-    out = winograd.conv3x3(nhwc(x), cache["winograd"], cache["winograd_bias"], pads, size[0], size[1], winograd_block(c, o), input_activation)
+    block = winograd_block(weight.shape[1], weight.shape[0])
+    out = winograd.conv3x3(nhwc(x), cache["winograd"], cache["winograd_bias"], pads, size[0], size[1], block, input_activation)
     return None if out is None else nchw(out)
 
 

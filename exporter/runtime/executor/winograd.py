@@ -47,7 +47,8 @@ def kernel_transform(weight: np.ndarray) -> np.ndarray:
 @_jit
 def _input_tile(x, b, ih0, iw0, v, step, k, act, alo, ahi):  # pragma: no cover  (compiled)
     # V = B^T d B of the 4x4 block of the NHWC x (C-contiguous, so the channel loop is vectorised) at (b, ih0, iw0)
-    # into row k of the 16 (T, C) matrices in the flat v, ``step`` floats apart; B^T rows: (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)
+    # into row k of the 16 (T, C) matrices in the flat v, ``step`` floats apart; B^T rows: (1, 0, -1, 0),
+    # (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)
     # (each operand a 1-D view indexed by the loop variable alone: numba then drops its negative-index check, which
     # otherwise keeps LLVM from vectorising the loop)
     c = x.shape[3]
@@ -143,9 +144,9 @@ def input_tiles(x, v, step, t0, t1, th, tw, top, left, act, alo, ahi):  # pragma
 
 @_jit
 def _output_tile(m, step, k, bias, y, check):  # pragma: no cover  (compiled)
-    # Y = A^T M A + bias of row k of the 16 (T, O) matrices in the flat m, ``step`` floats apart, into y (4, O): rows y00, y01, y10, y11; A^T rows (1, 1, 1, 0),
-    # (0, 1, -1, -1). check[ch] += x - x for every value x written: 0 while they are finite, NaN after one is not
-    # (per channel, so the loop stays vectorised)
+    # Y = A^T M A + bias of row k of the 16 (T, O) matrices in the flat m, ``step`` floats apart, into y (4, O): rows
+    # y00, y01, y10, y11; A^T rows (1, 1, 1, 0), (0, 1, -1, -1). check[ch] += x - x for every value x written: 0
+    # while they are finite, NaN after one is not (per channel, so the loop stays vectorised)
     o = y.shape[1]
     at = k * o
     q0, q1, q2, q3 = (
