@@ -149,3 +149,18 @@ def test_compiled_depthwise_keeps_nan():
     weight = np.ones((2, 1, 3, 3), np.float32)
     got = kernels.conv2d(x, weight, None, (1, 1), (1, 1), (1, 1, 1, 1), 2, input_activation="relu6")
     assert np.isnan(got[0, 1, 1:4, 1:4]).all() and not np.isnan(got[0, 0]).any()
+
+
+def test_exact_gelu_in_blocks_equals_the_whole_array_expression(monkeypatch):
+    from scipy.special import erf
+
+    from exporter.runtime.executor import mil_elementwise
+
+    monkeypatch.setattr(kernels, "ELEMENTWISE_BLOCK", 7)
+    x = (np.random.default_rng(2).normal(size=(2, 6, 5, 3)) * 3).astype(np.float32).transpose(0, 3, 1, 2)
+    x[0, 0, 0, :2] = [np.inf, -np.inf]
+    f32 = np.float32
+    with np.errstate(invalid="ignore"):  # -inf * 0 in the expression itself
+        want = f32(0.5) * x * (f32(1) + erf(x / f32(np.sqrt(2.0))).astype(f32))
+        got = kernels.blockwise(lambda part, out, scratch: mil_elementwise._gelu_exact_block(erf, part, out, scratch), x)
+    np.testing.assert_array_equal(got, want)

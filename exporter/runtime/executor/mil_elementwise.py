@@ -3,6 +3,8 @@ and casts, each as its MIL definition states it."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from . import kernels
@@ -10,6 +12,7 @@ from .registry import OpCall, always, op
 
 F32 = np.float32
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+SQRT_2 = np.float32(np.sqrt(2.0))
 GELU_SIGMOID_FACTOR = np.float32(1.702)  # MIL gelu SIGMOID_APPROXIMATION: x * sigmoid(1.702 x)
 # MIL defaults for the epsilon parameters (coremltools ops/defs/iOS15/elementwise_unary.py).
 RSQRT_EPSILON = 1e-12
@@ -204,13 +207,25 @@ def _gelu_sigmoid_block(x, out, scratch):
     np.multiply(x, _sigmoid(scratch, scratch), out=out)
 
 
+def _gelu_exact_block(erf, x, out, scratch):
+    """0.5 * x * (1 + erf(x / sqrt(2))) over a block, each step in float32 in the order of the whole-array
+    expression (scipy's float32 erf), written into ``scratch`` and ``out`` instead of five new arrays."""
+    np.divide(x, SQRT_2, out=scratch)
+    erf(scratch, out=scratch)
+    np.add(F32(1), scratch, out=scratch)
+    np.multiply(F32(0.5), x, out=out)
+    np.multiply(out, scratch, out=out)
+
+
 @op("gelu", batch=always)
 def _gelu(c: OpCall):
     x, mode = c["x"], c.const("mode", "EXACT")
     if mode == "EXACT":
         from scipy.special import erf
 
-        return F32(0.5) * x * (F32(1) + erf(x / F32(np.sqrt(2.0))).astype(F32))
+        if _float32(x):
+            return kernels.blockwise(partial(_gelu_exact_block, erf), x)
+        return F32(0.5) * x * (F32(1) + erf(x / SQRT_2).astype(F32))
     if mode == "TANH_APPROXIMATION":
         return F32(0.5) * x * (F32(1) + np.tanh(SQRT_2_OVER_PI * (x + F32(0.044715) * x * x * x)))
     if mode == "SIGMOID_APPROXIMATION":
