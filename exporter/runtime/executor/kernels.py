@@ -4,7 +4,8 @@ Tensors are logically NCHW (Core ML's layout) but held in memory as NHWC: a kern
 ``nhwc_array.transpose(0, 3, 1, 2)``, a free view, and the next kernel's ``transpose(0, 2, 3, 1)`` gets the
 contiguous NHWC array back without a copy. Elementwise numpy operations keep that memory order. In NHWC a
 convolution is one matrix product over (pixels, kernel taps x channels) and a depthwise convolution is a
-channel-vectorised sum over kernel taps (compiled: see ``compiled``).
+channel-vectorised sum over kernel taps (compiled: see ``compiled``); a 3x3 unit-stride convolution over enough
+channels is computed by Winograd's F(2x2, 3x3), 16 products over (tiles, channels) (see ``winograd``).
 """
 
 from __future__ import annotations
