@@ -143,11 +143,12 @@ def input_tiles(x, v, step, t0, t1, th, tw, top, left, act, alo, ahi):  # pragma
 
 
 @_jit
-def _output_tile(m, step, k, bias, y, check):  # pragma: no cover  (compiled)
-    # Y = A^T M A + bias of row k of the 16 (T, O) matrices in the flat m, ``step`` floats apart, into y (4, O): rows
-    # y00, y01, y10, y11; A^T rows (1, 1, 1, 0), (0, 1, -1, -1). check[ch] += x - x for every value x written: 0
-    # while they are finite, NaN after one is not (per channel, so the loop stays vectorised)
-    o = y.shape[1]
+def _output_tile(m, step, k, bias, y0, y1, y2, y3, check):  # pragma: no cover  (compiled)
+    # Y = A^T M A + bias of row k of the 16 (T, O) matrices in the flat m, ``step`` floats apart, into y0..y3 (O,):
+    # the tile's pixels (0, 0), (0, 1), (1, 0), (1, 1); A^T rows (1, 1, 1, 0), (0, 1, -1, -1). check[ch] += x - x
+    # for every value x written: 0 while they are finite, NaN after one is not (per channel: the loop stays
+    # vectorised)
+    o = y0.shape[0]
     at = k * o
     q0, q1, q2, q3 = (
         m[at : at + o],
@@ -176,7 +177,6 @@ def _output_tile(m, step, k, bias, y, check):  # pragma: no cover  (compiled)
         m[2 * step + at : 2 * step + at + o],
         m[3 * step + at : 3 * step + at + o],
     )
-    y0, y1, y2, y3 = y[0], y[1], y[2], y[3]
     for ch in range(o):
         m00, m01, m02, m03 = q0[ch], q1[ch], q2[ch], q3[ch]
         m10, m11, m12, m13 = q4[ch], q5[ch], q6[ch], q7[ch]
@@ -202,15 +202,11 @@ def output_tiles(m, step, out, bias, t0, t1, th, tw, check):  # pragma: no cover
         b, rest = t // (th * tw), t % (th * tw)
         oh, ow = 2 * (rest // tw), 2 * (rest % tw)
         if oh + 1 < ho and ow + 1 < wo:
-            # the tile's four pixels, as rows of one (4, O) view: (oh, ow), (oh, ow + 1), then the next row's
-            _output_tile(m, step, t - t0, bias, edge, check)
-            e0, e1, e2, e3 = edge[0], edge[1], edge[2], edge[3]
-            z0, z1, z2, z3 = out[b, oh, ow], out[b, oh, ow + 1], out[b, oh + 1, ow], out[b, oh + 1, ow + 1]
-            for ch in range(o):
-                z0[ch], z1[ch], z2[ch], z3[ch] = e0[ch], e1[ch], e2[ch], e3[ch]
+            row0, row1 = out[b, oh], out[b, oh + 1]
+            _output_tile(m, step, t - t0, bias, row0[ow], row0[ow + 1], row1[ow], row1[ow + 1], check)
             continue
         # a tile past the output's last row or column: its pixels there are dropped
-        _output_tile(m, step, t - t0, bias, edge, check)
+        _output_tile(m, step, t - t0, bias, edge[0], edge[1], edge[2], edge[3], check)
         for i in range(2):
             for j in range(2):
                 if oh + i < ho and ow + j < wo:
