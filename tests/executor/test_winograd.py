@@ -152,8 +152,8 @@ def test_non_finite_kernel_gives_what_the_direct_sum_gives(monkeypatch):
 
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2)])
 def test_depthwise_inf_weight_meets_the_padding_as_zero_times_inf(stride):
-    # the compiled depthwise kernel reads x in place; a tap on the padding must still add 0 * w, NaN for an inf w, as
-    # the zero-padded product of every other path does
+    # the compiled depthwise kernel reads x in place and skips the taps on the padding; with an inf or NaN weight those
+    # taps must still add 0 * w = NaN, as the zero-padded product of every other path does
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 4, 7, 6)).astype(np.float32)
     weight = rng.normal(size=(4, 1, 3, 3)).astype(np.float32)

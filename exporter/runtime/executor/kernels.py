@@ -215,10 +215,17 @@ def _depthwise(x, weight, bias, stride, dilation, pads, size, cache: dict, input
     if "depthwise" not in cache:
         cache["depthwise"] = depthwise_weight(weight)
         cache["depthwise_bias"] = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(o)
+        cache["depthwise_finite"] = bool(np.isfinite(cache["depthwise"]).all())
     xh = nhwc(x).astype(np.float32, copy=False)
     multiplier = o // x.shape[1]
     if multiplier > 1:
         xh = np.repeat(xh, multiplier, axis=3)  # output channel j reads input channel j // multiplier
+    if not cache["depthwise_finite"]:
+        # The compiled kernel skips the taps on the zero padding, which add 0 * w: nothing for a finite w, but NaN for
+        # an inf or NaN one, as the zero-padded product gives. With such a weight the input is padded here instead
+        # (the activation applied first, as the kernel would), so that those taps are summed.
+        xh = pad_nhwc(xh, pads, activation=input_activation)
+        pads, input_activation = (0, 0, 0, 0), None
     out = compiled.depthwise(xh, cache["depthwise"], cache["depthwise_bias"], stride, dilation, pads, size[0], size[1], input_activation)
     return nchw(out)
 
