@@ -212,10 +212,11 @@ def _depthwise(x, weight, bias, stride, dilation, pads, size, cache: dict, input
     from . import compiled  # numba, imported on the first depthwise convolution
 
     o = weight.shape[0]
-    if "depthwise" not in cache:
-        cache["depthwise"] = depthwise_weight(weight)
+    if "depthwise" not in cache:  # the key tested last: a worker thread that finds it finds the others
+        wdw = depthwise_weight(weight)
         cache["depthwise_bias"] = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(o)
-        cache["depthwise_finite"] = bool(np.isfinite(cache["depthwise"]).all())
+        cache["depthwise_finite"] = bool(np.isfinite(wdw).all())
+        cache["depthwise"] = wdw
     xh = nhwc(x).astype(np.float32, copy=False)
     multiplier = o // x.shape[1]
     if multiplier > 1:
@@ -267,11 +268,10 @@ def _winograd(x, weight, bias, pads, size, cache: dict, input_activation) -> np.
     value that is not finite: see winograd)."""
     from . import winograd  # numba, imported on the first such convolution
 
-    if "winograd" not in cache:
-        finite = bool(np.isfinite(weight).all())
-        cache["winograd"] = winograd.kernel_transform(weight) if finite else None
+    if "winograd" not in cache:  # the key tested last: a worker thread that finds it finds the bias
         o = weight.shape[0]
         cache["winograd_bias"] = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(o)
+        cache["winograd"] = winograd.kernel_transform(weight) if np.isfinite(weight).all() else None
     if cache["winograd"] is None:
         return None
     block = winograd_block(weight.shape[1], weight.shape[0])
