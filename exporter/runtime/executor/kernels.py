@@ -244,7 +244,8 @@ WINOGRAD_MIN_CHANNELS = 32
 # (16 x tiles x channels floats each) in cache. Measured as above, blocks of 96 / 192 / 384 / 768 tiles:
 # 512 -> 512 at 28 px 0.67 / 0.64 / 0.56 / 0.54, 256 -> 256 at 56 px 0.61 / 0.58 / 0.52 / 0.51, 128 -> 128 at 112 px
 # 0.53 / 0.47 / 0.53 / 0.51, 64 -> 64 at 224 px 0.56 / 0.53 / 0.69 / 0.78, 128 -> 32 at 56 px 0.52 / 0.82 / 0.95 / 1.0,
-# 64 -> 128 at 112 px 0.54 / 0.74 / 0.80 / 0.80. (input + output channels: tiles per product), the first that fits.
+# 64 -> 128 at 112 px 0.54 / 0.74 / 0.80 / 0.80. Rows (at most this many input + output channels, tiles per product):
+# the first row that fits.
 WINOGRAD_BLOCKS = ((192, 96), (511, 192), (1 << 30, 768))
 
 
