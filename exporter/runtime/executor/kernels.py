@@ -256,11 +256,7 @@ def winograd_block(c: int, o: int) -> int:
 def _winograd_applies(weight: np.ndarray, stride, dilation, groups: int) -> bool:
     o, cg, kh, kw = weight.shape
     return (
-        groups == 1
-        and (kh, kw) == (3, 3)
-        and tuple(stride) == (1, 1)
-        and tuple(dilation) == (1, 1)
-        and min(cg, o) >= WINOGRAD_MIN_CHANNELS
+        groups == 1 and (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and min(cg, o) >= WINOGRAD_MIN_CHANNELS
     )
 
 

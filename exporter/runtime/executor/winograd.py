@@ -254,8 +254,8 @@ def conv3x3(
     x = np.ascontiguousarray(xh, np.float32)
     out = np.empty((n, ho, wo, o), np.float32)
     (vf, v, vstep), (mf, m, mstep) = _staggered(block, c), _staggered(block, o)
-    lo, hi = BOUNDS.get(activation or "", (0.0, 0.0))
-    act, lo, hi = activation is not None, np.float32(lo), np.float32(hi)
+    bounds = BOUNDS.get(activation or "", (0.0, 0.0))
+    act, lo, hi = activation is not None, np.float32(bounds[0]), np.float32(bounds[1])
     check = np.zeros(o, np.float32)
     for t0 in range(0, tiles, block):
         t1 = min(t0 + block, tiles)
