@@ -302,7 +302,8 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
     full = sum(any(_find(r, f, v) for f, v in LOW_BIT_COLUMNS) for r in results.values())
     summary = (
         f"Written by `python benchmarks/capability.py` on {meta['when']}: {meta['machine']}; {meta['rows']} rows "
-        f"({full} with the lower-bit variants, the others --quick), {meta['seconds']} s in the last run.{cost}"
+        f"({'all' if full == len(results) else f'{full}, the others --quick,'} with the lower-bit variants), "
+        f"{meta['seconds']} s in the last run.{cost}"
     )
     main, low, bad = main_table(results), low_bit_table(results), not_passing(results)
     from sample_models.families import FAMILIES, SHAPES
@@ -390,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stored = json.loads(args.results.read_text()) if args.results.exists() else {"meta": {}, "rows": {}}
     results = stored["rows"]
-    for other in args.merge:
-        results.update(json.loads(other.read_text())["rows"])
+    for other in args.merge:  # listed oldest first: the last file's run is "the last run" of the summary
+        merged = json.loads(other.read_text())
+        results.update(merged["rows"])
+        stored["meta"] = {**stored.get("meta", {}), **merged.get("meta", {})}
     if args.merge:
         args.results.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     t0 = time.perf_counter()
