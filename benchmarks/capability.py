@@ -341,7 +341,6 @@ def render(results: dict, meta: dict) -> tuple[str, str]:
 def _commits_outside_history(results: dict) -> dict[str, str | None]:
     """{recorded commit: the commit of HEAD's history with the same message, or None} for the rows' commits that HEAD
     does not contain (measured on a branch before its rebase); empty when git is unavailable."""
-    import subprocess
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
@@ -413,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
             with lock:  # each finished row is saved at once, so an interrupted run keeps what it measured
                 results[f"{job[0]}:{job[1]}"] = row
                 stored["meta"] = {
-                    "mode": "--quick" if args.quick else "full",
                     "when": time.strftime("%Y-%m-%d"),
                     "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
                     "rows": len(results),
@@ -429,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(one, jobs))
-    meta = {**{"mode": "?", "when": "?", "machine": "?", "seconds": "?"}, **stored.get("meta", {}), "rows": len(results)}
+    meta = {**{"when": "?", "machine": "?", "seconds": "?"}, **stored.get("meta", {}), "rows": len(results)}
     write_outputs(results, meta)
     return 0
 

@@ -101,7 +101,7 @@ def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path
 
     from exporter.images import iter_batches, list_images
     from exporter.runtime import ExecutorRunner, OnnxRunner
-    from exporter.validation.float64 import float64_twin, max_relative_error, normalize64
+    from exporter.validation.float64 import float64_twin, max_abs_error, max_relative_error, normalize64
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     items = list_images(images)[:count]
@@ -110,13 +110,13 @@ def float64_errors(model, export_dir: Path, pre, labels: list[str], images: Path
     x = normalize64(pre, pixels)
     ref = np.concatenate([np.asarray(twin(x[i : i + 64], training=False), np.float64) for i in range(0, len(x), 64)])
     keras32 = np.asarray(model.predict(pre.normalize(pixels), batch_size=64, verbose=0), np.float64)
-    out = {"keras_fp32": float(np.abs(keras32 - ref).max()), "relative": {"keras_fp32": max_relative_error(keras32, ref)}}
+    out = {"keras_fp32": max_abs_error(keras32, ref), "relative": {"keras_fp32": max_relative_error(keras32, ref)}}
     for art in manifest["artifacts"]:
         if art["variant"] != "fp32" or art["format"] not in ("mlpackage", "mlmodel", "onnx"):
             continue
         runner = (OnnxRunner if art["format"] == "onnx" else ExecutorRunner)(export_dir / art["path"], pre, labels)
         got = runner(pixels).astype(np.float64)
-        out[art["format"]] = float(np.abs(got - ref).max())
+        out[art["format"]] = max_abs_error(got, ref)
         out["relative"][art["format"]] = max_relative_error(got, ref)
     return out
 

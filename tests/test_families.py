@@ -148,40 +148,37 @@ def test_capability_table_says_why_each_cell_failed():
             "top1_agreement": top1,
         }
 
-    sensitive = {
-        "family": "mobilenet",
-        "shape": "nested",
-        "train_accuracy": 0.95,
-        "float64": {"keras_fp32": 6e-6, "mlpackage": 5e-6, "onnx": 4e-6},
-        "artifacts": [
-            art("onnx", "fp32", ["max |dp| 1.2e-05 > 1e-05"]),
-            art("onnx", "int8-weights", ["top-1 agreement 0.9100 < 0.98"], 0.91),
-        ],
-    }
-    core_ml = {
-        "family": "resnet_v2",
-        "shape": "application",
-        "train_accuracy": 0.99,
-        "float64": {"keras_fp32": 5e-7, "mlpackage": 5e-5, "onnx": 2e-6},
-        "artifacts": [art("mlpackage", "fp32", ["max |dp| 1.05e-04 > 1e-05"])],
-    }
+    def row(family, shape, float64, artifacts, accuracy=0.99):
+        return {"family": family, "shape": shape, "train_accuracy": accuracy, "float64": float64, "artifacts": artifacts}
+
+    sensitive = row(
+        "mobilenet",
+        "nested",
+        {"keras_fp32": 6e-6, "mlpackage": 5e-6, "onnx": 4e-6},
+        [art("onnx", "fp32", ["max |dp| 1.2e-05 > 1e-05"]), art("onnx", "int8-weights", ["top-1 agreement 0.9100 < 0.98"], 0.91)],
+        accuracy=0.95,
+    )
+    core_ml = row(
+        "resnet_v2",
+        "application",
+        {"keras_fp32": 5e-7, "mlpackage": 5e-5, "onnx": 2e-6},
+        [art("mlpackage", "fp32", ["max |dp| 1.05e-04 > 1e-05"])],
+    )
     # judged on the relative error when the row has it: a max |dp| gap from one near-tie image is not listed, a
     # relative error past 2x of ONNX's is (the .mlmodel file too)
-    near_tie = {
-        "family": "resnet",
-        "shape": "nested",
-        "train_accuracy": 0.99,
-        "float64": {"mlpackage": 4e-6, "mlmodel": 4e-6, "onnx": 1.5e-6, "relative": {"mlpackage": 1.3e-5, "mlmodel": 1.5e-5, "onnx": 1e-5}},
-        "artifacts": [art("mlpackage", "fp32", [])],
-    }
-    lost = {
-        "family": "densenet",
-        "shape": "nested",
-        "train_accuracy": 0.99,
-        "float64": {"mlpackage": 1e-6, "mlmodel": 1e-6, "onnx": 1e-6, "relative": {"mlpackage": 1e-5, "mlmodel": 3e-4, "onnx": 1e-5}},
-        "artifacts": [art("mlmodel", "fp32", [])],
-    }
-    dead = {"family": "squeezenet", "shape": "application", "train_accuracy": 0.10, "float64": {}, "artifacts": [art("onnx", "fp32", [])]}
+    near_tie = row(
+        "resnet",
+        "nested",
+        {"mlpackage": 4e-6, "mlmodel": 4e-6, "onnx": 1.5e-6, "relative": {"mlpackage": 1.3e-5, "mlmodel": 1.5e-5, "onnx": 1e-5}},
+        [art("mlpackage", "fp32", [])],
+    )
+    lost = row(
+        "densenet",
+        "nested",
+        {"mlpackage": 1e-6, "mlmodel": 1e-6, "onnx": 1e-6, "relative": {"mlpackage": 1e-5, "mlmodel": 3e-4, "onnx": 1e-5}},
+        [art("mlmodel", "fp32", [])],
+    )
+    dead = row("squeezenet", "application", {}, [art("onnx", "fp32", [])], accuracy=0.10)
     text = cap.not_passing({"a": sensitive, "b": core_ml, "c": dead, "d": near_tie, "e": lost})
     lines = text.splitlines()
     fp32 = next(line for line in lines if "mobilenet nested onnx fp32" in line)

@@ -87,3 +87,16 @@ def test_relative_error_weighs_a_confident_image_like_a_near_tie():
     assert per_image[1] > 0.3 * per_image[0]  # ... the relative error sees both images' equal logit error
     got[1, 2] = 0.0  # an underflowed class below the floor does not count
     assert max_relative_error(got, exact) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_non_finite_value_is_an_infinite_error_not_a_nan_that_passes_every_limit():
+    """family_check's float64 errors and the validator's float64 check compare these numbers with limits; a NaN would
+    compare False with any of them."""
+    from exporter.validation.float64 import max_abs_error, max_relative_error
+    from sample_models.family_check import float64_bar_misses
+
+    exact = np.array([[0.7, 0.3]])
+    got = np.array([[np.nan, 0.3]])
+    assert max_abs_error(got, exact) == np.inf and max_relative_error(got, exact) == np.inf
+    f64 = {"mlpackage": max_abs_error(got, exact), "onnx": 1e-6, "relative": {"mlpackage": max_relative_error(got, exact), "onnx": 1e-5}}
+    assert [m for m in float64_bar_misses(f64) if "mlpackage" in m]

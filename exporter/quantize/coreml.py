@@ -189,30 +189,6 @@ def uncompressed_weights(mlmodel, palette_bits: int | None = None, min_elements:
     return left
 
 
-def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
-    """int8 weights and int8 activations (iOS 17+), activation ranges calibrated on ``calibration`` (uint8 NHWC
-    batches in the contract's channel order).
-
-    On macOS coremltools calibrates by running the model in Core ML. Elsewhere the ranges come from this project's
-    Core ML executor running the same saved program. Either way coremltools' own passes insert the quantize/dequantize
-    pairs from those ranges (degenerate ones widened, ``nonzero_ranges``), so the file is what coremltools would write
-    given the same statistics."""
-    import platform
-
-    if not calibration:
-        raise ConversionError("W8A8 needs calibration images")
-    rgb_batches = [b[..., ::-1] if channel_order == "BGR" else b for b in calibration]  # image inputs take RGB
-    config = _activation_config(small_weight_ops(mlmodel, W8A8_WEIGHTS.min_elements))
-    if platform.system() == "Darwin":
-        ranges = _coremltools_ranges(mlmodel, rgb_batches, input_name)
-    else:
-        ranges = activation_ranges(mlmodel, rgb_batches, input_name)
-    # Both paths widen degenerate ranges: coremltools replaces a symmetric scale of 0 by 1 itself, but an affine range
-    # of zero width has no zero point (0 / 0) and its scale 0 fails the quantize op.
-    quantized = _insert_activation_quantization(mlmodel, nonzero_ranges(ranges, ACTIVATION_MODE), config)
-    return compress(quantized, W8A8_WEIGHTS)
-
-
 # W8A8 activations are affine int8 (a scale and a zero point per tensor; coremltools' "linear" mode), weights stay
 # symmetric. A symmetric range [-m, m] spends half of the 256 levels on negative values a ReLU output never takes, so
 # every activation after a ReLU/ReLU6 was held at 7 bits. Measured against symmetric activations (calibration: 64
@@ -227,6 +203,31 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image"):
 # flow also offers affine activations); whether the Neural Engine's int8 path runs zero points as fast as symmetric
 # activations could not be measured here (no Mac).
 ACTIVATION_MODE = "linear"
+
+
+def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image", mode: str = ACTIVATION_MODE):
+    """int8 weights and int8 activations (iOS 17+), activation ranges calibrated on ``calibration`` (uint8 NHWC
+    batches in the contract's channel order); ``mode``: the activations' quantization, affine (ACTIVATION_MODE) or
+    "linear_symmetric" (what the affine default is measured against).
+
+    On macOS coremltools calibrates by running the model in Core ML. Elsewhere the ranges come from this project's
+    Core ML executor running the same saved program. Either way coremltools' own passes insert the quantize/dequantize
+    pairs from those ranges (degenerate ones widened, ``nonzero_ranges``), so the file is what coremltools would write
+    given the same statistics."""
+    import platform
+
+    if not calibration:
+        raise ConversionError("W8A8 needs calibration images")
+    rgb_batches = [b[..., ::-1] if channel_order == "BGR" else b for b in calibration]  # image inputs take RGB
+    config = _activation_config(small_weight_ops(mlmodel, W8A8_WEIGHTS.min_elements), mode)
+    if platform.system() == "Darwin":
+        ranges = _coremltools_ranges(mlmodel, rgb_batches, input_name)
+    else:
+        ranges = activation_ranges(mlmodel, rgb_batches, input_name)
+    # Both paths widen degenerate ranges: coremltools replaces a symmetric scale of 0 by 1 itself, but an affine range
+    # of zero width has no zero point (0 / 0) and its scale 0 fails the quantize op.
+    quantized = _insert_activation_quantization(mlmodel, nonzero_ranges(ranges, mode), config)
+    return compress(quantized, W8A8_WEIGHTS)
 
 
 # Per-op exclusion beyond the small-weight ops (issue 18), measured and not adopted. The K most sensitive of the

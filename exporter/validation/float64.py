@@ -60,8 +60,8 @@ class Float64Distance:
         self.keras = 0.0
 
     def update(self, exact: np.ndarray, keras32: np.ndarray, got: np.ndarray) -> None:
-        self.artifact = max(self.artifact, _max_abs(got, exact))
-        self.keras = max(self.keras, _max_abs(keras32, exact))
+        self.artifact = max(self.artifact, max_abs_error(got, exact))
+        self.keras = max(self.keras, max_abs_error(keras32, exact))
 
     @property
     def limit(self) -> float:
@@ -98,7 +98,9 @@ def max_relative_error(got: np.ndarray, exact: np.ndarray, floor: float = RELATI
     return float(rel.max())
 
 
-def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| in float64; a value that is not finite counts as an infinite error (never as NaN, which every
+    comparison with a limit would let through)."""
     diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
     diff[~np.isfinite(diff)] = np.inf
     return float(diff.max()) if diff.size else 0.0
