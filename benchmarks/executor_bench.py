@@ -295,15 +295,10 @@ def render_families_markdown(rows: list[dict]) -> str:
 
 
 def write_readme(readme: Path, rows: list[dict]) -> None:
-    """Replace the block between README_START and README_END (added at the end of the file if absent)."""
-    text = readme.read_text()
-    block = f"{README_START}\n{render_families_markdown(rows)}{README_END}"
-    if README_START in text and README_END in text:
-        before, rest = text.split(README_START, 1)
-        text = before + block + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(text)
+    """Replace the block between README_START and README_END."""
+    from benchmarks.readme_block import replace_block
+
+    replace_block(readme, README_START, README_END, f"\n{render_families_markdown(rows)}")
 
 
 def render(r: dict) -> str:

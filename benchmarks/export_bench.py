@@ -164,7 +164,8 @@ def bench_export(s: dict, tmp: Path, direct_first: bool = False) -> dict:
     declared = Preprocessing.from_file(s["preprocessing"]) if s["preprocessing"] else None
     pre = resolve(declared, loaded.input_shape, loaded.in_model_preprocessing, source=str(s["model"]))
     direct_pre = pre if not pre.in_model else resolve(None, loaded.input_shape, ["rescale"])
-    calibration = [pre.normalize(b) for b in _calibration(s["heldout"], pre, 64)]
+    batches, _hashes = _calibration(s["heldout"], pre, 64)
+    calibration = [pre.normalize(b) for b in batches]
     labels = read_labels(s["labels"])
     (tmp / f"{name}-direct").mkdir()
 

@@ -127,24 +127,10 @@ README_END = "<!-- quant-defaults:end -->"
 FIRST_RUN_COMMIT = "8b132c8"
 
 
-def _commit() -> str:
-    """The short hash of the tree measured, with "+changes" when it has uncommitted changes (read when a run starts)."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def write_readme(readme: Path, rows: list[dict]) -> None:
     """The table of ``rows`` between README's quant-defaults markers, and which commit measured which models."""
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
+    from benchmarks.readme_block import replace_block
+
     by: dict[str, list[str]] = {}
     for r in rows:
         models = by.setdefault(r.get("commit", FIRST_RUN_COMMIT), [])
@@ -157,7 +143,7 @@ def write_readme(readme: Path, rows: list[dict]) -> None:
         '"default": built by a plain export (exporter/capabilities.py, now).\n\n'
         f"<details><summary>every 8-bit file ({len(rows)} rows)</summary>\n\n{table(rows)}\n\n</details>\n"
     )
-    readme.write_text(head + README_START + body + README_END + tail, encoding="utf-8")
+    replace_block(readme, README_START, README_END, body)
 
 
 def _key(r: dict) -> tuple:
@@ -216,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             write_readme(args.readme, saved)
         return _write(table(saved, before), args.out)
-    commit = _commit()
+    from benchmarks.readme_block import commit as tree_commit
+
+    commit = tree_commit()
     rows: list[dict] = []
     jobs = [(name, *sample_paths(name)) for name in args.models]
     with tempfile.TemporaryDirectory(prefix="quant-defaults-") as tmp:
