@@ -160,17 +160,18 @@ def describe(mlmodel, info: ModelInfo, variant_key: str) -> None:
 
 
 def save(mlmodel, path) -> None:
-    """Save, then rewrite the protobuf with short value names and deterministic map order: protobuf serialises the
+    """Save, then rewrite the protobuf with small constants shared, short value names and deterministic map order: protobuf serialises the
     user-defined metadata map in arbitrary order, so two identical exports would otherwise differ byte for byte (and by
     SHA-256)."""
     from coremltools.proto import Model_pb2
 
-    from ..quantize.names import shorten_names
+    from ..quantize.names import share_constants, shorten_names
 
     path = Path(path)
     mlmodel.save(str(path))
     spec_file = path / "Data" / "com.apple.CoreML" / "model.mlmodel" if path.is_dir() else path
     spec = Model_pb2.Model()
     spec.ParseFromString(spec_file.read_bytes())
-    shorten_names(spec)  # ML Program value names from 80 characters to 2-4 (quantize/names.py)
+    share_constants(spec)  # one const op per repeated strides/pad/... value (quantize/names.py)
+    shorten_names(spec)  # ML Program value names from 80 characters to 2-4
     spec_file.write_bytes(spec.SerializeToString(deterministic=True))
