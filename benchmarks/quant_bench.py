@@ -384,6 +384,7 @@ def write_readme(readme: Path, rows: list[dict], seconds: int | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    global SPLIT_SEED
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=[*MODELS, FULL_SIZE], choices=[*MODELS, FULL_SIZE])
     p.add_argument("--readme", type=Path)
@@ -391,9 +392,17 @@ def main(argv: list[str] | None = None) -> None:
         "--files", nargs="+", help="measure only these files (labels such as fp16, int8, mixed-4); merge their rows into the saved results"
     )
     p.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_SEED,
+        help=f"seed of the calibration/held-out split (default {SPLIT_SEED}); another seed checks that a result is not one split's luck",
+    )
+    p.add_argument("--results", type=Path, default=RESULTS, help=f"where the rows go (default {RESULTS.relative_to(ROOT)})")
+    p.add_argument(
         "--from-results", action="store_true", help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}"
     )
     args = p.parse_args(argv)
+    SPLIT_SEED = args.split_seed
     if args.from_results:
         saved = json.loads(RESULTS.read_text())
         rows = saved["rows"]
@@ -411,10 +420,10 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_full_size(Path(tmp), say, files) if name == FULL_SIZE else bench_model(name, Path(tmp), say, files)
     seconds = round(time.perf_counter() - started)
     if files is not None:  # a partial run: the other rows, and the full run's time, are those saved
-        saved = json.loads(RESULTS.read_text())
+        saved = json.loads(args.results.read_text()) if args.results.exists() else {"rows": []}
         rows = merge(saved["rows"], [r for r in rows if r["file"] in files])
         seconds = saved.get("run_seconds")
-    RESULTS.write_text(
+    args.results.write_text(
         json.dumps(
             {
                 "rows": rows,
@@ -429,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         + "\n"
     )
-    plot(rows, PLOT)
+    if args.results == RESULTS:
+        plot(rows, PLOT)
     if args.readme:
         write_readme(args.readme, rows, seconds)
     print(table(rows))
