@@ -272,6 +272,55 @@ def test_fisher_is_the_expected_squared_gradient_of_log_p_over_the_models_likely
     np.testing.assert_allclose(fisher(model, x[::-1])[id(kernel)], got[id(kernel)], rtol=1e-6)
 
 
+def test_distillation_set_is_the_calibration_images_then_shifted_jittered_and_mixed_copies_of_them(monkeypatch):
+    """distillation_images: deterministic and order-free, the originals first, and every augmented copy is what its
+    description says, checked against copies built independently (np.pad shifts, pairwise blends solved by least
+    squares) with one augmentation on at a time."""
+    from exporter.quantize import palettize as qp
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 6, 7, 3)).astype(np.float32)
+    out = qp.distillation_images(x, 40)
+    assert out.shape == (40, 6, 7, 3) and out.dtype == np.float32
+    assert np.array_equal(out, qp.distillation_images(x[::-1].copy(), 40))  # order-free
+    assert np.array_equal(out, qp.distillation_images(x, 40))  # deterministic
+    assert not np.array_equal(out, qp.distillation_images(x, 40, seed=1))
+    originals = {im.tobytes() for im in x}
+    assert {im.tobytes() for im in out[:5]} == originals and len(qp.distillation_images(x, 3)) == 5
+    assert all(im.tobytes() not in originals for im in out[5:])  # every copy is changed
+
+    def only(shift=0, jitter=0.0, mixup=0.0):
+        monkeypatch.setattr(qp, "AUGMENT_SHIFT", shift)
+        monkeypatch.setattr(qp, "AUGMENT_JITTER", jitter)
+        monkeypatch.setattr(qp, "AUGMENT_MIXUP", mixup)
+        return qp.distillation_images(x, 40)[5:]
+
+    s = 2
+    padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
+    shifted = {padded[i, dy : dy + 6, dx : dx + 7].tobytes() for i in range(5) for dy in range(5) for dx in range(5)}
+    copies = only(shift=s)
+    assert all(im.tobytes() in shifted for im in copies) and len({im.tobytes() for im in copies}) > 5
+    for im in only(jitter=0.1):  # m + c * (a - m) + b * std(a): a per-image affine map of one original, c, b within 0.1
+        fits = []
+        for a in x:
+            design = np.stack([a.ravel() - a.mean(), np.full(a.size, a.std())], axis=1)
+            (c, b), *_ = np.linalg.lstsq(design, im.ravel() - a.mean(), rcond=None)
+            fits.append((np.abs(design @ [c, b] + a.mean() - im.ravel()).max(), c, b))
+        err, c, b = min(fits)
+        assert err < 1e-4 and abs(c - 1) <= 0.1 + 1e-6 and abs(b) <= 0.1 + 1e-6
+    blended = 0
+    for im in only(mixup=1.0):  # (1 - w) * a + w * b, w in [0, 0.5], a and b calibration images
+        best = min(
+            (np.abs((1 - w) * a + w * b - im).max(), w)
+            for a in x
+            for b in x
+            for w in [float(np.clip(np.dot((im - a).ravel(), (b - a).ravel()) / max(np.sum((b - a) ** 2), 1e-12), 0, 0.5))]
+        )
+        assert best[0] < 1e-5
+        blended += best[1] > 0.01
+    assert blended > 20
+
+
 @pytest.fixture(scope="module")
 def photos_fp16_ios18():
     from conftest import sample
@@ -335,9 +384,12 @@ def _stored_bits_per_weight(mlmodel) -> float:
 
 
 @pytest.mark.slow
-def test_mixed_bits_count_their_tables_stay_within_the_budget_and_refinement_lowers_the_measured_kl(photos_fp16_ios18):
+def test_mixed_bits_count_their_tables_stay_within_the_budget_and_refinement_lowers_the_measured_kl(photos_fp16_ios18, monkeypatch):
+    from exporter.quantize import palettize
     from exporter.quantize.palettize import _KerasProbe, fisher, mixed, weight_sensitivities
 
+    monkeypatch.setattr(palettize, "REFINE_POOL", 256)  # a smaller distillation set than exports use: test time
+    monkeypatch.setattr(palettize, "REFINE_BATCH", 64)
     model, pre, base = photos_fp16_ios18
     pixels, _ = _photo_pixels(pre)
     images = pre.normalize(pixels[:16]).astype(np.float32)
@@ -354,6 +406,7 @@ def test_mixed_bits_count_their_tables_stay_within_the_budget_and_refinement_low
     assert {r["bits"] for r in rows} <= {2, 3, 4, 6, 8, 16} and len({r["bits"] for r in rows}) > 1
     refinement = measured["mixed_bits"]["table_refinement"]
     assert refinement["kept"] and refinement["kl_after"] < 0.5 * refinement["kl_before"]
+    assert refinement["refinement_images"] == 256 and refinement["softened_kl_after"] < refinement["softened_kl_before"]
     # the refined tables are the ones written: the program's decoded weights give the KL the refinement reported
     assert measured["mixed_bits"]["all_weights_together"]["kl"] == pytest.approx(refinement["kl_after"], rel=0.05)
 
@@ -398,10 +451,11 @@ def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_
     row = next(r for r in report["artifacts"] if r["variant"] == "palette-mixed")
     print(row["top1_agreement"], row["against_labels"]["accuracy_change"])
     assert row["images"] == len(items) - 64
-    # Issue 18's bar is 0.99 and -0.5 points. Measured on this split: 0.993 / -0.7 points, through this path and in the
-    # benchmark's order of the same 64 images alike (the Fisher estimate is order-free; with one seeded label draw per
-    # image it gave 0.978 here and 0.993 there): one image short of the bar, so the bar itself is not asserted. What is:
-    # far above the data-free 4-bit file (0.805), the 8-bit gate, and `auto`'s default accuracy budget (1 point).
+    # Issue 18's bar is 0.99 and -0.5 points. Measured on this split: 1.000 / +0.0 points, through this path and in the
+    # benchmark's order of the same 64 images alike (the Fisher estimate and the distillation set are order-free), but
+    # on two other seeded splits 0.993 and 0.971: on this model the bar is met or missed by a few images of 136, so it
+    # is not asserted. What is: far above the data-free 4-bit file (0.805), the 8-bit gate, and `auto`'s default
+    # accuracy budget (1 point).
     assert row["top1_agreement"] >= 0.98 and row["against_labels"]["accuracy_change"] >= -0.01
 
 
