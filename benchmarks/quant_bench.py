@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         for name in args.models:
             rows += bench_full_size(Path(tmp), say, files) if name == FULL_SIZE else bench_model(name, Path(tmp), say, files)
-    seconds = round(time.perf_counter() - started)
+    seconds: int | None = round(time.perf_counter() - started)
     if files is not None:  # a partial run: the other rows, and the full run's time, are those saved
         saved = json.loads(args.results.read_text()) if args.results.exists() else {"rows": []}
         rows = merge(saved["rows"], [r for r in rows if r["file"] in files])

@@ -676,7 +676,7 @@ def distillation_images(images: np.ndarray, count: int, seed: int = 0) -> np.nda
     if extra <= 0 or not len(x):
         return x
     rng = np.random.default_rng(seed)
-    a = x[rng.integers(len(x), size=extra)]
+    a: np.ndarray = x[rng.integers(len(x), size=extra)]
     h, w = x.shape[1:3]
     s = AUGMENT_SHIFT
     if s and x.ndim == 4:
