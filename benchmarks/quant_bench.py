@@ -97,18 +97,13 @@ def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> lis
 
 
 def _commit() -> str:
-    """The short hash of the tree measured, with "+changes" when it has uncommitted changes; read once, when the run
-    starts (the code it imports is the code of that moment)."""
+    """The tree measured (benchmarks/readme_block.commit), read once, when the run starts: the code it imports is the
+    code of that moment."""
     global _COMMIT
-    if _COMMIT is not None:
-        return _COMMIT
-    import subprocess
+    if _COMMIT is None:
+        from benchmarks.readme_block import commit
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    _COMMIT = head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        _COMMIT = commit()
     return _COMMIT
 
 
@@ -368,11 +363,8 @@ FIRST_RUN_COMMIT = "cd99382"
 
 
 def write_readme(readme: Path, rows: list[dict], seconds: int | None = None) -> None:
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
+    from benchmarks.readme_block import replace_block
+
     took = "" if seconds is None else f"The full run took {seconds} s on the shared 2-core machine. "
     took += provenance(rows, FIRST_RUN_COMMIT) + " "
     body = (
@@ -380,7 +372,7 @@ def write_readme(readme: Path, rows: list[dict], seconds: int | None = None) -> 
         f"against issue 18's bar (top-1 agreement >= {BAR_AGREEMENT}, accuracy within {-BAR_ACCURACY_POINTS} points):\n\n"
         f"{summary(rows)}\n\nEvery file:\n\n{table(rows)}\n"
     )
-    readme.write_text(head + README_START + body + README_END + tail)
+    replace_block(readme, README_START, README_END, body)
 
 
 def main(argv: list[str] | None = None) -> None:
