@@ -115,7 +115,7 @@ def _wanted(candidates: list, files: tuple[str, ...] | None) -> list:
     return candidates if files is None else [c for c in candidates if c[1] == "fp32" or c[1] in files]
 
 
-def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None = None) -> list[dict]:
+def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None = None, split_seed: int = SPLIT_SEED) -> list[dict]:
     from exporter.convert.coreml import convert, save
     from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing, resolve
@@ -134,7 +134,7 @@ def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None 
     task = "photos" if "photos" in card["heldout_folder"] else "digits"
     other = "digits" if task == "photos" else "photos"
     all_px, all_idx = _pixels(SAMPLES / card["heldout_folder"], pre, labels)
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(all_px))
+    perm = np.random.default_rng(split_seed).permutation(len(all_px))
     cal_px = all_px[perm[:CALIBRATION_IMAGES]]
     px, label_idx = all_px[perm[CALIBRATION_IMAGES:]], all_idx[perm[CALIBRATION_IMAGES:]]
     out_px, _ = _pixels(SAMPLES / "heldout" / other, pre)
@@ -376,7 +376,6 @@ def write_readme(readme: Path, rows: list[dict], seconds: int | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    global SPLIT_SEED
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=[*MODELS, FULL_SIZE], choices=[*MODELS, FULL_SIZE])
     p.add_argument("--readme", type=Path)
@@ -390,15 +389,16 @@ def main(argv: list[str] | None = None) -> None:
         help=f"seed of the calibration/held-out split (default {SPLIT_SEED}); another seed checks that a result is not one split's luck",
     )
     p.add_argument("--results", type=Path, default=RESULTS, help=f"where the rows go (default {RESULTS.relative_to(ROOT)})")
-    p.add_argument(
-        "--from-results", action="store_true", help=f"measure nothing: rewrite the README table and the plot from {RESULTS.name}"
-    )
+    p.add_argument("--from-results", action="store_true", help="measure nothing: rewrite the README table and the plot from --results")
     args = p.parse_args(argv)
-    SPLIT_SEED = args.split_seed
+    if args.split_seed != SPLIT_SEED and args.results == RESULTS:
+        # one file holds one split: rows of another split merged into it would be read as the default split's
+        p.error(f"--split-seed {args.split_seed} needs its own --results file ({RESULTS.name} holds split {SPLIT_SEED})")
     if args.from_results:
-        saved = json.loads(RESULTS.read_text())
+        saved = json.loads(args.results.read_text())
         rows = saved["rows"]
-        plot(rows, PLOT)
+        if args.results == RESULTS:  # README's plot is of README's split
+            plot(rows, PLOT)
         if args.readme:
             write_readme(args.readme, rows, saved.get("run_seconds"))
         print(table(rows))
@@ -409,7 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         for name in args.models:
-            rows += bench_full_size(Path(tmp), say, files) if name == FULL_SIZE else bench_model(name, Path(tmp), say, files)
+            rows += (
+                bench_full_size(Path(tmp), say, files) if name == FULL_SIZE else bench_model(name, Path(tmp), say, files, args.split_seed)
+            )
     seconds: int | None = round(time.perf_counter() - started)
     if files is not None:  # a partial run: the other rows, and the full run's time, are those saved
         saved = json.loads(args.results.read_text()) if args.results.exists() else {"rows": []}
@@ -423,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
                 "mixed_budgets": MIXED_BUDGETS,
                 "group": GROUP,
                 "calibration_images": CALIBRATION_IMAGES,
-                "split_seed": SPLIT_SEED,
+                "split_seed": args.split_seed,
                 "run_seconds": seconds,
             },
             indent=1,

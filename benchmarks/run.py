@@ -103,7 +103,7 @@ def main() -> None:
         # the file also holds sections other benchmarks write (executor_bench.py --families): keep them
         saved = json.loads(args.json.read_text()) if args.json.exists() else {}
         args.json.write_text(json.dumps({**saved, **results}, indent=2) + "\n")
-    print(render(results))
+    print(render_readme(results))  # what README shows, whether or not it is written
     if args.readme:
         from benchmarks.readme_block import replace_block
 
@@ -152,34 +152,6 @@ def measure(quick: bool) -> dict:
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["load_average_end"] = round(os.getloadavg()[0], 1)
     return results
-
-
-def render(results: dict) -> str:
-    lines = [
-        f"machine: {results['machine']}; whole run {results['total_seconds']} s",
-        "",
-        "## Export time: toolkit vs direct library calls (10 files each; CPU seconds, wall seconds in brackets)",
-        "| model | ran first | toolkit s | direct s | overhead ratio, CPU (target <= 1.15) | wall ratio |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['model']} | {r['first']} | {r['toolkit_cpu_seconds']} ({r['toolkit_seconds']}) | "
-        f"{r['direct_cpu_seconds']} ({r['direct_seconds']}) | {r['overhead_ratio']} | {r['overhead_ratio_wall']} |"
-        for r in results["export"]
-    ]
-    total = results["export_total"]
-    lines.append(f"| all models | | {total['toolkit_cpu_seconds']} | {total['direct_cpu_seconds']} | {total['overhead_ratio']} | |")
-    lines += [
-        "",
-        "## Size and fidelity per variant",
-    ]
-    lines += _variant_table(results)
-    lines += ["", "## Core ML executor throughput (benchmarks/executor_bench.py)", "```", executor_bench.render(results["executor"]), "```"]
-    lines += ["", "## exporter validate: memory and throughput", "| images | peak RSS MB | images/s |", "|---|---|---|"]
-    lines += [f"| {v['images']} | {v['peak_rss_mb']} | {v['images_per_second']} |" for v in results["validate"]]
-    a, b = results["validate"][0], results["validate"][-1]
-    lines.append(f"\npeak memory ratio {b['images']} vs {a['images']} images: {b['peak_rss_mb'] / a['peak_rss_mb']:.3f}")
-    return "\n".join(lines)
 
 
 README_START = "<!-- bench-run:start (written by `python benchmarks/run.py --readme README.md`) -->"

@@ -396,7 +396,8 @@ REFINE_BATCH = 128
 AUGMENT_SHIFT = 2
 AUGMENT_JITTER = 0.1
 AUGMENT_MIXUP = 0.5
-# Images per forward pass when the teacher labels the distillation set and when the refined tables are scored on it.
+# Images per forward pass of the probe (_KerasProbe.probs_of): the teacher labelling the distillation set, the refined
+# tables scored on it.
 REFINE_EVAL_BATCH = 256
 # Images the measured effect is computed on: one forward pass of this many per (layer, width) choice.
 MEASURE_IMAGES = 64
@@ -461,8 +462,10 @@ class _KerasProbe:
         return self.probs_of(self.images)
 
     def probs_of(self, images) -> np.ndarray:
-        """The Keras model's class probabilities on ``images`` with its weights as they are now (float64, clipped)."""
-        p = np.asarray(self.call(images), np.float64)
+        """The Keras model's class probabilities on ``images`` with its weights as they are now (float64, clipped),
+        REFINE_EVAL_BATCH images per call."""
+        batches = [self.call(images[i : i + REFINE_EVAL_BATCH]) for i in range(0, len(images), REFINE_EVAL_BATCH)]
+        p = np.concatenate([np.asarray(b, np.float64) for b in batches])
         return np.clip(p / p.sum(axis=1, keepdims=True), 1e-12, 1.0)
 
     def _kl(self, q: np.ndarray) -> float:
@@ -730,7 +733,7 @@ def refine_tables(
         x_all, p_all = np.asarray(probe.images, np.float32), probe.ref
     else:
         x_all = np.asarray(images, np.float32)
-        p_all = np.concatenate([probe.probs_of(x_all[i : i + REFINE_EVAL_BATCH]) for i in range(0, len(x_all), REFINE_EVAL_BATCH)])
+        p_all = probe.probs_of(x_all)
     rng = np.random.default_rng(seed)
 
     def soften(p):
@@ -747,14 +750,8 @@ def refine_tables(
 
     def losses() -> tuple[float, float]:
         """(softened KL on the whole refinement set, plain KL on the calibration images) of the current tables."""
-        soft = 0.0
-        for i in range(0, len(x_all), REFINE_EVAL_BATCH):
-            q = probe.probs_of(x_all[i : i + REFINE_EVAL_BATCH])
-            p = p_all[i : i + REFINE_EVAL_BATCH]
-            ps = np.asarray(soften(tf.constant(p)), np.float64)
-            qs = np.asarray(soften(tf.constant(q)), np.float64)
-            soft += float(np.sum(ps * (np.log(np.clip(ps, 1e-30, 1)) - np.log(np.clip(qs, 1e-30, 1)))))
-        return soft / len(x_all), probe._kl(probe._probs())
+        ps, qs = (np.clip(np.asarray(soften(tf.constant(a)), np.float64), 1e-30, 1) for a in (p_all, probe.probs_of(x_all)))
+        return float(np.mean(np.sum(ps * (np.log(ps) - np.log(qs)), axis=1))), probe._kl(probe._probs())
 
     def assign():
         for layer, var, old in zip(layers, variables, saved, strict=True):
@@ -764,8 +761,6 @@ def refine_tables(
         assign()
         soft_before, kl_before = losses()
         for step in range(steps):
-            if step:
-                assign()
             pick = slice(None) if batch is None or batch >= len(x_all) else np.sort(rng.choice(len(x_all), batch, replace=False))
             _, grads = loss_and_grads(tf.constant(x_all[pick]), tf.constant(p_all[pick], tf.float32))
             for layer, g in zip(layers, grads, strict=True):
@@ -783,7 +778,7 @@ def refine_tables(
                 vhat = layer["v"] / (1 - 0.999 ** (step + 1))
                 scale = np.abs(layer["luts"]).max(axis=1, keepdims=True) + 1e-12
                 layer["luts"] = layer["luts"] - learning_rate * scale * mhat / (np.sqrt(vhat) + 1e-12)
-        assign()
+            assign()
         soft_after, kl_after = losses()
     finally:
         for var, old in zip(variables, saved, strict=True):

@@ -61,6 +61,17 @@ def _rows4(flat, step, at, width):  # pragma: no cover  (compiled)
     )
 
 
+@numba.njit(inline="always")
+def _rows16(flat, step, at, width):  # pragma: no cover  (compiled)
+    # the views of all 16 matrices at ``at``, row by row of the 4x4 tile (see _rows4)
+    return (
+        _rows4(flat, step, at, width)
+        + _rows4(flat, step, at + 4 * step, width)
+        + _rows4(flat, step, at + 8 * step, width)
+        + _rows4(flat, step, at + 12 * step, width)
+    )
+
+
 @_jit
 def _input_tile(x, b, ih0, iw0, v, step, k, act, alo, ahi):  # pragma: no cover  (compiled)
     # V = B^T d B of the 4x4 block of the NHWC x (C-contiguous, so the channel loop is vectorised) at (b, ih0, iw0)
@@ -74,10 +85,7 @@ def _input_tile(x, b, ih0, iw0, v, step, k, act, alo, ahi):  # pragma: no cover 
     p10, p11, p12, p13 = r1[iw0], r1[iw0 + 1], r1[iw0 + 2], r1[iw0 + 3]
     p20, p21, p22, p23 = r2[iw0], r2[iw0 + 1], r2[iw0 + 2], r2[iw0 + 3]
     p30, p31, p32, p33 = r3[iw0], r3[iw0 + 1], r3[iw0 + 2], r3[iw0 + 3]
-    v0, v1, v2, v3 = _rows4(v, step, k * c, c)
-    v4, v5, v6, v7 = _rows4(v, step, k * c + 4 * step, c)
-    v8, v9, v10, v11 = _rows4(v, step, k * c + 8 * step, c)
-    v12, v13, v14, v15 = _rows4(v, step, k * c + 12 * step, c)
+    v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15 = _rows16(v, step, k * c, c)
     for ch in range(c):
         d00, d01, d02, d03 = p00[ch], p01[ch], p02[ch], p03[ch]
         d10, d11, d12, d13 = p10[ch], p11[ch], p12[ch], p13[ch]
@@ -142,10 +150,7 @@ def _output_tile(m, step, k, bias, y0, y1, y2, y3, check):  # pragma: no cover  
     # for every value x written: 0 while they are finite, NaN after one is not (per channel: the loop stays
     # vectorised)
     o = y0.shape[0]
-    q0, q1, q2, q3 = _rows4(m, step, k * o, o)
-    q4, q5, q6, q7 = _rows4(m, step, k * o + 4 * step, o)
-    q8, q9, q10, q11 = _rows4(m, step, k * o + 8 * step, o)
-    q12, q13, q14, q15 = _rows4(m, step, k * o + 12 * step, o)
+    q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11, q12, q13, q14, q15 = _rows16(m, step, k * o, o)
     for ch in range(o):
         m00, m01, m02, m03 = q0[ch], q1[ch], q2[ch], q3[ch]
         m10, m11, m12, m13 = q4[ch], q5[ch], q6[ch], q7[ch]
