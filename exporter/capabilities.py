@@ -255,12 +255,14 @@ W8A8_OPT_IN = (
     "them 0.945 on the MobileNet v1 sample and 0.955 / 0.970 / 0.955 on the MobileNetV2, EfficientNet and VGG19 nested "
     "stand-ins, below the 0.98 gate (0.985-1.000 on the other samples and MobileNetV3Small; affine activations, whose mean "
     "error is 11-49 % below symmetric ones' on six of them); neither cross-layer equalization nor bias correction lifts every model "
-    "(quantize/onnx.py); int8 (weights only) keeps 0.995 / 1.000 there (benchmarks/quant_defaults.md)"
+    "(quantize/onnx.py), nor quantization-aware fine-tuning on in-class images (quantize/coreml.py); int8 (weights only) "
+    "keeps 0.995 / 1.000 there (benchmarks/quant_defaults.md)"
 )
 INT8_STATIC_OPT_IN = (
     "uint8 activations calibrated on in-class images lose decisions on images outside the classes: top-1 agreement on "
     "them 0.955 on the MobileNet v1 sample (0.930 before its small kernels stayed float; Entropy 0.930, Percentile "
-    "0.920, 16-bit activations 0.950); int8-weights, with float activations, keeps 0.995 there and is the default "
+    "0.920, 16-bit activations 0.950, quantization-aware fine-tuning 0.870-0.955); int8-weights, with float "
+    "activations, keeps 0.995 there and is the default "
     "int8 ONNX file (benchmarks/quant_defaults.md)"
 )
 INT8_DYNAMIC_OPT_IN = (

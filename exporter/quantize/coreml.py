@@ -244,6 +244,19 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image", mo
 # under another name; K = 1-4 gains 4-5 of 200 photos, the size of the swings ACTIVATION_MODE's note describes. The
 # transfer sample already passes at K = 0 and loses 1-2 of 300 digits with any K. Both rankings agree on the first
 # ops (pw_6, pw_9 on v1), but calibration KL is tiny (3e-5 mean on v1) because in-class margins are wide.
+#
+# Quantization-aware fine-tuning, measured and not adopted (2026-12-01, MobileNet v1 sample, quant_defaults' split):
+# the Keras weights distilled (KL to the float model, BN in inference mode, Adam, batches of 128) through fake
+# quantization at every Conv2D / DepthwiseConv2D / Dense input (uint8 affine, ranges from the calibration images),
+# their kernels (int8 symmetric per output channel, straight-through gradient) and the logits; then exported as
+# usual and compared with the ORIGINAL Keras model. Agreement outside the classes, fp32 / W8A8 / ONNX int8-static:
+# before 1.000 / 0.945 / 0.955; 2,048 augmented calibration inputs (distillation_images), 400 steps at 1e-4: 0.965 /
+# 0.940 / 0.950, and 0.870 / 0.870 / 0.870 in a second run of the same recipe (benchmarks/qat_probe.py; TF's
+# multithreaded sums differ run to run and 400 steps amplify it); 300 steps at 2e-5: 0.970 / 0.945 / 0.955; plus 2,048
+# synthetic smooth-noise images (out-of-class stand-ins), 400 steps at 5e-5: 0.960 / 0.955 / 0.955. In-class agreement
+# stayed 0.996-1.000. The fine-tuning moves the float model's own decisions on outside images (their margins are as
+# small as the quantization noise) at least as much as it removes quantization error there: in-class images carry no
+# signal about the outside images' flips.
 def _activation_config(float_ops: list[str], mode: str = ACTIVATION_MODE):
     """int8 activations in ``mode`` (ACTIVATION_MODE: affine) everywhere except around ``float_ops``: the ops whose
     small kernels stay float16 (SMALL_WEIGHT_ELEMENTS) compute in float from float inputs too. Measured on held-out
