@@ -115,6 +115,12 @@ def _wanted(candidates: list, files: tuple[str, ...] | None) -> list:
     return candidates if files is None else [c for c in candidates if c[1] == "fp32" or c[1] in files]
 
 
+def _margins(p: np.ndarray) -> np.ndarray:
+    """Per image, top-1 minus top-2 probability."""
+    top2 = np.sort(p, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None = None, split_seed: int = SPLIT_SEED) -> list[dict]:
     from exporter.convert.coreml import convert, save
     from exporter.loading import load_model
@@ -185,6 +191,9 @@ def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None 
                 "accuracy_change_points": round(100 * (acc - keras_acc), 2),
                 "out_of_class_agreement": round(float((got_out.argmax(1) == ref_out.argmax(1)).mean()), 4),
                 "max_abs_prob": round(float(np.abs(got - ref).max()), 4),
+                "mean_max_abs_prob": round(float(np.abs(got - ref).max(axis=1).mean()), 4),
+                # how close to a tie each image that changed its decision was in Keras (top-1 minus top-2 probability)
+                "flipped_keras_margins": [round(float(m), 3) for m in _margins(ref)[got.argmax(1) != ref.argmax(1)]],
                 "images": len(px),
                 "calibration_images": len(cal_px),
                 "out_of_class_images": len(out_px),
