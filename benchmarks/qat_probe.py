@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.errors import ParityError
     from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing
-    from exporter.quantize.palettize import distillation_images
+    from exporter.quantize.mixed import distillation_images
 
     paths, task = qd.sample_paths(args.model)
     pre = Preprocessing.from_file(paths["preprocessing"])

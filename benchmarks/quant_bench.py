@@ -71,8 +71,9 @@ def _weight_file_bits(path: Path) -> int:
 def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> list[tuple[str, str, float, object]]:
     """(family, file label, bits per weight, build) of every file the benchmark compares, built lazily: the references,
     the shipped 8-bit files, coremltools' and the Fisher palettes at each of BITS, and palette-mixed at each of
-    MIXED_BUDGETS (``mixed_options`` go to palettize.mixed; its per-layer details land in ``details``)."""
+    MIXED_BUDGETS (``mixed_options`` go to mixed.mixed; its per-layer details land in ``details``)."""
     from exporter.quantize import coreml as qc
+    from exporter.quantize import mixed as qm
     from exporter.quantize import palettize as qp
 
     candidates: list[tuple[str, str, float, object]] = [
@@ -90,7 +91,7 @@ def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> lis
         label = f"mixed-{budget:g}"
 
         def build(b=budget, key=label):
-            return qp.mixed(base18, b, sens, details=details.setdefault(key, {}), **mixed_options)
+            return qm.mixed(base18, b, sens, details=details.setdefault(key, {}), **mixed_options)
 
         candidates.append(("mixed bits", label, budget, build))
     return candidates
@@ -127,6 +128,7 @@ def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None 
     from exporter.preprocessing import Preprocessing, resolve
     from exporter.provenance import ModelInfo
     from exporter.quantize import coreml as qc
+    from exporter.quantize import mixed as qm
     from exporter.quantize import palettize as qp
     from exporter.runtime.executor import CoreMLExecutor
 
@@ -157,10 +159,10 @@ def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None 
     sens = qp.weight_sensitivities(base18, loaded.model, qp.fisher(loaded.model, cal))
     fisher_seconds = time.perf_counter() - t0
     matched = f"{len(sens)}/{sum(1 for _ in qc._float_weights(base18))}"
-    probe = qp._KerasProbe(loaded.model, cal)
+    probe = qm._KerasProbe(loaded.model, cal)
     details: dict[str, dict] = {}
 
-    candidates = _wanted(_candidates(fp32, fp16, base18, sens, details, probe=probe, refine_steps=qp.REFINE_STEPS), files)
+    candidates = _wanted(_candidates(fp32, fp16, base18, sens, details, probe=probe, refine_steps=qm.REFINE_STEPS), files)
 
     elements = _weight_elements(base18)
     rows, fp32_bytes = [], None

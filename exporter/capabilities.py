@@ -192,7 +192,7 @@ def _palette(nbits: int, **grouping: Any) -> Transform:
     return lambda m, _ctx, _details: qc.compress(m, spec)
 
 
-# palette-mixed: the average bits stored per conv/dense weight, lookup tables included (palettize.mixed). 4 is issue
+# palette-mixed: the average bits stored per conv/dense weight, lookup tables included (quantize/mixed.py). 4 is issue
 # 18's bar for a small file; the mixed file spends the bits where the measured effect on decisions is largest.
 MIXED_AVERAGE_BITS = 4.0
 
@@ -210,9 +210,9 @@ def _fisher_palette(nbits: int, group_size: int) -> Transform:
 
 def _mixed_palette(average_bits: float) -> Transform:
     def transform(m, ctx: BuildContext, details: dict):
-        from .quantize import palettize
+        from .quantize import mixed
 
-        return palettize.data_aware_mixed(m, average_bits, ctx.model, ctx.calibration, ctx.info.preprocessing.normalize, details)
+        return mixed.data_aware_mixed(m, average_bits, ctx.model, ctx.calibration, ctx.info.preprocessing.normalize, details)
 
     return transform
 

@@ -276,24 +276,24 @@ def test_distillation_set_is_the_calibration_images_then_shifted_jittered_and_mi
     """distillation_images: deterministic and order-free, the originals first, and every augmented copy is what its
     description says, checked against copies built independently (np.pad shifts, pairwise blends solved by least
     squares) with one augmentation on at a time."""
-    from exporter.quantize import palettize as qp
+    from exporter.quantize import mixed as qm
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(5, 6, 7, 3)).astype(np.float32)
-    out = qp.distillation_images(x, 40)
+    out = qm.distillation_images(x, 40)
     assert out.shape == (40, 6, 7, 3) and out.dtype == np.float32
-    assert np.array_equal(out, qp.distillation_images(x[::-1].copy(), 40))  # order-free
-    assert np.array_equal(out, qp.distillation_images(x, 40))  # deterministic
-    assert not np.array_equal(out, qp.distillation_images(x, 40, seed=1))
+    assert np.array_equal(out, qm.distillation_images(x[::-1].copy(), 40))  # order-free
+    assert np.array_equal(out, qm.distillation_images(x, 40))  # deterministic
+    assert not np.array_equal(out, qm.distillation_images(x, 40, seed=1))
     originals = {im.tobytes() for im in x}
-    assert {im.tobytes() for im in out[:5]} == originals and len(qp.distillation_images(x, 3)) == 5
+    assert {im.tobytes() for im in out[:5]} == originals and len(qm.distillation_images(x, 3)) == 5
     assert all(im.tobytes() not in originals for im in out[5:])  # every copy is changed
 
     def only(shift=0, jitter=0.0, mixup=0.0):
-        monkeypatch.setattr(qp, "AUGMENT_SHIFT", shift)
-        monkeypatch.setattr(qp, "AUGMENT_JITTER", jitter)
-        monkeypatch.setattr(qp, "AUGMENT_MIXUP", mixup)
-        return qp.distillation_images(x, 40)[5:]
+        monkeypatch.setattr(qm, "AUGMENT_SHIFT", shift)
+        monkeypatch.setattr(qm, "AUGMENT_JITTER", jitter)
+        monkeypatch.setattr(qm, "AUGMENT_MIXUP", mixup)
+        return qm.distillation_images(x, 40)[5:]
 
     s = 2
     padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
@@ -385,11 +385,12 @@ def _stored_bits_per_weight(mlmodel) -> float:
 
 @pytest.mark.slow
 def test_mixed_bits_count_their_tables_stay_within_the_budget_and_refinement_lowers_the_measured_kl(photos_fp16_ios18, monkeypatch):
-    from exporter.quantize import palettize
-    from exporter.quantize.palettize import _KerasProbe, fisher, mixed, weight_sensitivities
+    from exporter.quantize import mixed as mixed_module
+    from exporter.quantize.mixed import _KerasProbe, mixed
+    from exporter.quantize.palettize import fisher, weight_sensitivities
 
-    monkeypatch.setattr(palettize, "REFINE_POOL", 64)  # a smaller distillation set than exports use: test time
-    monkeypatch.setattr(palettize, "REFINE_BATCH", 16)
+    monkeypatch.setattr(mixed_module, "REFINE_POOL", 64)  # a smaller distillation set than exports use: test time
+    monkeypatch.setattr(mixed_module, "REFINE_BATCH", 16)
     model, pre, base = photos_fp16_ios18
     pixels, _ = _photo_pixels(pre)
     images = pre.normalize(pixels[:16]).astype(np.float32)

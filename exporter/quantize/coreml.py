@@ -250,7 +250,7 @@ def w8a8(mlmodel, calibration, channel_order: str, input_name: str = "image", mo
 # quantization at every Conv2D / DepthwiseConv2D / Dense input (uint8 affine, ranges from the calibration images),
 # their kernels (int8 symmetric per output channel, straight-through gradient) and the logits; then exported as
 # usual and compared with the ORIGINAL Keras model. Agreement outside the classes, fp32 / W8A8 / ONNX int8-static:
-# before 1.000 / 0.945 / 0.955; 2,048 augmented calibration inputs (distillation_images), 400 steps at 1e-4: 0.965 /
+# before 1.000 / 0.945 / 0.955; 2,048 augmented calibration inputs (mixed.distillation_images), 400 steps at 1e-4: 0.965 /
 # 0.940 / 0.950, and 0.870 / 0.870 / 0.870 in a second run of the same recipe (benchmarks/qat_probe.py; TF's
 # multithreaded sums differ run to run and 400 steps amplify it); 300 steps at 2e-5: 0.970 / 0.945 / 0.955; plus 2,048
 # synthetic smooth-noise images (out-of-class stand-ins), 400 steps at 5e-5: 0.960 / 0.955 / 0.955. In-class agreement
