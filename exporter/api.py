@@ -25,7 +25,7 @@ from .errors import ConfigError, ParityError
 from .labels import check_against_model, check_labels, read_labels
 from .loading import LoadedModel
 from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, source_paths, write_json
-from .preprocessing import Preprocessing, declared_contract, resolve
+from .preprocessing import PRESETS, Preprocessing, declared_contract, resolve
 from .provenance import ModelInfo
 from .quantize.auto import DEFAULT_MAX_ACCURACY_DROP, check_min_target
 from .results import Manifest, Report
@@ -147,7 +147,14 @@ def prepare(
     model_path = Path(model_path)
     steps = steps or Steps(lambda _step: None, 1)
     with steps.step("load model") as note:
-        loaded = load_model(model_path, trust_code=options.trust_code, add_softmax=options.add_softmax)
+        # a contract file or dict is read first: its input_size fixes a model built for any image size
+        early = None if isinstance(preprocessing, str) and preprocessing in PRESETS else declared_contract(preprocessing, (0, 0, 0))
+        loaded = load_model(
+            model_path,
+            trust_code=options.trust_code,
+            add_softmax=options.add_softmax,
+            input_size=early.input_size if early is not None else None,
+        )
         note["detail"] = f"{model_path.name}, {loaded.num_classes} classes"
     if isinstance(labels, (str, os.PathLike)):
         label_list, label_source = read_labels(Path(labels)), str(labels)
@@ -155,7 +162,7 @@ def prepare(
         label_list, label_source = check_labels(list(labels)), "labels"
     check_against_model(label_list, loaded.num_classes, source=label_source)
     pre = resolve(
-        declared_contract(preprocessing, loaded.input_shape), loaded.input_shape, loaded.in_model_preprocessing, source=str(model_path)
+        early if early is not None else declared_contract(preprocessing, loaded.input_shape), loaded.input_shape, loaded.in_model_preprocessing, source=str(model_path)
     )
     check_outputs(loaded.keras_model, loaded.head, pre, model_path)
     export_model, removed = loaded.for_export()

@@ -37,7 +37,7 @@ def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
     from .packaging import find_source_model
 
     source = Path(model_path) if model_path else find_source_model(manifest, root)
-    loaded = load_model(source, trust_code=trust_code, add_softmax=recorded_add_softmax(manifest))
+    loaded = load_model(source, trust_code=trust_code, add_softmax=recorded_add_softmax(manifest), input_size=pre.input_size)
     if loaded.sha256 != manifest["source"]["sha256"]:
         raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})", path=source)
     return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]), loaded=loaded)

@@ -40,9 +40,13 @@ def consumers(model) -> dict[int, list[tuple[Any, Any]]]:
 
 
 def first_input_shape(layer) -> tuple | None:
-    """The input shape of ``layer``'s first call (None when it was never called in a graph)."""
+    """The input shape of ``layer``'s first call with a fully known shape (batch aside), else of its first call
+    (None when it was never called in a graph). A model built for any image size and then called on a fixed one
+    (loading.with_input_size) has both calls."""
+    shapes = []
     for node in inbound_nodes(layer):
         inputs, _ = node_tensors(node)
         if inputs:
-            return tuple(inputs[0].shape)
-    return None
+            shapes.append(tuple(inputs[0].shape))
+    fixed = [s for s in shapes if all(d is not None for d in s[1:])]
+    return (fixed or shapes or [None])[0]

@@ -224,20 +224,25 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
     return fmt
 
 
-def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool = False) -> LoadedModel:
+def load_model(
+    path: str | Path, *, trust_code: bool = False, add_softmax: bool = False, input_size: tuple[int, int] | None = None
+) -> LoadedModel:
     """Load a Keras image classifier in inference mode without running code from the file.
 
     ``add_softmax``: the model ends in logits; the reference (``.model``) gets a softmax appended (for one output
-    unit, a sigmoid and ``[1 - p, p]``). See heads.py."""
+    unit, a sigmoid and ``[1 - p, p]``). See heads.py.
+    ``input_size``: (height, width) from the preprocessing contract, for a model built without a fixed height and
+    width (``Input((None, None, 3))``); the model is then called on an input of that size (see ``with_input_size``)."""
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)
     keras = import_keras()
 
     try:
         if fmt == "saved_model":
-            model = _wrap_saved_model(path)
+            model = _wrap_saved_model(path, input_size)
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
+            model = with_input_size(model, input_size, path)
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
@@ -266,7 +271,33 @@ def load_model(path: str | Path, *, trust_code: bool = False, add_softmax: bool 
     )
 
 
-def _wrap_saved_model(path: Path):
+def _has_free_side(shape) -> bool:
+    return len(shape) == 4 and (shape[1] is None or shape[2] is None)
+
+
+def with_input_size(model, input_size: tuple[int, int] | None, path: Path):
+    """``model`` itself when its input height and width are fixed (or ``input_size`` is None: describe_classifier then
+    refuses it with the remedy); otherwise the same layers and weights called on an input of ``input_size``, so every
+    layer has a static shape for the converters and for the inference no-op probes. A fixed side must match."""
+    keras = import_keras()
+
+    if input_size is None or len(model.inputs) != 1 or not _has_free_side(tuple(model.inputs[0].shape)):
+        return model
+    source = model.inputs[0]
+    shape = tuple(source.shape)
+    for axis, side in zip((1, 2), input_size, strict=True):
+        if shape[axis] is not None and int(shape[axis]) != int(side):
+            raise NotAClassifierError(
+                f"model input shape is {shape}; the preprocessing input_size {list(input_size)} does not fit it", path=path
+            )
+    fixed = keras.Input((int(input_size[0]), int(input_size[1]), shape[3]), dtype=source.dtype, name=source.name)
+    try:  # the layers are shared, not copied: the weights are the file's; Sequential and Functional graphs are re-run
+        return keras.models.clone_model(model, input_tensors=fixed, clone_function=lambda layer: layer)
+    except ValueError:  # a subclassed model: called as one layer on the fixed input
+        return keras.Model(fixed, model(fixed), name=model.name)
+
+
+def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None):
     keras = import_keras()
 
     with translating(ModelLoadError, "SavedModel could not be loaded", path=path):
@@ -282,7 +313,10 @@ def _wrap_saved_model(path: Path):
     outputs = fn.structured_outputs
     if len(outputs) != 1:
         raise NotAClassifierError(f"SavedModel serving signature has {len(outputs)} outputs; expected one probability vector", path=path)
-    inputs = keras.Input(tuple(shape[1:]), name="image")
+    dims = list(shape[1:])
+    if input_size is not None and len(dims) == 3:
+        dims[:2] = [side if side is not None else fixed for side, fixed in zip(dims[:2], input_size, strict=True)]
+    inputs = keras.Input(tuple(dims), name="image")
     out = layer(inputs)
     if isinstance(out, dict):
         out = next(iter(out.values()))
@@ -299,7 +333,9 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
         raise NotAClassifierError(
-            f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width", path=path
+            f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width", path=path,
+            hint="a model built for any image size (Input((None, None, 3))) is exported at the size of a --preprocessing JSON "
+            "file's input_size" if _has_free_side(shape) and shape[3] in (1, 3) else None,
         )
     if not all(MIN_SIDE <= int(side) <= MAX_SIDE for side in shape[1:3]):
         raise NotAClassifierError(

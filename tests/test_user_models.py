@@ -1,0 +1,73 @@
+"""Models the way users build them, outside the keras.applications families and the layer zoo: each one a case the
+exploratory hunt found broken, exported and validated end to end on real held-out digits. The models are tiny (32 px,
+one or two convolutions) and trained a few epochs on scikit-learn's digits, so their outputs depend on the input."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import SAMPLES
+
+from exporter.api import ExportOptions, export, validate
+from exporter.errors import NotAClassifierError
+from sample_models.data import digits_arrays, digits_split, render_digit
+
+SIZE = 32
+DIGITS = SAMPLES / "heldout" / "digits"
+TF_CONTRACT = {"input_size": [SIZE, SIZE], "scale": [1 / 127.5], "bias": [-1.0]}
+FAST = ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",))
+
+
+def _digits(size=(SIZE, SIZE)):
+    """Training digits (never the held-out ones) as RGB float32 on 0..255, with their labels."""
+    images, labels = digits_arrays()
+    train, _ = digits_split()
+    x = np.stack([np.asarray(render_digit(images[i], size).convert("RGB")) for i in train])
+    return x.astype("float32"), labels[train]
+
+
+def _save(model, folder, x, y, epochs=6):
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    return folder / "model.keras", folder / "labels.txt"
+
+
+@pytest.fixture(scope="module")
+def any_size_model(tmp_path_factory):
+    """Built for any image size (Input((None, None, 3))), an augmentation layer in front: the common way to write a
+    fully convolutional classifier. Trained at 32 px."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = keras.Sequential(
+        [
+            keras.Input((None, None, 3)),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+            keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    return _save(model, tmp_path_factory.mktemp("any_size"), x / 127.5 - 1, y)
+
+
+def test_any_size_model_exports_at_the_contract_size_and_passes_parity(any_size_model, tmp_path):
+    model, labels = any_size_model
+    manifest = export(model, labels, tmp_path / "out", preprocessing=TF_CONTRACT, options=FAST)
+    assert manifest["preprocessing"]["input_size"] == [SIZE, SIZE]
+    assert [r["class"] for r in manifest["inference_model"]["removed_layers"]] == ["RandomFlip"]
+    report = validate(tmp_path / "out", DIGITS)  # reloads the model at the manifest's size
+    assert report.passed
+    assert len(report["artifacts"]) == 2 and all(a["status"] == "passed" for a in report["artifacts"])
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3  # trained: its outputs depend on the image
+
+
+def test_any_size_model_without_a_size_is_refused_with_the_remedy(any_size_model, tmp_path):
+    model, labels = any_size_model
+    with pytest.raises(NotAClassifierError, match="fixed height and width.*input_size"):
+        export(model, labels, tmp_path / "out", preprocessing="tf", options=FAST)
+    assert not (tmp_path / "out").exists()
