@@ -162,7 +162,10 @@ def prepare(
         label_list, label_source = check_labels(list(labels)), "labels"
     check_against_model(label_list, loaded.num_classes, source=label_source)
     pre = resolve(
-        early if early is not None else declared_contract(preprocessing, loaded.input_shape), loaded.input_shape, loaded.in_model_preprocessing, source=str(model_path)
+        early if early is not None else declared_contract(preprocessing, loaded.input_shape),
+        loaded.input_shape,
+        loaded.in_model_preprocessing,
+        source=str(model_path),
     )
     check_outputs(loaded.keras_model, loaded.head, pre, model_path)
     export_model, removed = loaded.for_export()
