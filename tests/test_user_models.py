@@ -71,3 +71,26 @@ def test_any_size_model_without_a_size_is_refused_with_the_remedy(any_size_model
     with pytest.raises(NotAClassifierError, match="fixed height and width.*input_size"):
         export(model, labels, tmp_path / "out", preprocessing="tf", options=FAST)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def uint8_model(tmp_path_factory):
+    """Takes uint8 pixels (``Input(dtype="uint8")``) and scales them itself: the Core ML conversion used to stop at
+    the model's cast of its input to uint8."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(h)
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    return _save(keras.Model(inputs, outputs), tmp_path_factory.mktemp("uint8"), x.astype("uint8"), y)
+
+
+def test_uint8_input_model_converts_to_core_ml_and_passes_parity(uint8_model, tmp_path):
+    model, labels = uint8_model
+    options = ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp32",))
+    export(model, labels, tmp_path / "out", preprocessing=None, options=options)  # its Rescaling is the contract
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 2
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3

@@ -72,7 +72,7 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
 
     tf_ops.register()
     image, multiplier = _image_input(info.preprocessing)
-    source = for_conversion(rewrite.for_converters(model), multiplier, INPUT_NAME)
+    source = for_conversion(rewrite.integer_input_as_float(rewrite.for_converters(model)), multiplier, INPUT_NAME)
     kwargs: dict[str, Any] = dict(
         source="tensorflow",
         inputs=[image],

@@ -9,6 +9,12 @@ kernel reordered (output channel ``c * m + k`` is input channel ``c``'s
 ``k``-th filter in both layouts); any other group count becomes one ``Conv2D`` per group on its channel slice,
 concatenated. Both are the same arithmetic, weight for weight.
 
+An integer image input (``keras.Input(dtype="uint8")``): the model casts the float image it is given to uint8 first, a
+cast Core ML has no type for ("Cast: Provided destination type uint8 not supported"), so for Core ML the model is
+called on a float32 input instead (``integer_input_as_float``). A Core ML image input holds whole pixel values 0..255,
+which the cast leaves unchanged, so the model computes the same numbers; its first layers cast to their own float
+type either way. ONNX keeps the cast (it has uint8).
+
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
 """
@@ -95,3 +101,19 @@ def for_converters(model):
     if not isinstance(model, (Functional, keras.Sequential)):
         return model  # a subclassed model cannot be rebuilt layer by layer; the converter reports what it meets
     return keras.models.clone_model(model, clone_function=clone)
+
+
+def integer_input_as_float(model):
+    """``model`` called on a float32 input when its input is an integer type (the same layers and weights), else
+    ``model`` itself. Exact for whole pixel values in the integer type's range (see the module docstring)."""
+    import keras
+
+    if len(model.inputs) != 1 or not keras.backend.is_int_dtype(model.inputs[0].dtype):
+        return model
+    source = model.inputs[0]
+    inputs = keras.Input(tuple(source.shape[1:]), dtype="float32", name=source.name)
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, (Functional, keras.Sequential)):
+        return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
+    return model  # a subclassed model's call() is code: the converter reports what it meets
