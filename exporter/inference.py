@@ -260,19 +260,51 @@ def _noop_layers(model, prefix: str = "") -> list[tuple[str, Any]]:
     return found
 
 
+# The side given to an axis of unknown size (a nested model built for any image size, Input((None, None, 3))) when a
+# no-op layer is probed: what these layers do at inference does not depend on the image size, RandomCrop's crop aside,
+# so a probe of at least the crop size shows it.
+PROBE_SIDE = 32
+
+
+_IDENTITY: list[type] = []
+
+
+def _identity_class() -> type:
+    """keras.layers.Identity that also takes the ``training`` argument the removed layer was called with: a nested
+    model built for any image size re-runs its graph with each node's recorded arguments when it is called on a fixed
+    size, and stock Identity refuses ``training``."""
+    if not _IDENTITY:
+        import keras
+
+        class InferenceIdentity(keras.layers.Identity):
+            def call(self, inputs, training=None):
+                return inputs
+
+            def compute_output_spec(self, inputs, training=None):
+                return super().compute_output_spec(inputs)
+
+        _IDENTITY.append(InferenceIdentity)
+    return _IDENTITY[0]
+
+
+def _probe_sides(layer, dims) -> tuple[int, ...]:
+    least = max(PROBE_SIDE, int(getattr(layer, "height", 0) or 0), int(getattr(layer, "width", 0) or 0))
+    return tuple(int(d) if d is not None else least for d in dims)
+
+
 def _replacement(path: str, layer):
     """The stock layer that computes what ``layer`` computes at inference, with a description; checked on a probe."""
     import keras
 
     shape = first_input_shape(layer)
-    if shape is None or any(d is None for d in shape[1:]):
+    if shape is None or len(shape) < 2 or shape[-1] is None:
         raise ConversionError(
-            f"layer {path!r} ({_class_name(layer)}) has no fixed input shape, so the exporter cannot check what it computes at inference"
+            f"layer {path!r} ({_class_name(layer)}) has no known input shape, so the exporter cannot check what it computes at inference"
         )
-    probe = np.random.default_rng(0).uniform(0, 255, size=(1, *shape[1:])).astype("float32")
+    probe = np.random.default_rng(0).uniform(0, 255, size=(1, *_probe_sides(layer, shape[1:]))).astype("float32")
     out = np.asarray(layer(probe, training=False))
     if out.shape == probe.shape and np.array_equal(out, probe):
-        return keras.layers.Identity(name=layer.name), "identity"
+        return _identity_class()(name=layer.name), "identity"
     if _class_name(layer) == "RandomCrop":
         # Keras documents a centre crop to the target aspect ratio and a resize at inference (older releases do it)
         crop = keras.layers.Resizing(layer.height, layer.width, crop_to_aspect_ratio=True, name=layer.name)
