@@ -18,14 +18,16 @@ from sample_models import layer_zoo
 
 pytestmark = pytest.mark.slow
 
-# (layer, format) pairs a converter refuses today -> a fragment the error must contain besides the format. The two
-# bilinear resizes need the NeuralNetwork Upsample "align corners" mode, which coremltools only writes for iOS 14
-# (spec 5) while .mlmodel files target iOS 13; coremltools' message names the feature, not the layer (a gap: the
-# exporter cannot map it back to a layer).
-UNSUPPORTED: dict[tuple[str, str], str] = {
-    ("upsampling_bilinear", "mlmodel"): "Upsample operation with Align Corners mode",
-    ("resizing", "mlmodel"): "Upsample operation with Align Corners mode",
+# (layer, format) pairs a converter refuses today -> a fragment the error must contain besides the format. None now.
+UNSUPPORTED: dict[tuple[str, str], str] = {}
+# (layer, format) pairs whose file needs a newer target than the format's default: the two bilinear resizes need the
+# NeuralNetwork Upsample "align corners" mode, which coremltools only writes for iOS 14 (spec 5), so their .mlmodel
+# files are converted for iOS 14 instead of the default iOS 13 (convert/coreml.py, _newer_target_needed).
+NEWER_TARGET: dict[tuple[str, str], str] = {
+    ("upsampling_bilinear", "mlmodel"): "iOS14",
+    ("resizing", "mlmodel"): "iOS14",
 }
+DEFAULT_TARGET = {"mlpackage": "iOS15", "mlmodel": "iOS13"}
 FORMATS = ("mlpackage", "mlmodel", "onnx")
 FORMAT_WORDS = {"mlpackage": "mlprogram", "mlmodel": "neuralnetwork", "onnx": "ONNX"}
 # fp32 parity on this many held-out digits (every class, several sizes and file types): the gate is the same 1e-5 as
@@ -103,6 +105,9 @@ def test_layer_converts_with_fp32_parity_or_is_named(name, tmp_path, zoo_images)
         assert expected in text and FORMAT_WORDS[fmt] in text, text
     out, manifest = _export(model_path, tmp_path, tuple(converting), entry.needs_trust)
     assert sorted(a["format"] for a in manifest["artifacts"]) == sorted(converting)
+    for a in manifest["artifacts"]:
+        if a["format"] in DEFAULT_TARGET:
+            assert a["minimum_deployment_target"] == NEWER_TARGET.get((name, a["format"]), DEFAULT_TARGET[a["format"]])
     report = exporter.validate(out, zoo_images, trust_code=entry.needs_trust)  # raises ParityError on a failed gate
     assert report["passed"] and report["images"] == ZOO_IMAGES
     assert all(a["status"] == "passed" for a in report["artifacts"]), report["artifacts"]

@@ -4,6 +4,7 @@ metadata Xcode shows."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,14 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         kwargs["minimum_deployment_target"] = getattr(ct.target, target or NEURALNETWORK_TARGET)
     try:
         with translating(ConversionError, f"coremltools could not convert the model to {backend}", path=info.source_file):
-            return ct.convert(source, **kwargs)
+            try:
+                return ct.convert(source, **kwargs)
+            except Exception as exc:
+                newer = _newer_target_needed(exc) if target is None else None
+                if newer is None:
+                    raise
+                kwargs["minimum_deployment_target"] = getattr(ct.target, newer)
+                return ct.convert(source, **kwargs)
     except ConversionError as exc:
         from .naming import describe_failure
 
@@ -98,6 +106,18 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         raise ConversionError(
             f"coremltools could not convert the model to {backend}{where}: {first_line(exc.__cause__ or exc)}", path=info.source_file
         ) from exc.__cause__
+
+
+# coremltools refuses a model that needs a newer file version than the default target (a NeuralNetwork file's bilinear
+# resize with aligned corners, Keras' Resizing and UpSampling2D(interpolation="bilinear"), needs version 5, iOS 14);
+# the message names the version. The file is then converted for the oldest target that has the feature, which its
+# manifest entry, its checks and its Xcode package read back from the file (``deployment_target``).
+_NEEDS_VERSION = re.compile(r"available from version (\d+) onwards")
+
+
+def _newer_target_needed(exc: BaseException) -> str | None:
+    found = _NEEDS_VERSION.search(str(exc))
+    return SPEC_VERSION_TO_TARGET.get(int(found.group(1))) if found else None
 
 
 def convert_base(ctx: BuildContext, fmt: Format, base: Base):
