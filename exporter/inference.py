@@ -2,9 +2,10 @@
 nothing at inference, removed.
 
 ``detect_preprocessing`` follows the input through the layers before the first one with weights (into nested models,
-at any depth, past shape-preserving no-ops) and composes every Rescaling and Normalization it meets into one affine
-contract on 0..255 pixels: ``y[c] = x[c] * scale[c] + bias[c]``. The exported files still feed the model raw pixels
-(``in_model: true``), so this is never applied twice; the composition is what the manifest reports.
+at any depth, past shape-preserving no-ops and past resizes and crops, which commute with it) and composes every
+Rescaling and Normalization it meets into one affine contract on 0..255 pixels: ``y[c] = x[c] * scale[c] + bias[c]``.
+The exported files still feed the model raw pixels (``in_model: true``), so this is never applied twice; the
+composition is what the manifest reports.
 
 ``strip_inference_noops`` is a pure transform: a new model (sharing the original's layers and weights) in which
 every augmentation, dropout and noise layer is the identity. Each such layer is checked on a probe tensor first: one
@@ -59,6 +60,11 @@ INFERENCE_NOOP_CLASSES = (
 )
 # Layers the input may pass on its way to the first weighted layer without its values changing.
 _PASS_THROUGH_CLASSES = ("InputLayer", "Identity")
+# Layers that move or resample pixels within each channel, every output pixel a combination of the input's with weights
+# summing to one: a per-channel affine map commutes with them, so a Rescaling or Normalization after one (a model that
+# takes any photo size and resizes it first) is still the model's preprocessing of its raw pixels. Resizing is one
+# only without pad_to_aspect_ratio (the padding is a constant, which the affine map would move).
+_COMMUTING_CLASSES = ("Resizing", "CenterCrop", "Cropping2D")
 # A no-op layer must return its probe bit for bit; a crop/resize replacement is compared after float32 resampling.
 RESIZE_EQUIVALENCE_TOLERANCE = 1e-4
 
@@ -105,6 +111,8 @@ def _is_pass_through(layer) -> bool:
     name = _class_name(layer)
     if name in _PASS_THROUGH_CLASSES or name in INFERENCE_NOOP_CLASSES:
         return True
+    if name in _COMMUTING_CLASSES:
+        return not getattr(layer, "pad_to_aspect_ratio", False)
     if isinstance(layer, keras.layers.Activation):
         return keras.activations.serialize(layer.activation) == "linear"
     return False

@@ -113,3 +113,40 @@ def test_noops_inside_an_any_size_backbone_are_removed_exactly():
     assert sorted((r.class_name, r.layer.startswith("backbone/")) for r in removed) == [("Dropout", False), ("RandomFlip", True)]
     x = _digits()[0][:16] / 127.5 - 1
     np.testing.assert_array_equal(np.asarray(stripped(x)), np.asarray(model(x, training=False)))
+
+
+@pytest.mark.parametrize(
+    "front",
+    [
+        lambda: keras.layers.Resizing(SIZE, SIZE),
+        lambda: keras.layers.CenterCrop(SIZE, SIZE),
+        lambda: keras.layers.Cropping2D(((10, 6), (8, 8))),
+    ],
+    ids=["resizing", "center_crop", "cropping"],
+)
+def test_rescaling_after_a_resize_or_crop_is_found_as_the_models_preprocessing(front, tmp_path):
+    """A model that takes larger photos and resizes or crops them before its own Rescaling: the Rescaling is still its
+    preprocessing of raw pixels (it commutes with the resize), so no contract needs declaring."""
+    from exporter.api import prepare
+
+    inputs = keras.Input((48, 48, 3))
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit")(front()(inputs))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(h))
+    model_path, labels = tmp_path / "model.keras", tmp_path / "labels.txt"
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h)).save(model_path)
+    labels.write_text("".join(f"{i}\n" for i in range(10)))
+    prepared = prepare(model_path, labels, preprocessing=None, options=FAST)
+    assert prepared.info.preprocessing.in_model and prepared.info.preprocessing.input_size == (48, 48)
+    found = prepared.loaded.in_model
+    assert found.layers == ("to_unit",)
+    np.testing.assert_allclose(found.scale, [1 / 127.5] * 3)
+    np.testing.assert_allclose(found.bias, [-1.0] * 3)
+
+
+def test_a_resize_that_pads_is_not_passed():
+    """Resizing(pad_to_aspect_ratio=True) fills with a constant the Rescaling after it would move: not commuting."""
+    from exporter.inference import detect_preprocessing
+
+    inputs = keras.Input((48, 32, 3))
+    h = keras.layers.Rescaling(1 / 255)(keras.layers.Resizing(SIZE, SIZE, pad_to_aspect_ratio=True)(inputs))
+    assert not detect_preprocessing(keras.Model(inputs, keras.layers.Conv2D(4, 3)(h)))
