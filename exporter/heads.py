@@ -29,6 +29,10 @@ SIGMOID_RANGE_TOLERANCE = 1e-6
 # Probe images: random pixels plus an all-black and an all-white image, so both ends of the pixel range are seen.
 PROBE_RANDOM_IMAGES = 4
 PROBE_SEED = 0
+# Last activations whose outputs a softmax turns into the model's class probabilities: none (logits), log_softmax
+# (softmax(log_softmax(z)) = softmax(z)), an activation the layers do not show (None), and softmax itself, which
+# check_outputs refuses with its own reason (already probabilities).
+LOGIT_ACTIVATIONS = ("linear", "log_softmax", "softmax", None)
 ADD_SOFTMAX_HINT = "if it ends in logits (trained with from_logits=True), pass --add-softmax (add_softmax=True)"
 
 
@@ -83,6 +87,20 @@ def final_activation(model) -> str | None:
 def plan(units: int, activation: str | None, add_softmax: bool, path: Path | str) -> Head:
     """The head for a model with ``units`` outputs whose last activation is ``activation``."""
     if units >= 2:
+        if activation == "sigmoid":
+            raise NotAClassifierError(
+                f"the model ends in {units} sigmoid units, a multi-label head (each unit its own probability), not one "
+                "probability vector over its classes; a softmax over them would not give the model's answers",
+                path=path,
+                hint="the exporter takes single-label classifiers (softmax, or logits with --add-softmax) and binary ones "
+                "ending in Dense(1, activation='sigmoid')",
+            )
+        if add_softmax and activation not in LOGIT_ACTIVATIONS:
+            raise NotAClassifierError(
+                f"--add-softmax was given but the model's last activation is {activation!r}: its outputs are not logits, "
+                "and a softmax over them would not be the model's class probabilities",
+                path=path,
+            )
         return Head("logits" if add_softmax else "probabilities", units, add_softmax)
     if activation == "sigmoid":
         if add_softmax:

@@ -150,3 +150,39 @@ def test_a_resize_that_pads_is_not_passed():
     inputs = keras.Input((48, 32, 3))
     h = keras.layers.Rescaling(1 / 255)(keras.layers.Resizing(SIZE, SIZE, pad_to_aspect_ratio=True)(inputs))
     assert not detect_preprocessing(keras.Model(inputs, keras.layers.Conv2D(4, 3)(h)))
+
+
+def _head_model(tmp_path, activation, units=3):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(units, activation=activation)(h)).save(tmp_path / "model.keras")
+    return tmp_path / "model.keras"
+
+
+@pytest.mark.parametrize("add_softmax", [False, True])
+def test_multi_label_sigmoid_head_is_refused_as_such(tmp_path, add_softmax):
+    """Dense(N, sigmoid): N independent probabilities. --add-softmax used to accept it (its rows do not sum to one)
+    and export softmax(sigmoid(z)), a file that silently answers something else than the model."""
+    options = ExportOptions(formats=("onnx",), variants=("fp32",), add_softmax=add_softmax)
+    with pytest.raises(NotAClassifierError, match="3 sigmoid units, a multi-label head"):
+        export(_head_model(tmp_path, "sigmoid"), ["a", "b", "c"], tmp_path / "out", preprocessing="tf", options=options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "softplus"])
+def test_add_softmax_after_a_non_logit_activation_is_refused(tmp_path, activation):
+    options = ExportOptions(formats=("onnx",), variants=("fp32",), add_softmax=True)
+    with pytest.raises(NotAClassifierError, match=f"last activation is '{activation}'"):
+        export(_head_model(tmp_path, activation), ["a", "b", "c"], tmp_path / "out", preprocessing="tf", options=options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_add_softmax_after_log_softmax_gives_the_models_probabilities(tmp_path):
+    """softmax(log_softmax(z)) = softmax(z): a log-probability head with --add-softmax is the model's distribution."""
+    from exporter.api import prepare
+
+    options = ExportOptions(formats=("onnx",), variants=("fp32",), add_softmax=True)
+    prepared = prepare(_head_model(tmp_path, "log_softmax"), ["a", "b", "c"], preprocessing="tf", options=options)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, SIZE, SIZE, 3)).astype("float32")
+    keras_model = prepared.loaded.keras_model
+    np.testing.assert_allclose(np.asarray(prepared.loaded.model(x)), np.exp(np.asarray(keras_model(x))), rtol=1e-5, atol=1e-7)
