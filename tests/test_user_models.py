@@ -186,3 +186,19 @@ def test_add_softmax_after_log_softmax_gives_the_models_probabilities(tmp_path):
     x = np.random.default_rng(0).uniform(-1, 1, (4, SIZE, SIZE, 3)).astype("float32")
     keras_model = prepared.loaded.keras_model
     np.testing.assert_allclose(np.asarray(prepared.loaded.model(x)), np.exp(np.asarray(keras_model(x))), rtol=1e-5, atol=1e-7)
+
+
+def test_kl_is_never_negative_and_matches_scipy():
+    """Probability rows from float32 files sum to one only within rounding; the reported KL used to be negative
+    (-1e-10) for files equal to the model. scipy.stats.entropy normalises both rows, as KL's definition needs."""
+    from scipy.stats import entropy
+
+    from exporter.validation.accumulate import kl_divergence
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), size=200).astype(np.float32)
+    q = (p * (1 + rng.normal(0, 1e-6, p.shape))).astype(np.float32)  # nearly equal, each row off one by rounding
+    q[:50] = rng.dirichlet(np.ones(10), size=50)  # and some far apart
+    kl = kl_divergence(p, q)
+    assert (kl >= 0).all()
+    np.testing.assert_allclose(kl, entropy(p.astype(np.float64), q.astype(np.float64), axis=1), rtol=1e-6, atol=1e-12)
