@@ -202,3 +202,48 @@ def test_kl_is_never_negative_and_matches_scipy():
     kl = kl_divergence(p, q)
     assert (kl >= 0).all()
     np.testing.assert_allclose(kl, entropy(p.astype(np.float64), q.astype(np.float64), axis=1), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "message, target",
+    [  # coremltools 9's two wordings (converters/mil/_deployment_compatibility.py)
+        (
+            "Provided minimum deployment target requires model to be of version 4 but converted model uses following "
+            "features which are available from version 5 onwards. Please use a higher minimum deployment target",
+            "iOS14",
+        ),
+        (
+            "Provided deployment target requires model to be of version 4 but converted model has version 5 suitable for later releases",
+            "iOS14",
+        ),
+        ("Conversion for TF op 'Foo' not implemented", None),
+    ],
+)
+def test_newer_neuralnetwork_target_is_read_from_either_message(message, target):
+    from exporter.convert.coreml import _newer_target_needed
+
+    assert _newer_target_needed(ValueError(message)) == target
+
+
+@pytest.fixture(scope="module")
+def caffe_ops_model(tmp_path_factory):
+    """keras.applications.resnet50.preprocess_input called on the Input (channel reversal and ImageNet mean as Keras
+    ops in the graph, no Lambda), as transfer-learning tutorials write it; declared contract: raw pixels."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.applications.resnet50.preprocess_input(inputs) / 64.0
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(h)
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    return _save(keras.Model(inputs, outputs), tmp_path_factory.mktemp("caffe_ops"), x, y)
+
+
+def test_channel_reversal_in_the_model_exports_to_mlmodel_for_ios14(caffe_ops_model, tmp_path):
+    model, labels = caffe_ops_model
+    raw = {"input_size": [SIZE, SIZE], "scale": [1.0], "bias": [0.0]}
+    options = ExportOptions(formats=("mlmodel",), variants=("fp32",))
+    manifest = export(model, labels, tmp_path / "out", preprocessing=raw, options=options)
+    assert [a["minimum_deployment_target"] for a in manifest["artifacts"]] == ["iOS14"]
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and report["artifacts"][0]["against_labels"]["accuracy"] > 0.3

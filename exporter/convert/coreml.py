@@ -110,9 +110,11 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
 
 # coremltools refuses a model that needs a newer file version than the default target (a NeuralNetwork file's bilinear
 # resize with aligned corners, Keras' Resizing and UpSampling2D(interpolation="bilinear"), needs version 5, iOS 14);
-# the message names the version. The file is then converted for the oldest target that has the feature, which its
-# manifest entry, its checks and its Xcode package read back from the file (``deployment_target``).
-_NEEDS_VERSION = re.compile(r"available from version (\d+) onwards")
+# a channel reversal, x[..., ::-1] as in keras.applications' caffe-style preprocess_input, needs version 5 too, and the
+# message then only names the version the converted model has. The file is then converted for the oldest target that
+# has the feature, which its manifest entry, its checks and its Xcode package read back from the file
+# (``deployment_target``).
+_NEEDS_VERSION = re.compile(r"(?:available from version|converted model has version) (\d+)")
 
 
 def _newer_target_needed(exc: BaseException) -> str | None:
