@@ -127,12 +127,19 @@ def plan(units: int, activation: str | None, add_softmax: bool, path: Path | str
     )
 
 
+# the layers with_head appends, by name
+HEAD_LAYERS = ("exporter_softmax", "exporter_sigmoid", "exporter_one_minus_p", "exporter_binary")
+
+
 def with_head(model, head: Head):
     """``model`` followed by the head's appended layers (the same object when nothing is appended)."""
     import keras
 
     if head.output == "probabilities":
         return model
+    from .convert.prologue import named_apart
+
+    model = named_apart(model, "image", *HEAD_LAYERS)
     inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
     x = model(inputs)
     if head.output == "logits":

@@ -247,3 +247,53 @@ def test_channel_reversal_in_the_model_exports_to_mlmodel_for_ios14(caffe_ops_mo
     assert [a["minimum_deployment_target"] for a in manifest["artifacts"]] == ["iOS14"]
     report = validate(tmp_path / "out", DIGITS)
     assert report.passed and report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+def _small_classifier(inputs, **names):
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name=names.get("conv"))(inputs)
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
+    return keras.layers.Dense(10, activation="softmax", name=names.get("dense"))(keras.layers.GlobalAveragePooling2D()(h))
+
+
+@pytest.fixture(scope="module")
+def reserved_names_model(tmp_path_factory):
+    """A model, its input and its layers named like what the exporter adds (the converters' input ``image``, the
+    outputs ``probabilities`` and ``label``, exporter_* steps). A model named ``image`` stopped every Core ML export
+    (Keras: name used twice, exit 70) and the ONNX file failed its checker (two tensors named ``image``)."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((SIZE, SIZE, 3), name="label")
+    outputs = _small_classifier(inputs, conv="exporter_cast", dense="probabilities")
+    return _save(keras.Model(inputs, outputs, name="image"), tmp_path_factory.mktemp("reserved"), x / 127.5 - 1, y)
+
+
+def test_a_model_named_like_the_exporters_own_tensors_exports_everywhere(reserved_names_model, tmp_path):
+    model, labels = reserved_names_model
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
+    export(model, labels, tmp_path / "out", preprocessing=TF_CONTRACT, options=options)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 3
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+@pytest.fixture(scope="module")
+def float16_output_model(tmp_path_factory):
+    """Built under Keras' mixed_float16 policy without a float32 output layer (the mixed-precision guide's advice the
+    user skipped): its probabilities are float16. The ONNX file failed its checker (float16 into a float output)."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((SIZE, SIZE, 3))
+        model = keras.Model(inputs, _small_classifier(inputs))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.outputs[0].dtype == "float16"
+    return _save(model, tmp_path_factory.mktemp("float16_out"), x / 127.5 - 1, y)
+
+
+def test_float16_output_model_exports_to_onnx_with_float32_probabilities(float16_output_model, tmp_path):
+    model, labels = float16_output_model
+    export(model, labels, tmp_path / "out", preprocessing=TF_CONTRACT, options=ExportOptions(formats=("onnx",), variants=("fp32",)))
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and report["artifacts"][0]["against_labels"]["accuracy"] > 0.3

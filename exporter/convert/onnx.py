@@ -70,6 +70,33 @@ def _settled(proto):
     return GraphUtil.optimize_model_proto(proto)
 
 
+def _is_reserved(name: str) -> bool:
+    return name in (IMAGE_INPUT, PROBS_OUTPUT, LABEL_OUTPUT) or name.startswith("exporter_")
+
+
+def _rename_reserved(g) -> None:
+    """Give the core graph's tensors and nodes that carry a name ``wrap`` adds (tf2onnx names them after Keras layers
+    and models, so a model named ``image`` has a tensor ``image``) a free name, so the wrapped graph stays in single
+    static assignment form."""
+    names = {n for node in g.node for n in (*node.input, *node.output, node.name)}
+    names |= {v.name for v in (*g.input, *g.output, *g.initializer, *g.value_info)}
+    renamed: dict[str, str] = {}
+    for name in sorted(n for n in names if _is_reserved(n)):
+        i = 0
+        while f"core_{name}_{i}" in names:
+            i += 1
+        renamed[name] = f"core_{name}_{i}"
+        names.add(renamed[name])
+    if not renamed:
+        return
+    for node in g.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+        node.name = renamed.get(node.name, node.name)
+    for v in (*g.input, *g.output, *g.initializer, *g.value_info):
+        v.name = renamed.get(v.name, v.name)
+
+
 def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], *, raw_input: bool = True):
     """A new ModelProto: [uint8 image -> cast -> channel order -> scale, bias] -> core -> [probabilities, label]."""
     import onnx
@@ -78,6 +105,7 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
     model = onnx.ModelProto()
     model.CopyFrom(core)
     g = model.graph
+    _rename_reserved(g)
     core_in = g.input[0].name
     core_out = g.output[0].name
     h, w = pre.input_size
@@ -106,8 +134,16 @@ def wrap(core, pre: Preprocessing, labels: list[str], metadata: dict[str, str], 
             prologue.append(helper.make_node("Mul", [x, "exporter_scale"], ["exporter_scaled"], name="exporter_mul"))
             prologue.append(helper.make_node("Add", ["exporter_scaled", "exporter_bias"], [core_in], name="exporter_add"))
     inits.append(numpy_helper.from_array(np.array(labels, dtype=object), LABELS_CONSTANT))
+    # a model whose last layer computes in float16 (Keras' mixed_float16 policy without a float32 output layer) gives
+    # float16 probabilities; the file's output is float32 whatever the model computes in
+    out_type = g.output[0].type.tensor_type.elem_type
+    to_probabilities = (
+        helper.make_node("Identity", [core_out], [PROBS_OUTPUT], name="exporter_probabilities")
+        if out_type == TensorProto.FLOAT
+        else helper.make_node("Cast", [core_out], [PROBS_OUTPUT], to=TensorProto.FLOAT, name="exporter_probabilities")
+    )
     epilogue = [
-        helper.make_node("Identity", [core_out], [PROBS_OUTPUT], name="exporter_probabilities"),
+        to_probabilities,
         helper.make_node("ArgMax", [core_out], ["exporter_top"], axis=1, keepdims=0, name="exporter_argmax"),
         helper.make_node("Gather", [LABELS_CONSTANT, "exporter_top"], [LABEL_OUTPUT], axis=0, name="exporter_label"),
     ]

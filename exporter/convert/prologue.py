@@ -26,9 +26,24 @@ def for_conversion(model, multiplier: list[float] | None, input_name: str = "ima
     import keras
     import numpy as np
 
+    model = named_apart(model, input_name)
     inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name=input_name)
     x = inputs
     if multiplier is not None:
         scale = np.asarray(multiplier, np.float32).reshape(1, 1, 1, len(multiplier))
         x = keras.layers.Rescaling(scale=scale, offset=0.0, name="exporter_channel_scale")(x)
     return keras.Model(inputs, model(x), name=model.name)
+
+
+def named_apart(model, *names: str):
+    """``model``, or the same graph (same layers and weights) under another name when its name is one of ``names``:
+    a wrapper around it names its own input (the converters' ``image``) and layers, and Keras refuses a model in
+    which two layers share a name (a user's model named ``image`` stopped every Core ML export with an internal error,
+    and tf2onnx then wrote two tensors named ``image``)."""
+    import keras
+
+    if model.name not in names:
+        return model
+    taken = set(names) | {layer.name for layer in model.layers}
+    candidates = (f"{model.name}_model_{i}" for i in range(len(taken) + 1))
+    return keras.Model(model.inputs, model.outputs, name=next(c for c in candidates if c not in taken))
