@@ -49,4 +49,5 @@ def first_input_shape(layer) -> tuple | None:
         if inputs:
             shapes.append(tuple(inputs[0].shape))
     fixed = [s for s in shapes if all(d is not None for d in s[1:])]
-    return (fixed or shapes or [None])[0]
+    found = fixed or shapes
+    return found[0] if found else None

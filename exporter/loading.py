@@ -33,6 +33,9 @@ from .safety import (
 from .tfquiet import import_keras
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+ANY_SIZE_HINT = (
+    "a model built for any image size (Input((None, None, 3))) is exported at the size of a --preprocessing JSON file's input_size"
+)
 
 
 @dataclass
@@ -333,9 +336,9 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
         raise NotAClassifierError(
-            f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width", path=path,
-            hint="a model built for any image size (Input((None, None, 3))) is exported at the size of a --preprocessing JSON "
-            "file's input_size" if _has_free_side(shape) and shape[3] in (1, 3) else None,
+            f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width",
+            path=path,
+            hint=ANY_SIZE_HINT if _has_free_side(shape) and shape[3] in (1, 3) else None,
         )
     if not all(MIN_SIDE <= int(side) <= MAX_SIDE for side in shape[1:3]):
         raise NotAClassifierError(
