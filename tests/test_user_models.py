@@ -61,6 +61,7 @@ def any_size_model(tmp_path_factory):
     return _save(model, tmp_path_factory.mktemp("any_size"), x / 127.5 - 1, y)
 
 
+@pytest.mark.slow
 def test_any_size_model_exports_at_the_contract_size_and_passes_parity(any_size_model, tmp_path):
     model, labels = any_size_model
     manifest = export(model, labels, tmp_path / "out", preprocessing=TF_CONTRACT, options=FAST)
@@ -93,6 +94,7 @@ def uint8_model(tmp_path_factory):
     return _save(keras.Model(inputs, outputs), tmp_path_factory.mktemp("uint8"), x.astype("uint8"), y)
 
 
+@pytest.mark.slow
 def test_uint8_input_model_converts_to_core_ml_and_passes_parity(uint8_model, tmp_path):
     model, labels = uint8_model
     options = ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp32",))
@@ -239,6 +241,7 @@ def caffe_ops_model(tmp_path_factory):
     return _save(keras.Model(inputs, outputs), tmp_path_factory.mktemp("caffe_ops"), x, y)
 
 
+@pytest.mark.slow
 def test_channel_reversal_in_the_model_exports_to_mlmodel_for_ios14(caffe_ops_model, tmp_path):
     model, labels = caffe_ops_model
     raw = {"input_size": [SIZE, SIZE], "scale": [1.0], "bias": [0.0]}
@@ -267,6 +270,7 @@ def reserved_names_model(tmp_path_factory):
     return _save(keras.Model(inputs, outputs, name="image"), tmp_path_factory.mktemp("reserved"), x / 127.5 - 1, y)
 
 
+@pytest.mark.slow
 def test_a_model_named_like_the_exporters_own_tensors_exports_everywhere(reserved_names_model, tmp_path):
     model, labels = reserved_names_model
     options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
@@ -292,6 +296,7 @@ def float16_output_model(tmp_path_factory):
     return _save(model, tmp_path_factory.mktemp("float16_out"), x / 127.5 - 1, y)
 
 
+@pytest.mark.slow
 def test_float16_output_model_exports_to_onnx_with_float32_probabilities(float16_output_model, tmp_path):
     model, labels = float16_output_model
     export(model, labels, tmp_path / "out", preprocessing=TF_CONTRACT, options=ExportOptions(formats=("onnx",), variants=("fp32",)))
