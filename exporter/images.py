@@ -29,6 +29,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # are allocated; 64 megapixels is above any camera a phone classifier sees and keeps one decode under ~256 MB.
 MAX_PIXELS = 64_000_000
 ALPHA_BACKGROUND = (255, 255, 255)
+# Folder entries that are never images of the data set: macOS writes an AppleDouble "._NAME.jpg" next to every file
+# it copies to a foreign file system, and its zip tool a "__MACOSX" folder of them; editors and VCS leave ".git",
+# ".ipynb_checkpoints" and the like. Anything hidden (a name starting with ".") at any depth is skipped, so a class
+# folder named after such a folder never becomes a label and an AppleDouble stub never fails a whole validation.
+SKIPPED_FOLDERS = ("__MACOSX",)
+# iPhone photos are HEIC (ISO base media files, brand after "ftyp" at byte 4), which Pillow cannot decode without a
+# plugin this project does not install: such a file is refused by name, in a folder too, never skipped silently
+# (a validation on fewer images than the folder holds would read as a pass on all of them).
+HEIF_SUFFIXES = (".heic", ".heif")
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+HEIF_ERROR = "HEIC/HEIF images are not supported (no decoder installed); convert it to JPEG or PNG"
 
 
 def _resample(name: str):
@@ -116,11 +127,22 @@ def open_image(path: str | Path):
     except IsADirectoryError as exc:
         raise ImageError("is a directory, not an image file", path=path) from exc
     except UnidentifiedImageError as exc:
+        if _is_heif(path):
+            raise ImageError(HEIF_ERROR, path=path) from exc
         raise ImageError("not an image Pillow can read (unknown format or corrupt header)", path=path) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image is corrupt or truncated: {exc}", path=path) from exc
+
+
+def _is_heif(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
 def load_image(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
@@ -141,14 +163,19 @@ class ImageItem:
 
 
 def list_images(folder: str | Path) -> list[ImageItem]:
-    """Every image under ``folder`` (recursive, sorted); the label is the name of the first sub-folder level."""
+    """Every image under ``folder`` (recursive, sorted); the label is the name of the first sub-folder level.
+    Hidden files and folders (``.DS_Store``, AppleDouble ``._x.jpg``) and ``__MACOSX`` are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError("image folder not found or not a directory", path=folder)
     items = []
     for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") or part in SKIPPED_FOLDERS for part in rel.parts):
+            continue
+        if p.is_file() and p.suffix.lower() in HEIF_SUFFIXES:
+            raise ImageError(HEIF_ERROR + " (or move it out of the image folder)", path=p)
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            rel = p.relative_to(folder)
             items.append(ImageItem(p, rel.parts[0] if len(rel.parts) > 1 else None))
     if not items:
         raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found", path=folder)

@@ -1,0 +1,72 @@
+"""Inputs users hand the CLI besides the model: odd image folders and files (found by an input bug hunt)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exporter.errors import ImageError
+from exporter.images import list_images, load_image
+from exporter.preprocessing import Preprocessing
+
+RGB = Preprocessing((16, 16))
+
+
+def _png(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (9, 7), (value, value, value)).save(path)
+    return path
+
+
+def test_hidden_files_and_macos_folders_are_not_images(tmp_path):
+    # macOS copies leave AppleDouble stubs "._x.png" (not images) beside each file and zips a "__MACOSX" tree of them
+    _png(tmp_path / "cat" / "a.png")
+    _png(tmp_path / "dog" / "b.png")
+    (tmp_path / "cat" / "._a.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(60))
+    (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat" / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    _png(tmp_path / ".thumbnails" / "t.png")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(40))
+    items = list_images(tmp_path)
+    assert [(it.path.name, it.label) for it in items] == [("a.png", "cat"), ("b.png", "dog")]
+
+
+def test_a_folder_given_through_a_hidden_path_still_lists(tmp_path):
+    _png(tmp_path / ".data" / "cat" / "a.png")
+    assert [it.label for it in list_images(tmp_path / ".data")] == ["cat"]
+
+
+def _heic_bytes():
+    # the first box of an iPhone photo: size, "ftyp", major brand "heic", minor version, compatible brands
+    return (24).to_bytes(4, "big") + b"ftypheic" + bytes(4) + b"mif1heic" + bytes(40)
+
+
+def test_heic_file_is_named_as_unsupported(tmp_path):
+    p = tmp_path / "IMG_0001.jpg"  # renamed: the content decides
+    p.write_bytes(_heic_bytes())
+    with pytest.raises(ImageError, match=r"IMG_0001\.jpg: HEIC/HEIF images are not supported"):
+        load_image(p, RGB)
+
+
+def test_heic_in_a_folder_is_refused_not_skipped(tmp_path):
+    _png(tmp_path / "cat" / "a.png")
+    (tmp_path / "cat" / "IMG_0002.HEIC").write_bytes(_heic_bytes())
+    with pytest.raises(ImageError, match=r"IMG_0002\.HEIC: HEIC/HEIF images are not supported"):
+        list_images(tmp_path)
+
+
+def test_multi_frame_images_give_their_first_frame(tmp_path):
+    frames = [Image.new("RGB", (12, 12), c) for c in ((255, 0, 0), (0, 0, 255))]
+    for suffix in (".gif", ".tiff", ".webp"):
+        p = tmp_path / f"anim{suffix}"
+        frames[0].save(p, save_all=True, append_images=frames[1:])
+        px = load_image(p, RGB).astype(int)
+        assert px[..., 0].min() > 200 and px[..., 2].max() < 50, suffix  # red, the first frame
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 3000), (3000, 1)])
+def test_degenerate_sizes_are_resized(tmp_path, size):
+    p = tmp_path / "x.png"
+    Image.new("L", size, 77).save(p)
+    px = load_image(p, RGB)
+    assert px.shape == (16, 16, 3)
+    np.testing.assert_array_equal(px, 77)
