@@ -176,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--description", default="", help="short description written into every file's metadata")
     c.add_argument(
         "--quantize",
+        type=choice("quantize mode", ("all", "auto")),
         choices=("all", "auto"),
         default="all",
         help="all: every selected variant; auto: per format keep only the smallest variant that passes the parity gates on --images",

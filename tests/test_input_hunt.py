@@ -70,3 +70,12 @@ def test_degenerate_sizes_are_resized(tmp_path, size):
     px = load_image(p, RGB)
     assert px.shape == (16, 16, 3)
     np.testing.assert_array_equal(px, 77)
+
+
+def test_quantize_typo_gets_a_suggestion(capsys):
+    from exporter.cli import _parser
+
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["convert", "m.keras", "--labels", "l.txt", "--out", "o", "--quantize", "autp"])
+    assert exc.value.code == 2
+    assert "unknown quantize mode 'autp' (did you mean 'auto'?)" in capsys.readouterr().err
