@@ -7,13 +7,12 @@ the file), so one file copied out of its export still works.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ImageError, ModelLoadError
+from .errors import ConfigError, ConversionError, ImageError, ModelLoadError
 from .packaging import MANIFEST_NAME
 
 ARTIFACT_SUFFIXES = {".mlpackage": "mlpackage", ".mlmodel": "mlmodel", ".onnx": "onnx"}
@@ -29,21 +28,31 @@ class _Target:
 
 def _targets(target: Path) -> list[_Target]:
     if target.is_dir() and target.suffix != ".mlpackage":
-        from .packaging import read_manifest
+        from .packaging import artifact_file, read_manifest
 
+        # the export folder is untrusted: every artifact it lists must stay inside it and be a regular file (a FIFO
+        # would hang onnxruntime's read, a symlink would run a file from elsewhere), as validate requires
         manifest = read_manifest(target)
-        return [_Target(target / a["path"], a["format"], a["variant"], manifest["preprocessing"]) for a in manifest["artifacts"]]
+        return [_Target(artifact_file(target, a), a["format"], a["variant"], manifest["preprocessing"]) for a in manifest["artifacts"]]
     fmt = ARTIFACT_SUFFIXES.get(target.suffix.lower())
     if fmt is None:
         raise ConfigError(f"not an export folder or a {', '.join(ARTIFACT_SUFFIXES)} file", path=target)
+    if fmt != "mlpackage":
+        from .safety import check_regular
+
+        check_regular(target, error=ModelLoadError, what=f"{target.suffix} file")
     manifest_file = target.parent / MANIFEST_NAME
     if manifest_file.is_file():
+        from .errors import ExporterError
+        from .safety import MAX_TEXT_BYTES, load_json, read_regular
+
         try:
-            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            raw = read_regular(manifest_file, error=ConfigError, what="manifest.json", max_bytes=MAX_TEXT_BYTES)
+            manifest = load_json(raw, path=manifest_file, error=ConfigError, what="manifest.json")
             art = next(a for a in manifest["artifacts"] if a["path"] == target.name)
             return [_Target(target, fmt, art["variant"], manifest["preprocessing"])]
-        except (ValueError, KeyError, StopIteration, TypeError):
-            pass  # not this file's manifest: use what the file embeds
+        except (ExporterError, KeyError, StopIteration, TypeError):
+            pass  # not this file's manifest (or not a readable one): use what the file embeds
     return [_Target(target, fmt, "", None)]
 
 
@@ -73,8 +82,10 @@ def _embedded(path: Path, fmt: str) -> dict[str, str]:
 
 
 def _runner(t: _Target):
+    from .labels import check_labels
     from .preprocessing import Preprocessing
     from .runtime import CoreMLRunner, ExecutorRunner, OnnxRunner, embedded_onnx_labels
+    from .safety import load_json
 
     meta = None
     if t.preprocessing is None:
@@ -84,14 +95,17 @@ def _runner(t: _Target):
                 "the file embeds no preprocessing contract (exporter.preprocessing); predict reads files written by `exporter convert`",
                 path=t.path,
             )
-        pre = Preprocessing.from_dict(json.loads(meta["exporter.preprocessing"]), source=str(t.path))
+        embedded = load_json(meta["exporter.preprocessing"], path=t.path, error=ConversionError, what="embedded preprocessing contract")
+        pre = Preprocessing.from_dict(embedded, source=str(t.path))
     else:
         pre = Preprocessing.from_dict(t.preprocessing, source=str(t.path.parent / MANIFEST_NAME))
     if t.format == "onnx":
         return OnnxRunner(t.path, pre), embedded_onnx_labels(t.path), pre
     if platform.system() == "Darwin":
         meta = meta or _embedded(t.path, t.format)
-        labels = json.loads(meta["exporter.labels"])
+        labels = check_labels(
+            load_json(meta.get("exporter.labels", ""), path=t.path, error=ConversionError, what="embedded labels"), source=str(t.path)
+        )
         return CoreMLRunner(t.path, pre, labels), labels, pre
     runner = ExecutorRunner(t.path, pre)
     return runner, list(runner.executor.labels), pre

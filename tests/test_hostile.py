@@ -649,3 +649,35 @@ def test_probabilities_of_the_trusted_saved_model_come_from_its_graph(tmp_path):
     means = np.tile(x.mean(axis=(1, 2)), (1, 4))[:, :10]
     expected = np.exp(means) / np.exp(means).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(probs, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink_out"])
+def test_predict_refuses_an_artifact_that_is_a_fifo_or_points_outside(tmp_path, small_export, kind):
+    # predict ran the manifest's artifact paths as they stood: a FIFO hung onnxruntime's read, a symlink ran a file
+    # from outside the export (validate refused both)
+    from exporter.predict import predict
+
+    export = _copy_export(small_export, tmp_path / "export")
+    onnx_file = next(export.glob("*.onnx"))
+    onnx_file.unlink()
+    if kind == "fifo":
+        _fifo(onnx_file)
+    else:
+        onnx_file.symlink_to(next(small_export[0].glob("*.onnx")))
+    image = next(small_export[1].rglob("*.png"))
+    result = _in_thread(lambda: predict(export, [image]))
+    assert isinstance(result.get("error"), DestinationError), result
+    assert "regular file" in str(result["error"]) if kind == "fifo" else "outside" in str(result["error"])
+
+
+def test_predict_on_a_file_with_a_broken_embedded_contract(tmp_path, capsys, small_export):
+    import onnx
+
+    model = onnx.load(str(next(small_export[0].glob("*.onnx"))))
+    for prop in model.metadata_props:
+        if prop.key == "exporter.preprocessing":
+            prop.value = '{"input_size": [32, 32'
+    lone = tmp_path / "lone.onnx"  # no manifest next to it: predict reads the contract the file embeds
+    onnx.save(model, str(lone))
+    proc, line = _cli(["predict", str(lone), str(next(small_export[1].rglob("*.png")))], capsys)
+    assert proc.returncode == 5 and "lone.onnx" in line and "embedded preprocessing contract is not valid JSON" in line
