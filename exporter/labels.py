@@ -19,8 +19,10 @@ def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = 
             raise LabelsError("a JSON labels file must hold a list of strings", path=source)
         labels = data
     else:
-        body = text[:-1] if text.endswith("\n") else text
-        labels = [line.rstrip("\r") for line in body.split("\n")] if body else []
+        lines = [line.rstrip("\r") for line in text.split("\n")]
+        while lines and not lines[-1].strip():  # the final newline, and blank lines an editor left at the end
+            lines.pop()
+        labels = lines
     return check_labels(labels, source=source)
 
 
@@ -51,6 +53,8 @@ def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
 def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
     raw = read_regular(path, error=LabelsError, what="labels file", max_bytes=MAX_TEXT_BYTES)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LabelsError("labels file is UTF-16 (it starts with a UTF-16 byte order mark); save it as UTF-8", path=path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

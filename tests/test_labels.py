@@ -18,7 +18,8 @@ def test_text_and_json(tmp_path):
         (b"cat\n\ndog\n", "empty"),
         (b"cat\ncat\n", "twice"),
         (b"cat\n", "at least 2"),
-        (b"\xff\xfecat\n", "not UTF-8"),
+        (b"\xff\xfecat\n", "UTF-16"),
+        (b"caf\xe9\ndog\n", "not UTF-8"),
         (b'["cat", 3]', "list of strings"),
         (b'["cat",', "not valid JSON"),
         (b"cat \ndog\n", "spaces"),
@@ -49,3 +50,12 @@ def test_any_text_gives_labels_or_labels_error(text):
     except LabelsError:
         return
     assert len(labels) >= 2 and len(set(labels)) == len(labels) and all(lab.strip() == lab and lab for lab in labels)
+
+
+def test_bom_crlf_and_trailing_blank_lines_are_accepted(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffcat\r\ndog\r\n\r\n  \n\n".encode())
+    assert read_labels(path) == ["cat", "dog"]
+    path.write_bytes(b"cat\r\n\r\ndog\r\n")  # a blank line between labels is still an error: which class is missing?
+    with pytest.raises(LabelsError, match="label 2 is empty"):
+        read_labels(path)
