@@ -65,6 +65,8 @@ def _image_files(images: list[str | os.PathLike]) -> list[Path]:
             files += [it.path for it in list_images(item)]
         elif item.is_file():
             files.append(item)
+        elif item.exists():
+            raise ImageError("is not a regular file (a FIFO, device or socket); expected an image file", path=item)
         else:
             raise ImageError("image not found", path=item)
     return files

@@ -97,6 +97,8 @@ class Preprocessing:
             )
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "bias", bias)
+        if not isinstance(self.notes, str):
+            raise ConfigError(f"preprocessing notes must be a string, got {type(self.notes).__name__}")
         if not isinstance(self.in_model, bool):
             raise ConfigError(f"preprocessing in_model must be true or false, got {self.in_model!r}")
 

@@ -79,3 +79,20 @@ def test_quantize_typo_gets_a_suggestion(capsys):
         _parser().parse_args(["convert", "m.keras", "--labels", "l.txt", "--out", "o", "--quantize", "autp"])
     assert exc.value.code == 2
     assert "unknown quantize mode 'autp' (did you mean 'auto'?)" in capsys.readouterr().err
+
+
+def test_predict_names_an_image_that_is_a_fifo(tmp_path):
+    import os
+
+    from exporter.predict import _image_files
+
+    os.mkfifo(tmp_path / "photo.jpg")
+    with pytest.raises(ImageError, match=r"photo\.jpg: is not a regular file"):
+        _image_files([tmp_path / "photo.jpg"])
+
+
+def test_preprocessing_notes_must_be_text():
+    from exporter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="notes must be a string"):
+        Preprocessing.from_dict({"input_size": [32, 32], "notes": {"a": 1}})
