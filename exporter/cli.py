@@ -260,6 +260,15 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     """One API call per command, its arguments taken from ``args`` by name (exporter/arguments.py)."""
     from .arguments import api_arguments
 
+    json_file = getattr(args, "json", None)
+    if json_file not in (None, "-"):  # a --json FILE that cannot be written, refused before any work
+        from .packaging import check_report_path
+        from .safety import contains
+
+        # convert's JSON may go into the export folder it is about to create
+        if not (args.command == "convert" and contains(Path(args.out), Path(json_file).absolute().parent)):
+            check_report_path(json_file)
+
     if args.command == "xcode":
         import contextlib
 
@@ -314,7 +323,12 @@ def _emit(data: dict, json_target: str | None, table) -> None:
         return
     print(table())
     if json_target:
-        Path(json_target).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        from .errors import DestinationError
+
+        try:
+            Path(json_target).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise DestinationError(f"cannot write the JSON file: {exc.strerror or exc}", path=json_target) from exc
 
 
 def _write_reports(report: dict, args) -> None:
@@ -328,7 +342,7 @@ def _write_reports(report: dict, args) -> None:
 
             html.write(report, args.html)
     except OSError as exc:
-        raise DestinationError(f"cannot write the report: {exc.strerror or exc}", path=exc.filename) from exc
+        raise DestinationError(f"cannot write the report: {exc.strerror or exc}", path=exc.filename or args.html) from exc
 
 
 def main(argv: list[str] | None = None) -> None:

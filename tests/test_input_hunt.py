@@ -96,3 +96,24 @@ def test_preprocessing_notes_must_be_text():
 
     with pytest.raises(ConfigError, match="notes must be a string"):
         Preprocessing.from_dict({"input_size": [32, 32], "notes": {"a": 1}})
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["predict", "no_export", "no.png"]])
+def test_json_file_in_a_missing_folder_is_refused_before_any_work(tmp_path, command):
+    # predict and doctor wrote --json FILE after their work and died with exit 70 (FileNotFoundError) on a bad path
+    from exporter.cli import run
+    from exporter.errors import DestinationError
+
+    with pytest.raises(DestinationError, match="the report's folder does not exist"):
+        run([*command, "--json", str(tmp_path / "missing" / "out.json")])
+
+
+def test_convert_json_may_go_into_the_export_folder(tmp_path):
+    from exporter.cli import run
+    from exporter.errors import ModelLoadError
+
+    out = tmp_path / "out"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    with pytest.raises(ModelLoadError):  # the missing model is the error, not the JSON file's future folder
+        run(["convert", str(tmp_path / "none.keras"), "--labels", str(labels), "--out", str(out), "--json", str(out / "m.json")])
