@@ -58,7 +58,11 @@ def to_canonical_mode(img, channels: int):
             scaled = arr
         else:
             scaled = arr / 257.0
-        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        transparent = img.info.get("transparency")  # a 16-bit PNG's tRNS: one grey value that is fully transparent
+        if isinstance(transparent, int) and not isinstance(transparent, bool):
+            gray[arr == transparent] = round(sum(ALPHA_BACKGROUND) / 3)  # rule 4, as an 8-bit image's tRNS gets
+        img = Image.fromarray(gray, mode="L")
     elif img.mode == "F":
         img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "1":

@@ -117,3 +117,13 @@ def test_convert_json_may_go_into_the_export_folder(tmp_path):
     labels.write_text("a\nb\n")
     with pytest.raises(ModelLoadError):  # the missing model is the error, not the JSON file's future folder
         run(["convert", str(tmp_path / "none.keras"), "--labels", str(labels), "--out", str(out), "--json", str(out / "m.json")])
+
+
+def test_transparent_value_of_a_16_bit_png_is_composited_like_an_8_bit_one(tmp_path):
+    values = np.array([[1000, 2000]], np.uint16).repeat(10, axis=0).repeat(10, axis=1)
+    Image.fromarray(values).save(tmp_path / "g16.png", transparency=1000)
+    Image.fromarray(np.rint(values / 257).astype(np.uint8)).save(tmp_path / "g8.png", transparency=round(1000 / 257))
+    wide = Preprocessing((10, 20), resize="stretch", interpolation="nearest")
+    px16, px8 = load_image(tmp_path / "g16.png", wide), load_image(tmp_path / "g8.png", wide)
+    assert px16[0, 0, 0] == 255 and px16[0, -1, 0] == round(2000 / 257)
+    np.testing.assert_array_equal(px16, px8)
