@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import ImageError
 from .preprocessing import Preprocessing
+from .safety import MEMORY_BUDGET_BYTES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga")
 # Largest image we decode. A decompression bomb (a tiny file that expands to gigapixels) is refused before its pixels
@@ -184,6 +185,19 @@ def list_images(folder: str | Path) -> list[ImageItem]:
     if not items:
         raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found", path=folder)
     return items
+
+
+# A batch of images becomes one float32 tensor, and the model's activations on it are several times larger: the
+# input tensor of one batch is held to an eighth of the per-value memory budget, so a model with 4096 px inputs, or a
+# --batch-size of thousands, cannot take the machine's memory (224 px RGB: up to 222 images per batch).
+BATCH_INPUT_BYTES = MEMORY_BUDGET_BYTES // 8
+
+
+def batch_limit(preprocessing: Preprocessing, batch_size: int) -> int:
+    """``batch_size``, lowered so the batch's float32 input tensor stays within ``BATCH_INPUT_BYTES`` (at least 1)."""
+    height, width = preprocessing.input_size
+    per_image = height * width * preprocessing.channels * 4
+    return max(1, min(batch_size, BATCH_INPUT_BYTES // per_image))
 
 
 def iter_batches(

@@ -127,3 +127,13 @@ def test_transparent_value_of_a_16_bit_png_is_composited_like_an_8_bit_one(tmp_p
     px16, px8 = load_image(tmp_path / "g16.png", wide), load_image(tmp_path / "g8.png", wide)
     assert px16[0, 0, 0] == 255 and px16[0, -1, 0] == round(2000 / 257)
     np.testing.assert_array_equal(px16, px8)
+
+
+def test_batch_input_tensor_is_bounded():
+    from exporter.images import BATCH_INPUT_BYTES, batch_limit
+
+    assert batch_limit(Preprocessing((32, 32)), 32) == 32  # small inputs keep the asked batch
+    assert batch_limit(Preprocessing((4096, 4096)), 32) == 1  # one image is over the bound: never fewer than one
+    n = batch_limit(Preprocessing((1024, 1024)), 32)
+    assert n * 1024 * 1024 * 3 * 4 <= BATCH_INPUT_BYTES < (n + 1) * 1024 * 1024 * 3 * 4
+    assert batch_limit(Preprocessing((224, 224)), 10**12) * 224 * 224 * 3 * 4 <= BATCH_INPUT_BYTES

@@ -13,7 +13,7 @@ from .. import __version__
 from ..console import ProgressArg
 from ..errors import ConfigError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
 from ..exports import OpenedExport, open_export
-from ..images import iter_batches, list_images
+from ..images import batch_limit, iter_batches, list_images
 from ..packaging import artifact_file, find_source_model, read_manifest
 from ..preprocessing import Preprocessing
 from ..results import Report
@@ -113,6 +113,7 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
     from ..runtime import KerasRunner
 
     root, manifest, pre, labels = opened.root, opened.manifest, opened.preprocessing, opened.labels
+    batch_size = batch_limit(pre, batch_size)  # memory stays flat whatever the input size and --batch-size
     items, calibration_left_out = _without_calibration_images(list_images(images), manifest, images)
     index_of: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     unknown = sorted({it.label for it in items if it.label is not None and it.label not in index_of})
