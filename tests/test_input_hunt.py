@@ -137,3 +137,14 @@ def test_batch_input_tensor_is_bounded():
     n = batch_limit(Preprocessing((1024, 1024)), 32)
     assert n * 1024 * 1024 * 3 * 4 <= BATCH_INPUT_BYTES < (n + 1) * 1024 * 1024 * 3 * 4
     assert batch_limit(Preprocessing((224, 224)), 10**12) * 224 * 224 * 3 * 4 <= BATCH_INPUT_BYTES
+
+
+def test_parity_table_names_sub_folders_that_are_not_labels():
+    # validate counted images under a folder named "Three" (label "3") as unlabelled and said nothing in the table
+    from exporter.report.terminal import parity_table
+
+    report = {"artifacts": [], "images": 7, "labels_unknown_to_model": [f"f{i}" for i in range(7)]}
+    line = parity_table(report).splitlines()[-1]
+    assert line.startswith("7 sub-folder name(s) are not labels of the model") and "'f4'" in line
+    assert "'f5'" not in line and line.endswith("and 2 more")
+    assert "sub-folder" not in parity_table({"artifacts": [], "images": 7, "labels_unknown_to_model": []})

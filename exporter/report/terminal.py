@@ -25,6 +25,9 @@ def size_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+UNKNOWN_FOLDERS_SHOWN = 5  # sub-folder names that match no label, named in the table (all of them are in the JSON)
+
+
 def parity_table(report: dict) -> str:
     from ..runtime import engine_text
 
@@ -54,6 +57,13 @@ def parity_table(report: dict) -> str:
     keras = (report.get("keras") or {}).get("against_labels")
     if keras:
         lines.append(f"Keras accuracy {keras['accuracy']:.4f} on {keras['images']} labelled of {report['images']} images")
+    unknown = report.get("labels_unknown_to_model") or []
+    if unknown:  # a folder named "Cat" for the label "cat": its images silently left out of the accuracy otherwise
+        from ..safety import quote
+
+        shown = ", ".join(quote(name) for name in unknown[:UNKNOWN_FOLDERS_SHOWN])
+        more = f" and {len(unknown) - UNKNOWN_FOLDERS_SHOWN} more" if len(unknown) > UNKNOWN_FOLDERS_SHOWN else ""
+        lines.append(f"{len(unknown)} sub-folder name(s) are not labels of the model, their images count as unlabelled: {shown}{more}")
     if report.get("calibration_images_left_out"):
         lines.append(f"{report['calibration_images_left_out']} images of the folder left out: they calibrated the quantized files")
     if report.get("not_run"):
