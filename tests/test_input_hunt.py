@@ -148,3 +148,17 @@ def test_parity_table_names_sub_folders_that_are_not_labels():
     assert line.startswith("7 sub-folder name(s) are not labels of the model") and "'f4'" in line
     assert "'f5'" not in line and line.endswith("and 2 more")
     assert "sub-folder" not in parity_table({"artifacts": [], "images": 7, "labels_unknown_to_model": []})
+
+
+def test_symlink_loops_end_and_folder_links_are_not_followed(tmp_path):
+    # rglob does not follow symlinked folders: a loop (or a link to "/" in a downloaded data set) cannot make a listing
+    # endless or read outside the folder; a symlinked image file is read
+    data = tmp_path / "data"
+    _png(data / "cat" / "a.png")
+    _png(tmp_path / "elsewhere" / "b.png")
+    (data / "cat" / "loop").symlink_to(data, target_is_directory=True)
+    (data / "dog").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (data / "cat" / "linked.png").symlink_to(tmp_path / "elsewhere" / "b.png")
+    (data / "cat" / "dangling.png").symlink_to(tmp_path / "missing.png")
+    items = list_images(data)
+    assert [it.path.relative_to(data).as_posix() for it in items] == ["cat/a.png", "cat/linked.png"]
