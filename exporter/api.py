@@ -308,7 +308,7 @@ def export(
         buildable = [v for v in run_options.selected if not (v.needs_calibration and run_options.calibration_images is None)]
         steps = Steps(sink, 1 + len(buildable))  # loading, then one step per artifact
         prepared = prepare(model_path, labels, preprocessing=preprocessing, options=run_options, steps=steps)
-        with atomic_directory(out, overwrite=options.overwrite, inputs=inputs) as stage:
+        with atomic_directory(out, overwrite=options.overwrite, inputs=inputs, ours=(MANIFEST_NAME,)) as stage:
             if options.quantize == "auto":
                 manifest = _export_auto(prepared, run_options, stage, out, steps, sink)
             else:

@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="ONNX takes normalised float input, no preprocessing in the graph (default: uint8 image input)",
     )
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out export folder (never another folder)")
     c.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
     c.add_argument("--name", help="file name stem of the artifacts (default: from the model file)")
     c.add_argument("--author", default="", help="author written into every file's metadata")

@@ -197,11 +197,34 @@ def check_inputs_outside(dest: Path, inputs: Iterable) -> None:
             )
 
 
+def check_replaceable(dest: str | Path, ours: Iterable[str]) -> None:
+    """--overwrite replaces a folder this toolkit wrote (it holds one of the ``ours`` files) or an empty one, never
+    another folder: ``--out . --overwrite`` or a mistyped ``--out ~/thesis`` would otherwise delete it all."""
+    dest, ours = Path(dest), tuple(ours)
+    if not ours or not dest.is_dir() or dest.is_symlink():
+        return
+    if any((dest / name).is_file() for name in ours):
+        return
+    try:
+        with os.scandir(dest) as entries:
+            empty = next(entries, None) is None
+    except OSError as exc:
+        raise DestinationError(f"cannot read the destination: {exc.strerror}", path=dest) from exc
+    if not empty:
+        raise DestinationError(
+            f"destination is a folder this toolkit did not write (no {' or '.join(ours)}) and is not empty; "
+            "--overwrite replaces only such folders",
+            path=dest,
+            hint="choose another --out",
+        )
+
+
 @contextlib.contextmanager
-def atomic_directory(dest: str | Path, *, overwrite: bool = False, inputs: Iterable = ()) -> Iterator[Path]:
+def atomic_directory(dest: str | Path, *, overwrite: bool = False, inputs: Iterable = (), ours: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a staging directory; on success it replaces ``dest`` in one rename, on failure it is removed. ``dest``
     is locked against other exports meanwhile; ``inputs`` (files and folders the command reads) must lie outside
-    it."""
+    it. An existing ``dest`` is replaced only with ``overwrite`` and, when ``ours`` names files, only if it holds one
+    of them or is empty (check_replaceable)."""
     dest = Path(dest).absolute()
     check_component_length(dest, error=DestinationError)
     check_inputs_outside(dest, inputs)
@@ -217,6 +240,7 @@ def atomic_directory(dest: str | Path, *, overwrite: bool = False, inputs: Itera
             raise DestinationError("destination already exists", path=dest, hint="choose another --out, or pass --overwrite to replace it")
         if (dest.exists() or dest.is_symlink()) and not (dest.is_dir() and not dest.is_symlink()):
             raise DestinationError("destination exists and is not a directory", path=dest)
+        check_replaceable(dest, ours)
         _clean_stale_staging(dest)
         staging = staging_directory(dest)
         try:

@@ -162,3 +162,23 @@ def test_symlink_loops_end_and_folder_links_are_not_followed(tmp_path):
     (data / "cat" / "dangling.png").symlink_to(tmp_path / "missing.png")
     items = list_images(data)
     assert [it.path.relative_to(data).as_posix() for it in items] == ["cat/a.png", "cat/linked.png"]
+
+
+def test_overwrite_never_replaces_a_folder_the_toolkit_did_not_write(tmp_path):
+    # `--out . --overwrite` deleted whatever the folder held and put an export there
+    from exporter.errors import DestinationError
+    from exporter.packaging import MANIFEST_NAME, atomic_directory
+
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    with pytest.raises(DestinationError, match="did not write"):
+        with atomic_directory(precious, overwrite=True, ours=(MANIFEST_NAME,)) as stage:
+            (stage / MANIFEST_NAME).write_text("{}")
+    assert [p.name for p in precious.iterdir()] == ["chapter1.tex"]
+    (tmp_path / "empty").mkdir()
+    for replaceable in (tmp_path / "empty", precious):  # an empty folder, or one holding a previous export
+        (precious / MANIFEST_NAME).write_text("{}")
+        with atomic_directory(replaceable, overwrite=True, ours=(MANIFEST_NAME,)) as stage:
+            (stage / "new.txt").write_text("new")
+        assert [p.name for p in replaceable.iterdir()] == ["new.txt"]

@@ -104,7 +104,7 @@ def write_golden(
     keras_run = KerasRunner(loaded.model, pre)
     height, width = pre.input_size
     records: list[dict] = []
-    with atomic_directory(out_dir, overwrite=overwrite, inputs=(opened.root, folder, model_path)) as stage:
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=(opened.root, folder, model_path), ours=(GOLDEN_NAME,)) as stage:
         (stage / IMAGES_FOLDER).mkdir()
         for chunk, pixels in iter_batches(chosen, pre, batch_size=BATCH_SIZE):
             probs = keras_run(pixels)

@@ -198,7 +198,7 @@ def write_xcode_package(
         "CROP": CROP_OPTION[pre["resize"]],
     }
     out = Path(out_dir)
-    with atomic_directory(out, overwrite=overwrite, inputs=(root, images_folder, model_path)) as stage:
+    with atomic_directory(out, overwrite=overwrite, inputs=(root, images_folder, model_path), ours=("Package.swift",)) as stage:
         sources = stage / "Sources" / name
         resources = sources / "Resources"
         tests = stage / "Tests" / f"{name}Tests"
