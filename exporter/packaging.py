@@ -213,7 +213,7 @@ def check_replaceable(dest: str | Path, ours: Iterable[str]) -> None:
     if not empty:
         raise DestinationError(
             f"destination is a folder this toolkit did not write (no {' or '.join(ours)}) and is not empty; "
-            "--overwrite replaces only such folders",
+            "--overwrite replaces only a folder the toolkit wrote, or an empty one",
             path=dest,
             hint="choose another --out",
         )
