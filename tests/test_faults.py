@@ -68,7 +68,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], int, str]]:
             "appears twice",
         ),
         ("empty label line", ["convert", *model_args, "--labels", str(_write(tmp / "le.txt", ten.replace("3\n", "\n"))), *pre], 2, "empty"),
-        ("labels not utf-8", ["convert", *model_args, "--labels", str(_write(tmp / "lu.txt", b"\xff\xfe\x00a\n")), *pre], 2, "not UTF-8"),
+        ("labels not utf-8", ["convert", *model_args, "--labels", str(_write(tmp / "lu.txt", b"cat\n\xffdog\n")), *pre], 2, "not UTF-8"),
+        ("labels utf-16", ["convert", *model_args, "--labels", str(_write(tmp / "l16.txt", b"\xff\xfe\x00a\n")), *pre], 2, "UTF-16"),
         (
             "zero scale",
             [
