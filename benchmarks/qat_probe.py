@@ -33,12 +33,6 @@ BATCH = 128
 VARIANTS = ("fp32", "w8a8", "int8-static")
 
 
-def _walk(layer):
-    yield layer
-    for sub in getattr(layer, "layers", None) or []:
-        yield from _walk(sub)
-
-
 def synthetic_images(like: np.ndarray, count: int, seed: int = 5) -> np.ndarray:
     """Smooth random noise at 2-16 cells per side, bicubic-upsampled, with fine noise on top, mapped into the value
     range of ``like`` (normalised NHWC) at a random level and contrast."""
@@ -66,7 +60,9 @@ class FakeQuant:
         import keras
 
         self.kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-        self.layers = [layer for layer in _walk(model) if isinstance(layer, self.kinds)]
+        from sample_models.families import all_layers
+
+        self.layers = [layer for layer in all_layers(model) if isinstance(layer, self.kinds)]
         self.ranges: dict[str, list[float]] = {}
         self.mode = "record"
         for layer in self.layers:

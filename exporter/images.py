@@ -203,7 +203,9 @@ def batch_limit(preprocessing: Preprocessing, batch_size: int) -> int:
 def iter_batches(
     items: Sequence[ImageItem], preprocessing: Preprocessing, batch_size: int = 32
 ) -> Iterator[tuple[list[ImageItem], np.ndarray]]:
-    """Stream ``(items, uint8 NHWC pixels)`` batches, so memory stays flat however many images there are."""
+    """Stream ``(items, uint8 NHWC pixels)`` batches, so memory stays flat however many images there are and however
+    large the batch asked for (``batch_limit``)."""
+    batch_size = batch_limit(preprocessing, batch_size)
     for start in range(0, len(items), batch_size):
         chunk = list(items[start : start + batch_size])
         yield chunk, np.stack([load_image(it.path, preprocessing) for it in chunk])

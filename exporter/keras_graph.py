@@ -51,3 +51,11 @@ def first_input_shape(layer) -> tuple | None:
     fixed = [s for s in shapes if all(d is not None for d in s[1:])]
     found = fixed or shapes
     return found[0] if found else None
+
+
+def called_on(model, inputs):
+    """The same layers and weights as ``model`` (a Functional or Sequential graph), its graph re-run on the Keras
+    input tensor ``inputs`` (another shape or dtype): nothing is copied, every layer is shared."""
+    import keras
+
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)

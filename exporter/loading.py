@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError, first_line, translating
 from .heads import Head
 from .inference import InModelPreprocessing
+from .keras_graph import called_on
 from .packaging import sha256_of
 from .preprocessing import MAX_SIDE, MIN_SIDE
 from .safety import (
@@ -295,7 +296,7 @@ def with_input_size(model, input_size: tuple[int, int] | None, path: Path):
             )
     fixed = keras.Input((int(input_size[0]), int(input_size[1]), shape[3]), dtype=source.dtype, name=source.name)
     try:  # the layers are shared, not copied: the weights are the file's; Sequential and Functional graphs are re-run
-        return keras.models.clone_model(model, input_tensors=fixed, clone_function=lambda layer: layer)
+        return called_on(model, fixed)
     except ValueError:  # a subclassed model: called as one layer on the fixed input
         return keras.Model(fixed, model(fixed), name=model.name)
 

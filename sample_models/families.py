@@ -371,11 +371,11 @@ BN_MOMENTUM = 0.9
 TRAIN_IMAGES = 2944
 
 
-def _all_layers(model):
+def all_layers(model):
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
 
 
 def train(built: Built, steps: int = TRAIN_STEPS, batch: int = BATCH, lr: float | None = None, seed: int = 1) -> float:
@@ -389,7 +389,7 @@ def train(built: Built, steps: int = TRAIN_STEPS, batch: int = BATCH, lr: float 
     count = max(batch, min(TRAIN_IMAGES, steps * batch) // batch * batch)
     x, y = training_digits(built, count=count, seed=seed)
     model = built.model
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
     epochs = max(1, round(steps * batch / len(x)))

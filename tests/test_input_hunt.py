@@ -139,6 +139,17 @@ def test_batch_input_tensor_is_bounded():
     assert batch_limit(Preprocessing((224, 224)), 10**12) * 224 * 224 * 3 * 4 <= BATCH_INPUT_BYTES
 
 
+def test_every_batch_stream_holds_the_bound(tmp_path, monkeypatch):
+    # the bound is in iter_batches, which validate, golden files and calibration all stream through, not in one caller
+    import exporter.images as images
+
+    for i in range(5):
+        _png(tmp_path / f"{i}.png")
+    monkeypatch.setattr(images, "BATCH_INPUT_BYTES", 2 * 64 * 64 * 3 * 4)  # two 64 px images per batch
+    sizes = [len(chunk) for chunk, _ in images.iter_batches(images.list_images(tmp_path), Preprocessing((64, 64)), 1000)]
+    assert sizes == [2, 2, 1]
+
+
 def test_parity_table_names_sub_folders_that_are_not_labels():
     # validate counted images under a folder named "Three" (label "3") as unlabelled and said nothing in the table
     from exporter.report.terminal import parity_table

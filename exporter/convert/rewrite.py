@@ -115,5 +115,7 @@ def integer_input_as_float(model):
     from keras.src.models.functional import Functional
 
     if isinstance(model, (Functional, keras.Sequential)):
-        return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
+        from ..keras_graph import called_on
+
+        return called_on(model, inputs)
     return model  # a subclassed model's call() is code: the converter reports what it meets

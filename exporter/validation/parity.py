@@ -113,7 +113,7 @@ def _measure(opened: OpenedExport, images: str | Path, *, gates: dict[str, Gate]
     from ..runtime import KerasRunner
 
     root, manifest, pre, labels = opened.root, opened.manifest, opened.preprocessing, opened.labels
-    batch_size = batch_limit(pre, batch_size)  # memory stays flat whatever the input size and --batch-size
+    batch_size = batch_limit(pre, batch_size)  # what iter_batches will use, for the report
     items, calibration_left_out = _without_calibration_images(list_images(images), manifest, images)
     index_of: dict[str | None, int] = {name: i for i, name in enumerate(labels)}
     unknown = sorted({it.label for it in items if it.label is not None and it.label not in index_of})
