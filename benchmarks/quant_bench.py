@@ -81,6 +81,8 @@ def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> lis
         ("reference", "fp16", 16, lambda: fp16),
         ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
         ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
+        # the default export's 6-bit file (capabilities.py: one data-free table per tensor, iOS 16)
+        ("6-bit", "palette6", 6, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 6))),
     ]
     for bits in BITS:
         ct_spec = qc.CompressionSpec("palettize", bits, grouped=True)
@@ -122,7 +124,17 @@ def _margins(p: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
-def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None = None, split_seed: int = SPLIT_SEED) -> list[dict]:
+def bench_model(
+    name: str,
+    work: Path,
+    say=print,
+    files: tuple[str, ...] | None = None,
+    split_seed: int = SPLIT_SEED,
+    eval_folder: Path | None = None,
+) -> list[dict]:
+    """Every candidate file of sample model ``name``, calibrated on CALIBRATION_IMAGES of its held-out folder and
+    measured on the rest of that folder, or on ``eval_folder`` (labelled sub-folders, none of them calibrated on) when
+    given (benchmarks/fresh_crops.py)."""
     from exporter.convert.coreml import convert, save
     from exporter.loading import load_model
     from exporter.preprocessing import Preprocessing, resolve
@@ -145,6 +157,8 @@ def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None 
     perm = np.random.default_rng(split_seed).permutation(len(all_px))
     cal_px = all_px[perm[:CALIBRATION_IMAGES]]
     px, label_idx = all_px[perm[CALIBRATION_IMAGES:]], all_idx[perm[CALIBRATION_IMAGES:]]
+    if eval_folder is not None:
+        px, label_idx = _pixels(eval_folder, pre, labels)
     out_px, _ = _pixels(SAMPLES / "heldout" / other, pre)
     ref = np.asarray(loaded.model.predict(pre.normalize(px), verbose=0, batch_size=128))
     ref_out = np.asarray(loaded.model.predict(pre.normalize(out_px), verbose=0, batch_size=128))
@@ -190,6 +204,7 @@ def bench_model(name: str, work: Path, say=print, files: tuple[str, ...] | None 
                 "bytes": size,
                 "ratio_to_fp32": round(size / fp32_bytes, 4),
                 "top1_agreement": round(float((got.argmax(1) == ref.argmax(1)).mean()), 4),
+                "flips": int((got.argmax(1) != ref.argmax(1)).sum()),
                 "accuracy_change_points": round(100 * (acc - keras_acc), 2),
                 "out_of_class_agreement": round(float((got_out.argmax(1) == ref_out.argmax(1)).mean()), 4),
                 "max_abs_prob": round(float(np.abs(got - ref).max()), 4),
@@ -322,6 +337,7 @@ def plot(rows: list[dict], path: Path) -> None:
         "Fisher k-means": ("s-", "tab:blue"),
         "mixed bits": ("D-", "tab:red"),
         "8-bit": ("^", "tab:green"),
+        "6-bit": ("v", "tab:olive"),
         "reference": ("x", "black"),
     }
     for ax, model in zip(axes[0], models, strict=True):

@@ -73,3 +73,31 @@ def test_run_renders_readme_from_the_saved_results_with_the_run_s_own_numbers(tm
     assert f"= {results['executor']['executor_vs_onnxruntime']:.2f} | >= {run.EXECUTOR_VS_ONNXRUNTIME_TARGET}" in text
     files = [a["path"] for r in results["export"] for a in r["artifacts"]]
     assert all(f"| {name} |" in text for name in files)
+
+
+def test_fresh_crops_wilson_interval_matches_scipy(bench):
+    from scipy.stats import binomtest
+
+    fresh = bench("benchmarks.fresh_crops")
+    for k, n in [(972, 1000), (1000, 1000), (0, 50), (133, 136)]:
+        lo, hi = fresh.wilson(k, n)
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert lo == pytest.approx(ci.low, abs=2e-4) and hi == pytest.approx(ci.high, abs=2e-4)
+
+
+def test_fresh_crops_come_from_the_held_out_regions_only(tmp_path, bench, monkeypatch):
+    """Every crop box lies in its photograph's held-out region (never trained on), and the folder reads as labelled
+    images of every photo class."""
+    fresh = bench("benchmarks.fresh_crops")
+    from exporter.images import list_images
+    from sample_models import data
+
+    boxes: list[tuple[str, tuple]] = []
+    real_crop = data.crop
+    monkeypatch.setattr(data, "crop", lambda label, box: boxes.append((label, box)) or real_crop(label, box))
+    assert fresh.write_crops(tmp_path, 3, seed=5) == 3 * len(data.PHOTO_LABELS)
+    for label, (left, _top, right, _bottom) in boxes:
+        _, (x0, x1) = data.photo_regions(label)
+        assert x0 <= left < right <= x1
+    items = list_images(tmp_path)
+    assert sorted({it.label for it in items}) == sorted(data.PHOTO_LABELS) and len(items) == len(boxes)
