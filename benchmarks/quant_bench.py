@@ -82,7 +82,7 @@ def _candidates(fp32, fp16, base18, sens, details: dict, **mixed_options) -> lis
         ("8-bit", "int8", 8, lambda: qc.compress(fp16, qc.WEIGHT_ONLY_INT8)),
         ("8-bit", "palette8", 8, lambda: qc.compress(fp16, qc.PALETTE8)),
         # the default export's 6-bit file (capabilities.py: one data-free table per tensor, iOS 16)
-        ("6-bit", "palette6", 6, lambda: qc.compress(fp16, qc.CompressionSpec("palettize", 6))),
+        ("6-bit", "palette6", 6, lambda: qc.compress(fp16, qc.PALETTE6)),
     ]
     for bits in BITS:
         ct_spec = qc.CompressionSpec("palettize", bits, grouped=True)

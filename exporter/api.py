@@ -59,6 +59,9 @@ class ExportOptions:
     add_softmax: bool = False  # the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # quantize="auto": largest accuracy loss (points); auto.py
     min_target: str | None = None  # quantize="auto": only files that run on this OS (e.g. "iOS16"); None: any
+    # quantize="auto": gates that replace the default ones (keys VARIANT or FORMAT:VARIANT, values a Gate or a dict
+    # like {"min_top1": 0.95}, as ``validate`` takes them): which files count as passing before the budget is applied
+    gates: dict | None = None
     selected: tuple[Variant, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,13 @@ class ExportOptions:
         if not self.max_accuracy_drop >= 0:
             raise ConfigError(f"max_accuracy_drop must be a number of points >= 0, got {self.max_accuracy_drop}")
         check_min_target(self.min_target)
+        if self.gates:
+            from .validation.parity import as_gate
+            from .validation.tolerances import check_gate_names
+
+            checked = {name: as_gate(name, g) for name, g in self.gates.items()}
+            check_gate_names(checked)
+            object.__setattr__(self, "gates", checked)
         if self.calibration_count < 1:
             raise ConfigError(f"calibration_count must be at least 1, got {self.calibration_count}")
         if self.name is not None:
@@ -298,6 +308,8 @@ def export(
     from .console import progress_sink, quiet_libraries
 
     options = options or ExportOptions()
+    if options.gates and options.quantize != "auto":
+        raise ConfigError("gates apply to quantize='auto' (convert --gate); to judge an export, pass them to validate")
     precheck.export_inputs(model_path, labels, out, preprocessing, options)  # before any heavy import
     out = Path(out)
     # what the export reads: replacing a destination that holds any of it would delete it
@@ -416,7 +428,7 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
     opened = OpenedExport(
         root=stage, manifest=full, preprocessing=prepared.info.preprocessing, labels=prepared.info.labels, loaded=prepared.loaded
     )
-    report = {**measure(opened, options.validation_images, gates={}, progress=sink), "export_dir": str(out.absolute())}
+    report = {**measure(opened, options.validation_images, gates=options.gates or {}, progress=sink), "export_dir": str(out.absolute())}
     selection, keep = choose(full["artifacts"], report, max_accuracy_drop=options.max_accuracy_drop, min_target=options.min_target)
     if not keep:
         raise ParityError(

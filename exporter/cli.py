@@ -192,6 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--min-target", metavar="iOSNN", help="--quantize auto: keep only Core ML files that run on this iOS version (default: any)"
     )
+    c.add_argument(
+        "--gate",
+        dest="gates",
+        action=GateAction,
+        metavar=GATE_SYNTAX,
+        help="--quantize auto: replace a variant's default gate before the budget is applied (repeatable, as in validate)",
+    )
     _json_option(c, "the manifest")
 
     v = command(

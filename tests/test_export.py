@@ -88,7 +88,7 @@ def test_coreml_variants_carry_image_input_labels_metadata_and_quantization(expo
                 left = a["details"]["uncompressed_weights"]
                 weights = counts["conv"] + counts["linear"] + counts["matmul"]
                 assert counts[COMPRESSION_OPS[a["variant"]]] + len(left) == weights > 0
-                if a["variant"] in ("int8", "w8a8", "palette8"):  # only the small kernels stay float16 (SMALL_WEIGHT_ELEMENTS)
+                if variant(a["format"], a["variant"]).small_kernels_float:  # only the small kernels stay float16
                     assert all(w["elements"] <= SMALL_WEIGHT_ELEMENTS and "float16" in w["reason"] for w in left)
                 else:
                     bits = int(a["variant"][-1]) if a["variant"].startswith("palette") else None

@@ -132,10 +132,11 @@ def finish(mlmodel, ctx: BuildContext, variant: Variant, details: dict):
     float, reported in ``details``."""
     describe(mlmodel, ctx.info, variant.key)
     if variant.weight_bits < 16:
-        from ..quantize.coreml import min_elements_for, uncompressed_weights
+        from ..quantize.coreml import MIN_WEIGHT_ELEMENTS, SMALL_WEIGHT_ELEMENTS, uncompressed_weights
 
         palette_bits = variant.weight_bits if variant.palettized else None
-        details["uncompressed_weights"] = uncompressed_weights(mlmodel, palette_bits, min_elements_for(variant.weight_bits))
+        threshold = SMALL_WEIGHT_ELEMENTS if variant.small_kernels_float else MIN_WEIGHT_ELEMENTS
+        details["uncompressed_weights"] = uncompressed_weights(mlmodel, palette_bits, threshold)
     return mlmodel
 
 

@@ -68,6 +68,17 @@ class CompressionSpec:
 # flipped (0.997 vs 1.000). Files 1 % larger.
 WEIGHT_ONLY_INT8 = CompressionSpec("linear", 8, symmetric=False, min_elements=SMALL_WEIGHT_ELEMENTS)
 PALETTE8 = CompressionSpec("palettize", 8, min_elements=SMALL_WEIGHT_ELEMENTS)
+# The default 6-bit file keeps the same small kernels in float16 as the 8-bit files. Measured 2026-12-01 (one table per
+# tensor, data-free k-means; Core ML files through the executor): top-1 agreement outside the classes, every kernel
+# palettized -> kernels of up to 4,096 elements float16: MobileNet v1 sample 0.925 -> 0.980, v2 0.940 -> 0.995,
+# SqueezeNet 0.960 -> 0.965, transfer 0.927 -> 0.977; the transfer sample's flips on 1,000 fresh held-out crops
+# (benchmarks/fresh_crops.py) 22 -> 17, mean per-image max |dp| 0.028 -> 0.012; the digit samples' held-out digits
+# 0-1 -> 0 flips. Bytes +4 % to +17 % (v2 370,244 -> 433,860, 0.225 -> 0.263 of fp32), still below palette8's
+# 0.304. Not applied to the 4-bit tables: the same rule took the transfer sample's per-tensor 4-bit file from 132 to
+# 35 flips of 1,000, but issue 18 bounds palette4's size (MobileNetV2 224 at 0.135 of fp32) and those kernels would
+# spend it. kmeans1d (exact 1-D k-means, which coremltools uses for kernels of 10,000+ float16 elements when it is
+# installed) was measured and not added: 21 against 22 flips at 6 bits, 58 against 35 at 4.
+PALETTE6 = CompressionSpec("palettize", 6, min_elements=SMALL_WEIGHT_ELEMENTS)
 W8A8_WEIGHTS = CompressionSpec("linear", 8, symmetric=True, min_elements=SMALL_WEIGHT_ELEMENTS)
 
 
@@ -127,11 +138,6 @@ def _float_weights(mlmodel):
                 yield op, producer, var.val, int(var.val.shape[axis])
 
 
-def min_elements_for(weight_bits: int) -> int:
-    """The compression threshold a file of ``weight_bits`` bits was built with (see SMALL_WEIGHT_ELEMENTS)."""
-    return SMALL_WEIGHT_ELEMENTS if weight_bits == 8 else MIN_WEIGHT_ELEMENTS
-
-
 def small_weight_ops(mlmodel, min_elements: int = SMALL_WEIGHT_ELEMENTS) -> list[str]:
     """Names of the conv/linear/matmul ops whose float weight has at most ``min_elements`` elements."""
     return [op.name for op, _const, value, _channels in _float_weights(mlmodel) if value.size <= min_elements]
@@ -169,13 +175,13 @@ def neuralnetwork_weights(mlmodel, nbits: int, selector=None):
 
 def uncompressed_weights(mlmodel, palette_bits: int | None = None, min_elements: int = MIN_WEIGHT_ELEMENTS) -> list[dict]:
     """Every conv/linear/matmul weight still stored as a plain float constant after compression, and why
-    (``min_elements``: the compression's own threshold, SMALL_WEIGHT_ELEMENTS for the 8-bit files)."""
+    (``min_elements``: the compression's own threshold, SMALL_WEIGHT_ELEMENTS for the 8-bit files and palette6)."""
     left = []
     for op, _const, value, _channels in _float_weights(mlmodel):
         size = int(value.size)
         if min_elements > MIN_WEIGHT_ELEMENTS and size <= min_elements:
             reason = (
-                f"{size} elements, at most the {min_elements} up to which 8-bit files keep a kernel in float16: "
+                f"{size} elements, at most the {min_elements} up to which this file keeps a kernel in float16: "
                 "the small early kernels are where 8-bit rounding moved decisions (quantize/coreml.py)"
             )
         elif palette_bits is not None and size <= 2**palette_bits:
