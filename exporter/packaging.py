@@ -427,7 +427,8 @@ def read_manifest(folder: str | Path) -> dict:
 
 def artifact_file(root: str | Path, art: dict) -> Path:
     """The artifact's file or bundle inside ``root``, refused when it resolves outside (symlinks included), is
-    missing, or is not a regular file (a bundle: a folder of regular files and folders only)."""
+    missing, is not a regular file (a bundle: a folder of regular files and folders only), or is not the file the
+    export wrote: its SHA-256 must be the one manifest.json records (a file swapped or edited since is named)."""
     root = Path(root)
     manifest = root / MANIFEST_NAME
     target = inside(root, art["path"], error=DestinationError, where=manifest, what="artifact")
@@ -445,4 +446,11 @@ def artifact_file(root: str | Path, art: dict) -> Path:
         mode = target.stat().st_mode
         if not stat.S_ISREG(mode):
             raise DestinationError("is not a regular file", path=target)
+    if sha256_of(target) != art["sha256"]:
+        raise DestinationError(
+            "changed since the export: its SHA-256 differs from the one manifest.json records (replaced or edited "
+            "after `exporter convert` wrote it)",
+            path=target,
+            hint="export again",
+        )
     return target
