@@ -42,3 +42,68 @@ def test_an_artifact_swapped_after_the_export_is_named(tmp_path, capsys, small_e
     assert proc.returncode == DestinationError.exit_code, line
     assert onnx_file.name in line and "changed since the export" in line and "SHA-256" in line
 
+
+# ------------------------------------------------------------------------------------------------ image formats
+def _digit(size: int = 40):
+    """A real held-out digit as an RGB Pillow image (a stroke, not a flat colour, so decoding errors would show)."""
+    from conftest import sample
+    from PIL import Image
+
+    path = next(sample("mobilenet_v1_digits")["heldout"].rglob("*.png"))
+    return Image.open(path).convert("RGB").resize((size, size))
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".ico", "ICO"), (".avif", "AVIF")])
+def test_ico_and_avif_files_in_a_folder_are_decoded_not_skipped(tmp_path, suffix, fmt):
+    # list_images skipped them silently: a folder of .avif photos validated on none of them ("no image files"), and
+    # in a mixed folder on fewer images than it holds
+    import numpy as np
+
+    from exporter.images import list_images, load_image
+    from exporter.preprocessing import Preprocessing
+
+    if fmt == "AVIF":
+        from PIL import features
+
+        if not features.check("avif"):
+            pytest.skip("this Pillow has no AVIF codec (Pillow 11.2+ wheels have one)")
+    img = _digit()
+    (tmp_path / "seven").mkdir()
+    img.save(tmp_path / "seven" / f"a{suffix}", format=fmt, **({"quality": 100} if fmt == "AVIF" else {"sizes": [img.size]}))
+    img.save(tmp_path / "seven" / "b.png")
+    items = list_images(tmp_path)
+    assert sorted(it.path.name for it in items) == ["a" + suffix, "b.png"]
+    pre = Preprocessing.from_dict({"input_size": [40, 40], "scale": [1.0], "bias": [0.0], "resize": "stretch"})
+    decoded = load_image(tmp_path / "seven" / f"a{suffix}", pre).astype(int)
+    original = np.asarray(img, dtype=int)
+    # ICO is lossless; AVIF at quality 100 is lossy in its 4:2:0 chroma: the digit's pixels stay within a few levels
+    assert np.abs(decoded - original).mean() < (0.01 if fmt == "ICO" else 6.0)
+
+
+@pytest.mark.parametrize("suffix", [".jxl", ".psd", ".eps"])
+def test_other_image_files_in_a_folder_are_refused_by_name(tmp_path, suffix):
+    from exporter.errors import ImageError
+    from exporter.images import list_images
+
+    _digit().save(tmp_path / "ok.png")
+    (tmp_path / f"photo{suffix}").write_bytes(b"\x00" * 64)
+    with pytest.raises(ImageError, match=rf"photo\{suffix}: .*not supported"):
+        list_images(tmp_path)
+
+
+def test_a_postscript_file_named_png_never_reaches_ghostscript(tmp_path, monkeypatch):
+    # Pillow picks its decoder by content and opens EPS by running Ghostscript on it: an untrusted "photo.png" holding
+    # PostScript went to Ghostscript (a program with a long list of sandbox escapes) wherever one was installed
+    from PIL import EpsImagePlugin
+
+    from exporter.errors import ImageError
+    from exporter.images import open_image
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or _digit())
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    evil = tmp_path / "photo.png"
+    evil.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\n(/etc/passwd) (r) file pop\nshowpage\n%%EOF\n")
+    with pytest.raises(ImageError, match=r"photo\.png: not an image of a supported format"):
+        open_image(evil)
+    assert calls == []
