@@ -279,8 +279,18 @@ def check_report_path(path: str | Path | None) -> None:
         raise DestinationError("is a folder; the report needs a file name", path=path)
     if path.exists() and not path.is_file():
         raise DestinationError("is not a regular file; refusing to write the report into it", path=path)
-    if not path.absolute().parent.is_dir():
-        raise DestinationError("the report's folder does not exist", path=path.absolute().parent)
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise DestinationError("the report's folder does not exist", path=folder)
+    # Whether a file can be written there, tried now rather than after the whole run: a read-only folder, or a
+    # pseudo file system such as /proc or /sys whose files open for writing (as root) but take no report.
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".exporter-probe-"):
+            pass
+    except OSError as exc:
+        raise DestinationError(f"cannot write the report: creating a file in {folder} failed: {exc.strerror or exc}", path=path) from exc
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DestinationError("the report file exists and is not writable", path=path)
 
 
 def write_json(path: Path, data) -> None:

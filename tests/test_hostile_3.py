@@ -107,3 +107,18 @@ def test_a_postscript_file_named_png_never_reaches_ghostscript(tmp_path, monkeyp
     with pytest.raises(ImageError, match=r"photo\.png: not an image of a supported format"):
         open_image(evil)
     assert calls == []
+
+
+# ------------------------------------------------------------------------------------------------ report paths
+@pytest.mark.skipif(not Path("/proc/version").is_file(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("option", ["--html", "--json"])
+def test_a_report_path_that_takes_no_file_is_refused_before_the_validation(tmp_path, capsys, small_export, option):
+    # /proc/version is a regular file that opens for writing (as root) but takes no report: the check passed and the
+    # write failed only after the whole validation had run
+    export = _copy_export(small_export, tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["source"].update(path=str(tmp_path / "no-such-model.keras"), path_from_export=None)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    proc, line = _cli(["validate", str(export), "--images", str(small_export[1]), option, "/proc/version"], capsys)
+    assert proc.returncode == DestinationError.exit_code and "/proc/version" in line, line  # before the model (exit 3)
+

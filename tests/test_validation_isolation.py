@@ -93,6 +93,7 @@ def test_a_failing_artifact_still_fails_with_exit_7_and_the_unchecked_one_named(
     i, largest = max(weights, key=lambda item: item[1].size)  # a weight flipped in sign: the ONNX file now disagrees
     model.graph.initializer[i].CopyFrom(numpy_helper.from_array((-largest).astype(np.float32), model.graph.initializer[i].name))
     onnx.save(model, path)
+    rehash_artifacts(broken)  # parity, not the hash check, must catch the flipped weight
     with pytest.raises(SystemExit) as info:
         main(["validate", str(broken), "--images", str(sample(NAME)["heldout"])])
     assert info.value.code == 7
