@@ -122,3 +122,90 @@ def test_a_report_path_that_takes_no_file_is_refused_before_the_validation(tmp_p
     proc, line = _cli(["validate", str(export), "--images", str(small_export[1]), option, "/proc/version"], capsys)
     assert proc.returncode == DestinationError.exit_code and "/proc/version" in line, line  # before the model (exit 3)
 
+
+# ------------------------------------------------------------------------------------------------ labels
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (["caf\u00e9", "cafe\u0301"], "once Unicode-normalized"),  # é as one code point and as e + combining acute
+        (["\u212b", "\u00c5"], "once Unicode-normalized"),  # ANGSTROM SIGN and Å: canonically equivalent
+        (["cat", "dog\u202etac"], "bidirectional formatting character"),  # RIGHT-TO-LEFT OVERRIDE: shows as "dogcat"
+        (["cat", "\u2066dog\u2069"], "bidirectional formatting character"),  # isolates
+    ],
+)
+def test_labels_that_display_or_compare_as_others_are_refused(labels, message):
+    # both pairs passed: Swift's String == and Dictionary (the generated package's label checks, Core ML's
+    # classLabel_probs) treat canonically equivalent strings as one, so the package's golden test failed on
+    # "labels are not unique" and a class vanished from the probabilities; an override made one label read as another
+    from exporter.errors import LabelsError
+    from exporter.labels import check_labels
+
+    with pytest.raises(LabelsError, match=message):
+        check_labels(labels)
+
+
+def test_labels_in_other_scripts_and_emoji_are_still_accepted():
+    labels = ["قطة", "כלב", "猫", "🐈\u200d⬛", "naïve", "Ångström"]
+    from exporter.labels import check_labels
+
+    assert check_labels(labels) == labels
+
+
+# ------------------------------------------------------------------------------------------------ terminal output
+ESCAPES = ["\x1b]0;owned\x07", "\x1b[2J", "\u202e"]
+
+
+def test_predict_table_escapes_image_names_from_a_folder(tmp_path, capsys, small_export):
+    # an image folder's file names are untrusted: predict printed them raw, so a name holding ESC sequences retitled
+    # or cleared the user's terminal, and an override reversed the line
+    folder = tmp_path / "images"
+    folder.mkdir()
+    evil = folder / f"a{''.join(ESCAPES)}b.png"
+    shutil.copy(_image(small_export), evil)
+    proc = run_in_process(["predict", str(next(small_export[0].glob("*.onnx"))), str(folder)], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\u202e" not in proc.stdout and "\x07" not in proc.stdout
+    assert "a\\x1b]0;owned\\x07\\x1b[2J\\u202eb.png" in proc.stdout  # the name is still there to read
+
+
+def _onnx_with_labels(small_export, dest: Path, labels: list[str]) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(next(small_export[0].glob("*.onnx"))))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "exporter_labels":
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(labels, dtype=object), init.name))
+    onnx.save(model, str(dest))
+    return dest
+
+
+@pytest.mark.parametrize("bad", ["\x1b[2J", "cafe\u0301"], ids=["escape", "nfc-duplicate"])
+def test_predict_refuses_a_file_whose_embedded_labels_are_unusable(tmp_path, capsys, small_export, bad):
+    # a lone file's embedded labels were used unchecked: an ESC sequence went to the terminal as it was
+    labels = json.loads((small_export[0] / "manifest.json").read_text())["labels"]
+    labels = ["caf\u00e9", bad, *labels[2:]]
+    lone = _onnx_with_labels(small_export, tmp_path / "lone.onnx", labels)
+    proc, line = _cli(["predict", str(lone), str(_image(small_export))], capsys)
+    assert proc.returncode == 5 and "lone.onnx" in line and "embedded labels" in line, line
+    assert "\x1b" not in proc.stdout + proc.stderr
+
+
+def test_error_lines_and_progress_lines_escape_bidi_overrides(tmp_path, capsys):
+    import io
+
+    from exporter.console import Progress, Step
+
+    # an error naming a file whose name holds U+202E printed it raw: the rest of the line showed reversed
+    odd = tmp_path / "labels\u202etxt.exe"
+    from conftest import sample
+
+    s = sample("mobilenet_v1_digits")
+    argv = ["convert", str(s["model"]), "--labels", str(odd), "--preprocessing", str(s["preprocessing"]), "--out", str(tmp_path / "o")]
+    proc, line = _cli(argv, capsys)
+    assert proc.returncode != 0 and "\u202e" not in proc.stderr and "\\u202e" in line
+    stream = io.StringIO()
+    with Progress(stream, tty=False) as progress:
+        progress(Step(1, 1, "load model", seconds=0.1, detail="m\x1b[2J\u202e.keras, 10 classes"))
+    assert "\x1b" not in stream.getvalue() and "\u202e" not in stream.getvalue() and "m\\x1b[2J" in stream.getvalue()
