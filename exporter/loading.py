@@ -179,6 +179,45 @@ def _check_keras_weights(z: zipfile.ZipFile, path: Path) -> None:
         ) from exc
 
 
+def _check_variable_sizes(config: Any, path: Path, fmt: str) -> None:
+    """Refuse an architecture whose layers would create more variable memory than the budget, before Keras builds it
+    for real: Keras allocates and initializes every variable from the layer sizes in the config (``Dense(units=...)``,
+    ``Conv2D(filters=...)``) before it reads a single weight, so a 16 kB file declaring a 3e9-unit Dense took 36 GB,
+    never checked against the weights the file holds. The model is built with Keras' lazy variables (shapes and
+    dtypes only, no memory) and its variables are summed; a model that cannot even be built this way is left to the
+    real load, which reports it, unless the variables it had created by then are already over the budget."""
+    import math
+
+    import numpy as np
+
+    from .upstream import lazy_keras_variables
+
+    keras = import_keras()
+    if fmt == "keras":
+        config = {k: v for k, v in config.items() if k != "compile_config"} if isinstance(config, dict) else config
+        build = lambda: keras.saving.deserialize_keras_object(config, safe_mode=True)  # noqa: E731
+    else:
+        from keras.src.legacy.saving import saving_utils
+
+        build = lambda: saving_utils.model_from_config(config)  # noqa: E731
+    with lazy_keras_variables() as created:
+        try:
+            with keras.StatelessScope(initialize_variables=False):
+                build()
+        except Exception:  # noqa: BLE001 - a broken architecture is the real load's to report
+            pass
+        total = 0
+        for v in created():
+            itemsize = np.dtype(v.dtype).itemsize
+            total += itemsize * check_elements(v.shape, itemsize=itemsize, error=ModelLoadError, where=path, what=f"variable {v.path!r}")
+            if total > MEMORY_BUDGET_BYTES:
+                raise ModelLoadError(
+                    f"the architecture's layers create over {MEMORY_BUDGET_BYTES:,} bytes of variables (the memory budget), "
+                    f"{math.prod(v.shape):,} elements in {v.path!r} alone",
+                    path=path,
+                )
+
+
 def _detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
@@ -240,6 +279,8 @@ def load_model(
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)
     keras = import_keras()
+    if fmt in ("keras", "h5") and not trust_code:
+        _check_variable_sizes(_read_architecture(path, fmt), path, fmt)
 
     try:
         if fmt == "saved_model":

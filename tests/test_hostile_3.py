@@ -209,3 +209,69 @@ def test_error_lines_and_progress_lines_escape_bidi_overrides(tmp_path, capsys):
     with Progress(stream, tty=False) as progress:
         progress(Step(1, 1, "load model", seconds=0.1, detail="m\x1b[2J\u202e.keras, 10 classes"))
     assert "\x1b" not in stream.getvalue() and "\u202e" not in stream.getvalue() and "m\\x1b[2J" in stream.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ architecture sizes
+# Dense units in the edited config: a (3, UNITS) float32 kernel of 1.5 GB, over the 1 GiB budget, in a file of a few kB
+HUGE_UNITS = 125_000_000
+
+
+def _tiny_classifier():
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(x))
+
+
+def _with_units(config, units: int):
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "Dense":
+            layer["config"]["units"] = units
+    return config
+
+
+def _huge_keras(folder: Path) -> Path:
+    import zipfile
+
+    _tiny_classifier().save(folder / "tiny.keras")
+    target = folder / "huge.keras"
+    with zipfile.ZipFile(folder / "tiny.keras") as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                data = json.dumps(_with_units(json.loads(data), HUGE_UNITS)).encode()
+            dst.writestr(info, data)
+    return target
+
+
+def _huge_h5(folder: Path) -> Path:
+    import h5py
+
+    target = folder / "huge.h5"
+    _tiny_classifier().save(target)
+    with h5py.File(target, "a") as f:
+        raw = f.attrs["model_config"]
+        f.attrs["model_config"] = json.dumps(_with_units(json.loads(raw), HUGE_UNITS))
+    return target
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+@pytest.mark.parametrize("make", [_huge_keras, _huge_h5], ids=["keras", "h5"])
+def test_layer_sizes_in_the_architecture_are_bounded_before_keras_allocates(tmp_path, make):
+    # Keras builds every layer from the config, allocating and randomly initializing its variables, before it reads a
+    # weight: a few-kB file declaring Dense(125e6) took 1.5 GB (3e9 units: 36 GB) before anything checked it
+    from peakmem import peak_growth
+
+    from exporter.errors import ModelLoadError
+    from exporter.loading import load_model
+
+    evil = make(tmp_path)
+    assert evil.stat().st_size < 100_000
+    with peak_growth() as peak, pytest.raises(ModelLoadError, match="memory budget") as info:
+        load_model(evil)
+    assert evil.name in str(info.value) and "head" in str(info.value)
+    assert peak.growth_bytes < 300 << 20  # the kernel was never allocated
+    with peak_growth() as later:  # Keras' lazy-variable list was restored: a later symbolic build allocates none of it
+        _tiny_classifier()
+    assert later.growth_bytes < 300 << 20
