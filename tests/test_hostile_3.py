@@ -275,3 +275,28 @@ def test_layer_sizes_in_the_architecture_are_bounded_before_keras_allocates(tmp_
     with peak_growth() as later:  # Keras' lazy-variable list was restored: a later symbolic build allocates none of it
         _tiny_classifier()
     assert later.growth_bytes < 300 << 20
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
+def test_a_weightless_layer_that_blows_up_activations_is_refused_before_running(tmp_path, nested):
+    # UpSampling2D has no weights, so no weight or variable bound saw it: 32 px became 19200 px (4.4 GB per image)
+    # when the classifier probe ran the model
+    import keras
+
+    from exporter.errors import ModelLoadError
+    from exporter.loading import load_model
+
+    def body(x):
+        x = keras.layers.UpSampling2D(size=(600, 600), name="blow_up")(x)
+        return keras.layers.GlobalAveragePooling2D()(x)
+
+    inputs = keras.Input((32, 32, 3))
+    if nested:
+        inner_in = keras.Input((32, 32, 3))
+        x = keras.Model(inner_in, body(inner_in), name="backbone")(inputs)
+    else:
+        x = body(inputs)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)).save(tmp_path / "up.keras")
+    with pytest.raises(ModelLoadError, match="memory budget") as info:
+        load_model(tmp_path / "up.keras")
+    assert "up.keras" in str(info.value) and "blow_up" in str(info.value)
