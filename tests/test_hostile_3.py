@@ -300,3 +300,41 @@ def test_a_weightless_layer_that_blows_up_activations_is_refused_before_running(
     with pytest.raises(ModelLoadError, match="memory budget") as info:
         load_model(tmp_path / "up.keras")
     assert "up.keras" in str(info.value) and "blow_up" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ archive directories
+def _many_members(path: Path, count: int, name_chars: int = 8) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(count):
+            z.writestr(zipfile.ZipInfo(f"{i:0{name_chars}d}"), b"")
+    return path
+
+
+def _understate_count(path: Path) -> None:
+    """Make the end record claim one member (zipfile reads the directory by its byte size, not this count)."""
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x05\x06")
+    data[at + 8 : at + 12] = (1).to_bytes(2, "little") * 2
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("understated", [False, True], ids=["declared", "understated-count"])
+def test_an_archive_directory_of_many_members_is_refused_before_it_is_parsed(tmp_path, understated):
+    # zipfile.ZipFile parsed the whole central directory (~500 bytes of objects per 46-byte member) before check_zip
+    # looked at a single size: a 100 MB .keras of 2 million empty members took a gigabyte
+    from peakmem import peak_growth
+
+    from exporter.errors import ModelLoadError
+    from exporter.loading import inspect_model_file
+
+    # 20,001 members: over safety.MAX_ARCHIVE_MEMBERS (10,000); or 25,000 with 200-character names (a 5.7 MB
+    # directory, over MAX_CENTRAL_DIRECTORY_BYTES) behind an end record that claims one member
+    evil = _many_members(tmp_path / "many.keras", 25_000 if understated else 20_001, 200 if understated else 8)
+    if understated:
+        _understate_count(evil)
+    with peak_growth() as peak, pytest.raises(ModelLoadError, match="members") as info:
+        inspect_model_file(evil)
+    assert "many.keras" in str(info.value)
+    assert peak.growth_bytes < 2 << 20  # no directory entry became an object
