@@ -63,14 +63,37 @@ class LoadedModel:
 
 
 # ------------------------------------------------------------------------------------------------ code scanning
+# Keras' own layers that carry code or reach outside the file: Lambda layers hold Python bytecode; TFSMLayer loads a
+# TensorFlow SavedModel (a program) from a path; TorchModuleWrapper unpickles a torch module; JaxLayer / FlaxLayer
+# hold serialized callables. Keras' safe mode refuses them too; this scan refuses them first, by name.
+CODE_LAYERS = {
+    "Lambda": "Python code",
+    "TFOpLambda": "Python code",
+    "SlicingOpLambda": "Python code",
+    "TFSMLayer": "a TensorFlow SavedModel, a program, loaded from a path",
+    "TorchModuleWrapper": "a pickled PyTorch module",
+    "JaxLayer": "a serialized JAX function",
+    "FlaxLayer": "a serialized Flax module",
+}
+# Lookup layers read their vocabulary from a file when it is given as a path: a file outside the model file.
+FILE_READING_KEYS = ("vocabulary", "idf_weights")
+
+
 def _code_carriers(config: Any, where: str = "model") -> list[str]:
-    """Every place in a Keras architecture config that would execute code on load."""
+    """Every place in a Keras architecture config that would execute code, or read a file, on load."""
     found: list[str] = []
     if isinstance(config, dict):
         cls = config.get("class_name")
-        name = (config.get("config") or {}).get("name", "?") if isinstance(config.get("config"), dict) else "?"
-        if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
-            found.append(f"layer {name!r} is a {cls} layer (Python code)")
+        inner = config.get("config")
+        name = inner.get("name", "?") if isinstance(inner, dict) else "?"
+        if isinstance(inner, dict):
+            found += [
+                f"layer {name!r} reads its {key} from the file {inner[key][:80]!r}"
+                for key in FILE_READING_KEYS
+                if isinstance(inner.get(key), str)
+            ]
+        if cls in CODE_LAYERS:
+            found.append(f"layer {name!r} is a {cls} layer ({CODE_LAYERS[cls]})")
         elif cls == "__lambda__" or config.get("function_type") == "lambda":
             found.append(f"{where} holds a serialized Python function")
         elif isinstance(cls, str) and "module" in config:

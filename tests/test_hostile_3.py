@@ -338,3 +338,35 @@ def test_an_archive_directory_of_many_members_is_refused_before_it_is_parsed(tmp
         inspect_model_file(evil)
     assert "many.keras" in str(info.value)
     assert peak.growth_bytes < 2 << 20  # no directory entry became an object
+
+
+# ------------------------------------------------------------------------------------------------ code in the architecture
+@pytest.mark.parametrize(
+    "layer,what",
+    [
+        ({"class_name": "TFSMLayer", "config": {"name": "sm", "filepath": "/tmp/evil_saved_model"}}, "SavedModel"),
+        ({"class_name": "TorchModuleWrapper", "config": {"name": "torch", "module": "gASV..."}}, "pickled"),
+        ({"class_name": "StringLookup", "config": {"name": "vocab", "vocabulary": "/etc/passwd"}}, "/etc/passwd"),
+    ],
+    ids=["tfsm", "torch", "vocabulary-file"],
+)
+def test_keras_layers_that_load_programs_or_read_files_are_refused_by_the_scan(tmp_path, layer, what):
+    # the scan refused Lambda layers and custom classes only: a keras.layers.TFSMLayer (a SavedModel, a program, from
+    # any path), a TorchModuleWrapper (a pickle) or a lookup layer reading its vocabulary from a file passed it, and
+    # only Keras' safe mode (the second line) stood between the file and running them
+    import zipfile
+
+    from exporter.errors import UnsafeModelError
+    from exporter.loading import inspect_model_file
+
+    config = {
+        "module": "keras.src.models.functional",
+        "class_name": "Functional",
+        "config": {"name": "m", "layers": [{"module": "keras.layers", "registered_name": None, **layer}]},
+    }
+    evil = tmp_path / "evil.keras"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+        z.writestr("metadata.json", "{}")
+    with pytest.raises(UnsafeModelError, match=what):
+        inspect_model_file(evil)
