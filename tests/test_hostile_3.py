@@ -370,3 +370,28 @@ def test_keras_layers_that_load_programs_or_read_files_are_refused_by_the_scan(t
         z.writestr("metadata.json", "{}")
     with pytest.raises(UnsafeModelError, match=what):
         inspect_model_file(evil)
+
+
+# ------------------------------------------------------------------------------------------------ HTML report plots
+@pytest.mark.parametrize("classes,long_label", [(1000, False), (3, True)], ids=["1000-classes", "20000-char-label"])
+def test_confusion_plots_stay_bounded_images(classes, long_label):
+    # the matrix was 0.45 inch per class: a 1000-class model's was a 40,000-pixel square, and one 20,000-character
+    # label made the picture as wide; either raised MemoryError when the report was written, after the validation
+    import base64
+    import io
+
+    import matplotlib
+    import numpy as np
+    from peakmem import peak_growth
+    from PIL import Image
+
+    from exporter.report.html import _confusion
+
+    labels = [f"class_{i}" for i in range(classes)]
+    if long_label:
+        labels[0] = "x" * 20_000
+    with peak_growth() as peak, matplotlib.rc_context({"text.parse_math": False}):
+        url = _confusion(np.eye(classes, dtype=int).tolist(), labels, "Keras")
+    png = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert max(png.size) <= 3000, png.size  # a few thousand pixels at most, whatever the labels
+    assert peak.growth_bytes < 400 << 20
