@@ -294,7 +294,11 @@ def check_report_path(path: str | Path | None) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """``data`` as UTF-8 JSON. A lone surrogate (a file name that is not UTF-8, such as b"\\xff.png", reaches Python
+    as "\\udcff.png") is written as its JSON escape, which reads back as the same string, instead of failing."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    text = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def size_table(artifacts: list[Artifact]) -> list[Artifact]:

@@ -395,3 +395,39 @@ def test_confusion_plots_stay_bounded_images(classes, long_label):
     png = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert max(png.size) <= 3000, png.size  # a few thousand pixels at most, whatever the labels
     assert peak.growth_bytes < 400 << 20
+
+
+# ------------------------------------------------------------------------------------------------ names that are not UTF-8
+def test_an_image_name_that_is_not_utf8_is_reported_not_a_crash(tmp_path, capsys, small_export):
+    # Linux file names are bytes: b"\xff.png" reaches Python as "\udcff.png", which the HTML report could not encode:
+    # exit 70 after the whole validation
+    import os
+
+    images = tmp_path / "images"
+    shutil.copytree(small_export[1], images)
+    first = sorted(p for p in images.iterdir() if p.is_dir())[0]
+    os.rename(next(first.iterdir()), os.path.join(os.fsencode(first), b"bad\xff\xfe.png"))
+    html, report = tmp_path / "r.html", tmp_path / "r.json"
+    proc = run_in_process(["validate", str(small_export[0]), "--images", str(images), "--html", str(html), "--json", str(report)], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert "bad\\udcff\\udcfe.png" in html.read_text(encoding="utf-8")
+    assert json.loads(report.read_text())["images"] == sum(1 for p in images.rglob("*") if p.is_file())
+
+
+def test_a_model_name_that_is_not_utf8_reaches_metadata_and_manifests(tmp_path):
+    # convert on b"m\xff.keras" ended in an internal error: the name went into ONNX / Core ML metadata (protobuf
+    # strings must be UTF-8), and a manifest naming it could not be written
+    import onnx
+    from conftest import sample
+
+    from exporter.packaging import write_json
+    from exporter.preprocessing import Preprocessing
+    from exporter.provenance import ModelInfo, coreml_metadata, onnx_metadata
+
+    pre = Preprocessing.from_dict(json.loads(sample("mobilenet_v1_digits")["preprocessing"].read_text()))
+    info = ModelInfo(name="m", labels=["a", "b"], preprocessing=pre, source_sha256="0" * 64, source_file="m\udcff.keras", author="\udcfe")
+    for key, value in {**onnx_metadata(info, "onnx:fp32"), **coreml_metadata(info, "mlpackage:fp32")}.items():
+        onnx.StringStringEntryProto(key=key, value=value).SerializeToString()  # raised on the surrogate
+    assert info.source_file == "m\\udcff.keras"
+    write_json(tmp_path / "manifest.json", {"source": {"path": "/models/m\udcff.keras"}})
+    assert json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))["source"]["path"] == "/models/m\udcff.keras"
