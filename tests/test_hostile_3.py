@@ -431,3 +431,18 @@ def test_a_model_name_that_is_not_utf8_reaches_metadata_and_manifests(tmp_path):
     assert info.source_file == "m\\udcff.keras"
     write_json(tmp_path / "manifest.json", {"source": {"path": "/models/m\udcff.keras"}})
     assert json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))["source"]["path"] == "/models/m\udcff.keras"
+
+
+def test_golden_files_name_an_image_that_is_not_utf8_as_text(tmp_path, small_export):
+    # with the name written as a JSON lone-surrogate escape, Swift's JSONDecoder refuses golden.json as a whole
+    import os
+
+    from exporter.xcode.golden import write_golden
+
+    images = tmp_path / "images"
+    (images / "0").mkdir(parents=True)
+    shutil.copy(_image(small_export), os.path.join(os.fsencode(images / "0"), b"bad\xff.png"))
+    write_golden(small_export[0], images, tmp_path / "golden")
+    golden = json.loads((tmp_path / "golden" / "golden.json").read_text(encoding="utf-8"))
+    json.dumps(golden, ensure_ascii=False).encode("utf-8")  # no lone surrogate left anywhere: raised before
+    assert golden["images"][0]["source"] == "0/bad\\udcff.png"  # the name as text, its bad bytes escaped
