@@ -446,3 +446,32 @@ def test_golden_files_name_an_image_that_is_not_utf8_as_text(tmp_path, small_exp
     golden = json.loads((tmp_path / "golden" / "golden.json").read_text(encoding="utf-8"))
     json.dumps(golden, ensure_ascii=False).encode("utf-8")  # no lone surrogate left anywhere: raised before
     assert golden["images"][0]["source"] == "0/bad\\udcff.png"  # the name as text, its bad bytes escaped
+
+
+# ------------------------------------------------------------------------------------------------ the manifest's model
+def test_a_manifest_pointing_at_another_model_runs_none_of_its_code_even_trusted(tmp_path, small_export):
+    # the manifest (untrusted) names the model to load; with --trust-code (the user trusts the model the export was
+    # made from) a manifest pointing at another .keras ran that file's Lambda while Keras built it, and only then
+    # did the SHA-256 check refuse the file
+    import keras
+
+    from exporter.errors import ModelLoadError
+    from exporter.validation.parity import validate
+
+    marker = tmp_path / "marker.txt"
+
+    def writes(path: str):  # a Python lambda (saved as bytecode) that writes the marker whenever Keras builds or calls it
+        return lambda x: (__import__("pathlib").Path(path).write_text("ran"), x)[1]
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(writes(str(marker)))(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)).save(tmp_path / "other.keras")
+    marker.unlink()
+    export = _copy_export(small_export, tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["source"].update(path=str(tmp_path / "other.keras"), path_from_export=None)  # its recorded hash kept
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="SHA-256 differs"):
+        validate(export, small_export[1], trust_code=True)
+    assert not marker.exists()
