@@ -85,7 +85,7 @@ def _embedded(path: Path, fmt: str) -> dict[str, str]:
 
 def _runner(t: _Target):
     from .preprocessing import Preprocessing
-    from .runtime import CoreMLRunner, ExecutorRunner, OnnxRunner, embedded_onnx_labels
+    from .runtime import CoreMLRunner, ExecutorRunner, OnnxRunner
     from .safety import load_json
 
     meta = None
@@ -101,7 +101,8 @@ def _runner(t: _Target):
     else:
         pre = Preprocessing.from_dict(t.preprocessing, source=str(t.path.parent / MANIFEST_NAME))
     if t.format == "onnx":
-        return OnnxRunner(t.path, pre), _checked(embedded_onnx_labels(t.path), t.path), pre
+        onnx_runner = OnnxRunner(t.path, pre)
+        return onnx_runner, _checked(onnx_runner.labels, t.path), pre
     if platform.system() == "Darwin":
         meta = meta or _embedded(t.path, t.format)
         labels = _checked(load_json(meta.get("exporter.labels", ""), path=t.path, error=ConversionError, what="embedded labels"), t.path)

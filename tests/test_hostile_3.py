@@ -475,3 +475,25 @@ def test_a_manifest_pointing_at_another_model_runs_none_of_its_code_even_trusted
     with pytest.raises(ModelLoadError, match="SHA-256 differs"):
         validate(export, small_export[1], trust_code=True)
     assert not marker.exists()
+
+
+def test_onnx_external_data_in_a_fifo_is_one_line_and_never_opened(tmp_path, small_export):
+    # predict built the onnxruntime session before it read the file's external data locations (validate did it the
+    # other way round), and onnxruntime printed its own coloured multi-line error log before our one-line error
+    import os
+
+    import onnx
+    from test_faults import run_cli
+
+    model = onnx.load(str(next(small_export[0].glob("*.onnx"))))
+    init = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.raw_data) > 1000)
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="weights.bin")
+    lone = tmp_path / "lone.onnx"  # no manifest next to it
+    lone.write_bytes(model.SerializeToString())
+    os.mkfifo(tmp_path / "weights.bin")
+    proc = run_cli(["predict", str(lone), str(_image(small_export))], timeout=120)
+    line = one_line_error(proc)
+    assert proc.returncode == 5 and "weights.bin" in line and "regular file" in line, line
+    assert proc.stderr.strip() == line, proc.stderr  # nothing but our line: no onnxruntime log
