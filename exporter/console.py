@@ -246,12 +246,16 @@ class Progress:
         running = time.perf_counter() - self._step_t0
         eta = self.eta()
         eta_text = f"  ETA {format_seconds(eta)}" if eta is not None else ""
-        return f"[{bar}] {step} {format_seconds(running)}{eta_text}"
+        from .errors import printable
+
+        return f"[{bar}] {printable(str(step))} {format_seconds(running)}{eta_text}"
 
     def _write_line(self, text: str, *, final: bool) -> None:
+        from .errors import printable
+
         if self.tty:
             self.stream.write("\r\x1b[2K")
-        self.stream.write(text + "\n")
+        self.stream.write(printable(text) + "\n")  # a step names files: an ESC or newline in a name is shown, not obeyed
         if self.tty and self._running is not None:
             self.stream.write(self._status())
         self.stream.flush()

@@ -14,13 +14,22 @@ MAX_CAUSE_CHARS = 400
 # Longest error line. Messages quote file names and values from untrusted files; a 10 MB label must not become a
 # 10 MB line, and a newline or ESC in a file name must not split the line or drive the terminal.
 MAX_MESSAGE_CHARS = 2000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, line and paragraph separators, and the bidirectional formatting characters (LRM/RLM, ALM, the
+# embeddings, overrides and isolates): a U+202E in a file name printed as it is shows the rest of the line reversed
+# ("Trojan Source"), so a terminal line could say something other than what it holds.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal line: control and bidirectional formatting characters escaped
+    (``\x1b``, ``\n``, ``\u202e``), lone surrogates replaced. Every untrusted string printed goes through it."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``text`` with control characters (newlines, ESC, CR) escaped, lone surrogates replaced, cut to ``limit``."""
-    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """``text`` made ``printable`` (newlines, ESC, CR, bidi overrides escaped), cut to ``limit``."""
+    text = printable(text)
     return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text):,} chars)"
 
 

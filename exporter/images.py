@@ -25,7 +25,14 @@ from .errors import ImageError
 from .preprocessing import Preprocessing
 from .safety import MEMORY_BUDGET_BYTES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga")
+IMAGE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".avif",
+)  # fmt: skip
+# The Pillow decoders an image file may reach, whatever its name says (Pillow picks a decoder by the file's content):
+# the formats above (MPO is how Pillow opens a phone's multi-picture JPEG) and nothing else. Pillow also opens EPS
+# and PostScript by running Ghostscript on the file when one is installed, and a dozen rare formats through less
+# used code; an untrusted "photo.png" holding any of them is refused, never handed to those decoders.
+PILLOW_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM", "TGA", "ICO", "AVIF")
 # Largest image we decode. A decompression bomb (a tiny file that expands to gigapixels) is refused before its pixels
 # are allocated; 64 megapixels is above any camera a phone classifier sees and keeps one decode under ~256 MB.
 MAX_PIXELS = 64_000_000
@@ -41,6 +48,30 @@ SKIPPED_FOLDERS = ("__MACOSX",)
 HEIF_SUFFIXES = (".heic", ".heif")
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 HEIF_ERROR = "HEIC/HEIF images are not supported (no decoder installed); convert it to JPEG or PNG"
+# Other image files in a folder that are refused by name rather than skipped as "not an image": a validation on fewer
+# images than the folder holds would read as a pass on all of them. AVIF joins them when this Pillow has no AVIF
+# decoder (Pillow 11.2 and later wheels have one).
+UNDECODED_IMAGE_SUFFIXES = (".jxl", ".jp2", ".j2k", ".jpx", ".psd", ".svg", ".eps", ".raw", ".dng", ".cr2", ".cr3", ".nef", ".arw")
+
+
+def decoded_formats() -> tuple[str, ...]:
+    """``PILLOW_FORMATS`` that this Pillow can open."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(f for f in PILLOW_FORMATS if f in Image.OPEN)
+
+
+def _undecoded(path: Path) -> str | None:
+    """Why an image file of this name cannot be decoded here (None when it can, or is not an image at all)."""
+    suffix = path.suffix.lower()
+    if suffix in HEIF_SUFFIXES:
+        return HEIF_ERROR
+    if suffix == ".avif" and "AVIF" not in decoded_formats():
+        return "AVIF images need Pillow 11.2 or later with its AVIF decoder; upgrade Pillow or convert it to JPEG or PNG"
+    if suffix in UNDECODED_IMAGE_SUFFIXES:
+        return f"{suffix} images are not supported; convert it to JPEG or PNG"
+    return None
 
 
 def _resample(name: str):
@@ -115,7 +146,7 @@ def open_image(path: str | Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=decoded_formats()) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageError(
@@ -134,7 +165,9 @@ def open_image(path: str | Path):
     except UnidentifiedImageError as exc:
         if _is_heif(path):
             raise ImageError(HEIF_ERROR, path=path) from exc
-        raise ImageError("not an image Pillow can read (unknown format or corrupt header)", path=path) from exc
+        raise ImageError(
+            f"not an image of a supported format ({', '.join(decoded_formats())}), or its header is corrupt", path=path
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -178,8 +211,9 @@ def list_images(folder: str | Path) -> list[ImageItem]:
         rel = p.relative_to(folder)
         if any(part.startswith(".") or part in SKIPPED_FOLDERS for part in rel.parts):
             continue
-        if p.is_file() and p.suffix.lower() in HEIF_SUFFIXES:
-            raise ImageError(HEIF_ERROR + " (or move it out of the image folder)", path=p)
+        why = _undecoded(p) if p.is_file() else None
+        if why:
+            raise ImageError(why + " (or move it out of the image folder)", path=p)
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             items.append(ImageItem(p, rel.parts[0] if len(rel.parts) > 1 else None))
     if not items:

@@ -8,6 +8,11 @@ from pathlib import Path
 from .errors import LabelsError
 from .safety import MAX_TEXT_BYTES, load_json, quote, read_regular
 
+# Bidirectional formatting characters (LRM/RLM, ALM, embeddings, overrides, isolates): invisible, and they reorder
+# the text around them wherever the label is shown (a table, the HTML report, an app), so "cat" could display as
+# another class's name.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 
 def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = None) -> list[str]:
     """Parse labels text. A JSON list when ``json_list`` (or, if None, when the text starts with '[')."""
@@ -28,7 +33,9 @@ def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = 
 
 def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
     """Labels end up in file metadata, Swift resources and HTML reports: each must be a non-empty, trimmed string
-    of printable characters (no control character such as ESC, CR or a newline, no lone surrogate), and unique."""
+    of printable characters (no control character such as ESC, CR or a newline, no lone surrogate, no bidirectional
+    override), and unique, also once Unicode-normalized: Swift compares strings by canonical equivalence, so "é" as
+    one code point and as "e" + U+0301 are one label in the generated package's and Core ML's label dictionaries."""
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise LabelsError("labels must be a list of strings", path=source)
     if len(labels) < 2:
@@ -38,15 +45,19 @@ def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
             raise LabelsError(f"label {i} is empty (remove blank lines; one label per line)", path=source)
         if label != label.strip():
             raise LabelsError(f"label {i} {quote(label)} has leading or trailing spaces", path=source)
-        bad = next((ch for ch in label if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")), None)
+        bad = next((ch for ch in label if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS), None)
         if bad is not None:
-            kind = "a lone surrogate" if unicodedata.category(bad) == "Cs" else "a control character"
+            kind = {"Cs": "a lone surrogate", "Cf": "a bidirectional formatting character"}.get(
+                unicodedata.category(bad), "a control character"
+            )
             raise LabelsError(f"label {i} {quote(label)} contains {kind} (U+{ord(bad):04X})", path=source)
     seen: dict[str, int] = {}
     for i, label in enumerate(labels, start=1):
-        if label in seen:
-            raise LabelsError(f"label {quote(label)} appears twice (lines {seen[label]} and {i}); labels must be unique", path=source)
-        seen[label] = i
+        key = unicodedata.normalize("NFC", label)
+        if key in seen:
+            same = "" if label == labels[seen[key] - 1] else " once Unicode-normalized (NFC; Swift and Core ML compare them equal)"
+            raise LabelsError(f"label {quote(label)} appears twice{same} (lines {seen[key]} and {i}); labels must be unique", path=source)
+        seen[key] = i
     return list(labels)
 
 

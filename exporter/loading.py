@@ -63,14 +63,37 @@ class LoadedModel:
 
 
 # ------------------------------------------------------------------------------------------------ code scanning
+# Keras' own layers that carry code or reach outside the file: Lambda layers hold Python bytecode; TFSMLayer loads a
+# TensorFlow SavedModel (a program) from a path; TorchModuleWrapper unpickles a torch module; JaxLayer / FlaxLayer
+# hold serialized callables. Keras' safe mode refuses them too; this scan refuses them first, by name.
+CODE_LAYERS = {
+    "Lambda": "Python code",
+    "TFOpLambda": "Python code",
+    "SlicingOpLambda": "Python code",
+    "TFSMLayer": "a TensorFlow SavedModel, a program, loaded from a path",
+    "TorchModuleWrapper": "a pickled PyTorch module",
+    "JaxLayer": "a serialized JAX function",
+    "FlaxLayer": "a serialized Flax module",
+}
+# Lookup layers read their vocabulary from a file when it is given as a path: a file outside the model file.
+FILE_READING_KEYS = ("vocabulary", "idf_weights")
+
+
 def _code_carriers(config: Any, where: str = "model") -> list[str]:
-    """Every place in a Keras architecture config that would execute code on load."""
+    """Every place in a Keras architecture config that would execute code, or read a file, on load."""
     found: list[str] = []
     if isinstance(config, dict):
         cls = config.get("class_name")
-        name = (config.get("config") or {}).get("name", "?") if isinstance(config.get("config"), dict) else "?"
-        if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
-            found.append(f"layer {name!r} is a {cls} layer (Python code)")
+        inner = config.get("config")
+        name = inner.get("name", "?") if isinstance(inner, dict) else "?"
+        if isinstance(inner, dict):
+            found += [
+                f"layer {name!r} reads its {key} from the file {inner[key][:80]!r}"
+                for key in FILE_READING_KEYS
+                if isinstance(inner.get(key), str)
+            ]
+        if cls in CODE_LAYERS:
+            found.append(f"layer {name!r} is a {cls} layer ({CODE_LAYERS[cls]})")
         elif cls == "__lambda__" or config.get("function_type") == "lambda":
             found.append(f"{where} holds a serialized Python function")
         elif isinstance(cls, str) and "module" in config:
@@ -179,6 +202,75 @@ def _check_keras_weights(z: zipfile.ZipFile, path: Path) -> None:
         ) from exc
 
 
+def _check_variable_sizes(config: Any, path: Path, fmt: str) -> None:
+    """Refuse an architecture whose layers would create more variable memory than the budget, before Keras builds it
+    for real: Keras allocates and initializes every variable from the layer sizes in the config (``Dense(units=...)``,
+    ``Conv2D(filters=...)``) before it reads a single weight, so a 16 kB file declaring a 3e9-unit Dense took 36 GB,
+    never checked against the weights the file holds. The model is built with Keras' lazy variables (shapes and
+    dtypes only, no memory) and its variables are summed; a model that cannot even be built this way is left to the
+    real load, which reports it, unless the variables it had created by then are already over the budget."""
+    import math
+
+    import numpy as np
+
+    from .upstream import lazy_keras_variables
+
+    keras = import_keras()
+    if fmt == "keras":
+        config = {k: v for k, v in config.items() if k != "compile_config"} if isinstance(config, dict) else config
+        build = lambda: keras.saving.deserialize_keras_object(config, safe_mode=True)  # noqa: E731
+    else:
+        from keras.src.legacy.saving import saving_utils
+
+        build = lambda: saving_utils.model_from_config(config)  # noqa: E731
+    with lazy_keras_variables() as created:
+        try:
+            with keras.StatelessScope(initialize_variables=False):
+                build()
+        except Exception:  # noqa: BLE001 - a broken architecture is the real load's to report
+            pass
+        total = 0
+        for v in created():
+            itemsize = np.dtype(v.dtype).itemsize
+            total += itemsize * check_elements(v.shape, itemsize=itemsize, error=ModelLoadError, where=path, what=f"variable {v.path!r}")
+            if total > MEMORY_BUDGET_BYTES:
+                raise ModelLoadError(
+                    f"the architecture's layers create over {MEMORY_BUDGET_BYTES:,} bytes of variables (the memory budget), "
+                    f"{math.prod(v.shape):,} elements in {v.path!r} alone",
+                    path=path,
+                )
+
+
+# Bytes per activation value in the per-image bound below: float32, what the converters and the executor compute in.
+ACTIVATION_ITEMSIZE = 4
+
+
+def _check_activation_sizes(model, path: Path) -> None:
+    """Refuse a model one of whose layers outputs, for a single image, a tensor over the memory budget, before
+    anything runs it (the classifier probe, the converters, validation): an ``UpSampling2D(size=(2000, 2000))`` or a
+    ``Resizing(60000, 60000)`` has no weights, so the weight and variable bounds never see it, yet turns a 32 px image
+    into gigabytes. Shapes are the layers' symbolic outputs at the fixed input size, nested models included."""
+    from .keras_graph import node_tensors
+    from .upstream import inbound_nodes
+
+    seen: set[int] = set()
+
+    def walk(container) -> None:
+        for layer in getattr(container, "layers", None) or []:
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            for node in inbound_nodes(layer):
+                for tensor in node_tensors(node)[1]:
+                    dims = [1 if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())]
+                    check_elements(
+                        dims, itemsize=ACTIVATION_ITEMSIZE, error=ModelLoadError, where=path, what=f"the output of layer {layer.name!r}"
+                    )
+            walk(layer)
+
+    walk(model)
+
+
 def _detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
@@ -240,6 +332,8 @@ def load_model(
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)
     keras = import_keras()
+    if fmt in ("keras", "h5") and not trust_code:
+        _check_variable_sizes(_read_architecture(path, fmt), path, fmt)
 
     try:
         if fmt == "saved_model":
@@ -259,6 +353,7 @@ def load_model(
     from .inference import detect_preprocessing
 
     h, w, c, units = describe_classifier(model, path)
+    _check_activation_sizes(model, path)
     head = plan(units, final_activation(model), add_softmax, path)
     found = detect_preprocessing(model)
     return LoadedModel(

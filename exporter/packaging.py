@@ -279,12 +279,26 @@ def check_report_path(path: str | Path | None) -> None:
         raise DestinationError("is a folder; the report needs a file name", path=path)
     if path.exists() and not path.is_file():
         raise DestinationError("is not a regular file; refusing to write the report into it", path=path)
-    if not path.absolute().parent.is_dir():
-        raise DestinationError("the report's folder does not exist", path=path.absolute().parent)
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise DestinationError("the report's folder does not exist", path=folder)
+    # Whether a file can be written there, tried now rather than after the whole run: a read-only folder, or a
+    # pseudo file system such as /proc or /sys whose files open for writing (as root) but take no report.
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".exporter-probe-"):
+            pass
+    except OSError as exc:
+        raise DestinationError(f"cannot write the report: creating a file in {folder} failed: {exc.strerror or exc}", path=path) from exc
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DestinationError("the report file exists and is not writable", path=path)
 
 
 def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """``data`` as UTF-8 JSON. A lone surrogate (a file name that is not UTF-8, such as b"\\xff.png", reaches Python
+    as "\\udcff.png") is written as its JSON escape, which reads back as the same string, instead of failing."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    text = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def size_table(artifacts: list[Artifact]) -> list[Artifact]:
@@ -427,7 +441,8 @@ def read_manifest(folder: str | Path) -> dict:
 
 def artifact_file(root: str | Path, art: dict) -> Path:
     """The artifact's file or bundle inside ``root``, refused when it resolves outside (symlinks included), is
-    missing, or is not a regular file (a bundle: a folder of regular files and folders only)."""
+    missing, is not a regular file (a bundle: a folder of regular files and folders only), or is not the file the
+    export wrote: its SHA-256 must be the one manifest.json records (a file swapped or edited since is named)."""
     root = Path(root)
     manifest = root / MANIFEST_NAME
     target = inside(root, art["path"], error=DestinationError, where=manifest, what="artifact")
@@ -445,4 +460,11 @@ def artifact_file(root: str | Path, art: dict) -> Path:
         mode = target.stat().st_mode
         if not stat.S_ISREG(mode):
             raise DestinationError("is not a regular file", path=target)
+    if sha256_of(target) != art["sha256"]:
+        raise DestinationError(
+            "changed since the export: its SHA-256 differs from the one manifest.json records (replaced or edited "
+            "after `exporter convert` wrote it)",
+            path=target,
+            hint="export again",
+        )
     return target

@@ -84,9 +84,8 @@ def _embedded(path: Path, fmt: str) -> dict[str, str]:
 
 
 def _runner(t: _Target):
-    from .labels import check_labels
     from .preprocessing import Preprocessing
-    from .runtime import CoreMLRunner, ExecutorRunner, OnnxRunner, embedded_onnx_labels
+    from .runtime import CoreMLRunner, ExecutorRunner, OnnxRunner
     from .safety import load_json
 
     meta = None
@@ -102,15 +101,26 @@ def _runner(t: _Target):
     else:
         pre = Preprocessing.from_dict(t.preprocessing, source=str(t.path.parent / MANIFEST_NAME))
     if t.format == "onnx":
-        return OnnxRunner(t.path, pre), embedded_onnx_labels(t.path), pre
+        onnx_runner = OnnxRunner(t.path, pre)
+        return onnx_runner, _checked(onnx_runner.labels, t.path), pre
     if platform.system() == "Darwin":
         meta = meta or _embedded(t.path, t.format)
-        labels = check_labels(
-            load_json(meta.get("exporter.labels", ""), path=t.path, error=ConversionError, what="embedded labels"), source=str(t.path)
-        )
+        labels = _checked(load_json(meta.get("exporter.labels", ""), path=t.path, error=ConversionError, what="embedded labels"), t.path)
         return CoreMLRunner(t.path, pre, labels), labels, pre
     runner = ExecutorRunner(t.path, pre)
-    return runner, list(runner.executor.labels), pre
+    return runner, _checked(list(runner.executor.labels), t.path), pre
+
+
+def _checked(labels: list[str], path: Path) -> list[str]:
+    """The labels a file embeds, held to the rules labels files are (no control or bidi characters, unique): a file
+    from elsewhere is as untrusted as a labels file."""
+    from .errors import LabelsError
+    from .labels import check_labels
+
+    try:
+        return check_labels(labels, source=str(path))
+    except LabelsError as exc:  # the file is what is broken
+        raise ConversionError(f"its embedded labels are unusable: {exc}") from exc
 
 
 def predict(
@@ -160,16 +170,19 @@ def _predict(targets: list[_Target], files: list[Path], top_k: int) -> dict:
 
 
 def format_predictions(result: dict) -> str:
+    """The terminal table. Image file names and labels are untrusted text (a folder's file names, a file's embedded
+    labels): control and bidirectional formatting characters are shown escaped, never sent to the terminal."""
+    from .errors import printable
     from .runtime import engine_text
 
     lines: list[str] = []
     by_image: dict[str, list[dict]] = {}
     for row in result["predictions"]:
         by_image.setdefault(row["image"], []).append(row)
-    width = max((len(r["artifact"]) for r in result["predictions"]), default=0)
+    width = max((len(printable(r["artifact"])) for r in result["predictions"]), default=0)
     for image, rows in by_image.items():
-        lines.append(image)
+        lines.append(printable(image))
         for r in rows:
-            top = "  ".join(f"{t['label']} {t['probability']:.4f}" for t in r["top"])
-            lines.append(f"  {r['artifact'].ljust(width)}  {top}   [{engine_text(r['engine'])}]")
+            top = "  ".join(f"{printable(t['label'])} {t['probability']:.4f}" for t in r["top"])
+            lines.append(f"  {printable(r['artifact']).ljust(width)}  {top}   [{engine_text(r['engine'])}]")
     return "\n".join(lines)

@@ -27,6 +27,14 @@ class ModelInfo:
     version: str = ""
     description: str = ""
 
+    def __post_init__(self) -> None:
+        # Every text field goes into protobuf strings (ONNX metadata_props, Core ML metadata), which must be valid
+        # UTF-8: a model file whose name is not (b"m\xff.keras" reaches Python as "m\udcff.keras") ended the export in
+        # an internal error. Such characters are written as backslash escapes, as error lines show them.
+        for name in ("name", "source_file", "author", "license", "version", "description"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, value.encode("utf-8", "backslashreplace").decode("utf-8"))
+
 
 def _versions(*names: str) -> dict[str, str]:
     from .versions import library_versions

@@ -177,10 +177,58 @@ def check_elements(shape, *, itemsize: int = 4, error: type[ExporterError], wher
     return count
 
 
+# Members of a Keras archive: a .keras file holds three (config.json, metadata.json, model.weights.h5) plus a few
+# assets, in a central directory of a few hundred bytes. Python's zipfile parses the whole directory into objects of
+# ~500 bytes per member when it opens the archive, ten times the 46 bytes a member with a short name takes in the file:
+# 2 million empty members in a 100 MB file took a gigabyte before any other check ran. The end record, read first,
+# bounds both (zipfile reads the directory by the size the end record declares).
+MAX_ARCHIVE_MEMBERS = 10_000
+MAX_CENTRAL_DIRECTORY_BYTES = 4 << 20
+_EOCD, _ZIP64_LOCATOR, _ZIP64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+
+
+def zip_directory_size(path: str | Path) -> tuple[int, int] | None:
+    """(members, central directory bytes) as an archive's end record declares them (the zip64 record's where the
+    classic one holds 0xFFFF / 0xFFFFFFFF), read from the file's last 64 kB without parsing the directory; None when
+    there is no end record (zipfile then reports the file as not an archive)."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (22 + 0xFFFF)))
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        if at < 0 or len(tail) - at < 22:
+            return None
+        count, cd_bytes = struct.unpack("<HI", tail[at + 10 : at + 16])
+        locator = at - 20
+        if (count == 0xFFFF or cd_bytes == 0xFFFFFFFF) and locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
+            offset = struct.unpack("<Q", tail[locator + 8 : locator + 16])[0]
+            if offset + 56 <= size:
+                f.seek(offset)
+                record = f.read(56)
+                if record[:4] == _ZIP64_EOCD:
+                    count, cd_bytes = struct.unpack("<QQ", record[32:48])
+        return count, cd_bytes
+
+
 def check_zip(path: str | Path, *, error: type[ExporterError]) -> None:
-    """Refuse an archive whose members would inflate past the memory budget, or a member over a megabyte that
-    inflates more than ``MAX_COMPRESSION_RATIO`` times, before anything is read or extracted. Python's zipfile stops
-    a member at its declared size, so the declared sizes are what reading can cost."""
+    """Refuse an archive of more than ``MAX_ARCHIVE_MEMBERS`` members or a central directory over
+    ``MAX_CENTRAL_DIRECTORY_BYTES`` before the directory is parsed, and one whose members would inflate past the
+    memory budget, or a member over a megabyte that inflates more than ``MAX_COMPRESSION_RATIO`` times, before
+    anything is read or extracted. Python's zipfile stops a member at its declared size, so the declared sizes are
+    what reading can cost."""
+    try:
+        declared = zip_directory_size(path)
+    except OSError as exc:
+        raise error(f"model file cannot be read: {exc.strerror or exc}", path=path) from exc
+    if declared is not None and (declared[0] > MAX_ARCHIVE_MEMBERS or declared[1] > MAX_CENTRAL_DIRECTORY_BYTES):
+        raise error(
+            f"archive declares {declared[0]:,} members in a {declared[1]:,}-byte directory, over the limits of "
+            f"{MAX_ARCHIVE_MEMBERS:,} and {MAX_CENTRAL_DIRECTORY_BYTES:,} (a Keras model has a handful of members)",
+            path=path,
+        )
     try:
         with zipfile.ZipFile(path) as z:
             members = z.infolist()

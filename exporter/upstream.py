@@ -72,3 +72,21 @@ def compression_without_passes(passes: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         model_utils._mil_convert = original
+
+
+@contextmanager
+def lazy_keras_variables() -> Iterator[Any]:
+    """A block in which Keras variables take no memory: inside ``keras.StatelessScope(initialize_variables=False)``
+    Keras only registers each new variable (its shape and dtype) in its ``uninitialized_variables`` list, to be filled
+    when the outermost stateless scope closes. Yields a function returning the variables registered since the block
+    began (those created so far, also when creating the model failed half way); on leaving, Keras' list is put back
+    as it was, so no later stateless scope (Keras opens one for every symbolic call) ever allocates them."""
+    from keras.src.backend.common import global_state
+
+    get = _read(global_state, "get_global_attribute", "keras")
+    put = _read(global_state, "set_global_attribute", "keras")
+    before = list(get("uninitialized_variables", [], set_to_default=True))
+    try:
+        yield lambda: list(get("uninitialized_variables", []))[len(before) :]
+    finally:
+        put("uninitialized_variables", before)

@@ -29,6 +29,20 @@ def sample(name: str) -> dict:
     }
 
 
+def rehash_artifacts(export_dir: Path) -> None:
+    """Record every artifact's current SHA-256 in the export's manifest.json: a test that damages an artifact on
+    purpose, to test what validate or predict does with such a file, makes the manifest agree with it (as whoever
+    wrote a hostile export would), or the damage is caught first as a file changed since the export."""
+    from exporter.packaging import sha256_of
+
+    path = Path(export_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for art in manifest["artifacts"]:
+        if (Path(export_dir) / art["path"]).exists():
+            art["sha256"] = sha256_of(Path(export_dir) / art["path"])
+    path.write_text(json.dumps(manifest, indent=2))
+
+
 def shared_once(tmp_path_factory, key: str, build) -> tuple[Path, object]:
     """(folder, result) of ``build(folder) -> JSON-able result``, run once per test run even when pytest-xdist runs the files in several
     processes: the first process to ask builds it in a folder every process can see, under a file lock, and the

@@ -11,6 +11,13 @@ from pathlib import Path
 import numpy as np
 
 THUMB_PX = 96
+# Plots stay a bounded image whatever the labels: a confusion matrix sized 0.45 inch per class made a 1000-class
+# (ImageNet) model's a 40,000-pixel square (6 GB) and one 20,000-character label a picture as wide; both ended the
+# report in MemoryError after the whole validation had run. The tables keep every label whole.
+MAX_FIGURE_INCHES = 24  # 2160 px at the 90 dpi of _png
+PLOT_TEXT_CHARS = 32  # a label or name drawn in a plot is cut to this, with an ellipsis
+MAX_TICK_LABELS = 60  # above this many classes the matrix is drawn without class names on its axes
+MAX_CELL_COUNTS = 30  # above this many classes, without the count written in each cell
 # Thumbnails of flipped images per artifact; the heading says how many of how many are shown.
 SHOWN_FLIPPED = 12
 
@@ -22,6 +29,11 @@ def _png(fig) -> str:
 
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _short(text: str) -> str:
+    text = str(text)
+    return text if len(text) <= PLOT_TEXT_CHARS else text[: PLOT_TEXT_CHARS - 1] + "…"
 
 
 def _figure(*args, **kw):
@@ -38,7 +50,7 @@ def _agreement_and_size(report: dict) -> str:
     run = [a for a in report["artifacts"] if a["status"] != "not run"]
     allart = report["artifacts"]
     fig, (ax1, ax2) = _figure(2, 1, figsize=(9, max(4, 0.6 * len(allart) + 2)))
-    names = [a["path"] for a in run]
+    names = [_short(a["path"]) for a in run]
     colours = ["#c0392b" if a["status"] == "failed" else "#27ae60" for a in run]
     values = [a["top1_agreement"] for a in run]
     gates = [a["gate"].get("min_top1") for a in run]
@@ -54,7 +66,7 @@ def _agreement_and_size(report: dict) -> str:
     ax1.set_xlim(left, 1.0 + (1.0 - left) * 0.12)
     ax1.set_title("top-1 agreement with Keras (black tick: the artifact's gate)")
     ax1.invert_yaxis()
-    ax2.barh([a["path"] for a in allart], [a.get("ratio_to_fp32") or 0 for a in allart], color="#2980b9")
+    ax2.barh([_short(a["path"]) for a in allart], [a.get("ratio_to_fp32") or 0 for a in allart], color="#2980b9")
     for i, a in enumerate(allart):
         if a.get("ratio_to_fp32"):
             ax2.text(a["ratio_to_fp32"], i, f" {a['ratio_to_fp32']:.3f}", va="center", fontsize=8)
@@ -92,16 +104,21 @@ def _size_vs_agreement(report: dict) -> str:
 
 def _confusion(cm: list[list[int]], labels: list[str], title: str) -> str:
     counts = np.asarray(cm)
-    fig, ax = _figure(figsize=(0.45 * len(labels) + 2, 0.45 * len(labels) + 1.5))
-    ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=90)
-    ax.set_yticks(range(len(labels)), labels)
-    for (i, j), v in np.ndenumerate(counts):
-        if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > counts.max() / 2 else "black")
-    ax.set_xlabel("predicted")
+    n = len(labels)
+    side = min(0.45 * n + 2, MAX_FIGURE_INCHES)
+    fig, ax = _figure(figsize=(side, min(side - 0.5, MAX_FIGURE_INCHES)))
+    ax.imshow(counts, cmap="Blues", interpolation="nearest")
+    if n <= MAX_TICK_LABELS:
+        names = [_short(label) for label in labels]
+        ax.set_xticks(range(n), names, rotation=90)
+        ax.set_yticks(range(n), names)
+    if n <= MAX_CELL_COUNTS:
+        for (i, j), v in np.ndenumerate(counts):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > counts.max() / 2 else "black")
+    ax.set_xlabel("predicted" if n <= MAX_TICK_LABELS else f"predicted (class index; {n} classes)")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(_short(title))
     return _png(fig)
 
 
@@ -280,7 +297,8 @@ def _render(report: dict) -> str:
 
 
 def write(report: dict, path: str | Path) -> None:
-    Path(path).write_text(render(report), encoding="utf-8")
+    # a file name that is not UTF-8 (b"\xff.png" reaches Python as "\udcff.png") is shown as its escape, not a crash
+    Path(path).write_text(render(report), encoding="utf-8", errors="backslashreplace")
 
 
 def _left_out(report: dict) -> str:

@@ -6,6 +6,9 @@ from collections.abc import Collection, Sequence
 
 
 def _table(rows: Sequence[tuple[str, ...]], right: Collection[int] = frozenset()) -> list[str]:
+    from ..errors import printable
+
+    rows = [tuple(printable(c) for c in r) for r in rows]  # cells quote untrusted names: shown, never obeyed
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip() for r in rows

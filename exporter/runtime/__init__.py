@@ -53,9 +53,14 @@ class OnnxRunner:
     def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None):
         import onnxruntime as ort
 
-        self.order = None if labels is None else _label_order(embedded_onnx_labels(path), labels)
+        # read first, always: it refuses external data outside the file's folder or in anything but a regular file
+        # before onnxruntime opens any of it, and gives the labels the file maps its outputs to
+        self.labels = embedded_onnx_labels(path)
+        self.order = None if labels is None else _label_order(self.labels, labels)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # fatal only: onnxruntime's own error log line (ANSI-coloured, multi-line) came before our one-line error on a
+        # file it could not load; its exception is translated below
+        options.log_severity_level = 4
         with translating(ConversionError, "onnxruntime cannot load the file", path=path):
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
@@ -80,7 +85,7 @@ def embedded_onnx_labels(path: Path) -> list[str]:
     from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
-    from ..safety import MAX_FILE_BYTES, inside, read_regular
+    from ..safety import MAX_FILE_BYTES, check_regular, inside, read_regular
 
     raw = read_regular(path, error=ConversionError, what="ONNX file", max_bytes=MAX_FILE_BYTES)
     try:
@@ -89,8 +94,9 @@ def embedded_onnx_labels(path: Path) -> list[str]:
         raise ConversionError(f"is not an ONNX model ({type(exc).__name__})", path=path) from exc
     for tensor in _all_tensors(model.graph):
         for entry in tensor.external_data:
-            if entry.key == "location":  # external weights must stay inside the export folder
-                inside(path.parent, entry.value, error=ConversionError, where=path, what="external data")
+            if entry.key == "location":  # external weights must stay inside the export folder, in regular files
+                target = inside(path.parent, entry.value, error=ConversionError, where=path, what="external data")
+                check_regular(target, error=ConversionError, what="file of external data")
     for init in model.graph.initializer:
         if init.name == LABELS_CONSTANT:
             return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]

@@ -61,6 +61,12 @@ def choose_images(items: list[ImageItem], count: int | None) -> list[ImageItem]:
     return sorted(chosen, key=lambda it: it.path)
 
 
+def _text(name: str) -> str:
+    """A file or folder name as text for golden.json: a name that is not UTF-8 (a lone surrogate in Python) becomes
+    backslash escapes, since Swift's JSONDecoder refuses a lone-surrogate escape and with it the whole golden file."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_count(count: int | None) -> None:
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"golden image count must be a whole number of at least 1 (or None for all), got {count!r}")
@@ -115,8 +121,8 @@ def write_golden(
                 records.append(
                     {
                         "file": name,
-                        "source": item.path.relative_to(folder).as_posix(),
-                        "label": item.label,
+                        "source": _text(item.path.relative_to(folder).as_posix()),
+                        "label": None if item.label is None else _text(item.label),
                         "keras_top_index": top,
                         "keras_top_label": labels[top],
                         "probabilities": [float(v) for v in p],

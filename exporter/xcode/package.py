@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..capabilities import FORMATS, variant
-from ..errors import ConfigError, DestinationError
-from ..packaging import MANIFEST_NAME, artifact_file, atomic_directory, read_manifest, sha256_of, write_json
+from ..errors import ConfigError
+from ..packaging import MANIFEST_NAME, artifact_file, atomic_directory, read_manifest, write_json
 from ..preprocessing import Preprocessing
 from ..safety import MAX_NAME_CHARS
 from .golden import check_count, write_golden
@@ -175,9 +175,7 @@ def write_xcode_package(
     manifest = read_manifest(root)
     pre = Preprocessing.from_dict(manifest["preprocessing"], source=str(root / MANIFEST_NAME)).to_dict()
     artifact = pick_artifact(manifest, variant, root)
-    model_src = artifact_file(root, artifact)  # inside the export folder, present, regular files only
-    if sha256_of(model_src) != artifact["sha256"]:
-        raise DestinationError("changed since the export (SHA-256 differs from manifest.json); export again", path=model_src)
+    model_src = artifact_file(root, artifact)  # inside the export folder, present, regular files only, unchanged
     name = check_package_name(package_name or swift_name(model_stem(manifest, artifact)))
     model_file = f"{name}{MODEL_RESOURCE_SUFFIX}.{artifact['format']}"
     tools, platforms = platforms_for(artifact["minimum_deployment_target"])
