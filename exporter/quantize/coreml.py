@@ -72,12 +72,12 @@ PALETTE8 = CompressionSpec("palettize", 8, min_elements=SMALL_WEIGHT_ELEMENTS)
 # tensor, data-free k-means; Core ML files through the executor): top-1 agreement outside the classes, every kernel
 # palettized -> kernels of up to 4,096 elements float16: MobileNet v1 sample 0.925 -> 0.980, v2 0.940 -> 0.995,
 # SqueezeNet 0.960 -> 0.965, transfer 0.927 -> 0.977; the transfer sample's flips on 1,000 fresh held-out crops
-# (benchmarks/fresh_crops.py) 22 -> 15-17 (k-means runs differ by a few), mean per-image max |dp| 0.028 -> 0.012; the digit samples' held-out digits
-# 0-1 -> 0 flips. Bytes +4 % to +17 % (v2 370,244 -> 433,860, 0.225 -> 0.263 of fp32), still below palette8's
-# 0.304. Not applied to the 4-bit tables: the same rule took the transfer sample's per-tensor 4-bit file from 132 to
-# 35 flips of 1,000, but issue 18 bounds palette4's size (MobileNetV2 224 at 0.135 of fp32) and those kernels would
-# spend it. kmeans1d (exact 1-D k-means, which coremltools uses for kernels of 10,000+ float16 elements when it is
-# installed) was measured and not added: 21 against 22 flips at 6 bits, 58 against 35 at 4.
+# (benchmarks/fresh_crops.py) 22 -> 15-17 (k-means runs differ by a few), mean per-image max |dp| 0.028 -> 0.012; the
+# digit samples' held-out digits 0-1 -> 0 flips. Bytes +4 % to +17 % (v2 370,244 -> 433,860, 0.225 -> 0.263 of fp32),
+# still below palette8's 0.304. Not applied to the 4-bit tables: the same rule took the transfer sample's per-tensor
+# 4-bit file from 132 to 35 flips of 1,000, but issue 18 bounds palette4's size (MobileNetV2 224 at 0.135 of fp32) and
+# those kernels would spend it. kmeans1d (exact 1-D k-means, which coremltools uses for kernels of 10,000+ float16
+# elements when it is installed) was measured and not added: 21 against 22 flips at 6 bits, 58 against 35 at 4.
 PALETTE6 = CompressionSpec("palettize", 6, min_elements=SMALL_WEIGHT_ELEMENTS)
 W8A8_WEIGHTS = CompressionSpec("linear", 8, symmetric=True, min_elements=SMALL_WEIGHT_ELEMENTS)
 
