@@ -13,7 +13,11 @@ An integer image input (``keras.Input(dtype="uint8")``): the model casts the flo
 cast Core ML has no type for ("Cast: Provided destination type uint8 not supported"), so for Core ML the model is
 called on a float32 input instead (``integer_input_as_float``). A Core ML image input holds whole pixel values 0..255,
 which the cast leaves unchanged, so the model computes the same numbers; its first layers cast to their own float
-type either way. ONNX keeps the cast (it has uint8).
+type either way. ONNX keeps the cast (it has uint8). A nested model with an integer input (a backbone saved with
+``Input(dtype="uint8")`` inside a float model, or inside the wrapper a binary or logits head adds) casts whatever
+its caller gives it, which need not be whole pixels: it is rebuilt on a float32 input behind the cast's exact float
+equivalent, TensorFlow's saturating cast ``trunc(clip(x, min, max))`` of the integer type, which Core ML has
+(``clip``, ``floor``, ``ceil``, ``select``).
 
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
@@ -103,12 +107,74 @@ def for_converters(model):
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def integer_input_as_float(model):
-    """``model`` called on a float32 input when its input is an integer type (the same layers and weights), else
-    ``model`` itself. Exact for whole pixel values in the integer type's range (see the module docstring)."""
+def _has_integer_input(model) -> bool:
     import keras
 
-    if len(model.inputs) != 1 or not keras.backend.is_int_dtype(model.inputs[0].dtype):
+    return len(model.inputs) == 1 and keras.backend.is_int_dtype(model.inputs[0].dtype)
+
+
+def _has_integer_model_input(model) -> bool:
+    """Whether ``model`` or a model nested in it (at any depth) takes an integer input."""
+    import keras
+
+    return _has_integer_input(model) or any(isinstance(layer, keras.Model) and _has_integer_model_input(layer) for layer in model.layers)
+
+
+def _saturating_cast(x, dtype: str):
+    """What TensorFlow's cast of the float tensor ``x`` to the integer ``dtype`` gives, in float32: saturated to the
+    type's range, then truncated toward zero."""
+    import keras
+    import numpy as np
+
+    info = np.iinfo(dtype)
+    x = keras.ops.clip(x, float(info.min), float(info.max))
+    if info.min == 0:
+        return keras.ops.floor(x)  # trunc of a non-negative value
+    return keras.ops.where(x < 0, keras.ops.ceil(x), keras.ops.floor(x))
+
+
+def _nested_as_float(layer):
+    """A nested model ``layer`` (or one inside it) with an integer input, rebuilt to take float32: its own nested
+    models first, then its input behind the exact float form of the cast its caller's tensor went through."""
+    import keras
+
+    inner = _nested_integer_models_as_float(layer)
+    if not _has_integer_input(layer):
+        return inner
+    source = layer.inputs[0]
+    from ..keras_graph import called_on
+
+    inner = called_on(inner, keras.Input(tuple(source.shape[1:]), dtype="float32"))
+    inputs = keras.Input(tuple(source.shape[1:]), dtype="float32", name=source.name)
+    return keras.Model(inputs, inner(_saturating_cast(inputs, source.dtype)), name=layer.name)
+
+
+def _nested_integer_models_as_float(model):
+    """``model`` with every nested model taking an integer input rebuilt by ``_nested_as_float``."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        return model  # a subclassed model's call() is code: the converter reports what it meets
+    if not any(isinstance(layer, keras.Model) and _has_integer_model_input(layer) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, keras.Model) and _has_integer_model_input(layer):
+            return _nested_as_float(layer)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def integer_input_as_float(model):
+    """``model`` called on a float32 input when its input is an integer type (the same layers and weights), and every
+    nested model taking an integer input rebuilt to take float32 (``_nested_as_float``); else ``model`` itself. Exact
+    for whole pixel values in the integer type's range at the top (see the module docstring)."""
+    import keras
+
+    model = _nested_integer_models_as_float(model)
+    if not _has_integer_input(model):
         return model
     source = model.inputs[0]
     inputs = keras.Input(tuple(source.shape[1:]), dtype="float32", name=source.name)

@@ -1,0 +1,94 @@
+"""Models the way users build them, third round (see tests/test_user_models.py for the first): each case one the
+exploratory hunt found broken. The models are tiny (32 px, one or two convolutions); the ones whose exported files are
+checked for parity are trained a few epochs on scikit-learn's digits, so their outputs depend on the input, and are
+validated on the real held-out digits."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import SAMPLES
+
+from exporter.api import ExportOptions, export, validate
+from sample_models.data import digits_arrays, digits_split, render_digit
+
+SIZE = 32
+DIGITS = SAMPLES / "heldout" / "digits"
+CORE_ML = ExportOptions(formats=("mlpackage",), variants=("fp32",))
+
+
+def _digits(size=(SIZE, SIZE)):
+    """Training digits (never the held-out ones) as RGB float32 on 0..255, with their labels."""
+    images, labels = digits_arrays()
+    train, _ = digits_split()
+    x = np.stack([np.asarray(render_digit(images[i], size).convert("RGB")) for i in train])
+    return x.astype("float32"), labels[train]
+
+
+def _save(model, folder, x, y, epochs=5, classes=10):
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "labels.txt").write_text("".join(f"{i}\n" for i in range(classes)))
+    return folder / "model.keras", folder / "labels.txt"
+
+
+def _conv_body(x):
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
+    return keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+
+
+# ------------------------------------------------------------------------------------- integer input in a nested model
+def _uint8_backbone(dtype="uint8"):
+    inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype)
+    return keras.Model(inputs, _conv_body(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)), name="backbone")
+
+
+def _around(backbone, dtype="float32"):
+    inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype)
+    h = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int32"])
+def test_a_nested_integer_input_is_rebuilt_as_the_exact_float_cast(dtype):
+    """The Core ML rewrite of a nested model taking integers: whatever its caller gives it (fractions, negatives,
+    values past the type's range), the float rebuild computes what Keras' cast to the integer type computes."""
+    from exporter.convert.rewrite import integer_input_as_float
+
+    keras.utils.set_random_seed(0)
+    model = _around(_uint8_backbone(dtype))
+    rebuilt = integer_input_as_float(model)
+    assert not any(keras.backend.is_int_dtype(t.dtype) for m in _models(rebuilt) for t in m.inputs)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-300, 600, (4, SIZE, SIZE, 3)).astype("float32")
+    x[0] = np.rint(x[0])  # whole values too
+    np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(model(x)))
+
+
+def _models(model):
+    yield model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _models(layer)
+
+
+@pytest.fixture(scope="module")
+def nested_uint8_model(tmp_path_factory):
+    """A uint8 backbone (its own Input(dtype="uint8") and Rescaling) under a uint8 classifier: Core ML conversion
+    stopped at the nested model's cast ("Cast: Provided destination type uint8 not supported", exit 5)."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    return _save(_around(_uint8_backbone(), "uint8"), tmp_path_factory.mktemp("nested_uint8"), x.astype("uint8"), y)
+
+
+@pytest.mark.slow
+def test_nested_uint8_backbone_converts_to_core_ml_and_passes_parity(nested_uint8_model, tmp_path):
+    model, labels = nested_uint8_model
+    options = ExportOptions(formats=("mlpackage", "mlmodel"), variants=("fp32",))
+    export(model, labels, tmp_path / "out", preprocessing=None, options=options)  # the backbone's Rescaling is the contract
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 2
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
