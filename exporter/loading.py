@@ -341,6 +341,7 @@ def load_model(
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
             model = with_input_size(model, input_size, path)
+        model = with_plain_output(model)
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
@@ -394,6 +395,17 @@ def with_input_size(model, input_size: tuple[int, int] | None, path: Path):
         return called_on(model, fixed)
     except ValueError:  # a subclassed model: called as one layer on the fixed input
         return keras.Model(fixed, model(fixed), name=model.name)
+
+
+def with_plain_output(model):
+    """``model`` itself, or, when its one output sits in a dict or a list (``Model(x, {"probs": y})``,
+    ``Model(x, [y])``, which Keras returns as they were given), the same layers with that output returned as a plain
+    tensor: everything downstream reads one probability array."""
+    keras = import_keras()
+
+    if len(getattr(model, "outputs", None) or ()) != 1 or not isinstance(model.output, (dict, list, tuple)):
+        return model
+    return keras.Model(model.input, model.outputs[0], name=model.name)
 
 
 def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None):

@@ -92,3 +92,56 @@ def test_nested_uint8_backbone_converts_to_core_ml_and_passes_parity(nested_uint
     report = validate(tmp_path / "out", DIGITS)
     assert report.passed and len(report["artifacts"]) == 2
     assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+# ------------------------------------------------------------------------------------- one output in a dict or a list
+def _dict_output_model():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    probs = keras.layers.Dense(10, activation="softmax", name="probs")(keras.layers.GlobalAveragePooling2D()(_conv_body(inputs)))
+    return keras.Model(inputs, {"probs": probs}, name="dict_out")
+
+
+@pytest.fixture(scope="module")
+def dict_output_model(tmp_path_factory):
+    """``Model(x, {"probs": y})``, trained with a loss per named output: the export stopped with an internal error
+    (exit 70, "KeyError: 0" reading the last activation, then the probabilities came back as a dict)."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = _dict_output_model()
+    model.compile(keras.optimizers.Adam(3e-3), {"probs": "sparse_categorical_crossentropy"})
+    model.fit(x / 127.5 - 1, {"probs": y}, epochs=5, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("dict_output")
+    model.save(folder / "model.keras")
+    (folder / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    return folder / "model.keras", folder / "labels.txt"
+
+
+@pytest.mark.slow
+def test_one_output_in_a_dict_exports_and_passes_parity(dict_output_model, tmp_path):
+    model, labels = dict_output_model
+    options = ExportOptions(formats=("mlpackage", "onnx"), variants=("fp32",))
+    export(model, labels, tmp_path / "out", preprocessing="tf", options=options)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 2
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("wrap", ["dict", "list", "nested_dict"])
+def test_one_output_in_a_container_is_read_as_the_probabilities(wrap, tmp_path):
+    """The reference the exporter builds returns the model's one output as an array, whichever container holds it,
+    also when the dict-output model is nested in another."""
+    from exporter.api import prepare
+
+    keras.utils.set_random_seed(0)
+    inner = _dict_output_model()
+    if wrap == "dict":
+        model = inner
+    else:
+        inputs = keras.Input((SIZE, SIZE, 3))
+        out = inner(inputs)
+        model = keras.Model(inputs, [out["probs"]] if wrap == "list" else out)
+    model.save(tmp_path / "model.keras")
+    prepared = prepare(tmp_path / "model.keras", [str(i) for i in range(10)], preprocessing="tf", options=CORE_ML)
+    assert prepared.loaded.head.output == "probabilities" and prepared.loaded.num_classes == 10
+    x = np.random.default_rng(0).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(prepared.loaded.model(x)), np.asarray(inner(x)["probs"]))
