@@ -145,3 +145,26 @@ def test_one_output_in_a_container_is_read_as_the_probabilities(wrap, tmp_path):
     assert prepared.loaded.head.output == "probabilities" and prepared.loaded.num_classes == 10
     x = np.random.default_rng(0).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(prepared.loaded.model(x)), np.asarray(inner(x)["probs"]))
+
+
+# ------------------------------------------------------------------------------------- binary heads and their labels
+def _sigmoid_model(path):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("labels", [["cat", "dog", "bird"], ["dog"]])
+def test_labels_for_a_sigmoid_model_are_explained_as_a_binary_pair(labels, tmp_path):
+    """Dense(1, sigmoid) (cats vs dogs): the error said 'the model outputs 2 classes' of a model with one output, or
+    only 'need at least 2 labels' to the user who listed the positive class."""
+    from exporter.errors import LabelsError
+
+    model = _sigmoid_model(tmp_path / "model.keras")
+    (tmp_path / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    options = ExportOptions(formats=("onnx",), variants=("fp32",))
+    with pytest.raises(LabelsError, match="binary classifier.*two labels, the class of outputs below 0.5 first") as info:
+        export(model, tmp_path / "labels.txt", tmp_path / "out", preprocessing="tf", options=options)
+    assert "labels.txt" in str(info.value)
+    assert not (tmp_path / "out").exists()
