@@ -403,7 +403,9 @@ def with_plain_output(model):
     tensor: everything downstream reads one probability array."""
     keras = import_keras()
 
-    if len(getattr(model, "outputs", None) or ()) != 1 or not isinstance(model.output, (dict, list, tuple)):
+    if isinstance(model, keras.Sequential) or len(getattr(model, "outputs", None) or ()) != 1:
+        return model  # a Sequential returns its last layer's tensor (and has no .output when built from a fixed batch)
+    if not isinstance(model.output, (dict, list, tuple)):
         return model
     return keras.Model(model.input, model.outputs[0], name=model.name)
 

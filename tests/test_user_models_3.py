@@ -168,3 +168,20 @@ def test_labels_for_a_sigmoid_model_are_explained_as_a_binary_pair(labels, tmp_p
         export(model, tmp_path / "labels.txt", tmp_path / "out", preprocessing="tf", options=options)
     assert "labels.txt" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_sequential_built_by_calling_it_loads_from_a_legacy_h5(tmp_path):
+    """keras.Sequential([...]) without an Input, built by calling it on a batch of two and saved as .h5 (Keras 3
+    writes those too): its saved input has batch size 2 and Keras gives the loaded model no ``.output``; the
+    single-output check must not stop there (it did, exit 3, "has never been called")."""
+    from exporter.api import prepare
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.layers.Conv2D(8, 3, strides=2, activation="relu"), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")]
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype("float32")
+    model(x[:2])
+    model.save(tmp_path / "model.h5")
+    prepared = prepare(tmp_path / "model.h5", [str(i) for i in range(10)], preprocessing="tf", options=CORE_ML)
+    np.testing.assert_allclose(np.asarray(prepared.loaded.model(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-7)
