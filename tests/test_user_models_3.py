@@ -178,7 +178,11 @@ def test_sequential_built_by_calling_it_loads_from_a_legacy_h5(tmp_path):
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.layers.Conv2D(8, 3, strides=2, activation="relu"), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")]
+        [
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
     )
     x = np.random.default_rng(0).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype("float32")
     model(x[:2])
