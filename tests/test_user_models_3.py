@@ -189,3 +189,29 @@ def test_sequential_built_by_calling_it_loads_from_a_legacy_h5(tmp_path):
     model.save(tmp_path / "model.h5")
     prepared = prepare(tmp_path / "model.h5", [str(i) for i in range(10)], preprocessing="tf", options=CORE_ML)
     np.testing.assert_allclose(np.asarray(prepared.loaded.model(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------- saved with zipped=False
+@pytest.mark.slow
+def test_an_unzipped_keras_model_folder_exports_and_passes_parity(dict_output_model, tmp_path):
+    """``model.save(folder, zipped=False)`` (Keras 3: config.json, model.weights.h5, metadata.json in a folder), which
+    Keras loads as it loads a .keras file, was refused as 'directory is not a TensorFlow SavedModel' (exit 3)."""
+    model, labels = dict_output_model
+    keras.saving.load_model(model).save(tmp_path / "model_dir", zipped=False)
+    options = ExportOptions(formats=("onnx",), variants=("fp32",))
+    manifest = export(tmp_path / "model_dir", labels, tmp_path / "out", preprocessing="tf", options=options)
+    assert manifest["source"]["format"] == "keras_dir"
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+def test_an_unzipped_keras_model_folder_is_scanned_for_code_like_an_archive(tmp_path):
+    from exporter.errors import UnsafeModelError
+    from exporter.precheck import model_file
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(h))
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h)).save(tmp_path / "model_dir", zipped=False)
+    with pytest.raises(UnsafeModelError, match="'doubler' is a Lambda layer"):
+        model_file(tmp_path / "model_dir")
