@@ -2,10 +2,11 @@
 
 Formats: Keras 3 ``.keras`` archives (or their members in a folder, ``model.save(folder, zipped=False)``), legacy
 ``.h5`` files and TensorFlow SavedModel directories. Before Keras sees a ``.keras`` or ``.h5`` file we read its
-architecture JSON ourselves and refuse anything that would run code from the file (Lambda layers, custom classes from outside Keras) unless the caller passes ``trust_code=True``; Keras' own
-``safe_mode`` stays on as a second line. A SavedModel is a TensorFlow program whose graph can do anything a program
-can (``tf.io.write_file``, reading files); it is loaded only with ``trust_code=True`` (docs/THREAT_MODEL.md).
-Archive member sizes, HDF5 dataset sizes and the architecture JSON are bounded before anything is inflated.
+architecture JSON ourselves and refuse anything that would run code from the file (Lambda layers, custom classes from
+outside Keras) unless the caller passes ``trust_code=True``; Keras' own ``safe_mode`` stays on as a second line. A
+SavedModel is a TensorFlow program whose graph can do anything a program can (``tf.io.write_file``, reading files);
+it is loaded only with ``trust_code=True`` (docs/THREAT_MODEL.md). Archive member sizes, HDF5 dataset sizes and the
+architecture JSON are bounded before anything is inflated.
 """
 
 from __future__ import annotations
