@@ -215,3 +215,18 @@ def test_an_unzipped_keras_model_folder_is_scanned_for_code_like_an_archive(tmp_
     keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h)).save(tmp_path / "model_dir", zipped=False)
     with pytest.raises(UnsafeModelError, match="'doubler' is a Lambda layer"):
         model_file(tmp_path / "model_dir")
+
+
+# ------------------------------------------------------------------------------------- grayscale with its own Rescaling
+@pytest.mark.parametrize("declared", [None, "raw"])
+def test_a_grayscale_model_normalising_itself_gets_a_one_channel_contract(declared, tmp_path):
+    """Input((32, 32, 1)) then Rescaling(1/255): the detected contract was built with the three-channel default scale
+    and refused itself ('preprocessing scale must have 1 values (one per channel), got 3', exit 2)."""
+    from exporter.api import prepare
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(inputs)))
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h)).save(tmp_path / "model.keras")
+    prepared = prepare(tmp_path / "model.keras", [str(i) for i in range(10)], preprocessing=declared, options=CORE_ML)
+    pre = prepared.info.preprocessing
+    assert pre.in_model and pre.channel_order == "L" and pre.scale == (1.0,) and pre.bias == (0.0,)
