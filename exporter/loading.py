@@ -398,6 +398,16 @@ def load_model(
     )
 
 
+_CHANNELS_FIRST_HINT = (
+    "the input looks channels-first (batch, channels, height, width); the exporter takes channels-last image models: "
+    "rebuild it with data_format='channels_last' (Keras' default) and load the weights into it"
+)
+
+
+def _channels_first(shape) -> bool:
+    return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+
+
 def _has_free_side(shape) -> bool:
     return len(shape) == 4 and (shape[1] is None or shape[2] is None)
 
@@ -472,10 +482,11 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
         raise NotAClassifierError(f"model has {len(model.outputs)} outputs; expected one probability vector", path=path)
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
+        any_size = _has_free_side(shape) and shape[3] in (1, 3)
         raise NotAClassifierError(
             f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width",
             path=path,
-            hint=ANY_SIZE_HINT if _has_free_side(shape) and shape[3] in (1, 3) else None,
+            hint=ANY_SIZE_HINT if any_size else _CHANNELS_FIRST_HINT if _channels_first(shape) else None,
         )
     if not all(MIN_SIDE <= int(side) <= MAX_SIDE for side in shape[1:3]):
         raise NotAClassifierError(

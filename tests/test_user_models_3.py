@@ -230,3 +230,15 @@ def test_a_grayscale_model_normalising_itself_gets_a_one_channel_contract(declar
     prepared = prepare(tmp_path / "model.keras", [str(i) for i in range(10)], preprocessing=declared, options=CORE_ML)
     pre = prepared.info.preprocessing
     assert pre.in_model and pre.channel_order == "L" and pre.scale == (1.0,) and pre.bias == (0.0,)
+
+
+def test_a_channels_first_model_is_refused_with_the_remedy(tmp_path):
+    """Input((3, 32, 32)) with data_format='channels_first' (models trained on a GPU, or ported from PyTorch): the
+    refusal only said the shape was not (batch, height, width, 1 or 3)."""
+    from exporter.errors import NotAClassifierError
+
+    inputs = keras.Input((3, SIZE, SIZE))
+    h = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(inputs)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h)).save(tmp_path / "model.keras")
+    with pytest.raises(NotAClassifierError, match="channels-first.*data_format='channels_last'"):
+        export(tmp_path / "model.keras", [str(i) for i in range(10)], tmp_path / "out", preprocessing="tf", options=CORE_ML)
