@@ -75,6 +75,23 @@ def _models(model):
             yield from _models(layer)
 
 
+def test_a_uint8_binary_model_under_its_head_is_rebuilt_on_float(tmp_path):
+    """A uint8 model ending in Dense(1, sigmoid): the [1 - p, p] head wraps it in a float input, which made it a
+    nested uint8 model and stopped its Core ML conversion the same way."""
+    from exporter.api import prepare
+    from exporter.convert.rewrite import integer_input_as_float
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    h = keras.layers.GlobalAveragePooling2D()(_conv_body(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)))
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h)).save(tmp_path / "model.keras")
+    prepared = prepare(tmp_path / "model.keras", ["no", "yes"], preprocessing=None, options=CORE_ML)
+    rebuilt = integer_input_as_float(prepared.export_model)
+    assert not any(keras.backend.is_int_dtype(t.dtype) for m in _models(rebuilt) for t in m.inputs)
+    x = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(prepared.loaded.model(x)))
+
+
 @pytest.fixture(scope="module")
 def nested_uint8_model(tmp_path_factory):
     """A uint8 backbone (its own Input(dtype="uint8") and Rescaling) under a uint8 classifier: Core ML conversion
