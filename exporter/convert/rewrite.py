@@ -19,6 +19,13 @@ its caller gives it, which need not be whole pixels: it is rebuilt on a float32 
 equivalent, TensorFlow's saturating cast ``trunc(clip(x, min, max))`` of the integer type, which Core ML has
 (``clip``, ``floor``, ``ceil``, ``select``).
 
+A model computing in bfloat16 (Keras' ``mixed_bfloat16`` policy, TPU training): Core ML has no bfloat16 and ONNX's
+convolutions take none, so both converters stopped (coremltools with "'NoneType' object has no attribute
+'__name__'", the ONNX checker on a bfloat16 Conv). The policy keeps the variables in float32 and only computes in
+bfloat16, so the converters are given the same architecture and the same float32 weights computing in float32
+(``float32_twin``): the files are closer to the exact answer than Keras' bfloat16 arithmetic, which validation's
+float64 arbiter recognises (validation/float64.py).
+
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
 """
@@ -86,10 +93,49 @@ def _grouped_conv_replacement(layer):
     return keras.Model(inputs, keras.layers.Concatenate(axis=-1)(parts), name=f"{layer.name}_grouped")
 
 
-def for_converters(model):
-    """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent."""
+def _computes_in_bfloat16(model) -> bool:
     import keras
 
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and _computes_in_bfloat16(layer):
+            return True
+        if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) == "bfloat16":
+            return True
+    return False
+
+
+def float32_twin(model):
+    """The same architecture and weights with every bfloat16 dtype policy (``bfloat16``, ``mixed_bfloat16``) set to
+    float32; ``model`` itself when no layer computes in bfloat16 (or its layers cannot be rebuilt from their config:
+    the converter then reports what it meets)."""
+    import keras
+
+    if not _computes_in_bfloat16(model):
+        return model
+
+    def retype(cfg):
+        if isinstance(cfg, dict):
+            if cfg.get("class_name") == "DTypePolicy" and "bfloat16" in str((cfg.get("config") or {}).get("name", "")):
+                return "float32"
+            return {k: "float32" if k == "dtype" and isinstance(v, str) and "bfloat16" in v else retype(v) for k, v in cfg.items()}
+        if isinstance(cfg, list):
+            return [retype(v) for v in cfg]
+        return cfg
+
+    try:
+        twin = keras.saving.deserialize_keras_object(retype(keras.saving.serialize_keras_object(model)))
+        twin.set_weights(model.get_weights())  # mixed_bfloat16 keeps its variables in float32: the same numbers
+    except (TypeError, ValueError, AttributeError):
+        return model
+    return twin
+
+
+def for_converters(model):
+    """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent, computing in
+    float32 when it computed in bfloat16 (``float32_twin``)."""
+    import keras
+
+    model = float32_twin(model)
     if not needs_rewrite(model):
         return model
 
