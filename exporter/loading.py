@@ -237,7 +237,7 @@ def _check_variable_sizes(config: Any, path: Path, fmt: str) -> None:
     from .upstream import lazy_keras_variables
 
     keras = import_keras()
-    if fmt == "keras":
+    if fmt in ("keras", "keras_dir"):
         config = {k: v for k, v in config.items() if k != "compile_config"} if isinstance(config, dict) else config
         build = lambda: keras.saving.deserialize_keras_object(config, safe_mode=True)  # noqa: E731
     else:
@@ -359,7 +359,7 @@ def load_model(
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)
     keras = import_keras()
-    if fmt in ("keras", "h5") and not trust_code:
+    if fmt in ("keras", "keras_dir", "h5") and not trust_code:
         _check_variable_sizes(_read_architecture(path, fmt), path, fmt)
 
     try:
