@@ -298,3 +298,23 @@ def test_a_mixed_bfloat16_model_exports_and_passes_parity(tmp_path):
     export(model, labels, tmp_path / "out", preprocessing="tf", options=options)
     report = validate(tmp_path / "out", DIGITS)  # the files are judged against float64: Keras' bfloat16 is the coarser
     assert report.passed and report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+def test_an_unzipped_keras_model_folder_has_its_layer_sizes_bounded_like_an_archive(tmp_path):
+    """The architecture-size bound of .keras archives holds for the folder form too: a config declaring a 1.5 GB
+    Dense kernel is refused before Keras allocates it."""
+    import json
+
+    from exporter.errors import ModelLoadError
+    from exporter.loading import load_model
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D()(inputs)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(h)).save(tmp_path / "model_dir", zipped=False)
+    config = json.loads((tmp_path / "model_dir" / "config.json").read_text())
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "Dense":
+            layer["config"]["units"] = 125_000_000  # a (3, units) float32 kernel: 1.5 GB, over the 1 GiB budget
+    (tmp_path / "model_dir" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="'head/kernel'.*memory budget"):
+        load_model(tmp_path / "model_dir")
