@@ -318,3 +318,22 @@ def test_an_unzipped_keras_model_folder_has_its_layer_sizes_bounded_like_an_arch
     (tmp_path / "model_dir" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="'head/kernel'.*memory budget"):
         load_model(tmp_path / "model_dir")
+
+
+# ------------------------------------------------------------------------------------- celu (TensorFlow's Expm1)
+@pytest.mark.slow
+def test_celu_activation_converts_everywhere_and_passes_parity(tmp_path):
+    """Activation('celu') computes TensorFlow's Expm1, which neither coremltools nor tf2onnx converted (exit 5:
+    "Conversion for TF op 'Expm1' not implemented")."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same")(inputs)
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same")(keras.layers.Activation("celu")(h))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h)))
+    model, labels = _save(model, tmp_path / "model", x / 127.5 - 1, y, epochs=3)
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
+    export(model, labels, tmp_path / "out", preprocessing="tf", options=options)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 3
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
