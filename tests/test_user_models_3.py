@@ -322,14 +322,15 @@ def test_an_unzipped_keras_model_folder_has_its_layer_sizes_bounded_like_an_arch
 
 # ------------------------------------------------------------------------------------- celu (TensorFlow's Expm1)
 @pytest.mark.slow
-def test_celu_activation_converts_everywhere_and_passes_parity(tmp_path):
+def test_celu_and_log1p_convert_everywhere_and_pass_parity(tmp_path):
     """Activation('celu') computes TensorFlow's Expm1, which neither coremltools nor tf2onnx converted (exit 5:
-    "Conversion for TF op 'Expm1' not implemented")."""
+    "Conversion for TF op 'Expm1' not implemented"), and keras.ops.log1p TensorFlow's Log1p, which tf2onnx did not."""
     keras.utils.set_random_seed(0)
     x, y = _digits()
     inputs = keras.Input((SIZE, SIZE, 3))
     h = keras.layers.Conv2D(16, 3, strides=2, padding="same")(inputs)
     h = keras.layers.Conv2D(32, 3, strides=2, padding="same")(keras.layers.Activation("celu")(h))
+    h = keras.ops.log1p(keras.ops.abs(h))  # TensorFlow's Log1p, which tf2onnx lacked
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h)))
     model, labels = _save(model, tmp_path / "model", x / 127.5 - 1, y, epochs=3)
     options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
