@@ -170,7 +170,7 @@ def prepare(
         label_list, label_source = read_labels(Path(labels)), str(labels)
     else:
         label_list, label_source = check_labels(list(labels)), "labels"
-    check_against_model(label_list, loaded.num_classes, source=label_source)
+    check_against_model(label_list, loaded.num_classes, source=label_source, binary=loaded.head.units == 1)
     pre = resolve(
         early if early is not None else declared_contract(preprocessing, loaded.input_shape),
         loaded.input_shape,

@@ -66,8 +66,10 @@ def final_activation(model) -> str | None:
                 return None
             layer = layer.layers[-1]
             continue
-        try:  # the saved-config form: [name, node, tensor] for one output, a list of those for several
+        try:  # the saved-config form: [name, node, tensor] for one output, a list or a dict of those for several
             outputs = layer.get_config().get("output_layers") or []
+            if isinstance(outputs, dict):  # Model(inputs, {"probs": x})
+                outputs = list(outputs.values())
             if outputs and isinstance(outputs[0], str):
                 outputs = [outputs]
             if len(outputs) != 1:

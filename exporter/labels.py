@@ -13,6 +13,9 @@ from .safety import MAX_TEXT_BYTES, load_json, quote, read_regular
 # another class's name.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
+# A model ending in Dense(1, activation="sigmoid") is exported as [1 - p, p] over two labels (heads.py).
+BINARY_LABELS_HINT = "a binary classifier ending in one sigmoid unit takes two labels, the class of outputs below 0.5 first"
+
 
 def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = None) -> list[str]:
     """Parse labels text. A JSON list when ``json_list`` (or, if None, when the text starts with '[')."""
@@ -39,7 +42,7 @@ def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise LabelsError("labels must be a list of strings", path=source)
     if len(labels) < 2:
-        raise LabelsError(f"need at least 2 labels for a classifier, got {len(labels)}", path=source)
+        raise LabelsError(f"need at least 2 labels for a classifier, got {len(labels)}", path=source, hint=BINARY_LABELS_HINT)
     for i, label in enumerate(labels, start=1):
         if not label.strip():
             raise LabelsError(f"label {i} is empty (remove blank lines; one label per line)", path=source)
@@ -73,6 +76,14 @@ def read_labels(path: str | Path) -> list[str]:
     return parse_labels(text, source=str(path), json_list=True if path.suffix.lower() == ".json" else None)
 
 
-def check_against_model(labels: list[str], num_classes: int, *, source: str = "labels") -> None:
-    if len(labels) != num_classes:
-        raise LabelsError(f"has {len(labels)} labels but the model outputs {num_classes} classes", path=source)
+def check_against_model(labels: list[str], num_classes: int, *, source: str = "labels", binary: bool = False) -> None:
+    """``binary``: the model ends in one unit (a sigmoid, or a logit with add_softmax), exported as two classes."""
+    if len(labels) == num_classes:
+        return
+    if binary:
+        raise LabelsError(
+            f"has {len(labels)} labels but the model ends in one output unit, a binary classifier exported with 2 classes",
+            path=source,
+            hint=BINARY_LABELS_HINT,
+        )
+    raise LabelsError(f"has {len(labels)} labels but the model outputs {num_classes} classes", path=source)

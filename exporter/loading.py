@@ -1,11 +1,12 @@
 """Safe loading of Keras classifiers and discovery of their input, output and in-model preprocessing.
 
-Formats: Keras 3 ``.keras`` archives, legacy ``.h5`` files and TensorFlow SavedModel directories. Before Keras sees a
-``.keras`` or ``.h5`` file we read its architecture JSON ourselves and refuse anything that would run code from the
-file (Lambda layers, custom classes from outside Keras) unless the caller passes ``trust_code=True``; Keras' own
-``safe_mode`` stays on as a second line. A SavedModel is a TensorFlow program whose graph can do anything a program
-can (``tf.io.write_file``, reading files); it is loaded only with ``trust_code=True`` (docs/THREAT_MODEL.md).
-Archive member sizes, HDF5 dataset sizes and the architecture JSON are bounded before anything is inflated.
+Formats: Keras 3 ``.keras`` archives (or their members in a folder, ``model.save(folder, zipped=False)``), legacy
+``.h5`` files and TensorFlow SavedModel directories. Before Keras sees a ``.keras`` or ``.h5`` file we read its
+architecture JSON ourselves and refuse anything that would run code from the file (Lambda layers, custom classes from
+outside Keras) unless the caller passes ``trust_code=True``; Keras' own ``safe_mode`` stays on as a second line. A
+SavedModel is a TensorFlow program whose graph can do anything a program can (``tf.io.write_file``, reading files);
+it is loaded only with ``trust_code=True`` (docs/THREAT_MODEL.md). Archive member sizes, HDF5 dataset sizes and the
+architecture JSON are bounded before anything is inflated.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .safety import (
     check_regular,
     check_zip,
     load_json,
+    read_regular,
 )
 from .tfquiet import import_keras
 
@@ -43,7 +45,7 @@ ANY_SIZE_HINT = (
 class LoadedModel:
     model: Any  # keras.Model: the Keras reference, i.e. the file's model followed by the head (see heads.py)
     path: Path
-    format: str  # "keras", "h5", "saved_model"
+    format: str  # "keras", "keras_dir" (saved with zipped=False), "h5", "saved_model"
     sha256: str
     input_shape: tuple[int, int, int]  # (H, W, C)
     num_classes: int  # classes of the probability vector (2 for a single sigmoid unit)
@@ -128,6 +130,10 @@ def _read_architecture(path: Path, fmt: str) -> Any:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from exc
         return load_json(raw, path=path, error=ModelLoadError, what="model architecture (config.json)")
+    if fmt == "keras_dir":
+        raw = read_regular(path / KERAS_CONFIG_MEMBER, error=ModelLoadError, what=KERAS_CONFIG_MEMBER, max_bytes=MAX_TEXT_BYTES)
+        _check_h5_file(path / KERAS_WEIGHTS_MEMBER, path, KERAS_WEIGHTS_MEMBER)
+        return load_json(raw, path=path, error=ModelLoadError, what=f"model architecture ({KERAS_CONFIG_MEMBER})")
     import h5py
 
     try:
@@ -148,8 +154,23 @@ def _read_architecture(path: Path, fmt: str) -> Any:
     return load_json(raw, path=path, error=ModelLoadError, what="model architecture JSON")
 
 
-# The HDF5 file of a .keras archive, where Keras 3 keeps the weights.
+# The HDF5 file of a .keras archive, where Keras 3 keeps the weights, and its architecture.
 KERAS_WEIGHTS_MEMBER = "model.weights.h5"
+KERAS_CONFIG_MEMBER = "config.json"
+
+
+def _check_h5_file(file: Path, path: Path, member: str) -> None:
+    """``_check_h5_sizes`` on the weights file of an unzipped Keras model folder."""
+    import h5py
+
+    check_regular(file, error=ModelLoadError, what=member)
+    try:
+        with h5py.File(file, "r") as f:
+            _check_h5_sizes(f, path, member)
+    except ModelLoadError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelLoadError(f"{member} is not a readable HDF5 file ({type(exc).__name__}: {first_line(exc)})", path=path) from exc
 
 
 def _check_h5_sizes(f, path: Path, member: str = "") -> None:
@@ -216,7 +237,7 @@ def _check_variable_sizes(config: Any, path: Path, fmt: str) -> None:
     from .upstream import lazy_keras_variables
 
     keras = import_keras()
-    if fmt == "keras":
+    if fmt in ("keras", "keras_dir"):
         config = {k: v for k, v in config.items() if k != "compile_config"} if isinstance(config, dict) else config
         build = lambda: keras.saving.deserialize_keras_object(config, safe_mode=True)  # noqa: E731
     else:
@@ -275,7 +296,13 @@ def _detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
             return "saved_model"
-        raise ModelLoadError("directory is not a TensorFlow SavedModel (no saved_model.pb)", path=path)
+        if (path / KERAS_CONFIG_MEMBER).exists() and (path / KERAS_WEIGHTS_MEMBER).exists():
+            return "keras_dir"  # model.save(folder, zipped=False): a .keras archive's members, unzipped
+        raise ModelLoadError(
+            f"directory is neither a TensorFlow SavedModel (no saved_model.pb) nor an unzipped Keras model "
+            f"({KERAS_CONFIG_MEMBER} and {KERAS_WEIGHTS_MEMBER}, what model.save(folder, zipped=False) writes)",
+            path=path,
+        )
     suffix = path.suffix.lower()
     if suffix == ".keras":
         return "keras"
@@ -301,11 +328,11 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
                 path=path,
                 hint="only if you trust its author, pass --trust-code (trust_code=True)",
             )
-    else:
+    elif fmt != "keras_dir":  # a folder's files are checked as they are read
         check_regular(path, error=ModelLoadError, what="model file")
     if path.is_file() and path.stat().st_size == 0:
         raise ModelLoadError("model file is empty (0 bytes)", path=path)
-    if fmt in ("keras", "h5"):
+    if fmt in ("keras", "keras_dir", "h5"):
         try:
             carriers = _code_carriers(_read_architecture(path, fmt))
         except RecursionError as exc:
@@ -332,7 +359,7 @@ def load_model(
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)
     keras = import_keras()
-    if fmt in ("keras", "h5") and not trust_code:
+    if fmt in ("keras", "keras_dir", "h5") and not trust_code:
         _check_variable_sizes(_read_architecture(path, fmt), path, fmt)
 
     try:
@@ -341,6 +368,7 @@ def load_model(
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
             model = with_input_size(model, input_size, path)
+        model = with_plain_output(model)
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
@@ -370,6 +398,16 @@ def load_model(
     )
 
 
+_CHANNELS_FIRST_HINT = (
+    "the input looks channels-first (batch, channels, height, width); the exporter takes channels-last image models: "
+    "rebuild it with data_format='channels_last' (Keras' default) and load the weights into it"
+)
+
+
+def _channels_first(shape) -> bool:
+    return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+
+
 def _has_free_side(shape) -> bool:
     return len(shape) == 4 and (shape[1] is None or shape[2] is None)
 
@@ -394,6 +432,19 @@ def with_input_size(model, input_size: tuple[int, int] | None, path: Path):
         return called_on(model, fixed)
     except ValueError:  # a subclassed model: called as one layer on the fixed input
         return keras.Model(fixed, model(fixed), name=model.name)
+
+
+def with_plain_output(model):
+    """``model`` itself, or, when its one output sits in a dict or a list (``Model(x, {"probs": y})``,
+    ``Model(x, [y])``, which Keras returns as they were given), the same layers with that output returned as a plain
+    tensor: everything downstream reads one probability array."""
+    keras = import_keras()
+
+    if isinstance(model, keras.Sequential) or len(getattr(model, "outputs", None) or ()) != 1:
+        return model  # a Sequential returns its last layer's tensor (and has no .output when built from a fixed batch)
+    if not isinstance(model.output, (dict, list, tuple)):
+        return model
+    return keras.Model(model.input, model.outputs[0], name=model.name)
 
 
 def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None):
@@ -431,10 +482,11 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
         raise NotAClassifierError(f"model has {len(model.outputs)} outputs; expected one probability vector", path=path)
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] is None or shape[2] is None:
+        any_size = _has_free_side(shape) and shape[3] in (1, 3)
         raise NotAClassifierError(
             f"model input shape is {shape}; expected an image (batch, height, width, 1 or 3) with a fixed height and width",
             path=path,
-            hint=ANY_SIZE_HINT if _has_free_side(shape) and shape[3] in (1, 3) else None,
+            hint=ANY_SIZE_HINT if any_size else _CHANNELS_FIRST_HINT if _channels_first(shape) else None,
         )
     if not all(MIN_SIDE <= int(side) <= MAX_SIDE for side in shape[1:3]):
         raise NotAClassifierError(

@@ -66,8 +66,8 @@ class Preprocessing:
 
     input_size: tuple[int, int]  # (height, width)
     channel_order: str = "RGB"
-    scale: tuple[float, ...] = (1.0, 1.0, 1.0)
-    bias: tuple[float, ...] = (0.0, 0.0, 0.0)
+    scale: tuple[float, ...] = (1.0,)  # one value applies to every channel (a grayscale contract has one)
+    bias: tuple[float, ...] = (0.0,)
     resize: str = "stretch"
     interpolation: str = "bilinear"
     in_model: bool = False

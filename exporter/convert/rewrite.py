@@ -13,7 +13,18 @@ An integer image input (``keras.Input(dtype="uint8")``): the model casts the flo
 cast Core ML has no type for ("Cast: Provided destination type uint8 not supported"), so for Core ML the model is
 called on a float32 input instead (``integer_input_as_float``). A Core ML image input holds whole pixel values 0..255,
 which the cast leaves unchanged, so the model computes the same numbers; its first layers cast to their own float
-type either way. ONNX keeps the cast (it has uint8).
+type either way. ONNX keeps the cast (it has uint8). A nested model with an integer input (a backbone saved with
+``Input(dtype="uint8")`` inside a float model, or inside the wrapper a binary or logits head adds) casts whatever
+its caller gives it, which need not be whole pixels: it is rebuilt on a float32 input behind the cast's exact float
+equivalent, TensorFlow's saturating cast ``trunc(clip(x, min, max))`` of the integer type, which Core ML has
+(``clip``, ``floor``, ``ceil``, ``select``).
+
+A model computing in bfloat16 (Keras' ``mixed_bfloat16`` policy, TPU training): Core ML has no bfloat16 and ONNX's
+convolutions take none, so both converters stopped (coremltools with "'NoneType' object has no attribute
+'__name__'", the ONNX checker on a bfloat16 Conv). The policy keeps the variables in float32 and only computes in
+bfloat16, so the converters are given the same architecture and the same float32 weights computing in float32
+(``float32_twin``): the files are closer to the exact answer than Keras' bfloat16 arithmetic, which validation's
+float64 arbiter recognises (validation/float64.py).
 
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
@@ -82,10 +93,49 @@ def _grouped_conv_replacement(layer):
     return keras.Model(inputs, keras.layers.Concatenate(axis=-1)(parts), name=f"{layer.name}_grouped")
 
 
-def for_converters(model):
-    """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent."""
+def _computes_in_bfloat16(model) -> bool:
     import keras
 
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and _computes_in_bfloat16(layer):
+            return True
+        if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) == "bfloat16":
+            return True
+    return False
+
+
+def float32_twin(model):
+    """The same architecture and weights with every bfloat16 dtype policy (``bfloat16``, ``mixed_bfloat16``) set to
+    float32; ``model`` itself when no layer computes in bfloat16 (or its layers cannot be rebuilt from their config:
+    the converter then reports what it meets)."""
+    import keras
+
+    if not _computes_in_bfloat16(model):
+        return model
+
+    def retype(cfg):
+        if isinstance(cfg, dict):
+            if cfg.get("class_name") == "DTypePolicy" and "bfloat16" in str((cfg.get("config") or {}).get("name", "")):
+                return "float32"
+            return {k: "float32" if k == "dtype" and isinstance(v, str) and "bfloat16" in v else retype(v) for k, v in cfg.items()}
+        if isinstance(cfg, list):
+            return [retype(v) for v in cfg]
+        return cfg
+
+    try:
+        twin = keras.saving.deserialize_keras_object(retype(keras.saving.serialize_keras_object(model)))
+        twin.set_weights(model.get_weights())  # mixed_bfloat16 keeps its variables in float32: the same numbers
+    except (TypeError, ValueError, AttributeError):
+        return model
+    return twin
+
+
+def for_converters(model):
+    """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent, computing in
+    float32 when it computed in bfloat16 (``float32_twin``)."""
+    import keras
+
+    model = float32_twin(model)
     if not needs_rewrite(model):
         return model
 
@@ -103,12 +153,74 @@ def for_converters(model):
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def integer_input_as_float(model):
-    """``model`` called on a float32 input when its input is an integer type (the same layers and weights), else
-    ``model`` itself. Exact for whole pixel values in the integer type's range (see the module docstring)."""
+def _has_integer_input(model) -> bool:
     import keras
 
-    if len(model.inputs) != 1 or not keras.backend.is_int_dtype(model.inputs[0].dtype):
+    return len(model.inputs) == 1 and keras.backend.is_int_dtype(model.inputs[0].dtype)
+
+
+def _has_integer_model_input(model) -> bool:
+    """Whether ``model`` or a model nested in it (at any depth) takes an integer input."""
+    import keras
+
+    return _has_integer_input(model) or any(isinstance(layer, keras.Model) and _has_integer_model_input(layer) for layer in model.layers)
+
+
+def _saturating_cast(x, dtype: str):
+    """What TensorFlow's cast of the float tensor ``x`` to the integer ``dtype`` gives, in float32: saturated to the
+    type's range, then truncated toward zero."""
+    import keras
+    import numpy as np
+
+    info = np.iinfo(dtype)
+    x = keras.ops.clip(x, float(info.min), float(info.max))
+    if info.min == 0:
+        return keras.ops.floor(x)  # trunc of a non-negative value
+    return keras.ops.where(x < 0, keras.ops.ceil(x), keras.ops.floor(x))
+
+
+def _nested_as_float(layer):
+    """A nested model ``layer`` (or one inside it) with an integer input, rebuilt to take float32: its own nested
+    models first, then its input behind the exact float form of the cast its caller's tensor went through."""
+    import keras
+
+    inner = _nested_integer_models_as_float(layer)
+    if not _has_integer_input(layer):
+        return inner
+    source = layer.inputs[0]
+    from ..keras_graph import called_on
+
+    inner = called_on(inner, keras.Input(tuple(source.shape[1:]), dtype="float32"))
+    inputs = keras.Input(tuple(source.shape[1:]), dtype="float32", name=source.name)
+    return keras.Model(inputs, inner(_saturating_cast(inputs, source.dtype)), name=layer.name)
+
+
+def _nested_integer_models_as_float(model):
+    """``model`` with every nested model taking an integer input rebuilt by ``_nested_as_float``."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (Functional, keras.Sequential)):
+        return model  # a subclassed model's call() is code: the converter reports what it meets
+    if not any(isinstance(layer, keras.Model) and _has_integer_model_input(layer) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, keras.Model) and _has_integer_model_input(layer):
+            return _nested_as_float(layer)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def integer_input_as_float(model):
+    """``model`` called on a float32 input when its input is an integer type (the same layers and weights), and every
+    nested model taking an integer input rebuilt to take float32 (``_nested_as_float``); else ``model`` itself. Exact
+    for whole pixel values in the integer type's range at the top (see the module docstring)."""
+    import keras
+
+    model = _nested_integer_models_as_float(model)
+    if not _has_integer_input(model):
         return model
     source = model.inputs[0]
     inputs = keras.Input(tuple(source.shape[1:]), dtype="float32", name=source.name)

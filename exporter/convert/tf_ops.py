@@ -6,6 +6,12 @@ Keras' ``gelu`` activation and GELU layers use), and coremltools 9 has no conver
 ``erfc(z) = 1 + erf(-z)``; when ``z`` is ``(-x) * c`` (TensorFlow's Neg then Mul), ``-z`` is written as ``x * c`` so
 that the MIL graph reads ``0.5 * x * (1 + erf(x * c))``, which coremltools' own ``fuse_gelu_exact`` pass turns into one
 ``gelu(mode=EXACT)`` op (the same op a PyTorch GELU becomes).
+
+``Expm1``: ``exp(x) - 1``, which Keras' ``celu`` activation (and ``keras.ops.expm1``) computes; neither coremltools 9
+nor tf2onnx 1.17 has a converter for it. Written as ``exp(x) - 1``: near zero it loses expm1's relative precision but not its absolute one
+(float32 rounding of 1, 6e-8), which is what the model's next layers and the probabilities see. ``Log1p``
+(``keras.ops.log1p``), which tf2onnx lacks, is ``log(1 + x)`` in the ONNX file, with the same absolute precision, and
+in Core ML files too (see ``register``).
 """
 
 from __future__ import annotations
@@ -72,6 +78,28 @@ def register_onnx() -> None:
             ctx.remove_node(node.name)
             ctx.make_node("Add", [one.output[0], erf.output[0]], outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
 
+    @tf_op("Expm1")
+    class Expm1:
+        @classmethod
+        def version_1(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            exp = ctx.make_node("Exp", [node.input[0]], op_name_scope=node.name, name="exp")
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
+            ctx.remove_node(node.name)
+            ctx.make_node("Sub", [exp.output[0], one.output[0]], outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
+
+    @tf_op("Log1p")
+    class Log1p:
+        @classmethod
+        def version_1(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            add = ctx.make_node("Add", [node.input[0], one.output[0]], op_name_scope=node.name, name="add")
+            shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
+            ctx.remove_node(node.name)
+            ctx.make_node("Log", add.output, outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
+
     _registered_onnx = True
 
 
@@ -89,5 +117,21 @@ def register() -> None:
         def Erfc(context, node):  # the TF op name is the registry key
             z = context[node.inputs[0]]
             context.add(node.name, mb.add(x=1.0, y=mb.erf(x=negated(z)), name=node.name))
+
+    if "Expm1" not in _TF_OPS_REGISTRY:
+
+        @register_tf_op
+        def Expm1(context, node):
+            x = context[node.inputs[0]]
+            context.add(node.name, mb.sub(x=mb.exp(x=x), y=1.0, name=node.name))
+
+    # coremltools writes Log1p as log(x, epsilon=1), which a NeuralNetwork file stores as a unary LOG layer with
+    # epsilon 1. The executor reads that layer as NeuralNetwork.proto's LOG, log(x), and the .mlmodel failed parity
+    # (max |dp| 0.87 on a trained digits model); whether Core ML adds the epsilon cannot be checked here. An explicit
+    # add computes log(1 + x) whichever reading is right, in both formats.
+    @register_tf_op(override=True)
+    def Log1p(context, node):
+        x = context[node.inputs[0]]
+        context.add(node.name, mb.log(x=mb.add(x=x, y=1.0), name=node.name))
 
     _registered = True
