@@ -66,39 +66,38 @@ def register_onnx() -> None:
     from tf2onnx import utils
     from tf2onnx.handler import tf_op
 
+    def one_like(ctx, node):
+        """A scalar 1 of the node's input type."""
+        dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+        return ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype)).output[0]
+
+    def replace(ctx, node, op_type: str, inputs: list[str]) -> None:
+        """The TF node replaced by one ONNX node of ``op_type`` on ``inputs``, keeping its name, output and types."""
+        shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
+        ctx.remove_node(node.name)
+        ctx.make_node(op_type, inputs, outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
+
     @tf_op("Erfc")
-    class Erfc:
+    class Erfc:  # 1 + erf(-x)
         @classmethod
         def version_9(cls, ctx, node, **kwargs):
-            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
             neg = ctx.make_node("Neg", [node.input[0]], op_name_scope=node.name, name="neg")
             erf = ctx.make_node("Erf", neg.output, op_name_scope=node.name, name="erf")
-            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-            shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
-            ctx.remove_node(node.name)
-            ctx.make_node("Add", [one.output[0], erf.output[0]], outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
+            replace(ctx, node, "Add", [one_like(ctx, node), erf.output[0]])
 
     @tf_op("Expm1")
-    class Expm1:
+    class Expm1:  # exp(x) - 1
         @classmethod
         def version_1(cls, ctx, node, **kwargs):
-            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
             exp = ctx.make_node("Exp", [node.input[0]], op_name_scope=node.name, name="exp")
-            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-            shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
-            ctx.remove_node(node.name)
-            ctx.make_node("Sub", [exp.output[0], one.output[0]], outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
+            replace(ctx, node, "Sub", [exp.output[0], one_like(ctx, node)])
 
     @tf_op("Log1p")
-    class Log1p:
+    class Log1p:  # log(x + 1)
         @classmethod
         def version_1(cls, ctx, node, **kwargs):
-            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
-            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-            add = ctx.make_node("Add", [node.input[0], one.output[0]], op_name_scope=node.name, name="add")
-            shapes, dtypes, output = node.output_shapes, node.output_dtypes, node.output[0]
-            ctx.remove_node(node.name)
-            ctx.make_node("Log", add.output, outputs=[output], name=node.name, shapes=shapes, dtypes=dtypes)
+            add = ctx.make_node("Add", [node.input[0], one_like(ctx, node)], op_name_scope=node.name, name="add")
+            replace(ctx, node, "Log", add.output)
 
     _registered_onnx = True
 
