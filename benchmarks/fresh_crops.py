@@ -42,16 +42,10 @@ def write_crops(folder: Path, per_class: int, seed: int) -> int:
     the held-out folder is; returns how many."""
     from sample_models import data
 
-    rng = np.random.default_rng(seed)
     count = 0
-    for label in data.PHOTO_LABELS:
-        arr = data.photo(label)
-        _, region = data.photo_regions(label)
-        for n in range(per_class):
-            box = data.random_crop_box(rng, region, arr.shape[0])
-            img, ext, fmt = data._variant(data.crop(label, box), n)
-            data._save(img, folder / label / f"{label}_{n:04d}.{ext}", fmt)
-            count += 1
+    for label, n, _box, img, ext, fmt in data.heldout_photo_crops(np.random.default_rng(seed), per_class):
+        data._save(img, folder / label / f"{label}_{n:04d}.{ext}", fmt)
+        count += 1
     return count
 
 

@@ -126,6 +126,18 @@ def _variant(img: Image.Image, k: int) -> tuple[Image.Image, str, str]:
     return img, "jpg" if img.mode == "RGB" else "png", "JPEG" if img.mode == "RGB" else "PNG"
 
 
+def heldout_photo_crops(rng, per_class: int):
+    """(label, n, box, image, extension, format) for ``per_class`` random crops of each photo class's held-out region,
+    varied in mode and format (``_variant``), class by class: the held-out folder's photos, and benchmarks/fresh_crops'
+    with another generator."""
+    for label in PHOTO_LABELS:
+        arr = photo(label)
+        _, region = photo_regions(label)
+        for n in range(per_class):
+            box = random_crop_box(rng, region, arr.shape[0])
+            yield (label, n, box, *_variant(crop(label, box), n))
+
+
 def write_heldout() -> list[HeldoutRecord]:
     """(Re)write every held-out image and ``heldout/manifest.json``; returns the records."""
     import shutil
@@ -143,15 +155,10 @@ def write_heldout() -> list[HeldoutRecord]:
         rel = f"digits/{DIGIT_LABELS[y[i]]}/digit_{i:04d}.{ext}"
         _save(img, HELDOUT / rel, fmt)
         records.append(HeldoutRecord(rel, DIGIT_LABELS[y[i]], "digits", {"index": int(i)}))
-    for label in PHOTO_LABELS:
-        arr = photo(label)
-        _, region = photo_regions(label)
-        for n in range(PHOTOS_HELDOUT_PER_CLASS):
-            box = random_crop_box(rng, region, arr.shape[0])
-            img, ext, fmt = _variant(crop(label, box), n)
-            rel = f"photos/{label}/{label}_{n:03d}.{ext}"
-            _save(img, HELDOUT / rel, fmt)
-            records.append(HeldoutRecord(rel, label, "photos", {"photo": _PHOTO_SOURCES[label], "box": list(box)}))
+    for label, n, box, img, ext, fmt in heldout_photo_crops(rng, PHOTOS_HELDOUT_PER_CLASS):
+        rel = f"photos/{label}/{label}_{n:03d}.{ext}"
+        _save(img, HELDOUT / rel, fmt)
+        records.append(HeldoutRecord(rel, label, "photos", {"photo": _PHOTO_SOURCES[label], "box": list(box)}))
     manifest = {"seed": SEED, "records": [r.__dict__ for r in records]}
     (HELDOUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return records
