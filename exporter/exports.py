@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModelLoadError
 from .packaging import MANIFEST_NAME, read_manifest
 from .preprocessing import Preprocessing
 
@@ -37,27 +36,13 @@ def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
     from .packaging import find_source_model
 
     source = Path(model_path) if model_path else find_source_model(manifest, root)
-    # The hash first, then the load: the manifest (untrusted) names the file to load, and with --trust-code a .keras
-    # file's Lambda layers run as Keras builds the model, so a manifest pointing at another file ran that file's code
-    # before the hash check refused it. Now only the file the export was made from is ever loaded.
-    digest = _sha256(source)
-    if digest and digest != manifest["source"]["sha256"]:
-        raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})", path=source)
-    loaded = load_model(source, trust_code=trust_code, add_softmax=recorded_add_softmax(manifest), input_size=pre.input_size)
-    if loaded.sha256 != manifest["source"]["sha256"]:  # the file changed while it was loaded
-        raise ModelLoadError(f"is not the model this export was made from (SHA-256 differs from {MANIFEST_NAME})", path=source)
+    # The hash is checked before the load: the manifest (untrusted) names the file to load, and with --trust-code a
+    # .keras file's Lambda layers run as Keras builds the model, so only the file the export was made from is loaded.
+    loaded = load_model(
+        source,
+        trust_code=trust_code,
+        add_softmax=recorded_add_softmax(manifest),
+        input_size=pre.input_size,
+        expected_sha256=manifest["source"]["sha256"],
+    )
     return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]), loaded=loaded)
-
-
-def _sha256(source: Path) -> str:
-    """SHA-256 of a model file or SavedModel folder; "" for anything else (missing, a FIFO, a device), which
-    load_model then refuses by name without reading it (hashing would block on a FIFO)."""
-    import stat
-
-    from .packaging import sha256_of
-
-    try:
-        mode = source.stat().st_mode
-    except OSError:
-        return ""
-    return sha256_of(source) if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else ""

@@ -348,16 +348,26 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
 
 
 def load_model(
-    path: str | Path, *, trust_code: bool = False, add_softmax: bool = False, input_size: tuple[int, int] | None = None
+    path: str | Path,
+    *,
+    trust_code: bool = False,
+    add_softmax: bool = False,
+    input_size: tuple[int, int] | None = None,
+    expected_sha256: str | None = None,
 ) -> LoadedModel:
     """Load a Keras image classifier in inference mode without running code from the file.
 
     ``add_softmax``: the model ends in logits; the reference (``.model``) gets a softmax appended (for one output
     unit, a sigmoid and ``[1 - p, p]``). See heads.py.
     ``input_size``: (height, width) from the preprocessing contract, for a model built without a fixed height and
-    width (``Input((None, None, 3))``); the model is then called on an input of that size (see ``with_input_size``)."""
+    width (``Input((None, None, 3))``); the model is then called on an input of that size (see ``with_input_size``).
+    ``expected_sha256``: the file must have this hash (an export's manifest names the model it was made from); it is
+    checked before Keras reads the file, since with ``trust_code`` building the model runs its Lambda layers."""
     path = Path(path)
-    fmt = inspect_model_file(path, trust_code=trust_code)
+    fmt = inspect_model_file(path, trust_code=trust_code)  # refuses what is not a regular file or folder, unread
+    digest = sha256_of(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelLoadError("is not the model this export was made from (its SHA-256 differs from the manifest's)", path=path)
     keras = import_keras()
     if fmt in ("keras", "keras_dir", "h5") and not trust_code:
         _check_variable_sizes(_read_architecture(path, fmt), path, fmt)
@@ -388,7 +398,7 @@ def load_model(
         model=with_head(model, head),
         path=path,
         format=fmt,
-        sha256=sha256_of(path),
+        sha256=digest,
         input_shape=(h, w, c),
         num_classes=head.classes,
         in_model_preprocessing=list(found.layers),
