@@ -1,0 +1,80 @@
+"""Hostile input, round 4 (docs/THREAT_MODEL.md): what the earlier rounds (test_hostile.py, test_hostile_h5.py,
+test_hostile_3.py, test_input_hunt.py, test_fuzz.py) left open. Each test fails without its fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_faults import one_line_error, run_in_process
+
+from exporter.errors import LabelsError
+
+
+def _copy_export(small_export, dest: Path) -> Path:
+    shutil.copytree(small_export[0], dest)
+    return dest
+
+
+def _cli(argv, capsys):
+    proc = run_in_process(argv, capsys)
+    return proc, one_line_error(proc)
+
+
+def _image(small_export) -> Path:
+    return next(small_export[1].rglob("*.png"))
+
+
+# ------------------------------------------------------------------------------------------------ labels
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (["cat", "c\u200bat"], "invisible format character"),  # ZERO WIDTH SPACE: shows as "cat"
+        (["cat", "dog\u200c"], "invisible format character"),  # ZWNJ in Latin text: draws nothing
+        (["cat", "d\u200dog"], "invisible format character"),  # ZWJ between letters of a script that does not join
+        (["cat", "\u2060dog"], "invisible format character"),  # WORD JOINER
+        (["cat", "do\ufeffg"], "invisible format character"),  # a BOM inside a label
+        (["cat", "dog\U000e0041"], "invisible format character"),  # a TAG character
+        (["cat", "do\u00adg"], "invisible format character"),  # SOFT HYPHEN: hidden unless the line breaks there
+        (["cat", "\u3164"], "shows nothing"),  # HANGUL FILLER: a letter that draws nothing
+        (["cat", "cat\ufe0f"], "as displayed"),  # a variation selector after a letter
+        (["cat", "cat\u034f"], "as displayed"),  # COMBINING GRAPHEME JOINER
+        (["cat", "\uff43\uff41\uff54"], "as displayed"),  # full-width "cat"
+        (["a dog", "a\u00a0dog"], "as displayed"),  # a no-break space
+    ],
+)
+def test_labels_with_invisible_characters_or_that_display_alike_are_refused(labels, message):
+    # each pair was accepted: two classes that read the same in the terminal table, the HTML report and an app (or a
+    # class whose name shows nothing), so a reader cannot tell which one a prediction names
+    from exporter.labels import check_labels
+
+    with pytest.raises(LabelsError, match=message):
+        check_labels(labels)
+
+
+def test_joiners_where_they_change_the_drawing_are_still_accepted():
+    labels = [
+        "\U0001f408\u200d\u2b1b",  # black cat: an emoji ZWJ sequence
+        "\U0001f3f3\ufe0f\u200d\U0001f308",  # rainbow flag: the ZWJ after an emoji presentation selector
+        "\U0001f469\U0001f3fd\u200d\U0001f4bb",  # technologist with a skin tone
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian "mikhaham": ZWNJ between two Arabic-script letters
+        "\u0915\u094d\u200d\u0937",  # Devanagari: ZWJ after a virama (a half form)
+        "\u2764\ufe0f",  # a heart in emoji presentation
+    ]
+    from exporter.labels import check_labels
+
+    assert check_labels(labels) == labels
+
+
+def test_a_labels_file_with_a_zero_width_space_is_refused_through_the_cli(tmp_path, capsys):
+    from conftest import sample
+
+    s = sample("mobilenet_v1_digits")
+    labels = s["labels"].read_text().splitlines()
+    labels[1] = labels[0][:1] + "\u200b" + labels[0][1:]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    proc, line = _cli(["convert", str(s["model"]), "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")], capsys)
+    assert proc.returncode == LabelsError.exit_code, line
+    assert "labels.txt" in line and "U+200B" in line and "\u200b" not in line
+    assert not (tmp_path / "out").exists()
