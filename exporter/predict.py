@@ -43,16 +43,18 @@ def _targets(target: Path) -> list[_Target]:
         check_regular(target, error=ModelLoadError, what=f"{target.suffix} file")
     manifest_file = target.parent / MANIFEST_NAME
     if manifest_file.is_file():
-        from .errors import ExporterError
-        from .safety import MAX_TEXT_BYTES, load_json, read_regular
+        from .errors import DestinationError
+        from .packaging import artifact_file, read_manifest
 
         try:
-            raw = read_regular(manifest_file, error=ConfigError, what="manifest.json", max_bytes=MAX_TEXT_BYTES)
-            manifest = load_json(raw, path=manifest_file, error=ConfigError, what="manifest.json")
-            art = next(a for a in manifest["artifacts"] if a["path"] == target.name)
-            return [_Target(target, fmt, art["variant"], manifest["preprocessing"])]
-        except (ExporterError, KeyError, StopIteration, TypeError):
-            pass  # not this file's manifest (or not a readable one): use what the file embeds
+            manifest = read_manifest(target.parent)
+        except DestinationError:
+            manifest = None  # not this file's manifest (or not a readable one): use what the file embeds
+        art = next((a for a in manifest["artifacts"] if a["path"] == target.name), None) if manifest else None
+        if manifest and art and art["format"] == fmt:
+            # an export's artifact given by its path is held to its manifest as the folder's artifacts are: the file
+            # must still be the one the export wrote (its SHA-256), inside the folder and a regular file
+            return [_Target(artifact_file(target.parent, art), fmt, art["variant"], manifest["preprocessing"])]
     return [_Target(target, fmt, "", None)]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_faults import one_line_error, run_in_process
 
-from exporter.errors import LabelsError
+from exporter.errors import DestinationError, LabelsError
 
 
 def _copy_export(small_export, dest: Path) -> Path:
@@ -78,3 +78,30 @@ def test_a_labels_file_with_a_zero_width_space_is_refused_through_the_cli(tmp_pa
     assert proc.returncode == LabelsError.exit_code, line
     assert "labels.txt" in line and "U+200B" in line and "\u200b" not in line
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ predict on one file
+@pytest.mark.parametrize("suffix", [".onnx", ".mlmodel"])
+def test_predict_on_one_artifact_of_an_export_checks_its_sha256(tmp_path, capsys, small_export, suffix):
+    # `predict EXPORT` refused an artifact changed since the export, but `predict EXPORT/model.onnx` ran the changed
+    # file with the manifest's preprocessing, as if it were the export's
+    export = _copy_export(small_export, tmp_path / "export")
+    artifact = next(export.glob(f"*{suffix}"))
+    proc = run_in_process(["predict", str(artifact), str(_image(small_export))], capsys)
+    assert proc.returncode == 0, proc.stderr
+    data = bytearray(artifact.read_bytes())
+    data[-100] ^= 0x01  # a weight of the last layer (.onnx) or in the file's metadata (.mlmodel): still a valid file
+    artifact.write_bytes(bytes(data))
+    proc, line = _cli(["predict", str(artifact), str(_image(small_export))], capsys)
+    assert proc.returncode == DestinationError.exit_code, line
+    assert artifact.name in line and "changed since the export" in line
+
+
+def test_predict_on_a_copied_out_artifact_still_uses_its_own_metadata(tmp_path, capsys, small_export):
+    # the check is against the manifest that lists the file: a file next to an unrelated or unreadable manifest runs
+    # on what it embeds, as before
+    artifact = next(small_export[0].glob("*.onnx"))
+    shutil.copy(artifact, tmp_path / artifact.name)
+    (tmp_path / "manifest.json").write_text("{not json")
+    proc = run_in_process(["predict", str(tmp_path / artifact.name), str(_image(small_export))], capsys)
+    assert proc.returncode == 0, proc.stderr
