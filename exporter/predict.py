@@ -46,6 +46,7 @@ def _targets(target: Path) -> list[_Target]:
         from .errors import DestinationError
         from .packaging import artifact_file, read_manifest
 
+        manifest: dict | None
         try:
             manifest = read_manifest(target.parent)
         except DestinationError:
