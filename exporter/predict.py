@@ -46,16 +46,15 @@ def _targets(target: Path) -> list[_Target]:
         from .errors import DestinationError
         from .packaging import artifact_file, read_manifest
 
-        manifest: dict | None
         try:
-            manifest = read_manifest(target.parent)
+            listing: dict | None = read_manifest(target.parent)
         except DestinationError:
-            manifest = None  # not this file's manifest (or not a readable one): use what the file embeds
-        art = next((a for a in manifest["artifacts"] if a["path"] == target.name), None) if manifest else None
-        if manifest and art and art["format"] == fmt:
+            listing = None  # not this file's manifest (or not a readable one): use what the file embeds
+        art = next((a for a in listing["artifacts"] if a["path"] == target.name), None) if listing else None
+        if listing and art and art["format"] == fmt:
             # an export's artifact given by its path is held to its manifest as the folder's artifacts are: the file
             # must still be the one the export wrote (its SHA-256), inside the folder and a regular file
-            return [_Target(artifact_file(target.parent, art), fmt, art["variant"], manifest["preprocessing"])]
+            return [_Target(artifact_file(target.parent, art), fmt, art["variant"], listing["preprocessing"])]
     return [_Target(target, fmt, "", None)]
 
 
