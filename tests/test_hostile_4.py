@@ -105,3 +105,119 @@ def test_predict_on_a_copied_out_artifact_still_uses_its_own_metadata(tmp_path, 
     (tmp_path / "manifest.json").write_text("{not json")
     proc = run_in_process(["predict", str(tmp_path / artifact.name), str(_image(small_export))], capsys)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ ONNX run-time memory
+def _onnx_with(export: Path, make) -> Path:
+    """The export's ONNX file with ``make(nodes, initializers, image)`` -> a float value added to the probabilities
+    (so it is on the path to the output, as a hostile file would put it), the manifest rehashed to agree."""
+    import onnx
+    from conftest import rehash_artifacts
+    from onnx import helper
+
+    from exporter.convert.onnx import PROBS_OUTPUT
+
+    path = next(export.glob("*.onnx"))
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = next(n for n in graph.node if PROBS_OUTPUT in n.output)
+    producer.output[list(producer.output).index(PROBS_OUTPUT)] = "probs_before"
+    nodes: list = []
+    extra = make(nodes, graph.initializer, graph.input[0].name)
+    nodes.append(helper.make_node("ReduceSum", [extra], ["extra_sum"], keepdims=0))
+    nodes.append(helper.make_node("Add", ["probs_before", "extra_sum"], [PROBS_OUTPUT]))
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    rehash_artifacts(export)
+    return path
+
+
+def _const(initializers, name: str, values, dtype="int64"):
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+    return name
+
+
+def _expand(nodes, inits, image):
+    from onnx import helper
+
+    nodes.append(helper.make_node("Expand", [_const(inits, "one", [1.0], "float32"), _const(inits, "big", [1, 20000, 20000])], ["huge"]))
+    return "huge"
+
+
+def _tile(nodes, inits, image):
+    from onnx import helper
+
+    nodes.append(helper.make_node("Tile", [_const(inits, "row", [[1.0] * 100], "float32"), _const(inits, "reps", [4000, 1000])], ["huge"]))
+    return "huge"
+
+
+def _constant_of_shape(nodes, inits, image):
+    from onnx import helper
+
+    nodes.append(helper.make_node("ConstantOfShape", [_const(inits, "big", [20000, 20000])], ["huge"]))
+    return "huge"
+
+
+def _resize(nodes, inits, image):
+    from onnx import helper
+
+    nodes += [
+        helper.make_node("Cast", [image], ["image_f"], to=1),
+        helper.make_node("Resize", ["image_f", "", _const(inits, "scales", [1.0, 400.0, 400.0, 1.0], "float32")], ["huge"]),
+    ]
+    return "huge"
+
+
+def _data_dependent(nodes, inits, image):
+    # a shape read from the image's pixels: NonZero makes one column per non-zero value, unknown until it runs
+    from onnx import helper
+
+    nodes += [helper.make_node("NonZero", [image], ["where"]), helper.make_node("Cast", ["where"], ["huge"], to=1)]
+    return "huge"
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (_expand, "over the memory budget"),
+        (_tile, "over the memory budget"),
+        (_constant_of_shape, "over the memory budget"),
+        (_resize, "over the memory budget"),
+        (_data_dependent, "not known before running"),
+    ],
+)
+def test_onnx_values_that_would_exhaust_memory_are_refused_before_onnxruntime_runs(tmp_path, capsys, small_export, make, message):
+    # onnxruntime allocated whatever the graph asked for: a few bytes of constants asking for 1.6 GB here (or 10^12
+    # elements) were allocated by predict and validate, an out-of-memory kill instead of an error
+    export = _copy_export(small_export, tmp_path / "export")
+    path = _onnx_with(export, make)
+    proc, line = _cli(["predict", str(export), str(_image(small_export))], capsys)
+    assert proc.returncode == 5, line
+    assert path.name in line and message in line and ("huge" in line or "NonZero" in line), line
+
+
+def test_a_value_that_grows_faster_than_the_batch_is_run_one_image_at_a_time():
+    # the per-image bound alone would let 64 images into one run of a graph whose value grows with the batch squared
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from exporter.runtime.onnx_bounds import images_per_run, largest_value_bytes
+    from exporter.safety import MEMORY_BUDGET_BYTES
+
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 32, 32, 3])
+    out = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Reshape", ["image", "flat_shape"], ["row"]),  # (1, batch * 3072)
+        helper.make_node("Transpose", ["row"], ["column"]),
+        helper.make_node("MatMul", ["column", "row"], ["square"]),  # (batch * 3072)^2 values
+        helper.make_node("ReduceSum", ["square"], ["out"], keepdims=0),
+    ]
+    shape = numpy_helper.from_array(np.asarray([1, -1], np.int64), "flat_shape")
+    model = helper.make_model(helper.make_graph(nodes, "g", [image], [out], [shape]), opset_imports=[helper.make_opsetid("", 17)])
+    one = largest_value_bytes(model, "square.onnx")
+    assert one == 3072**2 * 4 and MEMORY_BUDGET_BYTES // one > 1  # 28 images would fit if it grew with the batch
+    assert images_per_run(model, "square.onnx", one) == 1
