@@ -221,3 +221,33 @@ def test_a_value_that_grows_faster_than_the_batch_is_run_one_image_at_a_time():
     one = largest_value_bytes(model, "square.onnx")
     assert one == 3072**2 * 4 and MEMORY_BUDGET_BYTES // one > 1  # 28 images would fit if it grew with the batch
     assert images_per_run(model, "square.onnx", one) == 1
+
+
+# ------------------------------------------------------------------------------------------------ casts to small integers
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16"])
+def test_onnx_casts_to_small_integers_saturate_like_tensorflow(dtype):
+    # a nested backbone saved with Input(dtype="uint8") inside a float classifier casts what its caller gives it:
+    # TensorFlow's cast of an image-sized float tensor saturates (Eigen's vectorized path: -1 -> 0, 300 -> 255), the
+    # ONNX Cast onnxruntime runs wraps (-1 -> 255, 300 -> 44), so a model whose backbone sees values outside the
+    # integer type's range (a contract's bias of -1 at pixel 0, a Rescaling before the backbone) disagreed with Keras
+    # at fp32 and failed its 1e-5 gate in validate
+    import keras
+    import numpy as np
+    import onnxruntime as ort
+
+    from exporter.convert.onnx import CORE_INPUT, convert_core
+    from exporter.preprocessing import Preprocessing
+
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((8, 8, 3), dtype=dtype)
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inner_in))
+    backbone = keras.Model(inner_in, keras.layers.Dense(16, activation="relu")(h), name="backbone")
+    outer_in = keras.Input((8, 8, 3))
+    model = keras.Model(outer_in, keras.layers.Dense(4, activation="softmax")(backbone(outer_in)))
+    pre = Preprocessing.from_dict({"input_size": [8, 8], "scale": [1.0], "bias": [0.0]})
+    x = np.random.default_rng(0).uniform(-40000, 70000, (4, 8, 8, 3)).astype("float32")
+    x[0] = np.rint(x[0])
+    x[1] = np.random.default_rng(1).uniform(-2, 2, (8, 8, 3))  # fractions and negatives near zero
+    session = ort.InferenceSession(convert_core(model, pre).SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {CORE_INPUT: x})[0]
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-6)
