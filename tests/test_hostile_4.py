@@ -3,6 +3,7 @@ test_hostile_3.py, test_input_hunt.py, test_fuzz.py) left open. Each test fails 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -251,3 +252,21 @@ def test_onnx_casts_to_small_integers_saturate_like_tensorflow(dtype):
     session = ort.InferenceSession(convert_core(model, pre).SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {CORE_INPUT: x})[0]
     np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing files
+@pytest.mark.parametrize("scale", [1e-320, [1.0, -5e-324, 1.0]])
+def test_a_scale_that_is_zero_in_float32_is_refused(tmp_path, capsys, scale):
+    # 1e-320 passed the "not zero" check (a float64 subnormal), then became 0.0 in every file's float32 prologue: every
+    # image gave the same prediction, and Keras fed the same zeros, so validate passed the broken export
+    from conftest import sample
+
+    s = sample("mobilenet_v1_digits")
+    contract = json.loads(s["preprocessing"].read_text())
+    contract.update(scale=scale, bias=0.0, in_model=False)
+    (tmp_path / "pre.json").write_text(json.dumps(contract))
+    argv = ["convert", str(s["model"]), "--labels", str(s["labels"]), "--preprocessing", str(tmp_path / "pre.json")]
+    argv += ["--out", str(tmp_path / "o")]
+    proc, line = _cli(argv, capsys)
+    assert proc.returncode == 2 and "pre.json" in line and "must not be zero in float32" in line, line
+    assert not (tmp_path / "o").exists()
