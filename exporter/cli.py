@@ -331,9 +331,10 @@ def _emit(data: dict, json_target: str | None, table) -> None:
     print(table())
     if json_target:
         from .errors import DestinationError
+        from .packaging import write_text_atomic
 
         try:
-            Path(json_target).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            write_text_atomic(json_target, json.dumps(data, indent=2) + "\n")
         except OSError as exc:
             raise DestinationError(f"cannot write the JSON file: {exc.strerror or exc}", path=json_target) from exc
 

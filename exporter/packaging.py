@@ -293,6 +293,33 @@ def check_report_path(path: str | Path | None) -> None:
         raise DestinationError("the report file exists and is not writable", path=path)
 
 
+def write_text_atomic(path: str | Path, text: str, *, errors: str = "strict") -> None:
+    """``text`` as the UTF-8 file ``path``, all or nothing: written to a hidden file beside it (removed if the write
+    fails or the process is interrupted) and renamed over ``path``, so a full disk, a file size limit or Ctrl-C never
+    leaves half a report nor destroys the previous one. A symlink is written through (its target is replaced); a new
+    file gets the permissions the umask gives, an existing one keeps its own."""
+    path = Path(path)
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:100]}.", suffix=".partial")
+    temp = interrupts.own_file(Path(name))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors=errors) as f:
+            f.write(text)
+        os.chmod(temp, mode)
+        with interrupts.critical():
+            os.replace(temp, target)
+            interrupts.disown(temp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        interrupts.disown(temp)
+        raise
+
+
 def write_json(path: Path, data) -> None:
     """``data`` as UTF-8 JSON. A lone surrogate (a file name that is not UTF-8, such as b"\\xff.png", reaches Python
     as "\\udcff.png") is written as its JSON escape, which reads back as the same string, instead of failing."""

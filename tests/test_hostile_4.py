@@ -270,3 +270,29 @@ def test_a_scale_that_is_zero_in_float32_is_refused(tmp_path, capsys, scale):
     proc, line = _cli(argv, capsys)
     assert proc.returncode == 2 and "pre.json" in line and "must not be zero in float32" in line, line
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------------ partial reports
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_a_report_cut_by_a_full_disk_leaves_the_previous_one_whole(tmp_path, capsys, small_export, option):
+    # reports were written in place: a full disk, a file size limit or Ctrl-C in the middle left a truncated JSON or
+    # HTML file where the previous complete report had been
+    import resource
+    import signal
+
+    report = tmp_path / ("r.json" if option == "--json" else "r.html")
+    report.write_text("previous report\n")
+    command = ["validate", str(small_export[0]), "--images", str(small_export[1])] if option == "--html" else None
+    command = command or ["predict", str(small_export[0]), str(small_export[1])]  # 10 images x 3 files: ~9 kB
+    limit = 4096  # bytes any file this process writes may reach: less than either report
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        proc, line = _cli([*command, option, str(report)], capsys)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert proc.returncode == DestinationError.exit_code and report.name in line, line
+    assert report.read_text() == "previous report\n"
+    assert [p.name for p in tmp_path.iterdir()] == [report.name]  # no temporary file left beside it
