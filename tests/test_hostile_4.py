@@ -296,3 +296,27 @@ def test_a_report_cut_by_a_full_disk_leaves_the_previous_one_whole(tmp_path, cap
     assert proc.returncode == DestinationError.exit_code and report.name in line, line
     assert report.read_text() == "previous report\n"
     assert [p.name for p in tmp_path.iterdir()] == [report.name]  # no temporary file left beside it
+
+
+def test_shape_arithmetic_that_inference_does_not_follow_is_evaluated_not_refused():
+    # tf2onnx writes a Dense on a 4-D tensor as Shape, Gather, ReduceProd, Concat, Reshape; ONNX's data propagation
+    # stops at ReduceProd, so the first bound refused the layer zoo's dense_4d file as "not known before running"
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from exporter.runtime.onnx_bounds import largest_value_bytes
+
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 8, 8, 3])
+    out = helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, None)
+    consts = [numpy_helper.from_array(np.asarray(v, np.int64), n) for n, v in (("free", [0, 1, 2]), ("channels", [3]), ("zero", [0]))]
+    nodes = [
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Gather", ["shape", "free"], ["free_dims"], axis=0),
+        helper.make_node("ReduceProd", ["free_dims"], ["count"], keepdims=0),
+        helper.make_node("Unsqueeze", ["count", "zero"], ["count_1d"]),
+        helper.make_node("Concat", ["count_1d", "channels"], ["target"], axis=0),
+        helper.make_node("Reshape", ["image", "target"], ["rows"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [image], [out], consts), opset_imports=[helper.make_opsetid("", 17)])
+    assert largest_value_bytes(model, "dense.onnx", batch=2) == 2 * 8 * 8 * 3 * 4

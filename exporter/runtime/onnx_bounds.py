@@ -13,6 +13,7 @@ file's own ``value_info`` shapes are dropped first: they are claims of the file,
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -80,6 +81,87 @@ def _stripped(model, batch: int, where: str):
     return copy
 
 
+# Operations on small 1-D integer tensors that compute shapes (tf2onnx writes a Dense on a 4-D tensor as Shape, Gather,
+# ReduceProd, Concat, Reshape): ONNX's data propagation leaves some of them (ReduceProd) unknown, so the graph's own
+# arithmetic is evaluated here, on values of at most SHAPE_OPERAND_MAX_ELEMENTS elements and rank 1, whose results
+# are no larger than their inputs (broadcasting vectors gives a vector). Nothing else is ever evaluated.
+SHAPE_OPS = frozenset(
+    "Shape Size Gather Cast Slice Concat Unsqueeze Squeeze Identity Add Sub Mul Div Neg Abs Floor Ceil Min Max "
+    "ReduceProd ReduceSum ReduceMin ReduceMax Equal Less Greater Not Where".split()
+)
+MAX_FOLDING_ROUNDS = 16
+
+
+def _inferred(copy, where: str):
+    """``copy`` with its shapes inferred; shape arithmetic inference cannot follow (``SHAPE_OPS`` on values it
+    knows) is evaluated, its results made constants, and inference run again until nothing more is learnt."""
+    import onnx
+
+    for _ in range(MAX_FOLDING_ROUNDS):
+        with translating(ConversionError, "ONNX shape inference fails on the file", path=where):
+            inferred = onnx.shape_inference.infer_shapes(copy, check_type=True, strict_mode=True, data_prop=True)
+        folded = _fold_round(copy, inferred)
+        if not folded:
+            return inferred
+        kept = [node for node in copy.graph.node if node.output[0] not in folded]
+        del copy.graph.node[:]
+        copy.graph.node.extend(kept)
+        copy.graph.initializer.extend(folded.values())
+    return inferred
+
+
+def _small(value) -> bool:
+    return value.ndim <= 1 and value.size <= SHAPE_OPERAND_MAX_ELEMENTS
+
+
+def _fold_round(copy, inferred) -> dict:
+    """{output name: constant TensorProto} for every ``SHAPE_OPS`` node of ``copy`` whose inputs are known small
+    values (a Shape: whose input has a static shape), evaluated one node at a time by ONNX's reference evaluator."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    shapes: dict[str, list[int]] = {}
+    for value in (*inferred.graph.input, *inferred.graph.value_info):
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            shapes[value.name] = [d.dim_value for d in tensor.shape.dim]
+    values: dict[str, np.ndarray] = {}
+    for init in copy.graph.initializer:
+        if math.prod(init.dims) <= SHAPE_OPERAND_MAX_ELEMENTS and len(init.dims) <= 1 and not init.external_data:
+            with contextlib.suppress(Exception):  # a tensor without data (a stripped weight) stays unknown
+                values[init.name] = numpy_helper.to_array(init)
+    folded: dict[str, onnx.TensorProto] = {}
+    for node in copy.graph.node:
+        if node.op_type not in SHAPE_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        names = [i for i in node.input if i]
+        if node.op_type == "Shape":
+            if node.input[0] not in shapes:
+                continue
+            attrs = {a.name: a.i for a in node.attribute}
+            dims = shapes[node.input[0]]
+            out = np.asarray(dims, np.int64)[attrs.get("start", 0) : attrs.get("end", len(dims))]
+        elif all(i in values for i in names) and len(names) == len(node.input):
+            inputs = [helper.make_tensor_value_info(f"in{i}", 0, None) for i in range(len(names))]
+            single = helper.make_node(node.op_type, [f"in{i}" for i in range(len(names))], ["out"])
+            single.attribute.extend(node.attribute)
+            graph = helper.make_graph([single], "fold", inputs, [helper.make_tensor_value_info("out", 0, None)])
+            try:
+                model = helper.make_model(graph, opset_imports=copy.opset_import, ir_version=copy.ir_version)
+                feeds = {f"in{i}": values[n] for i, n in enumerate(names)}
+                out = np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])  # type: ignore[index]
+            except Exception:  # noqa: BLE001 - what cannot be evaluated stays unknown, and unknown is refused later
+                continue
+        else:
+            continue
+        if _small(out):
+            values[node.output[0]] = out
+            folded[node.output[0]] = numpy_helper.from_array(out, node.output[0])
+    return folded
+
+
 def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
     """The bytes of the largest value any node of ``model`` makes for ``batch`` images (also a Conv's unfolded
     input, which onnxruntime allocates as its work space), refused (ConversionError, naming the node) when one is
@@ -96,15 +178,13 @@ def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
             raise ConversionError(
                 f"node {quote(node.name)} ({node.op_type}) holds a subgraph; its values cannot be bounded before running", path=where
             )
-    copy = _stripped(model, batch, where)
-    with translating(ConversionError, "ONNX shape inference fails on the file", path=where):
-        inferred = onnx.shape_inference.infer_shapes(copy, check_type=True, strict_mode=True, data_prop=True)
+    inferred = _inferred(_stripped(model, batch, where), where)
     known: dict[str, tuple[int, list[int] | None]] = {}
     for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         tensor = value.type.tensor_type
         static = tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
         known[value.name] = (tensor.elem_type, [d.dim_value for d in tensor.shape.dim] if static else None)
-    for init in model.graph.initializer:
+    for init in (*model.graph.initializer, *inferred.graph.initializer):  # the weights, and the shapes folded
         known[init.name] = (init.data_type, list(init.dims))
     largest = 0
     for node in model.graph.node:
