@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import interrupts
-from .errors import DestinationError, one_line
+from .errors import DestinationError, ExporterError, one_line
 from .safety import MAX_TEXT_BYTES, NAME_MAX, check_component_length, contains, inside, load_json, quote, read_regular
 
 MANIFEST_NAME = "manifest.json"
@@ -466,6 +466,16 @@ def read_manifest(folder: str | Path) -> dict:
     return data
 
 
+def check_bundle(root: Path, bundle: Path, *, error: type[ExporterError]) -> None:
+    """Every file of an .mlpackage resolves (symlinks included) inside ``root`` and is a regular file or a folder: a
+    FIFO would hang whatever reads the package, a symlink would have it read a file from elsewhere."""
+    for p in bundle.rglob("*"):
+        inside(root, p.relative_to(root).as_posix(), error=error, where=bundle, what="bundle file")
+        mode = p.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise error("bundle holds something that is not a regular file (a FIFO or device)", path=p)
+
+
 def artifact_file(root: str | Path, art: dict) -> Path:
     """The artifact's file or bundle inside ``root``, refused when it resolves outside (symlinks included), is
     missing, is not a regular file (a bundle: a folder of regular files and folders only), or is not the file the
@@ -478,11 +488,7 @@ def artifact_file(root: str | Path, art: dict) -> Path:
     if art["format"] == "mlpackage":
         if not target.is_dir():
             raise DestinationError("is listed as an .mlpackage but is not a folder", path=target)
-        for p in target.rglob("*"):
-            inside(root, p.relative_to(root).as_posix(), error=DestinationError, where=target, what="bundle file")
-            mode = p.stat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise DestinationError("bundle holds something that is not a regular file (a FIFO or device)", path=p)
+        check_bundle(root, target, error=DestinationError)
     else:
         mode = target.stat().st_mode
         if not stat.S_ISREG(mode):

@@ -41,6 +41,10 @@ def _targets(target: Path) -> list[_Target]:
         from .safety import check_regular
 
         check_regular(target, error=ModelLoadError, what=f"{target.suffix} file")
+    elif target.is_dir():
+        from .packaging import check_bundle
+
+        check_bundle(target, target, error=ConversionError)  # before anything reads the package: no FIFO, no way out
     manifest_file = target.parent / MANIFEST_NAME
     if manifest_file.is_file():
         from .errors import DestinationError
@@ -80,9 +84,9 @@ def _embedded(path: Path, fmt: str) -> dict[str, str]:
         import onnx
 
         return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    from .runtime.coreml_spec import load_spec
+    from .runtime.executor import load_spec  # the package's paths kept inside it, regular files only, bounded
 
-    return dict(load_spec(path).description.metadata.userDefined)
+    return dict(load_spec(path)[0].description.metadata.userDefined)
 
 
 def _runner(t: _Target):

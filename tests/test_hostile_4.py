@@ -320,3 +320,46 @@ def test_shape_arithmetic_that_inference_does_not_follow_is_evaluated_not_refuse
     ]
     model = helper.make_model(helper.make_graph(nodes, "g", [image], [out], consts), opset_imports=[helper.make_opsetid("", 17)])
     assert largest_value_bytes(model, "dense.onnx", batch=2) == 2 * 8 * 8 * 3 * 4
+
+
+# ------------------------------------------------------------------------------------------------ a lone .mlpackage
+def _lone_package(small_export, tmp_path) -> Path:
+    package = tmp_path / "lone.mlpackage"
+    shutil.copytree(next(small_export[0].glob("*.mlpackage")), package)
+    return package
+
+
+def test_predict_on_a_lone_package_holding_a_fifo_does_not_hang(tmp_path, small_export):
+    # predict read a lone .mlpackage's metadata with coremltools' load_spec, which opened a FIFO standing in for its
+    # model.mlmodel and waited forever; the package's files were never checked
+    import os
+    import subprocess
+    import sys
+
+    from conftest import USER_ENV
+
+    package = _lone_package(small_export, tmp_path)
+    spec = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec.unlink()
+    os.mkfifo(spec)
+    argv = [sys.executable, "-m", "exporter", "predict", str(package), str(_image(small_export))]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=USER_ENV)
+    assert proc.returncode == 5 and "model.mlmodel" in proc.stderr and "not a regular file" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_predict_on_a_lone_package_never_reads_outside_it(tmp_path, capsys, small_export, monkeypatch):
+    # the package's Manifest.json named "../secret.mlmodel" as its root model: coremltools read that file (outside the
+    # package) before the executor's own check refused the path
+    import coremltools
+
+    package = _lone_package(small_export, tmp_path)
+    shutil.copy(next(small_export[0].glob("*.mlmodel")), tmp_path / "secret.mlmodel")
+    manifest = json.loads((package / "Manifest.json").read_text())
+    root = manifest["rootModelIdentifier"]
+    manifest["itemInfoEntries"][root]["path"] = "../../secret.mlmodel"
+    (package / "Manifest.json").write_text(json.dumps(manifest))
+    read = []
+    monkeypatch.setattr(coremltools.utils, "load_spec", lambda *a, **k: read.append(a) or pytest.fail("coremltools read the package"))
+    proc, line = _cli(["predict", str(package), str(_image(small_export))], capsys)
+    assert proc.returncode == 5 and "points outside" in line, line
+    assert read == []
