@@ -81,9 +81,9 @@ def _image_files(images: list[str | os.PathLike]) -> list[Path]:
 def _embedded(path: Path, fmt: str) -> dict[str, str]:
     """The file's own metadata (labels and preprocessing contract)."""
     if fmt == "onnx":
-        import onnx
+        from .runtime import load_onnx  # bounded, regular files only, external data kept inside the folder
 
-        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return {p.key: p.value for p in load_onnx(path).metadata_props}
     from .runtime.executor import load_spec  # the package's paths kept inside it, regular files only, bounded
 
     return dict(load_spec(path)[0].description.metadata.userDefined)

@@ -363,3 +363,18 @@ def test_predict_on_a_lone_package_never_reads_outside_it(tmp_path, capsys, smal
     proc, line = _cli(["predict", str(package), str(_image(small_export))], capsys)
     assert proc.returncode == 5 and "points outside" in line, line
     assert read == []
+
+
+def test_predict_reads_a_lone_onnx_files_metadata_within_the_file_size_limit(tmp_path, capsys, small_export, monkeypatch):
+    # a lone .onnx file's metadata was read with onnx.load, which reads a file of any size whole (the runner's own read
+    # is capped at MAX_FILE_BYTES, but came after)
+    import onnx
+
+    from exporter import safety
+
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(next(small_export[0].glob("*.onnx")), lone)
+    monkeypatch.setattr(safety, "MAX_FILE_BYTES", 1000)  # the sample file stands in for one over the 1 GiB limit
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: pytest.fail("onnx.load read the whole file"))
+    proc, line = _cli(["predict", str(lone), str(_image(small_export))], capsys)
+    assert proc.returncode == 5 and "lone.onnx" in line and "over the limit of 1,000" in line, line
