@@ -263,11 +263,24 @@ def run(argv: list[str] | None = None) -> int:
         return _dispatch(args, False if args.quiet else printer, printer.stream)
 
 
+# The options that name files or folders a command reads (see check_report_not_an_input).
+INPUT_ARGUMENTS = ("model_path", "labels", "preprocessing", "calibration_images", "validation_images", "export_dir", "images", "target")
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     """One API call per command, its arguments taken from ``args`` by name (exporter/arguments.py)."""
     from .arguments import api_arguments
 
     json_file = getattr(args, "json", None)
+    from .packaging import check_report_not_an_input
+
+    inputs = [v for name in INPUT_ARGUMENTS for v in _as_list(getattr(args, name, None))]
+    for report in (None if json_file == "-" else json_file, getattr(args, "html", None)):
+        check_report_not_an_input(report, inputs)
     if json_file not in (None, "-"):  # a --json FILE that cannot be written, refused before any work
         from .packaging import check_report_path
         from .safety import contains

@@ -320,6 +320,38 @@ def write_text_atomic(path: str | Path, text: str, *, errors: str = "strict") ->
         raise
 
 
+# Files a report may replace inside a folder the command reads: earlier reports (parity.json, report.html), never the
+# manifest, an artifact or its bundle, an image or a model.
+REPORT_SUFFIXES = (".json", ".html", ".htm")
+
+
+def check_report_not_an_input(path: str | Path | None, inputs: Iterable) -> None:
+    """Refuse a report path (``--json``, ``--html``) that is one of the command's input files, or a file inside one of
+    its input folders that the command reads (anything but an earlier report; manifest.json and .mlpackage contents
+    always): writing the report would destroy that input, as an ``--out`` containing it would."""
+    if path is None:
+        return
+    report = Path(path)
+    if not report.exists():
+        return
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        item = Path(item)
+        if item.is_dir() and item.suffix.lower() != ".mlpackage" and contains(item, report) and report.resolve() != item.resolve():
+            inner = report.resolve().relative_to(item.resolve())
+            in_bundle = any(part.lower().endswith(".mlpackage") for part in inner.parts[:-1])
+            if report.suffix.lower() in REPORT_SUFFIXES and report.name != MANIFEST_NAME and not in_bundle:
+                continue
+        elif not contains(item, report):
+            continue
+        raise DestinationError(
+            f"is an input of this command (in {one_line(str(item), 300)}); writing the report there would destroy it",
+            path=report,
+            hint="choose another report file",
+        )
+
+
 def write_json(path: Path, data) -> None:
     """``data`` as UTF-8 JSON. A lone surrogate (a file name that is not UTF-8, such as b"\\xff.png", reaches Python
     as "\\udcff.png") is written as its JSON escape, which reads back as the same string, instead of failing."""

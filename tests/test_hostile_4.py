@@ -378,3 +378,45 @@ def test_predict_reads_a_lone_onnx_files_metadata_within_the_file_size_limit(tmp
     monkeypatch.setattr(onnx, "load", lambda *a, **k: pytest.fail("onnx.load read the whole file"))
     proc, line = _cli(["predict", str(lone), str(_image(small_export))], capsys)
     assert proc.returncode == 5 and "lone.onnx" in line and "over the limit of 1,000" in line, line
+
+
+# ------------------------------------------------------------------------------------------------ reports over inputs
+@pytest.mark.parametrize(
+    "command,report",
+    [
+        ("validate", "export/manifest.json"),  # --json
+        ("validate", "export/*.onnx"),  # --html
+        ("predict", "export/*.mlmodel"),
+        ("predict", "image"),  # the image predicted on
+        ("convert", "labels.txt"),
+    ],
+)
+def test_a_report_path_that_is_an_input_is_refused_before_any_work(tmp_path, capsys, small_export, command, report):
+    # --json/--html were written over whatever they named: `validate EXPORT --json EXPORT/manifest.json` replaced the
+    # export's manifest with the report (the export was then unreadable), `--html EXPORT/model.onnx` an artifact
+    from conftest import sample
+
+    export = _copy_export(small_export, tmp_path / "export")
+    image = tmp_path / "photo.png"
+    shutil.copy(_image(small_export), image)
+    s = sample("mobilenet_v1_digits")
+    shutil.copy(s["labels"], tmp_path / "labels.txt")
+    target = image if report == "image" else next(tmp_path.glob(report))
+    before = target.read_bytes()
+    option = "--html" if report.endswith(".onnx") else "--json"
+    argv = {
+        "validate": ["validate", str(export), "--images", str(small_export[1])],
+        "predict": ["predict", str(export), str(image)],
+        "convert": ["convert", str(s["model"]), "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")],
+    }[command]
+    proc, line = _cli([*argv, option, str(target)], capsys)
+    assert proc.returncode == DestinationError.exit_code and "is an input of this command" in line and target.name in line, line
+    assert target.read_bytes() == before
+
+
+def test_an_earlier_report_inside_the_export_may_be_replaced(tmp_path, capsys, small_export):
+    export = _copy_export(small_export, tmp_path / "export")
+    (export / "predictions.json").write_text("{}")
+    proc = run_in_process(["predict", str(export), str(_image(small_export)), "--json", str(export / "predictions.json")], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((export / "predictions.json").read_text())["predictions"]
