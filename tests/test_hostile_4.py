@@ -420,3 +420,26 @@ def test_an_earlier_report_inside_the_export_may_be_replaced(tmp_path, capsys, s
     proc = run_in_process(["predict", str(export), str(_image(small_export)), "--json", str(export / "predictions.json")], capsys)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((export / "predictions.json").read_text())["predictions"]
+
+
+# ------------------------------------------------------------------------------------------------ protobuf field counts
+@pytest.mark.parametrize("suffix", [".mlmodel", ".onnx"])
+def test_a_protobuf_of_countless_tiny_fields_is_refused_before_parsing(tmp_path, capsys, small_export, monkeypatch, suffix):
+    # parsed protobuf fields take ~45x their bytes: 10 MB of empty NeuralNetwork layers parsed to 446 MB, so a file
+    # under the 1 GiB read limit could need tens of gigabytes; the count is now checked on the wire format first
+    from exporter import safety
+
+    def varint(v: int) -> bytes:
+        out = b""
+        while True:
+            out += bytes([(v & 0x7F) | (0x80 if v > 0x7F else 0)])
+            v >>= 7
+            if not v:
+                return out
+
+    lone = tmp_path / f"lone{suffix}"
+    empty_unknown_field = varint((9999 << 3) | 2) + b"\x00"  # kept by the parser as an unknown field
+    lone.write_bytes(next(small_export[0].glob(f"*{suffix}")).read_bytes() + empty_unknown_field * 30_000)
+    monkeypatch.setattr(safety, "MAX_PROTOBUF_FIELDS", 20_000)  # 30,000 stands in for hundreds of millions
+    proc, line = _cli(["predict", str(lone), str(_image(small_export))], capsys)
+    assert proc.returncode == 5 and lone.name in line and "over 20,000 protobuf fields" in line, line

@@ -99,9 +99,10 @@ def load_onnx(path: Path):
     import onnx
     from google.protobuf.message import DecodeError
 
-    from ..safety import MAX_FILE_BYTES, check_regular, inside, read_regular
+    from ..safety import MAX_FILE_BYTES, check_protobuf_fields, check_regular, inside, read_regular
 
     raw = read_regular(path, error=ConversionError, what="ONNX file", max_bytes=MAX_FILE_BYTES)
+    check_protobuf_fields(raw, onnx.ModelProto.DESCRIPTOR, error=ConversionError, where=path, what="ONNX file")
     try:
         model = onnx.load_from_string(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
