@@ -443,3 +443,33 @@ def test_a_protobuf_of_countless_tiny_fields_is_refused_before_parsing(tmp_path,
     monkeypatch.setattr(safety, "MAX_PROTOBUF_FIELDS", 20_000)  # 30,000 stands in for hundreds of millions
     proc, line = _cli(["predict", str(lone), str(_image(small_export))], capsys)
     assert proc.returncode == 5 and lone.name in line and "over 20,000 protobuf fields" in line, line
+
+
+# ------------------------------------------------------------------------------------------------ replaced after the check
+def _plus_one(nodes, inits, image):
+    return _const(inits, "one", [1.0], "float32")  # every probability raised by 1: a different model, within bounds
+
+
+def test_onnxruntime_runs_the_graph_that_was_checked_not_the_file_again(tmp_path, small_export, monkeypatch):
+    # the runner checked the bytes it read (external data, memory bounds), then gave onnxruntime the path: a file
+    # replaced in between was run unchecked
+    import numpy as np
+
+    from exporter.preprocessing import Preprocessing
+    from exporter.runtime import OnnxRunner, onnx_bounds
+
+    export = _copy_export(small_export, tmp_path / "export")
+    other = _onnx_with(_copy_export(small_export, tmp_path / "other"), _plus_one)
+    path = next(export.glob("*.onnx"))
+    checked = onnx_bounds.images_per_run
+
+    def swap_after_the_check(*args, **kwargs):
+        count = checked(*args, **kwargs)
+        shutil.copy(other, path)
+        return count
+
+    monkeypatch.setattr(onnx_bounds, "images_per_run", swap_after_the_check)
+    pre = Preprocessing.from_dict(json.loads((export / "manifest.json").read_text())["preprocessing"])
+    probs = OnnxRunner(path, pre)(np.zeros((2, *pre.input_size, pre.channels), np.uint8))
+    assert path.read_bytes() == other.read_bytes()  # the file was replaced ...
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # ... and the checked graph ran

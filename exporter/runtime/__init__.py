@@ -62,6 +62,10 @@ class OnnxRunner:
         self.labels = onnx_labels(model, path)
         largest = largest_value_bytes(model, path)
         self.chunk = images_per_run(model, path, largest)  # images per session.run
+        # onnxruntime gets the graph that was checked, not the path again (the file could be replaced in between);
+        # only a file with external data, whose locations are relative to its folder, is opened by path
+        external = any(tensor.external_data for tensor in _all_tensors(model.graph))
+        checked: str | bytes = str(path) if external else model.SerializeToString()
         del model
         self.order = None if labels is None else _label_order(self.labels, labels)
         options = ort.SessionOptions()
@@ -69,7 +73,8 @@ class OnnxRunner:
         # file it could not load; its exception is translated below
         options.log_severity_level = 4
         with translating(ConversionError, "onnxruntime cannot load the file", path=path):
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(checked, options, providers=["CPUExecutionProvider"])
+        del checked
         inp = self.session.get_inputs()[0]
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
