@@ -263,11 +263,24 @@ def run(argv: list[str] | None = None) -> int:
         return _dispatch(args, False if args.quiet else printer, printer.stream)
 
 
+# The options that name files or folders a command reads (see check_report_not_an_input).
+INPUT_ARGUMENTS = ("model_path", "labels", "preprocessing", "calibration_images", "validation_images", "export_dir", "images", "target")
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     """One API call per command, its arguments taken from ``args`` by name (exporter/arguments.py)."""
     from .arguments import api_arguments
 
     json_file = getattr(args, "json", None)
+    from .packaging import check_report_not_an_input
+
+    inputs = [v for name in INPUT_ARGUMENTS for v in _as_list(getattr(args, name, None))]
+    for report in (None if json_file == "-" else json_file, getattr(args, "html", None)):
+        check_report_not_an_input(report, inputs)
     if json_file not in (None, "-"):  # a --json FILE that cannot be written, refused before any work
         from .packaging import check_report_path
         from .safety import contains
@@ -331,9 +344,10 @@ def _emit(data: dict, json_target: str | None, table) -> None:
     print(table())
     if json_target:
         from .errors import DestinationError
+        from .packaging import write_text_atomic
 
         try:
-            Path(json_target).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            write_text_atomic(json_target, json.dumps(data, indent=2) + "\n")
         except OSError as exc:
             raise DestinationError(f"cannot write the JSON file: {exc.strerror or exc}", path=json_target) from exc
 

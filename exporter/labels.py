@@ -13,6 +13,55 @@ from .safety import MAX_TEXT_BYTES, load_json, quote, read_regular
 # another class's name.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt): characters a renderer shows as nothing (zero-width
+# spaces and joiners, the BOM, soft hyphen, variation selectors, the combining grapheme joiner, Hangul fillers, tags).
+# "cat" and "c\u200bat" look the same in every table, report and app; such characters are dropped from the key two
+# labels are compared by, so labels that display alike are refused as one label written twice.
+_IGNORABLE_RANGES = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+IGNORABLE = frozenset(chr(c) for a, b in _IGNORABLE_RANGES for c in range(a, b + 1))
+ZWNJ, ZWJ = "\u200c", "\u200d"
+# Scripts whose letters join (Arabic, Syriac, N'Ko, Mongolian and their presentation forms): there ZWNJ / ZWJ change
+# how the letters around them are drawn (Persian writes words with ZWNJ). An approximation by block of RFC 5892's
+# joining-type rule (A.1), which the standard library's unicodedata cannot answer.
+_JOINING_BLOCKS = ((0x0600, 0x08FF), (0x1800, 0x18AF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFE))
+VIRAMA = 9  # canonical combining class of the Indic viramas: a joiner after one picks a conjunct or half form
+EMOJI_MODIFIERS = frozenset(chr(c) for c in range(0x1F3FB, 0x1F400)) | {"\ufe0f"}  # skin tones, emoji presentation
+
+
+def _joining(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("L") and any(a <= ord(ch) <= b for a, b in _JOINING_BLOCKS)
+
+
+def _joiner_has_effect(label: str, at: int) -> bool:
+    """Whether the ZWNJ or ZWJ at ``label[at]`` changes how the text is drawn (RFC 5892 CONTEXTJ, plus emoji): after a
+    virama; between two letters of a joining script; or, a ZWJ only, between two symbols of an emoji sequence
+    ("🐈\u200d⬛" is a black cat, "👩\u200d💻" a technologist). Anywhere else it is invisible."""
+    before = label[at - 1] if at > 0 else ""
+    after = label[at + 1] if at + 1 < len(label) else ""
+    if not before or not after:
+        return False
+    if unicodedata.combining(before) == VIRAMA:
+        return True
+    if _joining(before) and _joining(after):
+        return True
+    if label[at] == ZWJ:
+        base = at - 1
+        while base > 0 and label[base] in EMOJI_MODIFIERS:
+            base -= 1
+        return unicodedata.category(label[base]) == "So" and unicodedata.category(after) == "So"
+    return False
+
+
+def display_key(label: str) -> str:
+    """What two labels are compared by: NFKC (compatibility forms display as their base: full-width "ｃａｔ",
+    "ﬁ", a no-break space) with the default-ignorable characters removed."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", label) if ch not in IGNORABLE)
+
+
 # A model ending in Dense(1, activation="sigmoid") is exported as [1 - p, p] over two labels (heads.py).
 BINARY_LABELS_HINT = "a binary classifier ending in one sigmoid unit takes two labels, the class of outputs below 0.5 first"
 
@@ -37,8 +86,11 @@ def parse_labels(text: str, *, source: str = "labels", json_list: bool | None = 
 def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
     """Labels end up in file metadata, Swift resources and HTML reports: each must be a non-empty, trimmed string
     of printable characters (no control character such as ESC, CR or a newline, no lone surrogate, no bidirectional
-    override), and unique, also once Unicode-normalized: Swift compares strings by canonical equivalence, so "é" as
-    one code point and as "e" + U+0301 are one label in the generated package's and Core ML's label dictionaries."""
+    override, no invisible format character such as a zero-width space: only a ZWJ / ZWNJ where it changes the
+    drawing, see ``_joiner_has_effect``), and unique, also as displayed: Swift compares strings by canonical
+    equivalence, so "é" as one code point and as "e" + U+0301 are one label in the generated package's and Core ML's
+    label dictionaries, and labels that differ only in invisible or compatibility characters ("cat" and
+    "cat\ufe0f", "ｃａｔ") read as one class on every screen."""
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise LabelsError("labels must be a list of strings", path=source)
     if len(labels) < 2:
@@ -48,17 +100,32 @@ def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
             raise LabelsError(f"label {i} is empty (remove blank lines; one label per line)", path=source)
         if label != label.strip():
             raise LabelsError(f"label {i} {quote(label)} has leading or trailing spaces", path=source)
-        bad = next((ch for ch in label if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS), None)
-        if bad is not None:
-            kind = {"Cs": "a lone surrogate", "Cf": "a bidirectional formatting character"}.get(
-                unicodedata.category(bad), "a control character"
-            )
-            raise LabelsError(f"label {i} {quote(label)} contains {kind} (U+{ord(bad):04X})", path=source)
+        for at, ch in enumerate(label):
+            category = unicodedata.category(ch)
+            if ch in BIDI_CONTROLS:
+                kind = "a bidirectional formatting character"
+            elif category in ("Cc", "Zl", "Zp"):
+                kind = "a control character"
+            elif category == "Cs":
+                kind = "a lone surrogate"
+            elif category == "Cf" and not (ch in (ZWNJ, ZWJ) and _joiner_has_effect(label, at)):
+                kind = "an invisible format character"
+            else:
+                continue
+            raise LabelsError(f"label {i} {quote(label)} contains {kind} (U+{ord(ch):04X})", path=source)
+        if not display_key(label).strip():
+            raise LabelsError(f"label {i} {quote(label)} shows nothing (only invisible characters)", path=source)
     seen: dict[str, int] = {}
     for i, label in enumerate(labels, start=1):
-        key = unicodedata.normalize("NFC", label)
+        key = display_key(label)
         if key in seen:
-            same = "" if label == labels[seen[key] - 1] else " once Unicode-normalized (NFC; Swift and Core ML compare them equal)"
+            first = labels[seen[key] - 1]
+            if label == first:
+                same = ""
+            elif unicodedata.normalize("NFC", label) == unicodedata.normalize("NFC", first):
+                same = " once Unicode-normalized (NFC; Swift and Core ML compare them equal)"
+            else:
+                same = " as displayed (they differ only in invisible or compatibility characters)"
             raise LabelsError(f"label {quote(label)} appears twice{same} (lines {seen[key]} and {i}); labels must be unique", path=source)
         seen[key] = i
     return list(labels)

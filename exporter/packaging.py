@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import interrupts
-from .errors import DestinationError, one_line
+from .errors import DestinationError, ExporterError, one_line
 from .safety import MAX_TEXT_BYTES, NAME_MAX, check_component_length, contains, inside, load_json, quote, read_regular
 
 MANIFEST_NAME = "manifest.json"
@@ -293,6 +293,65 @@ def check_report_path(path: str | Path | None) -> None:
         raise DestinationError("the report file exists and is not writable", path=path)
 
 
+def write_text_atomic(path: str | Path, text: str, *, errors: str = "strict") -> None:
+    """``text`` as the UTF-8 file ``path``, all or nothing: written to a hidden file beside it (removed if the write
+    fails or the process is interrupted) and renamed over ``path``, so a full disk, a file size limit or Ctrl-C never
+    leaves half a report nor destroys the previous one. A symlink is written through (its target is replaced); a new
+    file gets the permissions the umask gives, an existing one keeps its own."""
+    path = Path(path)
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:100]}.", suffix=".partial")
+    temp = interrupts.own_file(Path(name))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors=errors) as f:
+            f.write(text)
+        os.chmod(temp, mode)
+        with interrupts.critical():
+            os.replace(temp, target)
+            interrupts.disown(temp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        interrupts.disown(temp)
+        raise
+
+
+# Files a report may replace inside a folder the command reads: earlier reports (parity.json, report.html), never the
+# manifest, an artifact or its bundle, an image or a model.
+REPORT_SUFFIXES = (".json", ".html", ".htm")
+
+
+def check_report_not_an_input(path: str | Path | None, inputs: Iterable) -> None:
+    """Refuse a report path (``--json``, ``--html``) that is one of the command's input files, or a file inside one of
+    its input folders that the command reads (anything but an earlier report; manifest.json and .mlpackage contents
+    always): writing the report would destroy that input, as an ``--out`` containing it would."""
+    if path is None:
+        return
+    report = Path(path)
+    if not report.exists():
+        return
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        item = Path(item)
+        if item.is_dir() and item.suffix.lower() != ".mlpackage" and contains(item, report) and report.resolve() != item.resolve():
+            inner = report.resolve().relative_to(item.resolve())
+            in_bundle = any(part.lower().endswith(".mlpackage") for part in inner.parts[:-1])
+            if report.suffix.lower() in REPORT_SUFFIXES and report.name != MANIFEST_NAME and not in_bundle:
+                continue
+        elif not contains(item, report):
+            continue
+        raise DestinationError(
+            f"is an input of this command (in {one_line(str(item), 300)}); writing the report there would destroy it",
+            path=report,
+            hint="choose another report file",
+        )
+
+
 def write_json(path: Path, data) -> None:
     """``data`` as UTF-8 JSON. A lone surrogate (a file name that is not UTF-8, such as b"\\xff.png", reaches Python
     as "\\udcff.png") is written as its JSON escape, which reads back as the same string, instead of failing."""
@@ -439,6 +498,16 @@ def read_manifest(folder: str | Path) -> dict:
     return data
 
 
+def check_bundle(root: Path, bundle: Path, *, error: type[ExporterError]) -> None:
+    """Every file of an .mlpackage resolves (symlinks included) inside ``root`` and is a regular file or a folder: a
+    FIFO would hang whatever reads the package, a symlink would have it read a file from elsewhere."""
+    for p in bundle.rglob("*"):
+        inside(root, p.relative_to(root).as_posix(), error=error, where=bundle, what="bundle file")
+        mode = p.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise error("bundle holds something that is not a regular file (a FIFO or device)", path=p)
+
+
 def artifact_file(root: str | Path, art: dict) -> Path:
     """The artifact's file or bundle inside ``root``, refused when it resolves outside (symlinks included), is
     missing, is not a regular file (a bundle: a folder of regular files and folders only), or is not the file the
@@ -451,11 +520,7 @@ def artifact_file(root: str | Path, art: dict) -> Path:
     if art["format"] == "mlpackage":
         if not target.is_dir():
             raise DestinationError("is listed as an .mlpackage but is not a folder", path=target)
-        for p in target.rglob("*"):
-            inside(root, p.relative_to(root).as_posix(), error=DestinationError, where=target, what="bundle file")
-            mode = p.stat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise DestinationError("bundle holds something that is not a regular file (a FIFO or device)", path=p)
+        check_bundle(root, target, error=DestinationError)
     else:
         mode = target.stat().st_mode
         if not stat.S_ISREG(mode):

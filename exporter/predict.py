@@ -41,18 +41,24 @@ def _targets(target: Path) -> list[_Target]:
         from .safety import check_regular
 
         check_regular(target, error=ModelLoadError, what=f"{target.suffix} file")
+    elif target.is_dir():
+        from .packaging import check_bundle
+
+        check_bundle(target, target, error=ConversionError)  # before anything reads the package: no FIFO, no way out
     manifest_file = target.parent / MANIFEST_NAME
     if manifest_file.is_file():
-        from .errors import ExporterError
-        from .safety import MAX_TEXT_BYTES, load_json, read_regular
+        from .errors import DestinationError
+        from .packaging import artifact_file, read_manifest
 
         try:
-            raw = read_regular(manifest_file, error=ConfigError, what="manifest.json", max_bytes=MAX_TEXT_BYTES)
-            manifest = load_json(raw, path=manifest_file, error=ConfigError, what="manifest.json")
-            art = next(a for a in manifest["artifacts"] if a["path"] == target.name)
-            return [_Target(target, fmt, art["variant"], manifest["preprocessing"])]
-        except (ExporterError, KeyError, StopIteration, TypeError):
-            pass  # not this file's manifest (or not a readable one): use what the file embeds
+            listing: dict | None = read_manifest(target.parent)
+        except DestinationError:
+            listing = None  # not this file's manifest (or not a readable one): use what the file embeds
+        art = next((a for a in listing["artifacts"] if a["path"] == target.name), None) if listing else None
+        if listing and art and art["format"] == fmt:
+            # an export's artifact given by its path is held to its manifest as the folder's artifacts are: the file
+            # must still be the one the export wrote (its SHA-256), inside the folder and a regular file
+            return [_Target(artifact_file(target.parent, art), fmt, art["variant"], listing["preprocessing"])]
     return [_Target(target, fmt, "", None)]
 
 
@@ -75,12 +81,12 @@ def _image_files(images: list[str | os.PathLike]) -> list[Path]:
 def _embedded(path: Path, fmt: str) -> dict[str, str]:
     """The file's own metadata (labels and preprocessing contract)."""
     if fmt == "onnx":
-        import onnx
+        from .runtime import load_onnx  # bounded, regular files only, external data kept inside the folder
 
-        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    from .runtime.coreml_spec import load_spec
+        return {p.key: p.value for p in load_onnx(path).metadata_props}
+    from .runtime.executor import load_spec  # the package's paths kept inside it, regular files only, bounded
 
-    return dict(load_spec(path).description.metadata.userDefined)
+    return dict(load_spec(path)[0].description.metadata.userDefined)
 
 
 def _runner(t: _Target):

@@ -36,6 +36,8 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # "caffe": on 0..255 pixels, after 
 # Every backend computes in float32 (Core ML image scale, ONNX prologue, the numpy reference): a value must stay
 # finite there, not only as a Python float (1e39 is a finite double and inf in float32).
 FLOAT32_MAX = 3.4028234663852886e38
+# Half the smallest float32 subnormal: a value of smaller magnitude rounds to 0 in the float32 the files compute in.
+FLOAT32_ZERO_BELOW = 2.0**-150
 
 
 def _is_number(v: Any) -> bool:
@@ -88,8 +90,8 @@ class Preprocessing:
             raise ConfigError(f"preprocessing interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
         scale = _as_floats("scale", self.scale, self.channels)
         bias = _as_floats("bias", self.bias, self.channels)
-        if any(s == 0.0 for s in scale):
-            raise ConfigError(f"preprocessing scale must not be zero (every pixel would become the bias), got {scale}")
+        if any(abs(s) <= FLOAT32_ZERO_BELOW for s in scale):  # 1e-320 is not 0.0, but it is 0 in float32
+            raise ConfigError(f"preprocessing scale must not be zero in float32 (every pixel would become the bias), got {scale}")
         if self.in_model and (any(s != 1.0 for s in scale) or any(b != 0.0 for b in bias)):
             raise ConfigError(
                 "preprocessing with in_model=true must have scale 1 and bias 0: the model normalises pixels itself, "
@@ -121,8 +123,8 @@ class Preprocessing:
         channels = 1 if kw.get("channel_order") == "L" else 3
         mean = _as_floats("mean", mean, channels)
         std = _as_floats("std", std, channels)
-        if any(s == 0.0 for s in std):
-            raise ConfigError(f"preprocessing std must not be zero, got {std}")
+        if any(abs(s) <= FLOAT32_ZERO_BELOW for s in std):
+            raise ConfigError(f"preprocessing std must not be zero in float32, got {std}")
         return cls(
             input_size=input_size,
             scale=tuple(1.0 / s for s in std),

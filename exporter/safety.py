@@ -245,3 +245,68 @@ def check_zip(path: str | Path, *, error: type[ExporterError]) -> None:
             )
     if total > MEMORY_BUDGET_BYTES:
         raise error(f"archive members inflate to {total:,} bytes, over the limit of {MEMORY_BUDGET_BYTES:,}", path=path)
+
+
+# ------------------------------------------------------------------------------------------------ protobuf messages
+# Parsed protobuf fields cost far more memory than they take in the file: 10 MB of empty NeuralNetwork layers (2 bytes
+# each) parsed to 446 MB, so a protobuf under MAX_FILE_BYTES could still need tens of gigabytes. Real files hold their
+# weights in a few large packed or bytes fields: a MobileNet .mlmodel or .onnx file has a few thousand field
+# occurrences, an ML Program a few tens of thousands; two million (at most ~200 MB parsed, counted in ~4 s) is far
+# beyond any model and far below the machine.
+MAX_PROTOBUF_FIELDS = 2_000_000
+
+
+def check_protobuf_fields(data: bytes, descriptor, *, error: type[ExporterError], where: str | Path, what: str = "file") -> int:
+    """Count the field occurrences of the serialized message ``data`` (a ``descriptor`` message) by walking its wire
+    format, submessages included (known message fields only; bytes, strings and packed arrays are skipped whole),
+    and refuse it past ``MAX_PROTOBUF_FIELDS`` before the protobuf library parses it. Returns the count. Malformed
+    data ends the walk quietly: the parser then reports it."""
+    view = memoryview(data)
+    stack = [(0, len(view), descriptor)]
+    count = 0
+    while stack:
+        pos, end, desc = stack.pop()
+        fields = desc.fields_by_number if desc is not None else {}
+        while pos < end:
+            tag, pos = _varint(view, pos, end)
+            if tag is None:
+                return count
+            count += 1
+            if count > MAX_PROTOBUF_FIELDS:
+                raise error(
+                    f"{what} holds over {MAX_PROTOBUF_FIELDS:,} protobuf fields, more than any model (parsing them would need "
+                    "many times the file's size in memory)",
+                    path=where,
+                )
+            wire = tag & 7
+            if wire == 0:
+                value, pos = _varint(view, pos, end)
+                if value is None:
+                    return count
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                size, pos = _varint(view, pos, end)
+                if size is None or pos + size > end:
+                    return count
+                field = fields.get(tag >> 3)
+                if field is not None and field.message_type is not None:
+                    stack.append((pos, pos + size, field.message_type))
+                pos += size
+            else:  # groups (wire types 3 and 4) are not used by Core ML or ONNX protobufs
+                return count
+    return count
+
+
+def _varint(view: memoryview, pos: int, end: int) -> tuple[int | None, int]:
+    value = shift = 0
+    while pos < end and shift < 70:
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None, pos

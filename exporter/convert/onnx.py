@@ -55,7 +55,44 @@ def convert_core(model, pre: Preprocessing, *, opset: int = DEFAULT_OPSET, sourc
         raise ConversionError(f"tf2onnx could not convert the model to ONNX: {leftover}", path=source)
     if len(proto.graph.output) != 1:
         raise ConversionError(f"tf2onnx produced {len(proto.graph.output)} outputs; expected one", path=source)
-    return _settled(proto)
+    return _saturating_casts(_settled(proto))
+
+
+# Integer types whose casts from float TensorFlow saturates and onnxruntime wraps, with their range (exact in float16,
+# float32 and float64). TensorFlow's cast of a float tensor of more than a few dozen elements (Eigen's vectorized path,
+# every image-sized tensor) clamps to the type's range and truncates: -1 -> 0, 300 -> 255 for uint8; onnxruntime's
+# Cast wraps (-1 -> 255, 300 -> 44), so a backbone saved with Input(dtype="uint8") inside a float model disagreed
+# with Keras wherever its caller gave it values outside the range. 32- and 64-bit targets are left as they are (TF's
+# out-of-range result there is neither a wrap nor a clamp).
+SATURATED_CASTS = {2: (0, 255), 3: (-128, 127), 4: (0, 65535), 5: (-32768, 32767)}  # TensorProto UINT8 INT8 UINT16 INT16
+
+
+def _saturating_casts(proto):
+    """Every Cast from a float type to a ``SATURATED_CASTS`` type preceded by a Clip to that type's range, so the ONNX
+    file computes what TensorFlow's saturating cast computes (the Core ML rewrite's ``trunc(clip(x))``,
+    rewrite.integer_input_as_float); the Cast itself truncates in-range values toward zero, as TensorFlow does."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    floats = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+    g = proto.graph
+    casts = [n for n in g.node if n.op_type == "Cast" and next((a.i for a in n.attribute if a.name == "to"), None) in SATURATED_CASTS]
+    if not casts:
+        return proto
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.input, *inferred.value_info, *inferred.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    for k, node in enumerate(casts):
+        dtype = floats.get(types.get(node.input[0], 0))
+        if dtype is None:
+            continue  # an integer source wraps in TensorFlow too
+        low, high = SATURATED_CASTS[next(a.i for a in node.attribute if a.name == "to")]
+        names = [f"saturating_cast_{k}_{part}" for part in ("min", "max", "clipped")]
+        g.initializer.extend(numpy_helper.from_array(np.asarray(v, dtype), name) for v, name in ((low, names[0]), (high, names[1])))
+        at = list(g.node).index(node)
+        g.node.insert(at, helper.make_node("Clip", [node.input[0], names[0], names[1]], [names[2]], name=names[2]))
+        node.input[0] = names[2]
+    return proto
 
 
 def _settled(proto):

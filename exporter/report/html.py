@@ -298,7 +298,9 @@ def _render(report: dict) -> str:
 
 def write(report: dict, path: str | Path) -> None:
     # a file name that is not UTF-8 (b"\xff.png" reaches Python as "\udcff.png") is shown as its escape, not a crash
-    Path(path).write_text(render(report), encoding="utf-8", errors="backslashreplace")
+    from ..packaging import write_text_atomic
+
+    write_text_atomic(path, render(report), errors="backslashreplace")
 
 
 def _left_out(report: dict) -> str:

@@ -53,16 +53,28 @@ class OnnxRunner:
     def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None):
         import onnxruntime as ort
 
+        from .onnx_bounds import images_per_run, largest_value_bytes
+
         # read first, always: it refuses external data outside the file's folder or in anything but a regular file
-        # before onnxruntime opens any of it, and gives the labels the file maps its outputs to
-        self.labels = embedded_onnx_labels(path)
+        # before onnxruntime opens any of it, gives the labels the file maps its outputs to, and bounds every value
+        # the graph makes (onnx_bounds) before onnxruntime allocates any of them
+        model = load_onnx(path)
+        self.labels = onnx_labels(model, path)
+        largest = largest_value_bytes(model, path)
+        self.chunk = images_per_run(model, path, largest)  # images per session.run
+        # onnxruntime gets the graph that was checked, not the path again (the file could be replaced in between);
+        # only a file with external data, whose locations are relative to its folder, is opened by path
+        external = any(tensor.external_data for tensor in _all_tensors(model.graph))
+        checked: str | bytes = str(path) if external else model.SerializeToString()
+        del model
         self.order = None if labels is None else _label_order(self.labels, labels)
         options = ort.SessionOptions()
         # fatal only: onnxruntime's own error log line (ANSI-coloured, multi-line) came before our one-line error on a
         # file it could not load; its exception is translated below
         options.log_severity_level = 4
         with translating(ConversionError, "onnxruntime cannot load the file", path=path):
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(checked, options, providers=["CPUExecutionProvider"])
+        del checked
         inp = self.session.get_inputs()[0]
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
@@ -74,20 +86,28 @@ class OnnxRunner:
             feed = pixels[..., ::-1]  # the graph takes RGB and reorders itself
         elif not self.raw:
             feed = self.pre.normalize(pixels)
-        outputs = self.session.run([PROBS_OUTPUT], {self.name: np.ascontiguousarray(feed)})
-        probs = np.asarray(outputs[0], np.float32)
+        feed = np.ascontiguousarray(feed)
+        parts = [self.session.run([PROBS_OUTPUT], {self.name: feed[i : i + self.chunk]})[0] for i in range(0, len(feed), self.chunk)]
+        probs = np.concatenate([np.asarray(p, np.float32) for p in parts]) if parts else np.zeros((0, len(self.labels)), np.float32)
         return probs if self.order is None else _reorder(probs, self.order)
 
 
 def embedded_onnx_labels(path: Path) -> list[str]:
     """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
+    return onnx_labels(load_onnx(path), path)
+
+
+def load_onnx(path: Path):
+    """The ONNX file's ModelProto (its external data left unread), refused when it is not a bounded regular file,
+    not an ONNX model, or its external data would be read from outside its folder or from anything but a regular
+    file."""
     import onnx
     from google.protobuf.message import DecodeError
-    from onnx import numpy_helper
 
-    from ..safety import MAX_FILE_BYTES, check_regular, inside, read_regular
+    from ..safety import MAX_FILE_BYTES, check_protobuf_fields, check_regular, inside, read_regular
 
     raw = read_regular(path, error=ConversionError, what="ONNX file", max_bytes=MAX_FILE_BYTES)
+    check_protobuf_fields(raw, onnx.ModelProto.DESCRIPTOR, error=ConversionError, where=path, what="ONNX file")
     try:
         model = onnx.load_from_string(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
@@ -97,6 +117,12 @@ def embedded_onnx_labels(path: Path) -> list[str]:
             if entry.key == "location":  # external weights must stay inside the export folder, in regular files
                 target = inside(path.parent, entry.value, error=ConversionError, where=path, what="external data")
                 check_regular(target, error=ConversionError, what="file of external data")
+    return model
+
+
+def onnx_labels(model, path: Path) -> list[str]:
+    from onnx import numpy_helper
+
     for init in model.graph.initializer:
         if init.name == LABELS_CONSTANT:
             return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import ConfigError, ConversionError, ExecutorBugError, ExporterError, UnsupportedOperationError
-from ...safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, check_elements, inside, load_json, read_regular
+from ...safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, check_elements, check_protobuf_fields, inside, load_json, read_regular
 from . import blas
 from .image import image_input, to_tensor
 
@@ -105,6 +105,7 @@ def load_spec(path: Path):
 
     spec_file = _spec_path(path)
     data = read_regular(spec_file, error=ConversionError, what="Core ML model", max_bytes=MAX_FILE_BYTES)
+    check_protobuf_fields(data, Model_pb2.Model.DESCRIPTOR, error=ConversionError, where=spec_file, what="Core ML model")
     spec = Model_pb2.Model()
     try:
         spec.ParseFromString(data)
