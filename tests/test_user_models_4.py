@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import SAMPLES
-from test_user_models_3 import _digits, _save
+from test_user_models_3 import _conv_body, _digits, _save
 
 from exporter.api import ExportOptions, export
 from exporter.validation.tolerances import FP32_FLOAT64_RATIO, PROBABILITY_ROUNDING
@@ -102,3 +102,51 @@ def test_short_and_integer_products_are_numpys():
     np.testing.assert_array_equal(got, np.matmul(ints, ints.T))
     batched = rng.normal(size=(2, 3, 500)).astype(np.float32), rng.normal(size=(2, 500, 4)).astype(np.float32)
     np.testing.assert_allclose(blas.matmul(*batched), np.matmul(*[v.astype(np.float64) for v in batched]), rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- a second input never wired in
+def _image_and_meta(read_meta: bool, as_dict: bool = False):
+    image, meta = keras.Input((32, 32, 3), name="image"), keras.Input((4,), name="meta")
+    h = keras.layers.GlobalAveragePooling2D()(_conv_body(keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)))
+    if read_meta:
+        h = keras.layers.Concatenate()([h, keras.layers.Dense(4)(meta)])
+    out = keras.layers.Dense(10, activation="softmax")(h)
+    return keras.Model({"image": image, "meta": meta} if as_dict else [image, meta], out)
+
+
+@pytest.mark.slow
+def test_a_second_input_the_output_never_reads_is_dropped(tmp_path):
+    """Model([image, meta], probs) whose output is computed from the image alone (a metadata input declared and never
+    wired in): refused as 'model has 2 inputs' (exit 4), though the model is an image classifier."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = _image_and_meta(read_meta=False)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit([x, np.zeros((len(x), 4), "float32")], y, epochs=5, batch_size=32, verbose=0)
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "labels.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
+    export(tmp_path / "model.keras", tmp_path / "labels.txt", tmp_path / "out", preprocessing=None, options=options)
+    from exporter.api import validate
+
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 3
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_the_one_input_the_output_reads_is_kept_and_a_model_reading_both_is_refused(as_dict, tmp_path):
+    from exporter.errors import NotAClassifierError
+    from exporter.loading import load_model
+
+    keras.utils.set_random_seed(0)
+    _image_and_meta(read_meta=False, as_dict=as_dict).save(tmp_path / "unused.keras")
+    loaded = load_model(tmp_path / "unused.keras")
+    assert [t.name for t in loaded.keras_model.inputs] == ["image"] and loaded.input_shape == (32, 32, 3)
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    original = keras.saving.load_model(tmp_path / "unused.keras")
+    feed = {"image": pixels, "meta": np.ones((3, 4), "float32")} if as_dict else [pixels, np.ones((3, 4), "float32")]
+    np.testing.assert_array_equal(np.asarray(loaded.model(pixels)), np.asarray(original(feed)))
+    _image_and_meta(read_meta=True, as_dict=as_dict).save(tmp_path / "both.keras")
+    with pytest.raises(NotAClassifierError, match="2 inputs and its output reads more than one"):
+        load_model(tmp_path / "both.keras")
