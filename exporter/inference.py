@@ -189,15 +189,16 @@ class _Walk:
         """Walk ``model`` from its input; True when the whole model was passed (it only preprocesses)."""
         import keras
 
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            return False
         if isinstance(model, keras.Sequential):
             for layer in model.layers:
                 if not self._enter(layer, prefix):
                     return False
             return True
+        inputs, outputs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+        if not inputs or not outputs or len(inputs) != 1 or len(outputs) != 1:
+            return False  # several inputs or outputs, or a subclassed model (its call() is code: no graph to walk)
         users = consumers(model)
-        tensor, end = model.inputs[0], id(model.outputs[0])
+        tensor, end = inputs[0], id(outputs[0])
         while id(tensor) != end:
             found = users.get(id(tensor), [])
             layers = {id(layer): layer for layer, _ in found}

@@ -377,7 +377,7 @@ def load_model(
             model = _wrap_saved_model(path, input_size)
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
-            model = with_input_size(without_unused_inputs(model), input_size, path)
+            model = with_input_size(without_unused_inputs(as_graph(model, path)), input_size, path)
         model = with_plain_output(model)
     except ModelLoadError:
         raise
@@ -442,6 +442,26 @@ def with_input_size(model, input_size: tuple[int, int] | None, path: Path):
         return called_on(model, fixed)
     except ValueError:  # a subclassed model: called as one layer on the fixed input
         return keras.Model(fixed, model(fixed), name=model.name)
+
+
+def as_graph(model, path: Path):
+    """``model`` itself when it is a Functional or Sequential graph; a subclassed ``keras.Model`` (its ``call()`` is
+    code, so it has no ``inputs``) called once on an input of the shape it was built for (Keras saves that shape and
+    builds the model with it on loading), as one layer of a Functional model: the rest of the exporter reads
+    ``inputs`` and ``outputs``."""
+    keras = import_keras()
+
+    if isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None or not isinstance(model, keras.Model):
+        return model
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) < 2 or not all(isinstance(d, int) or d is None for d in shape):
+        raise NotAClassifierError(
+            "is a subclassed keras.Model saved without an input shape (it was never called on an image before saving)",
+            path=path,
+            hint="call the model once on a batch of images (model(images)) before model.save()",
+        )
+    inputs = keras.Input(tuple(shape[1:]), name="image")
+    return keras.Model(inputs, model(inputs), name=model.name)
 
 
 def without_unused_inputs(model):

@@ -150,3 +150,61 @@ def test_the_one_input_the_output_reads_is_kept_and_a_model_reading_both_is_refu
     _image_and_meta(read_meta=True, as_dict=as_dict).save(tmp_path / "both.keras")
     with pytest.raises(NotAClassifierError, match="2 inputs and its output reads more than one"):
         load_model(tmp_path / "both.keras")
+
+
+# ------------------------------------------------------------------------------------- subclassed keras.Model
+@keras.saving.register_keras_serializable(package="test_user_models_4")
+class DigitNet(keras.Model):
+    """A subclassed classifier with get_config, the way the Keras guide writes one: its call() is code (loading it
+    needs trust_code), and it has no ``inputs`` or ``outputs``."""
+
+    def __init__(self, classes=10, **kwargs):
+        super().__init__(**kwargs)
+        self.classes = classes
+        self.scale = keras.layers.Rescaling(1 / 127.5, offset=-1.0)
+        self.conv1 = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")
+        self.conv2 = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(classes, activation="softmax")
+
+    def call(self, x):
+        return self.head(self.pool(self.conv2(self.conv1(self.scale(x)))))
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes}
+
+
+def _functional_around(inner):
+    inputs = keras.Input((32, 32, 3))
+    return keras.Model(inputs, inner(keras.layers.Rescaling(1.0)(inputs)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_subclassed_model_exports_with_trust_code_and_passes_parity(nested, tmp_path):
+    """Top level: an internal error (exit 70, "'DigitNet' object has no attribute 'inputs'") where the single-input
+    check read ``model.inputs``. Nested in a Functional model (a custom backbone class): the same AttributeError from
+    the preprocessing search walking into it, then from the Core ML rewrite of integer inputs."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = _functional_around(DigitNet()) if nested else DigitNet()
+    model(x[:2])
+    model, labels = _save(model, tmp_path / "model", x, y)
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32", "fp16"), trust_code=True)
+    export(model, labels, tmp_path / "out", preprocessing="raw", options=options)  # the Rescaling is in call(): code
+    from exporter.api import validate
+
+    report = validate(tmp_path / "out", DIGITS, trust_code=True)
+    assert report.passed and len(report["artifacts"]) == 6
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3
+
+
+def test_a_subclassed_model_saved_unbuilt_is_refused_with_the_remedy(tmp_path):
+    from exporter.errors import NotAClassifierError
+    from exporter.loading import load_model
+
+    with pytest.warns(UserWarning, match="not yet been built"):
+        DigitNet().save(tmp_path / "model.keras")
+    with pytest.raises(NotAClassifierError, match="subclassed keras.Model saved without an input shape") as info:
+        load_model(tmp_path / "model.keras", trust_code=True)
+    assert "model(images)" in str(info.value.hint)
