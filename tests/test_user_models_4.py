@@ -15,6 +15,7 @@ from exporter.api import ExportOptions, export
 from exporter.validation.tolerances import FP32_FLOAT64_RATIO, PROBABILITY_ROUNDING
 
 DIGITS = SAMPLES / "heldout" / "digits"
+ONNX_FP32 = ExportOptions(formats=("onnx",), variants=("fp32",))
 # A max |dp| limit no float32 computation meets: every fp32 file then fails the plain gate and validate measures it,
 # and Keras float32, against the float64 twin of the model (validation/float64.py), which is what is compared here.
 UNREACHABLE = 1e-12
@@ -208,3 +209,42 @@ def test_a_subclassed_model_saved_unbuilt_is_refused_with_the_remedy(tmp_path):
     with pytest.raises(NotAClassifierError, match="subclassed keras.Model saved without an input shape") as info:
         load_model(tmp_path / "model.keras", trust_code=True)
     assert "model(images)" in str(info.value.hint)
+
+
+# ------------------------------------------------------------------------------------- preprocess_input on the Input
+@pytest.mark.parametrize("module", ["mobilenet_v2", "densenet"])
+def test_preprocess_input_called_on_the_input_is_found_as_the_models_preprocessing(module, tmp_path):
+    """``keras.applications.<module>.preprocess_input(inputs)`` in a Functional model (the TensorFlow transfer
+    learning tutorial's way): Keras records it as ops (TrueDivide, Subtract / Add, TrueDivide), not layers, so the
+    search saw nothing on the input, and the export stopped asking for a preset ('no preprocessing declared', exit 2)
+    -- and the preset a user then picks for the backbone (tf, torch) was applied on top of the model's own, so the
+    files normalised twice. The ops are now composed like Rescaling layers, and a declared preset is refused."""
+    from exporter.api import prepare
+    from exporter.errors import ConfigError
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    h = getattr(keras.applications, module).preprocess_input(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(_conv_body(h))))
+    model.save(tmp_path / "model.keras")
+    labels = [str(i) for i in range(10)]
+    prepared = prepare(tmp_path / "model.keras", labels, preprocessing=None, options=ONNX_FP32)
+    pre, found = prepared.info.preprocessing, prepared.loaded.in_model
+    assert pre.in_model and pre.scale == (1.0,) * 3 and pre.bias == (0.0,) * 3
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+    want = np.asarray(getattr(keras.applications, module).preprocess_input(pixels.copy()), np.float64)
+    np.testing.assert_allclose(pixels * np.asarray(found.scale) + np.asarray(found.bias), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError):
+        prepare(tmp_path / "model.keras", labels, preprocessing="torch" if module == "densenet" else "tf", options=ONNX_FP32)
+
+
+def test_an_op_that_is_not_affine_ends_the_search():
+    """``255 / (x + 1)``: the Add is the model's preprocessing, the division of a constant by the tensor is not."""
+    from exporter.inference import detect_preprocessing
+
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(255.0 / (inputs + 1.0)))
+    found = detect_preprocessing(model)
+    assert len(found.layers) == 1 and found.scale == (1.0,) * 3 and found.bias == (1.0,) * 3
+    forked = keras.Model(inputs, keras.layers.Add()([keras.layers.Rescaling(1 / 255)(inputs), keras.ops.square(inputs)]))
+    assert not detect_preprocessing(forked)  # the input also goes to an op: a fork, not a preprocessing chain
