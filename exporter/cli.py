@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "--preprocessing",
         metavar="tf|torch|caffe|raw|FILE",
         help="a keras.applications preprocess_input mode or a JSON contract; omit when the model has its "
-        "own Rescaling/Normalization layers (they are detected)",
+        "own Rescaling/Normalization layers or calls preprocess_input on its input (they are detected)",
     )
     c.add_argument(
         "--add-softmax", action="store_true", help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])"

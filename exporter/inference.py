@@ -152,6 +152,39 @@ def _layer_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
     return 1.0 / std, -mean / std
 
 
+# Keras ops on a tensor and one constant that are a per-channel affine map of the tensor (what keras.applications'
+# preprocess_input computes when called on a model's Input in "tf" and "torch" modes, and ``inputs / 255.0``):
+# (scale, bias) of ``x op c`` and of ``c op x`` from the constant; None where the map is not affine (``c / x``).
+_OP_AFFINE = {
+    "Add": (lambda c: (1.0, c), lambda c: (1.0, c)),
+    "Subtract": (lambda c: (1.0, -c), lambda c: (-1.0, c)),
+    "Multiply": (lambda c: (c, 0.0), lambda c: (c, 0.0)),
+    "TrueDivide": (lambda c: (1.0 / c, 0.0), None),
+    "Divide": (lambda c: (1.0 / c, 0.0), None),
+}
+
+
+def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, bias) per channel of the Keras op ``op`` applied by ``node`` to ``tensor`` and one constant, or None."""
+    import keras
+
+    forms = _OP_AFFINE.get(_class_name(op))
+    arguments = getattr(node, "arguments", None)
+    args = list(getattr(arguments, "args", None) or ())
+    if forms is None or len(args) != 2 or getattr(arguments, "kwargs", None) or not any(a is tensor for a in args):
+        return None
+    first = args[0] is tensor
+    constant = args[1] if first else args[0]
+    form = forms[0] if first else forms[1]
+    if form is None or isinstance(constant, keras.KerasTensor):
+        return None
+    value = _per_channel(constant, channels)
+    if value is None or (_class_name(op) in ("TrueDivide", "Divide") and not value.all()):
+        return None
+    s, b = form(value)
+    return np.broadcast_to(np.asarray(s, np.float64), (channels,)), np.broadcast_to(np.asarray(b, np.float64), (channels,))
+
+
 def _is_normalizer(layer) -> bool:
     import keras
 
@@ -167,9 +200,19 @@ class _Walk:
         self.bias = np.zeros(channels)
         self.composable = True
 
-    def step(self, layer, prefix: str) -> str:
+    def step(self, layer, prefix: str, node=None, tensor=None) -> str:
         """Account for one layer; returns "next" to go on, "stop" at the first layer that computes something."""
+        import keras
+
         path = prefix + layer.name
+        if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
+            affine = _op_affine(layer, node, tensor, self.channels)
+            if affine is None:
+                return "stop"
+            s, b = affine
+            self.scale, self.bias = self.scale * s, self.bias * s + b
+            self.layers.append(path)
+            return "next"
         if _is_normalizer(layer):
             affine = _layer_affine(layer, self.channels)
             if affine is None:
@@ -189,15 +232,16 @@ class _Walk:
         """Walk ``model`` from its input; True when the whole model was passed (it only preprocesses)."""
         import keras
 
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            return False
         if isinstance(model, keras.Sequential):
             for layer in model.layers:
                 if not self._enter(layer, prefix):
                     return False
             return True
+        inputs, outputs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+        if not inputs or not outputs or len(inputs) != 1 or len(outputs) != 1:
+            return False  # several inputs or outputs, or a subclassed model (its call() is code: no graph to walk)
         users = consumers(model)
-        tensor, end = model.inputs[0], id(model.outputs[0])
+        tensor, end = inputs[0], id(outputs[0])
         while id(tensor) != end:
             found = users.get(id(tensor), [])
             layers = {id(layer): layer for layer, _ in found}
@@ -210,15 +254,15 @@ class _Walk:
                 if len(ins) == 1 and len(node_outs) == 1:
                     outs.append(node_outs[0])
             nexts = [t for t in outs if id(t) == end or id(t) in users]
-            if len(nexts) != 1 or not self._enter(layer, prefix):
+            if len(nexts) != 1 or not self._enter(layer, prefix, found[0][1], tensor):
                 return False
             tensor = nexts[0]
         return True
 
-    def _enter(self, layer, prefix: str) -> bool:
+    def _enter(self, layer, prefix: str, node=None, tensor=None) -> bool:
         if _is_model(layer):
             return self.model(layer, f"{prefix}{layer.name}/")
-        return self.step(layer, prefix) == "next"
+        return self.step(layer, prefix, node, tensor) == "next"
 
 
 def detect_preprocessing(model) -> InModelPreprocessing:

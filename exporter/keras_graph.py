@@ -29,9 +29,11 @@ def node_tensors(node) -> tuple[list[Any], list[Any]]:
 
 
 def consumers(model) -> dict[int, list[tuple[Any, Any]]]:
-    """For each tensor (by id) of ``model``'s graph: the (layer, node) pairs that take it as an input."""
+    """For each tensor (by id) of ``model``'s graph: the (layer, node) pairs that take it as an input. Keras ops
+    called on a model's tensors (``inputs / 127.5``, keras.applications' ``preprocess_input`` on the Input) are nodes
+    of the graph too but not among its ``layers``: they are taken from its ``operations``."""
     found: dict[int, list[tuple[Any, Any]]] = {}
-    for layer in model.layers:
+    for layer in getattr(model, "operations", None) or model.layers:
         for node in inbound_nodes(layer):
             inputs, _ = node_tensors(node)
             for t in inputs:

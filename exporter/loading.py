@@ -377,7 +377,7 @@ def load_model(
             model = _wrap_saved_model(path, input_size)
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
-            model = with_input_size(model, input_size, path)
+            model = with_input_size(without_unused_inputs(as_graph(model, path)), input_size, path)
         model = with_plain_output(model)
     except ModelLoadError:
         raise
@@ -444,6 +444,45 @@ def with_input_size(model, input_size: tuple[int, int] | None, path: Path):
         return keras.Model(fixed, model(fixed), name=model.name)
 
 
+def as_graph(model, path: Path):
+    """``model`` itself when it is a Functional or Sequential graph; a subclassed ``keras.Model`` (its ``call()`` is
+    code, so it has no ``inputs``) called once on an input of the shape it was built for (Keras saves that shape and
+    builds the model with it on loading), as one layer of a Functional model: the rest of the exporter reads
+    ``inputs`` and ``outputs``."""
+    keras = import_keras()
+
+    if isinstance(model, keras.Sequential) or getattr(model, "inputs", None) is not None or not isinstance(model, keras.Model):
+        return model
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) < 2 or not all(isinstance(d, int) or d is None for d in shape):
+        raise NotAClassifierError(
+            "is a subclassed keras.Model saved without an input shape (it was never called on an image before saving)",
+            path=path,
+            hint="call the model once on a batch of images (model(images)) before model.save()",
+        )
+    inputs = keras.Input(tuple(shape[1:]), name="image")
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def without_unused_inputs(model):
+    """``model`` itself, or, when it has several inputs and its output is computed from one of them only (an input
+    declared for metadata and never wired in, or left over from an experiment: Keras still demands a value for it),
+    the same layers on that one input. A model whose output reads several inputs is left as it is (and refused)."""
+    keras = import_keras()
+
+    inputs = list(getattr(model, "inputs", None) or ())
+    outputs = list(getattr(model, "outputs", None) or ())
+    if isinstance(model, keras.Sequential) or len(inputs) < 2 or not outputs:
+        return model
+    reading = []
+    for tensor in inputs:
+        try:  # Keras refuses a graph whose outputs need an input it was not given
+            reading.append(keras.Model(tensor, outputs[0] if len(outputs) == 1 else outputs, name=model.name))
+        except ValueError:
+            continue
+    return reading[0] if len(reading) == 1 else model
+
+
 def with_plain_output(model):
     """``model`` itself, or, when its one output sits in a dict or a list (``Model(x, {"probs": y})``,
     ``Model(x, [y])``, which Keras returns as they were given), the same layers with that output returned as a plain
@@ -487,7 +526,10 @@ def describe_classifier(model, path: Path) -> tuple[int, int, int, int]:
     """Check the model is a single-image-in, one-vector-out model; returns (H, W, C, output units). Whether the
     output is a probability vector is checked by heads.check_outputs on pixels in the contract's range."""
     if len(model.inputs) != 1:
-        raise NotAClassifierError(f"model has {len(model.inputs)} inputs; an image classifier has exactly one", path=path)
+        raise NotAClassifierError(
+            f"model has {len(model.inputs)} inputs and its output reads more than one of them; an image classifier has exactly one",
+            path=path,
+        )
     if len(model.outputs) != 1:
         raise NotAClassifierError(f"model has {len(model.outputs)} outputs; expected one probability vector", path=path)
     shape = tuple(model.inputs[0].shape)

@@ -156,7 +156,8 @@ def for_converters(model):
 def _has_integer_input(model) -> bool:
     import keras
 
-    return len(model.inputs) == 1 and keras.backend.is_int_dtype(model.inputs[0].dtype)
+    inputs = list(getattr(model, "inputs", None) or ())  # a subclassed model has none: its call() takes what it is given
+    return len(inputs) == 1 and keras.backend.is_int_dtype(inputs[0].dtype)
 
 
 def _has_integer_model_input(model) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels, kernels_nd
+from . import blas, kernels, kernels_nd
 from .mil_elementwise import F32, scalar
 from .plan import FUSED_RELU
 from .registry import OpCall, always, axes_exclude_batch, op
@@ -153,7 +153,7 @@ def _l2_pool(c: OpCall):
 # ------------------------------------------------------------------------------------------------ linear algebra
 @op("linear", batch=lambda c: (c.rank("x") or 0) >= 2)
 def _linear(c: OpCall):
-    out = np.matmul(c["x"], np.asarray(c["weight"], F32).T)
+    out = blas.matmul(c["x"], np.asarray(c["weight"], F32).T)
     bias = c.get("bias")
     return out if bias is None else out + bias
 
@@ -171,7 +171,7 @@ def _matmul(c: OpCall):
         x = np.swapaxes(x, -1, -2)
     if c.const("transpose_y", False):
         y = np.swapaxes(y, -1, -2)
-    return np.matmul(x, y)
+    return blas.matmul(x, y)
 
 
 @op("batch_norm", batch=always)

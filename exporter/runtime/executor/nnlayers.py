@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import kernels, kernels_nd, nnweights
+from . import blas, kernels, kernels_nd, nnweights
 from .blob import bounded_count
 from .registry import layer
 
@@ -264,12 +264,12 @@ def _inner_product(p, ctx: LayerContext):
         x = inputs[0]
         rank = x.ndim
         if rank in (1, 2, 3):
-            out = np.matmul(x, weight)
+            out = blas.matmul(x, weight)
         elif rank == 4:
-            out = np.matmul(x.reshape(x.shape[0], -1), weight).reshape(x.shape[0], cout, 1, 1)
+            out = blas.matmul(x.reshape(x.shape[0], -1), weight).reshape(x.shape[0], cout, 1, 1)
         elif rank == 5:
             flat = x.reshape(x.shape[0] * x.shape[1], -1)
-            out = np.matmul(flat, weight).reshape(x.shape[0], x.shape[1], cout, 1, 1)
+            out = blas.matmul(flat, weight).reshape(x.shape[0], x.shape[1], cout, 1, 1)
         else:
             raise ctx.unsupported(f"gets a rank-{rank} input")
         if bias is not None:
@@ -296,10 +296,10 @@ def _batched_matmul(p, ctx: LayerContext):
                 a = np.swapaxes(a, -1, -2)
             if p.transposeB:
                 b = np.swapaxes(b, -1, -2)
-            return np.matmul(a, b)
+            return blas.matmul(a, b)
         if weight is None:
             raise ctx.fail("has one input and no weights")
-        out = np.matmul(inputs[0], weight)
+        out = blas.matmul(inputs[0], weight)
         return out if bias is None else out + bias
 
     def rule(shapes) -> bool:
