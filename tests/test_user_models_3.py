@@ -332,7 +332,7 @@ def test_celu_and_log1p_convert_everywhere_and_pass_parity(tmp_path):
     h = keras.layers.Conv2D(32, 3, strides=2, padding="same")(keras.layers.Activation("celu")(h))
     h = keras.ops.log1p(keras.ops.abs(h))  # TensorFlow's Log1p, which tf2onnx lacked
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h)))
-    model, labels = _save(model, tmp_path / "model", x / 127.5 - 1, y, epochs=3)
+    model, labels = _save(model, tmp_path / "model", x / 127.5 - 1, y, epochs=8)
     options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
     export(model, labels, tmp_path / "out", preprocessing="tf", options=options)
     report = validate(tmp_path / "out", DIGITS)
