@@ -76,7 +76,7 @@ class Format:
     """One kind of file. ``convert(ctx, format, base)`` makes a base model, a variant's transform changes it,
     ``finish(model, ctx, variant, details)`` adds what every file of the format carries (metadata, wrappers),
     ``save(model, path)`` writes it, ``smoke_check(path, ctx)`` reads it back, ``target(model, ctx)`` names its
-    minimum deployment target, and ``runner(path, preprocessing, labels)`` predicts with it during validation."""
+    minimum deployment target, and ``runner(path, preprocessing, labels, sha256=)`` predicts with it during validation."""
 
     name: str
     suffix: str

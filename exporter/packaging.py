@@ -23,13 +23,13 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import interrupts
 from .errors import DestinationError, ExporterError, one_line
-from .safety import MAX_TEXT_BYTES, NAME_MAX, check_component_length, contains, inside, load_json, quote, read_regular
+from .safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, NAME_MAX, check_component_length, contains, inside, load_json, quote, read_regular
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -57,10 +57,81 @@ def sha256_of(path: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest()
+    return _tree_digest(path, sha256_of)
+
+
+def _tree_digest(path: Path, digest_of: Callable[[Path], str]) -> str:
+    """The bundle hash of ``sha256_of``, each file's own SHA-256 given by ``digest_of``."""
     h = hashlib.sha256()
     for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name not in UNHASHED_BUNDLE_FILES):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0" + bytes.fromhex(sha256_of(p)))
+        h.update(p.relative_to(path).as_posix().encode() + b"\0" + bytes.fromhex(digest_of(p)))
     return h.hexdigest()
+
+
+def _regular_digest(path: Path) -> str:
+    """SHA-256 of a regular file, opened without blocking and refused when it is anything else (a FIFO put there
+    after the bundle was checked would hang a plain open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise DestinationError(f"cannot be read: {exc.strerror}", path=path) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DestinationError("is not a regular file", path=path)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _changed(target: Path) -> DestinationError:
+    return DestinationError(
+        "changed since the export: its SHA-256 differs from the one manifest.json records (replaced or edited "
+        "after `exporter convert` wrote it)",
+        path=target,
+        hint="export again",
+    )
+
+
+class VerifiedReads:
+    """The files a loader parses of one artifact, each read into memory once (bounded, regular files only, as
+    ``safety.read_regular``), and checked by ``verify`` to be the artifact manifest.json records: the SHA-256 of the
+    bytes read, not of the file on disk again, which may have been replaced since ``artifact_file`` checked it (or
+    since the read). A bundle's unread files (none in a bundle the exporter wrote) are hashed from disk.
+    ``sha256=None`` (a file outside an export) reads without checking."""
+
+    def __init__(self, target: str | Path, sha256: str | None):
+        self.target, self.expected = Path(target), sha256
+        self.digests: dict[Path, str] = {}  # resolved path -> SHA-256 of the bytes handed to the loader
+
+    def read(self, path: str | Path, *, error: type[ExporterError], what: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        data = read_regular(path, error=error, what=what, max_bytes=max_bytes)
+        if self.expected is not None:
+            self.digests[Path(path).resolve()] = hashlib.sha256(data).hexdigest()
+        return data
+
+    def verify(self) -> None:
+        """Refuse (DestinationError, exit 6) unless the bytes read are those of the artifact manifest.json records."""
+        if self.expected is None:
+            return
+        if self.target.is_dir():
+            hashed: set[Path] = set()
+
+            def digest_of(p: Path) -> str:
+                resolved = p.resolve()
+                hashed.add(resolved)
+                return self.digests.get(resolved) or _regular_digest(p)
+
+            actual: str | None = _tree_digest(self.target, digest_of)
+            read = {p for p in self.digests if p.name not in UNHASHED_BUNDLE_FILES}
+            if not read <= hashed:  # a file read and then removed or renamed away
+                raise _changed(self.target)
+        else:
+            actual = self.digests.get(self.target.resolve())
+        if actual != self.expected:
+            raise _changed(self.target)
 
 
 @dataclass
@@ -526,10 +597,5 @@ def artifact_file(root: str | Path, art: dict) -> Path:
         if not stat.S_ISREG(mode):
             raise DestinationError("is not a regular file", path=target)
     if sha256_of(target) != art["sha256"]:
-        raise DestinationError(
-            "changed since the export: its SHA-256 differs from the one manifest.json records (replaced or edited "
-            "after `exporter convert` wrote it)",
-            path=target,
-            hint="export again",
-        )
+        raise _changed(target)
     return target

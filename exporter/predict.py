@@ -24,6 +24,7 @@ class _Target:
     format: str
     variant: str
     preprocessing: dict | None  # from the manifest; None: read it from the file
+    sha256: str | None = None  # from the manifest: the runner holds the bytes it loads to it
 
 
 def _targets(target: Path) -> list[_Target]:
@@ -33,7 +34,10 @@ def _targets(target: Path) -> list[_Target]:
         # the export folder is untrusted: every artifact it lists must stay inside it and be a regular file (a FIFO
         # would hang onnxruntime's read, a symlink would run a file from elsewhere), as validate requires
         manifest = read_manifest(target)
-        return [_Target(artifact_file(target, a), a["format"], a["variant"], manifest["preprocessing"]) for a in manifest["artifacts"]]
+        return [
+            _Target(artifact_file(target, a), a["format"], a["variant"], manifest["preprocessing"], a["sha256"])
+            for a in manifest["artifacts"]
+        ]
     fmt = ARTIFACT_SUFFIXES.get(target.suffix.lower())
     if fmt is None:
         raise ConfigError(f"not an export folder or a {', '.join(ARTIFACT_SUFFIXES)} file", path=target)
@@ -58,7 +62,7 @@ def _targets(target: Path) -> list[_Target]:
         if listing and art and art["format"] == fmt:
             # an export's artifact given by its path is held to its manifest as the folder's artifacts are: the file
             # must still be the one the export wrote (its SHA-256), inside the folder and a regular file
-            return [_Target(artifact_file(target.parent, art), fmt, art["variant"], listing["preprocessing"])]
+            return [_Target(artifact_file(target.parent, art), fmt, art["variant"], listing["preprocessing"], art["sha256"])]
     return [_Target(target, fmt, "", None)]
 
 
@@ -78,15 +82,19 @@ def _image_files(images: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _embedded(path: Path, fmt: str) -> dict[str, str]:
-    """The file's own metadata (labels and preprocessing contract)."""
+def _embedded(path: Path, fmt: str, sha256: str | None = None) -> dict[str, str]:
+    """The file's own metadata (labels and preprocessing contract), from bytes held to the manifest's ``sha256``."""
     if fmt == "onnx":
         from .runtime import load_onnx  # bounded, regular files only, external data kept inside the folder
 
-        return {p.key: p.value for p in load_onnx(path).metadata_props}
+        return {p.key: p.value for p in load_onnx(path, sha256).metadata_props}
+    from .packaging import VerifiedReads
     from .runtime.executor import load_spec  # the package's paths kept inside it, regular files only, bounded
 
-    return dict(load_spec(path)[0].description.metadata.userDefined)
+    reads = VerifiedReads(path, sha256)
+    spec = load_spec(path, reads)[0]
+    reads.verify()
+    return dict(spec.description.metadata.userDefined)
 
 
 def _runner(t: _Target):
@@ -107,13 +115,13 @@ def _runner(t: _Target):
     else:
         pre = Preprocessing.from_dict(t.preprocessing, source=str(t.path.parent / MANIFEST_NAME))
     if t.format == "onnx":
-        onnx_runner = OnnxRunner(t.path, pre)
+        onnx_runner = OnnxRunner(t.path, pre, sha256=t.sha256)
         return onnx_runner, _checked(onnx_runner.labels, t.path), pre
     if platform.system() == "Darwin":
-        meta = meta or _embedded(t.path, t.format)
+        meta = meta or _embedded(t.path, t.format, t.sha256)
         labels = _checked(load_json(meta.get("exporter.labels", ""), path=t.path, error=ConversionError, what="embedded labels"), t.path)
-        return CoreMLRunner(t.path, pre, labels), labels, pre
-    runner = ExecutorRunner(t.path, pre)
+        return CoreMLRunner(t.path, pre, labels, t.sha256), labels, pre
+    runner = ExecutorRunner(t.path, pre, sha256=t.sha256)
     return runner, _checked(list(runner.executor.labels), t.path), pre
 
 

@@ -473,3 +473,83 @@ def test_onnxruntime_runs_the_graph_that_was_checked_not_the_file_again(tmp_path
     probs = OnnxRunner(path, pre)(np.zeros((2, *pre.input_size, pre.channels), np.uint8))
     assert path.read_bytes() == other.read_bytes()  # the file was replaced ...
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # ... and the checked graph ran
+
+
+# An artifact is checked (inside the folder, regular files, SHA-256 against manifest.json) by one read and was then
+# loaded by another: a file replaced in between ran unchecked. Each case changes, right after artifact_file's check,
+# a file the loader parses into a still valid file of another model (one weight byte flipped).
+SWAPPED = [
+    (".mlpackage", "Data/com.apple.CoreML/weights/weight.bin"),
+    (".mlpackage", "Data/com.apple.CoreML/model.mlmodel"),
+    (".mlmodel", ""),
+    (".onnx", ""),
+]
+
+
+def _flip_a_weight(path: Path) -> None:
+    """One bit of a weight: the first blob's data in a weight.bin (after its 64-byte header and first 64-byte record),
+    else near the end (the last weights of an .onnx, the metadata of a Core ML protobuf). Still a valid file."""
+    data = bytearray(path.read_bytes())
+    data[200 if path.name == "weight.bin" else -100] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _changed_after_the_check(monkeypatch, module, export: Path, suffix: str, inner: str) -> Path:
+    from exporter import packaging
+
+    checked = packaging.artifact_file
+    artifact = next(export.glob(f"*{suffix}"))
+    victim = artifact / inner if inner else artifact
+
+    def check_then_replace(root, art):
+        target = checked(root, art)
+        if target == artifact:
+            _flip_a_weight(victim)
+        return target
+
+    monkeypatch.setattr(module, "artifact_file", check_then_replace)
+    return artifact
+
+
+@pytest.mark.parametrize("suffix,inner", SWAPPED)
+def test_predict_runs_only_the_bytes_it_checked_against_the_manifest(tmp_path, capsys, small_export, monkeypatch, suffix, inner):
+    from exporter import packaging
+
+    export = _copy_export(small_export, tmp_path / "export")
+    artifact = _changed_after_the_check(monkeypatch, packaging, export, suffix, inner)
+    proc, line = _cli(["predict", str(export), str(_image(small_export))], capsys)
+    assert proc.returncode == DestinationError.exit_code, (proc.stdout, line)
+    assert artifact.name in line and "changed since the export" in line
+
+
+def test_validate_runs_only_the_bytes_it_checked_against_the_manifest(tmp_path, small_export, monkeypatch):
+    from exporter.preprocessing import Preprocessing
+    from exporter.validation import parity
+
+    export = _copy_export(small_export, tmp_path / "export")
+    _changed_after_the_check(monkeypatch, parity, export, ".mlpackage", "Data/com.apple.CoreML/weights/weight.bin")
+    manifest = json.loads((export / "manifest.json").read_text())
+    art = next(a for a in manifest["artifacts"] if a["format"] == "mlpackage")
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    with pytest.raises(DestinationError, match="changed since the export"):
+        parity._runner(art, export, pre, manifest["labels"])
+
+
+@pytest.mark.parametrize("suffix", [".mlpackage", ".mlmodel"])
+def test_core_ml_on_macos_loads_a_private_copy_of_the_checked_bytes(tmp_path, small_export, suffix):
+    # coremltools loads from a path: CoreMLRunner gives it a copy of the bytes it checked, in a folder of its own
+    import stat
+
+    from exporter.packaging import sha256_of
+    from exporter.runtime import private_copy
+
+    export = _copy_export(small_export, tmp_path / "export")
+    artifact = next(export.glob(f"*{suffix}"))
+    expected = sha256_of(artifact)
+    copy = private_copy(artifact, expected)
+    assert stat.S_IMODE(Path(copy.name).stat().st_mode) == 0o700
+    assert sha256_of(Path(copy.name) / artifact.name) == expected
+    copy.cleanup()
+    _flip_a_weight(artifact / "Data/com.apple.CoreML/weights/weight.bin" if suffix == ".mlpackage" else artifact)
+    with pytest.raises(DestinationError, match="changed since the export"):
+        private_copy(artifact, expected)

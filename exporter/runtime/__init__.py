@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ class OnnxRunner:
     """onnxruntime on the exported file, fed raw pixels (the graph does its own preprocessing) or, for a float-input
     export, the contract's preprocessing."""
 
-    def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None):
+    def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, sha256: str | None = None):
         import onnxruntime as ort
 
         from .onnx_bounds import images_per_run, largest_value_bytes
@@ -58,7 +60,7 @@ class OnnxRunner:
         # read first, always: it refuses external data outside the file's folder or in anything but a regular file
         # before onnxruntime opens any of it, gives the labels the file maps its outputs to, and bounds every value
         # the graph makes (onnx_bounds) before onnxruntime allocates any of them
-        model = load_onnx(path)
+        model = load_onnx(path, sha256)
         self.labels = onnx_labels(model, path)
         largest = largest_value_bytes(model, path)
         self.chunk = images_per_run(model, path, largest)  # images per session.run
@@ -97,16 +99,19 @@ def embedded_onnx_labels(path: Path) -> list[str]:
     return onnx_labels(load_onnx(path), path)
 
 
-def load_onnx(path: Path):
+def load_onnx(path: Path, sha256: str | None = None):
     """The ONNX file's ModelProto (its external data left unread), refused when it is not a bounded regular file,
     not an ONNX model, or its external data would be read from outside its folder or from anything but a regular
-    file."""
+    file. ``sha256`` (the manifest's): the bytes parsed must hash to it (``packaging.VerifiedReads``)."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    from ..safety import MAX_FILE_BYTES, check_protobuf_fields, check_regular, inside, read_regular
+    from ..packaging import VerifiedReads
+    from ..safety import MAX_FILE_BYTES, check_protobuf_fields, check_regular, inside
 
-    raw = read_regular(path, error=ConversionError, what="ONNX file", max_bytes=MAX_FILE_BYTES)
+    reads = VerifiedReads(path, sha256)
+    raw = reads.read(path, error=ConversionError, what="ONNX file", max_bytes=MAX_FILE_BYTES)
+    reads.verify()
     check_protobuf_fields(raw, onnx.ModelProto.DESCRIPTOR, error=ConversionError, where=path, what="ONNX file")
     try:
         model = onnx.load_from_string(raw)
@@ -164,11 +169,11 @@ class ExecutorRunner:
     contract's channel order; the file's image input takes RGB and reorders itself, so BGR pixels are reversed
     first. Probabilities are matched to ``labels`` by the names the file itself embeds."""
 
-    def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, compute: str = "fp32"):
+    def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, compute: str = "fp32", sha256: str | None = None):
         from .. import __version__
         from .executor import CoreMLExecutor
 
-        self.executor = CoreMLExecutor(path, compute=compute)
+        self.executor = CoreMLExecutor(path, compute=compute, sha256=sha256)
         self.pre = pre
         self.engine = {
             "name": "Linux Core ML executor",
@@ -185,14 +190,18 @@ class ExecutorRunner:
 
 
 class CoreMLRunner:
-    """Real Core ML through coremltools: macOS only."""
+    """Real Core ML through coremltools: macOS only. Core ML loads from a path, so an export's artifact (``sha256``
+    given) is loaded from a private copy of the bytes checked against it (``private_copy``), not from the export
+    folder, where the file could be replaced after the check."""
 
-    def __init__(self, path: Path, pre: Preprocessing, labels: list[str]):
+    def __init__(self, path: Path, pre: Preprocessing, labels: list[str], sha256: str | None = None):
         if platform.system() != "Darwin":
             raise ConfigError("Core ML predictions need macOS (coremltools: 'only supported on macOS')")
         import coremltools as ct
 
-        self.model = ct.models.MLModel(str(path))
+        self._copy = None if sha256 is None else private_copy(path, sha256)  # removed with the runner
+        with translating(ConversionError, "Core ML cannot load the file", path=path):
+            self.model = ct.models.MLModel(str(path if self._copy is None else Path(self._copy.name) / path.name))
         self.pre, self.labels = pre, labels
         self.engine = {"name": "Core ML", "version": f"macOS {platform.mac_ver()[0]}", "via": f"coremltools {ct.__version__}"}
         spec = self.model.get_spec().description
@@ -210,9 +219,36 @@ class CoreMLRunner:
         return np.asarray(rows, dtype=np.float32)
 
 
-def coreml_runner(path: Path, pre: Preprocessing, labels: list[str]):
+def coreml_runner(path: Path, pre: Preprocessing, labels: list[str], sha256: str | None = None):
     """The runner for a Core ML file: Core ML itself on macOS, the numpy executor elsewhere (Core ML predicts on
     macOS only)."""
     if platform.system() == "Darwin":
-        return CoreMLRunner(path, pre, labels)
-    return ExecutorRunner(path, pre, labels)
+        return CoreMLRunner(path, pre, labels, sha256)
+    return ExecutorRunner(path, pre, labels, sha256=sha256)
+
+
+def private_copy(path: Path, sha256: str) -> tempfile.TemporaryDirectory:
+    """A private temporary folder (mode 0700, removed with the returned object) holding a copy of the Core ML file or
+    bundle ``path`` under its own name, made from bytes read once each (bounded, regular files only) and checked
+    against ``sha256`` (the manifest's) before anything loads the copy: DestinationError when they differ."""
+    from ..packaging import VerifiedReads
+    from ..safety import MAX_FILE_BYTES
+
+    reads = VerifiedReads(path, sha256)
+    tmp = tempfile.TemporaryDirectory(prefix="exporter-coreml-")  # mkdtemp: mode 0700
+    try:
+        dest = Path(tmp.name) / path.name
+        files = sorted(p for p in path.rglob("*") if not p.is_dir()) if path.is_dir() else [path]
+        for p in files:
+            out = dest / p.relative_to(path) if path.is_dir() else dest
+            out.parent.mkdir(parents=True, exist_ok=True)
+            data = reads.read(p, error=ConversionError, what="Core ML file", max_bytes=MAX_FILE_BYTES)
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            del data
+        reads.verify()
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return tmp

@@ -32,7 +32,7 @@ def _runner(art: dict, root: Path, pre: Preprocessing, labels: list[str]):
 
     try:
         path = artifact_file(root, art)  # inside the export folder, present, regular files only
-        return format_of(art["format"]).runner(path, pre, labels), ""
+        return format_of(art["format"]).runner(path, pre, labels, sha256=art["sha256"]), ""
     except UnsupportedOperationError as exc:
         return None, str(exc)
 

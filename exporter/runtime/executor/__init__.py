@@ -48,6 +48,7 @@ from . import blas
 from .image import image_input, to_tensor
 
 if TYPE_CHECKING:
+    from ...packaging import VerifiedReads
     from .mlprogram import Program
     from .neuralnetwork import Network
 
@@ -98,13 +99,15 @@ def _spec_path(path: Path) -> Path:
     return inside(path / "Data", rel, error=ConversionError, where=manifest, what="root model").resolve()
 
 
-def load_spec(path: Path):
-    """Parse a Core ML protobuf with the generated message classes (no Core ML framework involved)."""
+def load_spec(path: Path, reads: VerifiedReads | None = None):
+    """Parse a Core ML protobuf with the generated message classes (no Core ML framework involved). The protobuf is
+    read through ``reads`` when given (the bytes parsed are the bytes it hashes)."""
     from coremltools.proto import Model_pb2
     from google.protobuf.message import DecodeError
 
     spec_file = _spec_path(path)
-    data = read_regular(spec_file, error=ConversionError, what="Core ML model", max_bytes=MAX_FILE_BYTES)
+    read = reads.read if reads is not None else read_regular
+    data = read(spec_file, error=ConversionError, what="Core ML model", max_bytes=MAX_FILE_BYTES)
     check_protobuf_fields(data, Model_pb2.Model.DESCRIPTOR, error=ConversionError, where=spec_file, what="Core ML model")
     spec = Model_pb2.Model()
     try:
@@ -174,18 +177,30 @@ class CoreMLExecutor:
 
     ``predict(pixels)`` takes uint8 (N, H, W, 3) RGB pixels (or (N, H, W, 1) grayscale) at the model's input size,
     as Core ML takes an image (a BGR file reorders them itself), and returns (N, len(labels)) float32
-    probabilities in the order of ``labels``."""
+    probabilities in the order of ``labels``.
 
-    def __init__(self, path: str | Path, compute: str = "fp32"):
+    ``sha256``: the artifact's hash in its export's manifest.json. Every file the executor parses is read once, into
+    memory, and those bytes are held to it before anything runs (``packaging.VerifiedReads``), so a file replaced
+    after the export folder was checked is refused (DestinationError), never run."""
+
+    def __init__(self, path: str | Path, compute: str = "fp32", sha256: str | None = None):
         if compute not in COMPUTE:
             raise ConfigError(f"compute must be one of {list(COMPUTE)}, got {compute!r}")
+        from ...packaging import VerifiedReads
+
         self.path, self.compute = Path(path), compute
         where = str(self.path)
-        with _file_faults(where):
-            self._load(where, compute)
+        reads = VerifiedReads(self.path, sha256)
+        try:
+            with _file_faults(where):
+                self._load(where, compute, reads)
+        except ExporterError:
+            if reads.digests:  # bytes that fail to load because they are not the export's are named as such
+                reads.verify()
+            raise
 
-    def _load(self, where: str, compute: str) -> None:
-        spec, model_dir = load_spec(self.path)
+    def _load(self, where: str, compute: str, reads: VerifiedReads) -> None:
+        spec, model_dir = load_spec(self.path, reads)
         self.image = image_input(spec.description, where)
         kind = spec.WhichOneof("Type")
         fp16 = compute == "fp16"
@@ -193,13 +208,14 @@ class CoreMLExecutor:
         if kind == "mlProgram":
             from .mlprogram import Program
 
-            self._engine = Program(spec, model_dir, where, fp16)
+            self._engine = Program(spec, model_dir, where, fp16, reads)
         elif kind in ("neuralNetworkClassifier", "neuralNetwork", "neuralNetworkRegressor"):
             from .neuralnetwork import Network
 
             self._engine = Network(spec, self.image, where, fp16)
         else:
             raise UnsupportedOperationError(f"model type {kind!r} is not supported by the Core ML executor", path=where)
+        reads.verify()  # every byte parsed (protobuf, weights) is the export's, before anything runs
         self.labels: list[str] = list(self._engine.labels)
         self.batchable: bool = self._engine.batchable
         fitting = CHUNK_ACTIVATION_BYTES // max(self._engine.largest_activation, 1)

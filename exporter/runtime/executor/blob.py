@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
 from ...safety import MAX_FILE_BYTES, check_elements, read_regular
+
+if TYPE_CHECKING:
+    from ...packaging import VerifiedReads
 
 HEADER_BYTES = 64  # sizeof(storage_header): the first metadata record cannot start before it
 METADATA_BYTES = 64  # sizeof(blob_metadata)
@@ -83,10 +87,12 @@ def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
 class WeightFile:
     """One weight file, read once; ``read`` decodes the blob whose metadata record is at ``offset``."""
 
-    def __init__(self, path: Path, where: str):
+    def __init__(self, path: Path, where: str, reads: VerifiedReads | None = None):
         self.path, self.where = Path(path), where
-        # a regular file (not a FIFO or /dev/zero), no larger than the memory budget; offsets are checked below
-        self.data = read_regular(self.path, error=ConversionError, what="weight file", max_bytes=MAX_FILE_BYTES)
+        # a regular file (not a FIFO or /dev/zero), no larger than the memory budget; offsets are checked below. Read
+        # through ``reads`` when given, which hashes these bytes, the ones decoded (see CoreMLExecutor)
+        read = reads.read if reads is not None else read_regular
+        self.data = read(self.path, error=ConversionError, what="weight file", max_bytes=MAX_FILE_BYTES)
         if len(self.data) < HEADER_BYTES:
             raise ConversionError(f"weight file {self.path.name} is {len(self.data)} bytes, shorter than its header", path=where)
         self.count, version = struct.unpack_from("<II", self.data, 0)

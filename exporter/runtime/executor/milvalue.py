@@ -5,12 +5,16 @@ converts floating values to its compute precision afterwards."""
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
 from ...safety import inside
 from .blob import SUB_BYTE, WeightFile, bfloat16_to_float32, bounded_count, unpack_bits
+
+if TYPE_CHECKING:
+    from ...packaging import VerifiedReads
 
 MODEL_PATH_PREFIX = "@model_path/"  # how ML Program files name weight files relative to model.mlmodel's folder
 
@@ -65,8 +69,8 @@ def tensor_type(value_type, where: str) -> tuple[str, tuple[int, ...] | None]:
 class WeightFiles:
     """The weight files a program refers to, opened once, resolved inside the model's own folder only."""
 
-    def __init__(self, model_dir: Path | None, where: str):
-        self.model_dir, self.where = model_dir, where
+    def __init__(self, model_dir: Path | None, where: str, reads: VerifiedReads | None = None):
+        self.model_dir, self.where, self.reads = model_dir, where, reads
         self.files: dict = {}
 
     def get(self, file_name: str) -> WeightFile:
@@ -78,7 +82,7 @@ class WeightFiles:
                 raise ConversionError(f"weight file {file_name!r} points outside the model package", path=self.where)
             # symlinks too: the weight file must resolve inside the folder of the model protobuf
             path = inside(self.model_dir, rel.as_posix(), error=ConversionError, where=self.where, what="weight file")
-            self.files[file_name] = WeightFile(path, self.where)
+            self.files[file_name] = WeightFile(path, self.where, self.reads)
         return self.files[file_name]
 
 

@@ -9,6 +9,7 @@ the steps run in program order on a batch; each output's shape is checked agains
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from ...errors import ConversionError, UnsupportedOperationError
 from . import mil_constexpr, mil_elementwise, mil_resample, mil_shape, mil_tensor, plan, stages  # noqa: F401  (ops register)
 from .milvalue import BY_NAME, FLOAT_TYPES, WeightFiles, decode, tensor_type
 from .registry import MIL, OpCall
+
+if TYPE_CHECKING:
+    from ...packaging import VerifiedReads
 
 F32 = np.float32
 FUNCTION = "main"
@@ -72,7 +76,7 @@ class Step:
 class Program:
     """A loaded ML Program. ``run(x)`` maps the (N, C, H, W) float32 image tensor to (N, K) probabilities."""
 
-    def __init__(self, spec, model_dir: Path, where: str, fp16: bool):
+    def __init__(self, spec, model_dir: Path, where: str, fp16: bool, reads: VerifiedReads | None = None):
         self.where, self.fp16 = where, fp16
         functions = spec.mlProgram.functions
         if FUNCTION not in functions:
@@ -89,7 +93,7 @@ class Program:
         self.batched: set[str] = {self.input}
         self.batchable = True
         self.steps: list[Step] = []
-        self.files = WeightFiles(model_dir, where)
+        self.files = WeightFiles(model_dir, where, reads)
         self.probabilities: str | None = None
         self.labels: list[str] = []
         for index, operation in enumerate(block.operations):
