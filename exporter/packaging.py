@@ -134,6 +134,23 @@ class VerifiedReads:
             raise _changed(self.target)
 
 
+def copy_verified(source: Path, dest: Path, sha256: str, *, error: type[ExporterError], what: str) -> None:
+    """Copy the artifact file or bundle ``source`` to ``dest`` (new files) from bytes read once each
+    (bounded, regular files only), then refuse (DestinationError, exit 6) unless those bytes are the artifact whose
+    SHA-256 manifest.json records: a file replaced after ``artifact_file`` checked it is never copied as the export's."""
+    reads = VerifiedReads(source, sha256)
+    files = sorted(p for p in source.rglob("*") if not p.is_dir()) if source.is_dir() else [source]
+    for p in files:
+        out = dest / p.relative_to(source) if source.is_dir() else dest
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = reads.read(p, error=error, what=what)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        del data
+    reads.verify()
+
+
 @dataclass
 class Artifact:
     path: str  # relative to the export directory

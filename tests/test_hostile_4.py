@@ -8,23 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_faults import one_line_error, run_in_process
+from test_faults import run_in_process
+from test_hostile_3 import _cli, _copy_export, _image
 
 from exporter.errors import DestinationError, LabelsError
-
-
-def _copy_export(small_export, dest: Path) -> Path:
-    shutil.copytree(small_export[0], dest)
-    return dest
-
-
-def _cli(argv, capsys):
-    proc = run_in_process(argv, capsys)
-    return proc, one_line_error(proc)
-
-
-def _image(small_export) -> Path:
-    return next(small_export[1].rglob("*.png"))
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -553,3 +540,18 @@ def test_core_ml_on_macos_loads_a_private_copy_of_the_checked_bytes(tmp_path, sm
     _flip_a_weight(artifact / "Data/com.apple.CoreML/weights/weight.bin" if suffix == ".mlpackage" else artifact)
     with pytest.raises(DestinationError, match="changed since the export"):
         private_copy(artifact, expected)
+
+
+@pytest.mark.parametrize("suffix,inner", SWAPPED[:3])
+def test_xcode_ships_only_the_bytes_it_checked_against_the_manifest(tmp_path, small_export, monkeypatch, suffix, inner):
+    """write_xcode_package checked the artifact (artifact_file) and then copied the file from disk again: a file
+    replaced in between went into the Swift package as the export's model."""
+    from exporter.xcode import package
+
+    export = _copy_export(small_export, tmp_path / "export")
+    artifact = _changed_after_the_check(monkeypatch, package, export, suffix, inner)
+    manifest = json.loads((export / "manifest.json").read_text())
+    variant = next(f"{a['format']}:{a['variant']}" for a in manifest["artifacts"] if a["path"] == artifact.name)
+    with pytest.raises(DestinationError, match="changed since the export"):
+        package.write_xcode_package(export, tmp_path / "pkg", images_folder=small_export[1], variant=variant, golden_count=2)
+    assert not (tmp_path / "pkg").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import tempfile
 from pathlib import Path
@@ -231,23 +230,11 @@ def private_copy(path: Path, sha256: str) -> tempfile.TemporaryDirectory:
     """A private temporary folder (mode 0700, removed with the returned object) holding a copy of the Core ML file or
     bundle ``path`` under its own name, made from bytes read once each (bounded, regular files only) and checked
     against ``sha256`` (the manifest's) before anything loads the copy: DestinationError when they differ."""
-    from ..packaging import VerifiedReads
-    from ..safety import MAX_FILE_BYTES
+    from ..packaging import copy_verified
 
-    reads = VerifiedReads(path, sha256)
     tmp = tempfile.TemporaryDirectory(prefix="exporter-coreml-")  # mkdtemp: mode 0700
     try:
-        dest = Path(tmp.name) / path.name
-        files = sorted(p for p in path.rglob("*") if not p.is_dir()) if path.is_dir() else [path]
-        for p in files:
-            out = dest / p.relative_to(path) if path.is_dir() else dest
-            out.parent.mkdir(parents=True, exist_ok=True)
-            data = reads.read(p, error=ConversionError, what="Core ML file", max_bytes=MAX_FILE_BYTES)
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            del data
-        reads.verify()
+        copy_verified(path, Path(tmp.name) / path.name, sha256, error=ConversionError, what="Core ML file")
     except BaseException:
         tmp.cleanup()
         raise

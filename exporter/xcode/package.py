@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..capabilities import FORMATS, variant
-from ..errors import ConfigError
-from ..packaging import MANIFEST_NAME, artifact_file, atomic_directory, read_manifest, write_json
+from ..errors import ConfigError, DestinationError
+from ..packaging import MANIFEST_NAME, artifact_file, atomic_directory, copy_verified, read_manifest, write_json
 from ..preprocessing import Preprocessing
 from ..safety import MAX_NAME_CHARS
 from .golden import check_count, write_golden
@@ -210,10 +210,8 @@ def write_xcode_package(
             shutil.copyfile(SWIFT_SOURCES / file, sources / file)
         for file in TEST_SWIFT_FILES:
             shutil.copyfile(SWIFT_SOURCES / file, tests / file)
-        if model_src.is_dir():
-            shutil.copytree(model_src, resources / model_file)
-        else:
-            shutil.copyfile(model_src, resources / model_file)
+        # the bytes checked against the manifest are the bytes shipped: read once, copied, their SHA-256 compared
+        copy_verified(model_src, resources / model_file, artifact["sha256"], error=DestinationError, what="model file")
         (resources / "labels.txt").write_text("".join(f"{label}\n" for label in manifest["labels"]), encoding="utf-8")
         write_json(
             resources / "model.json",
