@@ -185,6 +185,63 @@ def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray]
     return np.broadcast_to(np.asarray(s, np.float64), (channels,)), np.broadcast_to(np.asarray(b, np.float64), (channels,))
 
 
+def _channel_key(key, channels: int) -> int | list[int] | None:
+    """What ``x[key]`` takes of the last (channel) axis when it keeps every other axis whole: one channel (an int),
+    the channels in a new order (``[..., ::-1]``: a list), or None for any other indexing."""
+    if not isinstance(key, (tuple, list)) or len(key) != 2 or key[0] is not Ellipsis:  # a list once saved and loaded
+        return None
+    last = key[1]
+    if isinstance(last, (int, np.integer)) and not isinstance(last, bool) and -channels <= last < channels:
+        return int(last) % channels
+    if isinstance(last, slice):
+        order = list(range(channels))[last]
+        return order if sorted(order) == list(range(channels)) else None
+    return None
+
+
+def _op_permutation(op, node, tensor, channels: int) -> list[int] | None:
+    """The channel order (output channel i is input channel order[i]) of a Keras op that only reorders the channels
+    of ``tensor``: ``x[..., ::-1]`` (GetItem) or ``keras.ops.flip(x, axis=-1)``."""
+    args = list(getattr(getattr(node, "arguments", None), "args", None) or ())
+    if not args or args[0] is not tensor:
+        return None
+    name = _class_name(op)
+    if name == "GetItem" and len(args) == 2:
+        order = _channel_key(args[1], channels)
+        return order if isinstance(order, list) else None
+    if name == "Flip" and len(args) == 1 and getattr(op, "axis", None) in (-1, 3, (-1,), (3,), [-1], [3]):
+        return list(range(channels))[::-1]
+    return None
+
+
+def _split_and_stack(found, users, channels: int):
+    """keras.applications' preprocess_input in "caffe" mode on a Keras tensor (ResNet50, VGG): the channels taken one
+    by one (``x[..., 2]``, ``x[..., 1]``, ``x[..., 0]``) and stacked again on the last axis. Returns (order, the ops,
+    the stacked tensor), or None when the consumers of the tensor are anything else."""
+    picks = []
+    for op, node in found:
+        args = list(getattr(getattr(node, "arguments", None), "args", None) or ())
+        channel = _channel_key(args[1], channels) if _class_name(op) == "GetItem" and len(args) == 2 else None
+        _, outs = node_tensors(node)
+        if not isinstance(channel, int) or len(outs) != 1:
+            return None
+        picks.append((op, outs[0], channel))
+    stacks = {id(op): (op, node) for t in (out for _, out, _ in picks) for op, node in users.get(id(t), [])}
+    if len(picks) != channels or len(stacks) != 1:
+        return None
+    stack, node = next(iter(stacks.values()))
+    args = list(getattr(getattr(node, "arguments", None), "args", None) or ())
+    parts = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else []
+    by_tensor = {id(out): channel for _, out, channel in picks}
+    if _class_name(stack) != "Stack" or getattr(stack, "axis", None) not in (-1, 3) or len(parts) != channels:
+        return None
+    order = [by_tensor.get(id(t)) for t in parts]
+    if sorted(o for o in order if o is not None) != list(range(channels)):
+        return None
+    _, outs = node_tensors(node)
+    return order, [op for op, _, _ in picks] + [stack], outs[0]
+
+
 def _is_normalizer(layer) -> bool:
     import keras
 
@@ -198,7 +255,13 @@ class _Walk:
         self.passed: list[str] = []
         self.scale = np.ones(channels)
         self.bias = np.zeros(channels)
+        self.order = list(range(channels))  # output channel i of the chain is input channel order[i]
         self.composable = True
+
+    def reorder(self, order: list[int], paths: list[str]) -> None:
+        self.scale, self.bias = self.scale[order], self.bias[order]
+        self.order = [self.order[i] for i in order]
+        self.layers.extend(paths)
 
     def step(self, layer, prefix: str, node=None, tensor=None) -> str:
         """Account for one layer; returns "next" to go on, "stop" at the first layer that computes something."""
@@ -206,6 +269,10 @@ class _Walk:
 
         path = prefix + layer.name
         if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
+            order = _op_permutation(layer, node, tensor, self.channels)
+            if order is not None:
+                self.reorder(order, [path])
+                return "next"
             affine = _op_affine(layer, node, tensor, self.channels)
             if affine is None:
                 return "stop"
@@ -246,7 +313,12 @@ class _Walk:
             found = users.get(id(tensor), [])
             layers = {id(layer): layer for layer, _ in found}
             if len(layers) != 1:
-                return False  # the input branches (or is unused): stop at the fork
+                split = _split_and_stack(found, users, self.channels)
+                if split is None:
+                    return False  # the input branches (or is unused): stop at the fork
+                order, ops, tensor = split
+                self.reorder(order, [prefix + op.name for op in ops])
+                continue
             layer = next(iter(layers.values()))
             outs = []
             for _, node in found:
@@ -279,8 +351,15 @@ def detect_preprocessing(model) -> InModelPreprocessing:
             note="a layer's scale or mean varies along an axis other than the channels, so "
             "the chain is not one value per channel; the model still receives raw pixels",
         )
+    note = ""
+    if walk.order != list(range(channels)):
+        order = "BGR ([2, 1, 0])" if walk.order == list(range(channels))[::-1] else str(walk.order)
+        note = (
+            f"the model reorders its input channels to {order} before this scale and bias, which are per channel "
+            "after the reordering; the exported files take RGB pixels, as the model does"
+        )
     return InModelPreprocessing(
-        tuple(walk.layers), tuple(walk.passed), tuple(float(v) for v in walk.scale), tuple(float(v) for v in walk.bias)
+        tuple(walk.layers), tuple(walk.passed), tuple(float(v) for v in walk.scale), tuple(float(v) for v in walk.bias), note
     )
 
 

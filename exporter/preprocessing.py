@@ -240,7 +240,7 @@ def resolve(
                 f"{source}: no preprocessing declared and the model has no Rescaling or Normalization "
                 "layer (or arithmetic on constants) on its input path (nested models included); pass --preprocessing "
                 f"with a preset ({'|'.join(PRESETS)}) or a JSON file with its scale and bias (or preprocessing=...); "
-                "raw if the model normalises its pixels some other way (a caffe-mode preprocess_input reverses channels)"
+                "raw if the model normalises its pixels some other way"
             )
         return Preprocessing(
             (h, w), channel_order="RGB" if c == 3 else "L", in_model=True, notes=f"detected in the model: {', '.join(in_model_layers)}"

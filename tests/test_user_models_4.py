@@ -248,3 +248,47 @@ def test_an_op_that_is_not_affine_ends_the_search():
     assert len(found.layers) == 1 and found.scale == (1.0,) * 3 and found.bias == (1.0,) * 3
     forked = keras.Model(inputs, keras.layers.Add()([keras.layers.Rescaling(1 / 255)(inputs), keras.ops.square(inputs)]))
     assert not detect_preprocessing(forked)  # the input also goes to an op: a fork, not a preprocessing chain
+
+
+@pytest.mark.parametrize("module", ["resnet50", "vgg16"])
+def test_caffe_mode_preprocess_input_on_the_input_is_found_and_exports_with_parity(module, tmp_path):
+    """``resnet50.preprocess_input(inputs)`` ("caffe" mode: RGB to BGR, then the ImageNet means subtracted): Keras
+    records the channel swap as three GetItem ops stacked again (a fork of the input), so the search stopped at the
+    fork and the export asked for a preset; "caffe", the one a ResNet50 user picks, would have swapped and shifted the
+    pixels a second time. The swap is now followed as a channel reordering, the files take RGB pixels as the model
+    does, and they pass parity."""
+    from exporter.api import prepare, validate
+    from exporter.errors import ConfigError
+
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((32, 32, 3))
+    h = getattr(keras.applications, module).preprocess_input(inputs)
+    h = keras.layers.Rescaling(1 / 64)(h)  # the means leave values of about +-128: keep the training well scaled
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(_conv_body(h))))
+    path, labels = _save(model, tmp_path / "model", x, y, epochs=5)
+    found = prepare(path, labels, preprocessing=None, options=ONNX_FP32).loaded.in_model
+    assert "BGR" in found.note and len(found.layers) == 6  # three GetItem, Stack, Add, Rescaling
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
+    want = np.asarray(getattr(keras.applications, module).preprocess_input(pixels.copy()), np.float64) / 64
+    np.testing.assert_allclose(pixels[..., ::-1] * np.asarray(found.scale) + np.asarray(found.bias), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError):
+        prepare(path, labels, preprocessing="caffe", options=ONNX_FP32)
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32", "fp16"))
+    export(path, labels, tmp_path / "out", preprocessing=None, options=options)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report.passed and len(report["artifacts"]) == 6
+    assert report["artifacts"][0]["against_labels"]["accuracy"] > 0.3  # a model whose output depends on its input
+
+
+def test_a_flip_or_reversed_slice_of_the_channels_is_a_reordering_and_other_picks_end_the_search():
+    from exporter.inference import detect_preprocessing
+
+    inputs = keras.Input((32, 32, 3))
+    for h in (keras.ops.flip(inputs, axis=-1) / 255.0, inputs[..., ::-1] / 255.0):
+        found = detect_preprocessing(keras.Model(inputs, keras.layers.Conv2D(2, 1)(h)))
+        assert len(found.layers) == 2 and "BGR" in found.note and found.scale == (1 / 255,) * 3
+    picked = keras.ops.stack([inputs[..., 0], inputs[..., 0], inputs[..., 1]], axis=-1)  # not a permutation
+    assert not detect_preprocessing(keras.Model(inputs, keras.layers.Conv2D(2, 1)(picked)))
+    two = keras.ops.stack([inputs[..., 1], inputs[..., 0]], axis=-1)  # two of three channels
+    assert not detect_preprocessing(keras.Model(inputs, keras.layers.Conv2D(2, 1)(two)))
