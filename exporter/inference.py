@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConversionError
-from .keras_graph import consumers, first_input_shape, node_tensors
+from .keras_graph import consumers, first_input_shape, node_arguments, node_tensors
 
 # Layer classes that Keras defines as the identity at inference (training=False). Every instance is still checked on
 # a probe before it is removed. Names, not classes: a Keras version without one of them simply has none in its models.
@@ -169,9 +169,8 @@ def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray]
     import keras
 
     forms = _OP_AFFINE.get(_class_name(op))
-    arguments = getattr(node, "arguments", None)
-    args = list(getattr(arguments, "args", None) or ())
-    if forms is None or len(args) != 2 or getattr(arguments, "kwargs", None) or not any(a is tensor for a in args):
+    args, kwargs = node_arguments(node)
+    if forms is None or len(args) != 2 or kwargs or not any(a is tensor for a in args):
         return None
     first = args[0] is tensor
     constant = args[1] if first else args[0]
@@ -202,7 +201,7 @@ def _channel_key(key, channels: int) -> int | list[int] | None:
 def _op_permutation(op, node, tensor, channels: int) -> list[int] | None:
     """The channel order (output channel i is input channel order[i]) of a Keras op that only reorders the channels
     of ``tensor``: ``x[..., ::-1]`` (GetItem) or ``keras.ops.flip(x, axis=-1)``."""
-    args = list(getattr(getattr(node, "arguments", None), "args", None) or ())
+    args = node_arguments(node)[0]
     if not args or args[0] is not tensor:
         return None
     name = _class_name(op)
@@ -220,7 +219,7 @@ def _split_and_stack(found, users, channels: int):
     the stacked tensor), or None when the consumers of the tensor are anything else."""
     picks = []
     for op, node in found:
-        args = list(getattr(getattr(node, "arguments", None), "args", None) or ())
+        args = node_arguments(node)[0]
         channel = _channel_key(args[1], channels) if _class_name(op) == "GetItem" and len(args) == 2 else None
         _, outs = node_tensors(node)
         if not isinstance(channel, int) or len(outs) != 1:
@@ -230,7 +229,7 @@ def _split_and_stack(found, users, channels: int):
     if len(picks) != channels or len(stacks) != 1:
         return None
     stack, node = next(iter(stacks.values()))
-    args = list(getattr(getattr(node, "arguments", None), "args", None) or ())
+    args = node_arguments(node)[0]
     parts = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else []
     by_tensor = {id(out): channel for _, out, channel in picks}
     if _class_name(stack) != "Stack" or getattr(stack, "axis", None) not in (-1, 3) or len(parts) != channels:

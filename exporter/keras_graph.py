@@ -28,6 +28,13 @@ def node_tensors(node) -> tuple[list[Any], list[Any]]:
         ) from exc
 
 
+def node_arguments(node) -> tuple[list[Any], dict[str, Any]]:
+    """(positional, keyword) arguments one node was called with: a Keras op's constants and indexing keys (an op such
+    as ``x[..., 2]`` or ``x / 255.0`` is a node whose arguments hold the key or the constant)."""
+    arguments = getattr(node, "arguments", None)
+    return list(getattr(arguments, "args", None) or ()), dict(getattr(arguments, "kwargs", None) or {})
+
+
 def consumers(model) -> dict[int, list[tuple[Any, Any]]]:
     """For each tensor (by id) of ``model``'s graph: the (layer, node) pairs that take it as an input. Keras ops
     called on a model's tensors (``inputs / 127.5``, keras.applications' ``preprocess_input`` on the Input) are nodes

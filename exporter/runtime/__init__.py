@@ -93,11 +93,6 @@ class OnnxRunner:
         return probs if self.order is None else _reorder(probs, self.order)
 
 
-def embedded_onnx_labels(path: Path) -> list[str]:
-    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
-    return onnx_labels(load_onnx(path), path)
-
-
 def load_onnx(path: Path, sha256: str | None = None):
     """The ONNX file's ModelProto (its external data left unread), refused when it is not a bounded regular file,
     not an ONNX model, or its external data would be read from outside its folder or from anything but a regular
@@ -125,6 +120,7 @@ def load_onnx(path: Path, sha256: str | None = None):
 
 
 def onnx_labels(model, path: Path) -> list[str]:
+    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
     from onnx import numpy_helper
 
     for init in model.graph.initializer:

@@ -110,6 +110,17 @@ def _inferred(copy, where: str):
     return inferred
 
 
+def _inferred_values(inferred) -> dict[str, tuple[int, list[int] | None]]:
+    """{value name: (element type, its static dimensions, or None when inference left any of them unknown)} of the
+    graph's inputs, intermediate values and outputs."""
+    values: dict[str, tuple[int, list[int] | None]] = {}
+    for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        tensor = value.type.tensor_type
+        static = tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
+        values[value.name] = (tensor.elem_type, [d.dim_value for d in tensor.shape.dim] if static else None)
+    return values
+
+
 def _small(value) -> bool:
     return value.ndim <= 1 and value.size <= SHAPE_OPERAND_MAX_ELEMENTS
 
@@ -122,11 +133,7 @@ def _fold_round(copy, inferred) -> dict:
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    shapes: dict[str, list[int]] = {}
-    for value in (*inferred.graph.input, *inferred.graph.value_info):
-        tensor = value.type.tensor_type
-        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
-            shapes[value.name] = [d.dim_value for d in tensor.shape.dim]
+    shapes = {name: dims for name, (_, dims) in _inferred_values(inferred).items() if dims is not None}
     values: dict[str, np.ndarray] = {}
     for init in copy.graph.initializer:
         if math.prod(init.dims) <= SHAPE_OPERAND_MAX_ELEMENTS and len(init.dims) <= 1 and not init.external_data:
@@ -179,11 +186,7 @@ def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
                 f"node {quote(node.name)} ({node.op_type}) holds a subgraph; its values cannot be bounded before running", path=where
             )
     inferred = _inferred(_stripped(model, batch, where), where)
-    known: dict[str, tuple[int, list[int] | None]] = {}
-    for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        tensor = value.type.tensor_type
-        static = tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
-        known[value.name] = (tensor.elem_type, [d.dim_value for d in tensor.shape.dim] if static else None)
+    known = _inferred_values(inferred)
     for init in (*model.graph.initializer, *inferred.graph.initializer):  # the weights, and the shapes folded
         known[init.name] = (init.data_type, list(init.dims))
     largest = 0
