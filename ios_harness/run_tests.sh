@@ -6,7 +6,10 @@
 #  2. `swift build` and `swift test` here, with GOLDEN_DIR and PARITY_CASE pointing at what Python just wrote (the
 #     contract tests must run, not skip: this script fails if they skip);
 #  3. `swift build` and `swift test` in the generated package: it builds on Linux with the Apple-only code compiled
-#     out, and its golden files match its model record and labels.
+#     out, and its golden files match its model record and labels;
+#  4. where Core ML does not exist (Linux), the Apple-only code of both packages is compiled against AppleSDKStubs,
+#     declarations of the Apple APIs it calls transcribed from Apple's documentation (apple_typecheck.py): a type
+#     check, nothing runs.
 # On a Mac, step 2 also runs golden parity of the exported model through Core ML and Vision (MODEL_PATH).
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -44,5 +47,12 @@ echo "== generated package: swift build and swift test"
 # A scratch folder under .build keeps compiled dependencies between runs, while the package itself is regenerated.
 (cd "$work/package" && "$SWIFT" build --scratch-path "$here/.build/xcode-package" \
     && "$SWIFT" test --scratch-path "$here/.build/xcode-package")
+
+if [ "$(uname -s)" != "Darwin" ]; then
+    echo "== Apple-only code: swift build --build-tests against AppleSDKStubs (type check; nothing runs)"
+    "$PYTHON" "$here/apple_typecheck.py" "$work"
+    (cd "$work/apple_check/harness" && "$SWIFT" build --build-tests --scratch-path "$here/.build/apple-check-harness")
+    (cd "$work/apple_check/package" && "$SWIFT" build --build-tests --scratch-path "$here/.build/apple-check-package")
+fi
 
 echo "ios_harness: every Swift check passed in $((SECONDS - start)) s"
