@@ -567,6 +567,11 @@ def _cases():
             lambda x: x[:, -1, :, 8:2:-2],
             {},
         ),
+        "slice_by_index:squeeze_end_neglected": (  # a squeezed axis reads begin alone, whatever end says
+            lambda v: mb.slice_by_index(x=v, begin=[0, 1, 0, 0], end=[1, 0, 9, 9], squeeze_mask=[False, True, False, False]),
+            lambda x: x[:, 1],
+            {},
+        ),
         "slice_by_index:computed_begin": (
             lambda v: mb.slice_by_index(x=v, begin=mb.sub(x=mb.shape(x=v), y=np.array([1, 3, 7, 7], np.int32)), end=[1, 3, 9, 9]),
             lambda x: x[:, :, 2:, 2:],

@@ -202,3 +202,108 @@ def _crop_resize(c: OpCall):
             for i in range(b):
                 out[n, i] = crop(x[i], row)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ grid sampling
+_COORDINATE_MODES = ("unnormalized", "normalized_minus_one_to_one", "normalized_zero_to_one")
+_PADDING_MODES = ("constant", "border", "reflection", "symmetric")
+
+
+def _to_pixels(points: np.ndarray, size: int, mode: str, align_corners: bool) -> np.ndarray:
+    """Sample positions along one axis in input pixel units (0 = the first pixel's centre)."""
+    if mode == "unnormalized":
+        return points
+    unit = (points + 1) / 2 if mode == "normalized_minus_one_to_one" else points  # now 0..1 across the image
+    return unit * (size - 1) if align_corners else unit * size - 0.5
+
+
+def _pixel(index: np.ndarray, size: int, padding: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer pixel positions, possibly outside [0, size), as the in-image pixel ``padding_mode`` pads with, and
+    where they are inside (constant padding; None for the other modes, which always land on a pixel):
+    reflection |1, 2, 3| -> |2, 3, 2, 1, 2, 3, 2, 1, 2| (mirrored about the edge pixels), symmetric
+    |1, 2, 3| -> |3, 2, 1, 1, 2, 3, 3, 2, 1| (the edge pixels repeated), border the edge pixel."""
+    if padding == "constant":
+        return np.clip(index, 0, size - 1), (index >= 0) & (index < size)
+    if padding == "border" or size == 1:
+        return np.clip(index, 0, size - 1), None
+    if padding == "reflection":
+        folded = np.mod(index, 2 * (size - 1))
+        return np.where(folded >= size, 2 * (size - 1) - folded, folded), None
+    folded = np.mod(index, 2 * size)  # symmetric
+    return np.where(folded >= size, 2 * size - 1 - folded, folded), None
+
+
+def _grid_sample(image: np.ndarray, cols: np.ndarray, rows: np.ndarray, sampling: str, padding: str, pad: float):
+    """(C, H, W) ``image``, padded without end by ``padding``, sampled at pixel positions (rows, cols), arrays of one
+    shape (H2, W2) -> (C, H2, W2): the nearest pixel, or the bilinear mix of the four around the point."""
+    channels, h, w = image.shape
+
+    def value(r: np.ndarray, q: np.ndarray) -> np.ndarray:
+        (ri, r_in), (qi, q_in) = _pixel(r, h, padding), _pixel(q, w, padding)
+        got = image[:, ri, qi]
+        return got if r_in is None or q_in is None else np.where(r_in & q_in, got, F32(pad))
+
+    if sampling == "nearest":
+        return value(np.floor(rows + 0.5).astype(np.int64), np.floor(cols + 0.5).astype(np.int64))
+    r0, c0 = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+    fr, fc = (rows - r0).astype(F32), (cols - c0).astype(F32)
+    top = value(r0, c0) * (1 - fc) + value(r0, c0 + 1) * fc
+    bottom = value(r0 + 1, c0) * (1 - fc) + value(r0 + 1, c0 + 1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def _sampling_args(c: OpCall) -> tuple[str, str, float, str, bool]:
+    sampling, padding = str(c.const("sampling_mode")).lower(), str(c.const("padding_mode")).lower()
+    coordinates = str(c.const("coordinates_mode")).lower()
+    if sampling not in ("bilinear", "nearest") or padding not in _PADDING_MODES or coordinates not in _COORDINATE_MODES:
+        raise c.unsupported(f"has sampling_mode {sampling!r}, padding_mode {padding!r}, coordinates_mode {coordinates!r}")
+    return sampling, padding, float(c.const("padding_value", 0.0)), coordinates, bool(c.const("align_corners"))
+
+
+@op("resample", batch=always)
+def _resample(c: OpCall):
+    """Each image sampled at ``coordinates[b, h, w] = (x, y)`` (PyTorch's grid_sample): bilinear or nearest, the
+    points mapped to pixels by ``coordinates_mode`` and ``align_corners``, outside points given by ``padding_mode``."""
+    x, grid = np.asarray(c["x"], F32), np.asarray(c["coordinates"], np.float64)
+    sampling, padding, pad, coordinates, align = _sampling_args(c)
+    if x.ndim != 4 or grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] != x.shape[0]:
+        raise c.fail(f"needs x [B, C, H, W] and coordinates [B, H2, W2, 2], has {x.shape} and {grid.shape}")
+    h, w = x.shape[2:]
+    return np.stack(
+        [
+            _grid_sample(
+                image,
+                _to_pixels(points[..., 0], w, coordinates, align),
+                _to_pixels(points[..., 1], h, coordinates, align),
+                sampling,
+                padding,
+                pad,
+            )
+            for image, points in zip(x, grid, strict=True)
+        ]
+    ).astype(F32)
+
+
+@op("affine", batch=lambda c: (c.shape("transform_matrix") or [0])[0] == 1)
+def _affine(c: OpCall):
+    """Each output pixel (x, y), in [-1, 1] coordinates, sampled bilinearly at (a0 x + a1 y + a2, b0 x + b1 y + b2)
+    of its image, with one [a0, a1, a2, b0, b1, b2] row for every image or one per image; outside points are
+    ``padding_value`` (the only padding the definition allows)."""
+    x, matrix = np.asarray(c["x"], F32), np.asarray(c["transform_matrix"], np.float64)
+    sampling, padding, pad, coordinates, align = _sampling_args(c)
+    if x.ndim != 4 or matrix.ndim != 2 or matrix.shape[1] != 6 or matrix.shape[0] not in (1, x.shape[0]):
+        raise c.fail(f"needs x [B, C, H, W] and transform_matrix [1 or B, 6], has {x.shape} and {matrix.shape}")
+    oh, ow = int(c.const("output_height")), int(c.const("output_width"))
+    h, w = x.shape[2:]
+    # output pixel centres in the same normalized coordinates as the input's (align_corners: -1 and 1 are the corner
+    # pixels' centres; otherwise the image's edges)
+    ys, xs = ((np.linspace(-1, 1, n) if align else (2 * np.arange(n) + 1) / n - 1) if n > 1 else np.zeros(1) for n in (oh, ow))
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    out = []
+    for b, image in enumerate(x):
+        a0, a1, a2, b0, b1, b2 = matrix[b if len(matrix) > 1 else 0]
+        sx, sy = a0 * gx + a1 * gy + a2, b0 * gx + b1 * gy + b2
+        out.append(
+            _grid_sample(image, _to_pixels(sx, w, coordinates, align), _to_pixels(sy, h, coordinates, align), sampling, padding, pad)
+        )
+    return np.stack(out).astype(F32)

@@ -119,20 +119,30 @@ def _slice_index_batch(c: OpCall) -> bool:
     return (begin_mask[0] or begin[0] == 0) and end_mask[0] and stride[0] == 1 and not squeeze[0]
 
 
-@op("slice_by_index", batch=_slice_index_batch)
-def _slice_by_index(c: OpCall):
-    x = c["x"]
+def slice_index(c: OpCall) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+    """slice_by_index's (and slice_update's) region as numpy slices, and the axes ``squeeze_mask`` drops."""
     begin, end = [int(v) for v in c.value("begin")], [int(v) for v in c.value("end")]
     rank = len(begin)
     stride = [int(v) for v in c.value("stride", [1] * rank)]
     begin_mask = c.const("begin_mask", [False] * rank)
     end_mask = c.const("end_mask", [False] * rank)
     squeeze = c.const("squeeze_mask", [False] * rank)
-    index = []
-    for i in range(rank):
-        index.append(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], stride[i]))
-    out = x[tuple(index)]
-    drop = tuple(i for i in range(rank) if squeeze[i])
+    index = tuple(
+        # a squeezed axis takes the one index at begin, its end neglected (the definition)
+        slice(0, 1)
+        if squeeze[i] and begin_mask[i]
+        else slice(begin[i], begin[i] + 1 or None)
+        if squeeze[i]
+        else slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], stride[i])
+        for i in range(rank)
+    )
+    return index, tuple(i for i in range(rank) if squeeze[i])
+
+
+@op("slice_by_index", batch=_slice_index_batch)
+def _slice_by_index(c: OpCall):
+    index, drop = slice_index(c)
+    out = c["x"][index]
     return out.squeeze(axis=drop) if drop else out
 
 
@@ -251,6 +261,96 @@ def _pixel_unshuffle(c: OpCall):
 def _depth_to_space(c: OpCall):
     """TensorFlow's DepthToSpace (NCHW)."""
     return kernels_nd.depth_to_space(c["x"], int(c.const("block_size")))
+
+
+def _block(c: OpCall, key: str) -> tuple[tuple[int, int], list[list[int]]]:
+    block = [int(v) for v in c.const("block_shape")]
+    margins = [[int(v) for v in row] for row in c.const(key)]
+    if len(block) != 2 or [len(row) for row in margins] != [2, 2] or min(block) < 1 or min(min(margins)) < 0:
+        raise c.fail(f"needs a block_shape of 2 positive values and {key} of 2x2 non-negative values")
+    return (block[0], block[1]), margins
+
+
+@op("space_to_batch")
+def _space_to_batch(c: OpCall):
+    """TensorFlow's SpaceToBatchND on NCHW: H and W padded by ``paddings``, cut into blocks of ``block_shape``; the
+    offset (i, j) inside a block becomes batch entry (i * block_w + j) * N + n."""
+    x = c["x"]
+    (bh, bw), ((top, bottom), (left, right)) = _block(c, "paddings")
+    n, channels, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ph, pw = padded.shape[2:]
+    if ph % bh or pw % bw:
+        raise c.fail(f"pads {h}x{w} to {ph}x{pw}, not a multiple of block_shape {bh}x{bw}")
+    blocks = padded.reshape(n, channels, ph // bh, bh, pw // bw, bw)
+    return np.ascontiguousarray(blocks.transpose(3, 5, 0, 1, 2, 4)).reshape(bh * bw * n, channels, ph // bh, pw // bw)
+
+
+@op("batch_to_space")
+def _batch_to_space(c: OpCall):
+    """TensorFlow's BatchToSpaceND on NCHW, the inverse of space_to_batch: batch entry (i * block_w + j) * N + n
+    becomes offset (i, j) of every block, then ``crops`` are cut from H and W."""
+    x = c["x"]
+    (bh, bw), ((top, bottom), (left, right)) = _block(c, "crops")
+    total, channels, h, w = x.shape
+    if total % (bh * bw):
+        raise c.fail(f"has a batch of {total}, not a multiple of block_shape {bh}x{bw}")
+    n = total // (bh * bw)
+    out = x.reshape(bh, bw, n, channels, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, channels, h * bh, w * bw)
+    if top + bottom > h * bh or left + right > w * bw:
+        raise c.fail(f"crops more than the {h * bh}x{w * bw} it rebuilds")
+    return np.ascontiguousarray(out[:, :, top : h * bh - bottom, left : w * bw - right])
+
+
+@op("reshape_like")
+def _reshape_like(c: OpCall):
+    """``x`` reshaped to the concatenation of ``ref_tensors[i].shape[begins[i]:ends[i]]`` (to the end when
+    ``end_masks[i]``)."""
+    refs = c.values("ref_tensors")
+    # tuples of scalars, one file value per element
+    begins, ends, masks = ([np.asarray(v).item() for v in c.values(k)] for k in ("begins", "ends", "end_masks"))
+    if not len(refs) == len(begins) == len(ends) == len(masks):
+        raise c.fail("needs as many begins, ends and end_masks as ref_tensors")
+    shape: list[int] = []
+    for ref, begin, end, mask in zip(refs, begins, ends, masks, strict=True):
+        dims = np.shape(ref)
+        shape += dims[int(begin) :] if mask else dims[int(begin) : int(end)]
+    x = c["x"]
+    if int(np.prod(shape)) != x.size:
+        raise c.fail(f"cannot reshape {x.shape} to {tuple(shape)}")
+    return x.reshape(shape)
+
+
+@op("sliding_windows", batch=axes_exclude_batch("axis"))
+def _sliding_windows(c: OpCall):
+    """Windows of ``size`` elements every ``stride`` along ``axis``: that axis becomes (windows, size)."""
+    x = c["x"]
+    axis, size, stride = int(c.const("axis")) % x.ndim, int(c.const("size")), int(c.const("stride", 1))
+    if size < 1 or stride < 1 or size > x.shape[axis]:
+        raise c.fail(f"needs 1 <= size <= {x.shape[axis]} and stride >= 1, has size {size}, stride {stride}")
+    starts = np.arange(0, x.shape[axis] - size + 1, stride)
+    index = starts[:, None] + np.arange(size)[None, :]  # (windows, size)
+    return np.take(x, index, axis=axis)
+
+
+@op("reverse_sequence")
+def _reverse_sequence(c: OpCall):
+    """For each index b along ``batch_axis``, the first ``lengths[b]`` elements along ``seq_axis`` reversed
+    (TensorFlow's reverse_sequence)."""
+    x = c["x"]
+    seq_axis, batch_axis = int(c.const("seq_axis", 0)) % x.ndim, int(c.const("batch_axis", 0)) % x.ndim
+    lengths = np.asarray(c["lengths"]).astype(np.int64).reshape(-1)
+    if seq_axis == batch_axis or len(lengths) != x.shape[batch_axis]:
+        raise c.fail(f"needs distinct axes and one length per entry of axis {batch_axis} ({x.shape[batch_axis]})")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > x.shape[seq_axis]):
+        raise c.fail(f"has a length outside [0, {x.shape[seq_axis]}]")
+    out = np.array(x, copy=True)
+    for b, length in enumerate(lengths):
+        where = [slice(None)] * x.ndim
+        where[batch_axis] = slice(b, b + 1)
+        where[seq_axis] = slice(0, int(length))
+        out[tuple(where)] = np.flip(x[tuple(where)], axis=seq_axis)
+    return out
 
 
 @op("space_to_depth", batch=always)

@@ -265,6 +265,30 @@ def _softmax(c: OpCall):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def _attention_batch(c: OpCall) -> bool:
+    # image by image unless every operand, the mask included, carries the batch as its leading axis
+    mask = c.shape("attn_mask")
+    return mask is None or len(mask) == (c.rank("query") or 0)
+
+
+@op("scaled_dot_product_attention", batch=_attention_batch)
+def _scaled_dot_product_attention(c: OpCall):
+    """softmax(Q K^T / sqrt(E) + mask) V over the last two axes (iOS18; PyTorch's definition): a bool ``attn_mask``
+    keeps the scores where it is True and sets the others to -inf, a float one is added to the scores."""
+    q, k, v = (np.asarray(c[name]) for name in ("query", "key", "value"))
+    if not q.ndim == k.ndim == v.ndim >= 3 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise c.fail(f"needs query, key and value of one rank >= 3 that agree, has {q.shape}, {k.shape}, {v.shape}")
+    scores = blas.matmul(q, np.swapaxes(k, -1, -2)) * F32(1.0 / np.sqrt(q.shape[-1]))
+    mask = c.get("attn_mask")
+    if mask is not None:
+        mask = np.asarray(mask)
+        scores = np.where(mask, scores, F32(-np.inf)) if mask.dtype == np.bool_ else scores + mask.astype(F32)
+    with np.errstate(invalid="ignore"):  # a row masked everywhere is NaN, as in PyTorch
+        e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        weights = e / e.sum(axis=-1, keepdims=True)
+    return blas.matmul(weights.astype(F32), v)
+
+
 # ------------------------------------------------------------------------------------------------ reductions
 def _reduce(fn):
     def run(c: OpCall):
