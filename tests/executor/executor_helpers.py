@@ -112,6 +112,19 @@ def tf():
     return tensorflow
 
 
+def check_op_case(tmp_path, case: str, body, reference, options: dict) -> None:
+    """One op test case ("op" or "op:variant"): the program ``body`` builds (graph passes skipped) holds the op, and
+    the executor's output on two images matches ``reference`` on the float64 input (``options``: target, atol)."""
+    path = program_file(tmp_path, body, optimize=False, target=options.get("target"))
+    name = case.split(":")[0]
+    assert name in op_types(path), f"the file has no {name} op"
+    pix = image_pixels(2)
+    got = CoreMLExecutor(path).predict(pix)
+    x = as_input(pix).astype(np.float64)
+    want = np.asarray(reference(x), np.float64).reshape(len(x), -1)
+    np.testing.assert_allclose(got, want, atol=options.get("atol", OP_ATOL), rtol=OP_RTOL)
+
+
 __all__ = [
     "CoreMLExecutor",
     "IMAGE_BIAS",
@@ -121,6 +134,7 @@ __all__ = [
     "OP_RTOL",
     "SIDE",
     "as_input",
+    "check_op_case",
     "ct",
     "image_pixels",
     "mb",

@@ -17,10 +17,10 @@ from executor_helpers import (
     SIDE,
     CoreMLExecutor,
     as_input,
+    check_op_case,
     ct,
     image_pixels,
     mb,
-    op_types,
     program_file,
     run_program,
     tf,
@@ -878,14 +878,7 @@ def _case_names() -> list[str]:
 
 @pytest.mark.parametrize("case", _case_names())
 def test_op(tmp_path, case):
-    body, reference, options = _cases()[case]
-    path = program_file(tmp_path, body, optimize=False, target=options.get("target"))
-    assert case.split(":")[0] in op_types(path), f"the file has no {case.split(':')[0]} op"
-    pix = image_pixels(2)
-    got = CoreMLExecutor(path).predict(pix)
-    x = as_input(pix).astype(np.float64)
-    want = np.asarray(reference(x), np.float64).reshape(len(x), -1)
-    np.testing.assert_allclose(got, want, atol=options.get("atol", OP_ATOL), rtol=OP_RTOL)
+    check_op_case(tmp_path, case, *_cases()[case])
 
 
 COVERS |= {name.split(":")[0] for name in _case_names()}

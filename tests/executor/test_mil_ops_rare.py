@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 import pytest
-from executor_helpers import OP_ATOL, OP_RTOL, SIDE, CoreMLExecutor, as_input, ct, image_pixels, mb, op_types, program_file, tf
+from executor_helpers import SIDE, check_op_case, ct, mb, tf
 
 COVERS: set[str] = set()
 I16, I17, I18 = ct.target.iOS16, ct.target.iOS17, ct.target.iOS18
@@ -398,15 +398,7 @@ def _reverse_sequence_loops(x, lengths, seq_axis, batch_axis):
 
 @pytest.mark.parametrize("case", list(_cases()))
 def test_rare_op(tmp_path, case):
-    body, reference, options = _cases()[case]
-    op_name = case.split(":")[0]
-    path = program_file(tmp_path, body, optimize=False, target=options.get("target"))
-    assert op_name in op_types(path), f"the file has no {op_name} op"
-    pix = image_pixels(2)
-    got = CoreMLExecutor(path).predict(pix)
-    x = as_input(pix).astype(np.float64)
-    want = np.asarray(reference(x), np.float64).reshape(len(x), -1)
-    np.testing.assert_allclose(got, want, atol=options.get("atol", OP_ATOL), rtol=OP_RTOL)
+    check_op_case(tmp_path, case, *_cases()[case])
 
 
 COVERS |= {name.split(":")[0] for name in _cases()}
