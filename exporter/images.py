@@ -80,16 +80,37 @@ def _resample(name: str):
     return {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}[name]
 
 
+# Rules 2-5 are applied to horizontal bands of at most this many pixels, each converted and pasted into the result:
+# they act on each pixel alone, so the pixels are the same as converting the whole image at once, but a 64-megapixel
+# 16-bit image no longer becomes four float64 copies of itself (2 GB from a 140 kB PNG), nor an RGBA one three
+# full-size RGBA images on the way to RGB: the memory is the decoded image, the result and one band.
+BAND_PIXELS = 1 << 20
+
+
 def to_canonical_mode(img, channels: int):
     """Apply rules 2-5 to a Pillow image: the result is mode ``RGB`` (channels=3) or ``L`` (channels=1)."""
     from PIL import Image
 
+    target = "L" if channels == 1 else "RGB"
+    width, height = img.size
+    # rule 2's one decision about the whole image: 32-bit integer values within 0..255 are 8-bit values already
+    scale16 = img.mode != "I" or (img.getextrema()[1] or 0) > 255
+    if width * height <= BAND_PIXELS:
+        return _canonical_band(img, target, scale16)
+    out = Image.new(target, img.size)
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        out.paste(_canonical_band(band, target, scale16), (0, top))
+    return out
+
+
+def _canonical_band(img, target: str, scale16: bool):
+    from PIL import Image
+
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "I" and arr.max(initial=0) <= 255:
-            scaled = arr
-        else:
-            scaled = arr / 257.0
+        scaled = arr / 257.0 if scale16 else arr
         gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
         transparent = img.info.get("transparency")  # a 16-bit PNG's tRNS: one grey value that is fully transparent
         if isinstance(transparent, int) and not isinstance(transparent, bool):
@@ -105,7 +126,6 @@ def to_canonical_mode(img, channels: int):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
         img = Image.alpha_composite(background, rgba).convert("RGB")
-    target = "L" if channels == 1 else "RGB"
     if img.mode != target:
         img = img.convert(target)
     return img
@@ -155,7 +175,7 @@ def open_image(path: str | Path):
                         path=path,
                     )
                 img.load()
-                return ImageOps.exif_transpose(img).copy()
+                return ImageOps.exif_transpose(img)  # a new image (a copy when not turned), the file closed
     except ImageError:
         raise
     except FileNotFoundError as exc:
