@@ -71,3 +71,76 @@ def test_converting_an_image_in_bands_gives_the_pixels_of_converting_it_whole(mo
             banded = np.asarray(images.to_canonical_mode(img, channels))
             assert whole.shape == (97, 61) if channels == 1 else (97, 61, 3)
             np.testing.assert_array_equal(banded, whole, err_msg=f"{name}, {channels} channel(s)")
+
+
+# ------------------------------------------------------------------------------------------------ ONNX labels
+def _onnx_with_label_tensor(path, edit) -> None:
+    """A one-node ONNX file whose ``exporter_labels`` constant is three strings, changed by ``edit(tensor)``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    labels = helper.make_tensor("exporter_labels", TensorProto.STRING, [3], [b"cat", b"dog", b"owl"])
+    edit(labels)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [labels],
+    )
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def _external_bytes(tensor) -> None:
+    from onnx import TensorProto
+
+    tensor.ClearField("string_data")
+    tensor.data_type = TensorProto.UINT8
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "labels.bin"
+
+
+def _one_more_string(tensor) -> None:
+    tensor.string_data.append(b"fox")
+
+
+def _not_utf8(tensor) -> None:
+    tensor.string_data[1] = b"\xff\xfe"
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_external_bytes, "1-D string tensor stored in the file"),
+        (_one_more_string, "declare 3 strings but hold 4"),
+        (_not_utf8, "not valid UTF-8"),
+    ],
+    ids=["external-data", "count", "utf8"],
+)
+def test_embedded_onnx_labels_are_read_from_the_file_or_refused(tmp_path, monkeypatch, edit, message):
+    # onnx's to_array decoded the labels constant: external data was read from the WORKING DIRECTORY (load_onnx had
+    # checked the location against the file's folder, so the checked file and the read one differed; a FIFO there
+    # hung predict), and a count or UTF-8 that did not fit was a ValueError, an "internal error" (exit 70)
+    from exporter.errors import ConversionError
+    from exporter.runtime import load_onnx, onnx_labels
+
+    folder, elsewhere = tmp_path / "model", tmp_path / "cwd"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (folder / "labels.bin").write_bytes(b"abc")
+    (elsewhere / "labels.bin").write_bytes(b"secret")  # what the old code read
+    monkeypatch.chdir(elsewhere)
+    path = folder / "lone.onnx"
+    _onnx_with_label_tensor(path, edit)
+    with pytest.raises(ConversionError, match=message) as info:
+        onnx_labels(load_onnx(path), path)
+    assert "lone.onnx" in str(info.value) and info.value.exit_code == 5
+
+
+def test_embedded_onnx_labels_as_the_exporter_writes_them_are_read(tmp_path):
+    from exporter.runtime import load_onnx, onnx_labels
+
+    path = tmp_path / "lone.onnx"
+    _onnx_with_label_tensor(path, lambda tensor: None)
+    assert onnx_labels(load_onnx(path), path) == ["cat", "dog", "owl"]

@@ -120,12 +120,26 @@ def load_onnx(path: Path, sha256: str | None = None):
 
 
 def onnx_labels(model, path: Path) -> list[str]:
-    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
-    from onnx import numpy_helper
+    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant): a 1-D string
+    tensor held in the file, one UTF-8 string per element. Anything else is refused (ConversionError) rather than
+    decoded: onnx's ``to_array`` reads a non-string tensor's external data relative to the working directory, not to
+    the file, and raises ValueError on a count that disagrees with the dimensions or on bytes that are not UTF-8."""
+    from onnx import TensorProto
 
     for init in model.graph.initializer:
-        if init.name == LABELS_CONSTANT:
-            return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]
+        if init.name != LABELS_CONSTANT:
+            continue
+        if init.data_type != TensorProto.STRING or init.external_data or len(init.dims) != 1:
+            raise ConversionError(f"its embedded labels ({LABELS_CONSTANT}) must be a 1-D string tensor stored in the file", path=path)
+        if init.dims[0] != len(init.string_data):
+            raise ConversionError(
+                f"its embedded labels ({LABELS_CONSTANT}) declare {init.dims[0]} strings but hold {len(init.string_data)}",
+                path=path,
+            )
+        try:
+            return [value.decode("utf-8") for value in init.string_data]
+        except UnicodeDecodeError as exc:
+            raise ConversionError(f"its embedded labels ({LABELS_CONSTANT}) are not valid UTF-8", path=path) from exc
     raise ConfigError(f"{path}: ONNX file has no embedded labels (exporter_labels); was it written by exporter?")
 
 
