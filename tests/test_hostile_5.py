@@ -144,3 +144,133 @@ def test_embedded_onnx_labels_as_the_exporter_writes_them_are_read(tmp_path):
     path = tmp_path / "lone.onnx"
     _onnx_with_label_tensor(path, lambda tensor: None)
     assert onnx_labels(load_onnx(path), path) == ["cat", "dog", "owl"]
+
+
+# ------------------------------------------------------------------------------------------------ ONNX interface
+SIDE = 8  # the tiny classifier's input size
+
+
+def _tiny_classifier(path, edit=None) -> None:
+    """A runnable ONNX classifier shaped as the exporter writes one (uint8 [batch, 8, 8, 3] image in, float
+    [batch, 3] probabilities and the label out, the labels constant), changed by ``edit(model)``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.arange(9, dtype=np.float32).reshape(3, 3) / 100, "w")
+    labels = helper.make_tensor("exporter_labels", TensorProto.STRING, [3], [b"cat", b"dog", b"owl"])
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+        helper.make_node("ArgMax", ["probabilities"], ["top"], axis=1, keepdims=0),
+        helper.make_node("Gather", ["exporter_labels", "top"], ["label"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", SIDE, SIDE, 3])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"]),
+        ],
+        [weights, labels],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if edit is not None:
+        edit(model)
+    onnx.save(model, str(path))
+
+
+def _no_input(model) -> None:
+    from onnx import numpy_helper
+
+    del model.graph.input[:]
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, SIDE, SIDE, 3), np.uint8), "image"))
+
+
+def _two_inputs(model) -> None:
+    from onnx import TensorProto, helper
+
+    model.graph.input.insert(0, helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1, 2]))
+
+
+def _string_input(model) -> None:
+    from onnx import TensorProto
+
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.STRING
+    model.graph.node[0].attribute[0].i = TensorProto.FLOAT  # Cast from string: a valid graph
+
+
+def _other_size(model) -> None:
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = SIDE * 2
+
+
+def _no_probabilities(model) -> None:
+    del model.graph.output[0]
+
+
+def _fewer_probabilities(model) -> None:
+    from onnx import numpy_helper
+
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((3, 2), np.float32), "w"))
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 2
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_no_input, "takes 0 inputs"),
+        (_two_inputs, "takes 2 inputs"),
+        (_string_input, r"tensor\(string\)"),
+        (_other_size, r"not uint8 or float \[batch, 8, 8, 3\]"),
+        (_no_probabilities, "no 'probabilities' output"),
+        (_fewer_probabilities, r"not float \[batch, 3\] \(one per label\)"),
+    ],
+    ids=["no-input", "two-inputs", "string-input", "other-size", "no-probabilities", "fewer-probabilities"],
+)
+def test_an_onnx_file_that_does_not_take_or_give_what_the_runner_uses_is_refused_when_loaded(tmp_path, edit, message):
+    # onnxruntime loaded each of these, and predict or validate then failed as an internal error (exit 70): an
+    # IndexError on a file without inputs or with fewer probabilities than labels, onnxruntime's InvalidArgument on
+    # a missing output, an input of another type or size, or a second input fed nothing
+    from exporter.errors import ConversionError
+    from exporter.runtime import OnnxRunner
+
+    path = tmp_path / "tiny.onnx"
+    _tiny_classifier(path, edit)
+    with pytest.raises(ConversionError, match=message) as info:
+        OnnxRunner(path, Preprocessing(input_size=(SIDE, SIDE)))
+    assert "tiny.onnx" in str(info.value) and "not an image classifier as the exporter writes it" in str(info.value)
+
+
+def test_the_tiny_onnx_classifier_runs(tmp_path):
+    from exporter.runtime import OnnxRunner
+
+    path = tmp_path / "tiny.onnx"
+    _tiny_classifier(path)
+    runner = OnnxRunner(path, Preprocessing(input_size=(SIDE, SIDE)))
+    probs = runner(np.full((2, SIDE, SIDE, 3), 200, np.uint8))
+    assert runner.labels == ["cat", "dog", "owl"] and probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
+
+
+def test_a_sparse_initializer_is_refused_before_onnxruntime_expands_it(tmp_path):
+    # onnxruntime turns every sparse initializer into a dense one when it loads the graph, up to 2 GB each: a
+    # [22000, 22000] one of a single value (a few bytes of file) took predict to 2 GB resident, and several, more.
+    # Refused as the other unbounded values are (onnx_bounds); a 4000 x 4000 one keeps the old behaviour cheap to see.
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.errors import ConversionError
+    from exporter.runtime import OnnxRunner
+
+    def sparse(model) -> None:
+        tensor = onnx.SparseTensorProto(dims=[4000, 4000])
+        tensor.values.CopyFrom(numpy_helper.from_array(np.ones(1, np.float32), "dense_when_loaded"))
+        tensor.indices.CopyFrom(numpy_helper.from_array(np.zeros(1, np.int64), "dense_when_loaded_indices"))
+        model.graph.sparse_initializer.append(tensor)
+
+    path = tmp_path / "tiny.onnx"
+    _tiny_classifier(path, sparse)
+    with pytest.raises(ConversionError, match=r"sparse initializer.*'dense_when_loaded', dimensions \[4000, 4000\]"):
+        OnnxRunner(path, Preprocessing(input_size=(SIDE, SIDE)))

@@ -11,6 +11,7 @@ import numpy as np
 from ..convert.onnx import LABELS_CONSTANT, PROBS_OUTPUT
 from ..errors import ConfigError, ConversionError, translating
 from ..preprocessing import Preprocessing
+from ..safety import quote
 
 
 def _version(dist: str) -> str:
@@ -76,7 +77,7 @@ class OnnxRunner:
         with translating(ConversionError, "onnxruntime cannot load the file", path=path):
             self.session = ort.InferenceSession(checked, options, providers=["CPUExecutionProvider"])
         del checked
-        inp = self.session.get_inputs()[0]
+        inp = _check_interface(self.session, pre, len(self.labels), path)
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
         self.engine = {"name": "onnxruntime", "version": ort.__version__, "provider": self.session.get_providers()[0]}
@@ -91,6 +92,37 @@ class OnnxRunner:
         parts = [self.session.run([PROBS_OUTPUT], {self.name: feed[i : i + self.chunk]})[0] for i in range(0, len(feed), self.chunk)]
         probs = np.concatenate([np.asarray(p, np.float32) for p in parts]) if parts else np.zeros((0, len(self.labels)), np.float32)
         return probs if self.order is None else _reorder(probs, self.order)
+
+
+# The interface of the graph the exporter writes (convert/onnx.py): one image input, NHWC at the contract's size,
+# raw 8-bit pixels or (a float-input export) normalised float32; a probabilities output of one column per label.
+ONNX_INPUT_TYPES = ("tensor(uint8)", "tensor(float)")
+
+
+def _check_interface(session, pre: Preprocessing, classes: int, path: Path):
+    """The session's image input, after checking that the file takes and gives what the runner feeds and reads:
+    onnxruntime refuses anything else only when it runs, as an InvalidArgument or an IndexError of ours."""
+
+    def refuse(problem: str) -> ConversionError:
+        return ConversionError(f"is not an image classifier as the exporter writes it: {problem}", path=path)
+
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise refuse(f"it takes {len(inputs)} inputs, not one image")
+    inp = inputs[0]
+    expected = [*pre.input_size, pre.channels]
+    shape = list(inp.shape)
+    if inp.type not in ONNX_INPUT_TYPES or len(shape) != 4 or shape[1:] != expected:
+        raise refuse(f"its input {quote(inp.name)} is {inp.type} {shape}, not uint8 or float [batch, {', '.join(map(str, expected))}]")
+    if isinstance(shape[0], int) and shape[0] != 1:
+        raise refuse(f"its input {quote(inp.name)} takes batches of exactly {shape[0]} images")
+    outputs = {out.name: out for out in session.get_outputs()}
+    probs = outputs.get(PROBS_OUTPUT)
+    if probs is None:
+        raise refuse(f"it has no {PROBS_OUTPUT!r} output")
+    if probs.type != "tensor(float)" or len(probs.shape) != 2 or probs.shape[1] != classes:
+        raise refuse(f"its {PROBS_OUTPUT!r} output is {probs.type} {list(probs.shape)}, not float [batch, {classes}] (one per label)")
+    return inp
 
 
 def load_onnx(path: Path, sha256: str | None = None):
