@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ImageError
 from .preprocessing import Preprocessing
-from .safety import MEMORY_BUDGET_BYTES
+from .safety import MEMORY_BUDGET_BYTES, open_regular
 
 IMAGE_SUFFIXES = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".avif",
@@ -163,10 +163,13 @@ def open_image(path: str | Path):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    # a regular file, opened without blocking: a file of the folder replaced by a FIFO after it was listed hung a
+    # plain open (Pillow's) forever
+    file = open_regular(path, error=ImageError, what="image file")
     try:
-        with warnings.catch_warnings():
+        with file, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=decoded_formats()) as img:
+            with Image.open(file, formats=decoded_formats()) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageError(
@@ -178,10 +181,6 @@ def open_image(path: str | Path):
                 return ImageOps.exif_transpose(img)  # a new image (a copy when not turned), the file closed
     except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageError("image file not found", path=path) from exc
-    except IsADirectoryError as exc:
-        raise ImageError("is a directory, not an image file", path=path) from exc
     except UnidentifiedImageError as exc:
         if _is_heif(path):
             raise ImageError(HEIF_ERROR, path=path) from exc
@@ -196,9 +195,9 @@ def open_image(path: str | Path):
 
 def _is_heif(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, error=ImageError, what="image file") as f:
             head = f.read(12)
-    except OSError:
+    except (ImageError, OSError):
         return False
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 

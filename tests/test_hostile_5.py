@@ -73,6 +73,32 @@ def test_converting_an_image_in_bands_gives_the_pixels_of_converting_it_whole(mo
             np.testing.assert_array_equal(banded, whole, err_msg=f"{name}, {channels} channel(s)")
 
 
+@pytest.mark.parametrize("swap", ["fifo", "device"])
+def test_an_image_replaced_by_a_fifo_or_device_after_the_listing_is_refused_without_hanging(tmp_path, swap):
+    # list_images keeps regular files only, but the image was opened again by name when decoded: a file of the
+    # folder replaced by a FIFO in between hung validate and predict in Pillow's open, waiting for a writer forever
+    import os
+
+    from PIL import Image
+    from test_hostile import _in_thread
+
+    from exporter.errors import ImageError
+    from exporter.images import iter_batches, list_images
+
+    image = tmp_path / "data" / "cat" / "a.png"
+    image.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(image)
+    items = list_images(tmp_path / "data")
+    image.unlink()
+    if swap == "fifo":
+        os.mkfifo(image)
+    else:
+        image.symlink_to("/dev/zero")
+    result = _in_thread(lambda: next(iter_batches(items, TINY)))
+    assert isinstance(result.get("error"), ImageError), result
+    assert "a.png" in str(result["error"]) and "not a regular file" in str(result["error"])
+
+
 # ------------------------------------------------------------------------------------------------ ONNX labels
 def _onnx_with_label_tensor(path, edit) -> None:
     """A one-node ONNX file whose ``exporter_labels`` constant is three strings, changed by ``edit(tensor)``."""
