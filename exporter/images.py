@@ -14,6 +14,7 @@ The rule for unusual images, applied in this order (documented in README):
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -226,10 +227,8 @@ def list_images(folder: str | Path) -> list[ImageItem]:
     if not folder.is_dir():
         raise ImageError("image folder not found or not a directory", path=folder)
     items = []
-    for p in sorted(folder.rglob("*")):
+    for p in _listed(folder):
         rel = p.relative_to(folder)
-        if any(part.startswith(".") or part in SKIPPED_FOLDERS for part in rel.parts):
-            continue
         why = _undecoded(p) if p.is_file() else None
         if why:
             raise ImageError(why + " (or move it out of the image folder)", path=p)
@@ -238,6 +237,26 @@ def list_images(folder: str | Path) -> list[ImageItem]:
     if not items:
         raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found", path=folder)
     return items
+
+
+def _listed(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` that is not a folder (files, and links to anything, followed for nothing: a
+    symlinked folder is not entered), sorted, skipping hidden and ``SKIPPED_FOLDERS`` names at any depth. The folders
+    are walked from a list, not recursively: Path.rglob recursed once per level, so an image folder nested a few
+    thousand levels deep ended in RecursionError (an internal error) instead of a listing."""
+    found: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS:
+                        continue
+                    (pending if entry.is_dir(follow_symlinks=False) else found).append(Path(entry.path))
+        except OSError as exc:
+            raise ImageError(f"image folder cannot be listed: {exc.strerror or exc}", path=current) from exc
+    return sorted(found)
 
 
 # A batch of images becomes one float32 tensor, and the model's activations on it are several times larger: the

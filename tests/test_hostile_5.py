@@ -99,6 +99,73 @@ def test_an_image_replaced_by_a_fifo_or_device_after_the_listing_is_refused_with
     assert "a.png" in str(result["error"]) and "not a regular file" in str(result["error"])
 
 
+# Deeper than Python's recursion limit (1000), still within PATH_MAX (4096 bytes) as "a/" repeated.
+DEEP_LEVELS = 1500
+
+
+def _remove_deep(root) -> None:
+    """Remove a folder tree of any depth without recursion (down by chdir, rmdir on the way up): pytest's own
+    clean-up of old temporary folders (rmtree) recurses, and a tree left behind this deep would break it for every
+    later run on the machine."""
+    import os
+
+    cwd, names = os.getcwd(), []
+    try:
+        os.chdir(root)
+        while True:
+            with os.scandir(".") as it:
+                entries = list(it)
+            sub = next((e.name for e in entries if e.is_dir(follow_symlinks=False)), None)
+            if sub is not None:
+                os.chdir(sub)
+                names.append(sub)
+                continue
+            for entry in entries:
+                os.unlink(entry.name)
+            if not names:
+                break
+            os.chdir("..")
+            os.rmdir(names.pop())
+    finally:
+        os.chdir(cwd)
+    os.rmdir(root)
+
+
+def test_an_image_folder_nested_thousands_deep_is_listed_not_an_internal_error(tmp_path):
+    # Path.rglob recursed once per level: a folder nested 1500 deep (a 3 kB path) ended in RecursionError, which the
+    # CLI reports as an internal error (exit 70); deeper than PATH_MAX, the listing now says so in one line (exit 4)
+    import os
+
+    from PIL import Image
+
+    from exporter.errors import ImageError
+    from exporter.images import list_images
+
+    data = tmp_path / "data"
+    cwd = os.getcwd()
+    try:
+        deep = data / "cat"
+        deep.mkdir(parents=True)
+        for _ in range(DEEP_LEVELS):  # Path.mkdir(parents=True) and os.makedirs recurse as deep
+            deep = deep / "a"
+            deep.mkdir()
+        Image.new("RGB", (8, 8)).save(deep / "x.png")
+        Image.new("RGB", (8, 8)).save(data / "cat" / "y.png")
+        items = list_images(data)
+        assert [(it.path.name, it.label) for it in items] == [("x.png", "cat"), ("y.png", "cat")]
+        os.chdir(deep)  # deeper than PATH_MAX: made level by level from inside
+        for _ in range(DEEP_LEVELS):
+            os.mkdir("b")
+            os.chdir("b")
+        os.chdir(cwd)
+        with pytest.raises(ImageError, match="cannot be listed: File name too long") as info:
+            list_images(data)
+        assert info.value.exit_code == 4 and len(str(info.value)) < 800
+    finally:
+        os.chdir(cwd)
+        _remove_deep(data)
+
+
 # ------------------------------------------------------------------------------------------------ ONNX labels
 def _onnx_with_label_tensor(path, edit) -> None:
     """A one-node ONNX file whose ``exporter_labels`` constant is three strings, changed by ``edit(tensor)``."""
