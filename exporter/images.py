@@ -14,7 +14,6 @@ The rule for unusual images, applied in this order (documented in README):
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 
 from .errors import ImageError
 from .preprocessing import Preprocessing
-from .safety import MEMORY_BUDGET_BYTES, open_regular
+from .safety import MEMORY_BUDGET_BYTES, open_regular, tree
 
 IMAGE_SUFFIXES = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".avif",
@@ -240,23 +239,11 @@ def list_images(folder: str | Path) -> list[ImageItem]:
 
 
 def _listed(folder: Path) -> list[Path]:
-    """Every entry under ``folder`` that is not a folder (files, and links to anything, followed for nothing: a
-    symlinked folder is not entered), sorted, skipping hidden and ``SKIPPED_FOLDERS`` names at any depth. The folders
-    are walked from a list, not recursively: Path.rglob recursed once per level, so an image folder nested a few
-    thousand levels deep ended in RecursionError (an internal error) instead of a listing."""
-    found: list[Path] = []
-    pending = [folder]
-    while pending:
-        current = pending.pop()
-        try:
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS:
-                        continue
-                    (pending if entry.is_dir(follow_symlinks=False) else found).append(Path(entry.path))
-        except OSError as exc:
-            raise ImageError(f"image folder cannot be listed: {exc.strerror or exc}", path=current) from exc
-    return sorted(found)
+    """Every entry under ``folder`` that is not a folder (files, and links to anything: a symlinked folder is not
+    entered), sorted, skipping hidden and ``SKIPPED_FOLDERS`` names at any depth (``safety.tree``: an image folder
+    nested a few thousand levels deep is listed, not a RecursionError)."""
+    entries = tree(folder, error=ImageError, what="image folder", skip=lambda name: name.startswith(".") or name in SKIPPED_FOLDERS)
+    return [p for p in entries if p.is_symlink() or not p.is_dir()]
 
 
 # A batch of images becomes one float32 tensor, and the model's activations on it are several times larger: the

@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -139,6 +140,30 @@ def inside(root: str | Path, relative: Any, *, error: type[ExporterError], where
     if resolved != base and base not in resolved.parents:
         raise error(f"{what} {quote(relative)} resolves outside its folder (a symlink?)", path=where)
     return target
+
+
+def tree(root: str | Path, *, error: type[ExporterError], what: str = "folder", skip: Callable[[str], bool] | None = None) -> list[Path]:
+    """Every entry under ``root`` (files, folders and links; a symlinked folder is listed, not entered), sorted, as
+    ``sorted(root.rglob("*"))`` gives them, but walked from a list: Path.rglob recursed once per level, so a folder
+    nested past Python's recursion limit (a thousand levels, a 2 kB path) raised RecursionError, an internal error.
+    ``skip(name)``: names left out, with everything under them. A folder that cannot be listed (a path past PATH_MAX,
+    no permission) raises ``error`` naming it, rather than being left out."""
+    found: list[Path] = []
+    pending = [Path(root)]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if skip is not None and skip(entry.name):
+                        continue
+                    path = Path(entry.path)
+                    found.append(path)
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(path)
+        except OSError as exc:
+            raise error(f"{what} cannot be listed: {exc.strerror or exc}", path=current) from exc
+    return sorted(found)
 
 
 def check_name(name: Any, *, what: str = "--name", error: type[ExporterError] = ConfigError) -> str:

@@ -166,6 +166,51 @@ def test_an_image_folder_nested_thousands_deep_is_listed_not_an_internal_error(t
         _remove_deep(data)
 
 
+def test_a_bundle_nested_thousands_deep_is_checked_hashed_and_copied_not_an_internal_error(tmp_path):
+    # check_bundle, the bundle hash (sha256_of, VerifiedReads) and copy_verified walked an .mlpackage with rglob and
+    # made the copy's folders with mkdir(parents=True), all recursing once per level: predict on a package holding a
+    # folder chain 1200 deep (its manifest, untrusted, may record any hash) ended in RecursionError, exit 70
+    from exporter.errors import DestinationError
+    from exporter.packaging import VerifiedReads, check_bundle, copy_verified, sha256_of
+
+    root = tmp_path / "export"
+    bundle = root / "m.mlpackage"
+    try:
+        deep = bundle / "Data"
+        deep.mkdir(parents=True)
+        (bundle / "Manifest.json").write_text("{}")
+        for _ in range(DEEP_LEVELS - 300):  # the copy's path, under tmp_path too, stays within PATH_MAX
+            deep = deep / "a"
+            deep.mkdir()
+        (deep / "weight.bin").write_bytes(b"w" * 10)
+        check_bundle(root, bundle, error=DestinationError)
+        digest = sha256_of(bundle)
+        reads = VerifiedReads(bundle, digest)
+        reads.read(deep / "weight.bin", error=DestinationError, what="weight file")
+        reads.verify()
+        copy = tmp_path / "copy" / "m.mlpackage"
+        copy_verified(bundle, copy, digest, error=DestinationError, what="bundle")
+        assert sha256_of(copy) == digest
+    finally:
+        for made in (root, tmp_path / "copy"):
+            if made.exists():
+                _remove_deep(made)
+
+
+def test_a_link_to_nothing_inside_a_bundle_is_one_line_not_an_internal_error(tmp_path):
+    # check_bundle resolved each entry (a link to nothing inside the package resolves inside it) and then stat()ed
+    # it: FileNotFoundError, reported by predict as an internal error (exit 70)
+    from exporter.errors import ConversionError
+    from exporter.packaging import check_bundle
+
+    bundle = tmp_path / "m.mlpackage"
+    (bundle / "Data").mkdir(parents=True)
+    (bundle / "Data" / "broken").symlink_to("nothing_here")
+    with pytest.raises(ConversionError, match="bundle file cannot be read: No such file or directory") as info:
+        check_bundle(bundle, bundle, error=ConversionError)
+    assert "broken" in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------------ ONNX labels
 def _onnx_with_label_tensor(path, edit) -> None:
     """A one-node ONNX file whose ``exporter_labels`` constant is three strings, changed by ``edit(tensor)``."""
