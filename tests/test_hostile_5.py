@@ -412,3 +412,55 @@ def test_a_sparse_initializer_is_refused_before_onnxruntime_expands_it(tmp_path)
     _tiny_classifier(path, sparse)
     with pytest.raises(ConversionError, match=r"sparse initializer.*'dense_when_loaded', dimensions \[4000, 4000\]"):
         OnnxRunner(path, Preprocessing(input_size=(SIDE, SIDE)))
+
+
+# ------------------------------------------------------------------------------------------------ Core ML image input
+def _tiny_neuralnetwork(path, side: int) -> None:
+    """A NeuralNetwork classifier of an RGB image input of ``side`` pixels (global average, a 3 x 3 dense layer,
+    softmax) over three labels: it runs at any input size, as an edited file would."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    from coremltools.proto import FeatureTypes_pb2
+
+    builder = NeuralNetworkBuilder(
+        [("image", datatypes.Array(3, side, side))],
+        [("probabilities", datatypes.Dictionary(datatypes.String))],
+        mode="classifier",
+        disable_rank5_shape_mapping=True,
+    )
+    pool = {"layer_type": "AVERAGE", "padding_type": "VALID", "is_global": True}
+    builder.add_pooling("pool", 1, 1, 1, 1, input_name="image", output_name="pooled", **pool)
+    builder.add_flatten("flat", mode=0, input_name="pooled", output_name="flat")
+    weights = np.arange(9, dtype=np.float32).reshape(3, 3) / 1000
+    builder.add_inner_product("fc", weights, None, 3, 3, has_bias=False, input_name="flat", output_name="logits")
+    builder.add_softmax("softmax", input_name="logits", output_name="probs")
+    builder.set_class_labels(["cat", "dog", "owl"], predicted_feature_name="label", prediction_blob="probs")
+    spec = builder.spec
+    image = spec.description.input[0].type.imageType
+    image.width = image.height = side
+    image.colorSpace = FeatureTypes_pb2.ImageFeatureType.RGB
+    spec.specificationVersion = max(spec.specificationVersion, 4)
+    path.write_bytes(spec.SerializeToString())
+
+
+def test_a_core_ml_file_whose_image_input_is_not_its_contracts_is_refused_before_it_runs(tmp_path, monkeypatch):
+    # predict on a lone .mlmodel whose image input was edited to 4000 x 4000 (its embedded contract still 32 x 32)
+    # decoded the file and ran its trial pass at 4000 x 4000 (9.5 GB resident, 85 s) before finding that the
+    # contract's pixels did not fit it (exit 2); the file is now refused against the contract first (exit 5)
+    from exporter.errors import ConversionError
+    from exporter.runtime import ExecutorRunner
+    from exporter.runtime.executor import CoreMLExecutor
+
+    path = tmp_path / "edited.mlmodel"
+    _tiny_neuralnetwork(path, 64)
+    ran = []
+    monkeypatch.setattr(CoreMLExecutor, "_trial_pass", lambda self, where: ran.append(where))
+    with pytest.raises(ConversionError, match="its image input is 64x64 pixels with 3 channel.*contract's is 8x8 with 3") as info:
+        ExecutorRunner(path, Preprocessing(input_size=(SIDE, SIDE)))
+    assert "edited.mlmodel" in str(info.value) and info.value.exit_code == 5
+    assert not ran
+    monkeypatch.undo()
+    _tiny_neuralnetwork(path, SIDE)
+    runner = ExecutorRunner(path, Preprocessing(input_size=(SIDE, SIDE)))
+    assert runner.executor.labels == ["cat", "dog", "owl"]
+    assert runner(np.full((2, SIDE, SIDE, 3), 100, np.uint8)).shape == (2, 3)

@@ -214,7 +214,7 @@ class ExecutorRunner:
         from .. import __version__
         from .executor import CoreMLExecutor
 
-        self.executor = CoreMLExecutor(path, compute=compute, sha256=sha256)
+        self.executor = CoreMLExecutor(path, compute=compute, sha256=sha256, expected_input=(*pre.input_size, pre.channels))
         self.pre = pre
         self.engine = {
             "name": "Linux Core ML executor",
