@@ -464,3 +464,30 @@ def test_a_core_ml_file_whose_image_input_is_not_its_contracts_is_refused_before
     runner = ExecutorRunner(path, Preprocessing(input_size=(SIDE, SIDE)))
     assert runner.executor.labels == ["cat", "dog", "owl"]
     assert runner(np.full((2, SIDE, SIDE, 3), 100, np.uint8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"rootModelIdentifier": 5, "itemInfoEntries": []},
+        {"rootModelIdentifier": "x", "itemInfoEntries": ["x"]},
+        {"rootModelIdentifier": "x", "itemInfoEntries": {"x": 3}},
+        {"rootModelIdentifier": ["x"], "itemInfoEntries": {}},
+        [1, 2],
+    ],
+    ids=["list-entries", "list-entries-string-id", "entry-not-an-object", "id-not-a-string", "not-an-object"],
+)
+def test_a_package_manifest_of_the_wrong_shape_is_one_line_not_an_internal_error(tmp_path, manifest):
+    # itemInfoEntries as a list was indexed by the root identifier: IndexError, an internal error (exit 70) in
+    # predict, which reads a lone package's embedded contract through load_spec outside the executor's fault boundary
+    import json
+
+    from exporter.errors import ConversionError
+    from exporter.runtime.executor import load_spec
+
+    package = tmp_path / "m.mlpackage"
+    package.mkdir()
+    (package / "Manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConversionError, match="Manifest.json does not name the root model") as info:
+        load_spec(package)
+    assert "m.mlpackage" in str(info.value)

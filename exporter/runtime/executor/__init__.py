@@ -91,11 +91,18 @@ def _spec_path(path: Path) -> Path:
         error=ConversionError,
         what="Manifest.json",
     )
-    try:
-        root = data["rootModelIdentifier"]
-        rel = data["itemInfoEntries"][root]["path"]
-    except (KeyError, TypeError) as exc:
-        raise ConversionError(f"Manifest.json does not name the root model ({type(exc).__name__})", path=path) from exc
+    # an object whose rootModelIdentifier names an entry of the itemInfoEntries object (a list there was indexed by
+    # the identifier: an IndexError, an internal error in predict, which reads a lone package's metadata this way)
+    entries = data.get("itemInfoEntries") if isinstance(data, dict) else None
+    root = data.get("rootModelIdentifier") if isinstance(data, dict) else None
+    entry = entries.get(root) if isinstance(entries, dict) and isinstance(root, str) else None
+    if not isinstance(entry, dict) or "path" not in entry:
+        raise ConversionError(
+            "Manifest.json does not name the root model (an object whose rootModelIdentifier is a key of its "
+            "itemInfoEntries object, that entry holding a path)",
+            path=path,
+        )
+    rel = entry["path"]
     return inside(path / "Data", rel, error=ConversionError, where=manifest, what="root model").resolve()
 
 
