@@ -491,3 +491,28 @@ def test_a_package_manifest_of_the_wrong_shape_is_one_line_not_an_internal_error
     with pytest.raises(ConversionError, match="Manifest.json does not name the root model") as info:
         load_spec(package)
     assert "m.mlpackage" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ hashing
+def test_hashing_a_file_replaced_by_a_fifo_is_refused_without_hanging(tmp_path):
+    # sha256_of opened files with a plain open: an artifact swapped for a FIFO between artifact_file's stat and its
+    # hash, or an image of the folder swapped after the listing when validate leaves out the calibration images by
+    # their SHA-256 (and convert records them), waited for a writer forever
+    import os
+
+    from test_hostile import _in_thread
+
+    from exporter.errors import DestinationError, ImageError
+    from exporter.packaging import sha256_of
+
+    fifo = tmp_path / "swapped.png"
+    os.mkfifo(fifo)
+    for kwargs, error in (({}, DestinationError), ({"error": ImageError, "what": "image file"}, ImageError)):
+        result = _in_thread(lambda kwargs=kwargs: sha256_of(fifo, **kwargs))
+        assert type(result.get("error")) is error, result
+        assert "swapped.png" in str(result["error"]) and "not a regular file" in str(result["error"])
+    bundle = tmp_path / "m.mlpackage"
+    (bundle / "Data").mkdir(parents=True)
+    (bundle / "Data" / "weight.bin").write_bytes(b"w")
+    digest = sha256_of(bundle)
+    assert sha256_of(bundle, error=ImageError) == digest and len(digest) == 64
