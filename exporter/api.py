@@ -21,7 +21,7 @@ from . import __version__
 from .capabilities import DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, BuildContext, Variant, format_of, select
 from .console import ProgressArg, Steps, human_bytes
 from .convert.coreml import SKIPPED_PASSES
-from .errors import ConfigError, ParityError
+from .errors import ConfigError, ImageError, ParityError
 from .labels import check_against_model, check_labels, read_labels
 from .loading import LoadedModel
 from .packaging import MANIFEST_NAME, Artifact, atomic_directory, manifest_dict, size_table, source_paths, write_json
@@ -112,7 +112,8 @@ def _calibration(folder: Path | None, pre: Preprocessing, count: int) -> tuple[l
     items = list_images(folder)
     rng = np.random.default_rng(0)
     picked = [items[i] for i in sorted(rng.permutation(len(items))[:count])]
-    return [batch for _, batch in iter_batches(picked, pre, batch_size=16)], sorted({sha256_of(it.path) for it in picked})
+    hashes = sorted({sha256_of(it.path, error=ImageError, what="image file") for it in picked})
+    return [batch for _, batch in iter_batches(picked, pre, batch_size=16)], hashes
 
 
 @dataclass

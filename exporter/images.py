@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ImageError
 from .preprocessing import Preprocessing
-from .safety import MEMORY_BUDGET_BYTES
+from .safety import MEMORY_BUDGET_BYTES, open_regular, tree
 
 IMAGE_SUFFIXES = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".tga", ".ico", ".avif",
@@ -80,16 +80,37 @@ def _resample(name: str):
     return {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}[name]
 
 
+# Rules 2-5 are applied to horizontal bands of at most this many pixels, each converted and pasted into the result:
+# they act on each pixel alone, so the pixels are the same as converting the whole image at once, but a 64-megapixel
+# 16-bit image no longer becomes four float64 copies of itself (2 GB from a 140 kB PNG), nor an RGBA one three
+# full-size RGBA images on the way to RGB: the memory is the decoded image, the result and one band.
+BAND_PIXELS = 1 << 20
+
+
 def to_canonical_mode(img, channels: int):
     """Apply rules 2-5 to a Pillow image: the result is mode ``RGB`` (channels=3) or ``L`` (channels=1)."""
     from PIL import Image
 
+    target = "L" if channels == 1 else "RGB"
+    width, height = img.size
+    # rule 2's one decision about the whole image: 32-bit integer values within 0..255 are 8-bit values already
+    scale16 = img.mode != "I" or (img.getextrema()[1] or 0) > 255
+    if width * height <= BAND_PIXELS:
+        return _canonical_band(img, target, scale16)
+    out = Image.new(target, img.size)
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        out.paste(_canonical_band(band, target, scale16), (0, top))
+    return out
+
+
+def _canonical_band(img, target: str, scale16: bool):
+    from PIL import Image
+
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "I" and arr.max(initial=0) <= 255:
-            scaled = arr
-        else:
-            scaled = arr / 257.0
+        scaled = arr / 257.0 if scale16 else arr
         gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
         transparent = img.info.get("transparency")  # a 16-bit PNG's tRNS: one grey value that is fully transparent
         if isinstance(transparent, int) and not isinstance(transparent, bool):
@@ -105,7 +126,6 @@ def to_canonical_mode(img, channels: int):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
         img = Image.alpha_composite(background, rgba).convert("RGB")
-    target = "L" if channels == 1 else "RGB"
     if img.mode != target:
         img = img.convert(target)
     return img
@@ -143,10 +163,13 @@ def open_image(path: str | Path):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    # a regular file, opened without blocking: a file of the folder replaced by a FIFO after it was listed hung a
+    # plain open (Pillow's) forever
+    file = open_regular(path, error=ImageError, what="image file")
     try:
-        with warnings.catch_warnings():
+        with file, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=decoded_formats()) as img:
+            with Image.open(file, formats=decoded_formats()) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageError(
@@ -155,13 +178,9 @@ def open_image(path: str | Path):
                         path=path,
                     )
                 img.load()
-                return ImageOps.exif_transpose(img).copy()
+                return ImageOps.exif_transpose(img)  # a new image (a copy when not turned), the file closed
     except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageError("image file not found", path=path) from exc
-    except IsADirectoryError as exc:
-        raise ImageError("is a directory, not an image file", path=path) from exc
     except UnidentifiedImageError as exc:
         if _is_heif(path):
             raise ImageError(HEIF_ERROR, path=path) from exc
@@ -176,9 +195,9 @@ def open_image(path: str | Path):
 
 def _is_heif(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, error=ImageError, what="image file") as f:
             head = f.read(12)
-    except OSError:
+    except (ImageError, OSError):
         return False
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
@@ -207,10 +226,8 @@ def list_images(folder: str | Path) -> list[ImageItem]:
     if not folder.is_dir():
         raise ImageError("image folder not found or not a directory", path=folder)
     items = []
-    for p in sorted(folder.rglob("*")):
+    for p in _listed(folder):
         rel = p.relative_to(folder)
-        if any(part.startswith(".") or part in SKIPPED_FOLDERS for part in rel.parts):
-            continue
         why = _undecoded(p) if p.is_file() else None
         if why:
             raise ImageError(why + " (or move it out of the image folder)", path=p)
@@ -219,6 +236,14 @@ def list_images(folder: str | Path) -> list[ImageItem]:
     if not items:
         raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found", path=folder)
     return items
+
+
+def _listed(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` that is not a folder (files, and links to anything: a symlinked folder is not
+    entered), sorted, skipping hidden and ``SKIPPED_FOLDERS`` names at any depth (``safety.tree``: an image folder
+    nested a few thousand levels deep is listed, not a RecursionError)."""
+    entries = tree(folder, error=ImageError, what="image folder", skip=lambda name: name.startswith(".") or name in SKIPPED_FOLDERS)
+    return [p for p in entries if p.is_symlink() or not p.is_dir()]
 
 
 # A batch of images becomes one float32 tensor, and the model's activations on it are several times larger: the

@@ -29,7 +29,19 @@ from pathlib import Path
 
 from . import interrupts
 from .errors import DestinationError, ExporterError, one_line
-from .safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, NAME_MAX, check_component_length, contains, inside, load_json, quote, read_regular
+from .safety import (
+    MAX_FILE_BYTES,
+    MAX_TEXT_BYTES,
+    NAME_MAX,
+    check_component_length,
+    contains,
+    inside,
+    load_json,
+    open_regular,
+    quote,
+    read_regular,
+    tree,
+)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -47,43 +59,30 @@ def size_on_disk(path: Path) -> int:
 UNHASHED_BUNDLE_FILES = {"Manifest.json"}
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, *, error: type[ExporterError] = DestinationError, what: str = "file") -> str:
     """SHA-256 of a file, or of a bundle directory (each file's relative path and content, sorted, except the
-    ``UNHASHED_BUNDLE_FILES``)."""
+    ``UNHASHED_BUNDLE_FILES``). Each file is opened by ``safety.open_regular``: one replaced by a FIFO after it was
+    listed or checked (an image of the folder, a file of a bundle) is refused with ``error`` naming it, where a
+    plain open waited for a writer forever."""
     path = Path(path)
-    if not path.is_dir():
-        h = hashlib.sha256()
-        with path.open("rb") as f:
+    if path.is_dir():
+        return _tree_digest(path, lambda p: sha256_of(p, error=error, what=what))
+    h = hashlib.sha256()
+    with open_regular(path, error=error, what=what) as f:
+        try:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-        return h.hexdigest()
-    return _tree_digest(path, sha256_of)
+        except OSError as exc:
+            raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
+    return h.hexdigest()
 
 
 def _tree_digest(path: Path, digest_of: Callable[[Path], str]) -> str:
     """The bundle hash of ``sha256_of``, each file's own SHA-256 given by ``digest_of``."""
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name not in UNHASHED_BUNDLE_FILES):
+    for p in (q for q in tree(path, error=DestinationError, what="bundle") if q.is_file() and q.name not in UNHASHED_BUNDLE_FILES):
         h.update(p.relative_to(path).as_posix().encode() + b"\0" + bytes.fromhex(digest_of(p)))
     return h.hexdigest()
-
-
-def _regular_digest(path: Path) -> str:
-    """SHA-256 of a regular file, opened without blocking and refused when it is anything else (a FIFO put there
-    after the bundle was checked would hang a plain open)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise DestinationError(f"cannot be read: {exc.strerror}", path=path) from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DestinationError("is not a regular file", path=path)
-        h = hashlib.sha256()
-        for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
-            h.update(chunk)
-        return h.hexdigest()
-    finally:
-        os.close(fd)
 
 
 def _changed(target: Path) -> DestinationError:
@@ -122,7 +121,7 @@ class VerifiedReads:
             def digest_of(p: Path) -> str:
                 resolved = p.resolve()
                 hashed.add(resolved)
-                return self.digests.get(resolved) or _regular_digest(p)
+                return self.digests.get(resolved) or sha256_of(p)
 
             actual: str | None = _tree_digest(self.target, digest_of)
             read = {p for p in self.digests if p.name not in UNHASHED_BUNDLE_FILES}
@@ -139,16 +138,28 @@ def copy_verified(source: Path, dest: Path, sha256: str, *, error: type[Exporter
     (bounded, regular files only), then refuse (DestinationError, exit 6) unless those bytes are the artifact whose
     SHA-256 manifest.json records: a file replaced after ``artifact_file`` checked it is never copied as the export's."""
     reads = VerifiedReads(source, sha256)
-    files = sorted(p for p in source.rglob("*") if not p.is_dir()) if source.is_dir() else [source]
+    files = [p for p in tree(source, error=error, what=what) if not p.is_dir()] if source.is_dir() else [source]
     for p in files:
         out = dest / p.relative_to(source) if source.is_dir() else dest
-        out.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(out)
         data = reads.read(p, error=error, what=what)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         del data
     reads.verify()
+
+
+def _make_parents(path: Path) -> None:
+    """The missing folders above ``path``, made top down in a loop: Path.mkdir(parents=True) recurses once per
+    missing level (a bundle's file nested a thousand folders deep raised RecursionError)."""
+    missing = []
+    parent = path.parent
+    while not parent.is_dir():
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        folder.mkdir()
 
 
 @dataclass
@@ -589,9 +600,13 @@ def read_manifest(folder: str | Path) -> dict:
 def check_bundle(root: Path, bundle: Path, *, error: type[ExporterError]) -> None:
     """Every file of an .mlpackage resolves (symlinks included) inside ``root`` and is a regular file or a folder: a
     FIFO would hang whatever reads the package, a symlink would have it read a file from elsewhere."""
-    for p in bundle.rglob("*"):
-        inside(root, p.relative_to(root).as_posix(), error=error, where=bundle, what="bundle file")
-        mode = p.stat().st_mode
+    for p in tree(bundle, error=error, what="bundle"):
+        if p.is_symlink():  # the walk enters real folders only, so nothing else can lead outside
+            inside(root, p.relative_to(root).as_posix(), error=error, where=bundle, what="bundle file")
+        try:
+            mode = p.stat().st_mode
+        except OSError as exc:  # a link to nothing
+            raise error(f"bundle file cannot be read: {exc.strerror}", path=p) from exc
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise error("bundle holds something that is not a regular file (a FIFO or device)", path=p)
 

@@ -13,8 +13,9 @@ import os
 import re
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ConfigError, ExporterError, one_line
 
@@ -48,40 +49,51 @@ def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ reading files
-def read_regular(path: str | Path, *, error: type[ExporterError], what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file (symlinks followed) of at most ``max_bytes``. A FIFO, a device (/dev/zero), a
-    socket or a folder is refused without blocking: the file is opened non-blocking and checked before reading."""
+def open_regular(path: str | Path, *, error: type[ExporterError], what: str = "file", max_bytes: int | None = None) -> BinaryIO:
+    """A regular file (symlinks followed) opened for reading in binary, of at most ``max_bytes`` when given. A FIFO,
+    a device (/dev/zero), a socket or a folder is refused without blocking: the file is opened non-blocking and
+    checked before anything reads it (a plain open of a FIFO waits for a writer forever)."""
     path = Path(path)
+    article = "an" if what[:1].lower() in "aeiou" else "a"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
         raise error(f"{what} not found", path=path) from exc
     except IsADirectoryError as exc:
-        raise error(f"is a directory, not a {what}", path=path) from exc
+        raise error(f"is a directory, not {article} {what}", path=path) from exc
     except OSError as exc:
         raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise error(f"is a directory, not a {what}", path=path)
+            raise error(f"is a directory, not {article} {what}", path=path)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"is not a regular file (a FIFO, device or socket); refusing to read it as a {what}", path=path)
-        if st.st_size > max_bytes:
+            raise error(f"is not a regular file (a FIFO, device or socket); refusing to read it as {article} {what}", path=path)
+        if max_bytes is not None and st.st_size > max_bytes:
             raise error(f"{what} is {st.st_size:,} bytes, over the limit of {max_bytes:,}", path=path)
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:  # the file grew while we read it
-                raise error(f"{what} is over the limit of {max_bytes:,} bytes", path=path)
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
-    finally:
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_regular(path: str | Path, *, error: type[ExporterError], what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (symlinks followed) of at most ``max_bytes``, opened by ``open_regular``: a
+    FIFO, a device, a socket or a folder is refused without blocking."""
+    with open_regular(path, error=error, what=what, max_bytes=max_bytes) as f:
+        try:
+            chunks, total = [], 0
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:  # the file grew while we read it
+                    raise error(f"{what} is over the limit of {max_bytes:,} bytes", path=path)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise error(f"{what} cannot be read: {exc.strerror}", path=path) from exc
 
 
 def check_regular(path: str | Path, *, error: type[ExporterError], what: str = "file") -> None:
@@ -128,6 +140,30 @@ def inside(root: str | Path, relative: Any, *, error: type[ExporterError], where
     if resolved != base and base not in resolved.parents:
         raise error(f"{what} {quote(relative)} resolves outside its folder (a symlink?)", path=where)
     return target
+
+
+def tree(root: str | Path, *, error: type[ExporterError], what: str = "folder", skip: Callable[[str], bool] | None = None) -> list[Path]:
+    """Every entry under ``root`` (files, folders and links; a symlinked folder is listed, not entered), sorted, as
+    ``sorted(root.rglob("*"))`` gives them, but walked from a list: Path.rglob recursed once per level, so a folder
+    nested past Python's recursion limit (a thousand levels, a 2 kB path) raised RecursionError, an internal error.
+    ``skip(name)``: names left out, with everything under them. A folder that cannot be listed (a path past PATH_MAX,
+    no permission) raises ``error`` naming it, rather than being left out."""
+    found: list[Path] = []
+    pending = [Path(root)]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if skip is not None and skip(entry.name):
+                        continue
+                    path = Path(entry.path)
+                    found.append(path)
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(path)
+        except OSError as exc:
+            raise error(f"{what} cannot be listed: {exc.strerror or exc}", path=current) from exc
+    return sorted(found)
 
 
 def check_name(name: Any, *, what: str = "--name", error: type[ExporterError] = ConfigError) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from ..convert.onnx import LABELS_CONSTANT, PROBS_OUTPUT
 from ..errors import ConfigError, ConversionError, translating
 from ..preprocessing import Preprocessing
+from ..safety import quote
 
 
 def _version(dist: str) -> str:
@@ -76,7 +77,7 @@ class OnnxRunner:
         with translating(ConversionError, "onnxruntime cannot load the file", path=path):
             self.session = ort.InferenceSession(checked, options, providers=["CPUExecutionProvider"])
         del checked
-        inp = self.session.get_inputs()[0]
+        inp = _check_interface(self.session, pre, len(self.labels), path)
         self.name, self.raw = inp.name, inp.type == "tensor(uint8)"
         self.pre = pre
         self.engine = {"name": "onnxruntime", "version": ort.__version__, "provider": self.session.get_providers()[0]}
@@ -91,6 +92,37 @@ class OnnxRunner:
         parts = [self.session.run([PROBS_OUTPUT], {self.name: feed[i : i + self.chunk]})[0] for i in range(0, len(feed), self.chunk)]
         probs = np.concatenate([np.asarray(p, np.float32) for p in parts]) if parts else np.zeros((0, len(self.labels)), np.float32)
         return probs if self.order is None else _reorder(probs, self.order)
+
+
+# The interface of the graph the exporter writes (convert/onnx.py): one image input, NHWC at the contract's size,
+# raw 8-bit pixels or (a float-input export) normalised float32; a probabilities output of one column per label.
+ONNX_INPUT_TYPES = ("tensor(uint8)", "tensor(float)")
+
+
+def _check_interface(session, pre: Preprocessing, classes: int, path: Path):
+    """The session's image input, after checking that the file takes and gives what the runner feeds and reads:
+    onnxruntime refuses anything else only when it runs, as an InvalidArgument or an IndexError of ours."""
+
+    def refuse(problem: str) -> ConversionError:
+        return ConversionError(f"is not an image classifier as the exporter writes it: {problem}", path=path)
+
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise refuse(f"it takes {len(inputs)} inputs, not one image")
+    inp = inputs[0]
+    expected = [*pre.input_size, pre.channels]
+    shape = list(inp.shape)
+    if inp.type not in ONNX_INPUT_TYPES or len(shape) != 4 or shape[1:] != expected:
+        raise refuse(f"its input {quote(inp.name)} is {inp.type} {shape}, not uint8 or float [batch, {', '.join(map(str, expected))}]")
+    if isinstance(shape[0], int) and shape[0] != 1:
+        raise refuse(f"its input {quote(inp.name)} takes batches of exactly {shape[0]} images")
+    outputs = {out.name: out for out in session.get_outputs()}
+    probs = outputs.get(PROBS_OUTPUT)
+    if probs is None:
+        raise refuse(f"it has no {PROBS_OUTPUT!r} output")
+    if probs.type != "tensor(float)" or len(probs.shape) != 2 or probs.shape[1] != classes:
+        raise refuse(f"its {PROBS_OUTPUT!r} output is {probs.type} {list(probs.shape)}, not float [batch, {classes}] (one per label)")
+    return inp
 
 
 def load_onnx(path: Path, sha256: str | None = None):
@@ -120,12 +152,26 @@ def load_onnx(path: Path, sha256: str | None = None):
 
 
 def onnx_labels(model, path: Path) -> list[str]:
-    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant)."""
-    from onnx import numpy_helper
+    """The label strings the ONNX graph itself maps class indices to (its ``exporter_labels`` constant): a 1-D string
+    tensor held in the file, one UTF-8 string per element. Anything else is refused (ConversionError) rather than
+    decoded: onnx's ``to_array`` reads a non-string tensor's external data relative to the working directory, not to
+    the file, and raises ValueError on a count that disagrees with the dimensions or on bytes that are not UTF-8."""
+    from onnx import TensorProto
 
     for init in model.graph.initializer:
-        if init.name == LABELS_CONSTANT:
-            return [v.decode() if isinstance(v, bytes) else str(v) for v in numpy_helper.to_array(init).tolist()]
+        if init.name != LABELS_CONSTANT:
+            continue
+        if init.data_type != TensorProto.STRING or init.external_data or len(init.dims) != 1:
+            raise ConversionError(f"its embedded labels ({LABELS_CONSTANT}) must be a 1-D string tensor stored in the file", path=path)
+        if init.dims[0] != len(init.string_data):
+            raise ConversionError(
+                f"its embedded labels ({LABELS_CONSTANT}) declare {init.dims[0]} strings but hold {len(init.string_data)}",
+                path=path,
+            )
+        try:
+            return [value.decode("utf-8") for value in init.string_data]
+        except UnicodeDecodeError as exc:
+            raise ConversionError(f"its embedded labels ({LABELS_CONSTANT}) are not valid UTF-8", path=path) from exc
     raise ConfigError(f"{path}: ONNX file has no embedded labels (exporter_labels); was it written by exporter?")
 
 
@@ -168,7 +214,7 @@ class ExecutorRunner:
         from .. import __version__
         from .executor import CoreMLExecutor
 
-        self.executor = CoreMLExecutor(path, compute=compute, sha256=sha256)
+        self.executor = CoreMLExecutor(path, compute=compute, sha256=sha256, expected_input=(*pre.input_size, pre.channels))
         self.pre = pre
         self.engine = {
             "name": "Linux Core ML executor",

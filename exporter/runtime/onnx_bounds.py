@@ -180,6 +180,13 @@ def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
         first, count = quote(model.functions[0].name), len(model.functions)
         message = f"the graph defines {count} local function(s) ({first}); their values cannot be bounded before running"
         raise ConversionError(message, path=where)
+    if model.graph.sparse_initializer:  # onnxruntime densifies each at load, up to 2 GB, from a few bytes of file
+        first = model.graph.sparse_initializer[0]
+        raise ConversionError(
+            f"the graph holds {len(model.graph.sparse_initializer)} sparse initializer(s) ({quote(first.values.name)}, "
+            f"dimensions {list(first.dims)[:8]}); onnxruntime expands them to dense tensors at load, so they are refused",
+            path=where,
+        )
     for node in model.graph.node:
         if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
             raise ConversionError(

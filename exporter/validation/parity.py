@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import __version__
 from ..console import ProgressArg
-from ..errors import ConfigError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
+from ..errors import ConfigError, ImageError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
 from ..exports import OpenedExport, open_export
 from ..images import batch_limit, iter_batches, list_images
 from ..packaging import artifact_file, find_source_model, read_manifest
@@ -198,7 +198,7 @@ def _without_calibration_images(items: list, manifest: dict, folder: str | Path)
         return items, 0
     from ..packaging import sha256_of
 
-    kept = [it for it in items if sha256_of(it.path) not in recorded]
+    kept = [it for it in items if sha256_of(it.path, error=ImageError, what="image file") not in recorded]
     if not kept:
         raise ConfigError(
             f"every image under {folder} calibrated this export's quantized files, so none can judge them; validate on "

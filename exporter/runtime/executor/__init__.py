@@ -91,11 +91,18 @@ def _spec_path(path: Path) -> Path:
         error=ConversionError,
         what="Manifest.json",
     )
-    try:
-        root = data["rootModelIdentifier"]
-        rel = data["itemInfoEntries"][root]["path"]
-    except (KeyError, TypeError) as exc:
-        raise ConversionError(f"Manifest.json does not name the root model ({type(exc).__name__})", path=path) from exc
+    # an object whose rootModelIdentifier names an entry of the itemInfoEntries object (a list there was indexed by
+    # the identifier: an IndexError, an internal error in predict, which reads a lone package's metadata this way)
+    entries = data.get("itemInfoEntries") if isinstance(data, dict) else None
+    root = data.get("rootModelIdentifier") if isinstance(data, dict) else None
+    entry = entries.get(root) if isinstance(entries, dict) and isinstance(root, str) else None
+    if not isinstance(entry, dict) or "path" not in entry:
+        raise ConversionError(
+            "Manifest.json does not name the root model (an object whose rootModelIdentifier is a key of its "
+            "itemInfoEntries object, that entry holding a path)",
+            path=path,
+        )
+    rel = entry["path"]
     return inside(path / "Data", rel, error=ConversionError, where=manifest, what="root model").resolve()
 
 
@@ -181,9 +188,14 @@ class CoreMLExecutor:
 
     ``sha256``: the artifact's hash in its export's manifest.json. Every file the executor parses is read once, into
     memory, and those bytes are held to it before anything runs (``packaging.VerifiedReads``), so a file replaced
-    after the export folder was checked is refused (DestinationError), never run."""
+    after the export folder was checked is refused (DestinationError), never run.
 
-    def __init__(self, path: str | Path, compute: str = "fp32", sha256: str | None = None):
+    ``expected_input``: (height, width, channels) of the preprocessing contract the caller will feed; a file whose
+    image input differs is refused (ConversionError) before its weights are decoded or anything runs."""
+
+    def __init__(
+        self, path: str | Path, compute: str = "fp32", sha256: str | None = None, expected_input: tuple[int, int, int] | None = None
+    ):
         if compute not in COMPUTE:
             raise ConfigError(f"compute must be one of {list(COMPUTE)}, got {compute!r}")
         from ...packaging import VerifiedReads
@@ -193,15 +205,24 @@ class CoreMLExecutor:
         reads = VerifiedReads(self.path, sha256)
         try:
             with _file_faults(where):
-                self._load(where, compute, reads)
+                self._load(where, compute, reads, expected_input)
         except ExporterError:
             if reads.digests:  # bytes that fail to load because they are not the export's are named as such
                 reads.verify()
             raise
 
-    def _load(self, where: str, compute: str, reads: VerifiedReads) -> None:
+    def _load(self, where: str, compute: str, reads: VerifiedReads, expected_input: tuple[int, int, int] | None) -> None:
         spec, model_dir = load_spec(self.path, reads)
         self.image = image_input(spec.description, where)
+        declared = (self.image.height, self.image.width, self.image.channels)
+        if expected_input is not None and declared != tuple(expected_input):
+            # before any weight is decoded or the trial pass runs: a file whose image input was edited to 4000 x 4000
+            # pixels, run once at that size before predict found it did not fit, took 9.5 GB
+            raise ConversionError(
+                f"its image input is {declared[0]}x{declared[1]} pixels with {declared[2]} channel(s), its preprocessing "
+                f"contract's is {expected_input[0]}x{expected_input[1]} with {expected_input[2]}",
+                path=where,
+            )
         kind = spec.WhichOneof("Type")
         fp16 = compute == "fp16"
         self._engine: Program | Network
