@@ -2,7 +2,8 @@
 nothing at inference, removed.
 
 ``detect_preprocessing`` follows the input through the layers before the first one with weights (into nested models,
-at any depth, past shape-preserving no-ops and past resizes and crops, which commute with it) and composes every
+at any depth, past shape-preserving no-ops, past resizes and crops, which commute with it, and past channel
+reorderings and copies, such as a grayscale input made three channels) and composes every
 Rescaling and Normalization it meets into one affine contract on 0..255 pixels: ``y[c] = x[c] * scale[c] + bias[c]``.
 The exported files still feed the model raw pixels (``in_model: true``), so this is never applied twice; the
 composition is what the manifest reports.
@@ -198,18 +199,38 @@ def _channel_key(key, channels: int) -> int | list[int] | None:
     return None
 
 
-def _op_permutation(op, node, tensor, channels: int) -> list[int] | None:
-    """The channel order (output channel i is input channel order[i]) of a Keras op that only reorders the channels
-    of ``tensor``: ``x[..., ::-1]`` (GetItem) or ``keras.ops.flip(x, axis=-1)``."""
-    args = node_arguments(node)[0]
-    if not args or args[0] is not tensor:
+def _on_channel_axis(axis, rank: int) -> bool:
+    return isinstance(axis, int) and not isinstance(axis, bool) and rank > 0 and axis % rank == rank - 1
+
+
+def _channel_map(op, node, tensor, channels: int) -> list[int] | None:
+    """The channels (output channel i is input channel order[i]) of a layer or Keras op that only reorders or copies
+    the channels of ``tensor``: ``x[..., ::-1]`` (GetItem), ``keras.ops.flip(x, axis=-1)``, and a grayscale input
+    made three channels (``layers.Concatenate()([x, x, x])``, ``keras.ops.concatenate``, ``keras.ops.repeat(x, 3,
+    axis=-1)``, ``keras.ops.tile(x, (1, 1, 1, 3))``); None for anything else."""
+    args, kwargs = node_arguments(node)
+    name, rank = _class_name(op), len(tensor.shape)
+    if kwargs or len(args) not in (1, 2):
         return None
-    name = _class_name(op)
+    if name == "Concatenate" and len(args) == 1 and isinstance(args[0], (list, tuple)) and args[0]:
+        if not all(t is tensor for t in args[0]) or not _on_channel_axis(getattr(op, "axis", None), rank):
+            return None
+        return list(range(channels)) * len(args[0])
+    if args[0] is not tensor:
+        return None
     if name == "GetItem" and len(args) == 2:
         order = _channel_key(args[1], channels)
         return order if isinstance(order, list) else None
     if name == "Flip" and len(args) == 1 and getattr(op, "axis", None) in (-1, 3, (-1,), (3,), [-1], [3]):
         return list(range(channels))[::-1]
+    repeats = getattr(op, "repeats", None)
+    if name == "Repeat" and len(args) == 1 and _on_channel_axis(getattr(op, "axis", None), rank):
+        counts = [repeats] * channels if isinstance(repeats, int) else repeats
+        if isinstance(counts, (list, tuple)) and len(counts) == channels and all(isinstance(n, int) and n >= 1 for n in counts):
+            return [c for c in range(channels) for _ in range(counts[c])]
+    if name == "Tile" and len(args) == 1 and isinstance(repeats, (list, tuple)) and 1 <= len(repeats) <= rank:
+        if all(isinstance(n, int) for n in repeats) and all(n == 1 for n in repeats[:-1]) and repeats[-1] >= 1:
+            return list(range(channels)) * repeats[-1]
     return None
 
 
@@ -256,10 +277,13 @@ class _Walk:
         self.bias = np.zeros(channels)
         self.order = list(range(channels))  # output channel i of the chain is input channel order[i]
         self.composable = True
+        self.normalizes = False  # a Rescaling, Normalization or arithmetic met, not only channel reorderings
 
     def reorder(self, order: list[int], paths: list[str]) -> None:
+        """The channels reordered or copied (a grayscale input made RGB): ``self.channels`` becomes ``len(order)``."""
         self.scale, self.bias = self.scale[order], self.bias[order]
         self.order = [self.order[i] for i in order]
+        self.channels = len(order)
         self.layers.extend(paths)
 
     def step(self, layer, prefix: str, node=None, tensor=None) -> str:
@@ -267,17 +291,18 @@ class _Walk:
         import keras
 
         path = prefix + layer.name
+        order = None if node is None else _channel_map(layer, node, tensor, self.channels)
+        if order is not None:
+            self.reorder(order, [path])
+            return "next"
         if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
-            order = _op_permutation(layer, node, tensor, self.channels)
-            if order is not None:
-                self.reorder(order, [path])
-                return "next"
             affine = _op_affine(layer, node, tensor, self.channels)
             if affine is None:
                 return "stop"
             s, b = affine
             self.scale, self.bias = self.scale * s, self.bias * s + b
             self.layers.append(path)
+            self.normalizes = True
             return "next"
         if _is_normalizer(layer):
             affine = _layer_affine(layer, self.channels)
@@ -287,6 +312,7 @@ class _Walk:
                 s, b = affine
                 self.scale, self.bias = self.scale * s, self.bias * s + b
             self.layers.append(path)
+            self.normalizes = True
             return "next"
         if _is_pass_through(layer):
             if _class_name(layer) != "InputLayer":
@@ -319,12 +345,12 @@ class _Walk:
                 self.reorder(order, [prefix + op.name for op in ops])
                 continue
             layer = next(iter(layers.values()))
-            outs = []
+            outs = {}  # a node taking the tensor several times (Concatenate()([x, x, x])) is listed once per input
             for _, node in found:
                 ins, node_outs = node_tensors(node)
-                if len(ins) == 1 and len(node_outs) == 1:
-                    outs.append(node_outs[0])
-            nexts = [t for t in outs if id(t) == end or id(t) in users]
+                if ins and all(t is tensor for t in ins) and len(node_outs) == 1:
+                    outs[id(node_outs[0])] = node_outs[0]
+            nexts = [t for t in outs.values() if id(t) == end or id(t) in users]
             if len(nexts) != 1 or not self._enter(layer, prefix, found[0][1], tensor):
                 return False
             tensor = nexts[0]
@@ -341,7 +367,7 @@ def detect_preprocessing(model) -> InModelPreprocessing:
     channels = int(model.inputs[0].shape[-1]) if model.inputs and model.inputs[0].shape[-1] else 3
     walk = _Walk(channels)
     walk.model(model, "")
-    if not walk.layers:
+    if not walk.normalizes:  # channels reordered or copied, then computation: the model does not normalise its pixels
         return InModelPreprocessing(passed=tuple(walk.passed))
     if not walk.composable:
         return InModelPreprocessing(
@@ -351,7 +377,12 @@ def detect_preprocessing(model) -> InModelPreprocessing:
             "the chain is not one value per channel; the model still receives raw pixels",
         )
     note = ""
-    if walk.order != list(range(channels)):
+    if channels == 1 and walk.order != [0]:
+        note = (
+            f"the model copies its one (grayscale) input channel into {len(walk.order)} before this scale and bias, "
+            "which are per channel after the copy; the exported files take one-channel pixels, as the model does"
+        )
+    elif walk.order != list(range(channels)):
         order = "BGR ([2, 1, 0])" if walk.order == list(range(channels))[::-1] else str(walk.order)
         note = (
             f"the model reorders its input channels to {order} before this scale and bias, which are per channel "

@@ -1,0 +1,85 @@
+"""Models the way users build them, fifth round (see tests/test_user_models_4.py for the fourth): each case one the
+exploratory hunt found broken. The models are tiny (32 px, one or two convolutions); the ones whose exported files are
+checked for parity are trained a few epochs on scikit-learn's digits, so their outputs depend on the input, and are
+validated on the real held-out digits."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import SAMPLES
+from test_user_models_3 import _conv_body, _digits, _save
+
+from exporter.api import ExportOptions, export, validate
+from exporter.inference import detect_preprocessing
+
+SIZE = 32
+DIGITS = SAMPLES / "heldout" / "digits"
+EVERY_FORMAT = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
+
+
+def _gray_digits():
+    x, y = _digits()
+    return x[..., :1], y  # the digits are gray: one of the three equal channels
+
+
+def _classifier(inputs, h):
+    h = keras.layers.GlobalAveragePooling2D()(_conv_body(h))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+
+
+# ------------------------------------------------------------------------------------- a grayscale input made RGB
+def _three_channels(how: str, x):
+    if how == "Concatenate":
+        return keras.layers.Concatenate()([x, x, x])
+    if how == "ops.concatenate":
+        return keras.ops.concatenate([x, x, x], axis=-1)
+    if how == "ops.repeat":
+        return keras.ops.repeat(x, 3, axis=-1)
+    return keras.ops.tile(x, (1, 1, 1, 3))
+
+
+def _rgb_backbone():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    return keras.Model(inputs, _conv_body(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)), name="backbone")
+
+
+@pytest.mark.parametrize("how", ["Concatenate", "ops.concatenate", "ops.repeat", "ops.tile"])
+def test_a_grayscale_input_copied_to_three_channels_before_its_rescaling_is_found(how):
+    """A one-channel model that copies its input into three channels and then rescales them (the way a grayscale
+    dataset meets an RGB backbone): the copy ended the search, so the export asked for a preprocessing although the
+    model normalises its pixels itself. The copy is followed as a channel mapping; copies and reorderings alone,
+    with no Rescaling, Normalization or arithmetic after them, are not a preprocessing."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    found = detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(_three_channels(how, inputs))))
+    assert len(found.layers) == 2 and found.scale == (1 / 255.0,) * 3 and found.bias == (0.0,) * 3
+    assert "grayscale" in found.note
+    nested = detect_preprocessing(keras.Model(inputs, _rgb_backbone()(_three_channels(how, inputs))))
+    assert nested.layers[-1] == "backbone/scale" and nested.scale == (1 / 127.5,) * 3 and nested.bias == (-1.0,) * 3
+    assert not detect_preprocessing(_classifier(inputs, _three_channels(how, inputs)))  # copied, never normalised
+    rgb = keras.Input((SIZE, SIZE, 3))
+    assert not detect_preprocessing(_classifier(rgb, rgb[..., ::-1]))  # only reordered: the pixels are not normalised
+    other = keras.Input((SIZE, SIZE, 1))  # two different tensors concatenated: not a copy of the input
+    mixed = keras.layers.Concatenate()([other, other * 2.0, other])
+    assert not detect_preprocessing(_classifier(other, keras.layers.Rescaling(1 / 255.0)(mixed)))
+
+
+@pytest.mark.slow
+def test_a_grayscale_model_feeding_an_rgb_backbone_exports_with_parity(tmp_path):
+    """Grayscale digits -> Concatenate([x, x, x]) -> a nested backbone that rescales its input: exported with no
+    --preprocessing (it was refused before), a one-channel contract, and every file passes fp32 parity."""
+    keras.utils.set_random_seed(0)
+    x, y = _gray_digits()
+    inputs = keras.Input((SIZE, SIZE, 1))
+    h = keras.layers.GlobalAveragePooling2D()(_rgb_backbone()(keras.layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+    path, labels = _save(model, tmp_path / "model", x, y, epochs=3)
+    manifest = export(path, labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    assert manifest["preprocessing"]["channel_order"] == "L" and manifest["preprocessing"]["in_model"] is True
+    found = manifest["inference_model"]["in_model_preprocessing"]
+    assert found["layers"] == ["gray_to_rgb", "backbone/scale"] and "grayscale" in found["note"]
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2  # trained: the outputs depend on the image
+    assert np.isfinite([row["max_abs_prob"] for row in report["artifacts"]]).all()
