@@ -262,6 +262,21 @@ def _split_and_stack(found, users, channels: int):
     return order, [op for op, _, _ in picks] + [stack], outs[0]
 
 
+def _is_float_cast(op, node, tensor) -> bool:
+    """``keras.ops.cast(x, "float32")`` (or another float type) of ``tensor``: a model taking uint8 or float pixels
+    casts them before its Rescaling; a float type holds every 8-bit pixel value exactly (bfloat16 too: 0..256)."""
+    import keras
+
+    args, kwargs = node_arguments(node)
+    dtype = getattr(op, "dtype", None)
+    if _class_name(op) != "Cast" or kwargs or len(args) != 1 or args[0] is not tensor or not isinstance(dtype, str):
+        return False
+    try:
+        return bool(keras.backend.is_float_dtype(dtype))
+    except ValueError:  # a dtype name this Keras does not know
+        return False
+
+
 def _is_normalizer(layer) -> bool:
     import keras
 
@@ -296,6 +311,9 @@ class _Walk:
             self.reorder(order, [path])
             return "next"
         if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
+            if _is_float_cast(layer, node, tensor):
+                self.passed.append(path)
+                return "next"
             affine = _op_affine(layer, node, tensor, self.channels)
             if affine is None:
                 return "stop"

@@ -83,3 +83,33 @@ def test_a_grayscale_model_feeding_an_rgb_backbone_exports_with_parity(tmp_path)
     assert report["passed"] and len(report["artifacts"]) == 3
     assert report["keras"]["against_labels"]["accuracy"] > 0.2  # trained: the outputs depend on the image
     assert np.isfinite([row["max_abs_prob"] for row in report["artifacts"]]).all()
+
+
+# ------------------------------------------------------------------------------------- keras.ops.cast before the Rescaling
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_a_cast_to_float_before_the_rescaling_is_passed(dtype):
+    """``x = keras.ops.cast(inputs, "float32")`` then Rescaling (a model fed uint8 images from a tf.data pipeline):
+    the Cast op ended the search, so the export asked for a preprocessing the model applies itself. A cast to a float
+    type is passed (every 8-bit pixel is exact in it); a cast to an integer type still ends the search."""
+    inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype)
+    found = detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(keras.ops.cast(inputs, "float32"))))
+    assert len(found.layers) == 1 and found.scale == (1 / 255.0,) * 3 and found.passed[0].startswith("cast")
+    nested = detect_preprocessing(keras.Model(inputs, _rgb_backbone()(keras.ops.cast(inputs, "float16"))))
+    assert nested.layers == ("backbone/scale",) and nested.bias == (-1.0,) * 3
+    truncated = keras.ops.cast(keras.ops.cast(inputs, "int32"), "float32")
+    assert not detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(truncated)))
+
+
+@pytest.mark.slow
+def test_a_uint8_model_casting_its_input_exports_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    model = _classifier(inputs, keras.layers.Rescaling(1 / 127.5, offset=-1.0)(keras.ops.cast(inputs, "float32")))
+    path, labels = _save(model, tmp_path / "model", x.astype("uint8"), y, epochs=3)
+    manifest = export(path, labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    assert manifest["preprocessing"]["in_model"] is True
+    assert manifest["inference_model"]["in_model_preprocessing"]["scale"] == [1 / 127.5] * 3
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2
