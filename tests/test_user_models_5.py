@@ -113,3 +113,53 @@ def test_a_uint8_model_casting_its_input_exports_with_parity(tmp_path):
     report = validate(tmp_path / "out", DIGITS)
     assert report["passed"] and len(report["artifacts"]) == 3
     assert report["keras"]["against_labels"]["accuracy"] > 0.2
+
+
+# ------------------------------------------------------------------------------------- a convolutional head, no Flatten
+def _conv_head(kind: str):
+    """GlobalAveragePooling2D(keepdims=True) then a 1x1 convolution as the classifier: the output is (batch, 1, 1, N)."""
+    units, activation = {"softmax": (10, "softmax"), "logits": (10, None), "sigmoid": (1, "sigmoid")}[kind]
+    layers = [keras.layers.Rescaling(1 / 255.0, name="scale"), keras.layers.Conv2D(8, 3, strides=2, activation="relu")]
+    layers += [keras.layers.GlobalAveragePooling2D(keepdims=True), keras.layers.Conv2D(units, 1, activation=activation)]
+    return layers
+
+
+@pytest.mark.parametrize("kind,sequential", [("softmax", False), ("softmax", True), ("logits", False), ("sigmoid", True)])
+def test_a_convolutional_head_without_flatten_is_read_as_its_probability_vector(kind, sequential, tmp_path):
+    """A (batch, 1, 1, N) output (SqueezeNet-style heads, a 1x1 convolution after keepdims pooling) was refused as
+    "model output shape is (None, 1, 1, 10)" though it holds one probability row per image; it is reshaped to
+    (batch, N), with the head still read from the model's own last layer (softmax, logits, one sigmoid unit)."""
+    from exporter.loading import load_model
+
+    keras.utils.set_random_seed(0)
+    if sequential:
+        model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), *_conv_head(kind)])
+    else:
+        inputs = keras.Input((SIZE, SIZE, 3))
+        h = inputs
+        for layer in _conv_head(kind):
+            h = layer(h)
+        model = keras.Model(inputs, h)
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras", add_softmax=kind == "logits")
+    assert loaded.head.output == {"softmax": "probabilities", "logits": "logits", "sigmoid": "sigmoid"}[kind]
+    assert loaded.num_classes == (2 if kind == "sigmoid" else 10) and loaded.in_model_preprocessing[-1].endswith("scale")
+    x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    flat = np.asarray(model(x)).reshape(3, -1)
+    np.testing.assert_array_equal(np.asarray(loaded.keras_model(x)), flat)
+    assert np.asarray(loaded.model(x)).shape == (3, loaded.num_classes)
+
+
+@pytest.mark.slow
+def test_a_trained_convolutional_head_exports_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    h = keras.layers.GlobalAveragePooling2D(keepdims=True)(keras.layers.Conv2D(32, 3, strides=2, activation="relu")(h))
+    model = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Conv2D(10, 1)(h)))
+    path, labels = _save(model, tmp_path / "model", x, y[:, None, None], epochs=3)
+    export(path, labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2
