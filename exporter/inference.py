@@ -448,7 +448,7 @@ PROBE_SIDE = 32
 _IDENTITY: list[type] = []
 
 
-def _identity_class() -> type:
+def identity_class() -> type:
     """keras.layers.Identity that also takes the ``training`` argument the removed layer was called with: a nested
     model built for any image size re-runs its graph with each node's recorded arguments when it is called on a fixed
     size, and stock Identity refuses ``training``."""
@@ -483,7 +483,7 @@ def _replacement(path: str, layer):
     probe = np.random.default_rng(0).uniform(0, 255, size=(1, *_probe_sides(layer, shape[1:]))).astype("float32")
     out = np.asarray(layer(probe, training=False))
     if out.shape == probe.shape and np.array_equal(out, probe):
-        return _identity_class()(name=layer.name), "identity"
+        return identity_class()(name=layer.name), "identity"
     if _class_name(layer) == "RandomCrop":
         # Keras documents a centre crop to the target aspect ratio and a resize at inference (older releases do it)
         crop = keras.layers.Resizing(layer.height, layer.width, crop_to_aspect_ratio=True, name=layer.name)

@@ -163,3 +163,56 @@ def test_a_trained_convolutional_head_exports_with_parity(tmp_path):
     report = validate(tmp_path / "out", DIGITS)
     assert report["passed"] and len(report["artifacts"]) == 3
     assert report["keras"]["against_labels"]["accuracy"] > 0.2
+
+
+# ------------------------------------------------------------------------------------- Resizing the converters cannot read
+def _resizing_model(size, **kw):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Resizing(*size, name="resize", **kw)(keras.layers.Rescaling(1 / 255.0)(inputs))
+    return _classifier(inputs, h)
+
+
+@pytest.mark.parametrize(
+    "size,kw,stand_in",
+    [
+        ((16, 8), dict(interpolation="area"), "AveragePooling2D"),
+        ((64, 96), dict(interpolation="area"), "UpSampling2D"),
+        ((SIZE, SIZE), dict(interpolation="bicubic"), "Identity"),
+        ((SIZE, SIZE), dict(interpolation="lanczos3", antialias=True), "Identity"),
+    ],
+)
+def test_a_resizing_the_converters_cannot_read_gets_its_exact_stand_in(size, kw, stand_in):
+    """interpolation='area' (coremltools: "ResizeArea not implemented"; tf2onnx wrote it as a nearest resize, so the
+    ONNX file disagreed with Keras) and a resize to the input's own size with an interpolation Core ML lacks (an
+    any-size model resizing with 'bicubic' to the size it is exported at) are given to the converters as the stock
+    layer computing the same numbers."""
+    from exporter.convert.rewrite import for_converters
+
+    keras.utils.set_random_seed(0)
+    model = _resizing_model(size, **kw)
+    rewritten = for_converters(model)
+    assert type(rewritten.get_layer("resize")).__name__ == stand_in
+    x = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(rewritten(x)), np.asarray(model(x)), rtol=0, atol=1e-6)
+
+
+def test_an_area_resize_by_another_factor_is_refused_naming_the_layer():
+    from exporter.convert.rewrite import for_converters
+    from exporter.errors import ConversionError
+
+    for size in ((24, 24), (16, 64)):  # 32 -> 24: not a whole factor; one side shrinking and one growing
+        with pytest.raises(ConversionError, match="'resize' \\(Resizing\\) resizes 32x32 to .* interpolation='area'"):
+            for_converters(_resizing_model(size, interpolation="area"))
+    bilinear = _resizing_model((24, 24))  # what the converters read: left to them
+    assert for_converters(bilinear) is bilinear
+
+
+@pytest.mark.slow
+def test_a_trained_model_with_an_area_resize_exports_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    path, labels = _save(_resizing_model((16, 16), interpolation="area"), tmp_path / "model", x, y, epochs=3)
+    export(path, labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3, [row["failures"] for row in report["artifacts"]]
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2
