@@ -216,3 +216,31 @@ def test_a_trained_model_with_an_area_resize_exports_with_parity(tmp_path):
     report = validate(tmp_path / "out", DIGITS)
     assert report["passed"] and len(report["artifacts"]) == 3, [row["failures"] for row in report["artifacts"]]
     assert report["keras"]["against_labels"]["accuracy"] > 0.2
+
+
+# ------------------------------------------------------------------------------------- a fixed batch size
+def _fixed_batch(batch: int, reshape: bool):
+    inputs = keras.Input(batch_shape=(batch, SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    h = keras.ops.reshape(h, (batch, -1)) if reshape else keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+
+
+def test_a_model_that_only_runs_on_its_fixed_batch_size_is_refused_with_the_remedy(tmp_path):
+    """Input(batch_shape=(8, ...)) and a reshape to (8, -1) (a model trained on a TPU with a fixed batch): the
+    probe of the model's outputs crashed with Keras' raw ValueError ("Exception encountered when calling
+    Functional.call()", no exit code). It is one NotAClassifierError line (exit 3) naming the fixed batch size and
+    the remedy, and nothing is written; a fixed batch size the graph does not depend on still exports."""
+    from exporter.api import prepare
+    from exporter.errors import NotAClassifierError
+
+    keras.utils.set_random_seed(0)
+    labels = [str(i) for i in range(10)]
+    _fixed_batch(8, reshape=True).save(tmp_path / "reshape.keras")
+    with pytest.raises(NotAClassifierError, match="could not run the model on a batch of 6 probe images: .*incompatible") as info:
+        export(tmp_path / "reshape.keras", labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    assert "fixed batch size of 8" in str(info.value) and "Exception encountered" not in str(info.value)
+    assert info.value.exit_code == 3 and not (tmp_path / "out").exists()
+    _fixed_batch(8, reshape=False).save(tmp_path / "pooled.keras")
+    prepared = prepare(tmp_path / "pooled.keras", labels, preprocessing=None, options=EVERY_FORMAT)
+    assert prepared.info.preprocessing.in_model
