@@ -390,7 +390,7 @@ def load_model(
             raise UnsafeModelError(
                 f"refused by Keras safe mode: {first_line(exc)}", path=path, hint="only if you trust its author, pass --trust-code"
             ) from exc
-        raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path) from exc
+        raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path, hint=_h5_ops_hint(exc, fmt)) from exc
     from .heads import plan, with_head
     from .inference import detect_preprocessing
 
@@ -416,6 +416,26 @@ _CHANNELS_FIRST_HINT = (
     "the input looks channels-first (batch, channels, height, width); the exporter takes channels-last image models: "
     "rebuild it with data_format='channels_last' (Keras' default) and load the weights into it"
 )
+
+
+def _h5_ops_hint(exc: BaseException, fmt: str) -> str | None:
+    """The remedy when Keras cannot load an .h5 file because it holds a Keras op (``inputs / 255.0``,
+    keras.applications' ``preprocess_input`` called on a tensor): the legacy H5 format saves ops as layers it cannot
+    rebuild ("Unknown layer: 'TrueDivide'"); the .keras format can."""
+    import re
+
+    found = re.search(r"Unknown layer: '(\w+)'", str(exc))
+    if fmt != "h5" or found is None:
+        return None
+    import keras.src.ops as keras_ops  # the op classes (TrueDivide, Subtract, GetItem, ...) by module
+
+    modules = ("numpy", "math", "core", "nn", "image", "linalg")
+    if not any(isinstance(getattr(getattr(keras_ops, m, None), found.group(1), None), type) for m in modules):
+        return None
+    return (
+        f"'{found.group(1)}' is a Keras op (arithmetic or preprocess_input on a tensor), which the legacy .h5 format "
+        "cannot rebuild: save the model with model.save('model.keras') and export that file"
+    )
 
 
 def _channels_first(shape) -> bool:

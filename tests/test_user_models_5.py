@@ -244,3 +244,20 @@ def test_a_model_that_only_runs_on_its_fixed_batch_size_is_refused_with_the_reme
     _fixed_batch(8, reshape=False).save(tmp_path / "pooled.keras")
     prepared = prepare(tmp_path / "pooled.keras", labels, preprocessing=None, options=EVERY_FORMAT)
     assert prepared.info.preprocessing.in_model
+
+
+# ------------------------------------------------------------------------------------- Keras ops in a legacy .h5 file
+def test_an_h5_file_holding_keras_ops_is_refused_with_the_remedy(tmp_path):
+    """``inputs / 255.0`` (or keras.applications' preprocess_input on a tensor) saved with model.save("model.h5"):
+    Keras cannot rebuild the op from the legacy format and its message points at custom_object_scope, which does
+    not help; the error now says the file must be saved as .keras (which loads and exports)."""
+    from exporter.errors import ModelLoadError
+    from exporter.loading import load_model
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = _classifier(inputs, inputs / 255.0)
+    model.save(tmp_path / "model.h5")  # Keras logs that .h5 is legacy, and saves the op as a layer
+    with pytest.raises(ModelLoadError, match="'TrueDivide' is a Keras op .* save the model with model.save\\('model.keras'\\)"):
+        load_model(tmp_path / "model.h5")
+    model.save(tmp_path / "model.keras")
+    assert load_model(tmp_path / "model.keras").in_model.scale == (1 / 255.0,) * 3
