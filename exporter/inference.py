@@ -171,6 +171,8 @@ def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray]
 
     forms = _OP_AFFINE.get(_class_name(op))
     args, kwargs = node_arguments(node)
+    if _class_name(op) == "Negative" and len(args) == 1 and args[0] is tensor and not kwargs:  # -x (255 - x spelled out)
+        return np.full(channels, -1.0), np.zeros(channels)
     if forms is None or len(args) != 2 or kwargs or not any(a is tensor for a in args):
         return None
     first = args[0] is tensor

@@ -261,3 +261,11 @@ def test_an_h5_file_holding_keras_ops_is_refused_with_the_remedy(tmp_path):
         load_model(tmp_path / "model.h5")
     model.save(tmp_path / "model.keras")
     assert load_model(tmp_path / "model.keras").in_model.scale == (1 / 255.0,) * 3
+
+
+def test_a_negated_input_is_an_affine_step_of_the_preprocessing():
+    """``keras.ops.negative(x) + 255`` (inverting a grayscale image) then Rescaling: the unary Negative op ended the
+    search, though it is the affine map -x like ``255 - x``, which was already followed."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    found = detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(keras.ops.negative(inputs) + 255.0)))
+    assert len(found.layers) == 3 and found.scale == (-1 / 255.0,) * 3 and found.bias == (1.0,) * 3
