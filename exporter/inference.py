@@ -188,16 +188,16 @@ def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _channel_key(key, channels: int) -> int | list[int] | None:
-    """What ``x[key]`` takes of the last (channel) axis when it keeps every other axis whole: one channel (an int),
-    the channels in a new order (``[..., ::-1]``: a list), or None for any other indexing."""
+    """What ``x[key]`` takes of the last (channel) axis when it keeps every other axis whole: one channel, the axis
+    dropped (an int), the channels a slice keeps, in its order (``[..., ::-1]``, ``[..., :1]``: a list), or None for
+    any other indexing."""
     if not isinstance(key, (tuple, list)) or len(key) != 2 or key[0] is not Ellipsis:  # a list once saved and loaded
         return None
     last = key[1]
     if isinstance(last, (int, np.integer)) and not isinstance(last, bool) and -channels <= last < channels:
         return int(last) % channels
     if isinstance(last, slice):
-        order = list(range(channels))[last]
-        return order if sorted(order) == list(range(channels)) else None
+        return list(range(channels))[last] or None
     return None
 
 
@@ -401,6 +401,11 @@ def detect_preprocessing(model) -> InModelPreprocessing:
         note = (
             f"the model copies its one (grayscale) input channel into {len(walk.order)} before this scale and bias, "
             "which are per channel after the copy; the exported files take one-channel pixels, as the model does"
+        )
+    elif sorted(walk.order) != list(range(channels)):
+        note = (
+            f"the model takes channels {walk.order} of its {channels} input channels before this scale and bias, which "
+            "are per channel of what it takes; the exported files take RGB pixels, as the model does"
         )
     elif walk.order != list(range(channels)):
         order = "BGR ([2, 1, 0])" if walk.order == list(range(channels))[::-1] else str(walk.order)

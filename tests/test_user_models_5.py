@@ -269,3 +269,19 @@ def test_a_negated_input_is_an_affine_step_of_the_preprocessing():
     inputs = keras.Input((SIZE, SIZE, 3))
     found = detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(keras.ops.negative(inputs) + 255.0)))
     assert len(found.layers) == 3 and found.scale == (-1 / 255.0,) * 3 and found.bias == (1.0,) * 3
+
+
+def test_a_slice_of_the_input_channels_before_the_rescaling_is_followed(tmp_path):
+    """An RGB input of which the model keeps one channel (``x[..., :1]``, a grayscale model fed RGB files) or some
+    (``x[..., 1:]``) before its Rescaling: the slice ended the search (only whole reorderings were followed), so the
+    export asked for a preprocessing the model applies itself. Also once saved and loaded."""
+    from exporter.loading import load_model
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    found = detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(inputs[..., :1])))
+    assert found.scale == (1 / 255.0,) and found.bias == (0.0,) and "takes channels [0] of its 3" in found.note
+    rescaling = keras.layers.Rescaling([1 / 255.0, 2 / 255.0], offset=[0.0, -1.0])
+    model = _classifier(inputs, rescaling(inputs[..., 1:]))
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras").in_model
+    assert loaded.scale == (1 / 255.0, 2 / 255.0) and loaded.bias == (0.0, -1.0) and "[1, 2]" in loaded.note
