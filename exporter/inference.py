@@ -264,6 +264,21 @@ def _split_and_stack(found, users, channels: int):
     return order, [op for op, _, _ in picks] + [stack], outs[0]
 
 
+def _mixes_channels(op, node, tensor, channels: int) -> bool:
+    """A Keras op that makes one channel of all the channels of ``tensor``, a linear map of them: an RGB input made
+    grayscale by ``keras.ops.image.rgb_to_grayscale`` or by their mean or sum (``keras.ops.mean(x, axis=-1,
+    keepdims=True)``)."""
+    args, kwargs = node_arguments(node)
+    if kwargs or len(args) != 1 or args[0] is not tensor:
+        return False
+    name, rank = _class_name(op), len(tensor.shape)
+    if name == "RGBToGrayscale":
+        return channels == 3 and getattr(op, "data_format", "channels_last") == "channels_last"
+    axis = getattr(op, "axis", None)
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return name in ("Mean", "Sum") and bool(getattr(op, "keepdims", False)) and len(axes) == 1 and _on_channel_axis(axes[0], rank)
+
+
 def _is_float_cast(op, node, tensor) -> bool:
     """``keras.ops.cast(x, "float32")`` (or another float type) of ``tensor``: a model taking uint8 or float pixels
     casts them before its Rescaling; a float type holds every 8-bit pixel value exactly (bfloat16 too: 0..256)."""
@@ -295,6 +310,7 @@ class _Walk:
         self.order = list(range(channels))  # output channel i of the chain is input channel order[i]
         self.composable = True
         self.normalizes = False  # a Rescaling, Normalization or arithmetic met, not only channel reorderings
+        self.mixed = False  # the input's channels were mixed into one (an RGB input made grayscale)
 
     def reorder(self, order: list[int], paths: list[str]) -> None:
         """The channels reordered or copied (a grayscale input made RGB): ``self.channels`` becomes ``len(order)``."""
@@ -315,6 +331,10 @@ class _Walk:
         if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
             if _is_float_cast(layer, node, tensor):
                 self.passed.append(path)
+                return "next"
+            if not self.normalizes and _mixes_channels(layer, node, tensor, self.channels):
+                self.reorder([0], [path])  # one channel now, a mix of the input's: no longer one scale per channel
+                self.mixed = True
                 return "next"
             affine = _op_affine(layer, node, tensor, self.channels)
             if affine is None:
@@ -389,6 +409,14 @@ def detect_preprocessing(model) -> InModelPreprocessing:
     walk.model(model, "")
     if not walk.normalizes:  # channels reordered or copied, then computation: the model does not normalise its pixels
         return InModelPreprocessing(passed=tuple(walk.passed))
+    if walk.mixed:
+        return InModelPreprocessing(
+            tuple(walk.layers),
+            tuple(walk.passed),
+            note="the model mixes its input channels into one (grayscale from RGB) before this, so the chain is not "
+            "one scale and bias per input channel; the exported files take RGB pixels, and the model still receives "
+            "raw pixels",
+        )
     if not walk.composable:
         return InModelPreprocessing(
             tuple(walk.layers),

@@ -285,3 +285,22 @@ def test_a_slice_of_the_input_channels_before_the_rescaling_is_followed(tmp_path
     model.save(tmp_path / "model.keras")
     loaded = load_model(tmp_path / "model.keras").in_model
     assert loaded.scale == (1 / 255.0, 2 / 255.0) and loaded.bias == (0.0, -1.0) and "[1, 2]" in loaded.note
+
+
+@pytest.mark.parametrize("how", ["rgb_to_grayscale", "mean"])
+def test_an_rgb_input_made_grayscale_before_the_rescaling_is_the_models_preprocessing(how):
+    """``keras.ops.image.rgb_to_grayscale(x)`` or ``keras.ops.mean(x, axis=-1, keepdims=True)`` (a grayscale model
+    fed RGB files) before the Rescaling ended the search, and the export asked for a preprocessing the model applies
+    itself. The mix is followed; the chain is then no per-channel scale and bias (scale None, and a note says why)."""
+
+    def gray(x):
+        return keras.ops.image.rgb_to_grayscale(x) if how == "rgb_to_grayscale" else keras.ops.mean(x, axis=-1, keepdims=True)
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    found = detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(gray(inputs))))
+    assert len(found.layers) == 2 and found.scale is None and "mixes its input channels" in found.note
+    assert not detect_preprocessing(_classifier(inputs, gray(inputs)))  # mixed, never normalised
+    after = detect_preprocessing(_classifier(inputs, gray(keras.layers.Rescaling(1 / 255.0)(inputs))))
+    assert len(after.layers) == 1 and after.scale == (1 / 255.0,) * 3  # the search ends at a mix after the scale
+    summed = keras.ops.sum(inputs, axis=-1)[..., None]  # the channel axis dropped: not followed
+    assert not detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(summed)))
