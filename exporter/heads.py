@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NotAClassifierError
+from .errors import NotAClassifierError, first_line
 from .preprocessing import Preprocessing
 
 # Softmax rows sum to 1 up to float32 rounding over a few thousand classes; anything further off is not a softmax.
@@ -167,10 +167,38 @@ def _is_probability_rows(values: np.ndarray) -> bool:
     return bool((values >= 0).all() and np.allclose(values.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
 
 
+# A model whose Input has batch_shape=(N, ...) and whose graph depends on it (a Reshape to (N, -1)) runs on batches of N
+# images only: the exported files, validation and the probe above run other batch sizes.
+FIXED_BATCH_HINT = (
+    "its input has a fixed batch size of {batch} (batch_shape); rebuild it with keras.Input(shape=(height, width, "
+    "channels)) and load its weights (save_weights / load_weights), so that it runs on any number of images"
+)
+
+
+def _keras_reason(exc: BaseException) -> str:
+    """The line of a Keras error message that says what went wrong (Keras puts "Exception encountered when calling
+    ..." first, and colours its lines with terminal escapes)."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(("Exception encountered", "Arguments received"))]
+    return first_line(Exception(reasons[0] if reasons else type(exc).__name__))
+
+
 def check_outputs(model, head: Head, pre: Preprocessing, path: Path | str) -> None:
     """Run the model as loaded (before the head) on probe images through the contract and check its output is what
     ``head`` says: probabilities, logits that are not already probabilities, or a sigmoid in [0, 1]."""
-    raw = np.asarray(model(pre.normalize(probe_pixels(pre)), training=False), dtype=np.float64)
+    pixels = probe_pixels(pre)
+    try:
+        raw = np.asarray(model(pre.normalize(pixels), training=False), dtype=np.float64)
+    except Exception as exc:  # Keras raises ValueError, TypeError or a backend error for a graph that cannot run
+        inputs = list(getattr(model, "inputs", None) or ())
+        batch = inputs[0].shape[0] if len(inputs) == 1 else None
+        raise NotAClassifierError(
+            f"Keras could not run the model on a batch of {len(pixels)} probe images: {_keras_reason(exc)}",
+            path=path,
+            hint=None if batch is None else FIXED_BATCH_HINT.format(batch=batch),
+        ) from exc
     if not np.isfinite(raw).all():
         raise NotAClassifierError("the model outputs NaN or infinity on pixels in its input range", path=path)
     sums = raw.sum(axis=1)

@@ -2,7 +2,8 @@
 nothing at inference, removed.
 
 ``detect_preprocessing`` follows the input through the layers before the first one with weights (into nested models,
-at any depth, past shape-preserving no-ops and past resizes and crops, which commute with it) and composes every
+at any depth, past shape-preserving no-ops, past resizes and crops, which commute with it, and past channel
+reorderings and copies, such as a grayscale input made three channels) and composes every
 Rescaling and Normalization it meets into one affine contract on 0..255 pixels: ``y[c] = x[c] * scale[c] + bias[c]``.
 The exported files still feed the model raw pixels (``in_model: true``), so this is never applied twice; the
 composition is what the manifest reports.
@@ -170,6 +171,8 @@ def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray]
 
     forms = _OP_AFFINE.get(_class_name(op))
     args, kwargs = node_arguments(node)
+    if _class_name(op) == "Negative" and len(args) == 1 and args[0] is tensor and not kwargs:  # -x (255 - x spelled out)
+        return np.full(channels, -1.0), np.zeros(channels)
     if forms is None or len(args) != 2 or kwargs or not any(a is tensor for a in args):
         return None
     first = args[0] is tensor
@@ -185,31 +188,51 @@ def _op_affine(op, node, tensor, channels: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _channel_key(key, channels: int) -> int | list[int] | None:
-    """What ``x[key]`` takes of the last (channel) axis when it keeps every other axis whole: one channel (an int),
-    the channels in a new order (``[..., ::-1]``: a list), or None for any other indexing."""
+    """What ``x[key]`` takes of the last (channel) axis when it keeps every other axis whole: one channel, the axis
+    dropped (an int), the channels a slice keeps, in its order (``[..., ::-1]``, ``[..., :1]``: a list), or None for
+    any other indexing."""
     if not isinstance(key, (tuple, list)) or len(key) != 2 or key[0] is not Ellipsis:  # a list once saved and loaded
         return None
     last = key[1]
     if isinstance(last, (int, np.integer)) and not isinstance(last, bool) and -channels <= last < channels:
         return int(last) % channels
     if isinstance(last, slice):
-        order = list(range(channels))[last]
-        return order if sorted(order) == list(range(channels)) else None
+        return list(range(channels))[last] or None
     return None
 
 
-def _op_permutation(op, node, tensor, channels: int) -> list[int] | None:
-    """The channel order (output channel i is input channel order[i]) of a Keras op that only reorders the channels
-    of ``tensor``: ``x[..., ::-1]`` (GetItem) or ``keras.ops.flip(x, axis=-1)``."""
-    args = node_arguments(node)[0]
-    if not args or args[0] is not tensor:
+def _on_channel_axis(axis, rank: int) -> bool:
+    return isinstance(axis, int) and not isinstance(axis, bool) and rank > 0 and axis % rank == rank - 1
+
+
+def _channel_map(op, node, tensor, channels: int) -> list[int] | None:
+    """The channels (output channel i is input channel order[i]) of a layer or Keras op that only reorders or copies
+    the channels of ``tensor``: ``x[..., ::-1]`` (GetItem), ``keras.ops.flip(x, axis=-1)``, and a grayscale input
+    made three channels (``layers.Concatenate()([x, x, x])``, ``keras.ops.concatenate``, ``keras.ops.repeat(x, 3,
+    axis=-1)``, ``keras.ops.tile(x, (1, 1, 1, 3))``); None for anything else."""
+    args, kwargs = node_arguments(node)
+    name, rank = _class_name(op), len(tensor.shape)
+    if kwargs or len(args) not in (1, 2):
         return None
-    name = _class_name(op)
+    if name == "Concatenate" and len(args) == 1 and isinstance(args[0], (list, tuple)) and args[0]:
+        if not all(t is tensor for t in args[0]) or not _on_channel_axis(getattr(op, "axis", None), rank):
+            return None
+        return list(range(channels)) * len(args[0])
+    if args[0] is not tensor:
+        return None
     if name == "GetItem" and len(args) == 2:
         order = _channel_key(args[1], channels)
         return order if isinstance(order, list) else None
     if name == "Flip" and len(args) == 1 and getattr(op, "axis", None) in (-1, 3, (-1,), (3,), [-1], [3]):
         return list(range(channels))[::-1]
+    repeats = getattr(op, "repeats", None)
+    if name == "Repeat" and len(args) == 1 and _on_channel_axis(getattr(op, "axis", None), rank):
+        counts = [repeats] * channels if isinstance(repeats, int) else repeats
+        if isinstance(counts, (list, tuple)) and len(counts) == channels and all(isinstance(n, int) and n >= 1 for n in counts):
+            return [c for c in range(channels) for _ in range(counts[c])]
+    if name == "Tile" and len(args) == 1 and isinstance(repeats, (list, tuple)) and 1 <= len(repeats) <= rank:
+        if all(isinstance(n, int) for n in repeats) and all(n == 1 for n in repeats[:-1]) and repeats[-1] >= 1:
+            return list(range(channels)) * repeats[-1]
     return None
 
 
@@ -241,6 +264,36 @@ def _split_and_stack(found, users, channels: int):
     return order, [op for op, _, _ in picks] + [stack], outs[0]
 
 
+def _mixes_channels(op, node, tensor, channels: int) -> bool:
+    """A Keras op that makes one channel of all the channels of ``tensor``, a linear map of them: an RGB input made
+    grayscale by ``keras.ops.image.rgb_to_grayscale`` or by their mean or sum (``keras.ops.mean(x, axis=-1,
+    keepdims=True)``)."""
+    args, kwargs = node_arguments(node)
+    if kwargs or len(args) != 1 or args[0] is not tensor:
+        return False
+    name, rank = _class_name(op), len(tensor.shape)
+    if name == "RGBToGrayscale":
+        return channels == 3 and getattr(op, "data_format", "channels_last") == "channels_last"
+    axis = getattr(op, "axis", None)
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return name in ("Mean", "Sum") and bool(getattr(op, "keepdims", False)) and len(axes) == 1 and _on_channel_axis(axes[0], rank)
+
+
+def _is_float_cast(op, node, tensor) -> bool:
+    """``keras.ops.cast(x, "float32")`` (or another float type) of ``tensor``: a model taking uint8 or float pixels
+    casts them before its Rescaling; a float type holds every 8-bit pixel value exactly (bfloat16 too: 0..256)."""
+    import keras
+
+    args, kwargs = node_arguments(node)
+    dtype = getattr(op, "dtype", None)
+    if _class_name(op) != "Cast" or kwargs or len(args) != 1 or args[0] is not tensor or not isinstance(dtype, str):
+        return False
+    try:
+        return bool(keras.backend.is_float_dtype(dtype))
+    except ValueError:  # a dtype name this Keras does not know
+        return False
+
+
 def _is_normalizer(layer) -> bool:
     import keras
 
@@ -256,10 +309,14 @@ class _Walk:
         self.bias = np.zeros(channels)
         self.order = list(range(channels))  # output channel i of the chain is input channel order[i]
         self.composable = True
+        self.normalizes = False  # a Rescaling, Normalization or arithmetic met, not only channel reorderings
+        self.mixed = False  # the input's channels were mixed into one (an RGB input made grayscale)
 
     def reorder(self, order: list[int], paths: list[str]) -> None:
+        """The channels reordered or copied (a grayscale input made RGB): ``self.channels`` becomes ``len(order)``."""
         self.scale, self.bias = self.scale[order], self.bias[order]
         self.order = [self.order[i] for i in order]
+        self.channels = len(order)
         self.layers.extend(paths)
 
     def step(self, layer, prefix: str, node=None, tensor=None) -> str:
@@ -267,10 +324,17 @@ class _Walk:
         import keras
 
         path = prefix + layer.name
+        order = None if node is None else _channel_map(layer, node, tensor, self.channels)
+        if order is not None:
+            self.reorder(order, [path])
+            return "next"
         if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
-            order = _op_permutation(layer, node, tensor, self.channels)
-            if order is not None:
-                self.reorder(order, [path])
+            if _is_float_cast(layer, node, tensor):
+                self.passed.append(path)
+                return "next"
+            if not self.normalizes and _mixes_channels(layer, node, tensor, self.channels):
+                self.reorder([0], [path])  # one channel now, a mix of the input's: no longer one scale per channel
+                self.mixed = True
                 return "next"
             affine = _op_affine(layer, node, tensor, self.channels)
             if affine is None:
@@ -278,6 +342,7 @@ class _Walk:
             s, b = affine
             self.scale, self.bias = self.scale * s, self.bias * s + b
             self.layers.append(path)
+            self.normalizes = True
             return "next"
         if _is_normalizer(layer):
             affine = _layer_affine(layer, self.channels)
@@ -287,6 +352,7 @@ class _Walk:
                 s, b = affine
                 self.scale, self.bias = self.scale * s, self.bias * s + b
             self.layers.append(path)
+            self.normalizes = True
             return "next"
         if _is_pass_through(layer):
             if _class_name(layer) != "InputLayer":
@@ -319,12 +385,12 @@ class _Walk:
                 self.reorder(order, [prefix + op.name for op in ops])
                 continue
             layer = next(iter(layers.values()))
-            outs = []
+            outs = {}  # a node taking the tensor several times (Concatenate()([x, x, x])) is listed once per input
             for _, node in found:
                 ins, node_outs = node_tensors(node)
-                if len(ins) == 1 and len(node_outs) == 1:
-                    outs.append(node_outs[0])
-            nexts = [t for t in outs if id(t) == end or id(t) in users]
+                if ins and all(t is tensor for t in ins) and len(node_outs) == 1:
+                    outs[id(node_outs[0])] = node_outs[0]
+            nexts = [t for t in outs.values() if id(t) == end or id(t) in users]
             if len(nexts) != 1 or not self._enter(layer, prefix, found[0][1], tensor):
                 return False
             tensor = nexts[0]
@@ -341,8 +407,16 @@ def detect_preprocessing(model) -> InModelPreprocessing:
     channels = int(model.inputs[0].shape[-1]) if model.inputs and model.inputs[0].shape[-1] else 3
     walk = _Walk(channels)
     walk.model(model, "")
-    if not walk.layers:
+    if not walk.normalizes:  # channels reordered or copied, then computation: the model does not normalise its pixels
         return InModelPreprocessing(passed=tuple(walk.passed))
+    if walk.mixed:
+        return InModelPreprocessing(
+            tuple(walk.layers),
+            tuple(walk.passed),
+            note="the model mixes its input channels into one (grayscale from RGB) before this, so the chain is not "
+            "one scale and bias per input channel; the exported files take RGB pixels, and the model still receives "
+            "raw pixels",
+        )
     if not walk.composable:
         return InModelPreprocessing(
             tuple(walk.layers),
@@ -351,7 +425,17 @@ def detect_preprocessing(model) -> InModelPreprocessing:
             "the chain is not one value per channel; the model still receives raw pixels",
         )
     note = ""
-    if walk.order != list(range(channels)):
+    if channels == 1 and walk.order != [0]:
+        note = (
+            f"the model copies its one (grayscale) input channel into {len(walk.order)} before this scale and bias, "
+            "which are per channel after the copy; the exported files take one-channel pixels, as the model does"
+        )
+    elif sorted(walk.order) != list(range(channels)):
+        note = (
+            f"the model takes channels {walk.order} of its {channels} input channels before this scale and bias, which "
+            "are per channel of what it takes; the exported files take RGB pixels, as the model does"
+        )
+    elif walk.order != list(range(channels)):
         order = "BGR ([2, 1, 0])" if walk.order == list(range(channels))[::-1] else str(walk.order)
         note = (
             f"the model reorders its input channels to {order} before this scale and bias, which are per channel "
@@ -399,7 +483,7 @@ PROBE_SIDE = 32
 _IDENTITY: list[type] = []
 
 
-def _identity_class() -> type:
+def identity_class() -> type:
     """keras.layers.Identity that also takes the ``training`` argument the removed layer was called with: a nested
     model built for any image size re-runs its graph with each node's recorded arguments when it is called on a fixed
     size, and stock Identity refuses ``training``."""
@@ -434,7 +518,7 @@ def _replacement(path: str, layer):
     probe = np.random.default_rng(0).uniform(0, 255, size=(1, *_probe_sides(layer, shape[1:]))).astype("float32")
     out = np.asarray(layer(probe, training=False))
     if out.shape == probe.shape and np.array_equal(out, probe):
-        return _identity_class()(name=layer.name), "identity"
+        return identity_class()(name=layer.name), "identity"
     if _class_name(layer) == "RandomCrop":
         # Keras documents a centre crop to the target aspect ratio and a resize at inference (older releases do it)
         crop = keras.layers.Resizing(layer.height, layer.width, crop_to_aspect_ratio=True, name=layer.name)

@@ -379,6 +379,10 @@ def load_model(
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
             model = with_input_size(without_unused_inputs(as_graph(model, path)), input_size, path)
         model = with_plain_output(model)
+        from .heads import final_activation
+
+        activation = final_activation(model)  # of the model's own last layer, before with_flat_output's Reshape
+        model = with_flat_output(model)
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
@@ -386,13 +390,13 @@ def load_model(
             raise UnsafeModelError(
                 f"refused by Keras safe mode: {first_line(exc)}", path=path, hint="only if you trust its author, pass --trust-code"
             ) from exc
-        raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path) from exc
-    from .heads import final_activation, plan, with_head
+        raise ModelLoadError(f"Keras could not load the model: {first_line(exc)}", path=path, hint=_h5_ops_hint(exc, fmt)) from exc
+    from .heads import plan, with_head
     from .inference import detect_preprocessing
 
     h, w, c, units = describe_classifier(model, path)
     _check_activation_sizes(model, path)
-    head = plan(units, final_activation(model), add_softmax, path)
+    head = plan(units, activation, add_softmax, path)
     found = detect_preprocessing(model)
     return LoadedModel(
         model=with_head(model, head),
@@ -412,6 +416,26 @@ _CHANNELS_FIRST_HINT = (
     "the input looks channels-first (batch, channels, height, width); the exporter takes channels-last image models: "
     "rebuild it with data_format='channels_last' (Keras' default) and load the weights into it"
 )
+
+
+def _h5_ops_hint(exc: BaseException, fmt: str) -> str | None:
+    """The remedy when Keras cannot load an .h5 file because it holds a Keras op (``inputs / 255.0``,
+    keras.applications' ``preprocess_input`` called on a tensor): the legacy H5 format saves ops as layers it cannot
+    rebuild ("Unknown layer: 'TrueDivide'"); the .keras format can."""
+    import re
+
+    found = re.search(r"Unknown layer: '(\w+)'", str(exc))
+    if fmt != "h5" or found is None:
+        return None
+    import keras.src.ops as keras_ops  # the op classes (TrueDivide, Subtract, GetItem, ...) by module
+
+    modules = ("numpy", "math", "core", "nn", "image", "linalg")
+    if not any(isinstance(getattr(getattr(keras_ops, m, None), found.group(1), None), type) for m in modules):
+        return None
+    return (
+        f"'{found.group(1)}' is a Keras op (arithmetic or preprocess_input on a tensor), which the legacy .h5 format "
+        "cannot rebuild: save the model with model.save('model.keras') and export that file"
+    )
 
 
 def _channels_first(shape) -> bool:
@@ -494,6 +518,29 @@ def with_plain_output(model):
     if not isinstance(model.output, (dict, list, tuple)):
         return model
     return keras.Model(model.input, model.outputs[0], name=model.name)
+
+
+def with_flat_output(model):
+    """``model`` itself, or, when its one output is a (batch, 1, ..., 1, N) map (a convolutional head:
+    ``GlobalAveragePooling2D(keepdims=True)``, ``Conv2D(N, 1)``, ``Softmax()``, with no Flatten), the same layers with
+    that output reshaped to the (batch, N) vector it holds: everything downstream reads one probability row per
+    image."""
+    keras = import_keras()
+
+    outputs = list(getattr(model, "outputs", None) or ())
+    if len(outputs) != 1 or len(getattr(model, "inputs", None) or ()) != 1:
+        return model
+    shape = tuple(outputs[0].shape)
+    if len(shape) <= 2 or shape[-1] is None or any(d != 1 for d in shape[1:-1]):
+        return model
+    taken = {model.name} | {layer.name for layer in model.layers}
+    name = next(n for n in (f"flat_output{'_' * bool(i)}{i or ''}" for i in range(len(taken) + 1)) if n not in taken)
+    flatten = keras.layers.Reshape((int(shape[-1]),), name=name)
+    if isinstance(model, keras.Sequential):  # called as one layer: a loaded Sequential's layers hold one node per build
+        source = model.inputs[0]
+        inputs = keras.Input(tuple(source.shape[1:]), batch_size=source.shape[0], dtype=source.dtype, name=f"{name}_input")
+        return keras.Model(inputs, flatten(model(inputs)), name=model.name)
+    return keras.Model(model.inputs[0], flatten(outputs[0]), name=model.name)
 
 
 def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None):

@@ -26,6 +26,13 @@ bfloat16, so the converters are given the same architecture and the same float32
 (``float32_twin``): the files are closer to the exact answer than Keras' bfloat16 arithmetic, which validation's
 float64 arbiter recognises (validation/float64.py).
 
+A ``Resizing`` layer whose TensorFlow op a converter cannot read or reads wrongly: one to its own input size is the
+identity for every interpolation (a model built for any image size and resizing to the size it is exported at, with
+``interpolation="bicubic"``: coremltools has no ResizeBicubic); ``interpolation="area"`` by whole-number factors is
+the mean of each block when it shrinks (``AveragePooling2D``) and each pixel repeated when it grows
+(``UpSampling2D``), the same numbers: coremltools has no ResizeArea, and tf2onnx writes it as a nearest resize, whose
+file disagreed with Keras. An area resize by other factors is refused, naming the layer.
+
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
 """
@@ -39,11 +46,52 @@ def _is_grouped_conv(layer) -> bool:
     return type(layer) is keras.layers.Conv2D and int(getattr(layer, "groups", 1)) > 1
 
 
+def _resize_sides(layer) -> tuple[int, int, int, int] | None:
+    """(input height, input width, height, width) of a Resizing layer the converters are given a stand-in for."""
+    import keras
+
+    from ..keras_graph import first_input_shape
+
+    if type(layer) is not keras.layers.Resizing or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio:
+        return None
+    shape = first_input_shape(layer)
+    if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
+        return None
+    sides = int(shape[1]), int(shape[2]), int(layer.height), int(layer.width)
+    return sides if sides[:2] == sides[2:] or layer.interpolation == "area" else None
+
+
+def _resize_replacement(layer, sides: tuple[int, int, int, int]):
+    """The stock layer computing what the Resizing ``layer`` from ``_resize_sides`` computes (see the module
+    docstring)."""
+    import keras
+
+    from ..errors import ConversionError
+    from ..inference import identity_class
+
+    in_h, in_w, h, w = sides
+    if (in_h, in_w) == (h, w):
+        return identity_class()(name=layer.name)
+    if in_h % h == 0 and in_w % w == 0:
+        return keras.layers.AveragePooling2D((in_h // h, in_w // w), name=layer.name)
+    if h % in_h == 0 and w % in_w == 0:
+        return keras.layers.UpSampling2D((h // in_h, w // in_w), interpolation="nearest", name=layer.name)
+    raise ConversionError(
+        f"layer {layer.name!r} (Resizing) resizes {in_h}x{in_w} to {h}x{w} with interpolation='area', which neither Core ML "
+        "nor ONNX has (tf2onnx writes a nearest resize): only whole-number factors (both sides shrinking or both "
+        "growing) are exported, as block means or repeated pixels; resize with 'bilinear' or to a whole-number factor"
+    )
+
+
+def _is_rewritten(layer) -> bool:
+    return _is_grouped_conv(layer) or _resize_sides(layer) is not None
+
+
 def needs_rewrite(model) -> bool:
     import keras
 
     for layer in model.layers:
-        if _is_grouped_conv(layer):
+        if _is_rewritten(layer):
             return True
         if isinstance(layer, keras.Model) and needs_rewrite(layer):
             return True
@@ -131,8 +179,8 @@ def float32_twin(model):
 
 
 def for_converters(model):
-    """``model`` with every grouped Conv2D (also inside nested models) replaced by its exact equivalent, computing in
-    float32 when it computed in bfloat16 (``float32_twin``)."""
+    """``model`` with every grouped Conv2D and unreadable Resizing (also inside nested models) replaced by its exact
+    equivalent, computing in float32 when it computed in bfloat16 (``float32_twin``)."""
     import keras
 
     model = float32_twin(model)
@@ -142,6 +190,9 @@ def for_converters(model):
     def clone(layer):
         if _is_grouped_conv(layer):
             return _grouped_conv_replacement(layer)
+        sides = _resize_sides(layer)
+        if sides is not None:
+            return _resize_replacement(layer, sides)
         if isinstance(layer, keras.Model) and needs_rewrite(layer):
             return for_converters(layer)
         return layer
