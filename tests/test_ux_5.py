@@ -145,3 +145,121 @@ def test_exporter_xcode_is_the_api_function_also_after_its_package_is_imported(t
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["DestinationError", "DestinationError", "True"]
+
+
+# --- the reports -----------------------------------------------------------------------------------------------------
+def _many_class_report(n_classes: int, label: str = "class_{i}") -> dict:
+    """A real-accumulator report on 40 held-out digits for a model of ``n_classes`` classes: the int8 file moves
+    the top-1 of the first 20 images to the next class (fails), the fp32 file agrees (passes)."""
+    import numpy as np
+    from conftest import sample
+    from test_html_report import _report
+
+    from exporter.validation.accumulate import LabelStats, ParityStats
+    from exporter.validation.tolerances import default_gate
+
+    base = _report()
+    labels = [label.format(i=i) for i in range(n_classes)]
+    images = sorted(sample("mobilenet_v1_digits")["heldout"].rglob("*.png"))[:40]
+    truth = np.arange(len(images)) % n_classes
+    ref = np.full((len(images), n_classes), 0.1 / max(n_classes - 1, 1), np.float32)
+    ref[np.arange(len(images)), truth] = 0.9 if n_classes > 1 else 1.0
+    got = ref.copy()
+    got[:20] = np.roll(ref[:20], 1, axis=1)
+    keras = LabelStats(n_classes)
+    keras.update(ref, truth)
+    rows = []
+    for row, probs in zip(base["artifacts"][:2], (ref, got), strict=True):
+        stats = ParityStats(n_classes)
+        stats.update(ref, probs, [str(p) for p in images], truth, labels)
+        metrics = stats.summary(labels, keras)
+        gate = default_gate(row["format"], row["variant"])
+        failures = gate.failures(metrics["max_abs_prob"], metrics["top1_agreement"])
+        rows.append({**row, "gate": gate.to_dict(), "status": "failed" if failures else "passed", "failures": failures, **metrics})
+    passed = not any(r["status"] == "failed" for r in rows)
+    return {**base, "labels": labels, "images": len(images), "keras": {"against_labels": keras.summary(labels)}, "artifacts": rows,
+            "passed": passed, "not_run": []}  # fmt: skip
+
+
+def test_html_card_names_and_links_every_failed_and_not_run_artifact():
+    """The card said FAILED and counted, but which file failed, and on what, was somewhere in the table below."""
+    from test_html_report import _report
+
+    from exporter.report import html
+
+    page = html.render(_report())
+    card = page[page.index('class="card') : page.index("</section>")]
+    assert '<a href="#a-m-int8-onnx">m_int8.onnx</a>' in card and "top-1 agreement 0.5000 &lt; 0.98" in card
+    assert "m_w8a8.mlpackage" in card and "needs macOS" in card
+    assert "m_fp32.mlpackage" not in card  # passed: not a problem to list
+
+
+def test_a_report_with_artifacts_not_run_is_not_a_green_pass():
+    """validate exits 8 (parity unchecked) when every artifact that ran passed but one could not run; the HTML card
+    said PASSED in green and the terminal table ended without a verdict."""
+    from test_html_report import _report
+
+    from exporter.report import html, terminal
+
+    report = _report()
+    report["artifacts"] = [a for a in report["artifacts"] if a["status"] != "failed"]
+    report["passed"] = True
+    page = html.render(report)
+    assert 'class="card warn-card"><h1>UNCHECKED</h1>' in page
+    last = terminal.parity_table(report).splitlines()[-1]
+    assert last.startswith("UNCHECKED: every artifact that ran passed, but 1 of 2 could not be run here: m_w8a8.mlpackage")
+    assert terminal.parity_table(_report()).splitlines()[-1] == "FAILED: 1 of 3 artifacts failed their gates: m_int8.onnx"
+
+
+def test_html_report_of_1000_classes_folds_the_class_tables_and_matrices():
+    """At 1000 classes the per-class table (1000 rows) and four 2,160-pixel confusion matrices came before the
+    flipped images of the failing file; the F1 changes were one paragraph naming every changed class."""
+    from exporter.report import html
+
+    page = html.render(_many_class_report(1000))
+    assert page.count("<details><summary>") == 4  # the class table, Keras' matrix, each artifact's matrix: folded
+    changes = re.search(r"F1 changes against Keras: ([^<]*)</p>", page).group(1)
+    assert changes.count(": F1 ") == html.SHOWN_F1_CHANGES and re.search(r" and \d+ more \(largest first", changes)
+    small = html.render(_many_class_report(10))
+    assert small.count("<details open><summary>") == 4 and "<details><summary>" not in small
+
+
+def test_html_long_labels_wrap_instead_of_pushing_the_columns_off_the_page():
+    from exporter.report import html
+
+    long = "a_very_long_label_without_any_space_" * 6 + "{i}"
+    page = html.render(_many_class_report(10, long))
+    assert page.count('<td class="label">a_very_long_label') == 10
+    assert "td.label{white-space:normal;overflow-wrap:anywhere" in page
+
+
+def test_confusion_matrix_of_one_class_shows_its_count():
+    """With one class (or all counts equal) imshow scaled the colours to the one value: the cell was drawn in the
+    palest blue and its count in white on it, invisible."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from exporter.report import html
+
+    png = html._confusion([[60]], ["only"], "Keras").split(",", 1)[1]
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")).astype(int)
+    dark = (img.sum(axis=2) < 300).mean()  # the cell drawn in a dark blue, not almost white
+    assert dark > 0.2, dark
+
+
+def test_size_table_names_the_weight_bits_ratio_as_readme_does():
+    """The size table's last ratio column was headed "limit": every compressed file (0.320 against 0.250) read as
+    over a limit. It is the weights' bits / 32, as README's tables call it."""
+    from exporter.report import terminal
+
+    manifest = {
+        "artifacts": [
+            {"path": "m_int8.mlpackage", "bytes": 528_734, "ratio_to_fp32": 0.32, "details": {"theoretical_ratio": 0.25},
+             "minimum_deployment_target": "iOS16"}
+        ]
+    }  # fmt: skip
+    header = terminal.size_table(manifest).splitlines()[0].split()
+    assert header == ["artifact", "bytes", "vs", "fp32", "bits/32", "target"]
