@@ -428,7 +428,8 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
     opened = OpenedExport(
         root=stage, manifest=full, preprocessing=prepared.info.preprocessing, labels=prepared.info.labels, loaded=prepared.loaded
     )
-    report = {**measure(opened, options.validation_images, gates=options.gates or {}, progress=sink), "export_dir": str(out.absolute())}
+    measured = measure(opened, options.validation_images, gates=options.gates or {}, progress=sink)
+    report = Report({**measured, "export_dir": str(out.absolute())})  # a ParityError's .report is a Report, as validate's
     selection, keep = choose(full["artifacts"], report, max_accuracy_drop=options.max_accuracy_drop, min_target=options.min_target)
     if not keep:
         raise ParityError(

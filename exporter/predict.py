@@ -12,8 +12,11 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _callable_as
 from .errors import ConfigError, ConversionError, ImageError, ModelLoadError
 from .packaging import MANIFEST_NAME
+
+_callable_as(__name__, "exporter.predict:predict")  # exporter.predict(...) stays the function once this is imported
 
 ARTIFACT_SUFFIXES = {".mlpackage": "mlpackage", ".mlmodel": "mlmodel", ".onnx": "onnx"}
 

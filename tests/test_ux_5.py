@@ -128,23 +128,24 @@ def test_every_exit_code_is_documented_in_readme_and_the_help():
         assert re.search(rf"(^|[;/] ?){code}\b", help_line), f"`exporter --help` exit codes lack {code}"
 
 
-def test_exporter_xcode_is_the_api_function_also_after_its_package_is_imported(tmp_path):
-    """``exporter.xcode(...)`` (README's Python API) is both the API function and the subpackage exporter.xcode.
-    Python sets the package attribute once anything in exporter.xcode is imported (api.xcode itself imports it),
-    so a notebook's second call found a module: TypeError "'module' object is not callable"."""
+def test_exporter_xcode_and_predict_are_the_api_functions_also_after_their_modules_are_imported(tmp_path):
+    """``exporter.xcode(...)`` and ``exporter.predict(...)`` (README's Python API) are API functions and submodules
+    at once. Python sets the attribute to the submodule once anything imports it (the functions themselves do), so
+    a notebook's second call found a module: TypeError "'module' object is not callable"."""
     code = (
         "import exporter\n"
         "for attempt in range(2):\n"
-        "    try:\n"
-        "        exporter.xcode({0!r}, {1!r}, images={0!r})\n"
-        "    except exporter.ExporterError as exc:\n"
-        "        print(type(exc).__name__)\n"
+        "    for call in (lambda: exporter.xcode({0!r}, {1!r}, images={0!r}), lambda: exporter.predict({0!r}, [{0!r}])):\n"
+        "        try:\n"
+        "            call()\n"
+        "        except exporter.ExporterError as exc:\n"
+        "            print(type(exc).__name__)\n"
         "import exporter.xcode.package\n"
-        "print(callable(exporter.xcode))\n"
+        "print(callable(exporter.xcode), callable(exporter.predict), exporter.predict.format_predictions.__name__)\n"
     ).format(str(tmp_path / "no_export"), str(tmp_path / "pkg"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["DestinationError", "DestinationError", "True"]
+    assert out.stdout.split() == ["DestinationError", "ModelLoadError"] * 2 + ["True", "True", "format_predictions"]
 
 
 # --- the reports -----------------------------------------------------------------------------------------------------
@@ -263,3 +264,49 @@ def test_size_table_names_the_weight_bits_ratio_as_readme_does():
     }  # fmt: skip
     header = terminal.size_table(manifest).splitlines()[0].split()
     assert header == ["artifact", "bytes", "vs", "fp32", "bits/32", "target"]
+
+
+# --- README's Python example, run as written -----------------------------------------------------------------------
+def _readme_python_blocks() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    return [b[len("python\n") :] for b in text.split("```")[1::2] if b.startswith("python\n")]
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_written(tmp_path):
+    """README's Python API block, run as written in a folder holding what it names: model.keras, labels.txt and
+    preprocessing.json (the MobileNet v1 sample), heldout/ (100 of its held-out digits: 64 calibrate int8-static,
+    36 are left to judge) and photo.jpg. It used to read ``report.passed`` after a validate that raises on any
+    failure, and its second ``exporter.xcode`` call in the same process would have met the subpackage."""
+    import json
+    import shutil
+
+    from conftest import sample
+    from PIL import Image
+
+    (block,) = _readme_python_blocks()
+    s = sample("mobilenet_v1_digits")
+    for name in ("model", "labels", "preprocessing"):
+        shutil.copy(s[name], tmp_path / s[name].name)
+    for label_dir in sorted(p for p in s["heldout"].iterdir() if p.is_dir()):
+        (tmp_path / "heldout" / label_dir.name).mkdir(parents=True)
+        for p in sorted(label_dir.iterdir())[:10]:
+            shutil.copy(p, tmp_path / "heldout" / label_dir.name / p.name)
+    first = sorted((tmp_path / "heldout").rglob("*.png"))[0]
+    Image.open(first).convert("RGB").save(tmp_path / "photo.jpg", quality=95)
+    # the block's last expressions are what a notebook would show: print them, and what the test checks
+    code = block + (
+        "\nimport json\n"
+        "print(json.dumps({'passed': report.passed, 'engine': report.artifact('onnx', 'fp16').engine['name'],"
+        " 'left_out': report['calibration_images_left_out'], 'images': report['images'],"
+        " 'int8': str(manifest.artifact('mlpackage', 'int8').path),"
+        " 'top': exporter.predict('out/my_model', ['photo.jpg'], top_k=3)['predictions'][0]['top'],"
+        " 'package': sorted(p.name for p in (exporter.xcode('out/my_model', 'Again', images='heldout/', golden_count=2)).iterdir())}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert shown["engine"] == "onnxruntime" and shown["left_out"] == 64 and shown["images"] == 36
+    assert shown["int8"] == str(tmp_path / "out" / "my_model" / "model_int8.mlpackage")
+    assert len(shown["top"]) == 3 and "Package.swift" in shown["package"]
+    assert (tmp_path / "MyModelPackage" / "Package.swift").is_file()

@@ -5,26 +5,15 @@ and the gates into a folder Swift reads (format: ios_harness/GOLDEN_FORMAT.md). 
 package with the model, a typed classify API and an XCTest parity test over those golden files. Both are imported on
 first use, so ``exporter --help`` stays fast.
 
-``exporter.xcode`` is two things: this package and the API function ``exporter.api.xcode``. Python's import system
-sets ``exporter.xcode`` to this package as soon as anything imports a module in it (``api.xcode`` itself does), so
-a notebook's second ``exporter.xcode(...)`` would find a module where the first found the function. The package is
-therefore callable: calling it is calling ``exporter.api.xcode``.
+Calling this package calls ``exporter.api.xcode`` (``exporter.xcode(...)`` is the API function, see
+exporter/__init__.py's ``_callable_as``).
 """
 
-import sys
-import types
+from .. import _callable_as
 
 __all__ = ["write_golden", "write_xcode_package"]
 
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        from ..api import xcode
-
-        return xcode(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+_callable_as(__name__, "exporter.api:xcode")
 
 
 def __getattr__(name):
