@@ -301,6 +301,7 @@ def test_readme_python_example_runs_as_written(tmp_path):
         " 'left_out': report['calibration_images_left_out'], 'images': report['images'],"
         " 'int8': str(manifest.artifact('mlpackage', 'int8').path),"
         " 'top': exporter.predict('out/my_model', ['photo.jpg'], top_k=3)['predictions'][0]['top'],"
+        " 'report': json.dumps(report), 'predictions': json.dumps(exporter.predict('out/my_model', ['photo.jpg'])),"
         " 'package': sorted(p.name for p in (exporter.xcode('out/my_model', 'Again', images='heldout/', golden_count=2)).iterdir())}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -310,3 +311,35 @@ def test_readme_python_example_runs_as_written(tmp_path):
     assert shown["int8"] == str(tmp_path / "out" / "my_model" / "model_int8.mlpackage")
     assert len(shown["top"]) == 3 and "Package.swift" in shown["package"]
     assert (tmp_path / "MyModelPackage" / "Package.swift").is_file()
+    # what --json writes for these, every key of it documented in SCHEMA.md
+    manifest = json.loads((tmp_path / "out" / "my_model" / "manifest.json").read_text())
+    assert "calibration" in manifest
+    _check_documented("manifest.json", manifest, ("artifacts", "inference_model", "inference_model.head", "calibration"))
+    report = json.loads(shown["report"])
+    _check_documented("Parity report", report, ("artifacts", "artifacts.engine", "keras.against_labels", "environment"))
+    _check_documented("Predictions", json.loads(shown["predictions"]), ("predictions", "predictions.top"))
+
+
+SCHEMA = ROOT / "exporter" / "report" / "SCHEMA.md"
+
+
+def _check_documented(section: str, data: dict, nested: tuple[str, ...] = ()) -> None:
+    """Every key of ``data``, and of the objects at the dotted paths ``nested`` (a list: its first item), is named
+    in backticks in SCHEMA.md's section whose heading starts with ``section``."""
+    text = SCHEMA.read_text(encoding="utf-8")
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([^`]+)`", body))
+    missing = [k for k in data if k not in named]
+    for path in nested:
+        value = data
+        for part in path.split("."):
+            value = value[part]
+            value = value[0] if isinstance(value, list) else value
+        missing += [f"{path}.{k}" for k in value if k not in named]
+    assert not missing, f"SCHEMA.md's {section} section does not describe {missing}"
+
+
+def test_doctor_json_is_documented():
+    from exporter.doctor import doctor
+
+    _check_documented("Findings", doctor(), ("can_run.coreml", "can_run.linux_coreml_executor", "can_run.onnxruntime", "can_run.swift"))
