@@ -311,6 +311,16 @@ def test_readme_python_example_runs_as_written(tmp_path):
     assert shown["int8"] == str(tmp_path / "out" / "my_model" / "model_int8.mlpackage")
     assert len(shown["top"]) == 3 and "Package.swift" in shown["package"]
     assert (tmp_path / "MyModelPackage" / "Package.swift").is_file()
+    # the package README tells an iOS developer the model's input, labels and the Vision request (README: "Xcode")
+    package_readme = (tmp_path / "MyModelPackage" / "README.md").read_text()
+    assert "`image`: a 32 × 32 pixel image (width × height; RGB" in package_readme and "the 10 labels" in package_readme
+    assert "request.imageCropAndScaleOption = .scaleFill" in package_readme
+    assert "VNCoreMLModel(for: ModelClassifier().model)" in package_readme  # module: the model name, "model"
+    assert "Xcode generates no class for it" in package_readme  # an .mlpackage is copied: no generated class
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(tmp_path / "out" / "my_model" / "model_fp16.mlpackage"))
+    assert (spec.description.predictedFeatureName, spec.description.predictedProbabilitiesName) == ("classLabel", "classLabel_probs")
     # what --json writes for these, every key of it documented in SCHEMA.md
     manifest = json.loads((tmp_path / "out" / "my_model" / "manifest.json").read_text())
     assert "calibration" in manifest

@@ -61,6 +61,17 @@ RESOURCE_NOTE = {
     "copy": "Copied: command-line SwiftPM would flatten an .mlpackage's files with .process (see the exporter's "
     "xcode/package.py); the classifier compiles it on first use and caches the result.",
 }
+# The package README's paragraph on the bundled model file, by format (NAME: the package name, MODEL: the file).
+MODEL_PARAGRAPH = {
+    "mlmodel": "The model, `{model}`, is declared `.process` in `Package.swift`: Xcode compiles it into an `.mlmodelc` "
+    "when it builds the package and generates its class (select the file in the navigator for the model preview with "
+    "its labels and metadata); command-line SwiftPM copies it and `{name}Classifier` compiles it on first use. "
+    "`{name}Resources.labels()` and `.info()` work on every platform, Linux included.",
+    "mlpackage": "The model, `{model}`, is declared `.copy` in `Package.swift`, because command-line SwiftPM would "
+    "flatten the files inside an `.mlpackage`; so Xcode generates no class for it: use `{name}Classifier` (its `model` "
+    "is the `MLModel`), which compiles it on first use and caches the compiled model, keyed by its SHA-256. "
+    "`{name}Resources.labels()` and `.info()` work on every platform, Linux included.",
+}
 # The async classify API uses Swift concurrency, which back-deploys to iOS 13 / macOS 10.15.
 TOOLS_VERSION = {"iOS18": "6.0"}
 DEFAULT_TOOLS_VERSION = "5.9"
@@ -137,7 +148,7 @@ def model_stem(manifest: dict, artifact: dict) -> str:
 # Values substituted into Swift and Markdown that come from a manifest (untrusted): read_manifest limits them to
 # plain names, and render refuses anything that could end a Swift comment line or string literal all the same. The
 # other values (rules, notes, versions) are the toolkit's own text.
-FROM_MANIFEST = frozenset({"NAME", "MODEL_FILE", "MODEL_CLASS", "VARIANT", "ARTIFACT", "TARGET", "RESIZE", "CROP"})
+FROM_MANIFEST = frozenset({"NAME", "MODEL_FILE", "COLOR", "VARIANT", "ARTIFACT", "TARGET", "RESIZE", "CROP"})
 TEMPLATE_VALUE = re.compile(r"[A-Za-z0-9 ._:-]*\Z")
 
 
@@ -183,7 +194,6 @@ def write_xcode_package(
     values = {
         "NAME": name,
         "MODEL_FILE": model_file,
-        "MODEL_CLASS": f"{name}{MODEL_RESOURCE_SUFFIX}",
         "MODEL_RULE": rule,
         "MODEL_RULE_NOTE": RESOURCE_NOTE[rule],
         "TOOLS_VERSION": tools,
@@ -194,6 +204,11 @@ def write_xcode_package(
         "TARGET": artifact["minimum_deployment_target"],
         "RESIZE": pre["resize"],
         "CROP": CROP_OPTION[pre["resize"]],
+        "INPUT_HEIGHT": str(int(pre["input_size"][0])),
+        "INPUT_WIDTH": str(int(pre["input_size"][1])),
+        "LABEL_COUNT": str(len(manifest["labels"])),
+        "COLOR": {"L": "grayscale"}.get(pre["channel_order"], pre["channel_order"]),
+        "MODEL_PARAGRAPH": MODEL_PARAGRAPH[artifact["format"]].format(name=name, model=model_file),
     }
     out = Path(out_dir)
     with atomic_directory(out, overwrite=overwrite, inputs=(root, images_folder, model_path), ours=("Package.swift",)) as stage:
