@@ -388,8 +388,18 @@ def xcode(
     folder. ``variant`` is a name (``fp16``; .mlpackage preferred) or ``FORMAT:NAME``; ``golden_count`` None
     bundles the default number of golden images."""
     from .console import quiet_libraries
-    from .xcode.package import DEFAULT_GOLDEN_COUNT, write_xcode_package
+    from .xcode.package import DEFAULT_GOLDEN_COUNT, check_inputs, write_xcode_package
 
+    check_inputs(
+        export_dir,
+        out,
+        images_folder=images,
+        variant=variant,
+        package_name=name,
+        overwrite=overwrite,
+        golden_count=golden_count,
+        model_path=model_path,
+    )  # before any heavy import
     with quiet_libraries(verbose):
         return Path(
             write_xcode_package(

@@ -142,10 +142,12 @@ def test_exporter_xcode_and_predict_are_the_api_functions_also_after_their_modul
         "            print(type(exc).__name__)\n"
         "import exporter.xcode.package\n"
         "print(callable(exporter.xcode), callable(exporter.predict), exporter.predict.format_predictions.__name__)\n"
+        "print('tensorflow' in sys.modules)\n"
     ).format(str(tmp_path / "no_export"), str(tmp_path / "pkg"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["DestinationError", "ModelLoadError"] * 2 + ["True", "True", "format_predictions"]
+    expected = ["DestinationError", "ModelLoadError"] * 2 + ["True", "True", "format_predictions", "False"]
+    assert out.stdout.split() == expected
 
 
 # --- the reports -----------------------------------------------------------------------------------------------------

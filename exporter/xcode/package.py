@@ -18,6 +18,7 @@ Layout (NAME is the Swift module name)::
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -164,6 +165,38 @@ def render(template: str, values: dict[str, str]) -> str:
     if left:
         raise ConfigError(f"template {template} has unfilled placeholders {left}")  # a bug in the templates
     return text
+
+
+def check_inputs(
+    export_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    images_folder: str | os.PathLike,
+    variant: str,
+    package_name: str | None,
+    overwrite: bool,
+    golden_count: int | None,
+    model_path: str | os.PathLike | None,
+) -> None:
+    """What ``write_xcode_package`` can check in milliseconds, before TensorFlow is imported: a mistyped export
+    folder, variant or image folder, an existing --out, a source model that is not where the manifest says (each
+    used to cost the 10-15 s of importing TensorFlow first)."""
+    from .. import precheck
+    from ..errors import ModelLoadError
+    from ..packaging import find_source_model
+
+    check_count(golden_count)
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    precheck.destination(out_dir, overwrite=overwrite)
+    precheck.image_folder(images_folder, option="--images")
+    pick_artifact(manifest, variant, export_dir)
+    if package_name is not None:
+        check_package_name(package_name)
+    if model_path is None:
+        find_source_model(manifest, export_dir)
+    elif not Path(model_path).exists():
+        raise ModelLoadError("model file not found (given as --model)", path=Path(model_path))
 
 
 def write_xcode_package(
