@@ -376,3 +376,18 @@ def test_every_function_the_threat_model_names_exists():
             if not hasattr(importlib.import_module(f"exporter.{module}"), attr):
                 missing.append(name)
     assert not missing, missing
+
+
+def test_every_command_help_has_a_description_examples_and_its_defaults():
+    """`exporter xcode --help` had no description, no examples and its own metavars (IMAGES, GOLDEN_COUNT,
+    MODEL_PATH) where the other commands say FOLDER, N, MODEL."""
+    import argparse
+
+    for name, parser in _commands().items():
+        text = " ".join(parser.format_help().split())
+        assert parser.description and "examples:" in text, name
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, "", [], argparse.SUPPRESS):
+                assert "default" in (action.help or "") or f"(default: {action.default})" in text, (name, action.option_strings)
+    xcode = _commands()["xcode"].format_usage()
+    assert "--images FOLDER" in xcode and "--golden-count N" in xcode and "--model MODEL" in xcode and "EXPORT_DIR" in xcode
