@@ -8,6 +8,14 @@ Heavy libraries (TensorFlow, coremltools, onnxruntime) are imported only when a 
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy __getattr__ below returns, for type checkers and editors
+    from .api import ExportOptions, export, validate, xcode
+    from .predict import predict
+    from .preprocessing import Preprocessing
+    from .results import Manifest, Report
+
 from .errors import (
     ConfigError,
     ConversionError,

@@ -343,7 +343,7 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     try:
         report = api.validate(**validate_args, progress=progress)
     except ParityError as exc:
-        if exc.report is not None:
+        if getattr(exc, "report", None) is not None:
             _write_reports(exc.report, args)
         raise
     _write_reports(report, args)

@@ -100,7 +100,8 @@ class ParityError(ExporterError):
     measurements, so a caller can still write them out."""
 
     exit_code = 7
-    report: Report | None = None
+    # set by with_report: validate and --quantize auto always attach their measurements, so it is typed as present
+    report: Report
 
     def with_report(self, report: Report) -> ParityError:
         self.report = report

@@ -391,3 +391,18 @@ def test_every_command_help_has_a_description_examples_and_its_defaults():
                 assert "default" in (action.help or "") or f"(default: {action.default})" in text, (name, action.option_strings)
     xcode = _commands()["xcode"].format_usage()
     assert "--images FOLDER" in xcode and "--golden-count N" in xcode and "--model MODEL" in xcode and "EXPORT_DIR" in xcode
+
+
+def test_readme_python_example_type_checks(tmp_path):
+    """A typed notebook or CI script is checked by mypy: `exporter.xcode(...)` was "Module not callable" (mypy saw
+    the subpackage), `calibration_images="heldout/"` was not a `Path`, and `failed.report` was `Report | None`."""
+    pytest.importorskip("mypy")
+    (block,) = _readme_python_blocks()
+    (tmp_path / "example.py").write_text(block, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", str(tmp_path / "example.py")],  # the project's cache: CI ran `mypy exporter` first
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
