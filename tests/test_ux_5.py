@@ -348,3 +348,16 @@ def test_readme_python_example_type_checks(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_a_labels_count_mismatch_says_what_to_give():
+    """The error said "has 9 labels but the model outputs 10 classes" and no more: not what the file should hold."""
+    from exporter.errors import LabelsError
+    from exporter.labels import check_against_model
+
+    with pytest.raises(LabelsError) as caught:
+        check_against_model([str(i) for i in range(9)], 10, source="labels.txt")
+    assert str(caught.value) == (
+        "labels.txt: has 9 labels but the model outputs 10 classes (give 10 labels, one per line, in the order of the "
+        "model's outputs: is a class missing, or a header line extra?)"
+    )
