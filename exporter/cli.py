@@ -292,6 +292,7 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     json_file = getattr(args, "json", None)
     from .packaging import check_report_not_an_input
 
+    _check_json_is_not_an_image(json_file)
     inputs = [v for name in INPUT_ARGUMENTS for v in _as_list(getattr(args, name, None))]
     for report in (None if json_file == "-" else json_file, getattr(args, "html", None)):
         check_report_not_an_input(report, inputs)
@@ -348,6 +349,23 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
         raise
     _write_reports(report, args)
     return 0
+
+
+def _check_json_is_not_an_image(json_file: str | None) -> None:
+    """``--json`` takes an optional FILE, so in ``exporter predict out/m --json a.png b.png`` it took a.png as the
+    file to write, classified b.png only, and wrote the JSON over the photo a.png. An image file name is never the
+    JSON file: refused before anything runs."""
+    from .images import HEIF_SUFFIXES, IMAGE_SUFFIXES, UNDECODED_IMAGE_SUFFIXES
+
+    if json_file in (None, "-"):
+        return
+    if Path(json_file).suffix.lower() in (*IMAGE_SUFFIXES, *HEIF_SUFFIXES, *UNDECODED_IMAGE_SUFFIXES):
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"--json took the image {json_file!r} as the file to write the JSON to",
+            hint="put --json after the images, or name its file: --json=predictions.json",
+        )
 
 
 def _emit(data: dict, json_target: str | None, table) -> None:

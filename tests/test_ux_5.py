@@ -361,3 +361,26 @@ def test_a_labels_count_mismatch_says_what_to_give():
         "labels.txt: has 9 labels but the model outputs 10 classes (give 10 labels, one per line, in the order of the "
         "model's outputs: is a class missing, or a header line extra?)"
     )
+
+
+def test_a_bare_json_before_the_images_never_overwrites_an_image(tmp_path):
+    """`--json` takes an optional FILE: `exporter predict EXPORT --json a.png b.png` took a.png as the JSON file,
+    classified b.png only and wrote the JSON over the photo a.png (exit 0)."""
+    import shutil
+
+    from conftest import sample
+
+    from exporter.api import ExportOptions, export
+    from exporter.cli import main
+
+    s = sample("mobilenet_v1_digits")
+    out = tmp_path / "export"
+    export(s["model"], s["labels"], out, preprocessing=s["preprocessing"], options=ExportOptions(formats="onnx", variants="fp32"))
+    first = sorted(s["heldout"].rglob("*.png"))[0]
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    shutil.copy(first, a)
+    shutil.copy(first, b)
+    before = a.read_bytes()
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", str(out), "--json", str(a), str(b)])
+    assert exited.value.code == 2 and a.read_bytes() == before
