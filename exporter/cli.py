@@ -292,10 +292,10 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     json_file = getattr(args, "json", None)
     from .packaging import check_report_not_an_input
 
-    _check_json_is_not_an_image(json_file)
     inputs = [v for name in INPUT_ARGUMENTS for v in _as_list(getattr(args, name, None))]
     for report in (None if json_file == "-" else json_file, getattr(args, "html", None)):
         check_report_not_an_input(report, inputs)
+    _check_json_is_not_an_image(json_file)  # an image the command does not read, taken by a bare --json
     if json_file not in (None, "-"):  # a --json FILE that cannot be written, refused before any work
         from .packaging import check_report_path
         from .safety import contains

@@ -158,6 +158,15 @@ def _image_rows(rows: list[dict], pre) -> str:
     return '<div class="thumbs">' + "".join(cells) + "</div>" if cells else "<p>none</p>"
 
 
+def _breakable(text: str) -> str:
+    """``text`` escaped, with a line-break opportunity (<wbr>) after each _ . - /: a long file name or label in a
+    narrow table cell wraps at its parts (mobilenet_v2_digits_ / fp32.mlpackage), and only a part longer than the
+    cell is cut anywhere (td.label's overflow-wrap)."""
+    import re
+
+    return re.sub(r"([_.\-/])", r"\1<wbr>", html.escape(str(text)))
+
+
 def _anchor(path: str) -> str:
     return "a-" + "".join(c if c.isalnum() else "-" for c in path)
 
@@ -257,7 +266,7 @@ def _render(report: dict) -> str:
         size = f'<td title="{a["bytes"]:,} bytes">{human_bytes(a["bytes"])}</td>'
         if a["status"] == "not run":
             parts.append(
-                f'<tr><td class="label">{esc(a["path"])}</td><td class="skip">not run</td><td>{esc(_engine(a))}</td>'
+                f'<tr><td class="label">{_breakable(a["path"])}</td><td class="skip">not run</td><td>{esc(_engine(a))}</td>'
                 f"{size}<td>{ratio(a)}</td><td colspan=6></td><td>{esc(gate)}</td>"
                 f"<td>{esc(a['reason'])}</td></tr>"
             )
@@ -265,7 +274,7 @@ def _render(report: dict) -> str:
         lab = a.get("against_labels")
         acc = "" if not lab else f"{lab['accuracy']:.4f}"
         parts.append(
-            f'<tr><td class="label"><a href="#{_anchor(a["path"])}">{esc(a["path"])}</a></td>'
+            f'<tr><td class="label"><a href="#{_anchor(a["path"])}">{_breakable(a["path"])}</a></td>'
             f'<td class="{"fail" if a["status"] == "failed" else "pass"}">{a["status"]}</td>'
             f"<td>{esc(_engine(a))}</td>{size}<td>{ratio(a)}</td>"
             f"<td>{a['top1_agreement']:.4f}</td><td>{a['top5_overlap']:.4f}</td>"
@@ -291,7 +300,7 @@ def _render(report: dict) -> str:
                 "<table><tr><th>class</th><th>Keras precision</th><th>recall</th><th>F1</th><th>support</th>"
                 "</tr>"
                 + "".join(
-                    f'<tr><td class="label">{esc(r["label"])}</td><td>{r["precision"]:.3f}</td>'
+                    f'<tr><td class="label">{_breakable(r["label"])}</td><td>{r["precision"]:.3f}</td>'
                     f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
                     for r in keras["per_class"]
                 )
@@ -332,13 +341,13 @@ def _render(report: dict) -> str:
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}td{text-align:right;white-space:nowrap}td:first-child,"
-        "td:nth-child(3){text-align:left}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
+        "td:nth-child(3){text-align:left;white-space:normal;min-width:9em}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
         ".skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;font-size:11px;overflow-wrap:anywhere;"
         "width:140px}img{image-rendering:pixelated;max-width:100%}.card{border-radius:8px;padding:0.5em 1.2em;"
         "margin-bottom:1em}.pass-card{background:#eafaf1;border:2px solid #27ae60}.fail-card{background:#fdedec;"
         "border:2px solid #c0392b}.card h1{margin:0.2em 0}.note{color:#7d6608}nav{margin:0.5em 0 1em;"
         "line-height:1.8}.warn-card{background:#fef9e7;border:2px solid #d68910}"
-        "a.top{font-size:0.6em;text-decoration:none}td.label{white-space:normal;overflow-wrap:anywhere;"
+        "a.top{font-size:0.6em;text-decoration:none}td.label{white-space:normal;overflow-wrap:anywhere;min-width:12em;"
         "max-width:32em;text-align:left}.problems{margin:0.3em 0;overflow-wrap:anywhere}summary{cursor:pointer;margin:0.5em 0}"
     )
     return (
