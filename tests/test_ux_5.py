@@ -384,3 +384,31 @@ def test_a_bare_json_before_the_images_never_overwrites_an_image(tmp_path):
     with pytest.raises(SystemExit) as exited:
         main(["predict", str(out), "--json", str(a), str(b)])
     assert exited.value.code == 2 and a.read_bytes() == before
+
+
+def test_validate_of_an_export_listing_no_artifacts_is_not_a_pass(tmp_path):
+    """A manifest.json whose artifact list is empty (emptied by hand, or by a script) was validated as "PASSED: all
+    0 artifacts met their gates", exit 0: a green CI job that checked nothing."""
+    import json
+
+    from conftest import sample
+
+    from exporter.errors import DestinationError
+    from exporter.packaging import sha256_of
+
+    s = sample("mobilenet_v1_digits")
+    export = tmp_path / "export"
+    export.mkdir()
+    manifest = {
+        "schema_version": 1,
+        "source": {"path": str(s["model"]), "sha256": sha256_of(s["model"])},
+        "labels": [str(i) for i in range(10)],
+        "preprocessing": json.loads(s["preprocessing"].read_text()),
+        "artifacts": [],
+        "skipped": [],
+    }
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DestinationError, match="lists no artifacts: there is nothing to validate"):
+        import exporter
+
+        exporter.validate(export, s["heldout"])

@@ -88,6 +88,8 @@ def verdict(report: dict) -> tuple[str, str]:
     arts = report["artifacts"]
     failed = [a["path"] for a in arts if a["status"] == "failed"]
     not_run = [a["path"] for a in arts if a["status"] == "not run"]
+    if not arts:
+        return "UNCHECKED", "no artifact was judged"
     if failed:
         return "FAILED", f"{len(failed)} of {len(arts)} artifacts failed their gates: {', '.join(failed)}"
     if not_run:
