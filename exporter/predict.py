@@ -37,6 +37,10 @@ def _targets(target: Path) -> list[_Target]:
         # the export folder is untrusted: every artifact it lists must stay inside it and be a regular file (a FIFO
         # would hang onnxruntime's read, a symlink would run a file from elsewhere), as validate requires
         manifest = read_manifest(target)
+        if not manifest["artifacts"]:  # printing nothing and exiting 0 would read as "done"
+            from .errors import DestinationError
+
+            raise DestinationError("manifest.json lists no artifacts: there is nothing to predict with", path=target)
         return [
             _Target(artifact_file(target, a), a["format"], a["variant"], manifest["preprocessing"], a["sha256"])
             for a in manifest["artifacts"]

@@ -408,7 +408,9 @@ def test_validate_of_an_export_listing_no_artifacts_is_not_a_pass(tmp_path):
         "skipped": [],
     }
     (export / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DestinationError, match="lists no artifacts: there is nothing to validate"):
-        import exporter
+    import exporter
 
+    with pytest.raises(DestinationError, match="lists no artifacts: there is nothing to validate"):
         exporter.validate(export, s["heldout"])
+    with pytest.raises(DestinationError, match="lists no artifacts: there is nothing to predict with"):
+        exporter.predict(export, s["heldout"])  # printed nothing, exit 0
