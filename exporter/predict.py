@@ -37,10 +37,6 @@ def _targets(target: Path) -> list[_Target]:
         # the export folder is untrusted: every artifact it lists must stay inside it and be a regular file (a FIFO
         # would hang onnxruntime's read, a symlink would run a file from elsewhere), as validate requires
         manifest = read_manifest(target)
-        if not manifest["artifacts"]:  # printing nothing and exiting 0 would read as "done"
-            from .errors import DestinationError
-
-            raise DestinationError("manifest.json lists no artifacts: there is nothing to predict with", path=target)
         return [
             _Target(artifact_file(target, a), a["format"], a["variant"], manifest["preprocessing"], a["sha256"])
             for a in manifest["artifacts"]
@@ -161,6 +157,10 @@ def predict(
         raise ModelLoadError("artifact or export folder not found", path=target)
     targets = _targets(target)
     files = _image_files(list(images))
+    if not targets:  # an export folder listing no artifacts: printing nothing and exiting 0 would read as "done"
+        from .errors import DestinationError
+
+        raise DestinationError("manifest.json lists no artifacts: there is nothing to predict with", path=target)
     with quiet_libraries(verbose, preload=any(t.format != "onnx" for t in targets)):
         return _predict(targets, files, top_k)
 
