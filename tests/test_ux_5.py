@@ -414,3 +414,15 @@ def test_validate_of_an_export_listing_no_artifacts_is_not_a_pass(tmp_path):
         exporter.validate(export, s["heldout"])
     with pytest.raises(DestinationError, match="lists no artifacts: there is nothing to predict with"):
         exporter.predict(export, s["heldout"])  # printed nothing, exit 0
+
+
+def test_a_variant_of_another_format_is_named_as_such():
+    """`--formats onnx --variants w8a8` said "unknown variant 'w8a8'", though w8a8 exists (an .mlpackage variant)."""
+    from exporter.capabilities import select
+    from exporter.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        select(["onnx"], ["w8a8"])
+    assert str(caught.value).startswith("variant 'w8a8' is a variant of mlpackage, not of onnx (add mlpackage to --formats")
+    with pytest.raises(ConfigError, match="unknown variant 'w9a9'"):
+        select(["onnx"], ["w9a9"])
