@@ -43,7 +43,7 @@ class ExportOptions:
 
     formats: tuple[str, ...] | None = None  # default: every format
     variants: tuple[str, ...] | None = None  # default: every variant of those formats except the opt-in ones
-    calibration_images: Path | None = None  # folder of images for w8a8 and int8-static
+    calibration_images: Path | str | None = None  # images for the variants that need calibration (a Path once checked)
     calibration_count: int = DEFAULT_CALIBRATION_COUNT
     opset: int = DEFAULT_OPSET
     onnx_raw_input: bool = True  # uint8 image input with preprocessing in the graph; False: float input, no prologue
@@ -55,7 +55,7 @@ class ExportOptions:
     version: str = ""
     description: str = ""
     quantize: str = "all"  # "all": every selected variant; "auto": per format, the smallest that passes the gates
-    validation_images: Path | None = None  # held-out images for quantize="auto"
+    validation_images: Path | str | None = None  # held-out images for quantize="auto" (a Path once checked)
     add_softmax: bool = False  # the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # quantize="auto": largest accuracy loss (points); auto.py
     min_target: str | None = None  # quantize="auto": only files that run on this OS (e.g. "iOS16"); None: any
@@ -101,7 +101,7 @@ class ExportOptions:
             check_name(self.name)
 
 
-def _calibration(folder: Path | None, pre: Preprocessing, count: int) -> tuple[list[np.ndarray], list[str]]:
+def _calibration(folder: Path | str | None, pre: Preprocessing, count: int) -> tuple[list[np.ndarray], list[str]]:
     """Up to ``count`` images from ``folder`` (a seeded sample), as uint8 NHWC batches in the contract's order, and the
     SHA-256 of each picked file (the manifest records them so that ``validate`` leaves them out)."""
     if folder is None:
@@ -389,8 +389,18 @@ def xcode(
     folder. ``variant`` is a name (``fp16``; .mlpackage preferred) or ``FORMAT:NAME``; ``golden_count`` None
     bundles the default number of golden images."""
     from .console import quiet_libraries
-    from .xcode.package import DEFAULT_GOLDEN_COUNT, write_xcode_package
+    from .xcode.package import DEFAULT_GOLDEN_COUNT, check_inputs, write_xcode_package
 
+    check_inputs(
+        export_dir,
+        out,
+        images_folder=images,
+        variant=variant,
+        package_name=name,
+        overwrite=overwrite,
+        golden_count=golden_count,
+        model_path=model_path,
+    )  # before any heavy import
     with quiet_libraries(verbose):
         return Path(
             write_xcode_package(
@@ -429,7 +439,8 @@ def _export_auto(prepared: Prepared, options: ExportOptions, stage: Path, out: P
     opened = OpenedExport(
         root=stage, manifest=full, preprocessing=prepared.info.preprocessing, labels=prepared.info.labels, loaded=prepared.loaded
     )
-    report = {**measure(opened, options.validation_images, gates=options.gates or {}, progress=sink), "export_dir": str(out.absolute())}
+    measured = measure(opened, options.validation_images, gates=options.gates or {}, progress=sink)
+    report = Report({**measured, "export_dir": str(out.absolute())})  # a ParityError's .report is a Report, as validate's
     selection, keep = choose(full["artifacts"], report, max_accuracy_drop=options.max_accuracy_drop, min_target=options.min_target)
     if not keep:
         raise ParityError(

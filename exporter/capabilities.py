@@ -385,6 +385,12 @@ def select(formats: list[str] | None = None, names: list[str] | None = None) -> 
         if bad:
             from .precheck import did_you_mean
 
+            elsewhere = sorted({v.format for v in VARIANTS if v.name == bad[0]})
+            if elsewhere:  # a real variant, of other formats: say so instead of calling it unknown
+                raise ConfigError(
+                    f"variant {bad[0]!r} is a variant of {', '.join(elsewhere)}, not of {', '.join(formats)}",
+                    hint=f"add {' '.join(elsewhere)} to --formats (formats=...); for {', '.join(formats)} the valid variants are {valid}",
+                )
             raise ConfigError(f"unknown variant {bad[0]!r} for formats {formats}{did_you_mean(bad[0], valid)}; valid variants are {valid}")
         return [v for v in chosen if v.name in names]
     return [v for v in chosen if v.default]

@@ -38,8 +38,9 @@ examples:
   exporter doctor
 
 global options (--debug, --quiet, --verbose) go before or after the command.
-exit codes: 0 ok; 2 bad option, labels or preprocessing; 3 model; 4 image; 5 conversion; 6 destination;
-7 parity gates failed; 8 an artifact could not be run here (parity unchecked); 70 internal error."""
+exit codes: 0 ok; 1 other error; 2 bad option, labels or preprocessing; 3 model; 4 image; 5 conversion;
+6 destination or export folder; 7 parity gates failed; 8 an artifact could not be run here (parity unchecked);
+70 internal error (a bug); 130 / 143 interrupted (SIGINT / SIGTERM)."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -59,6 +60,11 @@ def _variants_help() -> str:
     for v in VARIANTS:
         by_format.setdefault(v.format, []).append(v.name if v.default else f"({v.name})")
     return "; ".join(f"{fmt}: {' '.join(names)}" for fmt, names in by_format.items())
+
+
+def _calibrated_variants() -> str:
+    names = list(dict.fromkeys(v.name for v in VARIANTS if v.needs_calibration))
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def choice(kind: str, valid) -> Callable[[str], str]:
@@ -113,7 +119,6 @@ def _parser() -> argparse.ArgumentParser:
             epilog="examples:\n" + examples,
             formatter_class=HelpFormatter,
         )
-        _global_options(c, top=False)
         return c
 
     c = command(
@@ -124,19 +129,27 @@ def _parser() -> argparse.ArgumentParser:
         "  exporter convert model.keras --labels labels.txt --out out/m --quantize auto --images heldout/",
     )
     # Every option's dest is the name of the API parameter or ExportOptions field it sets (exporter/arguments.py).
-    c.add_argument("model_path", metavar="model", help=".keras, .h5 or SavedModel directory")
-    c.add_argument("--labels", required=True, help="text file (one label per line) or JSON list")
-    c.add_argument("--out", required=True, help="output directory (written atomically: complete or absent)")
     c.add_argument(
+        "model_path",
+        metavar="MODEL",
+        help=".keras or .h5 file, or a model folder (a Keras one saved unzipped; a TensorFlow SavedModel needs --trust-code)",
+    )
+    given = c.add_argument_group("what the model needs")
+    given.add_argument("--labels", required=True, metavar="FILE", help="text file (one label per line, in output order) or JSON list")
+    given.add_argument(
         "--preprocessing",
         metavar="tf|torch|caffe|raw|FILE",
         help="a keras.applications preprocess_input mode or a JSON contract; omit when the model has its "
         "own Rescaling/Normalization layers or calls preprocess_input on its input (they are detected)",
     )
-    c.add_argument(
+    given.add_argument(
         "--add-softmax", action="store_true", help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])"
     )
-    c.add_argument(
+    given.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
+    written = c.add_argument_group("what to write")
+    written.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically: complete or absent)")
+    written.add_argument("--overwrite", action="store_true", help="replace an existing --out export folder (never another folder)")
+    written.add_argument(
         "--formats",
         nargs="+",
         type=choice("format", list(FORMATS)),
@@ -144,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FORMAT",
         help=f"formats to write: {' '.join(FORMATS)} (default: all)",
     )
-    c.add_argument(
+    written.add_argument(
         "--variants",
         nargs="+",
         type=choice("variant", sorted(variant_names())),
@@ -153,51 +166,52 @@ def _parser() -> argparse.ArgumentParser:
         help=f"variants to write (default: every variant of the chosen formats not in parentheses; those are opt-in, "
         f"built only when named); {_variants_help()}",
     )
-    c.add_argument(
+    written.add_argument(
         "--calibration-images",
         type=Path,
         metavar="FOLDER",
-        help="image folder for w8a8 and int8-static calibration (without it those two are skipped)",
+        help=f"images to calibrate {_calibrated_variants()} on; required when one of them is named in --variants "
+        "(--quantize auto calibrates on --images without it)",
     )
-    c.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N", help="calibration images to sample")
-    c.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
-    c.add_argument(
+    written.add_argument(
+        "--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N", help="calibration images to sample"
+    )
+    written.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help="ONNX opset")
+    written.add_argument(
         "--float-input",
         dest="onnx_raw_input",
         action="store_false",
         help="ONNX takes normalised float input, no preprocessing in the graph (default: uint8 image input)",
     )
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --out export folder (never another folder)")
-    c.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
-    c.add_argument("--name", help="file name stem of the artifacts (default: from the model file)")
-    c.add_argument("--author", default="", help="author written into every file's metadata")
-    c.add_argument("--license", default="", help="license written into every file's metadata")
-    c.add_argument("--model-version", dest="version", default="", help="model version written into every file's metadata")
-    c.add_argument("--description", default="", help="short description written into every file's metadata")
-    c.add_argument(
+    written.add_argument("--name", metavar="STEM", help="file name stem of the artifacts (default: from the model file)")
+    meta = c.add_argument_group("metadata written into every file")
+    meta.add_argument("--author", default="", help="author")
+    meta.add_argument("--license", default="", help="license")
+    meta.add_argument("--model-version", dest="version", default="", metavar="VERSION", help="model version")
+    meta.add_argument("--description", default="", help="short description")
+    auto = c.add_argument_group("--quantize auto: keep per format the smallest variant that passes")
+    auto.add_argument(
         "--quantize",
         type=choice("quantize mode", ("all", "auto")),
         choices=("all", "auto"),
         default="all",
         help="all: every selected variant; auto: per format keep only the smallest variant that passes the parity gates on --images",
     )
-    c.add_argument("--images", dest="validation_images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
-    c.add_argument(
+    auto.add_argument("--images", dest="validation_images", type=Path, metavar="FOLDER", help="held-out images for --quantize auto")
+    auto.add_argument(
         "--max-accuracy-drop",
         type=float,
         default=DEFAULT_MAX_ACCURACY_DROP,
         metavar="POINTS",
-        help="--quantize auto: largest accuracy loss on the labelled --images, in points (default 1)",
+        help="largest accuracy loss on the labelled --images, in points",
     )
-    c.add_argument(
-        "--min-target", metavar="iOSNN", help="--quantize auto: keep only Core ML files that run on this iOS version (default: any)"
-    )
-    c.add_argument(
+    auto.add_argument("--min-target", metavar="iOSNN", help="keep only Core ML files that run on this iOS version (default: any)")
+    auto.add_argument(
         "--gate",
         dest="gates",
         action=GateAction,
         metavar=GATE_SYNTAX,
-        help="--quantize auto: replace a variant's default gate before the budget is applied (repeatable, as in validate)",
+        help="replace a variant's default gate before the budget is applied (repeatable, as in validate)",
     )
     _json_option(c, "the manifest")
 
@@ -248,9 +262,9 @@ def _parser() -> argparse.ArgumentParser:
 
     from .xcode import cli as xcode_cli
 
-    x = xcode_cli.add_parser(sub)
-    x.formatter_class = HelpFormatter
-    _global_options(x, top=False)
+    xcode_cli.add_parser(command)
+    for each in sub.choices.values():  # last in each command's help
+        _global_options(each, top=False)
     return p
 
 
@@ -281,6 +295,7 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     inputs = [v for name in INPUT_ARGUMENTS for v in _as_list(getattr(args, name, None))]
     for report in (None if json_file == "-" else json_file, getattr(args, "html", None)):
         check_report_not_an_input(report, inputs)
+    _check_json_is_not_an_image(json_file)  # an image the command does not read, taken by a bare --json
     if json_file not in (None, "-"):  # a --json FILE that cannot be written, refused before any work
         from .packaging import check_report_path
         from .safety import contains
@@ -329,11 +344,28 @@ def _dispatch(args: argparse.Namespace, progress, stderr) -> int:
     try:
         report = api.validate(**validate_args, progress=progress)
     except ParityError as exc:
-        if exc.report is not None:
+        if getattr(exc, "report", None) is not None:
             _write_reports(exc.report, args)
         raise
     _write_reports(report, args)
     return 0
+
+
+def _check_json_is_not_an_image(json_file: str | None) -> None:
+    """``--json`` takes an optional FILE, so in ``exporter predict out/m --json a.png b.png`` it took a.png as the
+    file to write, classified b.png only, and wrote the JSON over the photo a.png. An image file name is never the
+    JSON file: refused before anything runs."""
+    from .images import HEIF_SUFFIXES, IMAGE_SUFFIXES, UNDECODED_IMAGE_SUFFIXES
+
+    if json_file in (None, "-"):
+        return
+    if Path(json_file).suffix.lower() in (*IMAGE_SUFFIXES, *HEIF_SUFFIXES, *UNDECODED_IMAGE_SUFFIXES):
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"--json took the image {json_file!r} as the file to write the JSON to",
+            hint="put --json after the images, or name its file: --json=predictions.json",
+        )
 
 
 def _emit(data: dict, json_target: str | None, table) -> None:

@@ -7,6 +7,10 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import Report
 
 # A library's message becomes the tail of our one-line error: its first line, cut here. coremltools and tf2onnx put
 # whole graph dumps into some messages; the full text stays on the chained cause, which --debug prints.
@@ -96,9 +100,10 @@ class ParityError(ExporterError):
     measurements, so a caller can still write them out."""
 
     exit_code = 7
-    report: dict | None = None
+    # set by with_report: validate and --quantize auto always attach their measurements, so it is typed as present
+    report: Report
 
-    def with_report(self, report: dict) -> ParityError:
+    def with_report(self, report: Report) -> ParityError:
         self.report = report
         return self
 

@@ -169,4 +169,8 @@ def check_against_model(labels: list[str], num_classes: int, *, source: str = "l
             path=source,
             hint=BINARY_LABELS_HINT,
         )
-    raise LabelsError(f"has {len(labels)} labels but the model outputs {num_classes} classes", path=source)
+    raise LabelsError(
+        f"has {len(labels)} labels but the model outputs {num_classes} classes",
+        path=source,
+        hint=f"give {num_classes} labels, one per line, in the order of the model's outputs: is a class missing, or a header line extra?",
+    )

@@ -540,6 +540,8 @@ def read_manifest(folder: str | Path) -> dict:
     from .labels import check_labels
 
     path = Path(folder) / MANIFEST_NAME
+    if not Path(folder).exists():
+        raise DestinationError("export folder not found (give the --out folder of `exporter convert`)", path=folder)
     if not path.exists() and not path.is_symlink():
         raise DestinationError("no manifest.json: not a folder written by `exporter convert`", path=folder)
     raw = read_regular(path, error=DestinationError, what="manifest.json", max_bytes=MAX_TEXT_BYTES)

@@ -12,8 +12,11 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _callable_as
 from .errors import ConfigError, ConversionError, ImageError, ModelLoadError
 from .packaging import MANIFEST_NAME
+
+_callable_as(__name__, "exporter.predict:predict")  # exporter.predict(...) stays the function once this is imported
 
 ARTIFACT_SUFFIXES = {".mlpackage": "mlpackage", ".mlmodel": "mlmodel", ".onnx": "onnx"}
 
@@ -154,6 +157,10 @@ def predict(
         raise ModelLoadError("artifact or export folder not found", path=target)
     targets = _targets(target)
     files = _image_files(list(images))
+    if not targets:  # an export folder listing no artifacts: printing nothing and exiting 0 would read as "done"
+        from .errors import DestinationError
+
+        raise DestinationError("manifest.json lists no artifacts: there is nothing to predict with", path=target)
     with quiet_libraries(verbose, preload=any(t.format != "onnx" for t in targets)):
         return _predict(targets, files, top_k)
 

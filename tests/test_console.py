@@ -155,6 +155,11 @@ def _cheap_cases(tmp) -> list[tuple[str, list[str], int, str]]:
         ("validate model moved", ["validate", str(export), "--images", str(S["heldout"])], 3, "--model"),
         ("gate typo", ["validate", str(export), "--images", str(S["heldout"]), "--gate", "int9:min_top1=0.9"], 2, "did you mean 'int8'"),
         ("predict image missing", ["predict", str(export), str(tmp / "none.png")], 4, "none.png"),
+        # xcode imported TensorFlow (13 s) before it looked at its export folder, image folder or variant
+        ("xcode export missing", ["xcode", str(tmp / "none"), "--images", str(S["heldout"]), "--out", str(tmp / "p1")], 6, "not found"),
+        ("xcode destination exists", ["xcode", str(export), "--images", str(S["heldout"]), "--out", str(existing)], 6, "already exists"),
+        ("xcode images missing", ["xcode", str(export), "--images", str(tmp / "none"), "--out", str(tmp / "p2")], 4, "none"),
+        ("xcode variant missing", ["xcode", str(export), "--images", str(S["heldout"]), "--out", str(tmp / "p3")], 2, "no Core ML"),
     ]
 
 

@@ -4,7 +4,6 @@ ios_harness/run_tests.sh, which also builds the generated package."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -241,11 +240,10 @@ def test_swift_sources_in_ios_harness_are_the_ones_packages_get():
 
 
 def test_cli_command_writes_the_package(setup, tmp_path, capsys):
+    from exporter.cli import _parser
     from exporter.xcode import cli
 
-    parser = argparse.ArgumentParser(prog="exporter")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
+    args = _parser().parse_args(
         [
             "xcode",
             str(setup["export"]),

@@ -20,6 +20,11 @@ MAX_TICK_LABELS = 60  # above this many classes the matrix is drawn without clas
 MAX_CELL_COUNTS = 30  # above this many classes, without the count written in each cell
 # Thumbnails of flipped images per artifact; the heading says how many of how many are shown.
 SHOWN_FLIPPED = 12
+# Above this many classes the per-class table starts folded (<details>): 1000 rows of it pushed every artifact's
+# flipped images and worst disagreements below a thousand lines of mostly-empty classes.
+MAX_OPEN_CLASS_ROWS = 30
+# Per-class F1 changes named under an artifact's confusion matrix, largest first; the rest are counted.
+SHOWN_F1_CHANGES = 10
 
 
 def _png(fig) -> str:
@@ -107,7 +112,8 @@ def _confusion(cm: list[list[int]], labels: list[str], title: str) -> str:
     n = len(labels)
     side = min(0.45 * n + 2, MAX_FIGURE_INCHES)
     fig, ax = _figure(figsize=(side, min(side - 0.5, MAX_FIGURE_INCHES)))
-    ax.imshow(counts, cmap="Blues", interpolation="nearest")
+    # colours from zero: a matrix of one class (or all counts equal) would be drawn in the palest blue, under a white count
+    ax.imshow(counts, cmap="Blues", interpolation="nearest", vmin=0, vmax=max(int(counts.max()), 1))
     if n <= MAX_TICK_LABELS:
         names = [_short(label) for label in labels]
         ax.set_xticks(range(n), names, rotation=90)
@@ -152,6 +158,15 @@ def _image_rows(rows: list[dict], pre) -> str:
     return '<div class="thumbs">' + "".join(cells) + "</div>" if cells else "<p>none</p>"
 
 
+def _breakable(text: str) -> str:
+    """``text`` escaped, with a line-break opportunity (<wbr>) after each _ . - /: a long file name or label in a
+    narrow table cell wraps at its parts (mobilenet_v2_digits_ / fp32.mlpackage), and only a part longer than the
+    cell is cut anywhere (td.label's overflow-wrap)."""
+    import re
+
+    return re.sub(r"([_.\-/])", r"\1<wbr>", html.escape(str(text)))
+
+
 def _anchor(path: str) -> str:
     return "a-" + "".join(c if c.isalnum() else "-" for c in path)
 
@@ -167,7 +182,10 @@ def _summary(report: dict) -> str:
     counts = {s: sum(a["status"] == s for a in report["artifacts"]) for s in ("passed", "failed", "not run")}
     engines = sorted({_engine(a) for a in report["artifacts"] if a.get("engine")})
     env = report.get("environment", {})
-    verdict = "PASSED" if report["passed"] else "FAILED"
+    from .terminal import verdict
+
+    word = verdict(report)[0]  # UNCHECKED (exit 8) is not drawn as a green pass
+    card = {"PASSED": "pass", "FAILED": "fail"}.get(word, "warn")
     linux_note = ""
     if any((a.get("engine") or {}).get("name") == "Linux Core ML executor" for a in report["artifacts"]):
         linux_note = (
@@ -176,15 +194,44 @@ def _summary(report: dict) -> str:
         )
     ref = report.get("reference") or {}
     return (
-        f'<section class="card {"pass" if report["passed"] else "fail"}-card"><h1>{verdict}</h1>'
+        f'<section class="card {card}-card"><h1>{word}</h1>'
         f"<p><b>{counts['passed']}</b> passed, <b>{counts['failed']}</b> failed, <b>{counts['not run']}</b> not run "
         f"of {len(report['artifacts'])} artifacts, on {report['images']} images from "
-        f"{esc(report['image_folder'])}{_left_out(report)}</p>"
+        f"{esc(report['image_folder'])}{_left_out(report)}</p>{_problems(report)}"
         f"<p>engines: {esc(', '.join(engines)) or 'none'}; reference: {esc(ref.get('name', 'Keras'))} "
         f"{esc(ref.get('version', ''))}</p>"
         f"<p>{esc(env.get('platform', ''))}, Python {esc(env.get('python', ''))}, {esc(env.get('date', ''))}; "
         f"exporter {esc(report.get('exporter_version', ''))}</p>{linux_note}</section>"
     )
+
+
+def _problems(report: dict) -> str:
+    """The failed and not-run artifacts, each linked to its section, with what failed or why it did not run: the
+    first thing a reader of a failed report looks for, at the top instead of somewhere in the table."""
+    esc = html.escape
+    items = []
+    for a in report["artifacts"]:
+        if a["status"] == "failed":
+            items.append(
+                f'<li><a href="#{_anchor(a["path"])}">{esc(a["path"])}</a> <span class="fail">failed</span>: '
+                f"{esc('; '.join(a['failures']))}</li>"
+            )
+        elif a["status"] == "not run":
+            items.append(f'<li>{esc(a["path"])} <span class="skip">not run</span>: {esc(a["reason"])}</li>')
+    return f'<ul class="problems">{"".join(items)}</ul>' if items else ""
+
+
+def _fold(summary: str, body: str, *, opened: bool) -> str:
+    """``body`` under a <details> heading ``summary`` (HTML), folded unless ``opened``."""
+    return f"<details{' open' if opened else ''}><summary>{summary}</summary>{body}</details>"
+
+
+def _f1_changes(per_class: list[dict]) -> str:
+    changed = sorted((r for r in per_class if abs(r["f1_change"]) > 0), key=lambda r: -abs(r["f1_change"]))
+    text = ", ".join(f"{r['label']}: F1 {r['f1_change']:+.3f}" for r in changed[:SHOWN_F1_CHANGES])
+    if len(changed) > SHOWN_F1_CHANGES:
+        text += f" and {len(changed) - SHOWN_F1_CHANGES} more (largest first; every class is in the JSON report)"
+    return text
 
 
 def render(report: dict) -> str:
@@ -219,7 +266,7 @@ def _render(report: dict) -> str:
         size = f'<td title="{a["bytes"]:,} bytes">{human_bytes(a["bytes"])}</td>'
         if a["status"] == "not run":
             parts.append(
-                f'<tr><td>{esc(a["path"])}</td><td class="skip">not run</td><td>{esc(_engine(a))}</td>'
+                f'<tr><td class="label">{_breakable(a["path"])}</td><td class="skip">not run</td><td>{esc(_engine(a))}</td>'
                 f"{size}<td>{ratio(a)}</td><td colspan=6></td><td>{esc(gate)}</td>"
                 f"<td>{esc(a['reason'])}</td></tr>"
             )
@@ -227,7 +274,7 @@ def _render(report: dict) -> str:
         lab = a.get("against_labels")
         acc = "" if not lab else f"{lab['accuracy']:.4f}"
         parts.append(
-            f'<tr><td><a href="#{_anchor(a["path"])}">{esc(a["path"])}</a></td>'
+            f'<tr><td class="label"><a href="#{_anchor(a["path"])}">{_breakable(a["path"])}</a></td>'
             f'<td class="{"fail" if a["status"] == "failed" else "pass"}">{a["status"]}</td>'
             f"<td>{esc(_engine(a))}</td>{size}<td>{ratio(a)}</td>"
             f"<td>{a['top1_agreement']:.4f}</td><td>{a['top5_overlap']:.4f}</td>"
@@ -245,26 +292,35 @@ def _render(report: dict) -> str:
     keras = report["keras"]["against_labels"]
     if keras:
         parts.append('<h2 id="labels">Against the folder labels</h2>')
+        n_classes = len(keras["per_class"])
+        fold = lambda summary, body: _fold(summary, body, opened=n_classes <= MAX_OPEN_CLASS_ROWS)  # noqa: E731
         parts.append(
-            "<table><tr><th>class</th><th>Keras precision</th><th>recall</th><th>F1</th><th>support</th>"
-            "</tr>"
-            + "".join(
-                f"<tr><td>{esc(r['label'])}</td><td>{r['precision']:.3f}</td>"
-                f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
-                for r in keras["per_class"]
+            fold(
+                f"Keras precision, recall and F1 per class ({n_classes} classes)",
+                "<table><tr><th>class</th><th>Keras precision</th><th>recall</th><th>F1</th><th>support</th>"
+                "</tr>"
+                + "".join(
+                    f'<tr><td class="label">{_breakable(r["label"])}</td><td>{r["precision"]:.3f}</td>'
+                    f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+                    for r in keras["per_class"]
+                )
+                + "</table>",
             )
-            + "</table>"
         )
-        parts.append(f'<img src="{_confusion(keras["confusion_matrix"], labels, "Keras")}" alt="">')
+        parts.append(
+            fold(
+                f"Keras confusion matrix ({n_classes} classes)",
+                f'<img src="{_confusion(keras["confusion_matrix"], labels, "Keras")}" alt="">',
+            )
+        )
         ran = [a for a in report["artifacts"] if a["status"] != "not run" and a.get("against_labels")]
         worst = sorted(ran, key=lambda a: a["top1_agreement"])[:3]
         for a in worst:
-            changes = ", ".join(
-                f"{r['label']}: F1 {r['f1_change']:+.3f}" for r in a["against_labels"]["per_class"] if abs(r["f1_change"]) > 0
-            )
+            changes = _f1_changes(a["against_labels"]["per_class"])
+            matrix = f'<img src="{_confusion(a["against_labels"]["confusion_matrix"], labels, a["path"])}" alt="">'
             parts.append(
                 f"<h3>{esc(a['path'])}</h3><p>F1 changes against Keras: {esc(changes) or 'none'}</p>"
-                f'<img src="{_confusion(a["against_labels"]["confusion_matrix"], labels, a["path"])}" alt="">'
+                + fold(f"{esc(a['path'])} confusion matrix", matrix)
             )
     for a in report["artifacts"]:
         if a["status"] == "not run":
@@ -273,7 +329,9 @@ def _render(report: dict) -> str:
         shown = f"{len(flipped)} of {a['flipped_count']} shown" if a["flipped_count"] > len(flipped) else f"{a['flipped_count']}"
         parts.append(
             f'<h2 id="{_anchor(a["path"])}">{esc(a["path"])} <a class="top" href="#artifacts">↑</a></h2>'
-            f"<p>{esc(_engine(a))}; {a['status']}</p>"
+            f'<p>{esc(_engine(a))}; <span class="{"fail" if a["status"] == "failed" else "pass"}">{a["status"]}</span>'
+            + (f": {esc('; '.join(a['failures']))}" if a["failures"] else "")
+            + "</p>"
             + (f"<p>float64 check: {esc(a['float64']['note'])}</p>" if a.get("float64") else "")
             + f"<h3>Top-1 flipped ({shown})</h3>"
             + _image_rows(flipped, pre)
@@ -283,12 +341,14 @@ def _render(report: dict) -> str:
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}td{text-align:right;white-space:nowrap}td:first-child,"
-        "td:nth-child(3){text-align:left}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
-        ".skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;font-size:11px;"
+        "td:nth-child(3){text-align:left;white-space:normal;min-width:9em}td:nth-last-child(-n+2){text-align:left;white-space:normal}.pass{color:#1e8449}.fail{color:#c0392b;font-weight:bold}"
+        ".skip{color:#7f8c8d}.thumbs{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;font-size:11px;overflow-wrap:anywhere;"
         "width:140px}img{image-rendering:pixelated;max-width:100%}.card{border-radius:8px;padding:0.5em 1.2em;"
         "margin-bottom:1em}.pass-card{background:#eafaf1;border:2px solid #27ae60}.fail-card{background:#fdedec;"
         "border:2px solid #c0392b}.card h1{margin:0.2em 0}.note{color:#7d6608}nav{margin:0.5em 0 1em;"
-        "line-height:1.8}a.top{font-size:0.6em;text-decoration:none}"
+        "line-height:1.8}.warn-card{background:#fef9e7;border:2px solid #d68910}"
+        "a.top{font-size:0.6em;text-decoration:none}td.label{white-space:normal;overflow-wrap:anywhere;min-width:12em;"
+        "max-width:32em;text-align:left}.problems{margin:0.3em 0;overflow-wrap:anywhere}summary{cursor:pointer;margin:0.5em 0}"
     )
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>Parity report</title><style>{style}</style>'

@@ -16,7 +16,9 @@ def _table(rows: Sequence[tuple[str, ...]], right: Collection[int] = frozenset()
 
 
 def size_table(manifest: dict) -> str:
-    rows = [("artifact", "bytes", "vs fp32", "limit", "target")]
+    # bits/32: the ratio the weights' bit width alone would give (README's tables name it so); "limit" read as a
+    # bound every compressed file broke
+    rows = [("artifact", "bytes", "vs fp32", "bits/32", "target")]
     for a in manifest["artifacts"]:
         ratio = "" if a["ratio_to_fp32"] is None else f"{a['ratio_to_fp32']:.3f}"
         rows.append((a["path"], f"{a['bytes']:,}", ratio, f"{a['details']['theoretical_ratio']:.3f}", a["minimum_deployment_target"]))
@@ -76,4 +78,29 @@ def parity_table(report: dict) -> str:
         lines.append(f"{env['platform']}, Python {env['python']}, {env['date']}")
     if any((a.get("engine") or {}).get("name") == "Linux Core ML executor" for a in report["artifacts"]):
         lines.append("Core ML files ran on the Linux Core ML executor (this toolkit's numpy implementation), not on Apple's Core ML")
+    lines.append(verdict_line(report))
     return "\n".join(lines)
+
+
+def verdict(report: dict) -> tuple[str, str]:
+    """(word, sentence) for the report: PASSED, FAILED, or UNCHECKED when every artifact that ran passed but one could
+    not run here (validate exits 8 then, not 0). The terminal table ends with it and the HTML card opens with it."""
+    arts = report["artifacts"]
+    failed = [a["path"] for a in arts if a["status"] == "failed"]
+    not_run = [a["path"] for a in arts if a["status"] == "not run"]
+    if not arts:
+        return "UNCHECKED", "no artifact was judged"
+    if failed:
+        return "FAILED", f"{len(failed)} of {len(arts)} artifacts failed their gates: {', '.join(failed)}"
+    if not_run:
+        return "UNCHECKED", (
+            f"every artifact that ran passed, but {len(not_run)} of {len(arts)} could not be run here: {', '.join(not_run)}"
+        )
+    return "PASSED", f"all {len(arts)} artifacts met their gates"
+
+
+def verdict_line(report: dict) -> str:
+    from ..errors import printable
+
+    word, sentence = verdict(report)
+    return printable(f"{word}: {sentence}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import __version__
 from ..console import ProgressArg
-from ..errors import ConfigError, ImageError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
+from ..errors import ConfigError, DestinationError, ImageError, ModelLoadError, NotCheckedError, ParityError, UnsupportedOperationError
 from ..exports import OpenedExport, open_export
 from ..images import batch_limit, iter_batches, list_images
 from ..packaging import artifact_file, find_source_model, read_manifest
@@ -79,6 +79,8 @@ def validate(
     elif not Path(model_path).exists():
         raise ModelLoadError("model file not found (given as --model)", path=model_path)
     list_images(images)
+    if not manifest["artifacts"]:  # a report of nothing would read PASSED, exit 0, in a CI log
+        raise DestinationError("manifest.json lists no artifacts: there is nothing to validate", path=root)
     with progress_sink(progress) as sink, quiet_libraries(verbose):
         report = measure(
             open_export(root, model_path=model_path, trust_code=trust_code), images, gates=checked, batch_size=batch_size, progress=sink

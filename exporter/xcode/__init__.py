@@ -4,9 +4,16 @@
 and the gates into a folder Swift reads (format: ios_harness/GOLDEN_FORMAT.md). ``write_xcode_package`` writes a Swift
 package with the model, a typed classify API and an XCTest parity test over those golden files. Both are imported on
 first use, so ``exporter --help`` stays fast.
+
+Calling this package calls ``exporter.api.xcode`` (``exporter.xcode(...)`` is the API function, see
+exporter/__init__.py's ``_callable_as``).
 """
 
+from .. import _callable_as
+
 __all__ = ["write_golden", "write_xcode_package"]
+
+_callable_as(__name__, "exporter.api:xcode")
 
 
 def __getattr__(name):

@@ -18,6 +18,7 @@ Layout (NAME is the Swift module name)::
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -60,6 +61,17 @@ RESOURCE_NOTE = {
     "model preview; command-line SwiftPM copies it, and the classifier compiles it on first use.",
     "copy": "Copied: command-line SwiftPM would flatten an .mlpackage's files with .process (see the exporter's "
     "xcode/package.py); the classifier compiles it on first use and caches the result.",
+}
+# The package README's paragraph on the bundled model file, by format (NAME: the package name, MODEL: the file).
+MODEL_PARAGRAPH = {
+    "mlmodel": "The model, `{model}`, is declared `.process` in `Package.swift`: Xcode compiles it into an `.mlmodelc` "
+    "when it builds the package and generates its class (select the file in the navigator for the model preview with "
+    "its labels and metadata); command-line SwiftPM copies it and `{name}Classifier` compiles it on first use. "
+    "`{name}Resources.labels()` and `.info()` work on every platform, Linux included.",
+    "mlpackage": "The model, `{model}`, is declared `.copy` in `Package.swift`, because command-line SwiftPM would "
+    "flatten the files inside an `.mlpackage`; so Xcode generates no class for it: use `{name}Classifier` (its `model` "
+    "is the `MLModel`), which compiles it on first use and caches the compiled model, keyed by its SHA-256. "
+    "`{name}Resources.labels()` and `.info()` work on every platform, Linux included.",
 }
 # The async classify API uses Swift concurrency, which back-deploys to iOS 13 / macOS 10.15.
 TOOLS_VERSION = {"iOS18": "6.0"}
@@ -137,7 +149,7 @@ def model_stem(manifest: dict, artifact: dict) -> str:
 # Values substituted into Swift and Markdown that come from a manifest (untrusted): read_manifest limits them to
 # plain names, and render refuses anything that could end a Swift comment line or string literal all the same. The
 # other values (rules, notes, versions) are the toolkit's own text.
-FROM_MANIFEST = frozenset({"NAME", "MODEL_FILE", "MODEL_CLASS", "VARIANT", "ARTIFACT", "TARGET", "RESIZE", "CROP"})
+FROM_MANIFEST = frozenset({"NAME", "MODEL_FILE", "COLOR", "VARIANT", "ARTIFACT", "TARGET", "RESIZE", "CROP"})
 TEMPLATE_VALUE = re.compile(r"[A-Za-z0-9 ._:-]*\Z")
 
 
@@ -153,6 +165,38 @@ def render(template: str, values: dict[str, str]) -> str:
     if left:
         raise ConfigError(f"template {template} has unfilled placeholders {left}")  # a bug in the templates
     return text
+
+
+def check_inputs(
+    export_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    images_folder: str | os.PathLike,
+    variant: str,
+    package_name: str | None,
+    overwrite: bool,
+    golden_count: int | None,
+    model_path: str | os.PathLike | None,
+) -> None:
+    """What ``write_xcode_package`` can check in milliseconds, before TensorFlow is imported: a mistyped export
+    folder, variant or image folder, an existing --out, a source model that is not where the manifest says (each
+    used to cost the 10-15 s of importing TensorFlow first)."""
+    from .. import precheck
+    from ..errors import ModelLoadError
+    from ..packaging import find_source_model
+
+    check_count(golden_count)
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    precheck.destination(out_dir, overwrite=overwrite)
+    precheck.image_folder(images_folder, option="--images")
+    pick_artifact(manifest, variant, export_dir)
+    if package_name is not None:
+        check_package_name(package_name)
+    if model_path is None:
+        find_source_model(manifest, export_dir)
+    elif not Path(model_path).exists():
+        raise ModelLoadError("model file not found (given as --model)", path=Path(model_path))
 
 
 def write_xcode_package(
@@ -183,7 +227,6 @@ def write_xcode_package(
     values = {
         "NAME": name,
         "MODEL_FILE": model_file,
-        "MODEL_CLASS": f"{name}{MODEL_RESOURCE_SUFFIX}",
         "MODEL_RULE": rule,
         "MODEL_RULE_NOTE": RESOURCE_NOTE[rule],
         "TOOLS_VERSION": tools,
@@ -194,6 +237,11 @@ def write_xcode_package(
         "TARGET": artifact["minimum_deployment_target"],
         "RESIZE": pre["resize"],
         "CROP": CROP_OPTION[pre["resize"]],
+        "INPUT_HEIGHT": str(int(pre["input_size"][0])),
+        "INPUT_WIDTH": str(int(pre["input_size"][1])),
+        "LABEL_COUNT": str(len(manifest["labels"])),
+        "COLOR": {"L": "grayscale"}.get(pre["channel_order"], pre["channel_order"]),
+        "MODEL_PARAGRAPH": MODEL_PARAGRAPH[artifact["format"]].format(name=name, model=model_file),
     }
     out = Path(out_dir)
     with atomic_directory(out, overwrite=overwrite, inputs=(root, images_folder, model_path), ours=("Package.swift",)) as stage:
