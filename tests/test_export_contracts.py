@@ -95,3 +95,24 @@ def test_per_channel_std_is_exact_in_core_ml(tmp_path):
     consts = [op for op in _main_ops(spec) if op.type == "const"]
     vals = [list(op.attributes["val"].immediateValue.tensor.floats.values) for op in consts]
     assert any(np.allclose(v, [1 / 50, 1 / 60, 1 / 70], rtol=1e-6) for v in vals if len(v) == 3)
+
+
+def test_both_core_ml_formats_name_their_probabilities_alike(small_export):
+    # The NeuralNetwork converter kept the TensorFlow graph's output name ("Identity") for the probabilities, so the
+    # class Xcode generates for the .mlmodel had an `Identity` property where the .mlpackage's has `classLabel_probs`.
+    from exporter.runtime.executor import CoreMLExecutor
+
+    out, images = small_export
+    files = {p.suffix: p for p in out.iterdir() if p.suffix in (".mlpackage", ".mlmodel")}
+    assert set(files) == {".mlpackage", ".mlmodel"}
+    for suffix, path in files.items():
+        description = load_spec(path).description
+        assert description.predictedProbabilitiesName == "classLabel_probs", suffix
+        assert description.predictedFeatureName == "classLabel", suffix
+        assert {o.name for o in description.output} == {"classLabel", "classLabel_probs"}, suffix
+    nn = load_spec(files[".mlmodel"]).neuralNetworkClassifier
+    assert nn.labelProbabilityLayerName == "classLabel_probs"
+    assert any("classLabel_probs" in layer.output for layer in nn.layers)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    got = [CoreMLExecutor(files[s]).predict(pixels) for s in (".mlpackage", ".mlmodel")]
+    np.testing.assert_allclose(got[0], got[1], atol=1e-5)

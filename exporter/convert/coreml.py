@@ -20,6 +20,7 @@ __all__ = ["ModelInfo", "convert", "describe", "save"]
 
 INPUT_NAME = "image"
 LABEL_OUTPUT = "classLabel"
+PROBABILITIES_OUTPUT = f"{LABEL_OUTPUT}_probs"  # what coremltools names it in an ML Program classifier
 # ML Program needs iOS 15 / macOS 12; NeuralNetwork files from TF 2 need iOS 13 at least (rank-5 free mapping).
 MLPROGRAM_TARGET = "iOS15"
 NEURALNETWORK_TARGET = "iOS13"
@@ -90,13 +91,13 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
     try:
         with translating(ConversionError, f"coremltools could not convert the model to {backend}", path=info.source_file):
             try:
-                return ct.convert(source, **kwargs)
+                return _named_probabilities(ct.convert(source, **kwargs))
             except Exception as exc:
                 newer = _newer_target_needed(exc) if target is None else None
                 if newer is None:
                     raise
                 kwargs["minimum_deployment_target"] = getattr(ct.target, newer)
-                return ct.convert(source, **kwargs)
+                return _named_probabilities(ct.convert(source, **kwargs))
     except ConversionError as exc:
         from .naming import describe_failure
 
@@ -106,6 +107,25 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         raise ConversionError(
             f"coremltools could not convert the model to {backend}{where}: {first_line(exc.__cause__ or exc)}", path=info.source_file
         ) from exc.__cause__
+
+
+def _named_probabilities(mlmodel):
+    """A NeuralNetwork classifier with its probabilities output named PROBABILITIES_OUTPUT, as coremltools names it in
+    an ML Program: the TensorFlow converter keeps the graph's output name (``Identity``), which became the property of
+    the class Xcode generates for an .mlmodel, so the two Core ML files of one export answered under different names.
+    Left as it is when a value of the network already has that name."""
+    import coremltools as ct
+
+    spec = mlmodel.get_spec()
+    if spec.WhichOneof("Type") != "neuralNetworkClassifier":
+        return mlmodel
+    current = spec.description.predictedProbabilitiesName
+    names = {name for layer in spec.neuralNetworkClassifier.layers for name in (*layer.input, *layer.output)}
+    names |= {feature.name for feature in (*spec.description.input, *spec.description.output)}
+    if not current or current == PROBABILITIES_OUTPUT or PROBABILITIES_OUTPUT in names:
+        return mlmodel
+    ct.utils.rename_feature(spec, current, PROBABILITIES_OUTPUT)
+    return ct.models.MLModel(spec, skip_model_load=True)
 
 
 # coremltools refuses a model that needs a newer file version than the default target (a NeuralNetwork file's bilinear
