@@ -15,6 +15,7 @@ def test_public_surface_is_small_and_pinned():
         "LabelsError",
         "Manifest",
         "ModelLoadError",
+        "NotCheckedError",
         "ParityError",
         "Preprocessing",
         "Report",

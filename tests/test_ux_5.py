@@ -107,8 +107,8 @@ def test_every_exporter_command_in_the_docs_and_the_help_parses(capsys):
 def test_every_option_the_docs_mention_exists():
     """An option named in running text (`--calibration-count`, `--float-input`) is one the CLI has."""
     every = set().union(*(_options(p) for p in _commands().values())) | {"--help"}
-    # options of other programs the docs show: pytest-xdist, pip, and the generator scripts under benchmarks/
-    others = {"--dist", "--readme", "--write", "--families", "--files", "--models", "--rows", "--check", "--before"}
+    # options of other programs the docs show: pytest-xdist, pip, swift build, and the generator scripts under benchmarks/
+    others = {"--dist", "--readme", "--write", "--families", "--files", "--models", "--rows", "--check", "--before", "--build-tests"}
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         for opt in set(re.findall(r"`[^`]*?(?<![\w-])(--[a-z][a-z0-9-]*)", text)):
