@@ -25,6 +25,13 @@ from .errors import ConfigError, ExporterError, one_line
 MEMORY_BUDGET_BYTES = 1 << 30
 # Largest file read whole into memory: protobufs, weight files, labels, manifests, preprocessing files. Same reason.
 MAX_FILE_BYTES = MEMORY_BUDGET_BYTES
+# The Core ML executor's computed values alive at once in one forward pass (each one is also held to the budget
+# above). Without it a file whose image input and contract both declare 4000 x 4000 pixels ran its first pass with
+# 9.5 GB resident, each value under the budget (measured by the round-5 hostile hunt). Measured per image at 224 px
+# (fp32, this machine, 2026-12-02): MobileNetV2 6.3 MiB (.mlpackage) / 9.8 MiB (.mlmodel), EfficientNetB0 9.8 / 14.4,
+# DenseNet121 8.6 / 8.6, ResNet50 9.8 / 9.8. Activations grow with the pixels, so the worst of these reaches the
+# budget near 2,600 px; passes of several images are sized to stay within it (CoreMLExecutor.chunk).
+LIVE_ACTIVATION_BUDGET_BYTES = 2 * MEMORY_BUDGET_BYTES
 # Text files a person writes (labels, preprocessing, manifest.json): 64 MB holds a million labels; anything larger
 # is not a labels or preprocessing file.
 MAX_TEXT_BYTES = 64 << 20

@@ -550,3 +550,48 @@ def test_the_printable_ascii_shortcut_keeps_every_label_rule(tmp_path):
     ):
         with pytest.raises(LabelsError, match=message):
             check_labels(labels)
+
+
+def test_a_file_whose_values_alive_at_once_exceed_the_budget_is_refused_when_loaded(small_export, monkeypatch):
+    # every value a file declares was bounded on its own, but not the values alive together: a file whose input and
+    # contract both declared 4000 x 4000 pixels ran its first pass with 9.5 GB resident. The executor now counts the
+    # computed values a pass holds (live.Meter) and stops at the budget; here the budget is lowered under the
+    # sample's 32-px files' own peak
+    from exporter.errors import ConversionError
+    from exporter.runtime.executor import CoreMLExecutor, live
+
+    out, _ = small_export
+    files = sorted(p for p in out.iterdir() if p.suffix in (".mlpackage", ".mlmodel"))
+    assert len(files) == 2
+    peaks = {p.suffix: CoreMLExecutor(p)._engine.peak_bytes for p in files}
+    assert all(0 < peak < 1 << 20 for peak in peaks.values()), peaks
+    budget = min(peaks.values()) // 2
+    monkeypatch.setattr(live, "LIVE_ACTIVATION_BUDGET_BYTES", budget)
+    for path in files:
+        with pytest.raises(ConversionError, match=f"holds more than {budget:,} bytes of computed values at once") as info:
+            CoreMLExecutor(path)
+        assert path.name in str(info.value) and info.value.exit_code == 5
+
+
+def test_the_neuralnetwork_probe_releases_values_no_later_layer_reads(small_export):
+    # the first pass of a NeuralNetwork file (which records every layer's shape) kept every value it computed until
+    # the end: its memory was the sum of all the network's activations, not what is alive at once
+    import tracemalloc
+
+    from exporter.runtime.executor import CoreMLExecutor
+
+    out, _ = small_export
+    engine = CoreMLExecutor(next(p for p in out.iterdir() if p.suffix == ".mlmodel"))._engine
+    x = np.zeros((16, 3, SIDE_32, SIDE_32), np.float32)
+    sizes: list[int] = []
+    engine.run(x, observe=lambda name, value: sizes.append(value.nbytes))
+    tracemalloc.start()
+    try:
+        engine._forward(x, shapes={})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < sum(sizes) / 2, (peak, sum(sizes))
+
+
+SIDE_32 = 32  # the mobilenet_v1_digits sample's input side (small_export)

@@ -43,7 +43,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import ConfigError, ConversionError, ExecutorBugError, ExporterError, UnsupportedOperationError
-from ...safety import MAX_FILE_BYTES, MAX_TEXT_BYTES, check_elements, check_protobuf_fields, inside, load_json, read_regular
+from ...safety import (
+    LIVE_ACTIVATION_BUDGET_BYTES,
+    MAX_FILE_BYTES,
+    MAX_TEXT_BYTES,
+    check_elements,
+    check_protobuf_fields,
+    inside,
+    load_json,
+    read_regular,
+)
 from . import blas
 from .image import image_input, to_tensor
 
@@ -242,6 +251,8 @@ class CoreMLExecutor:
         fitting = CHUNK_ACTIVATION_BYTES // max(self._engine.largest_activation, 1)
         self.chunk = max(1, min(MAX_BATCH, fitting)) if self.batchable else 1  # images per forward pass
         self._trial_pass(where)
+        # a pass of ``chunk`` images holds about chunk times the trial pass's peak: kept within the budget (live.Meter)
+        self.chunk = max(1, min(self.chunk, LIVE_ACTIVATION_BUDGET_BYTES // max(self._engine.peak_bytes, 1)))
 
     def _trial_pass(self, where: str) -> None:
         """Run the program once on a blank image of its input size, inside the loading boundary. Every shape in

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import mil_constexpr, mil_elementwise, mil_resample, mil_scatter, mil_shape, mil_tensor, plan, stages  # noqa: F401  (ops register)
+from . import live, mil_constexpr, mil_elementwise, mil_resample, mil_scatter, mil_shape, mil_tensor, plan, stages  # noqa: F401  (ops register)
 from .milvalue import BY_NAME, FLOAT_TYPES, WeightFiles, decode, tensor_type
 from .registry import MIL, OpCall
 
@@ -108,6 +108,7 @@ class Program:
         plan.plan_release(self)
         sizes = [int(np.prod(shape)) for step in self.steps for shape in step.declared if shape]
         self.largest_activation: int = 4 * max(sizes, default=1)  # bytes per image of the biggest float32 value
+        self.peak_bytes: int = 0  # the most computed-value bytes alive at once for one image, over the passes run so far
         self.stage_reads: dict[int, set[str]] = {}
         self.stages: list[tuple[int, int, int]] = stages.plan_stages(self) if self.batchable else []
 
@@ -245,7 +246,9 @@ class Program:
         return probs.reshape(n, -1)
 
     def _run_steps(self, env: dict, start: int, stop: int, n: int, observe) -> None:
-        """Steps ``start:stop`` on the values of one pass of ``n`` images in ``env`` (updated in place)."""
+        """Steps ``start:stop`` on the values of one pass of ``n`` images in ``env`` (updated in place). The computed
+        values alive at once are counted (``live.Meter``): over LIVE_ACTIVATION_BUDGET_BYTES the pass stops."""
+        meter = live.Meter(sum(v.nbytes for k, v in env.items() if k not in self.env and isinstance(v, np.ndarray)), n, self.where)
         for step in self.steps[start:stop]:
             if step.observe_only and observe is None:
                 continue
@@ -268,8 +271,10 @@ class Program:
                     value = value.astype(F32)
                 if self.fp16 and half and value.dtype == F32:
                     value = value.astype(np.float16).astype(F32)
+                meter.add(value, env.get(name))
                 env[name] = value
                 if observe is not None:
                     observe(name, value)
             for name in step.release:
-                del env[name]
+                meter.remove(env.pop(name))
+        self.peak_bytes = max(self.peak_bytes, meter.peak_per_image)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import nnlayers_elementwise, nnlayers_image, nnlayers_nd, nnlayers_shape  # noqa: F401  (layers register)
+from . import live, nnlayers_elementwise, nnlayers_image, nnlayers_nd, nnlayers_shape  # noqa: F401  (layers register)
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
 from .registry import NN
@@ -49,8 +49,11 @@ class Network:
         scale, bias = scaler(nn, image, where)
         self.scale, self.bias = scale.reshape(1, -1, 1, 1), bias.reshape(1, -1, 1, 1)
         self.layers = [self._build(layer) for layer in nn.layers]
-        self.batchable = self._probe()
+        self.peak_bytes: int = 0  # the most computed-value bytes alive at once for one image, over the passes run so far
+        # released as soon as no later layer reads them, in the probe too: it kept every value (a 4000 x 4000 input
+        # took 9.5 GB there)
         self._plan_release()
+        self.batchable = self._probe()
 
     def _build(self, spec_layer) -> Layer:
         kind = spec_layer.WhichOneof("layer")
@@ -99,6 +102,7 @@ class Network:
         if self.fp16:
             x = x.astype(np.float16).astype(F32)
         env = {self.image.name: x}
+        meter = live.Meter(x.nbytes, x.shape[0], self.where)
         for layer in self.layers:
             try:
                 inputs = [env[name] for name in layer.inputs]
@@ -114,14 +118,15 @@ class Network:
                     value = value.astype(F32)
                 if self.fp16 and value.dtype == F32:
                     value = value.astype(np.float16).astype(F32)
+                meter.add(value, env.get(name))
                 env[name] = value
                 if shapes is not None:
                     shapes[name] = value.shape
                 if observe is not None:
                     observe(name, value)
-            if shapes is None:
-                for name in layer.release:
-                    env.pop(name, None)
+            for name in layer.release:
+                meter.remove(env.pop(name, None))
+        self.peak_bytes = max(self.peak_bytes, meter.peak_per_image)
         return env[self.probabilities]
 
     def run(self, x: np.ndarray, observe=None) -> np.ndarray:
