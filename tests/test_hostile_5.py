@@ -595,3 +595,62 @@ def test_the_neuralnetwork_probe_releases_values_no_later_layer_reads(small_expo
 
 
 SIDE_32 = 32  # the mobilenet_v1_digits sample's input side (small_export)
+
+
+def _onnx_with_external_data(small_export, folder):
+    """The sample's ONNX file with every initializer over 1 kB moved to ``weights.bin`` beside it (offsets and
+    lengths recorded, as onnx.save_model writes them), and the contract it takes."""
+    import json
+
+    import onnx
+
+    out, _ = small_export
+    folder.mkdir()
+    model = onnx.load(str(next(out.glob("*.onnx"))))
+    path = folder / "external.onnx"
+    moved = onnx.ModelProto.FromString(model.SerializeToString())  # save_model moves the data out of the proto it is given
+    onnx.save_model(moved, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=1024)
+    assert (folder / "weights.bin").stat().st_size > 10_000
+    pre = Preprocessing.from_dict(json.loads((out / "manifest.json").read_text())["preprocessing"])
+    return path, pre, model
+
+
+def test_onnx_external_data_is_read_into_the_checked_graph_not_reopened_by_onnxruntime(tmp_path, small_export, monkeypatch):
+    # onnxruntime was given the path of a file with external data and reopened that data itself after our checks: a
+    # weights file swapped for a FIFO (or another file) in between was read unchecked or hung the run. The runner now
+    # reads the external data once, from the regular files it checked, into the graph it hands over as bytes
+    import onnxruntime as ort
+
+    from exporter.runtime import OnnxRunner
+
+    path, pre, model = _onnx_with_external_data(small_export, tmp_path / "m")
+    given = []
+    session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda what, *a, **k: given.append(what) or session(what, *a, **k))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, *pre.input_size, pre.channels), np.uint8)
+    got = OnnxRunner(path, pre)(pixels)
+    assert [type(g) for g in given] == [bytes]
+    monkeypatch.undo()
+    path.unlink()
+    (tmp_path / "m" / "weights.bin").unlink()
+    whole = tmp_path / "whole.onnx"
+    whole.write_bytes(model.SerializeToString())
+    np.testing.assert_allclose(got, OnnxRunner(whole, pre)(pixels), atol=1e-6)
+
+
+def test_onnx_external_data_outside_its_file_is_refused(tmp_path, small_export):
+    import onnx
+
+    from exporter.errors import ConversionError
+    from exporter.runtime import OnnxRunner
+
+    path, pre, _ = _onnx_with_external_data(small_export, tmp_path / "m")
+    model = onnx.load(str(path), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.external_data)
+    for entry in tensor.external_data:
+        if entry.key == "offset":
+            entry.value = str((tmp_path / "m" / "weights.bin").stat().st_size)
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ConversionError, match=r"reads bytes .* of weights.bin, which has") as info:
+        OnnxRunner(path, pre)
+    assert info.value.exit_code == 5 and "external.onnx" in str(info.value)

@@ -64,10 +64,10 @@ class OnnxRunner:
         self.labels = onnx_labels(model, path)
         largest = largest_value_bytes(model, path)
         self.chunk = images_per_run(model, path, largest)  # images per session.run
-        # onnxruntime gets the graph that was checked, not the path again (the file could be replaced in between);
-        # only a file with external data, whose locations are relative to its folder, is opened by path
-        external = any(tensor.external_data for tensor in _all_tensors(model.graph))
-        checked: str | bytes = str(path) if external else model.SerializeToString()
+        # onnxruntime gets the graph that was checked, as bytes, never the path (the file could be replaced in
+        # between): external data is read here, once, from the regular files load_onnx checked, into the graph
+        _inline_external_data(model, path)
+        checked = model.SerializeToString()
         del model
         self.order = None if labels is None else _label_order(self.labels, labels)
         options = ort.SessionOptions()
@@ -149,6 +149,43 @@ def load_onnx(path: Path, sha256: str | None = None):
                 target = inside(path.parent, entry.value, error=ConversionError, where=path, what="external data")
                 check_regular(target, error=ConversionError, what="file of external data")
     return model
+
+
+def _inline_external_data(model, path: Path) -> None:
+    """Every tensor of ``model`` stored as external data read into the tensor (``raw_data``), from the regular files
+    inside ``path``'s folder that ``load_onnx`` checked, each read once and bounded; the ``offset`` and ``length``
+    entries must lie within the file, and all of it within the memory budget. onnxruntime then never opens another
+    file: before, it reopened the external data by path after our check, so a file swapped for a FIFO in between
+    hung the run."""
+    from ..safety import MEMORY_BUDGET_BYTES, inside, read_regular
+
+    files: dict[Path, bytes] = {}
+    total = 0
+    for tensor in _all_tensors(model.graph):
+        if not tensor.external_data:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if "location" not in entries:
+            raise ConversionError(f"tensor {tensor.name!r} has external data without a location", path=path)
+        target = inside(path.parent, entries["location"], error=ConversionError, where=path, what="external data")
+        if target not in files:
+            files[target] = read_regular(target, error=ConversionError, what="file of external data")
+        data = files[target]
+        try:
+            offset = int(entries.get("offset", 0))
+            length = int(entries["length"]) if "length" in entries else len(data) - offset
+        except ValueError as exc:
+            raise ConversionError(f"tensor {tensor.name!r} has an external data offset or length that is not a number", path=path) from exc
+        if offset < 0 or length < 0 or offset + length > len(data):
+            raise ConversionError(
+                f"tensor {tensor.name!r} reads bytes {offset:,}..{offset + length:,} of {target.name}, which has {len(data):,}", path=path
+            )
+        total += length
+        if total > MEMORY_BUDGET_BYTES:
+            raise ConversionError(f"its external data is over the memory budget of {MEMORY_BUDGET_BYTES:,} bytes", path=path)
+        tensor.raw_data = data[offset : offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = tensor.DEFAULT
 
 
 def onnx_labels(model, path: Path) -> list[str]:
