@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NotAClassifierError, first_line
+from .errors import MAX_CAUSE_CHARS, NotAClassifierError
 from .preprocessing import Preprocessing
 
 # Softmax rows sum to 1 up to float32 rounding over a few thousand classes; anything further off is not a softmax.
@@ -182,7 +182,7 @@ def _keras_reason(exc: BaseException) -> str:
 
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
     reasons = [line for line in lines if line and not line.startswith(("Exception encountered", "Arguments received"))]
-    return first_line(Exception(reasons[0] if reasons else type(exc).__name__))
+    return (reasons[0] if reasons else type(exc).__name__)[:MAX_CAUSE_CHARS]
 
 
 def check_outputs(model, head: Head, pre: Preprocessing, path: Path | str) -> None:

@@ -91,13 +91,13 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
     try:
         with translating(ConversionError, f"coremltools could not convert the model to {backend}", path=info.source_file):
             try:
-                return _named_probabilities(ct.convert(source, **kwargs))
+                converted = ct.convert(source, **kwargs)
             except Exception as exc:
                 newer = _newer_target_needed(exc) if target is None else None
                 if newer is None:
                     raise
                 kwargs["minimum_deployment_target"] = getattr(ct.target, newer)
-                return _named_probabilities(ct.convert(source, **kwargs))
+                converted = ct.convert(source, **kwargs)
     except ConversionError as exc:
         from .naming import describe_failure
 
@@ -107,18 +107,17 @@ def convert(model, info: ModelInfo, *, backend: str, precision: str = "fp32", ta
         raise ConversionError(
             f"coremltools could not convert the model to {backend}{where}: {first_line(exc.__cause__ or exc)}", path=info.source_file
         ) from exc.__cause__
+    return converted if backend == "mlprogram" else _named_probabilities(converted)
 
 
 def _named_probabilities(mlmodel):
-    """A NeuralNetwork classifier with its probabilities output named PROBABILITIES_OUTPUT, as coremltools names it in
+    """The NeuralNetwork classifier ``mlmodel`` with its probabilities output named PROBABILITIES_OUTPUT, as coremltools names it in
     an ML Program: the TensorFlow converter keeps the graph's output name (``Identity``), which became the property of
     the class Xcode generates for an .mlmodel, so the two Core ML files of one export answered under different names.
     Left as it is when a value of the network already has that name."""
     import coremltools as ct
 
     spec = mlmodel.get_spec()
-    if spec.WhichOneof("Type") != "neuralNetworkClassifier":
-        return mlmodel
     current = spec.description.predictedProbabilitiesName
     names = {name for layer in spec.neuralNetworkClassifier.layers for name in (*layer.input, *layer.output)}
     names |= {feature.name for feature in (*spec.description.input, *spec.description.output)}

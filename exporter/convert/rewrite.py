@@ -30,7 +30,7 @@ A ``Resizing`` layer whose TensorFlow op a converter cannot read or reads wrongl
 identity for every interpolation (a model built for any image size and resizing to the size it is exported at, with
 ``interpolation="bicubic"``: coremltools has no ResizeBicubic); ``interpolation="area"`` by whole-number factors is
 the mean of each block when it shrinks (``AveragePooling2D``) and each pixel repeated when it grows
-(``UpSampling2D``), the same numbers: coremltools has no ResizeArea, and tf2onnx writes it as a nearest resize, whose
+(``UpSampling2D``), the same numbers up to float32 rounding: coremltools has no ResizeArea, and tf2onnx writes it as a nearest resize, whose
 file disagreed with Keras. An area resize by other factors is refused, naming the layer.
 
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
