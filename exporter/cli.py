@@ -384,12 +384,20 @@ def _emit(data: dict, json_target: str | None, table) -> None:
             raise DestinationError(f"cannot write the JSON file: {exc.strerror or exc}", path=json_target) from exc
 
 
+def _terminal_columns() -> int | None:
+    """The terminal's width when stdout is one (the table is then narrowed to fit), else None: piped output and logs
+    keep every column."""
+    import shutil
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
 def _write_reports(report: dict, args) -> None:
     from .errors import DestinationError
     from .report import terminal
 
     try:
-        _emit(report, args.json, lambda: terminal.parity_table(report))
+        _emit(report, args.json, lambda: terminal.parity_table(report, width=_terminal_columns()))
         if args.html:
             from .report import html
 

@@ -426,3 +426,30 @@ def test_a_variant_of_another_format_is_named_as_such():
     assert str(caught.value).startswith("variant 'w8a8' is a variant of mlpackage, not of onnx (add mlpackage to --formats")
     with pytest.raises(ConfigError, match="unknown variant 'w9a9'"):
         select(["onnx"], ["w9a9"])
+
+
+def test_parity_table_fits_a_narrow_terminal_by_leaving_out_its_least_needed_columns():
+    """The table was about 170 columns wide on a terminal of 80-120: every row wrapped. Given the terminal's width it
+    leaves out KL, mean |dp|, the engine and top-5 (in that order, until it fits) and says so; piped (no width) it
+    keeps every column."""
+    from test_html_report import _report
+
+    from exporter.report import terminal
+
+    report = _report()
+    full = terminal.parity_table(report).splitlines()
+    header = full[0]
+    assert "KL" in header and "mean |dp|" in header and "top-5" in header
+    wide = max(len(line) for line in full[: 1 + len(report["artifacts"])])
+    for width in (wide - 1, 100, 80):
+        lines = terminal.parity_table(report, width=width).splitlines()
+        rows = lines[: 1 + len(report["artifacts"])]
+        dropped = [c for c in terminal.NARROW_DROPS if c not in rows[0]]
+        assert dropped and dropped == list(terminal.NARROW_DROPS[: len(dropped)])  # least needed first
+        assert f"left out to fit {width} columns: {', '.join(dropped)}" in "\n".join(lines)
+        if len(dropped) < len(terminal.NARROW_DROPS):
+            assert max(len(r) for r in rows) <= width
+        for kept in ("artifact", "status", "top-1", "max |dp|", "accuracy", "failures"):
+            assert kept in rows[0]
+        assert lines[-1] == full[-1]  # the verdict is unchanged
+    assert terminal.parity_table(report, width=wide).splitlines() == full

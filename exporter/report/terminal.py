@@ -33,10 +33,20 @@ def size_table(manifest: dict) -> str:
 UNKNOWN_FOLDERS_SHOWN = 5  # sub-folder names that match no label, named in the table (all of them are in the JSON)
 
 
-def parity_table(report: dict) -> str:
+# Columns a narrow terminal loses, in this order, until the table fits (the JSON and the HTML report keep them): the
+# two spreads of the probabilities, the engine (the notes under the table name the Linux executor), the top-5 overlap;
+# the artifact, its verdict, top-1, max |dp|, accuracy and failures stay.
+NARROW_DROPS = ("KL", "mean |dp|", "engine", "top-5")
+
+
+def parity_table(report: dict, width: int | None = None) -> str:
+    """The report as a table, then its notes and the verdict line. ``width``: the terminal's columns; columns of
+    NARROW_DROPS are left out, in that order, until the table fits (a note names them)."""
     from ..runtime import engine_text
 
-    rows = [("artifact", "status", "engine", "top-1", "top-5", "max |dp|", "mean |dp|", "KL", "accuracy", "failures")]
+    rows: list[tuple[str, ...]] = [
+        ("artifact", "status", "engine", "top-1", "top-5", "max |dp|", "mean |dp|", "KL", "accuracy", "failures")
+    ]
     for a in report["artifacts"]:
         if a["status"] == "not run":
             rows.append((a["path"], "NOT RUN", "", "", "", "", "", "", "", a["reason"]))
@@ -58,6 +68,16 @@ def parity_table(report: dict) -> str:
             )
         )
     lines = _table(rows)
+    dropped: list[str] = []
+    for column in NARROW_DROPS:
+        if width is None or max(len(line) for line in lines) <= width:
+            break
+        keep = [i for i, name in enumerate(rows[0]) if name != column]
+        rows = [tuple(r[i] for i in keep) for r in rows]
+        dropped.append(column)
+        lines = _table(rows)
+    if dropped:
+        lines.append(f"left out to fit {width} columns: {', '.join(dropped)} (in --json and --html)")
     lines += [f"{a['path']}: float64 check: {a['float64']['note']}" for a in report["artifacts"] if a.get("float64")]
     keras = (report.get("keras") or {}).get("against_labels")
     if keras:
