@@ -1,0 +1,127 @@
+"""Models the way users build them, sixth round (see tests/test_user_models_5.py for the fifth): each case one the
+exploratory hunt found broken. The models are tiny (32 px, one or two convolutions); the ones whose exported files are
+checked for parity are trained a few epochs on scikit-learn's digits, so their outputs depend on the input, and are
+validated on the real held-out digits."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+from conftest import SAMPLES
+from test_user_models_3 import _conv_body, _digits, _save
+
+from exporter.api import ExportOptions, export, validate
+from exporter.inference import detect_preprocessing
+
+SIZE = 32
+DIGITS = SAMPLES / "heldout" / "digits"
+EVERY_FORMAT = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",))
+
+
+def _classifier(inputs, h):
+    h = keras.layers.GlobalAveragePooling2D()(_conv_body(h))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h))
+
+
+def _inner():
+    """A classifier that rescales its own pixels, as the nested model a test-time-augmentation wrapper calls twice."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D()(_conv_body(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(h), name="inner")
+
+
+# ------------------------------------------------------------------------------------- test-time augmentation
+MIRRORS = {
+    "ops.flip": lambda x: keras.ops.flip(x, axis=2),
+    "reversed slice": lambda x: x[:, :, ::-1],
+    "ops.rot90": lambda x: keras.ops.rot90(x, k=2, axes=(1, 2)),
+    "ops.transpose": lambda x: keras.ops.transpose(x, (0, 2, 1, 3)),
+}
+
+
+def _tta(mirror, inner=None):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    inner = inner or _inner()
+    return keras.Model(inputs, keras.layers.Average(name="tta")([inner(inputs), inner(MIRRORS[mirror](inputs))]))
+
+
+@pytest.mark.parametrize("mirror", list(MIRRORS))
+def test_test_time_augmentation_on_the_mirrored_image_is_found_as_the_models_preprocessing(mirror, tmp_path):
+    """A classifier called on the image and on its mirror, its two answers averaged (test-time augmentation): the
+    input forks, and the fork ended the search, so the export asked for a --preprocessing the model applies itself
+    (and took a declared one as the contract, normalising twice). Every branch is walked: when each meets the same
+    scale and bias before it computes, that is the model's preprocessing; also once saved and loaded."""
+    from exporter.loading import load_model
+
+    found = detect_preprocessing(_tta(mirror))
+    assert found.layers == ("inner/scale",) and found.scale == (1 / 127.5,) * 3 and found.bias == (-1.0,) * 3
+    assert len(found.passed) == 1  # the mirroring op
+    _tta(mirror).save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras").in_model
+    assert loaded.layers == ("inner/scale",) and loaded.scale == (1 / 127.5,) * 3
+
+
+def test_a_fork_whose_branches_normalise_differently_or_not_at_all_ends_the_search():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    same = [keras.layers.Rescaling(1 / 255.0, name=f"scale_{i}") for i in range(2)]
+    twice = keras.layers.Average()([same[0](inputs), same[1](keras.ops.flip(inputs, axis=2))])
+    found = detect_preprocessing(_classifier(inputs, twice))  # two layers, the same scale: found, both named
+    assert sorted(found.layers) == ["scale_0", "scale_1"] and found.scale == (1 / 255.0,) * 3
+    other = keras.layers.Average()([same[0](inputs), keras.layers.Rescaling(1 / 127.5)(keras.ops.flip(inputs, axis=2))])
+    assert not detect_preprocessing(_classifier(inputs, other))
+    raw_skip = keras.layers.Concatenate()([inputs, same[0](inputs)])  # the model also reads the raw pixels
+    assert not detect_preprocessing(_classifier(inputs, raw_skip))
+    raw_branch = keras.layers.Average()([same[0](inputs), keras.ops.flip(inputs, axis=2)])
+    assert not detect_preprocessing(_classifier(inputs, raw_branch))
+    channels = keras.layers.Average()([same[0](inputs), same[1](keras.ops.flip(inputs, axis=-1))])  # RGB and BGR
+    assert not detect_preprocessing(_classifier(inputs, channels))
+
+
+@pytest.mark.slow
+def test_a_trained_test_time_augmentation_model_exports_with_parity_and_refuses_a_second_normalisation(tmp_path):
+    from exporter.errors import ConfigError
+
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    path, labels = _save(_tta("ops.flip"), tmp_path / "model", x, y, epochs=3)
+    with pytest.raises(ConfigError, match="normalises pixels itself .*inner/scale"):
+        export(path, labels, tmp_path / "declared", preprocessing="tf", options=EVERY_FORMAT)
+    manifest = export(path, labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    assert manifest["preprocessing"]["in_model"] is True
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2  # trained: the outputs depend on the image
+
+
+# ------------------------------------------------------------------------------------- pixels moved by Keras ops
+MOVES = {
+    "image.resize": lambda x: keras.ops.image.resize(x, (24, 40)),
+    "image.resize crop_to_aspect_ratio": lambda x: keras.ops.image.resize(x, (24, 40), crop_to_aspect_ratio=True),
+    "image.crop_images": lambda x: keras.ops.image.crop_images(x, 2, 3, 24, 24),
+    "centre slice": lambda x: x[:, 4:-4, 4:-4],
+    "centre slice, channels whole": lambda x: x[:, 4:-4, 4:-4, :],
+}
+
+
+@pytest.mark.parametrize("move", list(MOVES))
+def test_keras_ops_that_move_pixels_before_the_rescaling_are_passed(move, tmp_path):
+    """``keras.ops.image.resize`` / ``crop_images`` or a slice of the image axes between the input and the Rescaling
+    (a model resizing or centre-cropping its photos itself, with ops rather than layers): the op ended the search, as
+    the Resizing and CenterCrop layers no longer do. A padding (its constant is not moved by the scale), a slice
+    that also takes channels or the batch, and a flip over every axis still end it."""
+    from exporter.loading import load_model
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = _classifier(inputs, keras.layers.Rescaling(1 / 255.0, name="scale")(MOVES[move](inputs)))
+    found = detect_preprocessing(model)
+    assert found.layers == ("scale",) and found.scale == (1 / 255.0,) * 3 and len(found.passed) == 1
+    model.save(tmp_path / "model.keras")
+    assert load_model(tmp_path / "model.keras").in_model.layers == ("scale",)
+    for other in (
+        keras.ops.image.pad_images(inputs, 2, 2, SIZE + 4, SIZE + 4),
+        keras.ops.image.resize(inputs, (24, 40), pad_to_aspect_ratio=True),
+        inputs[1:, 4:-4],
+        inputs[:, 4:-4, 4:-4, :1],
+        keras.ops.flip(inputs),
+    ):
+        assert not detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(other)))
