@@ -6,6 +6,7 @@ validated on the real held-out digits."""
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 from conftest import SAMPLES
 from test_user_models_3 import _conv_body, _digits, _save
@@ -125,3 +126,58 @@ def test_keras_ops_that_move_pixels_before_the_rescaling_are_passed(move, tmp_pa
         keras.ops.flip(inputs),
     ):
         assert not detect_preprocessing(_classifier(inputs, keras.layers.Rescaling(1 / 255.0)(other)))
+
+
+# ------------------------------------------------------------------------------------- an auxiliary output
+def _with_aux(as_dict: bool = False):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = _conv_body(keras.layers.Rescaling(1 / 255.0, name="scale")(inputs))
+    main = keras.layers.Dense(10, activation="softmax", name="main")(keras.layers.GlobalAveragePooling2D()(h))
+    aux = keras.layers.Dense(10, activation="softmax", name="aux")(keras.layers.GlobalMaxPooling2D(name="aux_pool")(h))
+    return keras.Model(inputs, {"probs": main, "aux_probs": aux} if as_dict else [main, aux])
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_model_with_an_auxiliary_output_exports_the_output_named(as_dict, tmp_path):
+    """A classifier trained with an auxiliary head (``Model(x, [main, aux])``, or a dict of outputs) was refused as
+    "model has 2 outputs" with no way out. The refusal now lists the outputs' names and the remedy; ``output=``
+    (``--output``) exports the one named, by its layer's name or its dict key, without the layers only the other needs;
+    a name that is not an output is refused (exit 2)."""
+    from exporter.errors import ConfigError, NotAClassifierError
+    from exporter.loading import load_model
+
+    keras.utils.set_random_seed(0)
+    _with_aux(as_dict).save(tmp_path / "model.keras")
+    with pytest.raises(NotAClassifierError, match="model has 2 outputs \\(.*--output NAME") as info:
+        load_model(tmp_path / "model.keras")
+    assert info.value.exit_code == 3 and "'main'" in str(info.value) and "'aux'" in str(info.value)
+    names = ("probs", "main") if as_dict else ("main",)
+    x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    reference = keras.saving.load_model(tmp_path / "model.keras")(x)
+    want = np.asarray(reference["probs"] if as_dict else reference[0])
+    for name in names:
+        loaded = load_model(tmp_path / "model.keras", output=name)
+        assert loaded.num_classes == 10 and loaded.output == name and loaded.in_model.layers == ("scale",)
+        assert not any(layer.name.startswith("aux") for layer in loaded.keras_model.layers)
+        np.testing.assert_array_equal(np.asarray(loaded.model(x)), want)
+    with pytest.raises(ConfigError, match="output 'nope' is not one of the model's outputs") as info:
+        load_model(tmp_path / "model.keras", output="nope")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.slow
+def test_a_trained_model_with_an_auxiliary_output_exports_the_named_one_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = _with_aux()
+    model.compile(keras.optimizers.Adam(3e-3), ["sparse_categorical_crossentropy"] * 2)
+    model.fit(x, (y, y), epochs=6, batch_size=32, verbose=0)
+    (tmp_path / "model").mkdir()
+    model.save(tmp_path / "model" / "model.keras")
+    labels = [str(i) for i in range(10)]
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp32",), output="main")
+    manifest = export(tmp_path / "model" / "model.keras", labels, tmp_path / "out", preprocessing=None, options=options)
+    assert manifest["inference_model"]["output"] == "main"
+    report = validate(tmp_path / "out", DIGITS)  # the Keras reference is the recorded output, not the first one
+    assert report["passed"] and len(report["artifacts"]) == 3
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2
