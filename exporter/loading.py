@@ -88,7 +88,9 @@ def _code_carriers(config: Any, where: str = "model") -> list[str]:
     if isinstance(config, dict):
         cls = config.get("class_name")
         inner = config.get("config")
-        name = inner.get("name", "?") if isinstance(inner, dict) else "?"
+        # a functional model's layer entry also holds the name beside its config, the only place it is when a custom
+        # layer overriding __init__ without get_config was made without a name (Keras then saves only the arguments)
+        name = next((n for n in (inner.get("name") if isinstance(inner, dict) else None, config.get("name")) if isinstance(n, str)), "?")
         if isinstance(inner, dict):
             found += [
                 f"layer {name!r} reads its {key} from the file {inner[key][:80]!r}"

@@ -181,3 +181,31 @@ def test_a_trained_model_with_an_auxiliary_output_exports_the_named_one_with_par
     report = validate(tmp_path / "out", DIGITS)  # the Keras reference is the recorded output, not the first one
     assert report["passed"] and len(report["artifacts"]) == 3
     assert report["keras"]["against_labels"]["accuracy"] > 0.2
+
+
+# ------------------------------------------------------------------------------------- a custom layer's name
+@keras.saving.register_keras_serializable(package="hunt6")
+class ChannelGain(keras.layers.Layer):
+    """A user's layer overriding __init__ without get_config, its keyword arguments not spelt ``**kwargs``: Keras'
+    automatic config then leaves the name out (it only passes a name back through ``**kwargs``)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+
+    def build(self, shape):
+        self.gain = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.gain
+
+
+def test_a_custom_layer_made_without_a_name_is_refused_by_its_name(tmp_path):
+    """The refusal of a custom layer said "layer '?'": the scan read the name from the layer's config only, and
+    Keras also keeps it beside the config in a functional model's layer entry."""
+    from exporter.errors import UnsafeModelError
+    from exporter.loading import inspect_model_file
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    _classifier(inputs, ChannelGain()(keras.layers.Rescaling(1 / 255.0)(inputs))).save(tmp_path / "model.keras")
+    with pytest.raises(UnsafeModelError, match="layer .channel_gain. is a custom class .ChannelGain."):
+        inspect_model_file(tmp_path / "model.keras")
