@@ -209,3 +209,28 @@ def test_a_custom_layer_made_without_a_name_is_refused_by_its_name(tmp_path):
     _classifier(inputs, ChannelGain()(keras.layers.Rescaling(1 / 255.0)(inputs))).save(tmp_path / "model.keras")
     with pytest.raises(UnsafeModelError, match="layer .channel_gain. is a custom class .ChannelGain."):
         inspect_model_file(tmp_path / "model.keras")
+
+
+# ------------------------------------------------------------------------------------- a cosine-similarity head in fp16
+def _cosine_head():
+    """Embeddings made unit length (UnitNormalization) and compared with each class's weight vector, scaled: the
+    cosine softmax of metric-learning classifiers."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.GlobalAveragePooling2D()(_conv_body(keras.layers.Rescaling(1 / 255.0)(inputs)))
+    h = keras.layers.UnitNormalization()(keras.layers.Dense(32)(h))
+    return keras.Model(inputs, keras.layers.Softmax()(keras.layers.Rescaling(16.0)(keras.layers.Dense(10, use_bias=False)(h))))
+
+
+@pytest.mark.slow
+def test_a_cosine_similarity_head_exports_to_fp16_in_every_format_with_parity(tmp_path):
+    """UnitNormalization becomes ``x * min(rsqrt(sum x^2), 1e12)`` in the .mlmodel; coremltools refused the whole fp16
+    file ("weights that cannot be represented in half precision") for that one constant, and the export failed. A
+    layer whose weights float16 cannot hold keeps float32 weights in the fp16 .mlmodel."""
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    path, labels = _save(_cosine_head(), tmp_path / "model", x, y, epochs=6)
+    options = ExportOptions(formats=("mlpackage", "mlmodel", "onnx"), variants=("fp16",))
+    export(path, labels, tmp_path / "out", preprocessing=None, options=options)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2
