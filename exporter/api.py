@@ -57,6 +57,7 @@ class ExportOptions:
     quantize: str = "all"  # "all": every selected variant; "auto": per format, the smallest that passes the gates
     validation_images: Path | str | None = None  # held-out images for quantize="auto" (a Path once checked)
     add_softmax: bool = False  # the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])
+    output: str | None = None  # a model with several outputs (an auxiliary head): the name of the classifier's one
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # quantize="auto": largest accuracy loss (points); auto.py
     min_target: str | None = None  # quantize="auto": only files that run on this OS (e.g. "iOS16"); None: any
     # quantize="auto": gates that replace the default ones (keys VARIANT or FORMAT:VARIANT, values a Gate or a dict
@@ -95,6 +96,8 @@ class ExportOptions:
             checked = {name: as_gate(name, g) for name, g in self.gates.items()}
             check_gate_names(checked)
             object.__setattr__(self, "gates", checked)
+        if self.output is not None and (not isinstance(self.output, str) or not self.output.strip()):
+            raise ConfigError(f"output must be the name of one of the model's outputs, got {self.output!r}")
         if self.calibration_count < 1:
             raise ConfigError(f"calibration_count must be at least 1, got {self.calibration_count}")
         if self.name is not None:
@@ -165,6 +168,7 @@ def prepare(
             trust_code=options.trust_code,
             add_softmax=options.add_softmax,
             input_size=early.input_size if early is not None else None,
+            output=options.output,
         )
         note["detail"] = f"{model_path.name}, {loaded.num_classes} classes"
     if isinstance(labels, (str, os.PathLike)):
@@ -273,6 +277,7 @@ def package(stage: Path, prepared: Prepared, artifacts: list[Artifact], out: Pat
         versions={"exporter": __version__, **library_versions()},
         inference_model={
             "head": loaded.head.to_dict(),
+            **({"output": loaded.output} if loaded.output is not None else {}),
             "removed_layers": [r.to_dict() for r in prepared.removed],
             "in_model_preprocessing": loaded.in_model.to_dict() if loaded.in_model else None,
         },

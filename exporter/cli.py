@@ -145,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     given.add_argument(
         "--add-softmax", action="store_true", help="the model ends in logits: append a softmax (one unit: sigmoid, then [1 - p, p])"
     )
+    given.add_argument(
+        "--output",
+        metavar="NAME",
+        help="a model with several outputs (an auxiliary head): the classifier's output to export, by its layer or dict-key name",
+    )
     given.add_argument("--trust-code", action="store_true", help="allow Lambda layers / custom code in the model file")
     written = c.add_argument_group("what to write")
     written.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically: complete or absent)")

@@ -25,9 +25,9 @@ class OpenedExport:
 
 def open_export(export_dir: str | Path, *, model_path: str | Path | None = None, trust_code: bool = False) -> OpenedExport:
     """Read ``export_dir``'s manifest and contract and load its Keras model (the path the manifest records unless
-    ``model_path`` is given) the way the export did (``add_softmax`` as recorded); a model whose SHA-256 differs from
+    ``model_path`` is given) the way the export did (``add_softmax`` and the chosen output as recorded); a model whose SHA-256 differs from
     the manifest's is refused."""
-    from .heads import recorded_add_softmax
+    from .heads import recorded_add_softmax, recorded_output
     from .loading import load_model
 
     root = Path(export_dir)
@@ -44,5 +44,6 @@ def open_export(export_dir: str | Path, *, model_path: str | Path | None = None,
         add_softmax=recorded_add_softmax(manifest),
         input_size=pre.input_size,
         expected_sha256=manifest["source"]["sha256"],
+        output=recorded_output(manifest),
     )
     return OpenedExport(root=root, manifest=manifest, preprocessing=pre, labels=list(manifest["labels"]), loaded=loaded)

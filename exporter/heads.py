@@ -230,3 +230,11 @@ def recorded_add_softmax(manifest: dict) -> bool:
     section = manifest.get("inference_model") if isinstance(manifest, dict) else None
     head = section.get("head") if isinstance(section, dict) else None
     return isinstance(head, dict) and head.get("add_softmax") is True
+
+
+def recorded_output(manifest: dict) -> str | None:
+    """The model output the export was made from (manifest ``inference_model.output``, written for a model with
+    several outputs), so that a later validation or golden run loads the same one. Manifests without it: None."""
+    section = manifest.get("inference_model") if isinstance(manifest, dict) else None
+    output = section.get("output") if isinstance(section, dict) else None
+    return output if isinstance(output, str) else None

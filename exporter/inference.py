@@ -2,8 +2,9 @@
 nothing at inference, removed.
 
 ``detect_preprocessing`` follows the input through the layers before the first one with weights (into nested models,
-at any depth, past shape-preserving no-ops, past resizes and crops, which commute with it, and past channel
-reorderings and copies, such as a grayscale input made three channels) and composes every
+at any depth, past shape-preserving no-ops, past resizes, crops, flips and other moves of the pixels (layers or Keras
+ops), which commute with it, past channel reorderings and copies, such as a grayscale input made three channels, and
+through forks whose branches all meet the same normalisation, as in test-time augmentation) and composes every
 Rescaling and Normalization it meets into one affine contract on 0..255 pixels: ``y[c] = x[c] * scale[c] + bias[c]``.
 The exported files still feed the model raw pixels (``in_model: true``), so this is never applied twice; the
 composition is what the manifest reports.
@@ -279,6 +280,52 @@ def _mixes_channels(op, node, tensor, channels: int) -> bool:
     return name in ("Mean", "Sum") and bool(getattr(op, "keepdims", False)) and len(axes) == 1 and _on_channel_axis(axes[0], rank)
 
 
+def _spatial_axes(axis, rank: int) -> list[int] | None:
+    """``axis`` (an int or a sequence of them, as a Keras op records it) as axes of a rank-``rank`` tensor, or None
+    when one of them is the batch or the channel axis."""
+    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    if not axes or not all(isinstance(a, int) and not isinstance(a, bool) and -rank <= a < rank for a in axes):
+        return None
+    axes = [a % rank for a in axes]
+    return axes if all(0 < a < rank - 1 for a in axes) else None
+
+
+def _spatial_key(key, rank: int) -> bool:
+    """``x[key]`` keeps the batch and the channel axes whole and only slices the others (``x[:, 4:-4, 4:-4]``, a
+    centre crop; ``x[:, :, ::-1]``, a horizontal flip)."""
+    if not isinstance(key, (tuple, list)) or not 2 <= len(key) <= rank or not all(isinstance(k, slice) for k in key):
+        return False
+    return key[0] == slice(None) and (len(key) < rank or key[-1] == slice(None))
+
+
+def _moves_pixels(op, node, tensor) -> bool:
+    """A Keras op on ``tensor`` that only moves or resamples the pixels of each channel (each output pixel a
+    combination of input pixels with weights summing to one), which a per-channel affine map commutes with:
+    ``keras.ops.image.resize`` (without padding) and ``crop_images``, ``keras.ops.flip``, ``rot90`` and ``transpose``
+    over the image axes (test-time augmentation: the model averages its answers on the image and its mirror), and a
+    slice of the image axes (``x[:, 4:-4, 4:-4]``)."""
+    args, kwargs = node_arguments(node)
+    if kwargs or not args or args[0] is not tensor:
+        return False
+    name, rank = _class_name(op), len(tensor.shape)
+    if getattr(op, "data_format", "channels_last") != "channels_last" or rank < 3:
+        return False
+    if len(args) == 2:
+        return name == "GetItem" and _spatial_key(args[1], rank)
+    if len(args) != 1:
+        return False
+    if name == "Resize":
+        return not getattr(op, "pad_to_aspect_ratio", True)
+    if name == "CropImages":
+        return True
+    if name in ("Flip", "Rot90"):
+        return _spatial_axes(getattr(op, "axis", getattr(op, "axes", None)), rank) is not None
+    if name == "Transpose":
+        axes = getattr(op, "axes", None)
+        return isinstance(axes, (list, tuple)) and len(axes) == rank and axes[0] == 0 and axes[-1] in (-1, rank - 1)
+    return False
+
+
 def _is_float_cast(op, node, tensor) -> bool:
     """``keras.ops.cast(x, "float32")`` (or another float type) of ``tensor``: a model taking uint8 or float pixels
     casts them before its Rescaling; a float type holds every 8-bit pixel value exactly (bfloat16 too: 0..256)."""
@@ -329,7 +376,7 @@ class _Walk:
             self.reorder(order, [path])
             return "next"
         if not isinstance(layer, keras.layers.Layer):  # a Keras op called on the tensor: an affine map of it or the end
-            if _is_float_cast(layer, node, tensor):
+            if _is_float_cast(layer, node, tensor) or _moves_pixels(layer, node, tensor):
                 self.passed.append(path)
                 return "next"
             if not self.normalizes and _mixes_channels(layer, node, tensor, self.channels):
@@ -373,16 +420,22 @@ class _Walk:
         if not inputs or not outputs or len(inputs) != 1 or len(outputs) != 1:
             return False  # several inputs or outputs, or a subclassed model (its call() is code: no graph to walk)
         users = consumers(model)
-        tensor, end = inputs[0], id(outputs[0])
+        return self._follow(users, inputs[0], id(outputs[0]), prefix)
+
+    def _follow(self, users: dict, tensor, end: int, prefix: str, found: list | None = None) -> bool:
+        """Walk from ``tensor`` (through ``found``, its consumers, when given) until the first layer that computes
+        something (False) or the tensor ``end`` (True)."""
         while id(tensor) != end:
-            found = users.get(id(tensor), [])
+            found = users.get(id(tensor), []) if found is None else found
             layers = {id(layer): layer for layer, _ in found}
             if len(layers) != 1:
                 split = _split_and_stack(found, users, self.channels)
                 if split is None:
-                    return False  # the input branches (or is unused): stop at the fork
+                    self._fork(users, tensor, end, prefix, found)
+                    return False  # the input branches (or is unused): the search ends at the fork or in its branches
                 order, ops, tensor = split
                 self.reorder(order, [prefix + op.name for op in ops])
+                found = None
                 continue
             layer = next(iter(layers.values()))
             outs = {}  # a node taking the tensor several times (Concatenate()([x, x, x])) is listed once per input
@@ -393,8 +446,44 @@ class _Walk:
             nexts = [t for t in outs.values() if id(t) == end or id(t) in users]
             if len(nexts) != 1 or not self._enter(layer, prefix, found[0][1], tensor):
                 return False
-            tensor = nexts[0]
+            tensor, found = nexts[0], None
         return True
+
+    def _fork(self, users: dict, tensor, end: int, prefix: str, found: list) -> None:
+        """The tensor feeds several layers (test-time augmentation: a classifier called on the image and on its
+        mirror, the two answers averaged). Each branch is walked on its own; when every branch meets the same
+        normalisation (the same per-channel scale and bias after the same channel order) before its first
+        computation, that is the model's preprocessing of every pixel it reads. A branch that computes on the
+        unnormalised pixels (a skip connection of the raw input), or reaches the output, leaves the walk at the fork."""
+        ends = []
+        for key in dict.fromkeys(id(layer) for layer, _ in found):
+            branch = self.copy()
+            if branch._follow(users, tensor, end, prefix, [(layer, node) for layer, node in found if id(layer) == key]):
+                return  # the output is a preprocessed copy of the input: not a classifier's path
+            ends.append(branch)
+        first = ends[0]
+        if not first.normalizes or not all(first.same_normalisation(b) for b in ends[1:]):
+            return
+        for b in ends:
+            self.layers.extend(p for p in b.layers if p not in self.layers)
+            self.passed.extend(p for p in b.passed if p not in self.passed)
+        self.scale, self.bias, self.order, self.channels = first.scale, first.bias, first.order, first.channels
+        self.composable, self.normalizes, self.mixed = first.composable, first.normalizes, first.mixed
+
+    def copy(self) -> _Walk:
+        new = _Walk(self.channels)
+        new.layers, new.passed, new.order = list(self.layers), list(self.passed), list(self.order)
+        new.scale, new.bias = self.scale.copy(), self.bias.copy()
+        new.composable, new.normalizes, new.mixed = self.composable, self.normalizes, self.mixed
+        return new
+
+    def same_normalisation(self, other: _Walk) -> bool:
+        return (
+            self.order == other.order
+            and np.array_equal(self.scale, other.scale)
+            and np.array_equal(self.bias, other.bias)
+            and (self.composable, self.normalizes, self.mixed) == (other.composable, other.normalizes, other.mixed)
+        )
 
     def _enter(self, layer, prefix: str, node=None, tensor=None) -> bool:
         if _is_model(layer):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError, NotAClassifierError, UnsafeModelError, first_line, translating
+from .errors import ConfigError, ModelLoadError, NotAClassifierError, UnsafeModelError, first_line, translating
 from .heads import Head
 from .inference import InModelPreprocessing
 from .keras_graph import called_on
@@ -53,6 +53,7 @@ class LoadedModel:
     head: Head
     in_model_preprocessing: list[str] = field(default_factory=list)  # paths of Rescaling/Normalization layers
     in_model: InModelPreprocessing = field(default_factory=InModelPreprocessing)  # the composed affine, for reports
+    output: str | None = None  # the output chosen by name (a model with several outputs), as given
 
     def for_export(self):
         """(model the converters see, removed layers): the file's model without its inference no-ops, with the
@@ -87,7 +88,9 @@ def _code_carriers(config: Any, where: str = "model") -> list[str]:
     if isinstance(config, dict):
         cls = config.get("class_name")
         inner = config.get("config")
-        name = inner.get("name", "?") if isinstance(inner, dict) else "?"
+        # a functional model's layer entry also holds the name beside its config, the only place it is when a custom
+        # layer overriding __init__ without get_config was made without a name (Keras then saves only the arguments)
+        name = next((n for n in (inner.get("name") if isinstance(inner, dict) else None, config.get("name")) if isinstance(n, str)), "?")
         if isinstance(inner, dict):
             found += [
                 f"layer {name!r} reads its {key} from the file {inner[key][:80]!r}"
@@ -145,7 +148,7 @@ def _read_architecture(path: Path, fmt: str) -> Any:
                     "legacy .h5 file has no model architecture (weights-only files cannot be exported; save the whole model)", path=path
                 )
             raw = raw.encode() if isinstance(raw, str) else bytes(raw)
-    except ModelLoadError:
+    except (ModelLoadError, ConfigError):
         raise
     except (OSError, EOFError, ValueError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(f"model file is corrupt or truncated ({type(exc).__name__}: {exc})", path=path) from exc
@@ -167,7 +170,7 @@ def _check_h5_file(file: Path, path: Path, member: str) -> None:
     try:
         with h5py.File(file, "r") as f:
             _check_h5_sizes(f, path, member)
-    except ModelLoadError:
+    except (ModelLoadError, ConfigError):
         raise
     except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(f"{member} is not a readable HDF5 file ({type(exc).__name__}: {first_line(exc)})", path=path) from exc
@@ -215,7 +218,7 @@ def _check_keras_weights(z: zipfile.ZipFile, path: Path) -> None:
     try:
         with z.open(KERAS_WEIGHTS_MEMBER) as member, h5py.File(member, "r") as f:
             _check_h5_sizes(f, path, KERAS_WEIGHTS_MEMBER)
-    except ModelLoadError:
+    except (ModelLoadError, ConfigError):
         raise
     except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile) as exc:
         raise ModelLoadError(
@@ -354,6 +357,7 @@ def load_model(
     add_softmax: bool = False,
     input_size: tuple[int, int] | None = None,
     expected_sha256: str | None = None,
+    output: str | None = None,
 ) -> LoadedModel:
     """Load a Keras image classifier in inference mode without running code from the file.
 
@@ -362,7 +366,9 @@ def load_model(
     ``input_size``: (height, width) from the preprocessing contract, for a model built without a fixed height and
     width (``Input((None, None, 3))``); the model is then called on an input of that size (see ``with_input_size``).
     ``expected_sha256``: the file must have this hash (an export's manifest names the model it was made from); it is
-    checked before Keras reads the file, since with ``trust_code`` building the model runs its Lambda layers."""
+    checked before Keras reads the file, since with ``trust_code`` building the model runs its Lambda layers.
+    ``output``: for a model with several outputs (a classifier with an auxiliary head), the name of the one to export
+    (see ``with_chosen_output``)."""
     path = Path(path)
     fmt = inspect_model_file(path, trust_code=trust_code)  # refuses what is not a regular file or folder, unread
     digest = sha256_of(path)
@@ -377,13 +383,14 @@ def load_model(
             model = _wrap_saved_model(path, input_size)
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
-            model = with_input_size(without_unused_inputs(as_graph(model, path)), input_size, path)
+            model = with_chosen_output(as_graph(model, path), output, path)
+            model = with_input_size(without_unused_inputs(model), input_size, path)
         model = with_plain_output(model)
         from .heads import final_activation
 
         activation = final_activation(model)  # of the model's own last layer, before with_flat_output's Reshape
         model = with_flat_output(model)
-    except ModelLoadError:
+    except (ModelLoadError, ConfigError):
         raise
     except Exception as exc:  # Keras raises many types for a bad file; each becomes one clear line
         if not trust_code and ("safe_mode" in str(exc) or "lambda" in str(exc).lower()):
@@ -409,6 +416,7 @@ def load_model(
         keras_model=model,
         head=head,
         in_model=found,
+        output=output,
     )
 
 
@@ -486,6 +494,48 @@ def as_graph(model, path: Path):
         )
     inputs = keras.Input(tuple(shape[1:]), name="image")
     return keras.Model(inputs, model(inputs), name=model.name)
+
+
+OUTPUT_HINT = "name the classifier's output with --output NAME (output=... in the Python API)"
+
+
+def output_names(model) -> dict[str, Any]:
+    """Each output tensor of ``model`` by the names a user knows it by: the key it has in a dict of outputs
+    (``Model(x, {"probs": y, "aux": z})``) and the name of the layer that computes it."""
+    names: dict[str, Any] = {}
+    given = getattr(model, "output", None)
+    if isinstance(given, dict):
+        names.update((str(key), tensor) for key, tensor in given.items())
+    for name, tensor in zip(getattr(model, "output_names", None) or (), getattr(model, "outputs", None) or (), strict=False):
+        names.setdefault(str(name), tensor)
+    return names
+
+
+def with_chosen_output(model, output: str | None, path: Path):
+    """``model`` itself, or, for a model with several outputs (an auxiliary classifier trained alongside the main one,
+    Inception-style; an embedding next to the probabilities), the same layers computing only the output named
+    ``output``: the layers only the other outputs need are left out. Several outputs and no name are refused, listing
+    the names; a name that is not an output is refused too."""
+    keras = import_keras()
+
+    outputs = list(getattr(model, "outputs", None) or ())
+    if output is None and len(outputs) <= 1:
+        return model
+    if isinstance(model, keras.Sequential):  # one output, its last layer's (a Sequential's .output may not exist)
+        names = {model.layers[-1].name: None} if model.layers else {}
+    else:
+        names = output_names(model)
+    listed = ", ".join(repr(n) for n in names)
+    if output is None:
+        raise NotAClassifierError(
+            f"model has {len(outputs)} outputs ({listed}); expected one probability vector", path=path, hint=OUTPUT_HINT
+        )
+    if output not in names:
+        raise ConfigError(f"{path}: output {output!r} is not one of the model's outputs ({listed or 'none it names'})")
+    if len(outputs) <= 1:
+        return model  # with_plain_output takes a single output out of its dict or list
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a list for one input makes Keras warn
+    return keras.Model(inputs, names[output], name=model.name)
 
 
 def without_unused_inputs(model):

@@ -17,7 +17,7 @@ from exporter.predict import predict
 from exporter.validation.tolerances import Gate
 
 CONVERT = [
-    "convert", "m.keras", "--labels", "l.txt", "--out", "o", "--preprocessing", "tf", "--add-softmax",
+    "convert", "m.keras", "--labels", "l.txt", "--out", "o", "--preprocessing", "tf", "--add-softmax", "--output", "probs",
     "--formats", "onnx", "--variants", "fp32", "fp16", "--calibration-images", "cal", "--calibration-count", "7",
     "--opset", "15", "--float-input", "--overwrite", "--trust-code", "--name", "n", "--author", "a", "--license", "L",
     "--model-version", "3", "--description", "d", "--quantize", "auto", "--images", "held", "-v",
@@ -36,7 +36,7 @@ def test_convert_sets_every_export_option_by_name():
     assert options.onnx_raw_input is False  # --float-input
     assert (options.version, options.validation_images, options.calibration_count) == ("3", Path("held"), 7)
     assert (options.max_accuracy_drop, options.min_target) == (2.5, "iOS16")
-    assert options.gates == {"fp16": Gate(min_top1=0.9)}
+    assert options.gates == {"fp16": Gate(min_top1=0.9)} and options.output == "probs"
     assert export_args == {"model_path": "m.keras", "labels": "l.txt", "out": "o", "preprocessing": "tf", "verbose": True}
 
 

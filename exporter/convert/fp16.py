@@ -121,8 +121,28 @@ def _nn_weight_elements(layer) -> int:
     return max(len(weights.floatValue), len(weights.float16Value) // 2)
 
 
+# coremltools refuses a whole model when one weight it is asked to store in float16 has |w| >= this (float16's largest
+# finite value; coremltools' bound, ``_fp32_to_fp16_byte_array``): such a layer keeps its float32 weights.
+FLOAT16_WEIGHT_LIMIT = 65504.0
+
+
+def _fits_float16(layer) -> bool:
+    """Every float weight of the NeuralNetwork ``layer`` within float16's range. Keras' ``UnitNormalization`` (a
+    cosine-similarity head) and ``ops.normalize`` are converted with a constant 1e12 (``min(rsqrt(sum x^2), 1e12)``)
+    that float16 cannot hold."""
+    import numpy as np
+
+    params = getattr(layer, layer.WhichOneof("layer"))
+    for _field, value in params.ListFields():
+        floats = getattr(value, "floatValue", None)
+        if floats is not None and len(floats) and float(np.abs(np.asarray(floats, np.float32)).max()) >= FLOAT16_WEIGHT_LIMIT:
+            return False
+    return True
+
+
 def neuralnetwork_fp16(mlmodel, fraction: float = FP32_STEM_FRACTION):
-    """A NeuralNetwork (.mlmodel) model with float16 weights except the stem's; a new model."""
+    """A NeuralNetwork (.mlmodel) model with float16 weights except the stem's and those of layers whose weights
+    float16 cannot hold (``_fits_float16``); a new model."""
     from coremltools.models.neural_network import quantization_utils
 
     from ..quantize.coreml import neuralnetwork_weights
@@ -131,7 +151,7 @@ def neuralnetwork_fp16(mlmodel, fraction: float = FP32_STEM_FRACTION):
 
     class AfterStem(quantization_utils.QuantizedLayerSelector):
         def do_quantize(self, layer, **kwargs) -> bool:
-            return layer.name not in stem and super().do_quantize(layer, **kwargs)
+            return layer.name not in stem and _fits_float16(layer) and super().do_quantize(layer, **kwargs)
 
     return neuralnetwork_weights(mlmodel, 16, selector=AfterStem())
 
