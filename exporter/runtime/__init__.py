@@ -55,15 +55,15 @@ class OnnxRunner:
     def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, sha256: str | None = None):
         import onnxruntime as ort
 
-        from .onnx_bounds import images_per_run, largest_value_bytes
+        from .onnx_bounds import images_per_run, value_bounds
 
         # read first, always: it refuses external data outside the file's folder or in anything but a regular file
         # before onnxruntime opens any of it, gives the labels the file maps its outputs to, and bounds every value
         # the graph makes (onnx_bounds) before onnxruntime allocates any of them
         model = load_onnx(path, sha256)
         self.labels = onnx_labels(model, path)
-        largest = largest_value_bytes(model, path)
-        self.chunk = images_per_run(model, path, largest)  # images per session.run
+        one = value_bounds(model, path)
+        self.chunk = images_per_run(model, path, one.largest, one.alive)  # images per session.run
         # onnxruntime gets the graph that was checked, as bytes, never the path (the file could be replaced in
         # between): external data is read here, once, from the regular files load_onnx checked, into the graph
         _inline_external_data(model, path)
