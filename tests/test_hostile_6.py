@@ -3,10 +3,11 @@ test_validation_isolation.py) left open. Each test fails without its fix."""
 
 from __future__ import annotations
 
+import pytest
 from test_hostile_3 import _cli, _copy_export, _image
 from test_hostile_4 import _const, _onnx_with
 
-from exporter.errors import ConversionError
+from exporter.errors import ConversionError, ModelLoadError
 
 
 # ------------------------------------------------------------------------------------------------ values alive together
@@ -47,3 +48,72 @@ def test_onnx_images_per_run_keep_the_values_alive_together_within_the_budget():
     assert one.largest == 256 * 256 * 3 * 4 and one.alive == 65 * one.largest
     count = images_per_run(model, "chain.onnx", one.largest, one.alive)
     assert count * one.alive <= LIVE_ACTIVATION_BUDGET_BYTES < (count + 1) * one.alive
+
+
+def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path):
+    # the per-image bound walked model.layers, which leaves out the Keras ops a functional model calls on its
+    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, and the classifier probe ran it on 8 images
+    import keras
+
+    from exporter.loading import load_model
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.ops.tile(inputs, (1, 300, 300, 1)))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "tile.keras")
+    with pytest.raises(ModelLoadError, match="over the memory budget") as info:
+        load_model(tmp_path / "tile.keras")
+    assert "tile.keras" in str(info.value) and "'tile'" in str(info.value)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
+def test_keras_layer_outputs_alive_together_over_the_budget_are_refused_when_loaded(tmp_path, nested):
+    # Keras keeps every layer's output until a call returns; each of these 45 ReLU outputs is 50 MB for one image, so
+    # one image held 2.3 GB and the classifier probe's 8 images 18 GB, though each value was within the budget
+    import keras
+
+    from exporter.loading import load_model
+
+    def body(x):
+        for k in range(45):
+            x = keras.layers.ReLU(name=f"relu_{k}")(x)
+        return keras.layers.GlobalAveragePooling2D()(x)
+
+    inputs = keras.Input((2048, 2048, 3))
+    if nested:
+        inner_in = keras.Input((2048, 2048, 3))
+        x = keras.Model(inner_in, body(inner_in), name="backbone")(inputs)
+    else:
+        x = body(inputs)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "deep.keras")
+    with pytest.raises(ModelLoadError, match="layer outputs at once") as info:
+        load_model(tmp_path / "deep.keras")
+    assert "deep.keras" in str(info.value)
+
+
+def test_the_keras_reference_is_called_on_as_many_images_as_keep_its_outputs_within_the_budget(monkeypatch):
+    # validate called the Keras model on the whole batch (32 images): DenseNet121 at 224 px holds 190 MiB of layer
+    # outputs per image, 6 GB per call. The budget here is cut so a 4-image batch must be split.
+    import keras
+    import numpy as np
+
+    from exporter import safety
+    from exporter.keras_memory import activation_bytes
+    from exporter.preprocessing import Preprocessing
+    from exporter.runtime import KerasRunner
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    per_image = activation_bytes(model, "m", error=ModelLoadError)
+    assert per_image == 4 * (16 * 16 * 3 + 14 * 14 * 4 + 4 + 3)
+    pre = Preprocessing.from_dict({"input_size": [16, 16], "scale": [1 / 255], "bias": [0.0]})
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    whole = KerasRunner(model, pre)(pixels)
+    monkeypatch.setattr(safety, "LIVE_ACTIVATION_BUDGET_BYTES", 2 * per_image)  # two images per call
+    sizes: list[int] = []
+    original = model.__call__
+    monkeypatch.setattr(type(model), "__call__", lambda self, x, **kw: sizes.append(len(x)) or original(x, **kw))
+    np.testing.assert_allclose(KerasRunner(model, pre)(pixels), whole, atol=1e-6)
+    assert sizes == [2, 2, 1]
+

@@ -41,11 +41,19 @@ class KerasRunner:
     """The reference: the Keras model fed the contract's numpy preprocessing."""
 
     def __init__(self, model, pre: Preprocessing):
+        from ..errors import ModelLoadError
+        from ..keras_memory import activation_bytes
+
         self.model, self.pre = model, pre
         self.engine = {"name": "Keras", "version": _version("keras"), "backend": _keras_backend()}
+        # a call holds every layer's output until it returns: batches are cut to stay within the live budget
+        self.per_image = activation_bytes(model, f"Keras model {model.name!r}", error=ModelLoadError)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model(self.pre.normalize(pixels), training=False), dtype=np.float32)
+        from ..keras_memory import call_in_chunks
+
+        probs = call_in_chunks(self.model, self.pre.normalize(pixels), self.per_image, training=False)
+        return np.asarray(probs, dtype=np.float32)
 
 
 class OnnxRunner:
