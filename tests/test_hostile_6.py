@@ -117,3 +117,34 @@ def test_the_keras_reference_is_called_on_as_many_images_as_keep_its_outputs_wit
     np.testing.assert_allclose(KerasRunner(model, pre)(pixels), whole, atol=1e-6)
     assert sizes == [2, 2, 1]
 
+
+# ------------------------------------------------------------------------------------------------ C decoders' lines
+def _corrupt_tiff(path, compression: str):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF", compression=compression)
+    data = bytearray(buffer.getvalue())
+    for i in range(100, 3000, 7):  # inside the compressed strip, past the header
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(("compression", "said"), [("tiff_lzw", "Using code not yet in table"), ("tiff_deflate", "ZIPDecode")])
+def test_a_corrupt_tiff_is_one_line_with_libtiffs_reason_and_nothing_else_on_stderr(tmp_path, capfd, small_export, compression, said):
+    # libtiff printed its own lines ("tempfile.tif: Using code not yet in table.", "ZIPDecode: Decoding error at
+    # scanline 0, incorrect data check.") on the terminal around the one-line error, which said only "decoder error -2"
+    from test_faults import run_in_process
+
+    from exporter.errors import ImageError
+
+    image = _corrupt_tiff(tmp_path / "scan.tif", compression)
+    proc = run_in_process(["predict", str(small_export[0]), str(image)], capfd)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == ImageError.exit_code, proc.stderr
+    assert len(lines) == 1 and "scan.tif" in lines[0] and said in lines[0], proc.stderr
