@@ -197,6 +197,8 @@ def _decoded(path: Path, native):
                         "(a decompression bomb or an image far too large to classify)",
                         path=path,
                     )
+                if img.format == "TIFF":
+                    _check_tiff_tiles(img, path)
                 img.load()
                 return ImageOps.exif_transpose(img)  # a new image (a copy when not turned), the file closed
     except ImageError:
@@ -212,6 +214,24 @@ def _decoded(path: Path, native):
         raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image is corrupt or truncated: {exc}{_native_reason(native)}", path=path) from exc
+
+
+# TIFF tags of a tiled file: libtiff allocates one tile's buffer (TileWidth x TileLength pixels) before decoding it,
+# whatever the image's own size: a 1 kB file of a 64 x 64 image declaring 26000 x 26000 px tiles took 2 GB.
+TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 322, 323
+
+
+def _check_tiff_tiles(img, path: Path) -> None:
+    """Refuse a tiled TIFF whose tiles are over ``MAX_PIXELS``, as an image that size is, before libtiff allocates one
+    (real files use tiles of 256 or 512 px a side)."""
+    tags = getattr(img, "tag_v2", None) or {}
+    width, length = tags.get(TIFF_TILE_WIDTH), tags.get(TIFF_TILE_LENGTH)
+    if isinstance(width, int) and isinstance(length, int) and width * length > MAX_PIXELS:
+        raise ImageError(
+            f"TIFF declares tiles of {width}x{length} = {width * length:,} pixels, over the limit of {MAX_PIXELS:,} "
+            f"(its image is {img.size[0]}x{img.size[1]}; a decompression bomb)",
+            path=path,
+        )
 
 
 def _is_heif(path: Path) -> bool:

@@ -148,3 +148,43 @@ def test_a_corrupt_tiff_is_one_line_with_libtiffs_reason_and_nothing_else_on_std
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == ImageError.exit_code, proc.stderr
     assert len(lines) == 1 and "scan.tif" in lines[0] and said in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ TIFF tiles
+def _tiff_with_tiles(path, side: int):
+    """A 64 x 64 deflate TIFF of 16 px tiles (tifffile, which scikit-image installs), its TileWidth and TileLength
+    tags then rewritten to ``side``."""
+    import struct
+
+    import numpy as np
+    import tifffile
+
+    pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")
+    tifffile.imwrite(path, pixels, tile=(16, 16), compression="zlib", photometric="rgb")
+    data = bytearray(path.read_bytes())
+    assert data[:2] == b"II"
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", data[entry : entry + 4])
+        if tag in (322, 323):  # TileWidth, TileLength
+            data[entry + 8 : entry + 12] = struct.pack("<I", side) if kind == 4 else struct.pack("<HH", side, 0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_tiff_declaring_huge_tiles_is_refused_before_libtiff_allocates_one(tmp_path):
+    # libtiff allocates a whole tile before decoding it: this 1 kB file of a 64 x 64 image with 26000 x 26000 px tiles
+    # took 2 GB of memory (a 2.03 GB tile buffer) before failing as "decoder error -2"
+    import resource
+
+    from exporter.errors import ImageError
+    from exporter.images import open_image
+
+    assert open_image(_tiff_with_tiles(tmp_path / "ok.tif", 16)).size == (64, 64)
+    bomb = _tiff_with_tiles(tmp_path / "tiles.tif", 26000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match="tiles of 26000x26000") as info:
+        open_image(bomb)
+    assert "tiles.tif" in str(info.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # kB: nothing near the tile's size
