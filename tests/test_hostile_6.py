@@ -188,3 +188,51 @@ def test_a_tiff_declaring_huge_tiles_is_refused_before_libtiff_allocates_one(tmp
         open_image(bomb)
     assert "tiles.tif" in str(info.value)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # kB: nothing near the tile's size
+
+
+# ------------------------------------------------------------------------------------------------ manifest.json
+@pytest.mark.parametrize("value", [5, ["model.keras"], {"path": "model.keras"}])
+def test_a_manifest_whose_source_path_from_export_is_not_a_string_is_malformed(tmp_path, capsys, small_export, value):
+    # read_manifest checked source.path and source.sha256 but not path_from_export, which find_source_model joins to
+    # the export folder: an int or a list there was an internal error (TypeError, exit 70) in validate and xcode
+    import json
+
+    from exporter.errors import DestinationError
+
+    export = _copy_export(small_export, tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["source"]["path_from_export"] = value
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    proc, line = _cli(["validate", str(export), "--images", str(small_export[1])], capsys)
+    assert proc.returncode == DestinationError.exit_code, line
+    assert "manifest.json" in line and "path_from_export must be a string" in line, line
+
+
+@pytest.mark.parametrize("name", ["a" * 5000, "model\x00.keras"])
+def test_a_source_path_the_file_system_cannot_take_is_not_found_not_an_internal_error(tmp_path, name):
+    # a name past the file system's limits made Path.exists raise OSError (File name too long): an internal error
+    from exporter.errors import ModelLoadError
+    from exporter.packaging import find_source_model
+
+    other = tmp_path / "model.keras"
+    other.write_bytes(b"model")
+    assert find_source_model({"source": {"path_from_export": name, "path": str(other)}}, tmp_path) == other
+    with pytest.raises(ModelLoadError, match="was not found") as info:
+        find_source_model({"source": {"path_from_export": name, "path": "/" + name}}, tmp_path)
+    assert len(str(info.value)) < 2000
+
+
+def test_a_manifest_with_unusable_labels_names_the_manifest_first(tmp_path, capsys, small_export):
+    # the line read "exporter: error: manifest.json is malformed: /path/manifest.json: labels ...", the file in the
+    # middle of the line instead of first, as every other error puts it
+    import json
+
+    from exporter.errors import DestinationError
+
+    export = _copy_export(small_export, tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["labels"] = [1, 2, 3]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    proc, line = _cli(["predict", str(export), str(_image(small_export))], capsys)
+    assert proc.returncode == DestinationError.exit_code, line
+    assert line.startswith(f"exporter: error: {export / 'manifest.json'}: manifest.json is malformed: labels must be"), line
