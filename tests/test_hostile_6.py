@@ -236,3 +236,44 @@ def test_a_manifest_with_unusable_labels_names_the_manifest_first(tmp_path, caps
     proc, line = _cli(["predict", str(export), str(_image(small_export))], capsys)
     assert proc.returncode == DestinationError.exit_code, line
     assert line.startswith(f"exporter: error: {export / 'manifest.json'}: manifest.json is malformed: labels must be"), line
+
+
+# ------------------------------------------------------------------------------------------------ packed weights
+def _unpacked_at_once(data, nbits, count, *, signed=False, msb_first=False):
+    """The former one-piece unpacking, the reference for the values."""
+    import numpy as np
+
+    raw = np.frombuffer(data, np.uint8)
+    bits = np.unpackbits(raw, bitorder="big" if msb_first else "little")[: count * nbits].reshape(count, nbits).astype(np.int64)
+    values = bits @ ((1 << np.arange(nbits - 1, -1, -1)) if msb_first else (1 << np.arange(nbits)))
+    return np.where(values >= 1 << (nbits - 1), values - (1 << nbits), values) if signed else values
+
+
+@pytest.mark.parametrize(("nbits", "signed", "msb_first"), [(1, False, False), (3, False, False), (4, True, False), (6, False, True)])
+def test_packed_weights_unpack_to_the_same_values_in_pieces(monkeypatch, nbits, signed, msb_first):
+    import numpy as np
+
+    from exporter.runtime.executor import blob
+
+    monkeypatch.setattr(blob, "UNPACK_CHUNK_VALUES", 16)  # pieces that end inside a byte for 3 and 6 bits
+    count = 1001
+    data = np.random.default_rng(nbits).integers(0, 256, -(-count * nbits // 8), dtype=np.uint8).tobytes()
+    got = blob.unpack_bits(data, nbits, count, signed=signed, msb_first=msb_first)
+    np.testing.assert_array_equal(got, _unpacked_at_once(data, nbits, count, signed=signed, msb_first=msb_first))
+    assert got.dtype == (np.int8 if signed else np.uint8)
+
+
+def test_unpacking_a_large_packed_table_takes_memory_near_its_result():
+    # a 6-bit lookup-table file's 16 million indices (12 MB of weight file) took 600 MB to unpack: every bit as a
+    # byte, every value's bits as int32, the values as int64; a table at the memory budget's 268 million took 10 GB
+    import numpy as np
+    from peakmem import peak_growth
+
+    from exporter.runtime.executor.blob import unpack_bits
+
+    count, nbits = 16 << 20, 6
+    data = np.random.default_rng(0).integers(0, 256, count * nbits // 8, dtype=np.uint8).tobytes()
+    with peak_growth() as peak:
+        values = unpack_bits(data, nbits, count)
+    assert values.shape == (count,) and int(values.max()) <= 63
+    assert peak.growth_bytes < 100 << 20, peak.growth_bytes
