@@ -338,3 +338,28 @@ def test_neuralnetwork_weights_are_bounded_together(tmp_path, small_export, monk
     with pytest.raises(ConversionError, match="constants decode to over 200,000 bytes together .reached at .* layer") as info:
         CoreMLExecutor(model)
     assert model.name in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ ONNX node count
+def test_an_onnx_graph_of_countless_nodes_is_refused_before_it_is_checked(tmp_path, monkeypatch):
+    # 450,000 Identity nodes (16 MB, under the protobuf field limit) took 3 minutes and 2.2 GB of shape inference,
+    # bound checks and session loading before predict printed anything. 2,000 nodes stand for them against a
+    # limit set at 1,000 here.
+    import time
+
+    import onnx
+    from onnx import helper
+
+    from exporter import runtime
+    from exporter.preprocessing import Preprocessing
+
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 8, 8, 3])
+    out = helper.make_tensor_value_info("id1999", onnx.TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Identity", ["image" if k == 0 else f"id{k - 1}"], [f"id{k}"]) for k in range(2000)]
+    path = tmp_path / "long.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [image], [out]), opset_imports=[helper.make_opsetid("", 17)]), path)
+    monkeypatch.setattr(runtime, "MAX_ONNX_NODES", 1000, raising=False)  # before the fix: no limit at all
+    start = time.perf_counter()
+    with pytest.raises(ConversionError, match="2,000 nodes, over the limit of 1,000") as info:
+        runtime.OnnxRunner(path, Preprocessing.from_dict({"input_size": [8, 8], "scale": [1 / 255], "bias": [0.0]}))
+    assert "long.onnx" in str(info.value) and time.perf_counter() - start < 5

@@ -133,6 +133,13 @@ def _check_interface(session, pre: Preprocessing, classes: int, path: Path):
     return inp
 
 
+# Most nodes an ONNX graph may have. The largest exports measured hold 442-957 (EfficientNetV2B0, DenseNet121 and
+# ConvNeXt from torch, 2026-12-01/02 sweeps); the memory bounds (onnx_bounds) and onnxruntime's session take ~0.3 ms
+# per node, so the 450,000 Identity nodes that fit under the protobuf field limit in a 16 MB file took 3 minutes and
+# 2.2 GB before predict printed anything. 50,000 is fifty times any real classifier and ~15 s of checks.
+MAX_ONNX_NODES = 50_000
+
+
 def load_onnx(path: Path, sha256: str | None = None):
     """The ONNX file's ModelProto (its external data left unread), refused when it is not a bounded regular file,
     not an ONNX model, or its external data would be read from outside its folder or from anything but a regular
@@ -151,6 +158,12 @@ def load_onnx(path: Path, sha256: str | None = None):
         model = onnx.load_from_string(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ConversionError(f"is not an ONNX model ({type(exc).__name__})", path=path) from exc
+    if len(model.graph.node) > MAX_ONNX_NODES:
+        raise ConversionError(
+            f"its graph has {len(model.graph.node):,} nodes, over the limit of {MAX_ONNX_NODES:,} (an exported classifier "
+            "has a few hundred to a few thousand; checking and loading take time in proportion)",
+            path=path,
+        )
     for tensor in _all_tensors(model.graph):
         for entry in tensor.external_data:
             if entry.key == "location":  # external weights must stay inside the export folder, in regular files
