@@ -65,28 +65,59 @@ class _Discard(io.TextIOBase):
         return False
 
 
+class NativeLines:
+    """What native code wrote to file descriptor 2 inside ``native_stderr_captured``'s block."""
+
+    def __init__(self, sink=None):
+        self._sink = sink
+
+    def data(self) -> bytes:
+        if self._sink is None:
+            return b""
+        self._sink.flush()
+        self._sink.seek(0)
+        return self._sink.read()
+
+    def text(self) -> str:
+        return self.data().decode("utf-8", "replace")
+
+
 @contextlib.contextmanager
-def _native_stderr_to_file() -> Iterator[None]:
-    """Point file descriptor 2 at a temporary file for the block; if the block raises, replay what was written, so
-    a native error message is not lost with the noise."""
+def native_stderr_captured() -> Iterator[NativeLines]:
+    """Point file descriptor 2 at a temporary file for the block (what C libraries print: TensorFlow's notices,
+    libtiff's warnings and errors), restored on exit; the caller reads what was written (``NativeLines.text``) and
+    decides what to show. ``sys.stderr`` is flushed first; what Python writes to it inside the block is captured too."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no real descriptor 2 (an embedded interpreter): nothing to redirect
-        yield
+        yield NativeLines()
         return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            os.write(2, sink.read())
-            raise
+            yield NativeLines(sink)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def _native_stderr_to_file() -> Iterator[None]:
+    """``native_stderr_captured``; if the block raises, replay what was written, so a native error message is not
+    lost with the noise."""
+    written = b""
+    try:
+        with native_stderr_captured() as native:
+            try:
+                yield
+            except BaseException:
+                written = native.data()
+                raise
+    except BaseException:
+        if written:
+            os.write(2, written)
+        raise
 
 
 def import_quietly(modules: tuple[str, ...] = NOISY_NATIVE_IMPORTS) -> None:

@@ -45,6 +45,7 @@ class ExporterError(Exception):
     def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
         self.path = None if path is None else str(path)
         self.hint = hint
+        self.problem = message if not hint else f"{message} ({hint})"  # the line without the path, to quote elsewhere
         text = f"{one_line(self.path, 500)}: {message}" if self.path else message
         if hint:
             text = f"{text} ({hint})"

@@ -188,9 +188,12 @@ def _keras_reason(exc: BaseException) -> str:
 def check_outputs(model, head: Head, pre: Preprocessing, path: Path | str) -> None:
     """Run the model as loaded (before the head) on probe images through the contract and check its output is what
     ``head`` says: probabilities, logits that are not already probabilities, or a sigmoid in [0, 1]."""
+    from .keras_memory import activation_bytes, call_in_chunks
+
     pixels = probe_pixels(pre)
+    per_image = activation_bytes(model, path, error=NotAClassifierError)  # the probe's calls stay within the budget
     try:
-        raw = np.asarray(model(pre.normalize(pixels), training=False), dtype=np.float64)
+        raw = np.asarray(call_in_chunks(model, pre.normalize(pixels), per_image, training=False), dtype=np.float64)
     except Exception as exc:  # Keras raises ValueError, TypeError or a backend error for a graph that cannot run
         inputs = list(getattr(model, "inputs", None) or ())
         batch = inputs[0].shape[0] if len(inputs) == 1 else None

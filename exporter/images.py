@@ -158,11 +158,31 @@ def fit(img, preprocessing: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+# Most characters of a C decoder's own message (libtiff's "ZIPDecode: Decoding error at scanline 0, ...") quoted in
+# the one-line error.
+NATIVE_REASON_CHARS = 200
+
+
 def open_image(path: str | Path):
-    """Decode one file with Pillow, safely: EXIF orientation applied, bombs and corrupt files refused."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode one file with Pillow, safely: EXIF orientation applied, bombs and corrupt files refused. The C decoders'
+    own lines on stderr (libtiff prints its warnings and errors there) are captured: a corrupt file's first one is
+    quoted in the one-line error, a decodable file's are dropped."""
+    from .console import native_stderr_captured
 
     path = Path(path)
+    with native_stderr_captured() as native:
+        return _decoded(path, native)
+
+
+def _native_reason(native) -> str:
+    """`` (first line the C decoder printed)``, or nothing."""
+    lines = [line.strip() for line in native.text().splitlines() if line.strip()]
+    return f" ({lines[0][:NATIVE_REASON_CHARS]})" if lines else ""
+
+
+def _decoded(path: Path, native):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     # a regular file, opened without blocking: a file of the folder replaced by a FIFO after it was listed hung a
     # plain open (Pillow's) forever
     file = open_regular(path, error=ImageError, what="image file")
@@ -177,6 +197,8 @@ def open_image(path: str | Path):
                         "(a decompression bomb or an image far too large to classify)",
                         path=path,
                     )
+                if img.format == "TIFF":
+                    _check_tiff_tiles(img, path)
                 img.load()
                 return ImageOps.exif_transpose(img)  # a new image (a copy when not turned), the file closed
     except ImageError:
@@ -185,12 +207,31 @@ def open_image(path: str | Path):
         if _is_heif(path):
             raise ImageError(HEIF_ERROR, path=path) from exc
         raise ImageError(
-            f"not an image of a supported format ({', '.join(decoded_formats())}), or its header is corrupt", path=path
+            f"not an image of a supported format ({', '.join(decoded_formats())}), or its header is corrupt{_native_reason(native)}",
+            path=path,
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}", path=path) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"image is corrupt or truncated: {exc}", path=path) from exc
+        raise ImageError(f"image is corrupt or truncated: {exc}{_native_reason(native)}", path=path) from exc
+
+
+# TIFF tags of a tiled file: libtiff allocates one tile's buffer (TileWidth x TileLength pixels) before decoding it,
+# whatever the image's own size: a 1 kB file of a 64 x 64 image declaring 26000 x 26000 px tiles took 2 GB.
+TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 322, 323
+
+
+def _check_tiff_tiles(img, path: Path) -> None:
+    """Refuse a tiled TIFF whose tiles are over ``MAX_PIXELS``, as an image that size is, before libtiff allocates one
+    (real files use tiles of 256 or 512 px a side)."""
+    tags = getattr(img, "tag_v2", None) or {}
+    width, length = tags.get(TIFF_TILE_WIDTH), tags.get(TIFF_TILE_LENGTH)
+    if isinstance(width, int) and isinstance(length, int) and width * length > MAX_PIXELS:
+        raise ImageError(
+            f"TIFF declares tiles of {width}x{length} = {width * length:,} pixels, over the limit of {MAX_PIXELS:,} "
+            f"(its image is {img.size[0]}x{img.size[1]}; a decompression bomb)",
+            path=path,
+        )
 
 
 def _is_heif(path: Path) -> bool:

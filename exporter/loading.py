@@ -265,34 +265,16 @@ def _check_variable_sizes(config: Any, path: Path, fmt: str) -> None:
                 )
 
 
-# Bytes per activation value in the per-image bound below: float32, what the converters and the executor compute in.
-ACTIVATION_ITEMSIZE = 4
-
-
 def _check_activation_sizes(model, path: Path) -> None:
-    """Refuse a model one of whose layers outputs, for a single image, a tensor over the memory budget, before
-    anything runs it (the classifier probe, the converters, validation): an ``UpSampling2D(size=(2000, 2000))`` or a
-    ``Resizing(60000, 60000)`` has no weights, so the weight and variable bounds never see it, yet turns a 32 px image
-    into gigabytes. Shapes are the layers' symbolic outputs at the fixed input size, nested models included."""
-    from .keras_graph import node_tensors
-    from .upstream import inbound_nodes
+    """Refuse a model one of whose layers outputs, for a single image, a tensor over the memory budget, or whose
+    layer outputs together (Keras keeps them all until a call returns) are over the live budget, before anything runs
+    it (the classifier probe, the converters, validation): an ``UpSampling2D(size=(2000, 2000))``, a
+    ``Resizing(60000, 60000)`` or a ``keras.ops.tile`` has no weights, so the weight and variable bounds never see it,
+    yet turns a 32 px image into gigabytes. Shapes are the symbolic outputs at the fixed input size
+    (``keras_memory.activation_bytes``), nested models and Keras ops included."""
+    from .keras_memory import activation_bytes
 
-    seen: set[int] = set()
-
-    def walk(container) -> None:
-        for layer in getattr(container, "layers", None) or []:
-            if id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            for node in inbound_nodes(layer):
-                for tensor in node_tensors(node)[1]:
-                    dims = [1 if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())]
-                    check_elements(
-                        dims, itemsize=ACTIVATION_ITEMSIZE, error=ModelLoadError, where=path, what=f"the output of layer {layer.name!r}"
-                    )
-            walk(layer)
-
-    walk(model)
+    activation_bytes(model, path, error=ModelLoadError)
 
 
 def _detect_format(path: Path) -> str:

@@ -516,9 +516,12 @@ def find_source_model(manifest: dict, export_dir: str | Path) -> Path:
     if source.get("path"):
         tried.append(Path(source["path"]))
     for candidate in tried:
-        if candidate.exists():
-            return candidate
-    where = " or ".join(str(t) for t in tried) or "nothing (manifest.json has no source path)"
+        try:
+            if candidate.exists():
+                return candidate
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not there either
+            continue
+    where = " or ".join(one_line(str(t), 300) for t in tried) or "nothing (manifest.json has no source path)"
     raise ModelLoadError(
         f"the source model recorded in manifest.json was not found (looked for {where})",
         path=Path(export_dir) / MANIFEST_NAME,
@@ -565,12 +568,14 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         check_labels(data["labels"], source=str(path))
     except LabelsError as exc:  # the manifest is what is broken
-        raise DestinationError(f"manifest.json is malformed: {exc}") from exc
+        raise bad(exc.problem) from exc
     if "name" in data and not (isinstance(data["name"], str) and ARTIFACT_NAME.match(data["name"])):
         raise bad(f"name must be a plain name, got {quote(data['name'])}")
     source = data["source"]
     if not isinstance(source.get("path"), str) or not isinstance(source.get("sha256"), str):
         raise bad("source must have a 'path' and a 'sha256' string")
+    if not isinstance(source.get("path_from_export"), str | None):  # None: the model was not under a common folder
+        raise bad(f"source path_from_export must be a string or null, got {type(source['path_from_export']).__name__}")
     seen = set()
     for i, art in enumerate(data["artifacts"]):
         if not isinstance(art, dict):

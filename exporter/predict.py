@@ -137,7 +137,7 @@ def _checked(labels: list[str], path: Path) -> list[str]:
     try:
         return check_labels(labels, source=str(path))
     except LabelsError as exc:  # the file is what is broken
-        raise ConversionError(f"its embedded labels are unusable: {exc}") from exc
+        raise ConversionError(f"its embedded labels are unusable: {exc.problem}", path=path) from exc
 
 
 def predict(

@@ -32,6 +32,12 @@ MAX_FILE_BYTES = MEMORY_BUDGET_BYTES
 # DenseNet121 8.6 / 8.6, ResNet50 9.8 / 9.8. Activations grow with the pixels, so the worst of these reaches the
 # budget near 2,600 px; passes of several images are sized to stay within it (CoreMLExecutor.chunk).
 LIVE_ACTIVATION_BUDGET_BYTES = 2 * MEMORY_BUDGET_BYTES
+# The constants a Core ML file decodes together (weights widened to float32, folded constants), each also held to the
+# budget above. The largest real model the toolkit runs, VGG16, holds 528 MB of float32 weights; a float16 file at
+# the file-size limit decodes to twice its size. Without it, constants declaring a shape and no data (np.zeros of it,
+# a few bytes each in the file), many consts naming one weight blob, or 1-bit weights (32 float32 bytes per file
+# byte) decoded to any size: three 200-million-element empty constants took 2.4 GB while the file loaded.
+CONSTANT_BUDGET_BYTES = 2 * MEMORY_BUDGET_BYTES
 # Text files a person writes (labels, preprocessing, manifest.json): 64 MB holds a million labels; anything larger
 # is not a labels or preprocessing file.
 MAX_TEXT_BYTES = 64 << 20

@@ -41,11 +41,19 @@ class KerasRunner:
     """The reference: the Keras model fed the contract's numpy preprocessing."""
 
     def __init__(self, model, pre: Preprocessing):
+        from ..errors import ModelLoadError
+        from ..keras_memory import activation_bytes
+
         self.model, self.pre = model, pre
         self.engine = {"name": "Keras", "version": _version("keras"), "backend": _keras_backend()}
+        # a call holds every layer's output until it returns: batches are cut to stay within the live budget
+        self.per_image = activation_bytes(model, f"Keras model {model.name!r}", error=ModelLoadError)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model(self.pre.normalize(pixels), training=False), dtype=np.float32)
+        from ..keras_memory import call_in_chunks
+
+        probs = call_in_chunks(self.model, self.pre.normalize(pixels), self.per_image, training=False)
+        return np.asarray(probs, dtype=np.float32)
 
 
 class OnnxRunner:
@@ -55,15 +63,15 @@ class OnnxRunner:
     def __init__(self, path: Path, pre: Preprocessing, labels: list[str] | None = None, sha256: str | None = None):
         import onnxruntime as ort
 
-        from .onnx_bounds import images_per_run, largest_value_bytes
+        from .onnx_bounds import images_per_run, value_bounds
 
         # read first, always: it refuses external data outside the file's folder or in anything but a regular file
         # before onnxruntime opens any of it, gives the labels the file maps its outputs to, and bounds every value
         # the graph makes (onnx_bounds) before onnxruntime allocates any of them
         model = load_onnx(path, sha256)
         self.labels = onnx_labels(model, path)
-        largest = largest_value_bytes(model, path)
-        self.chunk = images_per_run(model, path, largest)  # images per session.run
+        one = value_bounds(model, path)
+        self.chunk = images_per_run(model, path, one.largest, one.alive)  # images per session.run
         # onnxruntime gets the graph that was checked, as bytes, never the path (the file could be replaced in
         # between): external data is read here, once, from the regular files load_onnx checked, into the graph
         _inline_external_data(model, path)
@@ -125,6 +133,13 @@ def _check_interface(session, pre: Preprocessing, classes: int, path: Path):
     return inp
 
 
+# Most nodes an ONNX graph may have. The largest exports measured hold 442-957 (EfficientNetV2B0, DenseNet121 and
+# ConvNeXt from torch, 2026-12-01/02 sweeps); the memory bounds (onnx_bounds) and onnxruntime's session take ~0.3 ms
+# per node, so the 450,000 Identity nodes that fit under the protobuf field limit in a 16 MB file took 3 minutes and
+# 2.2 GB before predict printed anything. 50,000 is fifty times any real classifier and ~15 s of checks.
+MAX_ONNX_NODES = 50_000
+
+
 def load_onnx(path: Path, sha256: str | None = None):
     """The ONNX file's ModelProto (its external data left unread), refused when it is not a bounded regular file,
     not an ONNX model, or its external data would be read from outside its folder or from anything but a regular
@@ -143,6 +158,12 @@ def load_onnx(path: Path, sha256: str | None = None):
         model = onnx.load_from_string(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ConversionError(f"is not an ONNX model ({type(exc).__name__})", path=path) from exc
+    if len(model.graph.node) > MAX_ONNX_NODES:
+        raise ConversionError(
+            f"its graph has {len(model.graph.node):,} nodes, over the limit of {MAX_ONNX_NODES:,} (an exported classifier "
+            "has a few hundred to a few thousand; checking and loading take time in proportion)",
+            path=path,
+        )
     for tensor in _all_tensors(model.graph):
         for entry in tensor.external_data:
             if entry.key == "location":  # external weights must stay inside the export folder, in regular files

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from typing import NamedTuple
 
+from .. import safety
 from ..errors import ConversionError, translating
 from ..safety import MEMORY_BUDGET_BYTES, check_elements, quote
 
@@ -169,10 +171,24 @@ def _fold_round(copy, inferred) -> dict:
     return folded
 
 
+class ValueBounds(NamedTuple):
+    """What the values of one ``session.run`` take: the largest one (``largest``) and, at the node where it is
+    highest, the sum of those alive together (``alive``)."""
+
+    largest: int
+    alive: int
+
+
 def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
+    """The bytes of the largest value any node of ``model`` makes for ``batch`` images (see ``value_bounds``)."""
+    return value_bounds(model, path, batch).largest
+
+
+def value_bounds(model, path: str | Path, batch: int = 1) -> ValueBounds:
     """The bytes of the largest value any node of ``model`` makes for ``batch`` images (also a Conv's unfolded
-    input, which onnxruntime allocates as its work space), refused (ConversionError, naming the node) when one is
-    over the memory budget or cannot be known before running."""
+    input, which onnxruntime allocates as its work space), and of the values alive together at the graph's highest
+    point, refused (ConversionError, naming the node) when one value is over the memory budget or cannot be known
+    before running, or the values alive together are over ``LIVE_ACTIVATION_BUDGET_BYTES``."""
     import onnx
 
     where = str(path)
@@ -196,6 +212,7 @@ def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
     known = _inferred_values(inferred)
     for init in (*model.graph.initializer, *inferred.graph.initializer):  # the weights, and the shapes folded
         known[init.name] = (init.data_type, list(init.dims))
+    sizes: dict[str, int] = {}
     largest = 0
     for node in model.graph.node:
         what = f"output {{}} of node {quote(node.name)} ({node.op_type})"
@@ -209,10 +226,50 @@ def largest_value_bytes(model, path: str | Path, batch: int = 1) -> int:
                 )
             itemsize = _itemsize(elem_type)
             count = check_elements(dims, itemsize=itemsize, error=ConversionError, where=where, what=what.format(quote(name)))
-            largest = max(largest, itemsize * count)
+            sizes[name] = itemsize * count
+            largest = max(largest, sizes[name])
         if node.op_type in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose"):
             largest = max(largest, _conv_workspace(node, known, where))
-    return largest
+    return ValueBounds(largest, _alive_at_peak(model, known, sizes, where))
+
+
+def _alive_at_peak(model, known: dict, sizes: dict[str, int], where: str) -> int:
+    """The most bytes of values alive together while the nodes run in the file's order (ONNX requires it to be a
+    topological order, and onnxruntime's planner frees a value after its last reader as this does): the graph's
+    inputs and outputs for the whole run, every other value from its node to its last reader, a Conv's work space
+    during its node. Refused over ``LIVE_ACTIVATION_BUDGET_BYTES``: each value within the per-value budget, a chain
+    of many of them kept for a late reader (every layer's output summed at the end) is not."""
+    last: dict[str, int] = {}
+    for index, node in enumerate(model.graph.node):
+        for name in node.input:
+            last[name] = index
+    ends = len(model.graph.node)
+    for out in model.graph.output:
+        last[out.name] = ends
+    inputs = {init.name for init in model.graph.initializer}
+    alive = 0
+    for inp in model.graph.input:
+        if inp.name not in inputs:
+            elem_type, dims = known.get(inp.name, (0, None))
+            alive += _itemsize(elem_type) * math.prod(dims or [0])
+    freed: dict[int, int] = {}
+    peak = alive
+    for index, node in enumerate(model.graph.node):
+        for name in filter(None, node.output):
+            alive += sizes[name]
+            at = last.get(name, index)
+            freed[at] = freed.get(at, 0) + sizes[name]
+        during = _conv_workspace(node, known, where) if node.op_type in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose") else 0
+        if alive + during > peak:
+            peak = alive + during
+            if peak > safety.LIVE_ACTIVATION_BUDGET_BYTES:
+                raise ConversionError(
+                    f"its values alive together at node {quote(node.name)} ({node.op_type}) need over {peak:,} bytes, more "
+                    f"than the budget of {safety.LIVE_ACTIVATION_BUDGET_BYTES:,} for the values of one run",
+                    path=where,
+                )
+        alive -= freed.pop(index, 0)
+    return peak
 
 
 def _conv_workspace(node, known: dict, where: str) -> int:
@@ -234,14 +291,15 @@ def _conv_workspace(node, known: dict, where: str) -> int:
     return 4 * check_elements(dims, itemsize=4, error=ConversionError, where=where, what=what)
 
 
-def images_per_run(model, path: str | Path, largest_for_one: int) -> int:
-    """How many images one ``session.run`` may take: as many as keep the largest value within the memory budget (at
-    most ``MAX_IMAGES_PER_RUN``), checked again at that batch (a graph whose values grow faster than its batch is held
-    to one image per run)."""
-    count = max(1, min(MAX_IMAGES_PER_RUN, MEMORY_BUDGET_BYTES // max(largest_for_one, 1)))
+def images_per_run(model, path: str | Path, largest_for_one: int, alive_for_one: int = 0) -> int:
+    """How many images one ``session.run`` may take: as many as keep the largest value within the memory budget and
+    the values alive together within ``LIVE_ACTIVATION_BUDGET_BYTES`` (at most ``MAX_IMAGES_PER_RUN``), checked again
+    at that batch (a graph whose values grow faster than its batch is held to one image per run)."""
+    count = min(MAX_IMAGES_PER_RUN, MEMORY_BUDGET_BYTES // max(largest_for_one, 1))
+    count = max(1, min(count, safety.LIVE_ACTIVATION_BUDGET_BYTES // max(alive_for_one, 1)))
     if count > 1:
         try:
-            largest_value_bytes(model, path, batch=count)
+            value_bounds(model, path, batch=count)
         except ConversionError:
             return 1
     return count

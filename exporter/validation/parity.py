@@ -232,6 +232,7 @@ def _float64_check(opened: OpenedExport, items, batch_size: int, keras_run, cand
     if not candidates:
         return {}
     from ..console import Steps
+    from ..keras_memory import activation_bytes, call_in_chunks
     from .float64 import Float64Distance, float64_twin, normalize64
 
     pre = opened.preprocessing
@@ -240,12 +241,16 @@ def _float64_check(opened: OpenedExport, items, batch_size: int, keras_run, cand
     except Exception as exc:  # a layer Keras cannot rebuild in float64 (custom code): the plain gate verdict stands
         why = f"no float64 reference: Keras could not rebuild the model in float64 ({type(exc).__name__}: {str(exc)[:160]})"
         return {id(e): {"passed": False, "note": why} for e in candidates}
+    try:  # twice the float32 model's bytes: its calls are cut to stay within the live budget
+        per_image = activation_bytes(twin, "the float64 twin", error=ModelLoadError, itemsize=8)
+    except ModelLoadError as exc:
+        return {id(e): {"passed": False, "note": f"no float64 reference: {exc}"} for e in candidates}
     distances = {id(e): Float64Distance() for e in candidates}
     steps = Steps(sink, -(-len(items) // batch_size), minor=True)
     for chunk, pixels in iter_batches(items, pre, batch_size):
         first = (steps.index * batch_size) + 1
         with steps.step(f"float64 check, images {first}-{first + len(chunk) - 1} of {len(items)}"):
-            exact = np.asarray(twin(normalize64(pre, pixels), training=False), np.float64)
+            exact = np.asarray(call_in_chunks(twin, normalize64(pre, pixels), per_image, training=False), np.float64)
             keras32 = keras_run(pixels)
             for entry in candidates:
                 distances[id(entry)].update(exact, keras32, entry.runner(pixels))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import safety
 from ...errors import ConversionError
 from ...safety import LIVE_ACTIVATION_BUDGET_BYTES
 
@@ -45,3 +46,24 @@ class Meter:
     @property
     def peak_per_image(self) -> int:
         return -(-self.peak // self.images)
+
+
+class Constants:
+    """Bytes of the constants a file decodes while it loads (ML Program consts and folded values, NeuralNetwork layer
+    weights), held to ``safety.CONSTANT_BUDGET_BYTES``: each is bounded on its own, their number is not."""
+
+    __slots__ = ("bytes", "where")
+
+    def __init__(self, where: str):
+        self.bytes, self.where = 0, where
+
+    def add(self, value, what: str) -> None:
+        if not isinstance(value, np.ndarray):
+            return
+        self.bytes += value.nbytes
+        if self.bytes > safety.CONSTANT_BUDGET_BYTES:
+            raise ConversionError(
+                f"its constants decode to over {safety.CONSTANT_BUDGET_BYTES:,} bytes together (reached at {what}), over the "
+                "executor's memory budget for weights",
+                path=self.where,
+            )

@@ -89,6 +89,7 @@ class Program:
         self.input = fn.inputs[0].name
         self.env: dict = {}
         self.consts: set[str] = set()
+        self.decoded = live.Constants(where)  # the constants' bytes together, bounded
         self.shapes: dict[str, tuple | None] = {self.input: tensor_type(fn.inputs[0].type, where)[1]}
         self.batched: set[str] = {self.input}
         self.batchable = True
@@ -154,6 +155,7 @@ class Program:
 
     def _constant(self, name: str, value, value_type=None) -> None:
         self.env[name] = _to_compute(value)
+        self.decoded.add(self.env[name], f"constant {name!r}")
         self.consts.add(name)
         if value_type is not None and value_type.WhichOneof("type") == "tensorType":
             self.shapes[name] = tensor_type(value_type, self.where)[1]
@@ -199,6 +201,7 @@ class Program:
             if dtype == "fp16":
                 value = value.astype(np.float16)
             self.env[name] = value.astype(F32) if value.dtype.kind == "f" else value
+            self.decoded.add(self.env[name], f"{call.op_type} op {call.name!r}")
             self.consts.add(name)
 
     def _classify(self, args: dict[str, list[str]], op_name: str) -> None:

@@ -48,6 +48,7 @@ class Network:
         self.probabilities = nn.labelProbabilityLayerName or spec.description.predictedProbabilitiesName
         scale, bias = scaler(nn, image, where)
         self.scale, self.bias = scale.reshape(1, -1, 1, 1), bias.reshape(1, -1, 1, 1)
+        self.decoded = live.Constants(where)  # the layers' weights together, bounded
         self.layers = [self._build(layer) for layer in nn.layers]
         self.peak_bytes: int = 0  # the most computed-value bytes alive at once for one image, over the passes run so far
         # released as soon as no later layer reads them, in the probe too: it kept every value (a 4000 x 4000 input
@@ -58,7 +59,7 @@ class Network:
     def _build(self, spec_layer) -> Layer:
         kind = spec_layer.WhichOneof("layer")
         entry = NN.lookup(str(kind), f"layer {spec_layer.name!r}", self.where)
-        ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16)
+        ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16, self.decoded)
         run, rule = entry.impl(getattr(spec_layer, kind), ctx)
         return Layer(ctx, run, rule, list(spec_layer.input), list(spec_layer.output))
 

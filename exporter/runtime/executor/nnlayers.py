@@ -13,6 +13,7 @@ import numpy as np
 from ...errors import ConversionError, UnsupportedOperationError
 from . import blas, kernels, kernels_nd, nnweights
 from .blob import bounded_count
+from .live import Constants
 from .registry import layer
 
 F32 = np.float32
@@ -36,9 +37,10 @@ def axes_rule(axes, reduce_all: bool = False):
 class LayerContext:
     """What a builder needs besides the layer's parameters: weight decoding in the compute precision, errors."""
 
-    def __init__(self, name: str, kind: str, where: str, fp16: bool):
+    def __init__(self, name: str, kind: str, where: str, fp16: bool, constants: Constants | None = None):
         self.name, self.kind, self.where, self.fp16 = name, kind, where, fp16
         self.batched = False  # set by the network: the layer's first input derives from the image
+        self.constants = constants  # the network's decoded weights together, bounded
 
     def vector(self, wp):
         """A 1-D parameter whose length only its WeightParams tells (float32 or float16 values)."""
@@ -51,6 +53,8 @@ class LayerContext:
         w = nnweights.decode(wp, tuple(int(s) for s in shape), self.where, channel_axis, optional=optional)
         if w is not None and self.fp16:
             w = w.astype(np.float16).astype(F32)
+        if self.constants is not None:
+            self.constants.add(w, f"{self.kind} layer {self.name!r}")
         return w
 
     def unsupported(self, message: str) -> UnsupportedOperationError:
