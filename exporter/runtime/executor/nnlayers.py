@@ -36,8 +36,10 @@ def axes_rule(axes, reduce_all: bool = False):
 class LayerContext:
     """What a builder needs besides the layer's parameters: weight decoding in the compute precision, errors."""
 
-    def __init__(self, name: str, kind: str, where: str, fp16: bool):
+    def __init__(self, name: str, kind: str, where: str, fp16: bool, rank5: bool = False):
         self.name, self.kind, self.where, self.fp16 = name, kind, where, fp16
+        # the file maps its image to rank 5: rank-5 blobs are held (Batch, Seq, C, H, W), see neuralnetwork
+        self.rank5 = rank5
         self.batched = False  # set by the network: the layer's first input derives from the image
 
     def vector(self, wp):
@@ -58,6 +60,22 @@ class LayerContext:
 
     def fail(self, message: str) -> ConversionError:
         return ConversionError(f"{self.kind} layer {self.name!r} {message}", path=self.where)
+
+
+def on_images(run, ctx: LayerContext):
+    """``run`` on (N, C, H, W) for an input of rank 4 or more: NeuralNetwork.proto's convolution and pooling treat
+    every axis before the channel as batch (a rank-5 blob [Seq, Batch, C, H, W] is Seq * Batch images)."""
+
+    def wrapped(inputs):
+        x = inputs[0]
+        if x.ndim < 4:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; it needs rank 4 (N, C, H, W) or more")
+        if x.ndim == 4:
+            return run(x)
+        out = run(x.reshape((-1,) + x.shape[-3:]))
+        return out.reshape(x.shape[:-3] + out.shape[1:])
+
+    return wrapped
 
 
 def _pair(values, default) -> tuple[int, int]:
@@ -91,10 +109,7 @@ def _deconvolution(p, ctx: LayerContext):
     padding = p.WhichOneof("ConvolutionPaddingType")
     target = [int(v) for v in p.outputShape] or None
 
-    def run(inputs):
-        x = inputs[0]
-        if x.ndim != 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+    def run(x):
         full = [(d - 1) * s + k for d, s, k in zip(x.shape[2:], stride, kernel, strict=True)]
         if target is None and padding != "same":
             crop = list(_borders(p.valid))
@@ -106,7 +121,7 @@ def _deconvolution(p, ctx: LayerContext):
                 crop.extend((total // 2, total - total // 2))
         return kernels_nd.conv_transpose(x, weight, bias, stride, (1, 1), crop, groups, target)
 
-    return run, always
+    return on_images(run, ctx), always
 
 
 @layer("convolution")
@@ -122,14 +137,11 @@ def _convolution(p, ctx: LayerContext):
     padding = p.WhichOneof("ConvolutionPaddingType")
     cache: dict = {}
 
-    def run(inputs):
-        x = inputs[0]
-        if x.ndim != 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+    def run(x):
         pads = _same_pads(x.shape, kernel, stride, dilation, p.same.asymmetryMode) if padding == "same" else _borders(p.valid)
         return kernels.conv2d(x, weight, bias, stride, dilation, pads, groups, cache)
 
-    return run, always
+    return on_images(run, ctx), always
 
 
 @layer("pooling")
@@ -145,10 +157,7 @@ def _pooling(p, ctx: LayerContext):
     exclude = bool(p.avgPoolExcludePadding)
     cache: dict = {}
 
-    def run(inputs):
-        x = inputs[0]
-        if x.ndim != 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+    def run(x):
         if p.globalPooling:
             return (
                 kernels_nd.pool(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False)
@@ -164,7 +173,7 @@ def _pooling(p, ctx: LayerContext):
             return kernels_nd.pool(x, kind, kernel, stride, pads, exclude)
         return kernels.pool2d(x, kind, kernel, stride, pads, exclude, cache)
 
-    return run, always
+    return on_images(run, ctx), always
 
 
 @layer("padding")

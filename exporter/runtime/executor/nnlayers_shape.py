@@ -6,6 +6,7 @@ import numpy as np
 
 from . import kernels
 from .nnlayers import LayerContext, axes_rule, layer
+from .nnlayers_legacy import batch_first, file_order
 
 # ------------------------------------------------------------------------------------------------ reductions, shapes
 # NeuralNetwork's names for the shared reduction kernels
@@ -110,8 +111,14 @@ def _expand_dims(p, ctx: LayerContext):
 
 @layer("concat")
 def _concat(p, ctx: LayerContext):
+    """Along the channel axis (-3), or with ``sequenceConcat`` along the sequence axis of rank-5 blobs (-5 in the
+    file's order; see nnlayers_legacy for the executor's)."""
     if p.sequenceConcat:
-        raise ctx.unsupported("concatenates along the sequence axis, which the executor does not support")
+
+        def sequence(inputs):
+            return file_order(np.concatenate([batch_first(x, ctx) for x in inputs], axis=1), ctx)
+
+        return sequence, lambda shapes: ctx.rank5
     return (lambda inputs: np.concatenate(inputs, axis=-3)), (lambda shapes: len(shapes[0]) > 3)
 
 

@@ -1,0 +1,343 @@
+"""NeuralNetwork files the executor refused before: the rank-5 image layout of specifications 1-3 ([Seq, Batch, C, H,
+W] blobs), the old layers that address those axes (permute, reshape, reduce, embedding, dot, sequenceRepeat, concat
+along the sequence) and the N-D layers it lacked. Each case builds a small .mlmodel with coremltools'
+NeuralNetworkBuilder, runs the saved file through the executor and compares with a numpy computation of
+NeuralNetwork.proto's definition on the file's own [Seq, Batch, C, H, W] (or N-D) values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from executor_helpers import IMAGE_BIAS, IMAGE_SCALE, NN_SIDE, OP_ATOL, OP_RTOL, CoreMLExecutor, as_input, ct, image_pixels, op_types, tf
+
+from exporter.errors import ConversionError, UnsupportedOperationError
+
+# The layer types this module's tests are the cases of (each test checks its file holds them); test_registry checks
+# that every registered layer is covered here or in test_nn_layers.
+COVERS = {"permute", "reshape", "reduce", "embedding", "dot", "sequenceRepeat"}
+RNG = np.random.default_rng(11)
+W_CONV = RNG.normal(size=(3, 3, 3, 4)).astype(np.float32)  # builder layout (kh, kw, in, out)
+B_CONV = RNG.normal(size=4).astype(np.float32)
+W_DENSE = (0.1 * RNG.normal(size=(5, 4 * 4 * 4))).astype(np.float32)  # (out, in); small, so the softmax is not saturated
+EMBED = RNG.normal(size=(4, 3)).astype(np.float32)  # [outputChannels, inputDim]
+EMBED_BIAS = RNG.normal(size=4).astype(np.float32)
+
+
+def nn5_file(tmp_path, build, count: int, name="nn5", rank5=True):
+    """A NeuralNetwork classifier on a (3, 8, 8) image scaled to [-1, 1] with the rank-5 image layout (the builder's
+    default, specification 1): ``build(builder, "image")`` adds the layers and returns a blob [1, Batch, K, 1, 1] or
+    [1, Batch, C, H, W], flattened (old flatten layer) into the ``count`` "probabilities"."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    builder = NeuralNetworkBuilder(
+        [("image", datatypes.Array(3, NN_SIDE, NN_SIDE))], [("probs", None)], mode="classifier", disable_rank5_shape_mapping=not rank5
+    )
+    out = build(builder, "image")
+    if rank5:
+        builder.add_flatten("flat", 0, out, "probs")
+    else:
+        builder.add_flatten_to_2d("flat", out, "probs", axis=1)
+    builder.set_class_labels([f"o{i}" for i in range(count)], predicted_feature_name="label", prediction_blob="probs")
+    builder.set_pre_processing_parameters(
+        image_input_names=["image"], image_scale=IMAGE_SCALE, red_bias=IMAGE_BIAS, green_bias=IMAGE_BIAS, blue_bias=IMAGE_BIAS
+    )
+    path = tmp_path / f"{name}.mlmodel"
+    ct.utils.save_spec(builder.spec, str(path))
+    return path
+
+
+def check(tmp_path, build, reference, layers, n=3, rank5=True, name="nn5"):
+    """The file ``build`` makes holds ``layers``; the executor's output on ``n`` images matches ``reference`` of the
+    file's blob ([1, N, C, H, W] for a rank-5 file, (N, C, H, W) otherwise; its result must have Seq 1)."""
+    pix = image_pixels(n, NN_SIDE, NN_SIDE)
+    x = as_input(pix).astype(np.float64)
+    want = np.asarray(reference(x[None] if rank5 else x), np.float64)
+    if rank5:
+        assert want.shape[0] == 1, "the reference must end with a sequence of 1"
+        want = want[0]
+    want = want.reshape(n, -1)
+    path = nn5_file(tmp_path, build, want.shape[1], name=name, rank5=rank5)
+    found = op_types(path)
+    assert set(layers) <= found, f"the file lacks {set(layers) - found}"
+    executor = CoreMLExecutor(path)
+    got = executor.predict(pix)
+    np.testing.assert_allclose(got, want, atol=OP_ATOL, rtol=OP_RTOL)
+    return executor, pix, got
+
+
+def _nhwc(x):
+    return np.float32(x).transpose(0, 2, 3, 1)
+
+
+# ------------------------------------------------------------------------------------------------ rank-5 image layout
+def test_a_rank5_file_runs_a_classic_cnn_and_its_images_as_one_batch(tmp_path):
+    """Specification 1 (iOS 11): convolution, ReLU, max pooling, flatten, inner product and softmax on [1, B, C, H, W]
+    blobs. Before, the whole file was refused ("the rank-5 image layout of iOS 12 and earlier")."""
+
+    def build(b, x):
+        b.add_convolution("c", 3, 4, 3, 3, 1, 1, "same", 1, W_CONV, B_CONV, True, input_name=x, output_name="c")
+        b.add_activation("r", "RELU", "c", "r")
+        b.add_pooling("p", 2, 2, 2, 2, "MAX", "VALID", "r", "p")
+        b.add_flatten("f", 0, "p", "f")
+        b.add_inner_product("d", W_DENSE, None, 64, 5, False, "f", "d")
+        b.add_softmax("s", "d", "s")
+        return "s"
+
+    def reference(x5):
+        x = x5[0]
+        c = tf().nn.conv2d(_nhwc(x), W_CONV, 1, "SAME").numpy() + B_CONV
+        p = tf().nn.max_pool2d(np.maximum(c, 0), 2, 2, "VALID").numpy().transpose(0, 3, 1, 2)  # (N, 4, 4, 4)
+        d = p.reshape(len(x), -1) @ W_DENSE.T.astype(np.float64)
+        e = np.exp(d - d.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True))[None]
+
+    executor, pix, got = check(
+        tmp_path, build, reference, ["convolution", "activation", "pooling", "flatten", "innerProduct", "softmax"], n=5
+    )
+    assert executor.batchable and executor.chunk > 1  # the images run together, batch first
+    one = np.concatenate([executor.predict(pix[i : i + 1]) for i in range(len(pix))])
+    np.testing.assert_allclose(one, got, atol=OP_ATOL, rtol=OP_RTOL)  # a batch's matrix products round differently
+
+
+def test_permute_moves_the_sequence_axis_and_reshape_folds_it_back(tmp_path):
+    """permute [3, 1, 2, 0] puts W on the sequence axis ([W, B, C, H, Seq]); reshape to a 4-long target [1, 192, 1, 1]
+    lays each image's [Seq, C, H, W] out again in row-major order (CHANNEL_FIRST)."""
+
+    def build(b, x):
+        b.add_permute("p", [3, 1, 2, 0], x, "p")
+        b.add_reshape("r", "p", "r", [1, 3 * NN_SIDE * NN_SIDE, 1, 1], 0)
+        return "r"
+
+    def reference(x5):
+        y = x5.transpose(4, 1, 2, 3, 0)  # [W, B, C, H, 1]
+        return np.stack([y[:, b].reshape(1, -1, 1, 1) for b in range(y.shape[1])], axis=1)
+
+    check(tmp_path, build, reference, ["permute", "reshape"])
+
+
+@pytest.mark.parametrize("axes", [[0, 3, 1, 2], [0, 2, 3, 1], [0, 1, 3, 2]])
+def test_permute_of_channel_height_width(tmp_path, axes):
+    def build(b, x):
+        b.add_permute("p", axes, x, "p")
+        return "p"
+
+    check(tmp_path, build, lambda x5: x5.transpose([0, 1] + [1 + a for a in axes[1:]]), ["permute"])
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_reshape_to_a_three_long_target_keeps_the_sequence(tmp_path, mode):
+    """[C, H, W] = [3, 8, 8] -> [6, 4, 8]: CHANNEL_FIRST in row-major order; CHANNEL_LAST flattened as (H, W, C),
+    reshaped to (H_out, W_out, C_out) and permuted to (C_out, H_out, W_out)."""
+
+    def build(b, x):
+        b.add_reshape("r", x, "r", [6, 4, 8], mode)
+        return "r"
+
+    def reference(x5):
+        s, n = x5.shape[:2]
+        if mode == 0:
+            return x5.reshape(s, n, 6, 4, 8)
+        return x5.transpose(0, 1, 3, 4, 2).reshape(s, n, 4, 8, 6).transpose(0, 1, 4, 2, 3)
+
+    check(tmp_path, build, reference, ["reshape"])
+
+
+def test_sequence_repeat_then_reshape_channel_last_over_the_sequence(tmp_path):
+    """sequenceRepeat 2 ([2, B, 3, 8, 8]); reshape CHANNEL_LAST to [1, 6, 8, 8]: each step flattened as (H, W, C),
+    the steps one after the other, reshaped to (1, H_out, W_out, C_out) and permuted."""
+
+    def build(b, x):
+        b.add_sequence_repeat("q", 2, x, "q")
+        b.add_reshape("r", "q", "r", [1, 6, NN_SIDE, NN_SIDE], 1)
+        return "r"
+
+    def reference(x5):
+        q = np.concatenate([x5, x5], axis=0)  # [2, B, C, H, W]
+        out = []
+        for b in range(q.shape[1]):
+            flat = q[:, b].transpose(0, 2, 3, 1).reshape(-1)  # each step (H, W, C), steps in order
+            out.append(flat.reshape(1, NN_SIDE, NN_SIDE, 6).transpose(0, 3, 1, 2))
+        return np.stack(out, axis=1)
+
+    check(tmp_path, build, reference, ["sequenceRepeat", "reshape"])
+
+
+def test_concat_along_the_sequence_axis(tmp_path):
+    def build(b, x):
+        b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=0.5)
+        b.add_elementwise("c", [x, "h"], "c", "SEQUENCE_CONCAT")
+        b.add_reshape("r", "c", "r", [1, 6, NN_SIDE, NN_SIDE], 0)
+        return "r"
+
+    def reference(x5):
+        c = np.concatenate([x5, 0.5 * x5], axis=0)  # [2, B, C, H, W]
+        return np.stack([c[:, b].reshape(1, 6, NN_SIDE, NN_SIDE) for b in range(c.shape[1])], axis=1)
+
+    check(tmp_path, build, reference, ["concat"])
+
+
+def test_convolution_and_pooling_treat_the_sequence_as_images(tmp_path):
+    """Convolution and pooling on [2, B, C, H, W] (every axis before the channel is batch, NeuralNetwork.proto)."""
+
+    def build(b, x):
+        b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=-0.5)
+        b.add_elementwise("c", [x, "h"], "c", "SEQUENCE_CONCAT")
+        b.add_convolution("k", 3, 4, 3, 3, 1, 1, "valid", 1, W_CONV, None, False, input_name="c", output_name="k")
+        b.add_pooling("p", 2, 2, 2, 2, "AVERAGE", "VALID", "k", "p")  # [2, B, 4, 3, 3]
+        b.add_reshape("r", "p", "r", [1, 8, 3, 3], 0)
+        return "r"
+
+    def reference(x5):
+        out = []
+        for step in (x5[0], -0.5 * x5[0]):
+            k = tf().nn.conv2d(_nhwc(step), W_CONV, 1, "VALID").numpy()
+            out.append(tf().nn.avg_pool2d(k, 2, 2, "VALID").numpy().transpose(0, 3, 1, 2))
+        seq = np.stack(out)  # [2, B, 4, 3, 3]
+        return np.stack([seq[:, b].reshape(1, 8, 3, 3) for b in range(seq.shape[1])], axis=1)
+
+    check(tmp_path, build, reference, ["convolution", "pooling", "concat", "reshape"])
+
+
+def test_a_later_layer_in_a_rank5_file_sees_the_files_own_axis_order(tmp_path):
+    """concatND on axis 0 of a rank-5 blob joins along Seq (the file's order), whatever order the executor holds."""
+
+    def build(b, x):
+        b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=0.5)
+        b.add_concat_nd("c", [x, "h"], "c", axis=0)
+        b.add_reshape("r", "c", "r", [1, 6, NN_SIDE, NN_SIDE], 0)
+        return "r"
+
+    def reference(x5):
+        c = np.concatenate([x5, 0.5 * x5], axis=0)
+        return np.stack([c[:, b].reshape(1, 6, NN_SIDE, NN_SIDE) for b in range(c.shape[1])], axis=1)
+
+    executor, _, _ = check(tmp_path, build, reference, ["concatND"])
+    assert not executor.batchable  # a later layer's axes are the file's: it runs image by image
+
+
+# ------------------------------------------------------------------------------------------------ reduce, embedding, dot
+REDUCE_AXES = {"CHW": (2, 3, 4), "HW": (3, 4), "C": (2,), "H": (3,), "W": (4,)}
+REDUCE_MODES = {
+    "sum": lambda x, a: x.sum(a, keepdims=True),
+    "avg": lambda x, a: x.mean(a, keepdims=True),
+    "prod": lambda x, a: (1.5 * x).prod(a, keepdims=True),
+    "logsum": lambda x, a: np.log(x + 1.5 + 1e-3).sum(a, keepdims=True),
+    "sumsquare": lambda x, a: (x * x).sum(a, keepdims=True),
+    "L1": lambda x, a: np.abs(x).sum(a, keepdims=True),
+    "L2": lambda x, a: np.sqrt((x * x).sum(a, keepdims=True)),
+    "max": lambda x, a: x.max(a, keepdims=True),
+    "min": lambda x, a: x.min(a, keepdims=True),
+    "argmax": lambda x, a: np.expand_dims(x.argmax(a[0]), a[0]),
+}
+
+
+@pytest.mark.parametrize("mode", list(REDUCE_MODES))
+def test_reduce_every_operation_over_every_axis(tmp_path, mode):
+    """The old reduce layer: each operation over CHW, HW, C, H and W (ARGMAX over one axis only), keeping the axes."""
+    for axis, axes in REDUCE_AXES.items():
+        if mode == "argmax" and len(axes) > 1:
+            continue
+
+        def build(b, x, axis=axis):
+            if mode == "logsum":
+                b.add_elementwise("s", [x], "s", "ADD", alpha=1.5)
+                x = "s"
+            elif mode == "prod":
+                b.add_elementwise("s", [x], "s", "MULTIPLY", alpha=1.5)
+                x = "s"
+            b.add_reduce("r", x, "r", axis, mode, epsilon=1e-3)
+            return "r"
+
+        check(tmp_path, build, lambda x5, axes=axes: REDUCE_MODES[mode](x5, axes), ["reduce"], name=f"{mode}_{axis}")
+
+
+def test_embedding_of_rank5_indices(tmp_path):
+    """Indices [1, B, 1, 1, 1] (the channel argmax, its maximum over H and W) select columns of the [outputChannels,
+    inputDim] weights, plus the bias: [1, B, outputChannels, 1, 1]."""
+
+    def build(b, x):
+        b.add_reduce("a", x, "a", "C", "argmax")
+        b.add_reduce("m", "a", "m", "HW", "max")
+        b.add_embedding("e", EMBED, EMBED_BIAS, 3, 4, True, "m", "e")
+        return "e"
+
+    def reference(x5):
+        index = x5.argmax(2).max((2, 3)).astype(int)  # [1, B]
+        return (EMBED.T[index] + EMBED_BIAS)[..., None, None]
+
+    check(tmp_path, build, reference, ["embedding", "reduce"])
+
+
+def test_embedding_of_rank4_indices(tmp_path):
+    def build(b, x):
+        b.add_reduce_mean("m", x, "m", axes=[1, 2, 3], keepdims=True)
+        b.add_elementwise("s", ["m"], "s", "MULTIPLY", alpha=40.0)
+        b.add_elementwise("t", ["s"], "t", "ADD", alpha=1.0)
+        b.add_clip("c", "t", "c", 0.0, 2.0)
+        b.add_floor("f", "c", "f")
+        b.add_embedding("e", EMBED, None, 3, 4, False, "f", "e")
+        return "e"
+
+    def reference(x):
+        index = np.floor(np.clip(40 * x.mean((1, 2, 3)) + 1, 0, 2)).astype(int)
+        return EMBED.T[index][..., None, None]
+
+    check(tmp_path, build, reference, ["embedding"], rank5=False, n=4)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_dot_product_of_two_vectors(tmp_path, cosine):
+    def build(b, x):
+        b.add_pooling("g", 0, 0, 1, 1, "AVERAGE", "VALID", x, "g", is_global=True)  # [1, B, 3, 1, 1]
+        b.add_scale("s", np.float32([0.5, -2.0, 1.5]), np.float32([0.1, 0.2, -0.3]), True, "g", "s", shape_scale=[3], shape_bias=[3])
+        b.add_elementwise("d", ["g", "s"], "d", "COS" if cosine else "DOT")
+        return "d"
+
+    def reference(x5):
+        g = x5.mean((3, 4), keepdims=True)
+        s = g * np.reshape([0.5, -2.0, 1.5], (3, 1, 1)) + np.reshape([0.1, 0.2, -0.3], (3, 1, 1))
+        if cosine:
+            g = g / np.sqrt((g * g).sum(2, keepdims=True))
+            s = s / np.sqrt((s * s).sum(2, keepdims=True))
+        return (g * s).sum(2, keepdims=True)
+
+    check(tmp_path, build, reference, ["dot", "pooling", "scale"])
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+def _spec_with(tmp_path, edit, name="bad"):
+    """A small rank-5 file (permute) whose spec ``edit(spec)`` changes before it is saved."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    builder = NeuralNetworkBuilder([("image", datatypes.Array(3, NN_SIDE, NN_SIDE))], [("probs", None)], mode="classifier")
+    builder.add_permute("p", [0, 1, 2, 3], "image", "p")
+    builder.add_flatten("probs", 0, "p", "probs")
+    builder.set_class_labels([f"o{i}" for i in range(3 * NN_SIDE * NN_SIDE)], predicted_feature_name="label", prediction_blob="probs")
+    builder.set_pre_processing_parameters(image_input_names=["image"])
+    spec = builder.spec
+    edit(spec)
+    path = tmp_path / f"{name}.mlmodel"
+    ct.utils.save_spec(spec, str(path))
+    return path
+
+
+def test_unknown_image_mapping_and_bad_legacy_parameters_are_refused_in_one_line(tmp_path):
+    def mapping(spec):
+        spec.neuralNetworkClassifier.imageInputShapeMapping = 7
+
+    def permutation(spec):
+        del spec.neuralNetworkClassifier.layers[0].permute.axis[:]
+        spec.neuralNetworkClassifier.layers[0].permute.axis.extend([0, 1, 1, 3])
+
+    cases = [
+        (mapping, UnsupportedOperationError, "image shape mapping 7"),
+        (permutation, ConversionError, "permute layer 'p' has axis [0, 1, 1, 3]"),
+    ]
+    for i, (edit, error, text) in enumerate(cases):
+        path = _spec_with(tmp_path, edit, name=f"bad{i}")
+        with pytest.raises(error) as info:
+            CoreMLExecutor(path)
+        message = str(info.value)
+        assert text in message and path.name in message and "\n" not in message
