@@ -21,6 +21,7 @@ B_CONV = RNG.normal(size=4).astype(np.float32)
 W_DENSE = (0.1 * RNG.normal(size=(5, 4 * 4 * 4))).astype(np.float32)  # (out, in); small, so the softmax is not saturated
 EMBED = RNG.normal(size=(4, 3)).astype(np.float32)  # [outputChannels, inputDim]
 EMBED_BIAS = RNG.normal(size=4).astype(np.float32)
+CONST = RNG.normal(size=(3, NN_SIDE, NN_SIDE)).astype(np.float32)
 
 
 def nn5_file(tmp_path, build, count: int, name="nn5", rank5=True):
@@ -214,6 +215,43 @@ def test_a_later_layer_in_a_rank5_file_sees_the_files_own_axis_order(tmp_path):
 
     executor, _, _ = check(tmp_path, build, reference, ["concatND"])
     assert not executor.batchable  # a later layer's axes are the file's: it runs image by image
+
+
+def test_a_constant_of_a_rank5_file_is_a_rank5_blob(tmp_path):
+    """loadConstant gives [1, 1, C, H, W] (NeuralNetwork.proto), which permute (rank 5 only) takes. Before, it
+    gave [C, H, W] and the permute was refused ("gets a rank-3 input")."""
+
+    def build(b, x):
+        b.add_load_constant("k", "k", CONST.ravel(), [3, NN_SIDE, NN_SIDE])
+        b.add_permute("t", [0, 1, 3, 2], "k", "t")
+        b.add_elementwise("s", [x, "t"], "s", "ADD")
+        return "s"
+
+    check(tmp_path, build, lambda x5: x5 + CONST.transpose(0, 2, 1), ["loadConstant", "permute", "add"])
+
+
+@pytest.mark.parametrize("mode", ["DEPTH_TO_SPACE", "SPACE_TO_DEPTH"])
+def test_reorganize_data_on_a_sequence_of_two(tmp_path, mode):
+    """reorganizeData on [2, B, C, H, W] (every axis before the channel is batch). Before, any input of rank other
+    than 4 failed inside the kernel."""
+
+    def build(b, x):
+        b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=0.5)
+        b.add_elementwise("c", [x, "h"], "c", "SEQUENCE_CONCAT")
+        b.add_elementwise("f", ["c", "c"], "f", "CONCAT")
+        b.add_elementwise("g", ["f", "f"], "g", "CONCAT")  # [2, B, 12, 8, 8]
+        b.add_reorganize_data("r", "g", "r", mode, 2)
+        b.add_reshape("o", "r", "o", [1, 2 * 12 * NN_SIDE * NN_SIDE, 1, 1], 0)
+        return "o"
+
+    def reference(x5):
+        c = np.concatenate([x5, 0.5 * x5], axis=0)
+        g = np.concatenate([c, c, c, c], axis=2)  # [2, B, 12, 8, 8]
+        t = tf().nn.depth_to_space if mode == "DEPTH_TO_SPACE" else tf().nn.space_to_depth
+        r = np.stack([t(_nhwc(step), 2).numpy().transpose(0, 3, 1, 2) for step in g])
+        return np.stack([r[:, b].reshape(1, -1, 1, 1) for b in range(r.shape[1])], axis=1)
+
+    check(tmp_path, build, reference, ["reorganizeData", "concat", "reshape"])
 
 
 # ------------------------------------------------------------------------------------------------ reduce, embedding, dot

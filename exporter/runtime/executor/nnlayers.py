@@ -62,14 +62,15 @@ class LayerContext:
         return ConversionError(f"{self.kind} layer {self.name!r} {message}", path=self.where)
 
 
-def on_images(run, ctx: LayerContext):
-    """``run`` on (N, C, H, W) for an input of rank 4 or more: NeuralNetwork.proto's convolution and pooling treat
-    every axis before the channel as batch (a rank-5 blob [Seq, Batch, C, H, W] is Seq * Batch images)."""
+def on_images(run, ctx: LayerContext, min_rank: int = 4):
+    """``run`` on (N, C, H, W) for an input of rank ``min_rank`` or more: NeuralNetwork.proto's convolution, pooling
+    and rearranging layers treat every axis before the channel as batch (a rank-5 blob [Seq, Batch, C, H, W] is
+    Seq * Batch images; a rank-3 [C, H, W] is one)."""
 
     def wrapped(inputs):
         x = inputs[0]
-        if x.ndim < 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; it needs rank 4 (N, C, H, W) or more")
+        if x.ndim < min_rank:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; it needs rank {min_rank} or more")
         if x.ndim == 4:
             return run(x)
         out = run(x.reshape((-1,) + x.shape[-3:]))
