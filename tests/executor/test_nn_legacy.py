@@ -379,3 +379,238 @@ def test_unknown_image_mapping_and_bad_legacy_parameters_are_refused_in_one_line
             CoreMLExecutor(path)
         message = str(info.value)
         assert text in message and path.name in message and "\n" not in message
+
+
+def test_layers_declined_on_purpose_are_refused_with_the_reason(tmp_path):
+    """Data-dependent shapes, random numbers, app code and control flow: one line naming the layer, the file and why."""
+    reasons = {
+        "whereNonZero": "depends on the input's values",
+        "randomUniformStatic": "draws random numbers",
+        "categoricalDistribution": "draws random numbers",
+        "custom": "custom layer",
+        "branch": "control flow",
+    }
+    for kind, reason in reasons.items():
+
+        def edit(spec, kind=kind):
+            layer = spec.neuralNetworkClassifier.layers[0]
+            getattr(layer, kind).SetInParent()  # the layer's oneof becomes ``kind``
+
+        path = _spec_with(tmp_path, edit, name=kind)
+        with pytest.raises(UnsupportedOperationError) as info:
+            CoreMLExecutor(path)
+        message = str(info.value)
+        assert f"'{kind}'" in message and reason in message and path.name in message and "\n" not in message
+
+
+# ------------------------------------------------------------------------------------------------ N-D layers (iOS 13+)
+COVERS |= {
+    "scatter",
+    "scatterAlongAxis",
+    "scatterND",
+    "oneHot",
+    "matrixBandPart",
+    "lowerTriangular",
+    "upperTriangular",
+    "slidingWindows",
+    "embeddingND",
+    "broadcastToDynamic",
+    "rangeDynamic",
+    "reverseSeq",
+}
+UPDATES = RNG.normal(size=(1, 2, NN_SIDE, NN_SIDE)).astype(np.float32)
+ALONG_INDEX = np.stack([np.full((3, NN_SIDE), 1), np.full((3, NN_SIDE), 6)], axis=1)[None].astype(np.float32)  # (1, 3, 2, 8)
+ALONG_INDEX[0, :, 1, ::2] = 3  # rows 1 and 3 or 6: distinct within each column, so "update" is well defined
+ALONG_UPDATES = RNG.normal(size=(1, 3, 2, NN_SIDE)).astype(np.float32)
+ND_INDEX = np.float32([[0, 1, 2], [0, 2, -1]])  # (N, C, H) positions; -1 counts from the end
+ND_UPDATES = RNG.normal(size=(2, NN_SIDE)).astype(np.float32) + 2.0  # away from 0: "div" divides by them
+COMBINE = {
+    "UPDATE": lambda a, u: u,
+    "ADD": np.add,
+    "SUB": np.subtract,
+    "MUL": np.multiply,
+    "DIV": np.divide,
+    "MAX": np.maximum,
+    "MIN": np.minimum,
+}
+
+
+def _k(b, value, name):
+    value = np.asarray(value, np.float32)
+    b.add_load_constant_nd(name, name, value, shape=list(value.shape))
+    return name
+
+
+def _index_of(b, x, scale=4.0, shift=2.0, top=4.0):
+    """Whole numbers 0..top from the image: floor(clip(scale * x + shift, 0, top))."""
+    b.add_elementwise("is", [x], "is", "MULTIPLY", alpha=scale)
+    b.add_elementwise("ia", ["is"], "ia", "ADD", alpha=shift)
+    b.add_clip("ic", "ia", "ic", 0.0, top)
+    b.add_floor("if", "ic", "if")
+    return "if"
+
+
+def _index_ref(x, scale=4.0, shift=2.0, top=4.0):
+    return np.floor(np.clip(scale * np.float32(x) + np.float32(shift), 0, top))
+
+
+@pytest.mark.parametrize("mode", list(COMBINE))
+def test_scatter_every_mode_with_a_negative_and_a_repeated_index(tmp_path, mode):
+    """Slices [2, -1] of the channel axis (both channel 2: repeated; "update" writes the last, the others combine
+    both in turn) take the updates."""
+    index = [0, -1] if mode == "UPDATE" else [2, -1]
+
+    def build(b, x):
+        b.add_scatter("s", [x, _k(b, index, "i"), _k(b, UPDATES, "u")], "s", axis=1, mode=mode)
+        return "s"
+
+    def reference(x):
+        out = x.copy()
+        for n in range(len(x)):
+            for i, c in enumerate(index):
+                out[n, c] = COMBINE[mode](out[n, c], UPDATES[0, i])
+        return out
+
+    check(tmp_path, build, reference, ["scatter"], rank5=False, name=f"scatter_{mode}")
+
+
+@pytest.mark.parametrize("mode", ["UPDATE", "ADD", "MAX"])
+def test_scatter_along_axis(tmp_path, mode):
+    def build(b, x):
+        b.add_scatter_along_axis("s", [x, _k(b, ALONG_INDEX, "i"), _k(b, ALONG_UPDATES, "u")], "s", axis=2, mode=mode)
+        return "s"
+
+    def reference(x):
+        out = x.copy()
+        for n in range(len(x)):
+            for c in range(3):
+                for i in range(2):
+                    for w in range(NN_SIDE):
+                        h = int(ALONG_INDEX[0, c, i, w])
+                        out[n, c, h, w] = COMBINE[mode](out[n, c, h, w], ALONG_UPDATES[0, c, i, w])
+        return out
+
+    check(tmp_path, build, reference, ["scatterAlongAxis"], rank5=False, name=f"along_{mode}")
+
+
+@pytest.mark.parametrize("mode", ["SUB", "MUL", "DIV", "MIN"])
+def test_scatter_nd(tmp_path, mode):
+    def build(b, x):
+        b.add_scatter_nd("s", [x, _k(b, ND_INDEX, "i"), _k(b, ND_UPDATES, "u")], "s", mode=mode)
+        return "s"
+
+    def reference(x):
+        out = x.copy()
+        for n in range(len(x)):
+            for (_, c, h), row in zip(ND_INDEX.astype(int), ND_UPDATES, strict=True):
+                out[n, c, h] = COMBINE[mode](out[n, c, h], row)
+        return out
+
+    check(tmp_path, build, reference, ["scatterND"], rank5=False, name=f"nd_{mode}")
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_one_hot_with_an_index_outside_the_size(tmp_path, axis):
+    """Indices 0..4, size 4: index 4 gives a vector of offValue. The size comes from the parameter, or from a second
+    input (axis 1)."""
+
+    def build(b, x):
+        index = _index_of(b, x)
+        if axis == 1:
+            b.add_one_hot("h", [index, _k(b, [4.0], "d")], "h", axis=axis, on_value=2.5, off_value=-0.5)
+        else:
+            b.add_one_hot("h", [index], "h", one_hot_vector_size=4, axis=axis, on_value=2.5, off_value=-0.5)
+        return "h"
+
+    def reference(x):
+        hot = np.where(_index_ref(x)[..., None] == np.arange(4), 2.5, -0.5)
+        return np.moveaxis(hot, -1, axis % 5)
+
+    check(tmp_path, build, reference, ["oneHot"], rank5=False, name=f"hot{axis}")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("matrixBandPart", lambda b, x: b.add_matrix_band_part("m", x, "m", num_lower=1, num_upper=2), (1, 2)),
+        ("matrixBandPart", lambda b, x: b.add_matrix_band_part("m", x, "m", num_lower=-1, num_upper=0), (-1, 0)),
+        ("lowerTriangular", lambda b, x: b.add_lower_triangular("m", x, "m", k=-1), None),
+        ("upperTriangular", lambda b, x: b.add_upper_triangular("m", x, "m", k=2), None),
+    ],
+    ids=["band_1_2", "band_all_0", "lower", "upper"],
+)
+def test_band_and_triangular_parts(tmp_path, case):
+    kind, add, limits = case
+
+    def build(b, x):
+        add(b, x)
+        return "m"
+
+    def reference(x):
+        m, n = np.indices((NN_SIDE, NN_SIDE))
+        if kind == "lowerTriangular":
+            keep = n - m <= -1
+        elif kind == "upperTriangular":
+            keep = n - m >= 2
+        else:
+            lower, upper = limits
+            keep = ((lower < 0) | (m - n <= lower)) & ((upper < 0) | (n - m <= upper))
+        return np.where(keep, x, 0.0)
+
+    check(tmp_path, build, reference, [kind], rank5=False, name=kind)
+
+
+@pytest.mark.parametrize("axis,size,step", [(3, 3, 2), (-2, 4, 1)])
+def test_sliding_windows(tmp_path, axis, size, step):
+    def build(b, x):
+        b.add_sliding_windows("w", x, "w", axis=axis, window_size=size, step=step)
+        return "w"
+
+    def reference(x):
+        a = axis % 4
+        starts = range(0, NN_SIDE - size + 1, step)
+        windows = [np.take(x, np.arange(s, s + size), axis=a) for s in starts]
+        return np.stack(windows, axis=a)  # (..., M, W, ...)
+
+    check(tmp_path, build, reference, ["slidingWindows"], rank5=False, name=f"win{axis}")
+
+
+def test_embedding_nd(tmp_path):
+    def build(b, x):
+        b.add_reduce_mean("m", x, "m", axes=[1, 2, 3], keepdims=True)  # (N, 1, 1, 1): the last axis is 1
+        index = _index_of(b, "m", scale=40.0, shift=1.0, top=2.0)
+        b.add_embedding_nd("e", index, "e", 3, 4, EMBED, EMBED_BIAS)
+        return "e"
+
+    def reference(x):
+        index = _index_ref(x.mean((1, 2, 3), keepdims=True), 40.0, 1.0, 2.0).astype(int)[..., 0]
+        return EMBED.T[index] + EMBED_BIAS
+
+    check(tmp_path, build, reference, ["embeddingND"], rank5=False, n=4)
+
+
+def test_broadcast_to_dynamic_range_dynamic_and_reverse_seq(tmp_path):
+    """The channel mean broadcast back to the image's shape (getShape), plus arange(0.5, 8) along W and arange(-4,
+    4, 1) along H (rangeDynamic, one and three inputs); then the first [8, 3, 0] entries of W reversed per channel."""
+
+    def build(b, x):
+        b.add_reduce_mean("m", x, "m", axes=[1], keepdims=True)
+        b.add_get_shape("sh", x, "sh")
+        b.add_broadcast_to_dynamic("bc", ["m", "sh"], "bc")
+        b.add_range_dynamic("rw", [_k(b, [8.0], "end")], "rw", start=0.5, step=1.0)
+        b.add_range_dynamic("rh", [_k(b, [4.0], "e2"), _k(b, [-4.0], "start"), _k(b, [1.0], "st")], "rh")
+        b.add_expand_dims("rhe", "rh", "rhe", axes=[-1])
+        b.add_add_broadcastable("s1", ["bc", "rw"], "s1")
+        b.add_add_broadcastable("s2", ["s1", "rhe"], "s2")
+        b.add_add_broadcastable("s3", ["s2", x], "s3")
+        b.add_reverse_sequence("rv", ["s3", _k(b, [8.0, 3.0, 0.0], "len")], "rv", batch_axis=1, seq_axis=3)
+        return "rv"
+
+    def reference(x):
+        s = x.mean(1, keepdims=True) + np.arange(0.5, 8)[None, :] + np.arange(-4, 4)[:, None] + x
+        out = s.copy()
+        for c, length in enumerate([8, 3, 0]):
+            out[:, c, :, :length] = s[:, c, :, :length][..., ::-1]
+        return out
+
+    check(tmp_path, build, reference, ["broadcastToDynamic", "rangeDynamic", "reverseSeq"], rank5=False)

@@ -21,7 +21,15 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import live, nnlayers_elementwise, nnlayers_image, nnlayers_legacy, nnlayers_nd, nnlayers_shape  # noqa: F401  (layers register)
+from . import (  # noqa: F401  (layers register)
+    live,
+    nnlayers_elementwise,
+    nnlayers_image,
+    nnlayers_legacy,
+    nnlayers_nd,
+    nnlayers_scatter,
+    nnlayers_shape,
+)
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
 from .registry import NN
@@ -69,6 +77,21 @@ LEGACY_LAYERS = frozenset(
         "slice",
     }
 )
+
+
+# Layers declined on purpose, with the reason the refusal gives (other unknown names are refused as unsupported).
+NN.refuse(
+    "gives an output whose shape depends on the input's values (the positions of its non-zero entries), so no "
+    "fixed-shape pass or batch can be planned for it",
+    "whereNonZero",
+)
+NN.refuse(
+    "draws random numbers from Core ML's own generator, which cannot be reproduced, so its results could not be compared with Core ML's",
+    *(f"random{kind}{form}" for kind in ("Normal", "Uniform", "Bernoulli") for form in ("Like", "Static", "Dynamic")),
+    "categoricalDistribution",
+)
+NN.refuse("is a custom layer, code supplied by the app at run time, which the executor never runs", "custom")
+NN.refuse("is control flow over nested networks", "branch", "loop", "loopBreak", "loopContinue")
 
 
 class Layer:
