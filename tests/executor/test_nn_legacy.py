@@ -614,3 +614,27 @@ def test_broadcast_to_dynamic_range_dynamic_and_reverse_seq(tmp_path):
         return out
 
     check(tmp_path, build, reference, ["broadcastToDynamic", "rangeDynamic", "reverseSeq"], rank5=False)
+
+
+@pytest.mark.parametrize("bgr", [False, True])
+def test_a_mean_image_is_subtracted_in_the_channel_order_the_network_receives(tmp_path, bgr):
+    """Caffe-era files subtract a [C, H, W] mean image (NeuralNetworkMeanImage) instead of scaling; for a BGR input
+    the mean's channels are B, G, R. Before, the file was refused ("image preprocessing 'meanImage'")."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+
+    mean = RNG.uniform(0, 255, size=(3, NN_SIDE, NN_SIDE)).astype(np.float32)
+    builder = NeuralNetworkBuilder([("image", datatypes.Array(3, NN_SIDE, NN_SIDE))], [("probs", None)], mode="classifier")
+    builder.add_elementwise("s", ["image"], "s", "MULTIPLY", alpha=1 / 255)
+    builder.add_flatten("probs", 0, "s", "probs")
+    count = 3 * NN_SIDE * NN_SIDE
+    builder.set_class_labels([f"o{i}" for i in range(count)], predicted_feature_name="label", prediction_blob="probs")
+    builder.set_pre_processing_parameters(image_input_names=["image"], is_bgr=bgr)
+    step = builder.spec.neuralNetworkClassifier.preprocessing[0]
+    step.meanImage.meanImage.extend(mean.ravel().tolist())  # replaces the scaler (a oneof)
+    path = tmp_path / "mean.mlmodel"
+    ct.utils.save_spec(builder.spec, str(path))
+    pix = image_pixels(3, NN_SIDE, NN_SIDE)
+    tensor = pix[..., ::-1] if bgr else pix
+    want = ((tensor.astype(np.float64).transpose(0, 3, 1, 2) - mean) / 255).reshape(3, -1)
+    np.testing.assert_allclose(CoreMLExecutor(path).predict(pix), want, atol=OP_ATOL, rtol=OP_RTOL)

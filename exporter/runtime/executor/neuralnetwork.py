@@ -143,7 +143,7 @@ class Network:
         self.labels = [str(v) for v in vector]
         self.probabilities = nn.labelProbabilityLayerName or spec.description.predictedProbabilitiesName
         scale, bias = scaler(nn, image, where)
-        self.scale, self.bias = scale.reshape(1, -1, 1, 1), bias.reshape(1, -1, 1, 1)
+        self.scale, self.bias = scale[None], bias[None]  # (1, C, 1, 1); the bias (1, C, H, W) for a mean image
         self.layers = [self._build(layer) for layer in nn.layers]
         self.peak_bytes: int = 0  # the most computed-value bytes alive at once for one image, over the passes run so far
         # released as soon as no later layer reads them, in the probe too: it kept every value (a 4000 x 4000 input
