@@ -638,3 +638,230 @@ def test_a_mean_image_is_subtracted_in_the_channel_order_the_network_receives(tm
     tensor = pix[..., ::-1] if bgr else pix
     want = ((tensor.astype(np.float64).transpose(0, 3, 1, 2) - mean) / 255).reshape(3, -1)
     np.testing.assert_allclose(CoreMLExecutor(path).predict(pix), want, atol=OP_ATOL, rtol=OP_RTOL)
+
+
+# ------------------------------------------------------------------------------------------------ recurrent layers
+COVERS |= {"simpleRecurrent", "gru", "uniDirectionalLSTM", "biDirectionalLSTM"}
+HIDDEN, STEPS, FEATURES = 4, NN_SIDE, 3 * NN_SIDE  # the image as 8 steps of 24 values
+REC = np.random.default_rng(21)
+
+
+def _mats(count, rows, cols, scale=0.3):
+    return [(scale * REC.normal(size=(rows, cols))).astype(np.float32) for _ in range(count)]
+
+
+W_SIMPLE, R_SIMPLE, B_SIMPLE = _mats(1, HIDDEN, FEATURES)[0], _mats(1, HIDDEN, HIDDEN)[0], _mats(1, HIDDEN, 1)[0].ravel()
+W_GRU, R_GRU, B_GRU = _mats(3, HIDDEN, FEATURES), _mats(3, HIDDEN, HIDDEN), [v.ravel() for v in _mats(3, HIDDEN, 1)]
+W_LSTM, R_LSTM, B_LSTM = _mats(4, HIDDEN, FEATURES), _mats(4, HIDDEN, HIDDEN), [v.ravel() for v in _mats(4, HIDDEN, 1)]
+P_LSTM = [v.ravel() for v in _mats(3, HIDDEN, 1)]
+W_BACK, R_BACK, B_BACK = _mats(4, HIDDEN, FEATURES), _mats(4, HIDDEN, HIDDEN), [v.ravel() for v in _mats(4, HIDDEN, 1)]
+P_BACK = [v.ravel() for v in _mats(3, HIDDEN, 1)]
+W_H0 = _mats(1, HIDDEN, 3, scale=1.0)[0]  # the initial state: the image's channel means through a dense layer
+
+
+def _sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def _c50(v):
+    return np.clip(v, -50, 50)
+
+
+def _as_sequence(b, x):
+    """[1, B, 3, 8, 8] -> [8, B, 24, 1, 1]: each image's values in row-major order, 24 a step."""
+    b.add_reshape("seq", x, "seq", [STEPS, FEATURES, 1, 1], 0)
+    return "seq"
+
+
+def _initial_state(b, x, name):
+    b.add_pooling(name + "_g", 0, 0, 1, 1, "AVERAGE", "VALID", x, name + "_g", is_global=True)
+    b.add_inner_product(name, W_H0, None, 3, HIDDEN, False, name + "_g", name)
+    return name
+
+
+def _ref_sequence(x5):
+    return x5[0].reshape(len(x5[0]), STEPS, FEATURES)  # (B, Seq, I)
+
+
+def _ref_initial(x5):
+    return x5[0].mean((2, 3)) @ W_H0.T.astype(np.float64)  # (B, H)
+
+
+def _ref_blob(y, steps):
+    """(B, Seq, H) per-image outputs -> [1, B, Seq * H, 1, 1] (the files reshape each image's outputs so)."""
+    return y.reshape(1, len(y), steps * y.shape[-1], 1, 1) if steps else y
+
+
+def _gather_sequence(b, out, steps, width=HIDDEN):
+    b.add_reshape("back", out, "back", [1, steps * width, 1, 1], 0)
+    return "back"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_simple_recurrent_every_step(tmp_path, reverse):
+    def build(b, x):
+        h0 = _initial_state(b, x, "h0")
+        b.add_simple_rnn(
+            "rnn",
+            R_SIMPLE,
+            W_SIMPLE,
+            B_SIMPLE,
+            HIDDEN,
+            FEATURES,
+            "TANH",
+            [_as_sequence(b, x), h0],
+            ["y", "yT"],
+            output_all=True,
+            reverse_input=reverse,
+        )
+        return _gather_sequence(b, "y", STEPS)
+
+    def reference(x5):
+        seq, y = _ref_sequence(x5), _ref_initial(x5)
+        out = []
+        for t in range(STEPS)[::-1] if reverse else range(STEPS):
+            y = np.tanh(_c50(seq[:, t] @ W_SIMPLE.T + y @ R_SIMPLE.T + B_SIMPLE))
+            out.append(y)
+        return _ref_blob(np.stack(out, 1), STEPS)
+
+    check(tmp_path, build, reference, ["simpleRecurrent"])
+
+
+@pytest.mark.parametrize("sequence,reverse", [(False, False), (True, True)])
+def test_gru(tmp_path, sequence, reverse):
+    def build(b, x):
+        h0 = _initial_state(b, x, "h0")
+        b.add_gru(
+            "gru",
+            R_GRU,
+            W_GRU,
+            B_GRU,
+            HIDDEN,
+            FEATURES,
+            [_as_sequence(b, x), h0],
+            ["y", "yT"],
+            activation="TANH",
+            inner_activation="SIGMOID",
+            output_all=sequence,
+            reverse_input=reverse,
+        )
+        return _gather_sequence(b, "y", STEPS if sequence else 1)
+
+    def reference(x5):
+        seq, y = _ref_sequence(x5), _ref_initial(x5)
+        (wz, wr, wo), (rz, rr, ro), (bz, br, bo) = W_GRU, R_GRU, B_GRU
+        out = []
+        for t in range(STEPS)[::-1] if reverse else range(STEPS):
+            xt = seq[:, t]
+            z = _sig(_c50(xt @ wz.T + y @ rz.T + bz))
+            r = _sig(_c50(xt @ wr.T + y @ rr.T + br))
+            o = np.tanh(_c50(xt @ wo.T + (y * r) @ ro.T + bo))
+            y = (1 - z) * o + z * y
+            out.append(y)
+        return _ref_blob(np.stack(out, 1) if sequence else y[:, None], STEPS if sequence else 1)
+
+    check(tmp_path, build, reference, ["gru"])
+
+
+def _lstm_ref(seq, y, c, w, r, bias, peep, forget_bias, coupled, clip, order):
+    (wi, wf, wo, wz), (ri, rf, ro, rz), (bi, bf, bo, bz) = w, r, bias
+    pi, pf, po = peep
+    bf = bf + (1.0 if forget_bias else 0.0)
+    out = []
+    for t in order:
+        xt = seq[:, t]
+        i = _sig(_c50(xt @ wi.T + y @ ri.T + pi * c + bi))
+        z = np.tanh(_c50(xt @ wz.T + y @ rz.T + bz))
+        if coupled:
+            c = c * (1 - i) + i * z
+        else:
+            c = c * _sig(_c50(xt @ wf.T + y @ rf.T + pf * c + bf)) + i * z
+        c = np.clip(c, -clip, clip)
+        o = _sig(_c50(xt @ wo.T + y @ ro.T + po * c + bo))
+        y = np.tanh(c) * o
+        out.append(y)
+    return out, y, c
+
+
+@pytest.mark.parametrize("variant", ["peephole_forget_bias", "coupled_cell_clip", "reverse_sequence"])
+def test_unidirectional_lstm_and_its_final_states(tmp_path, variant):
+    """y, h and c (the three outputs) of one LSTM: peepholes with forgetBias; the coupled input and forget gate with a
+    cell clip of 0.3 (which it reaches); reverseInput with every step's output."""
+    coupled, clip = variant == "coupled_cell_clip", 0.3 if variant == "coupled_cell_clip" else 50.0
+    forget_bias, reverse = variant == "peephole_forget_bias", variant == "reverse_sequence"
+    sequence = reverse
+    peep = P_LSTM if variant == "peephole_forget_bias" else None
+
+    def build(b, x):
+        h0, c0 = _initial_state(b, x, "h0"), _initial_state(b, x, "c0")
+        b.add_unilstm(
+            "lstm",
+            R_LSTM,
+            W_LSTM,
+            B_LSTM,
+            HIDDEN,
+            FEATURES,
+            [_as_sequence(b, x), h0, c0],
+            ["y", "hT", "cT"],
+            peep=peep,
+            output_all=sequence,
+            forget_bias=forget_bias,
+            coupled_input_forget_gate=coupled,
+            cell_clip_threshold=clip,
+            reverse_input=reverse,
+        )
+        y = _gather_sequence(b, "y", STEPS if sequence else 1)
+        b.add_elementwise("all", [y, "hT", "cT"], "all", "CONCAT")
+        return "all"
+
+    def reference(x5):
+        seq, h0 = _ref_sequence(x5), _ref_initial(x5)
+        order = range(STEPS)[::-1] if reverse else range(STEPS)
+        zeros = [np.zeros(HIDDEN)] * 3
+        out, y, c = _lstm_ref(seq, h0, h0, W_LSTM, R_LSTM, B_LSTM, peep or zeros, forget_bias, coupled, clip, order)
+        ys = np.stack(out, 1) if sequence else y[:, None]
+        flat = ys.reshape(len(ys), -1)
+        return np.concatenate([flat, y, c], axis=1)[None, ..., None, None]
+
+    check(tmp_path, build, reference, ["uniDirectionalLSTM", "concat"])
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_bidirectional_lstm(tmp_path, sequence):
+    """Forward and backward LSTMs; step t holds [forward after x_1..x_t, backward after x_T..x_t]; the four final
+    states follow."""
+
+    def build(b, x):
+        h0 = _initial_state(b, x, "h0")
+        b.add_bidirlstm(
+            "bi",
+            R_LSTM,
+            W_LSTM,
+            B_LSTM,
+            R_BACK,
+            W_BACK,
+            B_BACK,
+            HIDDEN,
+            FEATURES,
+            [_as_sequence(b, x), h0, h0, h0, h0],
+            ["y", "hf", "cf", "hb", "cb"],
+            peep=P_LSTM,
+            peep_back=P_BACK,
+            output_all=sequence,
+        )
+        y = _gather_sequence(b, "y", STEPS if sequence else 1, 2 * HIDDEN)
+        b.add_elementwise("all", [y, "hf", "cf", "hb", "cb"], "all", "CONCAT")
+        return "all"
+
+    def reference(x5):
+        seq, h0 = _ref_sequence(x5), _ref_initial(x5)
+        fs, fy, fc = _lstm_ref(seq, h0, h0, W_LSTM, R_LSTM, B_LSTM, P_LSTM, False, False, 50.0, range(STEPS))
+        bs, by, bc = _lstm_ref(seq, h0, h0, W_BACK, R_BACK, B_BACK, P_BACK, False, False, 50.0, range(STEPS)[::-1])
+        if sequence:
+            ys = np.concatenate([np.stack(fs, 1), np.stack(bs[::-1], 1)], axis=-1)
+        else:
+            ys = np.concatenate([fy, by], axis=-1)[:, None]
+        flat = ys.reshape(len(ys), -1)
+        return np.concatenate([flat, fy, fc, by, bc], axis=1)[None, ..., None, None]
+
+    check(tmp_path, build, reference, ["biDirectionalLSTM", "concat"])

@@ -36,8 +36,9 @@ def axes_rule(axes, reduce_all: bool = False):
 class LayerContext:
     """What a builder needs besides the layer's parameters: weight decoding in the compute precision, errors."""
 
-    def __init__(self, name: str, kind: str, where: str, fp16: bool, rank5: bool = False):
+    def __init__(self, name: str, kind: str, where: str, fp16: bool, rank5: bool = False, outputs: int = 1):
         self.name, self.kind, self.where, self.fp16 = name, kind, where, fp16
+        self.outputs = outputs  # how many outputs the file names (a recurrent layer's final states are optional)
         # the file maps its image to rank 5: rank-5 blobs are held (Batch, Seq, C, H, W), see neuralnetwork
         self.rank5 = rank5
         self.batched = False  # set by the network: the layer's first input derives from the image
