@@ -865,3 +865,111 @@ def test_bidirectional_lstm(tmp_path, sequence):
         return np.concatenate([flat, fy, fc, by, bc], axis=1)[None, ..., None, None]
 
     check(tmp_path, build, reference, ["biDirectionalLSTM", "concat"])
+
+
+# ------------------------------------------------------------------------------------------------ inputs and attributes
+# the executor ignored before (a silently wrong result) or refused
+W_INPUT = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)  # [outputChannels, kernelChannels, kH, kW]
+
+
+def test_concat_nd_interleave(tmp_path):
+    """interleave (iOS 14) takes one slice of each input in turn; before, it was ignored (a plain concatenation)."""
+
+    def build(b, x):
+        b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=0.5)
+        b.add_concat_nd("c", [x, "h"], "c", axis=2, interleave=True)
+        return "c"
+
+    def reference(x):
+        out = np.zeros((len(x), 3, 2 * NN_SIDE, NN_SIDE))
+        out[:, :, 0::2], out[:, :, 1::2] = x, 0.5 * x
+        return out
+
+    check(tmp_path, build, reference, ["concatND"], rank5=False)
+
+
+def test_tile_reps_from_the_second_input(tmp_path):
+    """reps given as a second input (the parameter then empty); before, the input came back untiled."""
+
+    def build(b, x):
+        b.add_tile("t", [x, _k(b, [1, 1, 2, 3], "reps")], "t")
+        return "t"
+
+    check(tmp_path, build, lambda x: np.tile(x, (1, 1, 2, 3)), ["tile"], rank5=False)
+
+
+def test_cumsum_axis_from_the_second_input(tmp_path):
+    """The second input is the axis (2), overriding the parameter (-1); before, the parameter's axis was used."""
+
+    def build(b, x):
+        b.add_cumsum("c", [x, _k(b, [2.0], "axis")], "c", axis=-1)
+        return "c"
+
+    check(tmp_path, build, lambda x: np.cumsum(x, 2), ["cumSum"], rank5=False)
+
+
+def test_slice_dynamic_masks_from_inputs(tmp_path):
+    """Inputs 5-7 replace beginMasks, endMasks and squeezeMasks; before, they were ignored (the parameters' all-False
+    masks sliced x[0:1, 1:3, 2:7:2, 5:2:3], an empty slice)."""
+
+    def build(b, x):
+        ins = [x, _k(b, [0, 1, 2, 5], "bg"), _k(b, [1, 3, 7, 2], "en"), _k(b, [1, 1, 2, 3], "st")]
+        ins += [_k(b, [1, 0, 0, 1], "bm"), _k(b, [1, 0, 0, 1], "em"), _k(b, [0, 0, 0, 0], "sm")]
+        b.add_slice_dynamic("s", ins, "s", begin_masks=[False] * 4, end_masks=[False] * 4)
+        return "s"
+
+    check(tmp_path, build, lambda x: x[:, 1:3, 2:7:2, ::3], ["sliceDynamic"], rank5=False)
+
+
+@pytest.mark.parametrize("case", ["second_input", "to_given_size"])
+def test_constant_pad_amounts_from_an_input_or_as_output_sizes(tmp_path, case):
+    """Pad amounts as a second input (before: ignored, no padding), and padToGivenOutputSizeMode, where H is padded
+    after its values to 11 rows and W before them to 10 columns (before: refused)."""
+
+    def build(b, x):
+        if case == "second_input":
+            b.add_constant_pad("p", [x, _k(b, [0, 0, 0, 0, 1, 2, 3, 0], "amounts")], "p", value=-0.5)
+        else:
+            b.add_constant_pad("p", [x], "p", value=-0.5, pad_to_given_output_size_mode=True, pad_amounts=[0, 0, 0, 0, 0, 11, 10, 0])
+        return "p"
+
+    def reference(x):
+        widths = ((1, 2), (3, 0)) if case == "second_input" else ((0, 3), (2, 0))
+        return np.pad(x, ((0, 0), (0, 0)) + widths, constant_values=-0.5)
+
+    check(tmp_path, build, reference, ["constantPad"], rank5=False, name=case)
+
+
+def test_scatter_with_indices_of_rank_two(tmp_path):
+    """Indices [[0, 7], [3, -2]] along H: updates of shape container[:axis] + (2, 2) + container[axis + 1:]
+    (NeuralNetwork.proto's rank > 1 case)."""
+    index = np.float32([[0, 7], [3, -2]])
+    updates = RNG.normal(size=(1, 3, 2, 2, NN_SIDE)).astype(np.float32)
+
+    def build(b, x):
+        b.add_scatter("s", [x, _k(b, index, "i"), _k(b, updates, "u")], "s", axis=2, mode="ADD")
+        return "s"
+
+    def reference(x):
+        out = x.copy()
+        for i in range(2):
+            for j in range(2):
+                out[:, :, int(index[i, j])] += updates[0, :, i, j]
+        return out
+
+    check(tmp_path, build, reference, ["scatter"], rank5=False)
+
+
+def test_convolution_with_its_weights_as_the_second_input(tmp_path):
+    """A convolution whose weights are a blob (here a constant, [outputChannels, kernelChannels, kH, kW]); before, its
+    empty weight parameters were refused as a malformed file."""
+
+    def build(b, x):
+        w = _k(b, W_INPUT, "w")
+        b.add_convolution("c", 3, 4, 3, 3, 1, 1, "same", 1, None, None, False, input_name=[x, w], output_name="c")
+        return "c"
+
+    def reference(x):
+        return tf().nn.conv2d(_nhwc(x), W_INPUT.transpose(2, 3, 1, 0), 1, "SAME").numpy().transpose(0, 3, 1, 2)
+
+    check(tmp_path, build, reference, ["convolution"], rank5=False)

@@ -159,7 +159,7 @@ class Network:
     def _build(self, spec_layer) -> Layer:
         kind = spec_layer.WhichOneof("layer")
         entry = NN.lookup(str(kind), f"layer {spec_layer.name!r}", self.where)
-        ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16, self.rank5, len(spec_layer.output))
+        ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16, self.rank5, len(spec_layer.output), len(spec_layer.input))
         run, rule = entry.impl(getattr(spec_layer, kind), ctx)
         if self.rank5 and kind not in LEGACY_LAYERS:
             run, rule = _in_file_order(run), _never

@@ -41,18 +41,20 @@ def _positions(values, size, ctx: LayerContext) -> np.ndarray:
 
 @layer("scatter")
 def _scatter(p, ctx: LayerContext):
-    """The container with slice ``indices[i]`` of ``axis`` combined with slice i of ``updates`` by ``mode``."""
+    """The container with slice ``indices[i, ..., j]`` of ``axis`` combined with slice ``[i, ..., j]`` of
+    ``updates`` (shape: the container's with that axis replaced by the indices' shape) by ``mode``."""
     mode, axis = _scatter_mode(p, ctx), int(p.axis)
 
     def run(inputs):
         out = np.array(inputs[0], F32, copy=True)
         a = axis % out.ndim
-        index = _positions(inputs[1], out.shape[a], ctx).reshape(-1)
+        index = _positions(inputs[1], out.shape[a], ctx)
         updates = np.asarray(inputs[2], F32)
-        expected = out.shape[:a] + (len(index),) + out.shape[a + 1 :]
+        expected = out.shape[:a] + index.shape + out.shape[a + 1 :]
         if updates.shape != expected:
             raise ctx.fail(f"needs updates of shape {expected}, has {updates.shape}")
-        combine(np.moveaxis(out, a, 0), (index,), np.moveaxis(updates, a, 0), mode)
+        flat = updates.reshape(out.shape[:a] + (index.size,) + out.shape[a + 1 :])
+        combine(np.moveaxis(out, a, 0), (index.reshape(-1),), np.moveaxis(flat, a, 0), mode)
         return out
 
     return run, _never

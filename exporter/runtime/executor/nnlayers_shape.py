@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .blob import bounded_count
 from .nnlayers import LayerContext, axes_rule, layer
 from .nnlayers_legacy import batch_first, file_order
 
@@ -124,8 +125,19 @@ def _concat(p, ctx: LayerContext):
 
 @layer("concatND")
 def _concat_nd(p, ctx: LayerContext):
+    """Inputs joined along ``axis``; with ``interleave`` (iOS 14; inputs of one shape) one slice of each in turn."""
     axis = int(p.axis)
-    return (lambda inputs: np.concatenate(inputs, axis=axis)), (lambda shapes: axis % len(shapes[0]) != 0)
+
+    def run(inputs):
+        if not p.interleave:
+            return np.concatenate(inputs, axis=axis)
+        if any(x.shape != inputs[0].shape for x in inputs):
+            raise ctx.fail(f"interleaves inputs of shapes {[x.shape for x in inputs]}; they must be one shape")
+        a = axis % inputs[0].ndim
+        stacked = np.stack(inputs, axis=a + 1)  # slice i of every input, then slice i + 1 ...
+        return stacked.reshape(inputs[0].shape[:a] + (-1,) + inputs[0].shape[a + 1 :])
+
+    return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
 @layer("sliceStatic")
@@ -151,5 +163,19 @@ def _slice_static(p, ctx: LayerContext):
 
 @layer("tile")
 def _tile(p, ctx: LayerContext):
-    reps = [int(r) for r in p.reps]
-    return (lambda inputs: np.tile(inputs[0], reps)), (lambda shapes: len(reps) < len(shapes[0]) or reps[0] == 1)
+    """The input repeated ``reps`` times along its last axes (the second input's values, when there is one)."""
+    static = [int(r) for r in p.reps]
+
+    def run(inputs):
+        x = inputs[0]
+        raw = np.asarray(inputs[1]).reshape(-1) if len(inputs) > 1 else np.asarray(static)
+        reps = [int(r) for r in raw]
+        if not 1 <= len(reps) <= x.ndim or any(r < 1 for r in reps) or np.any(raw != np.asarray(reps)):
+            raise ctx.fail(f"has reps {raw.tolist()}; it needs 1 to {x.ndim} whole positive counts")
+        lead = x.ndim - len(reps)
+        bounded_count(
+            x.shape[:lead] + tuple(d * r for d, r in zip(x.shape[lead:], reps, strict=True)), ctx.where, f"tile {ctx.name!r} output"
+        )
+        return np.tile(x, reps)
+
+    return run, lambda shapes: len(shapes) == 1 and (len(static) < len(shapes[0]) or static[0] == 1)
