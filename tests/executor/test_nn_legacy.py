@@ -973,3 +973,33 @@ def test_convolution_with_its_weights_as_the_second_input(tmp_path):
         return tf().nn.conv2d(_nhwc(x), W_INPUT.transpose(2, 3, 1, 0), 1, "SAME").numpy().transpose(0, 3, 1, 2)
 
     check(tmp_path, build, reference, ["convolution"], rank5=False)
+
+
+def test_batchnorm_with_batch_statistics(tmp_path):
+    """computeMeanVar without instanceNormalization: mean and variance over the whole batch, every axis but the
+    channel; a prediction is one image, so here (Seq 2 of a rank-5 file) over Seq, H and W. Before, it was refused."""
+    gamma, beta = np.float32([0.5, -1.0, 2.0]), np.float32([0.1, 0.2, 0.3])
+
+    def build(b, x):
+        b.add_elementwise("h", [x], "h", "MULTIPLY", alpha=-2.0)
+        b.add_elementwise("c", [x, "h"], "c", "SEQUENCE_CONCAT")
+        b.add_batchnorm(
+            "n", 3, gamma, beta, input_name="c", output_name="n", compute_mean_var=True, instance_normalization=True, epsilon=1e-3
+        )
+        b.spec.neuralNetworkClassifier.layers[-1].batchnorm.instanceNormalization = False  # the builder declines to write it
+        b.add_reshape("r", "n", "r", [1, 6, NN_SIDE, NN_SIDE], 0)
+        return "r"
+
+    def reference(x5):
+        c = np.concatenate([x5, -2 * x5], axis=0)  # [2, B, 3, 8, 8]
+        out = []
+        for b in range(c.shape[1]):
+            v = c[:, b]  # [2, 3, 8, 8]
+            mean = v.mean((0, 2, 3), keepdims=True)
+            var = v.var((0, 2, 3), keepdims=True)
+            n = (v - mean) / np.sqrt(var + 1e-3) * gamma.reshape(3, 1, 1) + beta.reshape(3, 1, 1)
+            out.append(n.reshape(1, 6, NN_SIDE, NN_SIDE))
+        return np.stack(out, axis=1)
+
+    executor, _, _ = check(tmp_path, build, reference, ["batchnorm", "concat", "reshape"])
+    assert not executor.batchable  # its statistics span the batch: one image a pass

@@ -277,17 +277,19 @@ def _batchnorm(p, ctx: LayerContext):
     eps = F32(p.epsilon or BATCHNORM_EPSILON)
     gamma, beta = ctx.weights(p.gamma, (c,)), ctx.weights(p.beta, (c,))
     if p.computeMeanVar:
-        if not p.instanceNormalization:
-            raise ctx.unsupported("computes batch statistics at run time, which the executor does not support")
+        # statistics computed at run time: over each instance's H and W (instanceNormalization), or over the whole
+        # batch, every axis but the channel; a prediction is one image, so the batch is that image's blob (run image
+        # by image: the batch rule is False)
+        instance = bool(p.instanceNormalization)
 
-        def instance(inputs):
+        def normalise(inputs):
             x = inputs[0]
-            axes = (-2, -1)
+            axes = (-2, -1) if instance else tuple(a for a in range(x.ndim) if a != x.ndim - 3)
             mean = x.mean(axis=axes, keepdims=True)
             var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
             return (x - mean) / np.sqrt(var + eps) * gamma.reshape(-1, 1, 1) + beta.reshape(-1, 1, 1)
 
-        return instance, always
+        return normalise, (always if instance else (lambda shapes: False))
     mean, var = ctx.weights(p.mean, (c,)), ctx.weights(p.variance, (c,))
     scale = gamma / np.sqrt(var + eps)
     shift = beta - mean * scale
