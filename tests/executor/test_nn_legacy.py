@@ -1003,3 +1003,25 @@ def test_batchnorm_with_batch_statistics(tmp_path):
 
     executor, _, _ = check(tmp_path, build, reference, ["batchnorm", "concat", "reshape"])
     assert not executor.batchable  # its statistics span the batch: one image a pass
+
+
+def test_every_old_layer_case_gives_the_same_values_in_a_rank5_file(tmp_path):
+    """Each test_nn_layers case built only of specification 1-3 layers, built again with the rank-5 image layout
+    ([1, B, C, H, W] blobs, batch first inside the executor): the same values per image, on a batch of three."""
+    import test_nn_layers
+
+    from exporter.runtime.executor.neuralnetwork import LEGACY_LAYERS
+
+    pix = image_pixels(3, NN_SIDE, NN_SIDE)
+    x = as_input(pix).astype(np.float64)
+    ran = set()
+    for case, (build, reference) in test_nn_layers._cases().items():
+        want = np.asarray(reference(x), np.float64).reshape(len(x), -1)
+        path = nn5_file(tmp_path, build, want.shape[1], name=case.replace(":", "_"))
+        layers = op_types(path)
+        if not layers <= LEGACY_LAYERS:
+            continue  # a later layer's axes mean other things on a rank-5 blob
+        got = CoreMLExecutor(path).predict(pix)
+        np.testing.assert_allclose(got, want, atol=OP_ATOL, rtol=OP_RTOL, err_msg=case)
+        ran.add(case.split(":")[0])
+    assert len(ran) >= 20, sorted(ran)
