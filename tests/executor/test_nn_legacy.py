@@ -641,7 +641,7 @@ def test_a_mean_image_is_subtracted_in_the_channel_order_the_network_receives(tm
 
 
 # ------------------------------------------------------------------------------------------------ recurrent layers
-COVERS |= {"simpleRecurrent", "gru", "uniDirectionalLSTM", "biDirectionalLSTM"}
+COVERS |= {"simpleRecurrent", "gru", "uniDirectionalLSTM", "biDirectionalLSTM", "NonMaximumSuppression"}
 HIDDEN, STEPS, FEATURES = 4, NN_SIDE, 3 * NN_SIDE  # the image as 8 steps of 24 values
 REC = np.random.default_rng(21)
 
@@ -1025,3 +1025,67 @@ def test_every_old_layer_case_gives_the_same_values_in_a_rank5_file(tmp_path):
         np.testing.assert_allclose(got, want, atol=OP_ATOL, rtol=OP_RTOL, err_msg=case)
         ran.add(case.split(":")[0])
     assert len(ran) >= 20, sorted(ran)
+
+
+# (x, y, w, h): boxes 0-2 overlap one another, 3 and 4 overlap, 5 stands alone
+NMS_BOXES = np.float32([[[2, 2, 4, 4], [2.5, 2, 4, 4], [3, 3, 4, 4], [8, 8, 2, 2], [8.5, 8, 2, 2], [14, 1, 3, 3]]])
+W_NMS = RNG.normal(size=(3, 12)).astype(np.float32)
+
+
+def _nms_reference(scores, iou_limit, score_limit, most, per_class):
+    def iou(a, b):
+        lo = np.maximum(a[:2] - a[2:] / 2, b[:2] - b[2:] / 2)
+        hi = np.minimum(a[:2] + a[2:] / 2, b[:2] + b[2:] / 2)
+        inter = np.prod(np.clip(hi - lo, 0, None))
+        return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+    boxes = NMS_BOXES[0].astype(np.float64)
+    best, label = scores.max(1), scores.argmax(1)
+    kept = []
+    for i in sorted(range(len(best)), key=lambda i: -best[i]):
+        if best[i] < score_limit or len(kept) == most:
+            continue
+        if all(iou(boxes[i], boxes[j]) <= iou_limit for j in kept if not per_class or label[j] == label[i]):
+            kept.append(i)
+    kept = kept or [int(best.argmax())]
+    out = np.zeros((most, 4 + 2 + 1))
+    out[:, 6] = -1
+    for k, i in enumerate(kept):
+        out[k, :4], out[k, 4:6], out[k, 6] = boxes[i], scores[i], i
+    return np.concatenate([out[:, :4].ravel(), out[:, 4:6].ravel(), out[:, 6], [len(kept)]])
+
+
+@pytest.mark.parametrize("per_class,score_limit", [(False, 0.3), (True, 0.3), (False, 0.99)])
+def test_non_maximum_suppression(tmp_path, per_class, score_limit):
+    """Six boxes with two class scores each from the image; suppression across classes or per class; a score threshold
+    no box reaches keeps the best box alone. Before, the layer was unknown to the executor."""
+
+    def build(b, x):
+        b.add_reduce_mean("m", x, "m", axes=[2, 3], keepdims=False)  # (1, 3)
+        b.add_batched_mat_mul("s", ["m"], "s", weight_matrix_rows=3, weight_matrix_columns=12, W=W_NMS)
+        b.add_reshape_static("sr", "s", "sr", [1, 6, 2])
+        b.add_activation("sig", "SIGMOID", "sr", "sig")
+        b.add_nms("nms", [_k(b, NMS_BOXES, "boxes"), "sig"], ["ob", "os", "oi", "on"], 0.3, score_limit, 4, per_class)
+        for name in ("ob", "os", "oi"):
+            b.add_reshape_static(name + "f", name, name + "f", [1, -1])
+        b.add_expand_dims("onf", "on", "onf", axes=[0])
+        b.add_concat_nd("all", ["obf", "osf", "oif", "onf"], "all", axis=1)
+        return "all"
+
+    def reference(x):
+        scores = 1 / (1 + np.exp(-(x.mean((2, 3)) @ W_NMS.astype(np.float64)).reshape(len(x), 6, 2)))
+        return np.stack([_nms_reference(s, 0.3, score_limit, 4, per_class) for s in scores])
+
+    check(tmp_path, build, reference, ["NonMaximumSuppression"], rank5=False, name=f"nms_{per_class}_{score_limit}")
+
+
+def test_reshape_static_that_infers_an_axis_after_the_batch(tmp_path):
+    """reshapeStatic to [1, -1] (a flatten, as converters write it): the file was refused as malformed ("can only
+    specify one unknown dimension"), the executor having made the leading 1 a second -1 for batching."""
+
+    def build(b, x):
+        b.add_reshape_static("r", x, "r", [1, -1])
+        return "r"
+
+    executor, _, _ = check(tmp_path, build, lambda x: x.reshape(len(x), -1), ["reshapeStatic"], rank5=False)
+    assert not executor.batchable

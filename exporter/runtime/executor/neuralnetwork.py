@@ -27,13 +27,14 @@ from . import (  # noqa: F401  (layers register)
     nnlayers_image,
     nnlayers_legacy,
     nnlayers_nd,
+    nnlayers_nms,
     nnlayers_recurrent,
     nnlayers_scatter,
     nnlayers_shape,
 )
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
-from .registry import NN
+from .registry import NN, SUPPORTED_LIST
 
 F32 = np.float32
 # NeuralNetworkImageShapeMapping: RANK5 maps an image to [Seq, Batch, C, H, W] (iOS 12 and earlier, and the default),
@@ -158,7 +159,13 @@ class Network:
 
     def _build(self, spec_layer) -> Layer:
         kind = spec_layer.WhichOneof("layer")
-        entry = NN.lookup(str(kind), f"layer {spec_layer.name!r}", self.where)
+        if kind is None:  # a type that NeuralNetwork.proto (as coremltools ships it) does not define, or none at all
+            raise UnsupportedOperationError(
+                f"NeuralNetwork layer {spec_layer.name!r} has no layer type that NeuralNetwork.proto defines (a newer "
+                f"specification's, or none); the executor runs the {len(NN.names())} types listed in {SUPPORTED_LIST}",
+                path=self.where,
+            )
+        entry = NN.lookup(kind, f"layer {spec_layer.name!r}", self.where)
         ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16, self.rank5, len(spec_layer.output), len(spec_layer.input))
         run, rule = entry.impl(getattr(spec_layer, kind), ctx)
         if self.rank5 and kind not in LEGACY_LAYERS:

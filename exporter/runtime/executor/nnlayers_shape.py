@@ -51,16 +51,20 @@ def _transpose(p, ctx: LayerContext):
 def _reshape_static(p, ctx: LayerContext):
     target = [int(s) for s in p.targetShape]
 
+    # a target that infers another axis (-1 after the first, as [1, -1] flattening) cannot also infer the batch axis:
+    # such a reshape runs image by image, with the file's shape
+    inferred = -1 in target[1:]
+
     def run(inputs):
         x = inputs[0]
         shape = list(target)
-        if ctx.batched and shape and shape[0] == 1:
+        if ctx.batched and shape and shape[0] == 1 and not inferred:
             # the batch axis, 1 in the file, N here: inferred from the size, since the input's first axis need not
             # be the batch (Dense on 4-D input reshapes (1, H, W, C) to (H*W, C) and back)
             shape[0] = -1
         return x.reshape(shape)
 
-    return run, lambda shapes: bool(target) and target[0] in (1, -1)
+    return run, lambda shapes: bool(target) and target[0] in (1, -1) and not inferred
 
 
 @layer("flattenTo2D")
