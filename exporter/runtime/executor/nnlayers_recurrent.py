@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import recurrent
 from .nnlayers import F32, LayerContext, layer
 from .nnlayers_elementwise import activation_fn
 from .nnlayers_legacy import batch_first, file_order
@@ -22,19 +23,15 @@ RECURRENT_CLIP = F32(50.0)  # NeuralNetwork.proto: clip() "constrains values bet
 CELL_CLIP_DEFAULT = 50.0  # LSTMParams.cellClipThreshold: "If 0, it is set to its default value = 50.0"
 
 
-def _clip(v: np.ndarray) -> np.ndarray:
-    return np.clip(v, -RECURRENT_CLIP, RECURRENT_CLIP)
-
-
 class _Weights:
     """One layer's matrices, decoded once: ``W`` [H, I] (input) and ``R`` [H, H] (recursion) per gate, row-major,
-    ``b`` [H] per gate (zeros without biases) and the LSTM peepholes [H]."""
+    stored transposed for ``x @ w``; ``b`` [H] per gate (zeros without biases) and the LSTM peepholes [H]."""
 
     def __init__(self, ctx: LayerContext, size_in: int, size_out: int):
         self.ctx, self.size_in, self.size_out = ctx, size_in, size_out
 
     def w(self, wp) -> np.ndarray:
-        return self.ctx.weights(wp, (self.size_out, self.size_in)).T.copy()  # x @ W.T as x @ this
+        return self.ctx.weights(wp, (self.size_out, self.size_in)).T.copy()
 
     def r(self, wp) -> np.ndarray:
         return self.ctx.weights(wp, (self.size_out, self.size_out)).T.copy()
@@ -81,14 +78,6 @@ def _outputs(y: np.ndarray, states: list[np.ndarray], ctx: LayerContext) -> list
     return [_blob(v, ctx) for v in values[: ctx.outputs]]
 
 
-def _steps(steps: list[np.ndarray], sequence: bool) -> np.ndarray:
-    return np.stack(steps, axis=1) if sequence else steps[-1][:, None]
-
-
-def _order(length: int, reverse: bool) -> range:
-    return range(length - 1, -1, -1) if reverse else range(length)
-
-
 @layer("simpleRecurrent")
 def _simple_recurrent(p, ctx: LayerContext):
     """``y_t = f(clip(W x_t + R y_{t-1} + b))``."""
@@ -99,12 +88,8 @@ def _simple_recurrent(p, ctx: LayerContext):
 
     def run(inputs):
         x = _sequence(inputs[0], size_in, ctx)
-        y = _state(inputs, 1, x.shape[0], size, ctx)
-        steps = []
-        for t in _order(x.shape[1], p.reverseInput):
-            y = f(_clip(x[:, t] @ w + y @ r + b))
-            steps.append(y)
-        return _outputs(_steps(steps, p.sequenceOutput), [y], ctx)
+        steps, y = recurrent.simple(x, _state(inputs, 1, x.shape[0], size, ctx), w, r, b, f, RECURRENT_CLIP, p.reverseInput)
+        return _outputs(recurrent.sequence(steps, p.sequenceOutput), [y], ctx)
 
     return run, lambda shapes: ctx.rank5
 
@@ -115,94 +100,49 @@ def _gru(p, ctx: LayerContext):
     + b_o))``, ``y = (1 - z) * o + z * y``."""
     size_in, size = int(p.inputVectorSize), int(p.outputVectorSize)
     weights = _Weights(ctx, size_in, size)
-    wz, wr, wo = (weights.w(p.updateGateWeightMatrix), weights.w(p.resetGateWeightMatrix), weights.w(p.outputGateWeightMatrix))
-    rz, rr, ro = (
-        weights.r(p.updateGateRecursionMatrix),
-        weights.r(p.resetGateRecursionMatrix),
-        weights.r(p.outputGateRecursionMatrix),
-    )
-    bias = p.hasBiasVectors
-    bz, br, bo = (
-        weights.v(p.updateGateBiasVector, bias),
-        weights.v(p.resetGateBiasVector, bias),
-        weights.v(p.outputGateBiasVector, bias),
-    )
+    w = [weights.w(m) for m in (p.updateGateWeightMatrix, p.resetGateWeightMatrix, p.outputGateWeightMatrix)]
+    r = [weights.r(m) for m in (p.updateGateRecursionMatrix, p.resetGateRecursionMatrix, p.outputGateRecursionMatrix)]
+    b = [weights.v(m, p.hasBiasVectors) for m in (p.updateGateBiasVector, p.resetGateBiasVector, p.outputGateBiasVector)]
     f, g = _activations(p.activations, 2, ctx)
 
     def run(inputs):
         x = _sequence(inputs[0], size_in, ctx)
-        y = _state(inputs, 1, x.shape[0], size, ctx)
-        steps = []
-        for t in _order(x.shape[1], p.reverseInput):
-            xt = x[:, t]
-            z = f(_clip(xt @ wz + y @ rz + bz))
-            r = f(_clip(xt @ wr + y @ rr + br))
-            o = g(_clip(xt @ wo + (y * r) @ ro + bo))
-            y = (F32(1) - z) * o + z * y
-            steps.append(y)
-        return _outputs(_steps(steps, p.sequenceOutput), [y], ctx)
+        y0 = _state(inputs, 1, x.shape[0], size, ctx)
+        steps, y = recurrent.gru(x, y0, w, r, b, f, g, RECURRENT_CLIP, p.reverseInput, reset_inside=True)
+        return _outputs(recurrent.sequence(steps, p.sequenceOutput), [y], ctx)
 
     return run, lambda shapes: ctx.rank5
 
 
-class _LSTM:
-    """One direction of an LSTM: its weights (``LSTMWeightParams``), the shared ``LSTMParams`` and the activations
-    [f, g, h]."""
-
-    def __init__(self, wp, params, activations, ctx: LayerContext, size_in: int, size: int):
-        weights = _Weights(ctx, size_in, size)
-        self.w = [
-            weights.w(m)
-            for m in (wp.inputGateWeightMatrix, wp.forgetGateWeightMatrix, wp.blockInputWeightMatrix, wp.outputGateWeightMatrix)
-        ]
-        self.r = [
-            weights.r(m)
-            for m in (wp.inputGateRecursionMatrix, wp.forgetGateRecursionMatrix, wp.blockInputRecursionMatrix, wp.outputGateRecursionMatrix)
-        ]
-        bias = params.hasBiasVectors
-        self.b = [
-            weights.v(m, bias) for m in (wp.inputGateBiasVector, wp.forgetGateBiasVector, wp.blockInputBiasVector, wp.outputGateBiasVector)
-        ]
-        if params.forgetBias:
-            self.b[1] = self.b[1] + F32(1)
-        peep = params.hasPeepholeVectors
-        self.p = [weights.v(m, peep) for m in (wp.inputGatePeepholeVector, wp.forgetGatePeepholeVector, wp.outputGatePeepholeVector)]
-        self.f, self.g, self.h = activations
-        self.coupled = params.coupledInputAndForgetGate
-        self.cell_clip = F32(params.cellClipThreshold or CELL_CLIP_DEFAULT)
-
-    def step(self, xt, y, c):
-        w, r, b, p = self.w, self.r, self.b, self.p
-        i = self.f(_clip(xt @ w[0] + y @ r[0] + p[0] * c + b[0]))
-        z = self.g(_clip(xt @ w[2] + y @ r[2] + b[2]))
-        if self.coupled:
-            c = c * (F32(1) - i) + i * z
-        else:
-            forget = self.f(_clip(xt @ w[1] + y @ r[1] + p[1] * c + b[1]))
-            c = c * forget + i * z
-        c = np.clip(c, -self.cell_clip, self.cell_clip)
-        o = self.f(_clip(xt @ w[3] + y @ r[3] + p[2] * c + b[3]))
-        return self.h(c) * o, c
-
-    def run(self, x, y, c, reverse: bool):
-        """Outputs per processed step (in processing order) and the final (y, c)."""
-        steps = []
-        for t in _order(x.shape[1], reverse):
-            y, c = self.step(x[:, t], y, c)
-            steps.append(y)
-        return steps, y, c
+def _lstm(wp, params, activations, ctx: LayerContext, size_in: int, size: int) -> recurrent.LSTM:
+    """One direction from its ``LSTMWeightParams``, the shared ``LSTMParams`` and the activations [f, g, h]."""
+    weights = _Weights(ctx, size_in, size)
+    w = [weights.w(m) for m in (wp.inputGateWeightMatrix, wp.forgetGateWeightMatrix, wp.blockInputWeightMatrix, wp.outputGateWeightMatrix)]
+    r = [
+        weights.r(m)
+        for m in (wp.inputGateRecursionMatrix, wp.forgetGateRecursionMatrix, wp.blockInputRecursionMatrix, wp.outputGateRecursionMatrix)
+    ]
+    bias = params.hasBiasVectors
+    b = [weights.v(m, bias) for m in (wp.inputGateBiasVector, wp.forgetGateBiasVector, wp.blockInputBiasVector, wp.outputGateBiasVector)]
+    if params.forgetBias:
+        b[1] = b[1] + F32(1)
+    peep = params.hasPeepholeVectors
+    p = [weights.v(m, peep) for m in (wp.inputGatePeepholeVector, wp.forgetGatePeepholeVector, wp.outputGatePeepholeVector)]
+    cell_clip = F32(params.cellClipThreshold or CELL_CLIP_DEFAULT)
+    f, g, h = activations
+    return recurrent.LSTM(w, r, b, p, f, g, h, params.coupledInputAndForgetGate, cell_clip, RECURRENT_CLIP)
 
 
 @layer("uniDirectionalLSTM")
 def _unidirectional_lstm(p, ctx: LayerContext):
     size_in, size = int(p.inputVectorSize), int(p.outputVectorSize)
-    cell = _LSTM(p.weightParams, p.params, _activations(p.activations, 3, ctx), ctx, size_in, size)
+    cell = _lstm(p.weightParams, p.params, _activations(p.activations, 3, ctx), ctx, size_in, size)
 
     def run(inputs):
         x = _sequence(inputs[0], size_in, ctx)
         batch = x.shape[0]
         steps, y, c = cell.run(x, _state(inputs, 1, batch, size, ctx), _state(inputs, 2, batch, size, ctx), p.reverseInput)
-        return _outputs(_steps(steps, p.params.sequenceOutput), [y, c], ctx)
+        return _outputs(recurrent.sequence(steps, p.params.sequenceOutput), [y, c], ctx)
 
     return run, lambda shapes: ctx.rank5
 
@@ -214,19 +154,22 @@ def _bidirectional_lstm(p, ctx: LayerContext):
     size_in, size = int(p.inputVectorSize), int(p.outputVectorSize)
     if len(p.weightParams) != 2:
         raise ctx.fail(f"has {len(p.weightParams)} weight sets; NeuralNetwork.proto says 2 (forward, backward)")
-    forward = _LSTM(p.weightParams[0], p.params, _activations(p.activationsForwardLSTM, 3, ctx), ctx, size_in, size)
-    backward = _LSTM(p.weightParams[1], p.params, _activations(p.activationsBackwardLSTM, 3, ctx), ctx, size_in, size)
+    forward = _lstm(p.weightParams[0], p.params, _activations(p.activationsForwardLSTM, 3, ctx), ctx, size_in, size)
+    backward = _lstm(p.weightParams[1], p.params, _activations(p.activationsBackwardLSTM, 3, ctx), ctx, size_in, size)
 
     def run(inputs):
         x = _sequence(inputs[0], size_in, ctx)
         batch = x.shape[0]
         fs, fy, fc = forward.run(x, _state(inputs, 1, batch, size, ctx), _state(inputs, 2, batch, size, ctx), False)
         bs, by, bc = backward.run(x, _state(inputs, 3, batch, size, ctx), _state(inputs, 4, batch, size, ctx), True)
-        bs = bs[::-1]  # step t's backward output: the backward LSTM having read x_T ... x_t
-        if p.params.sequenceOutput:
-            y = np.concatenate([np.stack(fs, axis=1), np.stack(bs, axis=1)], axis=-1)
-        else:
-            y = np.concatenate([fy, by], axis=-1)[:, None]
-        return _outputs(y, [fy, fc, by, bc], ctx)
+        return _outputs(bidirectional(fs, fy, bs, by, p.params.sequenceOutput), [fy, fc, by, bc], ctx)
 
     return run, lambda shapes: ctx.rank5
+
+
+def bidirectional(fs, fy, bs, by, every: bool) -> np.ndarray:
+    """[forward, backward] per step, the backward output of step t being the backward LSTM's after reading x_T ...
+    x_t (its steps come in processing order), or of the last steps."""
+    if every:
+        return np.concatenate([np.stack(fs, axis=1), np.stack(bs[::-1], axis=1)], axis=-1)
+    return np.concatenate([fy, by], axis=-1)[:, None]
