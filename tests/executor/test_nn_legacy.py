@@ -1089,3 +1089,34 @@ def test_reshape_static_that_infers_an_axis_after_the_batch(tmp_path):
 
     executor, _, _ = check(tmp_path, build, lambda x: x.reshape(len(x), -1), ["reshapeStatic"], rank5=False)
     assert not executor.batchable
+
+
+def test_recurrent_activations_take_the_fixed_parameters(tmp_path):
+    """coremltools writes a recurrent layer's Linear, Hard sigmoid and Scaled tanh without parameters (alpha = beta =
+    0); NeuralNetwork.proto fixes them for these layers (hard sigmoid 0.2, 0.5; scaled tanh 1.7159, 2/3; linear the
+    identity). Before, the zero parameters were applied: every gate was 0 (hard sigmoid) and the output 0."""
+
+    def build(b, x):
+        b.add_unilstm(
+            "lstm", R_LSTM, W_LSTM, B_LSTM, HIDDEN, FEATURES, [_as_sequence(b, x)], ["y"],
+            inner_activation="SIGMOID_HARD", cell_state_update_activation="SCALED_TANH", output_activation="LINEAR",
+            output_all=True,
+        )  # fmt: skip
+        return _gather_sequence(b, "y", STEPS)
+
+    def reference(x5):
+        seq = _ref_sequence(x5)
+        y = c = np.zeros((len(seq), HIDDEN))
+        (wi, wf, wo, wz), (ri, rf, ro, rz), (bi, bf, bo, bz) = W_LSTM, R_LSTM, B_LSTM
+        hard = lambda v: np.clip(0.2 * _c50(v) + 0.5, 0, 1)  # noqa: E731
+        out = []
+        for t in range(STEPS):
+            xt = seq[:, t]
+            i, f = hard(xt @ wi.T + y @ ri.T + bi), hard(xt @ wf.T + y @ rf.T + bf)
+            z = 1.7159 * np.tanh(2 / 3 * _c50(xt @ wz.T + y @ rz.T + bz))
+            c = np.clip(c * f + i * z, -50000.0, 50000.0)
+            y = c * hard(xt @ wo.T + y @ ro.T + bo)
+            out.append(y)
+        return _ref_blob(np.stack(out, 1), STEPS)
+
+    check(tmp_path, build, reference, ["uniDirectionalLSTM"])

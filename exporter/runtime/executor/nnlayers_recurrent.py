@@ -16,7 +16,6 @@ import numpy as np
 
 from . import recurrent
 from .nnlayers import F32, LayerContext, layer
-from .nnlayers_elementwise import activation_fn
 from .nnlayers_legacy import batch_first, file_order
 
 RECURRENT_CLIP = F32(50.0)  # NeuralNetwork.proto: clip() "constrains values between [-50.0, 50.0]"
@@ -40,11 +39,29 @@ class _Weights:
         return self.ctx.weights(wp, (self.size_out,)) if present else np.zeros(self.size_out, F32)
 
 
+# ActivationParams kinds the recurrent layers take -> recurrent.ACTIVATIONS (their parameters are fixed there)
+_KINDS = {
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "ReLU": "relu",
+    "linear": "linear",
+    "sigmoidHard": "hard_sigmoid",
+    "scaledTanh": "scaled_tanh",
+}
+
+
+def _activation(params, ctx: LayerContext):
+    kind = params.WhichOneof("NonlinearityType")
+    if kind not in _KINDS:
+        raise ctx.unsupported(f"uses activation {kind!r}; NeuralNetwork.proto's recurrent layers take {', '.join(_KINDS)}")
+    return recurrent.ACTIVATIONS[_KINDS[kind]]
+
+
 def _activations(params, count: int, ctx: LayerContext) -> list:
     found = list(params)
     if len(found) != count:
         raise ctx.fail(f"has {len(found)} activations; NeuralNetwork.proto says {count}")
-    return [activation_fn(a, ctx) for a in found]
+    return [_activation(a, ctx) for a in found]
 
 
 def _sequence(x: np.ndarray, size_in: int, ctx: LayerContext) -> np.ndarray:
@@ -84,7 +101,7 @@ def _simple_recurrent(p, ctx: LayerContext):
     size_in, size = int(p.inputVectorSize), int(p.outputVectorSize)
     weights = _Weights(ctx, size_in, size)
     w, r, b = weights.w(p.weightMatrix), weights.r(p.recursionMatrix), weights.v(p.biasVector, p.hasBiasVector)
-    f = activation_fn(p.activation, ctx)
+    f = _activation(p.activation, ctx)
 
     def run(inputs):
         x = _sequence(inputs[0], size_in, ctx)

@@ -15,6 +15,22 @@ F32 = np.float32
 Fn = Callable[[np.ndarray], np.ndarray]
 
 
+# The activations a recurrent cell takes, by name. NeuralNetwork.proto fixes the parameters of two of them for the
+# recurrent layers ("Scaled Tanh (alpha = 1.71, beta = 2/3), Hard sigmoid (alpha = 0.2, beta = 0.5)"; 1.7159 is
+# LeCun's constant that 1.71 abbreviates) and coremltools writes them without parameters (as it writes Linear, the
+# identity); the ML Program ops name the same set without parameters, and are given the same values.
+SCALED_TANH_ALPHA, SCALED_TANH_BETA = F32(1.7159), F32(2.0 / 3.0)
+HARD_SIGMOID_ALPHA, HARD_SIGMOID_BETA = F32(0.2), F32(0.5)
+ACTIVATIONS: dict[str, Fn] = {
+    "sigmoid": lambda v: F32(1) / (F32(1) + np.exp(-v)),
+    "tanh": np.tanh,
+    "relu": lambda v: np.maximum(v, F32(0)),
+    "linear": lambda v: v,
+    "hard_sigmoid": lambda v: np.clip(HARD_SIGMOID_ALPHA * v + HARD_SIGMOID_BETA, F32(0), F32(1)),
+    "scaled_tanh": lambda v: SCALED_TANH_ALPHA * np.tanh(SCALED_TANH_BETA * v),
+}
+
+
 def _clip(v: np.ndarray, limit: F32 | None) -> np.ndarray:
     return v if limit is None else np.clip(v, -limit, limit)
 
