@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from executor_helpers import IMAGE_BIAS, IMAGE_SCALE, NN_SIDE, OP_ATOL, OP_RTOL, CoreMLExecutor, as_input, ct, image_pixels, op_types, tf
+from executor_helpers import (
+    IMAGE_BIAS,
+    IMAGE_SCALE,
+    NN_SIDE,
+    OP_ATOL,
+    OP_RTOL,
+    CoreMLExecutor,
+    as_input,
+    check_op_case,
+    ct,
+    image_pixels,
+    mb,
+    op_types,
+    tf,
+)
 
 from exporter.errors import ConversionError, UnsupportedOperationError
 
@@ -1120,3 +1134,156 @@ def test_recurrent_activations_take_the_fixed_parameters(tmp_path):
         return _ref_blob(np.stack(out, 1), STEPS)
 
     check(tmp_path, build, reference, ["uniDirectionalLSTM"])
+
+
+# ------------------------------------------------------------------------------------------------ ML Program recurrent ops
+MIL_COVERS = {"rnn", "gru", "lstm"}  # test_registry counts these among the ML Program ops' cases
+MH, MS, MI = 4, 9, 27  # hidden size; the 9 x 9 image as 9 steps of 27 values
+MIL_REC = np.random.default_rng(31)
+
+
+def _mil(count, rows, cols=None):
+    shape = (count * rows,) if cols is None else (count * rows, cols)
+    return (0.3 * MIL_REC.normal(size=shape)).astype(np.float32)
+
+
+M_WIH, M_WHH, M_B, M_P = _mil(4, MH, MI), _mil(4, MH, MH), _mil(4, MH), _mil(3, MH)
+M_WIH_B, M_WHH_B, M_B_B, M_P_B = _mil(4, MH, MI), _mil(4, MH, MH), _mil(4, MH), _mil(3, MH)
+G_WIH, G_WHH, G_B = _mil(3, MH, MI), _mil(3, MH, MH), _mil(3, MH)
+R_WIH, R_WHH, R_B = _mil(1, MH, MI), _mil(1, MH, MH), _mil(1, MH)
+M_H0, M_C0 = _mil(1, 2 * MH).reshape(1, -1), _mil(1, 2 * MH).reshape(1, -1)
+
+
+def _mil_sequence(x):
+    return x.reshape(len(x), MS, MI)  # (B, S, I): each image in row-major order (the program's reshape)
+
+
+def _mil_body(op, *outputs):
+    """A program: the image as a (9, 1, 27) sequence through ``op``, its outputs flattened and joined."""
+
+    def body(x):
+        seq = mb.reshape(x=x, shape=[MS, 1, MI])
+        results = op(seq)
+        results = results if isinstance(results, (list, tuple)) else [results]
+        return mb.concat(values=[mb.reshape(x=results[i], shape=[1, -1]) for i in outputs], axis=1)
+
+    return body
+
+
+def _act(name):
+    return {
+        "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+        "tanh": np.tanh,
+        "relu": lambda v: np.maximum(v, 0),
+        "hard_sigmoid": lambda v: np.clip(0.2 * v + 0.5, 0, 1),
+    }[name]
+
+
+def _steps(reverse):
+    return range(MS)[::-1] if reverse else range(MS)
+
+
+@pytest.mark.parametrize("reverse,every,activation", [(False, False, "tanh"), (True, True, "relu")])
+def test_mil_rnn(tmp_path, reverse, every, activation):
+    def op(seq):
+        return mb.rnn(
+            x=seq, initial_h=M_H0[:, :MH], weight_ih=R_WIH, weight_hh=R_WHH, bias=R_B,
+            direction="reverse" if reverse else "forward", output_sequence=every, activation=activation,
+        )  # fmt: skip
+
+    def reference(x):
+        seq, out = _mil_sequence(x), []
+        h = np.repeat(M_H0[:, :MH], len(x), 0).astype(np.float64)
+        for t in _steps(reverse):
+            h = _act(activation)(seq[:, t] @ R_WIH.T + h @ R_WHH.T + R_B)
+            out.append(h)
+        y = np.stack(out, 1) if every else h[:, None]
+        return np.concatenate([y.reshape(len(x), -1), h], 1)
+
+    check_op_case(tmp_path, "rnn", _mil_body(op, 0, 1), reference, {})
+
+
+@pytest.mark.parametrize("reverse,every", [(False, True), (True, False)])
+def test_mil_gru(tmp_path, reverse, every):
+    """Weights and bias stacked (r, o, z); the reset gate multiplies W_ho h (the MIL definition)."""
+
+    def op(seq):
+        return mb.gru(
+            x=seq, initial_h=M_H0[:, :MH], weight_ih=G_WIH, weight_hh=G_WHH, bias=G_B,
+            direction="reverse" if reverse else "forward", output_sequence=every, recurrent_activation="hard_sigmoid",
+        )  # fmt: skip
+
+    def reference(x):
+        seq, out = _mil_sequence(x), []
+        (wr, wo, wz), (rr, ro, rz), (br, bo, bz) = np.split(G_WIH, 3), np.split(G_WHH, 3), np.split(G_B, 3)
+        h = np.repeat(M_H0[:, :MH], len(x), 0).astype(np.float64)
+        for t in _steps(reverse):
+            xt = seq[:, t]
+            r = _act("hard_sigmoid")(xt @ wr.T + h @ rr.T + br)
+            z = _act("hard_sigmoid")(xt @ wz.T + h @ rz.T + bz)
+            o = np.tanh(xt @ wo.T + r * (h @ ro.T) + bo)
+            h = (1 - z) * o + z * h
+            out.append(h)
+        y = np.stack(out, 1) if every else h[:, None]
+        return np.concatenate([y.reshape(len(x), -1), h], 1)
+
+    check_op_case(tmp_path, "gru", _mil_body(op, 0, 1), reference, {})
+
+
+def _mil_lstm_ref(seq, h, c, wih, whh, b, p, clip, order):
+    (wi, wf, wo, wz), (ri, rf, ro, rz), (bi, bf, bo, bz) = np.split(wih, 4), np.split(whh, 4), np.split(b, 4)
+    pi, pf, po = np.split(p, 3)
+    out = []
+    for t in order:
+        xt = seq[:, t]
+        i = _act("sigmoid")(xt @ wi.T + h @ ri.T + pi * c + bi)
+        f = _act("sigmoid")(xt @ wf.T + h @ rf.T + pf * c + bf)
+        z = np.tanh(xt @ wz.T + h @ rz.T + bz)
+        c = f * c + i * z
+        if clip is not None:
+            c = np.clip(c, -clip, clip)
+        o = _act("sigmoid")(xt @ wo.T + h @ ro.T + po * c + bo)
+        h = o * np.tanh(c)
+        out.append(h)
+    return out, h, c
+
+
+@pytest.mark.parametrize("direction,every", [("forward", False), ("reverse", True), ("bidirectional", True), ("bidirectional", False)])
+def test_mil_lstm(tmp_path, direction, every):
+    """Peepholes and a cell clip of 0.4 (reached); bidirectional: *_back weights, states [forward | backward]."""
+    two = direction == "bidirectional"
+    width = 2 * MH if two else MH
+    back = {"weight_ih_back": M_WIH_B, "weight_hh_back": M_WHH_B, "bias_back": M_B_B, "peephole_back": M_P_B} if two else {}
+
+    def op(seq):
+        return mb.lstm(
+            x=seq, initial_h=M_H0[:, :width], initial_c=M_C0[:, :width], weight_ih=M_WIH, weight_hh=M_WHH, bias=M_B,
+            peephole=M_P, direction=direction, output_sequence=every, clip=0.4, **back,
+        )  # fmt: skip
+
+    def reference(x):
+        seq, n = _mil_sequence(x), len(x)
+        h0, c0 = np.repeat(M_H0[:, :width], n, 0).astype(np.float64), np.repeat(M_C0[:, :width], n, 0).astype(np.float64)
+        fs, fh, fc = _mil_lstm_ref(seq, h0[:, :MH], c0[:, :MH], M_WIH, M_WHH, M_B, M_P, 0.4, _steps(direction == "reverse"))
+        if not two:
+            y = np.stack(fs, 1) if every else fh[:, None]
+            return np.concatenate([y.reshape(n, -1), fh, fc], 1)
+        bs, bh, bc = _mil_lstm_ref(seq, h0[:, MH:], c0[:, MH:], M_WIH_B, M_WHH_B, M_B_B, M_P_B, 0.4, _steps(True))
+        y = np.concatenate([np.stack(fs, 1), np.stack(bs[::-1], 1)], -1) if every else np.concatenate([fh, bh], -1)[:, None]
+        return np.concatenate([y.reshape(n, -1), fh, bh, fc, bc], 1)
+
+    check_op_case(tmp_path, "lstm", _mil_body(op, 0, 1, 2), reference, {})
+
+
+def test_mil_gru_reset_after_is_refused_in_one_line(tmp_path):
+    """iOS18's gru reset_after, whose arithmetic the MIL definition leaves unstated, is refused naming the op."""
+    from executor_helpers import program_file
+
+    def op(seq):
+        return mb.gru(x=seq, initial_h=M_H0[:, :MH], weight_ih=G_WIH, weight_hh=G_WHH, reset_after=True)
+
+    path = program_file(tmp_path, _mil_body(op, 0), optimize=False, target=ct.target.iOS18)
+    with pytest.raises(UnsupportedOperationError) as info:
+        CoreMLExecutor(path)
+    message = str(info.value)
+    assert "gru op" in message and "reset_after" in message and path.name in message and "\n" not in message

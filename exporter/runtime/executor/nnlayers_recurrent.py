@@ -179,14 +179,6 @@ def _bidirectional_lstm(p, ctx: LayerContext):
         batch = x.shape[0]
         fs, fy, fc = forward.run(x, _state(inputs, 1, batch, size, ctx), _state(inputs, 2, batch, size, ctx), False)
         bs, by, bc = backward.run(x, _state(inputs, 3, batch, size, ctx), _state(inputs, 4, batch, size, ctx), True)
-        return _outputs(bidirectional(fs, fy, bs, by, p.params.sequenceOutput), [fy, fc, by, bc], ctx)
+        return _outputs(recurrent.bidirectional(fs, fy, bs, by, p.params.sequenceOutput), [fy, fc, by, bc], ctx)
 
     return run, lambda shapes: ctx.rank5
-
-
-def bidirectional(fs, fy, bs, by, every: bool) -> np.ndarray:
-    """[forward, backward] per step, the backward output of step t being the backward LSTM's after reading x_T ...
-    x_t (its steps come in processing order), or of the last steps."""
-    if every:
-        return np.concatenate([np.stack(fs, axis=1), np.stack(bs[::-1], axis=1)], axis=-1)
-    return np.concatenate([fy, by], axis=-1)[:, None]

@@ -99,3 +99,11 @@ class LSTM:
 def sequence(steps: list[np.ndarray], every: bool) -> np.ndarray:
     """(Batch, Seq, H) of every step's output, or (Batch, 1, H) of the last."""
     return np.stack(steps, axis=1) if every else steps[-1][:, None]
+
+
+def bidirectional(fs, fy, bs, by, every: bool) -> np.ndarray:
+    """[forward, backward] per step, the backward output of step t being the backward LSTM's after reading x_T ...
+    x_t (its steps come in processing order), or of the last steps: (Batch, Seq or 1, 2H)."""
+    if every:
+        return np.concatenate([np.stack(fs, axis=1), np.stack(bs[::-1], axis=1)], axis=-1)
+    return np.concatenate([fy, by], axis=-1)[:, None]
