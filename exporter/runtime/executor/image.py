@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import ConfigError, UnsupportedOperationError
+from ...errors import ConfigError, ConversionError, UnsupportedOperationError
 
 # ImageFeatureType.ColorSpace values (FeatureTypes.proto).
 GRAYSCALE, RGB, BGR, GRAYSCALE_FLOAT16 = 10, 20, 30, 40
@@ -62,11 +62,27 @@ def to_tensor(pixels: np.ndarray, image: ImageInput, where: str) -> np.ndarray:
 
 
 def scaler(nn, image: ImageInput, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, bias) per tensor channel that a NeuralNetwork file applies to its image input: y = scale * x + bias."""
+    """(scale, bias), each broadcastable to (C, H, W), that a NeuralNetwork file applies to its image input:
+    y = scale * x + bias. A ``NeuralNetworkImageScaler`` gives one scale and a bias per channel; a
+    ``NeuralNetworkMeanImage`` (Caffe-era files) subtracts a whole [C, H, W] mean image, in the channel order the
+    network receives (B, G, R for a BGR input)."""
     steps = [p for p in nn.preprocessing if p.featureName in ("", image.name)]
-    scale, bias = np.ones(image.channels, np.float32), np.zeros(image.channels, np.float32)
+    scale, bias = np.ones((image.channels, 1, 1), np.float32), np.zeros((image.channels, 1, 1), np.float32)
+    if len(steps) > 1:
+        kinds = [step.WhichOneof("preprocessor") for step in steps]
+        raise UnsupportedOperationError(
+            f"image input has {len(steps)} preprocessing steps {kinds}, whose order Core ML does not define", path=where
+        )
     for step in steps:
         kind = step.WhichOneof("preprocessor")
+        if kind == "meanImage":
+            mean = np.asarray(step.meanImage.meanImage, np.float32)
+            expected = image.channels * image.height * image.width
+            if mean.size != expected:
+                raise ConversionError(
+                    f"mean image has {mean.size} values, the {image.channels}x{image.height}x{image.width} input {expected}", path=where
+                )
+            return scale, -mean.reshape(image.channels, image.height, image.width)
         if kind != "scaler":
             raise UnsupportedOperationError(f"image preprocessing {kind!r} is not supported", path=where)
         s = step.scaler
@@ -75,7 +91,7 @@ def scaler(nn, image: ImageInput, where: str) -> tuple[np.ndarray, np.ndarray]:
         if image.order == "L":
             bias[:] = s.grayBias
         elif image.order == "RGB":
-            bias[:] = (s.redBias, s.greenBias, s.blueBias)
+            bias[:, 0, 0] = (s.redBias, s.greenBias, s.blueBias)
         else:
-            bias[:] = (s.blueBias, s.greenBias, s.redBias)
+            bias[:, 0, 0] = (s.blueBias, s.greenBias, s.redBias)
     return scale, bias

@@ -31,15 +31,20 @@ def _indices(c: OpCall, key: str, size: int | np.ndarray) -> np.ndarray:
     return np.where(indices < 0, indices + size, indices)
 
 
-def _write(c: OpCall, out: np.ndarray, where: tuple, updates: np.ndarray, default_mode: str) -> np.ndarray:
-    mode = c.const("mode", default_mode)
+def combine(out: np.ndarray, where: tuple, updates: np.ndarray, mode: str) -> np.ndarray:
+    """``out`` with ``updates`` written at ``where`` by ``mode`` ("update" or one of ``_MODES``; the caller checks)."""
     if mode == "update":
         out[where] = updates
-    elif mode in _MODES:
-        _MODES[mode].at(out, where, updates.astype(out.dtype, copy=False))
     else:
-        raise c.unsupported(f"has unknown mode {mode!r} (update, {', '.join(_MODES)})")
+        _MODES[mode].at(out, where, updates.astype(out.dtype, copy=False))
     return out
+
+
+def _write(c: OpCall, out: np.ndarray, where: tuple, updates: np.ndarray, default_mode: str) -> np.ndarray:
+    mode = c.const("mode", default_mode)
+    if mode != "update" and mode not in _MODES:
+        raise c.unsupported(f"has unknown mode {mode!r} (update, {', '.join(_MODES)})")
+    return combine(out, where, updates, mode)
 
 
 def _data(c: OpCall) -> np.ndarray:
@@ -136,7 +141,12 @@ def _band_part(c: OpCall):
     x = c["x"]
     if x.ndim < 2:
         raise c.fail(f"needs a tensor of rank 2 or more, has rank {x.ndim}")
-    lower, upper = int(c.const("lower", -1)), int(c.const("upper", -1))
+    return band(x, int(c.const("lower", -1)), int(c.const("upper", -1)))
+
+
+def band(x: np.ndarray, lower: int, upper: int) -> np.ndarray:
+    """``x`` (rank 2 or more) with row m, column n of its last two axes kept when (lower < 0 or m - n <= lower) and
+    (upper < 0 or n - m <= upper), 0 elsewhere."""
     m = np.arange(x.shape[-2])[:, None]
     n = np.arange(x.shape[-1])[None, :]
     keep = ((lower < 0) | (m - n <= lower)) & ((upper < 0) | (n - m <= upper))

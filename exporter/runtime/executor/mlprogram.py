@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import live, mil_constexpr, mil_elementwise, mil_resample, mil_scatter, mil_shape, mil_tensor, plan, stages  # noqa: F401  (ops register)
+from . import live, mil_constexpr, mil_elementwise, mil_recurrent, mil_resample, mil_scatter, mil_shape, mil_tensor, plan, stages  # noqa: F401  (ops register)
 from .milvalue import BY_NAME, FLOAT_TYPES, WeightFiles, decode, tensor_type
 from .registry import MIL, OpCall
 

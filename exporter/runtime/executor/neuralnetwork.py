@@ -1,5 +1,14 @@
 """A NeuralNetwork classifier (``spec.neuralNetworkClassifier``, the .mlmodel format) loaded into numpy layers.
 
+Two image layouts exist. From specification 4 (iOS 13) a file may map its image to a rank-4 blob (N, C, H, W)
+(``RANK4_IMAGE_MAPPING``); every file of specification 1-3, and later ones that keep the default, map it to a
+rank-5 blob ``[Seq, Batch, C, H, W]`` (``RANK5_IMAGE_MAPPING``), and their layers work on rank-5 blobs. The executor
+holds those blobs batch first, ``(Batch, Seq, C, H, W)``, so that the images of a pass lie on axis 0 as everywhere
+else: the layers of specification 1-3 (``LEGACY_LAYERS``) treat every axis before the channel alike or, for the few
+that address the sequence axis (permute, reshape, sequenceRepeat, concat along the sequence), read
+``ctx.rank5`` to find it; any later layer in such a file gets its rank-5 inputs in the file's own order (the two
+leading axes swapped back) and does not run on batches.
+
 The file's image scaler is applied first, then the layers in file order (the format requires a topological order),
 and the blob named by ``labelProbabilityLayerName`` is the class probabilities in label order. NeuralNetwork files
 do not declare intermediate shapes, so loading runs one zero image through the network: that checks every layer
@@ -12,13 +21,83 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ConversionError, UnsupportedOperationError
-from . import live, nnlayers_elementwise, nnlayers_image, nnlayers_nd, nnlayers_shape  # noqa: F401  (layers register)
+from . import (  # noqa: F401  (layers register)
+    live,
+    nnlayers_elementwise,
+    nnlayers_image,
+    nnlayers_legacy,
+    nnlayers_nd,
+    nnlayers_nms,
+    nnlayers_recurrent,
+    nnlayers_scatter,
+    nnlayers_shape,
+)
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
-from .registry import NN
+from .registry import NN, SUPPORTED_LIST
 
 F32 = np.float32
-RANK4_IMAGE_MAPPING = 1  # NeuralNetworkImageShapeMapping: images are (N, C, H, W); rank 5 is the pre-iOS13 layout
+# NeuralNetworkImageShapeMapping: RANK5 maps an image to [Seq, Batch, C, H, W] (iOS 12 and earlier, and the default),
+# RANK4 to [N, C, H, W]
+RANK5_IMAGE_MAPPING, RANK4_IMAGE_MAPPING = 0, 1
+# The layers of specifications 1-3 (NeuralNetwork.proto before iOS 13): on a rank-5 blob each treats the axes before
+# the channel as batch, or finds the sequence axis from ``ctx.rank5``; they run on the executor's batch-first blobs.
+LEGACY_LAYERS = frozenset(
+    {
+        "convolution",
+        "pooling",
+        "activation",
+        "innerProduct",
+        "embedding",
+        "batchnorm",
+        "mvn",
+        "l2normalize",
+        "softmax",
+        "lrn",
+        "crop",
+        "padding",
+        "upsample",
+        "resizeBilinear",
+        "unary",
+        "add",
+        "multiply",
+        "average",
+        "scale",
+        "bias",
+        "max",
+        "min",
+        "dot",
+        "reduce",
+        "loadConstant",
+        "reshape",
+        "flatten",
+        "permute",
+        "concat",
+        "split",
+        "sequenceRepeat",
+        "reorganizeData",
+        "slice",
+        "simpleRecurrent",
+        "gru",
+        "uniDirectionalLSTM",
+        "biDirectionalLSTM",
+    }
+)
+
+
+# Layers declined on purpose, with the reason the refusal gives (other unknown names are refused as unsupported).
+NN.refuse(
+    "gives an output whose shape depends on the input's values (the positions of its non-zero entries), so no "
+    "fixed-shape pass or batch can be planned for it",
+    "whereNonZero",
+)
+NN.refuse(
+    "draws random numbers from Core ML's own generator, which cannot be reproduced, so its results could not be compared with Core ML's",
+    *(f"random{kind}{form}" for kind in ("Normal", "Uniform", "Bernoulli") for form in ("Like", "Static", "Dynamic")),
+    "categoricalDistribution",
+)
+NN.refuse("is a custom layer, code supplied by the app at run time, which the executor never runs", "custom")
+NN.refuse("is control flow over nested networks", "branch", "loop", "loopBreak", "loopContinue")
 
 
 class Layer:
@@ -29,6 +108,27 @@ class Layer:
         self.release: list[str] = []
 
 
+def _never(_shapes) -> bool:
+    return False
+
+
+def _swap_leading(value):
+    return np.swapaxes(value, 0, 1) if isinstance(value, np.ndarray) and value.ndim == 5 else value
+
+
+def _in_file_order(run):
+    """A layer of specification 4 or later in a rank-5 file: its rank-5 inputs and outputs in the file's order
+    ``[Seq, Batch, ...]`` (the executor holds them batch first)."""
+
+    def wrapped(inputs):
+        out = run([_swap_leading(x) for x in inputs])
+        if isinstance(out, (list, tuple)):
+            return [_swap_leading(np.asarray(v)) for v in out]
+        return _swap_leading(np.asarray(out))
+
+    return wrapped
+
+
 class Network:
     """A loaded NeuralNetwork classifier. ``run(x)`` maps the (N, C, H, W) float32 image tensor to (N, K)."""
 
@@ -37,17 +137,19 @@ class Network:
         if kind != "neuralNetworkClassifier":
             raise UnsupportedOperationError(f"model type {kind!r} is not supported; the executor runs classifiers", path=where)
         nn = spec.neuralNetworkClassifier
-        if nn.imageInputShapeMapping != RANK4_IMAGE_MAPPING:
+        if nn.imageInputShapeMapping not in (RANK5_IMAGE_MAPPING, RANK4_IMAGE_MAPPING):
             raise UnsupportedOperationError(
-                "NeuralNetwork uses the rank-5 image layout of iOS 12 and earlier, which the executor does not support", path=where
+                f"NeuralNetwork has image shape mapping {nn.imageInputShapeMapping}, which NeuralNetwork.proto does not define",
+                path=where,
             )
+        self.rank5 = nn.imageInputShapeMapping == RANK5_IMAGE_MAPPING
         self.where, self.fp16, self.image = where, fp16, image
         labels = nn.WhichOneof("ClassLabels")
         vector = nn.stringClassLabels.vector if labels == "stringClassLabels" else nn.int64ClassLabels.vector
         self.labels = [str(v) for v in vector]
         self.probabilities = nn.labelProbabilityLayerName or spec.description.predictedProbabilitiesName
         scale, bias = scaler(nn, image, where)
-        self.scale, self.bias = scale.reshape(1, -1, 1, 1), bias.reshape(1, -1, 1, 1)
+        self.scale, self.bias = scale[None], bias[None]  # (1, C, 1, 1); the bias (1, C, H, W) for a mean image
         self.decoded = live.Constants(where)  # the layers' weights together, bounded
         self.layers = [self._build(layer) for layer in nn.layers]
         self.peak_bytes: int = 0  # the most computed-value bytes alive at once for one image, over the passes run so far
@@ -58,9 +160,19 @@ class Network:
 
     def _build(self, spec_layer) -> Layer:
         kind = spec_layer.WhichOneof("layer")
-        entry = NN.lookup(str(kind), f"layer {spec_layer.name!r}", self.where)
-        ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16, self.decoded)
+        if kind is None:  # a type that NeuralNetwork.proto (as coremltools ships it) does not define, or none at all
+            raise UnsupportedOperationError(
+                f"NeuralNetwork layer {spec_layer.name!r} has no layer type that NeuralNetwork.proto defines (a newer "
+                f"specification's, or none); the executor runs the {len(NN.names())} types listed in {SUPPORTED_LIST}",
+                path=self.where,
+            )
+        entry = NN.lookup(kind, f"layer {spec_layer.name!r}", self.where)
+        ctx = LayerContext(
+            spec_layer.name, kind, self.where, self.fp16, self.rank5, len(spec_layer.output), len(spec_layer.input), self.decoded
+        )
         run, rule = entry.impl(getattr(spec_layer, kind), ctx)
+        if self.rank5 and kind not in LEGACY_LAYERS:
+            run, rule = _in_file_order(run), _never
         return Layer(ctx, run, rule, list(spec_layer.input), list(spec_layer.output))
 
     def _probe(self) -> bool:
@@ -71,7 +183,7 @@ class Network:
             if layer.ctx.batched:
                 derived.update(layer.outputs)
         x = np.zeros((1, self.image.channels, self.image.height, self.image.width), F32)
-        shapes: dict[str, tuple] = {self.image.name: x.shape}
+        shapes: dict[str, tuple] = {}
         with np.errstate(all="ignore"):
             self._forward(x, shapes)
         batchable = True
@@ -102,7 +214,11 @@ class Network:
         x = x * self.scale + self.bias
         if self.fp16:
             x = x.astype(np.float16).astype(F32)
+        if self.rank5:
+            x = x[:, None]  # (Batch, Seq = 1, C, H, W): the file's [1, Batch, C, H, W], batch first (see the module)
         env = {self.image.name: x}
+        if shapes is not None:
+            shapes[self.image.name] = x.shape
         meter = live.Meter(x.nbytes, x.shape[0], self.where)
         for layer in self.layers:
             try:

@@ -37,8 +37,22 @@ def axes_rule(axes, reduce_all: bool = False):
 class LayerContext:
     """What a builder needs besides the layer's parameters: weight decoding in the compute precision, errors."""
 
-    def __init__(self, name: str, kind: str, where: str, fp16: bool, constants: Constants | None = None):
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        where: str,
+        fp16: bool,
+        rank5: bool = False,
+        outputs: int = 1,
+        inputs: int = 1,
+        constants: Constants | None = None,
+    ):
         self.name, self.kind, self.where, self.fp16 = name, kind, where, fp16
+        self.outputs = outputs  # how many outputs the file names (a recurrent layer's final states are optional)
+        self.inputs = inputs  # how many inputs it names (a convolution's second input is its weights)
+        # the file maps its image to rank 5: rank-5 blobs are held (Batch, Seq, C, H, W), see neuralnetwork
+        self.rank5 = rank5
         self.batched = False  # set by the network: the layer's first input derives from the image
         self.constants = constants  # the network's decoded weights together, bounded
 
@@ -62,6 +76,23 @@ class LayerContext:
 
     def fail(self, message: str) -> ConversionError:
         return ConversionError(f"{self.kind} layer {self.name!r} {message}", path=self.where)
+
+
+def on_images(run, ctx: LayerContext, min_rank: int = 4):
+    """``run`` on (N, C, H, W) for an input of rank ``min_rank`` or more: NeuralNetwork.proto's convolution, pooling
+    and rearranging layers treat every axis before the channel as batch (a rank-5 blob [Seq, Batch, C, H, W] is
+    Seq * Batch images; a rank-3 [C, H, W] is one)."""
+
+    def wrapped(inputs):
+        x = inputs[0]
+        if x.ndim < min_rank:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; it needs rank {min_rank} or more")
+        if x.ndim == 4:
+            return run(x)
+        out = run(x.reshape((-1,) + x.shape[-3:]))
+        return out.reshape(x.shape[:-3] + out.shape[1:])
+
+    return wrapped
 
 
 def _pair(values, default) -> tuple[int, int]:
@@ -95,10 +126,7 @@ def _deconvolution(p, ctx: LayerContext):
     padding = p.WhichOneof("ConvolutionPaddingType")
     target = [int(v) for v in p.outputShape] or None
 
-    def run(inputs):
-        x = inputs[0]
-        if x.ndim != 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+    def run(x):
         full = [(d - 1) * s + k for d, s, k in zip(x.shape[2:], stride, kernel, strict=True)]
         if target is None and padding != "same":
             crop = list(_borders(p.valid))
@@ -110,7 +138,7 @@ def _deconvolution(p, ctx: LayerContext):
                 crop.extend((total // 2, total - total // 2))
         return kernels_nd.conv_transpose(x, weight, bias, stride, (1, 1), crop, groups, target)
 
-    return run, always
+    return on_images(run, ctx), always
 
 
 @layer("convolution")
@@ -121,19 +149,28 @@ def _convolution(p, ctx: LayerContext):
     kernel = _pair(p.kernelSize, (3, 3))
     stride = _pair(p.stride, (1, 1))
     dilation = _pair(p.dilationFactor, (1, 1))
-    weight = ctx.weights(p.weights, (p.outputChannels, p.kernelChannels) + kernel)
+    shape = (int(p.outputChannels), int(p.kernelChannels)) + kernel
+    # a second input, when the file gives one, is the weight blob [outputChannels, kernelChannels, kH, kW]
+    # (NeuralNetwork.proto, iOS 13); the WeightParams are then empty
+    weight = None if ctx.inputs > 1 else ctx.weights(p.weights, shape)
     bias = ctx.weights(p.bias, (p.outputChannels,)) if p.hasBias else None
     padding = p.WhichOneof("ConvolutionPaddingType")
     cache: dict = {}
 
-    def run(inputs):
-        x = inputs[0]
-        if x.ndim != 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+    def run(x, w):
         pads = _same_pads(x.shape, kernel, stride, dilation, p.same.asymmetryMode) if padding == "same" else _borders(p.valid)
-        return kernels.conv2d(x, weight, bias, stride, dilation, pads, groups, cache)
+        return kernels.conv2d(x, w, bias, stride, dilation, pads, groups, cache if weight is not None else {})
 
-    return run, always
+    if weight is not None:
+        return on_images(lambda x: run(x, weight), ctx), always
+
+    def dynamic(inputs):
+        w = np.asarray(inputs[1], F32)
+        if w.shape != shape:
+            raise ctx.fail(f"gets a weight input of shape {w.shape}; its parameters say {shape}")
+        return on_images(lambda x: run(x, w), ctx)(inputs[:1])
+
+    return dynamic, always
 
 
 @layer("pooling")
@@ -149,10 +186,7 @@ def _pooling(p, ctx: LayerContext):
     exclude = bool(p.avgPoolExcludePadding)
     cache: dict = {}
 
-    def run(inputs):
-        x = inputs[0]
-        if x.ndim != 4:
-            raise ctx.unsupported(f"gets a rank-{x.ndim} input; only rank 4 (N, C, H, W) is supported")
+    def run(x):
         if p.globalPooling:
             return (
                 kernels_nd.pool(x, kind, x.shape[2:], (1, 1), (0, 0, 0, 0), False)
@@ -168,7 +202,7 @@ def _pooling(p, ctx: LayerContext):
             return kernels_nd.pool(x, kind, kernel, stride, pads, exclude)
         return kernels.pool2d(x, kind, kernel, stride, pads, exclude, cache)
 
-    return run, always
+    return on_images(run, ctx), always
 
 
 @layer("padding")
@@ -189,16 +223,34 @@ def _padding(p, ctx: LayerContext):
 
 @layer("constantPad")
 def _constant_pad(p, ctx: LayerContext):
-    if p.padToGivenOutputSizeMode:
-        raise ctx.unsupported("pads to a given output size, which the executor does not support")
-    flat = [int(v) for v in p.padAmounts]
-    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    """``value`` padded before and after each axis by ``padAmounts`` (or the second input's values), the pairs
+    aligned with the last axes; with ``padToGivenOutputSizeMode`` a pair's non-zero entry is the size that axis is
+    padded to (before or after the values, as the entry's place says), never below the input's size."""
+    static = [int(v) for v in p.padAmounts]
 
     def run(inputs):
-        return kernels.pad_constant(inputs[0], pairs, F32(p.value))
+        x = inputs[0]
+        raw = np.asarray(inputs[1]).reshape(-1) if len(inputs) > 1 else np.asarray(static)
+        flat = [int(v) for v in raw]
+        if len(flat) % 2 or len(flat) // 2 > x.ndim or any(v < 0 for v in flat) or np.any(raw != np.asarray(flat)):
+            raise ctx.fail(f"has pad amounts {raw.tolist()}; it needs whole non-negative pairs for at most {x.ndim} axes")
+        pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        if p.padToGivenOutputSizeMode:
+            sizes = x.shape[x.ndim - len(pairs) :]
+            if any(a and b for a, b in pairs):
+                raise ctx.fail(f"pads to a given size with both entries of a pair set ({pairs})")
+            pairs = [(max(a - size, 0), 0) if a else (0, max(b - size, 0)) for (a, b), size in zip(pairs, sizes, strict=True)]
+        out_shape = x.shape[: x.ndim - len(pairs)] + tuple(
+            d + a + b for d, (a, b) in zip(x.shape[x.ndim - len(pairs) :], pairs, strict=True)
+        )
+        bounded_count(out_shape, ctx.where, f"constantPad {ctx.name!r} output")
+        return kernels.pad_constant(x, pairs, F32(p.value))
 
     def rule(shapes) -> bool:
-        return len(pairs) < len(shapes[0]) or pairs[0] == (0, 0)
+        if len(shapes) > 1:
+            return False
+        pairs = len(static) // 2
+        return pairs < len(shapes[0]) or static[:2] == [0, 0]
 
     return run, rule
 
@@ -239,17 +291,19 @@ def _batchnorm(p, ctx: LayerContext):
     eps = F32(p.epsilon or BATCHNORM_EPSILON)
     gamma, beta = ctx.weights(p.gamma, (c,)), ctx.weights(p.beta, (c,))
     if p.computeMeanVar:
-        if not p.instanceNormalization:
-            raise ctx.unsupported("computes batch statistics at run time, which the executor does not support")
+        # statistics computed at run time: over each instance's H and W (instanceNormalization), or over the whole
+        # batch, every axis but the channel; a prediction is one image, so the batch is that image's blob (run image
+        # by image: the batch rule is False)
+        instance = bool(p.instanceNormalization)
 
-        def instance(inputs):
+        def normalise(inputs):
             x = inputs[0]
-            axes = (-2, -1)
+            axes = (-2, -1) if instance else tuple(a for a in range(x.ndim) if a != x.ndim - 3)
             mean = x.mean(axis=axes, keepdims=True)
             var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
             return (x - mean) / np.sqrt(var + eps) * gamma.reshape(-1, 1, 1) + beta.reshape(-1, 1, 1)
 
-        return instance, always
+        return normalise, (always if instance else (lambda shapes: False))
     mean, var = ctx.weights(p.mean, (c,)), ctx.weights(p.variance, (c,))
     scale = gamma / np.sqrt(var + eps)
     shift = beta - mean * scale

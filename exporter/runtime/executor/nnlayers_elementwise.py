@@ -11,7 +11,8 @@ UNARY_EPSILON = 1e-6  # NeuralNetwork.proto: unary epsilon "defaults to 1e-6 if 
 
 
 # ------------------------------------------------------------------------------------------------ activations
-def _activation_fn(p, ctx: LayerContext):
+def activation_fn(p, ctx: LayerContext):
+    """The function an ``ActivationParams`` names (also the recurrent layers' activations)."""
     kind = p.WhichOneof("NonlinearityType")
     if kind == "ReLU":
         return lambda x: np.maximum(x, F32(0))
@@ -63,7 +64,7 @@ def _activation_fn(p, ctx: LayerContext):
 
 @layer("activation")
 def _activation(p, ctx: LayerContext):
-    fn = _activation_fn(p, ctx)
+    fn = activation_fn(p, ctx)
     return (lambda inputs: fn(inputs[0])), always
 
 

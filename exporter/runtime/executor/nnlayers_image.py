@@ -8,7 +8,7 @@ import numpy as np
 
 from . import kernels_nd
 from .mil_resample import BOX_MODES, crop_box
-from .nnlayers import F32, LayerContext, always, layer
+from .nnlayers import F32, LayerContext, always, layer, on_images
 
 # SamplingMode.Method -> the MIL sampling mode with the same grid (coremltools' MIL -> NeuralNetwork mapping).
 SAMPLING_METHODS = {0: "STRICT_ALIGN_CORNERS", 1: "ALIGN_CORNERS", 2: "DEFAULT", 3: "OFFSET_CORNERS"}
@@ -83,7 +83,7 @@ def _reorganize(p, ctx: LayerContext):
     fn, block = REORGANIZE.get(p.mode), int(p.blockSize)
     if fn is None:
         raise ctx.unsupported(f"uses reorganization mode {p.mode}")
-    return (lambda inputs: fn(inputs[0], block)), always
+    return on_images(lambda x: fn(x, block), ctx, min_rank=3), always
 
 
 @layer("lrn")
@@ -171,7 +171,11 @@ def _bias(p, ctx: LayerContext):
 
 @layer("loadConstant")
 def _load_constant(p, ctx: LayerContext):
+    """The [C, H, W] constant; in a file with the rank-5 image layout, as the rank-5 blob [1, 1, C, H, W]
+    NeuralNetwork.proto says it is (a permute or reshape of it needs rank 5)."""
     value = ctx.weights(p.data, tuple(int(s) for s in p.shape))
+    if ctx.rank5 and value.ndim == 3:
+        value = value[None, None]
     return (lambda inputs: value), always
 
 

@@ -208,10 +208,12 @@ def _argsort(p, ctx: LayerContext):
 def _cumsum(p, ctx: LayerContext):
     """Running sum along ``axis``; ``excludeFinalSum`` shifts it by one (starting from 0), ``reverse`` runs from the
     end."""
-    axis = int(p.axis)
 
     def run(inputs):
         x = inputs[0]
+        axis = int(np.asarray(inputs[1]).reshape(-1)[0]) if len(inputs) > 1 else int(p.axis)  # the second input, if any
+        if not -x.ndim <= axis < x.ndim:
+            raise ctx.fail(f"has axis {axis} outside a rank-{x.ndim} input")
         a = axis % x.ndim
         if p.reverse:
             x = np.flip(x, axis=a)
@@ -220,7 +222,7 @@ def _cumsum(p, ctx: LayerContext):
             out = np.concatenate([np.zeros_like(np.take(out, [0], axis=a)), np.take(out, np.arange(x.shape[a] - 1), axis=a)], axis=a)
         return np.flip(out, axis=a) if p.reverse else out
 
-    return run, lambda shapes: axis % len(shapes[0]) != 0
+    return run, lambda shapes: len(shapes) == 1 and int(p.axis) % len(shapes[0]) != 0
 
 
 def _reduce_axes(p, x):
@@ -352,6 +354,12 @@ def _split_nd(p, ctx: LayerContext):
     return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
+def _mask(inputs, index: int, static, rank: int) -> list[bool]:
+    if len(inputs) > index:
+        return [bool(v) for v in np.asarray(inputs[index]).reshape(-1)]
+    return [bool(v) for v in static] or [False] * rank
+
+
 @layer("sliceDynamic")
 def _slice_dynamic(p, ctx: LayerContext):
     """As sliceStatic, with begin (and, when given, end, strides) read from the second (third, fourth) input."""
@@ -362,9 +370,12 @@ def _slice_dynamic(p, ctx: LayerContext):
         begin = [int(v) for v in np.asarray(inputs[1]).reshape(-1)]
         end = [int(v) for v in np.asarray(inputs[2]).reshape(-1)] if len(inputs) > 2 else [int(v) for v in p.endIds]
         strides = [int(v) for v in np.asarray(inputs[3]).reshape(-1)] if len(inputs) > 3 else ([int(v) for v in p.strides] or [1] * rank)
-        begin_mask = list(p.beginMasks) or [False] * rank
-        end_mask = list(p.endMasks) or [False] * rank
-        squeeze = list(p.squeezeMasks) or [False] * rank
+        # the fifth to seventh inputs, when present, replace beginMasks, endMasks and squeezeMasks
+        begin_mask = _mask(inputs, 4, p.beginMasks, rank)
+        end_mask = _mask(inputs, 5, p.endMasks, rank)
+        squeeze = _mask(inputs, 6, p.squeezeMasks, rank)
+        if not len(begin) == len(end) == len(strides) == len(begin_mask) == len(end_mask) == len(squeeze) == rank:
+            raise ctx.fail(f"needs begin, end, strides and masks of the input's rank {rank}")
         index = tuple(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], strides[i]) for i in range(rank))
         out = x[index]
         drop = tuple(i for i in range(rank) if squeeze[i])

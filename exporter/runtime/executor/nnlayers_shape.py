@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .blob import bounded_count
 from .nnlayers import LayerContext, axes_rule, layer
+from .nnlayers_legacy import batch_first, file_order
 
 # ------------------------------------------------------------------------------------------------ reductions, shapes
 # NeuralNetwork's names for the shared reduction kernels
@@ -49,16 +51,20 @@ def _transpose(p, ctx: LayerContext):
 def _reshape_static(p, ctx: LayerContext):
     target = [int(s) for s in p.targetShape]
 
+    # a target that infers another axis (-1 after the first, as [1, -1] flattening) cannot also infer the batch axis:
+    # such a reshape runs image by image, with the file's shape
+    inferred = -1 in target[1:]
+
     def run(inputs):
         x = inputs[0]
         shape = list(target)
-        if ctx.batched and shape and shape[0] == 1:
+        if ctx.batched and shape and shape[0] == 1 and not inferred:
             # the batch axis, 1 in the file, N here: inferred from the size, since the input's first axis need not
             # be the batch (Dense on 4-D input reshapes (1, H, W, C) to (H*W, C) and back)
             shape[0] = -1
         return x.reshape(shape)
 
-    return run, lambda shapes: bool(target) and target[0] in (1, -1)
+    return run, lambda shapes: bool(target) and target[0] in (1, -1) and not inferred
 
 
 @layer("flattenTo2D")
@@ -110,15 +116,32 @@ def _expand_dims(p, ctx: LayerContext):
 
 @layer("concat")
 def _concat(p, ctx: LayerContext):
+    """Along the channel axis (-3), or with ``sequenceConcat`` along the sequence axis of rank-5 blobs (-5 in the
+    file's order; see nnlayers_legacy for the executor's)."""
     if p.sequenceConcat:
-        raise ctx.unsupported("concatenates along the sequence axis, which the executor does not support")
+
+        def sequence(inputs):
+            return file_order(np.concatenate([batch_first(x, ctx) for x in inputs], axis=1), ctx)
+
+        return sequence, lambda shapes: ctx.rank5
     return (lambda inputs: np.concatenate(inputs, axis=-3)), (lambda shapes: len(shapes[0]) > 3)
 
 
 @layer("concatND")
 def _concat_nd(p, ctx: LayerContext):
+    """Inputs joined along ``axis``; with ``interleave`` (iOS 14; inputs of one shape) one slice of each in turn."""
     axis = int(p.axis)
-    return (lambda inputs: np.concatenate(inputs, axis=axis)), (lambda shapes: axis % len(shapes[0]) != 0)
+
+    def run(inputs):
+        if not p.interleave:
+            return np.concatenate(inputs, axis=axis)
+        if any(x.shape != inputs[0].shape for x in inputs):
+            raise ctx.fail(f"interleaves inputs of shapes {[x.shape for x in inputs]}; they must be one shape")
+        a = axis % inputs[0].ndim
+        stacked = np.stack(inputs, axis=a + 1)  # slice i of every input, then slice i + 1 ...
+        return stacked.reshape(inputs[0].shape[:a] + (-1,) + inputs[0].shape[a + 1 :])
+
+    return run, lambda shapes: axis % len(shapes[0]) != 0
 
 
 @layer("sliceStatic")
@@ -144,5 +167,19 @@ def _slice_static(p, ctx: LayerContext):
 
 @layer("tile")
 def _tile(p, ctx: LayerContext):
-    reps = [int(r) for r in p.reps]
-    return (lambda inputs: np.tile(inputs[0], reps)), (lambda shapes: len(reps) < len(shapes[0]) or reps[0] == 1)
+    """The input repeated ``reps`` times along its last axes (the second input's values, when there is one)."""
+    static = [int(r) for r in p.reps]
+
+    def run(inputs):
+        x = inputs[0]
+        raw = np.asarray(inputs[1]).reshape(-1) if len(inputs) > 1 else np.asarray(static)
+        reps = [int(r) for r in raw]
+        if not 1 <= len(reps) <= x.ndim or any(r < 1 for r in reps) or np.any(raw != np.asarray(reps)):
+            raise ctx.fail(f"has reps {raw.tolist()}; it needs 1 to {x.ndim} whole positive counts")
+        lead = x.ndim - len(reps)
+        bounded_count(
+            x.shape[:lead] + tuple(d * r for d, r in zip(x.shape[lead:], reps, strict=True)), ctx.where, f"tile {ctx.name!r} output"
+        )
+        return np.tile(x, reps)
+
+    return run, lambda shapes: len(shapes) == 1 and (len(static) < len(shapes[0]) or static[0] == 1)

@@ -53,6 +53,7 @@ class Registry:
     def __init__(self, model_type: str, noun: str):
         self.model_type, self.noun = model_type, noun
         self.entries: dict[str, Entry] = {}
+        self.refused: dict[str, str] = {}  # names the executor declines on purpose -> why (see ``refuse``)
 
     def register(self, *names: str, batch: Callable = never, inplace: bool = False, fresh: bool = False):
         def add(impl):
@@ -63,6 +64,13 @@ class Registry:
             return impl
 
         return add
+
+    def refuse(self, reason: str, *names: str) -> None:
+        """Decline ``names`` with ``reason`` (a clause after the name: "draws random numbers, ...")."""
+        for name in names:
+            if name in self.entries:
+                raise RuntimeError(f"{self.model_type} {self.noun} {name!r} is registered and refused")
+            self.refused[name] = reason
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -76,6 +84,11 @@ class Registry:
     def lookup(self, name: str, what: str, where: str) -> Entry:
         """The entry for ``name``; ``what`` names the op or layer in the file (for the error)."""
         entry = self.entries.get(name)
+        if entry is None and name in self.refused:
+            raise UnsupportedOperationError(
+                f"{self.model_type} {self.noun} type {name!r} ({what}) {self.refused[name]}; the Core ML executor does not run it",
+                path=where,
+            )
         if entry is None:
             close = difflib.get_close_matches(name, self.entries, n=3)
             hint = f" (close: {', '.join(close)})" if close else ""
