@@ -2,7 +2,8 @@
 
 Core ML files run through real Core ML on macOS and through the toolkit's executor elsewhere; ONNX files through
 onnxruntime. Each artifact brings its own labels and preprocessing (from the export's manifest.json, or embedded in
-the file), so one file copied out of its export still works.
+the file), so one file copied out of its export still works. A Core ML classifier made elsewhere (no exporter
+contract in it) runs in the executor, fed its own image input's size (``_own_contract``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _callable_as
 from .errors import ConfigError, ConversionError, ImageError, ModelLoadError
 from .packaging import MANIFEST_NAME
 
 _callable_as(__name__, "exporter.predict:predict")  # exporter.predict(...) stays the function once this is imported
+
+if TYPE_CHECKING:
+    from .preprocessing import Preprocessing
 
 ARTIFACT_SUFFIXES = {".mlpackage": "mlpackage", ".mlmodel": "mlmodel", ".onnx": "onnx"}
 
@@ -109,10 +114,18 @@ def _runner(t: _Target):
     if t.preprocessing is None:
         meta = _embedded(t.path, t.format)
         if "exporter.preprocessing" not in meta:
-            raise ConfigError(
-                "the file embeds no preprocessing contract (exporter.preprocessing); predict reads files written by `exporter convert`",
-                path=t.path,
-            )
+            if t.format == "onnx":
+                raise ConfigError(
+                    "the ONNX file embeds no preprocessing contract (exporter.preprocessing), and an ONNX input does not say "
+                    "how its pixels are normalised; predict reads ONNX files written by `exporter convert`",
+                    path=t.path,
+                )
+            # a Core ML classifier made elsewhere (coremltools, Create ML, a model gallery): its image input holds its
+            # own normalisation, so it needs no contract, only the size, which the file gives
+            own = _own_contract(t.path)
+            foreign = ExecutorRunner(t.path, own, sha256=t.sha256)
+            foreign.engine = {**foreign.engine, "contract": own.notes}
+            return foreign, _checked(list(foreign.executor.labels), t.path), own
         embedded = load_json(meta["exporter.preprocessing"], path=t.path, error=ConversionError, what="embedded preprocessing contract")
         pre = Preprocessing.from_dict(embedded, source=str(t.path))
     else:
@@ -126,6 +139,28 @@ def _runner(t: _Target):
         return CoreMLRunner(t.path, pre, labels, t.sha256), labels, pre
     runner = ExecutorRunner(t.path, pre, sha256=t.sha256)
     return runner, _checked(list(runner.executor.labels), t.path), pre
+
+
+def _own_contract(path: Path) -> Preprocessing:
+    """The preprocessing of a Core ML file that embeds no exporter contract, from its image input: its size and colour
+    space, every normalisation left to the file, and the image fitted as Vision fits it by default
+    (VNImageCropAndScaleOption.centerCrop: the central square, then scaled). Such a file runs in the executor on every
+    platform (its labels and probabilities come from the file's classifier)."""
+    from .packaging import VerifiedReads
+    from .preprocessing import Preprocessing
+    from .runtime.executor import load_spec
+    from .runtime.executor.image import image_input
+
+    spec = load_spec(path, VerifiedReads(path, None))[0]
+    image = image_input(spec.description, str(path))
+    return Preprocessing(
+        input_size=(image.height, image.width),
+        channel_order="L" if image.channels == 1 else "RGB",  # the file reorders RGB to BGR itself
+        resize="center_crop",
+        in_model=True,
+        notes=f"no exporter contract in the file: its own {image.width}x{image.height} {image.order} image input, "
+        "the image centre-cropped and scaled as Vision does by default",
+    )
 
 
 def _checked(labels: list[str], path: Path) -> list[str]:

@@ -72,3 +72,52 @@ def test_doctor_reports_what_can_run_here():
     assert can["swift"]["available"] is (shutil.which("swift") is not None)
     text = format_doctor(found)
     assert "Core ML predictions" in text and "onnxruntime" in text and "Swift toolchain" in text
+
+
+def test_predict_runs_a_core_ml_classifier_made_elsewhere_from_its_own_image_input(tmp_path):
+    """A Core ML classifier not written by `exporter convert` (coremltools, Create ML, a model gallery) embeds no
+    exporter contract, and predict refused it ('the file embeds no preprocessing contract'), although the executor
+    runs it and its image input holds its own normalisation. It now runs from the file's own input size, the image
+    fitted as Vision does by default (centre crop), and gives the same answers as the exporter's own copy of the
+    file on square images; a foreign ONNX file (whose input says nothing of its normalisation) is still refused."""
+    import coremltools as ct
+
+    from exporter.errors import ConfigError
+
+    digits = sample("squeezenet_digits")
+    out = tmp_path / "export"
+    options = ExportOptions(formats="mlmodel", variants=("fp32",))
+    export(digits["model"], digits["labels"], out, preprocessing=digits["preprocessing"], options=options)
+    ours = next(out.glob("*.mlmodel"))
+    spec = ct.utils.load_spec(str(ours))
+    for key in [k for k in spec.description.metadata.userDefined if k.startswith("exporter.")]:
+        del spec.description.metadata.userDefined[key]
+    foreign = tmp_path / "elsewhere" / "classifier.mlmodel"
+    foreign.parent.mkdir()
+    ct.utils.save_spec(spec, str(foreign))
+    from PIL import Image
+
+    def is_square(path) -> bool:
+        with Image.open(path) as im:
+            return im.width == im.height
+
+    square = [p for p in sorted(digits["heldout"].rglob("*.png"))[::7] if is_square(p)]
+    images = square[:6]  # a centre crop of a square image is the whole image: the two contracts then agree exactly
+    assert len(images) == 6
+
+    mine = predict(ours, images, top_k=3)["predictions"]
+    theirs = predict(foreign, images, top_k=3)["predictions"]
+    assert len(theirs) == len(images)
+    for a, b in zip(mine, theirs, strict=True):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        assert abs(a["top"][0]["probability"] - b["top"][0]["probability"]) < 1e-5
+    assert "no exporter contract" in theirs[0]["engine"]["contract"] and "centre-cropped" in theirs[0]["engine"]["contract"]
+
+    from onnx import helper
+
+    bare = tmp_path / "elsewhere" / "bare.onnx"
+    x, y = helper.make_tensor_value_info("x", 1, [1, 3]), helper.make_tensor_value_info("y", 1, [1, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    bare.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(ConfigError, match="ONNX file embeds no preprocessing contract"):
+        predict(bare, images[:1])

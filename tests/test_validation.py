@@ -133,3 +133,33 @@ def test_quantize_auto_keeps_the_smallest_passing_variant(tmp_path):
     files = sorted(p.name for p in (tmp_path / "auto").iterdir())
     assert files == sorted(["manifest.json", "parity.json", manifest["artifacts"][0]["path"]])
     assert not list(tmp_path.glob(".auto.*"))
+
+
+def test_a_flip_records_how_far_keras_answer_led_the_artifacts_choice():
+    """A file that fails its top-1 gate on coin tosses (Keras 0.1172 against 0.1173, an under-confident ResNet50 seen in
+    a sweep of users' models) and one that flips clear decisions looked the same in the report: only the count.
+    Each flipped image now carries Keras' own lead of its answer over the file's choice, and the artifact the
+    largest such lead over every flip; the terminal table says it for a failed artifact."""
+    import numpy as np
+
+    from exporter.report import terminal
+    from exporter.validation.accumulate import LabelStats, ParityStats
+
+    ref = np.array([[0.50, 0.49, 0.01], [0.90, 0.05, 0.05], [0.20, 0.70, 0.10], [0.34, 0.33, 0.33]], np.float32)
+    got = np.array([[0.49, 0.50, 0.01], [0.90, 0.05, 0.05], [0.20, 0.70, 0.10], [0.32, 0.33, 0.35]], np.float32)
+    stats = ParityStats(3)
+    stats.update(ref, got, ["a.png", "b.png", "c.png", "d.png"], np.array([0, 0, 1, 0]), ["x", "y", "z"])
+    summary = stats.summary(["x", "y", "z"], LabelStats(3))
+    assert summary["flipped_count"] == 2
+    assert [round(r["keras_margin"], 4) for r in summary["flipped"]] == [0.01, 0.01]
+    assert abs(summary["flipped_max_keras_margin"] - 0.01) < 1e-6
+    assert all("keras_margin" not in r for r in summary["worst"])
+    # a clear decision flipped: the lead is large
+    clear = ParityStats(3)
+    clear.update(ref[1:2], np.array([[0.05, 0.90, 0.05]], np.float32), ["b.png"], np.array([0]), ["x", "y", "z"])
+    assert abs(clear.summary(["x", "y", "z"], LabelStats(3))["flipped_max_keras_margin"] - 0.85) < 1e-6
+    row = {"path": "m_palette6.mlpackage", "status": "failed", "engine": None, "failures": ["top-1 agreement 0.5000 < 0.98"]}
+    row.update({k: summary[k] for k in ("top1_agreement", "top5_overlap", "max_abs_prob", "mean_abs_prob", "mean_kl")})
+    row.update(flipped_count=2, flipped_max_keras_margin=summary["flipped_max_keras_margin"])
+    table = terminal.parity_table({"artifacts": [row], "images": 4})
+    assert "m_palette6.mlpackage: on its 2 flipped image(s) Keras' answer led the file's by at most 0.01 in probability" in table

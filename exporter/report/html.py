@@ -334,6 +334,12 @@ def _render(report: dict) -> str:
             + "</p>"
             + (f"<p>float64 check: {esc(a['float64']['note'])}</p>" if a.get("float64") else "")
             + f"<h3>Top-1 flipped ({shown})</h3>"
+            + (
+                f"<p>Keras' answer led the file's by at most {a['flipped_max_keras_margin']:.2g} in probability on these "
+                "images (a small lead: near-ties Keras itself hesitated on).</p>"
+                if a["flipped_count"] and "flipped_max_keras_margin" in a
+                else ""
+            )
             + _image_rows(flipped, pre)
             + f"<h3>Worst disagreements ({len(a['worst'])})</h3>"
             + _image_rows(a["worst"], pre)

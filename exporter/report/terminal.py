@@ -79,6 +79,12 @@ def parity_table(report: dict, width: int | None = None) -> str:
     if dropped:
         lines.append(f"left out to fit {width} columns: {', '.join(dropped)} (in --json and --html)")
     lines += [f"{a['path']}: float64 check: {a['float64']['note']}" for a in report["artifacts"] if a.get("float64")]
+    lines += [
+        f"{a['path']}: on its {a['flipped_count']} flipped image(s) Keras' answer led the file's by at most "
+        f"{a['flipped_max_keras_margin']:.2g} in probability"
+        for a in report["artifacts"]
+        if a["status"] == "failed" and a.get("flipped_count") and "flipped_max_keras_margin" in a
+    ]
     keras = (report.get("keras") or {}).get("against_labels")
     if keras:
         lines.append(f"Keras accuracy {keras['accuracy']:.4f} on {keras['images']} labelled of {report['images']} images")

@@ -74,6 +74,7 @@ class ParityStats:
         self.kl_max = 0.0
         self.flipped_count = 0
         self.flipped: list[dict] = []
+        self.flipped_max_keras_margin = 0.0  # over every flipped image, not only those kept by name
         self._worst: list[tuple[float, int, dict]] = []
         self._seq = 0
         self.labels = LabelStats(num_classes)
@@ -105,8 +106,12 @@ class ParityStats:
             }
             if top_ref[i] != top_got[i]:
                 self.flipped_count += 1
+                # how far Keras' answer led the class the artifact chose, in Keras' own probabilities: a flip of a
+                # near-tie (Keras itself hesitating) reads differently from a flip of a clear decision
+                margin = float(ref[i, top_ref[i]]) - float(ref[i, top_got[i]])
+                self.flipped_max_keras_margin = max(self.flipped_max_keras_margin, margin)
                 if len(self.flipped) < KEEP_FLIPPED:
-                    self.flipped.append(row)
+                    self.flipped.append({**row, "keras_margin": margin})
             self._seq += 1
             item = (float(per_image[i]), self._seq, row)
             if len(self._worst) < KEEP_WORST:
@@ -125,6 +130,7 @@ class ParityStats:
             "mean_kl": self.kl_sum / n,
             "max_kl": self.kl_max,
             "flipped_count": self.flipped_count,
+            "flipped_max_keras_margin": self.flipped_max_keras_margin,
             "flipped": self.flipped,
             "worst": [row for _, _, row in sorted(self._worst, key=lambda t: (-t[0], t[1]))],
         }
