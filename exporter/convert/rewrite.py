@@ -31,7 +31,12 @@ identity for every interpolation (a model built for any image size and resizing 
 ``interpolation="bicubic"``: coremltools has no ResizeBicubic); ``interpolation="area"`` by whole-number factors is
 the mean of each block when it shrinks (``AveragePooling2D``) and each pixel repeated when it grows
 (``UpSampling2D``), the same numbers up to float32 rounding: coremltools has no ResizeArea, and tf2onnx writes it as a nearest resize, whose
-file disagreed with Keras. An area resize by other factors is refused, naming the layer.
+file disagreed with Keras. An area resize by other factors is refused, naming the layer. ``interpolation="nearest"``
+to another size: coremltools converts a nearest resize that shrinks as a bilinear one (its ResizeNearestNeighbor
+hands it to ResizeBilinear), and its .mlmodel upsample by a fractional factor does not pick TensorFlow's half-pixel
+rows either, so the files disagreed with Keras by up to 2e-3 in probability; it is given to the converters as the
+rows and columns it picks (``keras.ops.take`` along each image axis, the picks read from the layer on a probe), the
+same numbers exactly.
 
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
@@ -58,20 +63,58 @@ def _resize_sides(layer) -> tuple[int, int, int, int] | None:
     if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
         return None
     sides = int(shape[1]), int(shape[2]), int(layer.height), int(layer.width)
-    return sides if sides[:2] == sides[2:] or layer.interpolation == "area" else None
+    return sides if sides[:2] == sides[2:] or layer.interpolation in ("area", "nearest") else None
+
+
+# The probe of a nearest resize holds pixel coordinates in digits of this base, each exact in any float type a layer
+# may compute in (bfloat16 holds whole numbers up to 256), so the picks read back are exact at every image size.
+PICK_DIGIT_BASE = 64
+
+
+def _nearest_picks(layer, in_h: int, in_w: int) -> tuple[list[int], list[int]]:
+    """The input rows and columns the nearest-neighbour Resizing ``layer`` takes for each output row and column,
+    read from the layer itself (TensorFlow's half-pixel rule, with its own rounding): run on images holding each
+    pixel's row, then its column, in digits of PICK_DIGIT_BASE (one channel per digit)."""
+    import numpy as np
+
+    from ..errors import ConversionError
+
+    def picks(coordinate: np.ndarray) -> np.ndarray:
+        digits = np.stack([coordinate // PICK_DIGIT_BASE, coordinate % PICK_DIGIT_BASE], axis=-1).astype(np.float32)
+        out = np.asarray(layer(digits[None]), dtype=np.float64)[0]
+        return out[..., 0] * PICK_DIGIT_BASE + out[..., 1]
+
+    rows = picks(np.broadcast_to(np.arange(in_h)[:, None], (in_h, in_w)))
+    cols = picks(np.broadcast_to(np.arange(in_w)[None, :], (in_h, in_w)))
+    row_of, col_of = rows[:, 0], cols[0, :]
+    whole = (
+        np.array_equal(rows, np.broadcast_to(row_of[:, None], rows.shape))
+        and np.array_equal(cols, np.broadcast_to(col_of[None, :], cols.shape))
+        and all(np.array_equal(v, np.clip(np.rint(v), 0, n - 1)) for v, n in ((row_of, in_h), (col_of, in_w)))
+    )
+    if not whole:
+        raise ConversionError(f"layer {layer.name!r} (Resizing) with interpolation='nearest' does not take whole rows and columns")
+    return [int(r) for r in row_of], [int(c) for c in col_of]
 
 
 def _resize_replacement(layer, sides: tuple[int, int, int, int]):
     """The stock layer computing what the Resizing ``layer`` from ``_resize_sides`` computes (see the module
     docstring)."""
     import keras
+    import numpy as np
 
     from ..errors import ConversionError
     from ..inference import identity_class
+    from ..keras_graph import first_input_shape
 
     in_h, in_w, h, w = sides
     if (in_h, in_w) == (h, w):
         return identity_class()(name=layer.name)
+    if layer.interpolation == "nearest":
+        rows, cols = _nearest_picks(layer, in_h, in_w)
+        inputs = keras.Input((in_h, in_w, (first_input_shape(layer) or (None,))[-1]))
+        picked = keras.ops.take(keras.ops.take(inputs, np.asarray(rows, np.int32), axis=1), np.asarray(cols, np.int32), axis=2)
+        return keras.Model(inputs, picked, name=layer.name)
     if in_h % h == 0 and in_w % w == 0:
         return keras.layers.AveragePooling2D((in_h // h, in_w // w), name=layer.name)
     if h % in_h == 0 and w % in_w == 0:
