@@ -237,14 +237,17 @@ def test_a_cosine_similarity_head_exports_to_fp16_in_every_format_with_parity(tm
 
 
 # ------------------------------------------------------------------------------------- a nearest-neighbour Resizing
-def _nearest_model(size):
+def _nearest_model(size, crop=False):
     inputs = keras.Input((SIZE, SIZE, 3))
-    h = keras.layers.Resizing(*size, interpolation="nearest", name="resize")(keras.layers.Rescaling(1 / 255.0)(inputs))
-    return _classifier(inputs, h)
+    resize = keras.layers.Resizing(*size, interpolation="nearest", crop_to_aspect_ratio=crop, name="resize")
+    return _classifier(inputs, resize(keras.layers.Rescaling(1 / 255.0)(inputs)))
 
 
-@pytest.mark.parametrize("size", [(20, 20), (16, 16), (48, 48), (20, 48), (64, 64)])
-def test_a_nearest_resize_is_given_to_the_converters_as_the_pixels_it_picks(size):
+NEAREST_RESIZES = [((20, 20), False), ((16, 16), False), ((48, 48), False), ((20, 48), False), ((64, 64), False), ((20, 48), True)]
+
+
+@pytest.mark.parametrize("size,crop", NEAREST_RESIZES)
+def test_a_nearest_resize_is_given_to_the_converters_as_the_pixels_it_picks(size, crop):
     """``Resizing(interpolation="nearest")`` to another size: coremltools converted a shrinking one as a bilinear
     resize and its .mlmodel upsample by a fractional factor picked other rows, so the Core ML files disagreed with
     Keras (max |dp| 1e-3 to 2e-3 on a trained model; ONNX was right). The converters now get the rows and columns the
@@ -252,7 +255,7 @@ def test_a_nearest_resize_is_given_to_the_converters_as_the_pixels_it_picks(size
     from exporter.convert.rewrite import for_converters
 
     keras.utils.set_random_seed(0)
-    model = _nearest_model(size)
+    model = _nearest_model(size, crop)
     rewritten = for_converters(model)
     assert rewritten is not model and isinstance(rewritten.get_layer("resize"), keras.Model)
     x = np.random.default_rng(0).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")

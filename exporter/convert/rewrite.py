@@ -57,7 +57,9 @@ def _resize_sides(layer) -> tuple[int, int, int, int] | None:
 
     from ..keras_graph import first_input_shape
 
-    if type(layer) is not keras.layers.Resizing or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio:
+    if type(layer) is not keras.layers.Resizing or layer.pad_to_aspect_ratio:
+        return None
+    if layer.crop_to_aspect_ratio and layer.interpolation != "nearest":  # a nearest crop is picks too
         return None
     shape = first_input_shape(layer)
     if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
