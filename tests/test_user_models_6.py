@@ -273,3 +273,42 @@ def test_a_trained_model_with_a_nearest_resize_exports_with_parity(tmp_path):
     report = validate(tmp_path / "out", DIGITS)
     assert report["passed"] and len(report["artifacts"]) == 3, [row["failures"] for row in report["artifacts"]]
     assert report["keras"]["against_labels"]["accuracy"] > 0.2
+
+
+# ------------------------------------------------------------------------------------- Resizing(crop_to_aspect_ratio=True)
+def _cropping_resize_model(size, interpolation="bilinear"):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    resize = keras.layers.Resizing(*size, interpolation=interpolation, crop_to_aspect_ratio=True, name="resize")
+    return _classifier(inputs, resize(keras.layers.Rescaling(1 / 255.0)(inputs)))
+
+
+# The area stand-in after the crop (block means) sums in another order than TensorFlow's area kernel.
+AREA_ROUNDING = 1e-6
+
+
+@pytest.mark.parametrize("size,interpolation", [((16, 24), "bilinear"), ((24, 16), "bilinear"), ((16, 8), "area"), ((20, 20), "bilinear")])
+def test_a_resize_cropping_to_the_aspect_ratio_is_given_to_the_converters_as_a_static_crop(size, interpolation):
+    """``Resizing(crop_to_aspect_ratio=True)`` (a model centre-cropping its photos itself): Keras computes the crop from
+    the image's shape at run time, which tf2onnx left as a Slice of data-dependent size, and the ONNX export was
+    refused ("its memory cannot be bounded"). The converters get the static crop (Cropping2D, Keras' own arithmetic,
+    checked on a probe) and a plain resize, given its own stand-in when it needs one (area: block means)."""
+    from exporter.convert.rewrite import for_converters
+
+    keras.utils.set_random_seed(0)
+    model = _cropping_resize_model(size, interpolation)
+    rewritten = for_converters(model)
+    stand_in = rewritten.get_layer("resize")
+    assert isinstance(stand_in, keras.Model) and any(isinstance(layer, keras.layers.Cropping2D) for layer in stand_in.layers)
+    x = np.random.default_rng(0).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(stand_in(x)), np.asarray(model.get_layer("resize")(x)), rtol=0, atol=AREA_ROUNDING)
+
+
+@pytest.mark.slow
+def test_a_trained_model_cropping_to_the_aspect_ratio_exports_everywhere_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    path, labels = _save(_cropping_resize_model((16, 24)), tmp_path / "model", x, y, epochs=3)
+    export(path, labels, tmp_path / "out", preprocessing=None, options=EVERY_FORMAT)
+    report = validate(tmp_path / "out", DIGITS)
+    assert report["passed"] and len(report["artifacts"]) == 3, [row["failures"] for row in report["artifacts"]]
+    assert report["keras"]["against_labels"]["accuracy"] > 0.2

@@ -59,13 +59,47 @@ def _resize_sides(layer) -> tuple[int, int, int, int] | None:
 
     if type(layer) is not keras.layers.Resizing or layer.pad_to_aspect_ratio:
         return None
-    if layer.crop_to_aspect_ratio and layer.interpolation != "nearest":  # a nearest crop is picks too
-        return None
     shape = first_input_shape(layer)
     if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
         return None
     sides = int(shape[1]), int(shape[2]), int(layer.height), int(layer.width)
-    return sides if sides[:2] == sides[2:] or layer.interpolation in ("area", "nearest") else None
+    return sides if sides[:2] == sides[2:] or layer.crop_to_aspect_ratio or layer.interpolation in ("area", "nearest") else None
+
+
+def _aspect_crop(in_h: int, in_w: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, height, left, width) of the centre crop ``Resizing(h, w, crop_to_aspect_ratio=True)`` takes of an
+    ``in_h`` x ``in_w`` image: Keras' own arithmetic (float32 quotients truncated to int32)."""
+    import numpy as np
+
+    crop_h = max(min(in_h, int(np.float32(in_w * h) / np.float32(w))), 1)
+    crop_w = max(min(in_w, int(np.float32(in_h * w) / np.float32(h))), 1)
+    return int(np.float32(in_h - crop_h) / np.float32(2)), crop_h, int(np.float32(in_w - crop_w) / np.float32(2)), crop_w
+
+
+def _cropped_resize(layer, sides: tuple[int, int, int, int]):
+    """``Resizing(crop_to_aspect_ratio=True)`` as its static centre crop (``Cropping2D``) and a plain Resizing, itself
+    replaced when it needs a stand-in: Keras computes the crop from the image's shape at run time, which tf2onnx
+    leaves as a Slice of data-dependent size (refused: its memory cannot be bounded). The layer itself when the
+    crop read from Keras' arithmetic does not reproduce it on a probe."""
+    import keras
+    import numpy as np
+
+    from ..keras_graph import first_input_shape
+
+    in_h, in_w, h, w = sides
+    top, crop_h, left, crop_w = _aspect_crop(in_h, in_w, h, w)
+    channels = (first_input_shape(layer) or (None,))[-1]
+    inputs = keras.Input((in_h, in_w, channels))
+    cropped = keras.layers.Cropping2D(((top, in_h - top - crop_h), (left, in_w - left - crop_w)), name=f"{layer.name}_crop")(inputs)
+    plain = keras.layers.Resizing(h, w, interpolation=layer.interpolation, antialias=layer.antialias, name=f"{layer.name}_resize")
+    out = plain(cropped)
+    probe = np.random.default_rng(0).uniform(0, 1, (1, in_h, in_w, channels or 1)).astype(np.float32)
+    if not np.array_equal(np.asarray(keras.Model(inputs, out)(probe)), np.asarray(layer(probe))):
+        return layer
+    inner = _resize_sides(plain)
+    if inner is not None:
+        out = _resize_replacement(plain, inner)(cropped)
+    return keras.Model(inputs, out, name=layer.name)
 
 
 # The probe of a nearest resize holds pixel coordinates in digits of this base, each exact in any float type a layer
@@ -112,6 +146,8 @@ def _resize_replacement(layer, sides: tuple[int, int, int, int]):
     in_h, in_w, h, w = sides
     if (in_h, in_w) == (h, w):
         return identity_class()(name=layer.name)
+    if layer.crop_to_aspect_ratio and layer.interpolation != "nearest":  # a nearest crop is rows and columns picked
+        return _cropped_resize(layer, sides)
     if layer.interpolation == "nearest":
         rows, cols = _nearest_picks(layer, in_h, in_w)
         inputs = keras.Input((in_h, in_w, (first_input_shape(layer) or (None,))[-1]))
