@@ -36,7 +36,9 @@ to another size: coremltools converts a nearest resize that shrinks as a bilinea
 hands it to ResizeBilinear), and its .mlmodel upsample by a fractional factor does not pick TensorFlow's half-pixel
 rows either, so the files disagreed with Keras by up to 2e-3 in probability; it is given to the converters as the
 rows and columns it picks (``keras.ops.take`` along each image axis, the picks read from the layer on a probe), the
-same numbers exactly.
+same numbers exactly. ``crop_to_aspect_ratio=True``: Keras computes the centre crop from the image's shape at run
+time, which tf2onnx leaves as a Slice of data-dependent size (refused: its memory cannot be bounded); it is given as
+the static crop (``Cropping2D``, Keras' arithmetic, checked on a probe) and a plain resize.
 
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
