@@ -53,18 +53,31 @@ def _is_grouped_conv(layer) -> bool:
     return type(layer) is keras.layers.Conv2D and int(getattr(layer, "groups", 1)) > 1
 
 
-def _resize_sides(layer) -> tuple[int, int, int, int] | None:
-    """(input height, input width, height, width) of a Resizing layer the converters are given a stand-in for."""
+def _resize_kind(layer) -> str | None:
+    """ "Resizing" for the layer, "resize" for ``keras.ops.image.resize`` called in a functional model (an op of its
+    graph with the same arguments: size, interpolation, antialias, crop_to_aspect_ratio, pad_to_aspect_ratio), else
+    None."""
     import keras
 
+    if type(layer) is keras.layers.Resizing:
+        return "Resizing"
+    if type(layer).__name__ == "Resize" and not isinstance(layer, keras.layers.Layer) and hasattr(layer, "size"):
+        return "resize" if getattr(layer, "data_format", "channels_last") == "channels_last" else None
+    return None
+
+
+def _resize_sides(layer) -> tuple[int, int, int, int] | None:
+    """(input height, input width, height, width) of a Resizing layer or resize op the converters are given a
+    stand-in for."""
     from ..keras_graph import first_input_shape
 
-    if type(layer) is not keras.layers.Resizing or layer.pad_to_aspect_ratio:
+    if _resize_kind(layer) is None or layer.pad_to_aspect_ratio:
         return None
     shape = first_input_shape(layer)
     if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
         return None
-    sides = int(shape[1]), int(shape[2]), int(layer.height), int(layer.width)
+    height, width = (layer.height, layer.width) if _resize_kind(layer) == "Resizing" else layer.size
+    sides = int(shape[1]), int(shape[2]), int(height), int(width)
     return sides if sides[:2] == sides[2:] or layer.crop_to_aspect_ratio or layer.interpolation in ("area", "nearest") else None
 
 
@@ -131,7 +144,9 @@ def _nearest_picks(layer, in_h: int, in_w: int) -> tuple[list[int], list[int]]:
         and all(np.array_equal(v, np.clip(np.rint(v), 0, n - 1)) for v, n in ((row_of, in_h), (col_of, in_w)))
     )
     if not whole:
-        raise ConversionError(f"layer {layer.name!r} (Resizing) with interpolation='nearest' does not take whole rows and columns")
+        raise ConversionError(
+            f"layer {layer.name!r} ({_resize_kind(layer)}) with interpolation='nearest' does not take whole rows and columns"
+        )
     return [int(r) for r in row_of], [int(c) for c in col_of]
 
 
@@ -160,7 +175,7 @@ def _resize_replacement(layer, sides: tuple[int, int, int, int]):
     if h % in_h == 0 and w % in_w == 0:
         return keras.layers.UpSampling2D((h // in_h, w // in_w), interpolation="nearest", name=layer.name)
     raise ConversionError(
-        f"layer {layer.name!r} (Resizing) resizes {in_h}x{in_w} to {h}x{w} with interpolation='area', which neither Core ML "
+        f"layer {layer.name!r} ({_resize_kind(layer)}) resizes {in_h}x{in_w} to {h}x{w} with interpolation='area', which neither Core ML "
         "nor ONNX has (tf2onnx writes a nearest resize): only whole-number factors (both sides shrinking or both "
         "growing) are exported, as block means or repeated pixels; resize with 'bilinear' or to a whole-number factor"
     )
@@ -173,7 +188,7 @@ def _is_rewritten(layer) -> bool:
 def needs_rewrite(model) -> bool:
     import keras
 
-    for layer in model.layers:
+    for layer in getattr(model, "operations", None) or model.layers:  # a functional model's Keras ops too
         if _is_rewritten(layer):
             return True
         if isinstance(layer, keras.Model) and needs_rewrite(layer):
