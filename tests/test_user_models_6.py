@@ -165,6 +165,25 @@ def test_a_model_with_an_auxiliary_output_exports_the_output_named(as_dict, tmp_
     assert info.value.exit_code == 2
 
 
+def test_a_saved_model_with_two_outputs_exports_the_output_named(tmp_path):
+    """The same for a TensorFlow SavedModel (``model.export``): its serving signature's outputs are named
+    output_0, output_1, ...; the first one was taken whatever its name when there was one, and two were refused."""
+    from exporter.errors import ConfigError, NotAClassifierError
+    from exporter.loading import load_model
+
+    keras.utils.set_random_seed(0)
+    model = _with_aux()
+    model.export(tmp_path / "saved", verbose=False)
+    with pytest.raises(NotAClassifierError, match="2 outputs \\(.*'output_0'.*--output NAME"):
+        load_model(tmp_path / "saved", trust_code=True)
+    with pytest.raises(ConfigError, match="'main' is not one of the SavedModel serving signature's outputs"):
+        load_model(tmp_path / "saved", trust_code=True, output="main")
+    x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    for index in (0, 1):
+        loaded = load_model(tmp_path / "saved", trust_code=True, output=f"output_{index}")
+        np.testing.assert_allclose(np.asarray(loaded.model(x)), np.asarray(model(x)[index]), rtol=0, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_a_trained_model_with_an_auxiliary_output_exports_the_named_one_with_parity(tmp_path):
     keras.utils.set_random_seed(0)
