@@ -362,7 +362,7 @@ def load_model(
 
     try:
         if fmt == "saved_model":
-            model = _wrap_saved_model(path, input_size)
+            model = _wrap_saved_model(path, input_size, output)
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
             model = with_chosen_output(as_graph(model, path), output, path)
@@ -575,7 +575,7 @@ def with_flat_output(model):
     return keras.Model(model.inputs[0], flatten(outputs[0]), name=model.name)
 
 
-def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None):
+def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None, output: str | None = None):
     keras = import_keras()
 
     with translating(ModelLoadError, "SavedModel could not be loaded", path=path):
@@ -589,15 +589,22 @@ def _wrap_saved_model(path: Path, input_size: tuple[int, int] | None = None):
         raise NotAClassifierError(f"SavedModel serving signature has {len(specs)} inputs; an image classifier has one", path=path)
     shape = specs[0].shape
     outputs = fn.structured_outputs
-    if len(outputs) != 1:
-        raise NotAClassifierError(f"SavedModel serving signature has {len(outputs)} outputs; expected one probability vector", path=path)
+    listed = ", ".join(repr(str(k)) for k in outputs)
+    if output is not None and output not in outputs:
+        raise ConfigError(f"{path}: output {output!r} is not one of the SavedModel serving signature's outputs ({listed})")
+    if len(outputs) != 1 and output is None:
+        raise NotAClassifierError(
+            f"SavedModel serving signature has {len(outputs)} outputs ({listed}); expected one probability vector",
+            path=path,
+            hint=OUTPUT_HINT,
+        )
     dims = list(shape[1:])
     if input_size is not None and len(dims) == 3:
         dims[:2] = [side if side is not None else fixed for side, fixed in zip(dims[:2], input_size, strict=True)]
     inputs = keras.Input(tuple(dims), name="image")
     out = layer(inputs)
     if isinstance(out, dict):
-        out = next(iter(out.values()))
+        out = out[output] if output is not None else next(iter(out.values()))
     return keras.Model(inputs, out, name=path.name)
 
 

@@ -31,7 +31,14 @@ identity for every interpolation (a model built for any image size and resizing 
 ``interpolation="bicubic"``: coremltools has no ResizeBicubic); ``interpolation="area"`` by whole-number factors is
 the mean of each block when it shrinks (``AveragePooling2D``) and each pixel repeated when it grows
 (``UpSampling2D``), the same numbers up to float32 rounding: coremltools has no ResizeArea, and tf2onnx writes it as a nearest resize, whose
-file disagreed with Keras. An area resize by other factors is refused, naming the layer.
+file disagreed with Keras. An area resize by other factors is refused, naming the layer. ``interpolation="nearest"``
+to another size: coremltools converts a nearest resize that shrinks as a bilinear one (its ResizeNearestNeighbor
+hands it to ResizeBilinear), and its .mlmodel upsample by a fractional factor does not pick TensorFlow's half-pixel
+rows either, so the files disagreed with Keras by up to 2e-3 in probability; it is given to the converters as the
+rows and columns it picks (``keras.ops.take`` along each image axis, the picks read from the layer on a probe), the
+same numbers exactly. ``crop_to_aspect_ratio=True``: Keras computes the centre crop from the image's shape at run
+time, which tf2onnx leaves as a Slice of data-dependent size (refused: its memory cannot be bounded); it is given as
+the static crop (``Cropping2D``, Keras' arithmetic, checked on a probe) and a plain resize.
 
 Every other layer is reused as is (same object, same weights); nested models are rebuilt recursively only when they
 contain something to rewrite, so a model without grouped convolutions is returned unchanged.
@@ -46,38 +53,129 @@ def _is_grouped_conv(layer) -> bool:
     return type(layer) is keras.layers.Conv2D and int(getattr(layer, "groups", 1)) > 1
 
 
-def _resize_sides(layer) -> tuple[int, int, int, int] | None:
-    """(input height, input width, height, width) of a Resizing layer the converters are given a stand-in for."""
+def _resize_kind(layer) -> str | None:
+    """ "Resizing" for the layer, "resize" for ``keras.ops.image.resize`` called in a functional model (an op of its
+    graph with the same arguments: size, interpolation, antialias, crop_to_aspect_ratio, pad_to_aspect_ratio), else
+    None."""
     import keras
 
+    if type(layer) is keras.layers.Resizing:
+        return "Resizing"
+    if type(layer).__name__ == "Resize" and not isinstance(layer, keras.layers.Layer) and hasattr(layer, "size"):
+        return "resize" if getattr(layer, "data_format", "channels_last") == "channels_last" else None
+    return None
+
+
+def _resize_sides(layer) -> tuple[int, int, int, int] | None:
+    """(input height, input width, height, width) of a Resizing layer or resize op the converters are given a
+    stand-in for."""
     from ..keras_graph import first_input_shape
 
-    if type(layer) is not keras.layers.Resizing or layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio:
+    if _resize_kind(layer) is None or layer.pad_to_aspect_ratio:
         return None
     shape = first_input_shape(layer)
     if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
         return None
-    sides = int(shape[1]), int(shape[2]), int(layer.height), int(layer.width)
-    return sides if sides[:2] == sides[2:] or layer.interpolation == "area" else None
+    height, width = (layer.height, layer.width) if _resize_kind(layer) == "Resizing" else layer.size
+    sides = int(shape[1]), int(shape[2]), int(height), int(width)
+    return sides if sides[:2] == sides[2:] or layer.crop_to_aspect_ratio or layer.interpolation in ("area", "nearest") else None
+
+
+def _aspect_crop(in_h: int, in_w: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, height, left, width) of the centre crop ``Resizing(h, w, crop_to_aspect_ratio=True)`` takes of an
+    ``in_h`` x ``in_w`` image: Keras' own arithmetic (float32 quotients truncated to int32)."""
+    import numpy as np
+
+    crop_h = max(min(in_h, int(np.float32(in_w * h) / np.float32(w))), 1)
+    crop_w = max(min(in_w, int(np.float32(in_h * w) / np.float32(h))), 1)
+    return int(np.float32(in_h - crop_h) / np.float32(2)), crop_h, int(np.float32(in_w - crop_w) / np.float32(2)), crop_w
+
+
+def _cropped_resize(layer, sides: tuple[int, int, int, int]):
+    """``Resizing(crop_to_aspect_ratio=True)`` as its static centre crop (``Cropping2D``) and a plain Resizing, itself
+    replaced when it needs a stand-in: Keras computes the crop from the image's shape at run time, which tf2onnx
+    leaves as a Slice of data-dependent size (refused: its memory cannot be bounded). The layer itself when the
+    crop read from Keras' arithmetic does not reproduce it on a probe."""
+    import keras
+    import numpy as np
+
+    from ..keras_graph import first_input_shape
+
+    in_h, in_w, h, w = sides
+    top, crop_h, left, crop_w = _aspect_crop(in_h, in_w, h, w)
+    channels = (first_input_shape(layer) or (None,))[-1]
+    inputs = keras.Input((in_h, in_w, channels))
+    cropped = keras.layers.Cropping2D(((top, in_h - top - crop_h), (left, in_w - left - crop_w)), name=f"{layer.name}_crop")(inputs)
+    plain = keras.layers.Resizing(h, w, interpolation=layer.interpolation, antialias=layer.antialias, name=f"{layer.name}_resize")
+    out = plain(cropped)
+    probe = np.random.default_rng(0).uniform(0, 1, (1, in_h, in_w, channels or 1)).astype(np.float32)
+    if not np.array_equal(np.asarray(keras.Model(inputs, out)(probe)), np.asarray(layer(probe))):
+        return layer
+    inner = _resize_sides(plain)
+    if inner is not None:
+        out = _resize_replacement(plain, inner)(cropped)
+    return keras.Model(inputs, out, name=layer.name)
+
+
+# The probe of a nearest resize holds pixel coordinates in digits of this base, each exact in any float type a layer
+# may compute in (bfloat16 holds whole numbers up to 256), so the picks read back are exact at every image size.
+PICK_DIGIT_BASE = 64
+
+
+def _nearest_picks(layer, in_h: int, in_w: int) -> tuple[list[int], list[int]]:
+    """The input rows and columns the nearest-neighbour Resizing ``layer`` takes for each output row and column,
+    read from the layer itself (TensorFlow's half-pixel rule, with its own rounding): run on images holding each
+    pixel's row, then its column, in digits of PICK_DIGIT_BASE (one channel per digit)."""
+    import numpy as np
+
+    from ..errors import ConversionError
+
+    def picks(coordinate: np.ndarray) -> np.ndarray:
+        digits = np.stack([coordinate // PICK_DIGIT_BASE, coordinate % PICK_DIGIT_BASE], axis=-1).astype(np.float32)
+        out = np.asarray(layer(digits[None]), dtype=np.float64)[0]
+        return out[..., 0] * PICK_DIGIT_BASE + out[..., 1]
+
+    rows = picks(np.broadcast_to(np.arange(in_h)[:, None], (in_h, in_w)))
+    cols = picks(np.broadcast_to(np.arange(in_w)[None, :], (in_h, in_w)))
+    row_of, col_of = rows[:, 0], cols[0, :]
+    whole = (
+        np.array_equal(rows, np.broadcast_to(row_of[:, None], rows.shape))
+        and np.array_equal(cols, np.broadcast_to(col_of[None, :], cols.shape))
+        and all(np.array_equal(v, np.clip(np.rint(v), 0, n - 1)) for v, n in ((row_of, in_h), (col_of, in_w)))
+    )
+    if not whole:
+        raise ConversionError(
+            f"layer {layer.name!r} ({_resize_kind(layer)}) with interpolation='nearest' does not take whole rows and columns"
+        )
+    return [int(r) for r in row_of], [int(c) for c in col_of]
 
 
 def _resize_replacement(layer, sides: tuple[int, int, int, int]):
     """The stock layer computing what the Resizing ``layer`` from ``_resize_sides`` computes (see the module
     docstring)."""
     import keras
+    import numpy as np
 
     from ..errors import ConversionError
     from ..inference import identity_class
+    from ..keras_graph import first_input_shape
 
     in_h, in_w, h, w = sides
     if (in_h, in_w) == (h, w):
         return identity_class()(name=layer.name)
+    if layer.crop_to_aspect_ratio and layer.interpolation != "nearest":  # a nearest crop is rows and columns picked
+        return _cropped_resize(layer, sides)
+    if layer.interpolation == "nearest":
+        rows, cols = _nearest_picks(layer, in_h, in_w)
+        inputs = keras.Input((in_h, in_w, (first_input_shape(layer) or (None,))[-1]))
+        picked = keras.ops.take(keras.ops.take(inputs, np.asarray(rows, np.int32), axis=1), np.asarray(cols, np.int32), axis=2)
+        return keras.Model(inputs, picked, name=layer.name)
     if in_h % h == 0 and in_w % w == 0:
         return keras.layers.AveragePooling2D((in_h // h, in_w // w), name=layer.name)
     if h % in_h == 0 and w % in_w == 0:
         return keras.layers.UpSampling2D((h // in_h, w // in_w), interpolation="nearest", name=layer.name)
     raise ConversionError(
-        f"layer {layer.name!r} (Resizing) resizes {in_h}x{in_w} to {h}x{w} with interpolation='area', which neither Core ML "
+        f"layer {layer.name!r} ({_resize_kind(layer)}) resizes {in_h}x{in_w} to {h}x{w} with interpolation='area', which neither Core ML "
         "nor ONNX has (tf2onnx writes a nearest resize): only whole-number factors (both sides shrinking or both "
         "growing) are exported, as block means or repeated pixels; resize with 'bilinear' or to a whole-number factor"
     )
@@ -90,7 +188,7 @@ def _is_rewritten(layer) -> bool:
 def needs_rewrite(model) -> bool:
     import keras
 
-    for layer in model.layers:
+    for layer in getattr(model, "operations", None) or model.layers:  # a functional model's Keras ops too
         if _is_rewritten(layer):
             return True
         if isinstance(layer, keras.Model) and needs_rewrite(layer):
