@@ -34,7 +34,7 @@ from . import (  # noqa: F401  (layers register)
 )
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
-from .registry import NN, SUPPORTED_LIST
+from .registry import NN, SUPPORTED_LIST, never
 
 F32 = np.float32
 # NeuralNetworkImageShapeMapping: RANK5 maps an image to [Seq, Batch, C, H, W] (iOS 12 and earlier, and the default),
@@ -108,10 +108,6 @@ class Layer:
         self.release: list[str] = []
 
 
-def _never(_shapes) -> bool:
-    return False
-
-
 def _swap_leading(value):
     return np.swapaxes(value, 0, 1) if isinstance(value, np.ndarray) and value.ndim == 5 else value
 
@@ -169,7 +165,7 @@ class Network:
         ctx = LayerContext(spec_layer.name, kind, self.where, self.fp16, self.rank5, len(spec_layer.output), len(spec_layer.input))
         run, rule = entry.impl(getattr(spec_layer, kind), ctx)
         if self.rank5 and kind not in LEGACY_LAYERS:
-            run, rule = _in_file_order(run), _never
+            run, rule = _in_file_order(run), never
         return Layer(ctx, run, rule, list(spec_layer.input), list(spec_layer.output))
 
     def _probe(self) -> bool:
@@ -244,6 +240,7 @@ class Network:
         return env[self.probabilities]
 
     def run(self, x: np.ndarray, observe=None) -> np.ndarray:
-        """(N, C, H, W) float32 -> (N, K) probabilities; ``observe(name, value)`` sees every layer output."""
+        """(N, C, H, W) float32 -> (N, K) probabilities; ``observe(name, value)`` sees every layer output (in a
+        rank-5 file, rank-5 values batch first, as the executor holds them: see the module)."""
         probs = np.asarray(self._forward(x, observe=observe), F32)
         return probs.reshape(x.shape[0], -1)
