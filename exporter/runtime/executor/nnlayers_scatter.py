@@ -27,12 +27,12 @@ def _scatter_mode(p, ctx: LayerContext) -> str:
 
 
 def _positions(values, size, ctx: LayerContext) -> np.ndarray:
-    """Float index values as int64 positions into an axis of ``size`` (per position when an array): negative ones
-    count from the end; a fraction or one outside [-size, size) is refused (Core ML leaves it undefined)."""
-    raw = np.asarray(values)
-    index = raw.astype(np.int64)
-    if index.size and (np.any(index != raw) or np.any(index < -np.asarray(size)) or np.any(index >= size)):
-        raise ctx.fail("has an index that is not a whole number inside the axis it addresses")
+    """Float index values as int64 positions (truncated, as the NeuralNetwork gather layers cast theirs) into an axis
+    of ``size`` (per position when an array): negative ones count from the end; one outside [-size, size) is refused
+    (Core ML leaves it undefined)."""
+    index = np.asarray(values).astype(np.int64)
+    if index.size and (np.any(index < -np.asarray(size)) or np.any(index >= size)):
+        raise ctx.fail("has an index outside the axis it addresses")
     return np.where(index < 0, index + size, index)
 
 
