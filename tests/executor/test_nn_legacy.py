@@ -1287,3 +1287,28 @@ def test_mil_gru_reset_after_is_refused_in_one_line(tmp_path):
         CoreMLExecutor(path)
     message = str(info.value)
     assert "gru op" in message and "reset_after" in message and path.name in message and "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["sequenceRepeat", "rangeDynamic", "oneHot", "tile"])
+def test_sizes_a_file_chooses_are_bounded_before_allocation(tmp_path, case):
+    """A repeat count, range end, one-hot size or tile count that would need terabytes is refused in one line
+    (ConversionError, the memory budget), before anything is allocated."""
+    rank5 = case == "sequenceRepeat"
+
+    def build(b, x):
+        if case == "sequenceRepeat":
+            b.add_sequence_repeat("big", 10**9, x, "big")
+        elif case == "rangeDynamic":
+            b.add_range_dynamic("big", [_k(b, [1e12], "end")], "big")
+            b.add_add_broadcastable("sum", [x, "big"], "sum")
+            return "sum"
+        elif case == "oneHot":
+            b.add_one_hot("big", [x], "big", one_hot_vector_size=10**9)
+        else:
+            b.add_tile("big", x, "big", reps=[1, 1, 10**5, 10**5])
+        return "big"
+
+    path = nn5_file(tmp_path, build, 3, name=case, rank5=rank5)
+    with pytest.raises(ConversionError, match="memory budget") as info:
+        CoreMLExecutor(path)
+    assert path.name in str(info.value) and "\n" not in str(info.value)
