@@ -1312,3 +1312,44 @@ def test_sizes_a_file_chooses_are_bounded_before_allocation(tmp_path, case):
     with pytest.raises(ConversionError, match="memory budget") as info:
         CoreMLExecutor(path)
     assert path.name in str(info.value) and "\n" not in str(info.value)
+
+
+W_DECONV3D = RNG.normal(size=(2, 1, 2, 3, 3)).astype(np.float32)  # stored [outputChannels, inputChannels, kD, kH, kW]
+
+
+@pytest.mark.parametrize("padding", ["custom", "same"])
+def test_convolution3d_deconvolution(tmp_path, padding):
+    """A 3-D transposed convolution, weights stored [outputChannels / nGroups, inputChannels, kD, kH, kW]
+    (NeuralNetwork.proto); custom padding crops (front 0, back 1, top 1, bottom 0, left 0, right 1) from the full
+    output, same keeps D * stride. Before, it was refused."""
+    pads = {"padding_back": 1, "padding_top": 1, "padding_right": 1} if padding == "custom" else {}
+
+    def build(b, x):
+        b.add_expand_dims("e", x, "e", axes=[1])  # (N, 1, 3, 8, 8)
+        b.add_convolution3d(
+            "d",
+            1,
+            2,
+            2,
+            3,
+            3,
+            W_DECONV3D.transpose(1, 0, 2, 3, 4),
+            None,
+            False,
+            stride_height=2,
+            stride_width=2,
+            padding_mode=padding,
+            is_deconv=True,
+            input_name="e",
+            output_name="d",
+            **pads,
+        )  # fmt: skip  (the builder transposes its W argument into the stored layout)
+        return "d"
+
+    def reference(x):
+        filters = W_DECONV3D.transpose(2, 3, 4, 0, 1)  # TensorFlow's (kD, kH, kW, out, in)
+        full = tf().nn.conv3d_transpose(np.float32(x)[..., None], filters, (len(x), 4, 17, 17, 2), [1, 1, 2, 2, 1], "VALID").numpy()
+        out = full[:, :3, 1:17, :16] if padding == "custom" else full[:, :3, :16, :16]
+        return out.transpose(0, 4, 1, 2, 3)
+
+    check(tmp_path, build, reference, ["convolution3d"], rank5=False, name=padding)
