@@ -1353,3 +1353,17 @@ def test_convolution3d_deconvolution(tmp_path, padding):
         return out.transpose(0, 4, 1, 2, 3)
 
     check(tmp_path, build, reference, ["convolution3d"], rank5=False, name=padding)
+
+
+def test_mvn_epsilon_defaults_when_unset(tmp_path):
+    """NeuralNetwork.proto: mvn's epsilon "defaults to 1e-6 if not set or set to 0". Before, an unset epsilon was 0,
+    so a constant region (variance 0) gave 0 / 0 = NaN instead of 0."""
+
+    def build(b, x):
+        b.add_elementwise("z", [x], "z", "MULTIPLY", alpha=0.0)
+        b.add_mvn("m", "z", "m", across_channels=False, normalize_variance=True, epsilon=1e-3)
+        b.spec.neuralNetworkClassifier.layers[-1].mvn.epsilon = 0.0  # unset, as a file may leave it
+        b.add_elementwise("s", [x, "m"], "s", "ADD")
+        return "s"
+
+    check(tmp_path, build, lambda x: x, ["mvn"], rank5=False)

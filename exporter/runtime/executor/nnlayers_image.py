@@ -14,6 +14,7 @@ from .nnlayers import F32, LayerContext, always, layer, on_images
 # SamplingMode.Method -> the MIL sampling mode with the same grid (coremltools' MIL -> NeuralNetwork mapping).
 SAMPLING_METHODS = {0: "STRICT_ALIGN_CORNERS", 1: "ALIGN_CORNERS", 2: "DEFAULT", 3: "OFFSET_CORNERS"}
 LRN_K = 1.0  # NeuralNetwork.proto: LRN k "defaults to 1 if not set or 0"
+MVN_EPSILON = 1e-6  # NeuralNetwork.proto: mvn epsilon "defaults to 1e-6 if not set or set to 0"
 REORGANIZE = {0: kernels_nd.space_to_depth, 1: kernels_nd.depth_to_space, 2: kernels_nd.pixel_shuffle}
 PAD_CUSTOM, PAD_VALID, PAD_SAME = 0, 1, 2  # Convolution3D / Pooling3D padding types
 
@@ -115,7 +116,7 @@ def _mvn(p, ctx: LayerContext):
     """Mean (and, with ``normalizeVariance``, variance) normalisation over H, W, or C, H, W with
     ``acrossChannels``: ``(x - mean) / sqrt(var + epsilon)``."""
     axes = (-3, -2, -1) if p.acrossChannels else (-2, -1)
-    eps = F32(p.epsilon)
+    eps = F32(p.epsilon or MVN_EPSILON)
 
     def run(inputs):
         x = inputs[0]
