@@ -1367,3 +1367,23 @@ def test_mvn_epsilon_defaults_when_unset(tmp_path):
         return "s"
 
     check(tmp_path, build, lambda x: x, ["mvn"], rank5=False)
+
+
+def test_a_recurrent_layer_with_constant_initial_states_runs_image_by_image(tmp_path):
+    """Initial states from constants ([1, 1, H, 1, 1]) have a batch of 1: the layer cannot run on a pass of several
+    images (before, its batch rule let it, and a batch of three failed on the states' shape)."""
+    h0 = (0.5 * REC.normal(size=(1, 1, HIDDEN, 1, 1))).astype(np.float32)
+
+    def build(b, x):
+        b.add_load_constant("h0", "h0", h0.ravel(), [HIDDEN, 1, 1])
+        b.add_simple_rnn("rnn", R_SIMPLE, W_SIMPLE, B_SIMPLE, HIDDEN, FEATURES, "TANH", [_as_sequence(b, x), "h0"], ["y"])
+        return "y"
+
+    def reference(x5):
+        seq, y = _ref_sequence(x5), np.repeat(h0.reshape(1, HIDDEN), x5.shape[1], 0).astype(np.float64)
+        for t in range(STEPS):
+            y = np.tanh(_c50(seq[:, t] @ W_SIMPLE.T + y @ R_SIMPLE.T + B_SIMPLE))
+        return y[None, :, :, None, None]
+
+    executor, _, _ = check(tmp_path, build, reference, ["simpleRecurrent", "loadConstant"])
+    assert not executor.batchable

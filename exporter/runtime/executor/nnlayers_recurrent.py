@@ -85,6 +85,12 @@ def _state(inputs, index: int, batch: int, size: int, ctx: LayerContext) -> np.n
     return state.reshape(batch, size)
 
 
+def _batch_rule(ctx: LayerContext):
+    """Batch first in a rank-5 file, and without initial states: a state blob that does not derive from the image
+    (a constant) has a batch of 1, not the pass's."""
+    return lambda shapes: ctx.rank5 and len(shapes) == 1
+
+
 def _blob(values: np.ndarray, ctx: LayerContext) -> np.ndarray:
     """(Batch, Seq, H) -> the rank-5 blob [Seq, Batch, H, 1, 1] in this file's order."""
     return file_order(values[..., None, None].astype(F32, copy=False), ctx)
@@ -111,7 +117,7 @@ def _simple_recurrent(p, ctx: LayerContext):
         steps, y = recurrent.simple(x, _state(inputs, 1, x.shape[0], size, ctx), w, r, b, f, RECURRENT_CLIP, p.reverseInput)
         return _outputs(recurrent.sequence(steps, p.sequenceOutput), [y], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
 
 
 @layer("gru")
@@ -131,7 +137,7 @@ def _gru(p, ctx: LayerContext):
         steps, y = recurrent.gru(x, y0, w, r, b, f, g, RECURRENT_CLIP, p.reverseInput, reset_inside=True)
         return _outputs(recurrent.sequence(steps, p.sequenceOutput), [y], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
 
 
 def _lstm(wp, params, activations, ctx: LayerContext, size_in: int, size: int) -> recurrent.LSTM:
@@ -164,7 +170,7 @@ def _unidirectional_lstm(p, ctx: LayerContext):
         steps, y, c = cell.run(x, _state(inputs, 1, batch, size, ctx), _state(inputs, 2, batch, size, ctx), p.reverseInput)
         return _outputs(recurrent.sequence(steps, p.params.sequenceOutput), [y, c], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
 
 
 @layer("biDirectionalLSTM")
@@ -184,4 +190,4 @@ def _bidirectional_lstm(p, ctx: LayerContext):
         bs, by, bc = backward.run(x, _state(inputs, 3, batch, size, ctx), _state(inputs, 4, batch, size, ctx), True)
         return _outputs(recurrent.bidirectional(fs, fy, bs, by, p.params.sequenceOutput), [fy, fc, by, bc], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
