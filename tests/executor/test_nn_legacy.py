@@ -1387,3 +1387,27 @@ def test_a_recurrent_layer_with_constant_initial_states_runs_image_by_image(tmp_
 
     executor, _, _ = check(tmp_path, build, reference, ["simpleRecurrent", "loadConstant"])
     assert not executor.batchable
+
+
+@pytest.mark.parametrize("rank5", [False, True])
+def test_joining_the_image_with_a_constant_runs_image_by_image(tmp_path, rank5):
+    """concatND of the image and a constant (rank 4), and concat along the sequence of the image and a loadConstant
+    (rank 5): the constant's leading 1 cannot follow a pass of several images. Before, passes of several images
+    failed as an executor bug ('all the input array dimensions except for the concatenation axis must match')."""
+
+    def build(b, x):
+        if rank5:
+            b.add_load_constant("k", "k", CONST.ravel(), [3, NN_SIDE, NN_SIDE])
+            b.add_elementwise("c", [x, "k"], "c", "SEQUENCE_CONCAT")
+            b.add_reshape("r", "c", "r", [1, 6, NN_SIDE, NN_SIDE], 0)
+            return "r"
+        b.add_concat_nd("c", [x, _k(b, CONST[None], "k")], "c", axis=1)
+        return "c"
+
+    def reference(x):
+        n = x.shape[1] if rank5 else len(x)
+        joined = np.concatenate([x[0] if rank5 else x, np.repeat(CONST[None], n, 0)], axis=1)
+        return joined.reshape(1, n, 6, NN_SIDE, NN_SIDE) if rank5 else joined
+
+    executor, _, _ = check(tmp_path, build, reference, ["concat" if rank5 else "concatND"], rank5=rank5, n=4)
+    assert not executor.batchable

@@ -85,6 +85,12 @@ LEGACY_LAYERS = frozenset(
 )
 
 
+# Layers that join their inputs along an axis or need them of one shape: one that does not derive from the image (a
+# constant) keeps its leading 1 on a pass of N images, so such a layer runs image by image. (Elementwise layers
+# broadcast a leading 1, and the others' second inputs are parameters: indices, shapes, K.)
+JOINS = frozenset({"concat", "concatND", "stack", "dot"})
+
+
 # Layers declined on purpose, with the reason the refusal gives (other unknown names are refused as unsupported).
 NN.refuse(
     "gives an output whose shape depends on the input's values (the positions of its non-zero entries), so no "
@@ -187,6 +193,8 @@ class Network:
             outs = [shapes[name] for name in layer.outputs]
             if not layer.rule(ins) or any(len(s) == 0 or s[0] != 1 for s in outs):
                 batchable = False
+            if layer.ctx.kind in JOINS and not all(name in derived for name in layer.inputs):
+                batchable = False  # a constant input keeps its batch of 1, which the pass's N images would not match
         if self.probabilities not in shapes:
             raise ConversionError(f"no layer produces the probabilities {self.probabilities!r}", path=self.where)
         self.largest_activation: int = 4 * max(int(np.prod(s)) for s in shapes.values())  # bytes per image (float32)
