@@ -1411,3 +1411,26 @@ def test_joining_the_image_with_a_constant_runs_image_by_image(tmp_path, rank5):
 
     executor, _, _ = check(tmp_path, build, reference, ["concat" if rank5 else "concatND"], rank5=rank5, n=4)
     assert not executor.batchable
+
+
+@pytest.mark.parametrize("op", ["concat", "stack"])
+def test_an_ml_program_joining_the_image_with_a_constant_runs_image_by_image(tmp_path, op):
+    """The ML Program counterpart: concat or stack of the image and a constant (1, 3, 9, 9). Before, passes of several
+    images failed as an executor bug."""
+    from executor_helpers import SIDE, program_file
+
+    k = MIL_REC.normal(size=(1, 3, SIDE, SIDE)).astype(np.float32)
+
+    def body(x):
+        return mb.concat(values=[x, k], axis=1) if op == "concat" else mb.stack(values=[x, k], axis=1)
+
+    def reference(x):
+        ks = np.repeat(k, len(x), 0)
+        return np.concatenate([x, ks], axis=1) if op == "concat" else np.stack([x, ks], axis=1)
+
+    path = program_file(tmp_path, body, optimize=False)
+    pix = image_pixels(4, SIDE, SIDE)
+    executor = CoreMLExecutor(path)
+    want = reference(as_input(pix).astype(np.float64)).reshape(4, -1)
+    np.testing.assert_allclose(executor.predict(pix), want, atol=OP_ATOL, rtol=OP_RTOL)
+    assert not executor.batchable
