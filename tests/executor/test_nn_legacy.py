@@ -1287,3 +1287,150 @@ def test_mil_gru_reset_after_is_refused_in_one_line(tmp_path):
         CoreMLExecutor(path)
     message = str(info.value)
     assert "gru op" in message and "reset_after" in message and path.name in message and "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["sequenceRepeat", "rangeDynamic", "oneHot", "tile"])
+def test_sizes_a_file_chooses_are_bounded_before_allocation(tmp_path, case):
+    """A repeat count, range end, one-hot size or tile count that would need terabytes is refused in one line
+    (ConversionError, the memory budget), before anything is allocated."""
+    rank5 = case == "sequenceRepeat"
+
+    def build(b, x):
+        if case == "sequenceRepeat":
+            b.add_sequence_repeat("big", 10**9, x, "big")
+        elif case == "rangeDynamic":
+            b.add_range_dynamic("big", [_k(b, [1e12], "end")], "big")
+            b.add_add_broadcastable("sum", [x, "big"], "sum")
+            return "sum"
+        elif case == "oneHot":
+            b.add_one_hot("big", [x], "big", one_hot_vector_size=10**9)
+        else:
+            b.add_tile("big", x, "big", reps=[1, 1, 10**5, 10**5])
+        return "big"
+
+    path = nn5_file(tmp_path, build, 3, name=case, rank5=rank5)
+    with pytest.raises(ConversionError, match="memory budget") as info:
+        CoreMLExecutor(path)
+    assert path.name in str(info.value) and "\n" not in str(info.value)
+
+
+W_DECONV3D = RNG.normal(size=(2, 1, 2, 3, 3)).astype(np.float32)  # stored [outputChannels, inputChannels, kD, kH, kW]
+
+
+@pytest.mark.parametrize("padding", ["custom", "same"])
+def test_convolution3d_deconvolution(tmp_path, padding):
+    """A 3-D transposed convolution, weights stored [outputChannels / nGroups, inputChannels, kD, kH, kW]
+    (NeuralNetwork.proto); custom padding crops (front 0, back 1, top 1, bottom 0, left 0, right 1) from the full
+    output, same keeps D * stride. Before, it was refused."""
+    pads = {"padding_back": 1, "padding_top": 1, "padding_right": 1} if padding == "custom" else {}
+
+    def build(b, x):
+        b.add_expand_dims("e", x, "e", axes=[1])  # (N, 1, 3, 8, 8)
+        b.add_convolution3d(
+            "d",
+            1,
+            2,
+            2,
+            3,
+            3,
+            W_DECONV3D.transpose(1, 0, 2, 3, 4),
+            None,
+            False,
+            stride_height=2,
+            stride_width=2,
+            padding_mode=padding,
+            is_deconv=True,
+            input_name="e",
+            output_name="d",
+            **pads,
+        )  # fmt: skip  (the builder transposes its W argument into the stored layout)
+        return "d"
+
+    def reference(x):
+        filters = W_DECONV3D.transpose(2, 3, 4, 0, 1)  # TensorFlow's (kD, kH, kW, out, in)
+        full = tf().nn.conv3d_transpose(np.float32(x)[..., None], filters, (len(x), 4, 17, 17, 2), [1, 1, 2, 2, 1], "VALID").numpy()
+        out = full[:, :3, 1:17, :16] if padding == "custom" else full[:, :3, :16, :16]
+        return out.transpose(0, 4, 1, 2, 3)
+
+    check(tmp_path, build, reference, ["convolution3d"], rank5=False, name=padding)
+
+
+def test_mvn_epsilon_defaults_when_unset(tmp_path):
+    """NeuralNetwork.proto: mvn's epsilon "defaults to 1e-6 if not set or set to 0". Before, an unset epsilon was 0,
+    so a constant region (variance 0) gave 0 / 0 = NaN instead of 0."""
+
+    def build(b, x):
+        b.add_elementwise("z", [x], "z", "MULTIPLY", alpha=0.0)
+        b.add_mvn("m", "z", "m", across_channels=False, normalize_variance=True, epsilon=1e-3)
+        b.spec.neuralNetworkClassifier.layers[-1].mvn.epsilon = 0.0  # unset, as a file may leave it
+        b.add_elementwise("s", [x, "m"], "s", "ADD")
+        return "s"
+
+    check(tmp_path, build, lambda x: x, ["mvn"], rank5=False)
+
+
+def test_a_recurrent_layer_with_constant_initial_states_runs_image_by_image(tmp_path):
+    """Initial states from constants ([1, 1, H, 1, 1]) have a batch of 1: the layer cannot run on a pass of several
+    images (before, its batch rule let it, and a batch of three failed on the states' shape)."""
+    h0 = (0.5 * REC.normal(size=(1, 1, HIDDEN, 1, 1))).astype(np.float32)
+
+    def build(b, x):
+        b.add_load_constant("h0", "h0", h0.ravel(), [HIDDEN, 1, 1])
+        b.add_simple_rnn("rnn", R_SIMPLE, W_SIMPLE, B_SIMPLE, HIDDEN, FEATURES, "TANH", [_as_sequence(b, x), "h0"], ["y"])
+        return "y"
+
+    def reference(x5):
+        seq, y = _ref_sequence(x5), np.repeat(h0.reshape(1, HIDDEN), x5.shape[1], 0).astype(np.float64)
+        for t in range(STEPS):
+            y = np.tanh(_c50(seq[:, t] @ W_SIMPLE.T + y @ R_SIMPLE.T + B_SIMPLE))
+        return y[None, :, :, None, None]
+
+    executor, _, _ = check(tmp_path, build, reference, ["simpleRecurrent", "loadConstant"])
+    assert not executor.batchable
+
+
+@pytest.mark.parametrize("rank5", [False, True])
+def test_joining_the_image_with_a_constant_runs_image_by_image(tmp_path, rank5):
+    """concatND of the image and a constant (rank 4), and concat along the sequence of the image and a loadConstant
+    (rank 5): the constant's leading 1 cannot follow a pass of several images. Before, passes of several images
+    failed as an executor bug ('all the input array dimensions except for the concatenation axis must match')."""
+
+    def build(b, x):
+        if rank5:
+            b.add_load_constant("k", "k", CONST.ravel(), [3, NN_SIDE, NN_SIDE])
+            b.add_elementwise("c", [x, "k"], "c", "SEQUENCE_CONCAT")
+            b.add_reshape("r", "c", "r", [1, 6, NN_SIDE, NN_SIDE], 0)
+            return "r"
+        b.add_concat_nd("c", [x, _k(b, CONST[None], "k")], "c", axis=1)
+        return "c"
+
+    def reference(x):
+        n = x.shape[1] if rank5 else len(x)
+        joined = np.concatenate([x[0] if rank5 else x, np.repeat(CONST[None], n, 0)], axis=1)
+        return joined.reshape(1, n, 6, NN_SIDE, NN_SIDE) if rank5 else joined
+
+    executor, _, _ = check(tmp_path, build, reference, ["concat" if rank5 else "concatND"], rank5=rank5, n=4)
+    assert not executor.batchable
+
+
+@pytest.mark.parametrize("op", ["concat", "stack"])
+def test_an_ml_program_joining_the_image_with_a_constant_runs_image_by_image(tmp_path, op):
+    """The ML Program counterpart: concat or stack of the image and a constant (1, 3, 9, 9). Before, passes of several
+    images failed as an executor bug."""
+    from executor_helpers import SIDE, program_file
+
+    k = MIL_REC.normal(size=(1, 3, SIDE, SIDE)).astype(np.float32)
+
+    def body(x):
+        return mb.concat(values=[x, k], axis=1) if op == "concat" else mb.stack(values=[x, k], axis=1)
+
+    def reference(x):
+        ks = np.repeat(k, len(x), 0)
+        return np.concatenate([x, ks], axis=1) if op == "concat" else np.stack([x, ks], axis=1)
+
+    path = program_file(tmp_path, body, optimize=False)
+    pix = image_pixels(4, SIDE, SIDE)
+    executor = CoreMLExecutor(path)
+    want = reference(as_input(pix).astype(np.float64)).reshape(4, -1)
+    np.testing.assert_allclose(executor.predict(pix), want, atol=OP_ATOL, rtol=OP_RTOL)
+    assert not executor.batchable

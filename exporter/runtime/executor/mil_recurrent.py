@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import recurrent
+from .blob import bounded_count
 from .registry import OpCall, op
 
 F32 = np.float32
@@ -37,10 +38,12 @@ def _parts(c: OpCall, key: str, count: int, size: int, width: int | None = None)
     return blocks if width is None else [b.T.copy() for b in blocks]
 
 
-def _sequence(c: OpCall) -> np.ndarray:
+def _sequence(c: OpCall, size_out: int) -> np.ndarray:
+    """x as (Batch, Seq, Input); every step's outputs, (Seq, Batch, size_out), bounded before the steps run."""
     x = np.asarray(c["x"], F32)
     if x.ndim != 3:
         raise c.fail(f"has x of rank {x.ndim}; it takes (Seq, Batch, Input)")
+    bounded_count((x.shape[0], x.shape[1], size_out), c.where, f"{c.op_type} op {c.name!r} outputs")
     return np.swapaxes(x, 0, 1)  # (Batch, Seq, Input)
 
 
@@ -66,8 +69,8 @@ def _out(y: np.ndarray, dtype) -> np.ndarray:
 @op("rnn")
 def _rnn(c: OpCall):
     """``h_t = activation(W_ih x_t + W_hh h_{t-1} + b)``."""
-    x = _sequence(c)
     hidden = np.asarray(c["weight_hh"]).shape[0]
+    x = _sequence(c, hidden)
     (w,) = _parts(c, "weight_ih", 1, hidden, x.shape[2])
     (r,) = _parts(c, "weight_hh", 1, hidden, hidden)
     (b,) = _parts(c, "bias", 1, hidden)
@@ -85,8 +88,8 @@ def _gru(c: OpCall):
     which the definition does not state precisely, are refused when set."""
     if c.const("reset_after", False) or (c.get("input_bias") is not None and np.any(np.asarray(c.get("input_bias")) != 0)):
         raise c.unsupported("sets reset_after or input_bias (iOS18), whose arithmetic the MIL definition does not state")
-    x = _sequence(c)
     hidden = np.asarray(c["weight_hh"]).shape[1]
+    x = _sequence(c, hidden)
     wr, wo, wz = _parts(c, "weight_ih", 3, hidden, x.shape[2])
     rr, ro, rz = _parts(c, "weight_hh", 3, hidden, hidden)
     br, bo, bz = _parts(c, "bias", 3, hidden)
@@ -113,9 +116,9 @@ def _lstm(c: OpCall):
     """``i, f, o = ra(W x + R h + p * c + b)``, ``z = ca(W_z x + R_z h + b_z)``, ``c = f * c + i * z`` (clipped to
     ``clip``), ``h = o * a(c)``; forward, reverse or bidirectional (``*_back`` parameters for the backward LSTM,
     states [forward | backward] along the hidden axis)."""
-    x = _sequence(c)
     hidden = np.asarray(c["weight_hh"]).shape[1]
     direction = _direction(c, ("forward", "reverse", "bidirectional"))
+    x = _sequence(c, 2 * hidden if direction == "bidirectional" else hidden)
     activations = (
         _activation(c, "recurrent_activation", "sigmoid"),
         _activation(c, "cell_activation", "tanh"),

@@ -52,10 +52,16 @@ def _transpose(c: OpCall):
     return np.transpose(c["x"], [int(p) for p in c.const("perm")])
 
 
+def _joins_computed_values(c: OpCall) -> bool:
+    """Every joined value derives from the image: a constant (everything else is computed from the image; constant
+    expressions are folded) keeps its leading 1 on a pass of N images, which the join could not match."""
+    return not any(name in c.consts for name in c.args.get("values", []))
+
+
 def _concat_batch(c: OpCall) -> bool:
     rank = c.rank("values")
     axis = int(c.const("axis"))
-    return rank is not None and axis % rank != 0
+    return rank is not None and axis % rank != 0 and _joins_computed_values(c)
 
 
 @op("concat", batch=_concat_batch)
@@ -367,7 +373,7 @@ def _crop(c: OpCall):
     return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
 
 
-@op("stack", batch=lambda c: int(c.const("axis")) % ((c.rank("values") or 0) + 1) != 0)
+@op("stack", batch=lambda c: int(c.const("axis")) % ((c.rank("values") or 0) + 1) != 0 and _joins_computed_values(c))
 def _stack(c: OpCall):
     return np.stack(c.values("values"), axis=int(c.const("axis")))
 

@@ -34,7 +34,7 @@ from . import (  # noqa: F401  (layers register)
 )
 from .image import ImageInput, scaler
 from .nnlayers import LayerContext
-from .registry import NN, SUPPORTED_LIST
+from .registry import NN, SUPPORTED_LIST, never
 
 F32 = np.float32
 # NeuralNetworkImageShapeMapping: RANK5 maps an image to [Seq, Batch, C, H, W] (iOS 12 and earlier, and the default),
@@ -85,6 +85,12 @@ LEGACY_LAYERS = frozenset(
 )
 
 
+# Layers that join their inputs along an axis or need them of one shape: one that does not derive from the image (a
+# constant) keeps its leading 1 on a pass of N images, so such a layer runs image by image. (Elementwise layers
+# broadcast a leading 1, and the others' second inputs are parameters: indices, shapes, K.)
+JOINS = frozenset({"concat", "concatND", "stack", "dot"})
+
+
 # Layers declined on purpose, with the reason the refusal gives (other unknown names are refused as unsupported).
 NN.refuse(
     "gives an output whose shape depends on the input's values (the positions of its non-zero entries), so no "
@@ -106,10 +112,6 @@ class Layer:
     def __init__(self, ctx: LayerContext, run, rule, inputs: list[str], outputs: list[str]):
         self.ctx, self.run, self.rule, self.inputs, self.outputs = ctx, run, rule, inputs, outputs
         self.release: list[str] = []
-
-
-def _never(_shapes) -> bool:
-    return False
 
 
 def _swap_leading(value):
@@ -172,7 +174,7 @@ class Network:
         )
         run, rule = entry.impl(getattr(spec_layer, kind), ctx)
         if self.rank5 and kind not in LEGACY_LAYERS:
-            run, rule = _in_file_order(run), _never
+            run, rule = _in_file_order(run), never
         return Layer(ctx, run, rule, list(spec_layer.input), list(spec_layer.output))
 
     def _probe(self) -> bool:
@@ -194,6 +196,8 @@ class Network:
             outs = [shapes[name] for name in layer.outputs]
             if not layer.rule(ins) or any(len(s) == 0 or s[0] != 1 for s in outs):
                 batchable = False
+            if layer.ctx.kind in JOINS and not all(name in derived for name in layer.inputs):
+                batchable = False  # a constant input keeps its batch of 1, which the pass's N images would not match
         if self.probabilities not in shapes:
             raise ConversionError(f"no layer produces the probabilities {self.probabilities!r}", path=self.where)
         self.largest_activation: int = 4 * max(int(np.prod(s)) for s in shapes.values())  # bytes per image (float32)
@@ -247,6 +251,7 @@ class Network:
         return env[self.probabilities]
 
     def run(self, x: np.ndarray, observe=None) -> np.ndarray:
-        """(N, C, H, W) float32 -> (N, K) probabilities; ``observe(name, value)`` sees every layer output."""
+        """(N, C, H, W) float32 -> (N, K) probabilities; ``observe(name, value)`` sees every layer output (in a
+        rank-5 file, rank-5 values batch first, as the executor holds them: see the module)."""
         probs = np.asarray(self._forward(x, observe=observe), F32)
         return probs.reshape(x.shape[0], -1)

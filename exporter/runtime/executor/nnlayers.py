@@ -170,7 +170,7 @@ def _convolution(p, ctx: LayerContext):
             raise ctx.fail(f"gets a weight input of shape {w.shape}; its parameters say {shape}")
         return on_images(lambda x: run(x, w), ctx)(inputs[:1])
 
-    return dynamic, always
+    return dynamic, lambda shapes: False  # the weight blob may derive from the image too: one image a pass
 
 
 @layer("pooling")

@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels_nd
+from .blob import bounded_count
 from .mil_resample import BOX_MODES, crop_box
 from .nnlayers import F32, LayerContext, always, layer, on_images
 
 # SamplingMode.Method -> the MIL sampling mode with the same grid (coremltools' MIL -> NeuralNetwork mapping).
 SAMPLING_METHODS = {0: "STRICT_ALIGN_CORNERS", 1: "ALIGN_CORNERS", 2: "DEFAULT", 3: "OFFSET_CORNERS"}
 LRN_K = 1.0  # NeuralNetwork.proto: LRN k "defaults to 1 if not set or 0"
+MVN_EPSILON = 1e-6  # NeuralNetwork.proto: mvn epsilon "defaults to 1e-6 if not set or set to 0"
 REORGANIZE = {0: kernels_nd.space_to_depth, 1: kernels_nd.depth_to_space, 2: kernels_nd.pixel_shuffle}
 PAD_CUSTOM, PAD_VALID, PAD_SAME = 0, 1, 2  # Convolution3D / Pooling3D padding types
 
@@ -114,7 +116,7 @@ def _mvn(p, ctx: LayerContext):
     """Mean (and, with ``normalizeVariance``, variance) normalisation over H, W, or C, H, W with
     ``acrossChannels``: ``(x - mean) / sqrt(var + epsilon)``."""
     axes = (-3, -2, -1) if p.acrossChannels else (-2, -1)
-    eps = F32(p.epsilon)
+    eps = F32(p.epsilon or MVN_EPSILON)
 
     def run(inputs):
         x = inputs[0]
@@ -216,6 +218,41 @@ def _pads_3d(p, x, kernel, strides, dilations) -> list[int]:
     ]
 
 
+def _deconvolution3d(p, ctx: LayerContext, groups: int, kernel, strides, dilations):
+    """Transposed 3-D convolution. Weights stored [outputChannels / nGroups, inputChannels, kD, kH, kW]
+    (NeuralNetwork.proto; coremltools' MIL conv_transpose lowering stores the same). The full output, ``(D - 1) *
+    stride + (K - 1) * dilation + 1`` per axis, loses the custom padding, nothing (valid), or what exceeds ``D *
+    stride`` (same) or ``outputShape``, split as for 2-D (the odd value after)."""
+    cout, cin = int(p.outputChannels), int(p.inputChannels)
+    if groups < 1 or cout % groups or cin % groups:
+        raise ctx.fail(f"has {groups} groups for {cin} input and {cout} output channels")
+    weight = ctx.weights(p.weights, (cout // groups, cin) + kernel).transpose(1, 0, 2, 3, 4).copy()  # (C_in, C_out/g, K)
+    bias = ctx.weights(p.bias, (cout,)) if p.hasBias else None
+    target = [int(v) for v in p.outputShape] or None
+    if target is not None and len(target) != 3:
+        raise ctx.fail(f"has output shape {target}; NeuralNetwork.proto says [D_out, H_out, W_out]")
+
+    def run(inputs):
+        x = inputs[0]
+        if x.ndim != 5:
+            raise ctx.unsupported(f"gets a rank-{x.ndim} input; rank 5 (N, C, D, H, W) is supported")
+        full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(x.shape[2:], strides, kernel, dilations, strict=True)]
+        if target is not None or p.paddingType == PAD_SAME:
+            sizes = target or [d * s for d, s in zip(x.shape[2:], strides, strict=True)]
+            crop: list[int] = []
+            for size, f in zip(sizes, full, strict=True):
+                total = max(f - size, 0)
+                crop.extend((total // 2, total - total // 2))
+        elif p.paddingType == PAD_VALID:
+            crop = [0] * 6
+        else:
+            crop = _pads_3d(p, x, kernel, strides, dilations)
+        bounded_count((x.shape[0], cout, *full), ctx.where, f"convolution3d {ctx.name!r} output")
+        return kernels_nd.conv_transpose(x, weight, bias, strides, dilations, crop, groups, target)
+
+    return run, always
+
+
 @layer("convolution3d")
 def _convolution3d(p, ctx: LayerContext):
     groups = int(p.nGroups) or 1
@@ -223,7 +260,7 @@ def _convolution3d(p, ctx: LayerContext):
     strides = [int(p.strideDepth) or 1, int(p.strideHeight) or 1, int(p.strideWidth) or 1]
     dilations = [int(p.dilationDepth) or 1, int(p.dilationHeight) or 1, int(p.dilationWidth) or 1]
     if p.isDeconvolution:
-        raise ctx.unsupported("is a 3-D deconvolution, which the executor does not support")
+        return _deconvolution3d(p, ctx, groups, kernel, strides, dilations)
     weight = ctx.weights(p.weights, (p.outputChannels, p.inputChannels // groups) + kernel)
     bias = ctx.weights(p.bias, (p.outputChannels,)) if p.hasBias else None
     cache: dict = {}

@@ -105,12 +105,11 @@ def _reduce(p, ctx: LayerContext):
 
 
 def lookup_rows(table: np.ndarray, index, ctx: LayerContext) -> np.ndarray:
-    """Rows of ``table`` (vocabulary x size) for the float index values; one outside the vocabulary is refused (Core
-    ML leaves it undefined)."""
-    values = np.asarray(index)
-    rows = values.astype(np.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= len(table) or np.any(rows != values)):
-        raise ctx.fail(f"gets an index that is not a whole number in [0, {len(table) - 1}]")
+    """Rows of ``table`` (vocabulary x size) for the float index values, cast to integers (truncated, as the
+    NeuralNetwork gather layers cast theirs); one outside the vocabulary is refused (Core ML leaves it undefined)."""
+    rows = np.asarray(index).astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(table)):
+        raise ctx.fail(f"gets an index outside [0, {len(table) - 1}]")
     bounded_count(rows.shape + table.shape[1:], ctx.where, f"{ctx.kind} {ctx.name!r} output")
     return table[rows]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import recurrent
+from .blob import bounded_count
 from .nnlayers import F32, LayerContext, layer
 from .nnlayers_legacy import batch_first, file_order
 
@@ -64,11 +65,13 @@ def _activations(params, count: int, ctx: LayerContext) -> list:
     return [_activation(a, ctx) for a in found]
 
 
-def _sequence(x: np.ndarray, size_in: int, ctx: LayerContext) -> np.ndarray:
-    """The input as (Batch, Seq, inputVectorSize)."""
+def _sequence(x: np.ndarray, size_in: int, ctx: LayerContext, size_out: int) -> np.ndarray:
+    """The input as (Batch, Seq, inputVectorSize); the outputs of every step, (Batch, Seq, size_out), are bounded
+    before the steps run (the hidden size comes from the file)."""
     x = batch_first(x, ctx)
     if x.shape[2:] != (size_in, 1, 1):
         raise ctx.fail(f"gets a sequence of {x.shape[2:]} values per step; it takes [{size_in}, 1, 1]")
+    bounded_count((x.shape[0], x.shape[1], size_out), ctx.where, f"{ctx.kind} {ctx.name!r} outputs")
     return x.reshape(x.shape[0], x.shape[1], size_in)
 
 
@@ -80,6 +83,12 @@ def _state(inputs, index: int, batch: int, size: int, ctx: LayerContext) -> np.n
     if state.shape != (batch, 1, size, 1, 1):
         raise ctx.fail(f"gets an initial state of shape {state.shape}; it takes [1, {batch}, {size}, 1, 1]")
     return state.reshape(batch, size)
+
+
+def _batch_rule(ctx: LayerContext):
+    """Batch first in a rank-5 file, and without initial states: a state blob that does not derive from the image
+    (a constant) has a batch of 1, not the pass's."""
+    return lambda shapes: ctx.rank5 and len(shapes) == 1
 
 
 def _blob(values: np.ndarray, ctx: LayerContext) -> np.ndarray:
@@ -104,11 +113,11 @@ def _simple_recurrent(p, ctx: LayerContext):
     f = _activation(p.activation, ctx)
 
     def run(inputs):
-        x = _sequence(inputs[0], size_in, ctx)
+        x = _sequence(inputs[0], size_in, ctx, size)
         steps, y = recurrent.simple(x, _state(inputs, 1, x.shape[0], size, ctx), w, r, b, f, RECURRENT_CLIP, p.reverseInput)
         return _outputs(recurrent.sequence(steps, p.sequenceOutput), [y], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
 
 
 @layer("gru")
@@ -123,12 +132,12 @@ def _gru(p, ctx: LayerContext):
     f, g = _activations(p.activations, 2, ctx)
 
     def run(inputs):
-        x = _sequence(inputs[0], size_in, ctx)
+        x = _sequence(inputs[0], size_in, ctx, size)
         y0 = _state(inputs, 1, x.shape[0], size, ctx)
         steps, y = recurrent.gru(x, y0, w, r, b, f, g, RECURRENT_CLIP, p.reverseInput, reset_inside=True)
         return _outputs(recurrent.sequence(steps, p.sequenceOutput), [y], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
 
 
 def _lstm(wp, params, activations, ctx: LayerContext, size_in: int, size: int) -> recurrent.LSTM:
@@ -156,12 +165,12 @@ def _unidirectional_lstm(p, ctx: LayerContext):
     cell = _lstm(p.weightParams, p.params, _activations(p.activations, 3, ctx), ctx, size_in, size)
 
     def run(inputs):
-        x = _sequence(inputs[0], size_in, ctx)
+        x = _sequence(inputs[0], size_in, ctx, size)
         batch = x.shape[0]
         steps, y, c = cell.run(x, _state(inputs, 1, batch, size, ctx), _state(inputs, 2, batch, size, ctx), p.reverseInput)
         return _outputs(recurrent.sequence(steps, p.params.sequenceOutput), [y, c], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)
 
 
 @layer("biDirectionalLSTM")
@@ -175,10 +184,10 @@ def _bidirectional_lstm(p, ctx: LayerContext):
     backward = _lstm(p.weightParams[1], p.params, _activations(p.activationsBackwardLSTM, 3, ctx), ctx, size_in, size)
 
     def run(inputs):
-        x = _sequence(inputs[0], size_in, ctx)
+        x = _sequence(inputs[0], size_in, ctx, 2 * size)
         batch = x.shape[0]
         fs, fy, fc = forward.run(x, _state(inputs, 1, batch, size, ctx), _state(inputs, 2, batch, size, ctx), False)
         bs, by, bc = backward.run(x, _state(inputs, 3, batch, size, ctx), _state(inputs, 4, batch, size, ctx), True)
         return _outputs(recurrent.bidirectional(fs, fy, bs, by, p.params.sequenceOutput), [fy, fc, by, bc], ctx)
 
-    return run, lambda shapes: ctx.rank5
+    return run, _batch_rule(ctx)

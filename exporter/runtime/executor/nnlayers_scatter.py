@@ -13,13 +13,10 @@ from .blob import bounded_count
 from .mil_scatter import band, combine
 from .nnlayers import F32, LayerContext, always, layer
 from .nnlayers_legacy import lookup_rows
+from .registry import never
 
 # ScatterMode (NeuralNetwork.proto) -> the shared scatter kernels' mode names
 SCATTER_MODES = {0: "update", 1: "add", 2: "sub", 3: "mul", 4: "div", 5: "max", 6: "min"}
-
-
-def _never(_shapes) -> bool:
-    return False
 
 
 def _scatter_mode(p, ctx: LayerContext) -> str:
@@ -30,12 +27,12 @@ def _scatter_mode(p, ctx: LayerContext) -> str:
 
 
 def _positions(values, size, ctx: LayerContext) -> np.ndarray:
-    """Float index values as int64 positions into an axis of ``size`` (per position when an array): negative ones
-    count from the end; a fraction or one outside [-size, size) is refused (Core ML leaves it undefined)."""
-    raw = np.asarray(values)
-    index = raw.astype(np.int64)
-    if index.size and (np.any(index != raw) or np.any(index < -np.asarray(size)) or np.any(index >= size)):
-        raise ctx.fail("has an index that is not a whole number inside the axis it addresses")
+    """Float index values as int64 positions (truncated, as the NeuralNetwork gather layers cast theirs) into an axis
+    of ``size`` (per position when an array): negative ones count from the end; one outside [-size, size) is refused
+    (Core ML leaves it undefined)."""
+    index = np.asarray(values).astype(np.int64)
+    if index.size and (np.any(index < -np.asarray(size)) or np.any(index >= size)):
+        raise ctx.fail("has an index outside the axis it addresses")
     return np.where(index < 0, index + size, index)
 
 
@@ -57,7 +54,7 @@ def _scatter(p, ctx: LayerContext):
         combine(np.moveaxis(out, a, 0), (index.reshape(-1),), np.moveaxis(flat, a, 0), mode)
         return out
 
-    return run, _never
+    return run, never
 
 
 @layer("scatterAlongAxis")
@@ -78,7 +75,7 @@ def _scatter_along_axis(p, ctx: LayerContext):
         grid[a] = index
         return combine(out, tuple(grid), updates, mode)
 
-    return run, _never
+    return run, never
 
 
 @layer("scatterND")
@@ -101,7 +98,7 @@ def _scatter_nd(p, ctx: LayerContext):
         flat = index.reshape(-1, depth)
         return combine(out, tuple(flat.T), updates.reshape((len(flat),) + out.shape[depth:]), mode)
 
-    return run, _never
+    return run, never
 
 
 @layer("oneHot")
@@ -205,7 +202,7 @@ def _broadcast_dynamic(p, ctx: LayerContext):
         bounded_count(shape, ctx.where, f"broadcastToDynamic {ctx.name!r} output")
         return np.broadcast_to(inputs[0], shape).copy()
 
-    return run, _never
+    return run, never
 
 
 @layer("rangeDynamic")
@@ -223,7 +220,7 @@ def _range_dynamic(p, ctx: LayerContext):
         bounded_count((max(0, int(np.ceil((end - start) / step))),), ctx.where, f"rangeDynamic {ctx.name!r} output")
         return np.arange(start, end, step, dtype=F32)
 
-    return run, _never
+    return run, never
 
 
 @layer("reverseSeq")
@@ -248,4 +245,4 @@ def _reverse_seq(p, ctx: LayerContext):
         index = np.broadcast_to(order.reshape(shape), x.shape)
         return np.take_along_axis(x, index, axis=s)
 
-    return run, _never
+    return run, never
