@@ -363,3 +363,34 @@ def test_an_onnx_graph_of_countless_nodes_is_refused_before_it_is_checked(tmp_pa
     with pytest.raises(ConversionError, match="2,000 nodes, over the limit of 1,000") as info:
         runtime.OnnxRunner(path, Preprocessing.from_dict({"input_size": [8, 8], "scale": [1 / 255], "bias": [0.0]}))
     assert "long.onnx" in str(info.value) and time.perf_counter() - start < 5
+
+
+def test_a_core_ml_file_of_countless_layers_is_refused_before_it_is_built(tmp_path, small_export, monkeypatch):
+    # 200,000 identity layers (8 MB, under the protobuf field limit) took 22 s and 1.5 GB to load and probe; 330,000
+    # fit. 2,000 stand for them against a limit set at 1,000 here.
+    import time
+
+    from coremltools.proto import Model_pb2
+
+    from exporter.runtime import executor
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(next(small_export[0].glob("*.mlmodel")).read_bytes())
+    network = spec.neuralNetworkClassifier
+    first, previous, added = network.layers[0], network.layers[0].input[0], []
+    for k in range(2000):
+        layer = Model_pb2.NeuralNetworkLayer(name=f"same{k}", input=[previous], output=[f"same{k}"])
+        layer.activation.linear.alpha = 1.0
+        added.append(layer)
+        previous = f"same{k}"
+    first.input[0] = previous
+    layers = added + list(network.layers)
+    del network.layers[:]
+    network.layers.extend(layers)
+    path = tmp_path / "long.mlmodel"
+    path.write_bytes(spec.SerializeToString())
+    monkeypatch.setattr(executor, "MAX_OPERATIONS", 1000, raising=False)  # before the fix: no limit at all
+    start = time.perf_counter()
+    with pytest.raises(ConversionError, match="2,[0-9]{3} layers or operations, over the limit of 1,000") as info:
+        executor.CoreMLExecutor(path)
+    assert "long.mlmodel" in str(info.value) and time.perf_counter() - start < 5
