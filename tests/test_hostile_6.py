@@ -394,3 +394,25 @@ def test_a_core_ml_file_of_countless_layers_is_refused_before_it_is_built(tmp_pa
     with pytest.raises(ConversionError, match="2,[0-9]{3} layers or operations, over the limit of 1,000") as info:
         executor.CoreMLExecutor(path)
     assert "long.mlmodel" in str(info.value) and time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("layer", ["MultiHeadAttention", "Attention", "AdditiveAttention"])
+def test_attention_scores_over_the_budget_are_refused_before_running(tmp_path, layer):
+    # attention layers compute queries x keys scores inside the call, never among their outputs, so the per-layer
+    # bound saw 65,536 values per feature where a MultiHeadAttention over a 256 px image's pixels computes 2 x 65,536
+    # x 65,536 scores (34 GB): the model loaded, and the classifier probe would run it on 8 images
+    import keras
+
+    from exporter.loading import load_model
+
+    inputs = keras.Input((256, 256, 1))
+    x = keras.layers.Reshape((65536, 1))(inputs)
+    if layer == "MultiHeadAttention":
+        x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attend")(x, x)
+    else:
+        x = getattr(keras.layers, layer)(name="attend")([x, x])
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "attend.keras")
+    with pytest.raises(ModelLoadError, match="attention scores of layer 'attend'") as info:
+        load_model(tmp_path / "attend.keras")
+    assert "attend.keras" in str(info.value)
