@@ -416,3 +416,28 @@ def test_attention_scores_over_the_budget_are_refused_before_running(tmp_path, l
     with pytest.raises(ModelLoadError, match="attention scores of layer 'attend'") as info:
         load_model(tmp_path / "attend.keras")
     assert "attend.keras" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def test_a_label_of_millions_of_characters_is_refused_before_each_is_checked(tmp_path, capsys):
+    # no label had a length limit: a 60 MB labels file holding one 30-million-character label took 26 s to check
+    # character by character and was then accepted, to be written into every artifact's metadata, the Swift
+    # package's labels.txt and the report's tables and plots
+    import time
+
+    from conftest import sample
+
+    from exporter.errors import LabelsError
+    from exporter.labels import parse_labels
+
+    start = time.perf_counter()
+    with pytest.raises(LabelsError, match="label 2 is 30,000,000 characters long, over the limit of 1,000"):
+        parse_labels("cat\n" + "\u00e9" * 30_000_000 + "\n", source="labels.txt")
+    assert time.perf_counter() - start < 3
+    s = sample("mobilenet_v1_digits")
+    labels = s["labels"].read_text().splitlines()
+    labels[3] = "x" * 1001
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    proc, line = _cli(["convert", str(s["model"]), "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")], capsys)
+    assert proc.returncode == LabelsError.exit_code and "labels.txt" in line and "label 4 is 1,001 characters long" in line, line
+    assert len(line) < 400 and not (tmp_path / "out").exists()
