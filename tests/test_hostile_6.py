@@ -441,3 +441,28 @@ def test_a_label_of_millions_of_characters_is_refused_before_each_is_checked(tmp
     proc, line = _cli(["convert", str(s["model"]), "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")], capsys)
     assert proc.returncode == LabelsError.exit_code and "labels.txt" in line and "label 4 is 1,001 characters long" in line, line
     assert len(line) < 400 and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ unzipped Keras models
+@pytest.mark.parametrize("member", ["config.json", "model.weights.h5"])
+def test_an_unzipped_keras_model_whose_member_links_outside_its_folder_is_refused(tmp_path, member):
+    # a model saved with zipped=False is a folder Keras reads by path: a config.json or model.weights.h5 that was a
+    # symlink to a file elsewhere was read and the model loaded, from outside the folder given
+    import os
+    import shutil
+
+    import keras
+
+    from exporter.loading import load_model
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    folder = tmp_path / "model"
+    keras.Model(inputs, outputs).save(folder, zipped=False)
+    assert load_model(folder).num_classes == 3
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(folder / member, tmp_path / "elsewhere" / member)
+    os.symlink(tmp_path / "elsewhere" / member, folder / member)
+    with pytest.raises(ModelLoadError, match=f"'{member}' resolves outside its folder") as info:
+        load_model(folder)
+    assert str(folder) in str(info.value)
