@@ -52,7 +52,7 @@ def test_onnx_images_per_run_keep_the_values_alive_together_within_the_budget():
 
 def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path):
     # the per-image bound walked model.layers, which leaves out the Keras ops a functional model calls on its
-    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, and the classifier probe ran it on 8 images
+    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, and the classifier probe ran it on 6 images
     import keras
 
     from exporter.loading import load_model
@@ -68,7 +68,7 @@ def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path
 @pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
 def test_keras_layer_outputs_alive_together_over_the_budget_are_refused_when_loaded(tmp_path, nested):
     # Keras keeps every layer's output until a call returns; each of these 45 ReLU outputs is 50 MB for one image, so
-    # one image held 2.3 GB and the classifier probe's 8 images 18 GB, though each value was within the budget
+    # one image held 2.3 GB and the classifier probe's 6 images 14 GB, though each value was within the budget
     import keras
 
     from exporter.loading import load_model
@@ -400,7 +400,7 @@ def test_a_core_ml_file_of_countless_layers_is_refused_before_it_is_built(tmp_pa
 def test_attention_scores_over_the_budget_are_refused_before_running(tmp_path, layer):
     # attention layers compute queries x keys scores inside the call, never among their outputs, so the per-layer
     # bound saw 65,536 values per feature where a MultiHeadAttention over a 256 px image's pixels computes 2 x 65,536
-    # x 65,536 scores (34 GB): the model loaded, and the classifier probe would run it on 8 images
+    # x 65,536 scores (34 GB): the model loaded, and the classifier probe would run it on 6 images
     import keras
 
     from exporter.loading import load_model
