@@ -52,7 +52,7 @@ def test_onnx_images_per_run_keep_the_values_alive_together_within_the_budget():
 
 def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path):
     # the per-image bound walked model.layers, which leaves out the Keras ops a functional model calls on its
-    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, and the classifier probe ran it on 6 images
+    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, for the classifier probe to run on 6 images
     import keras
 
     from exporter.loading import load_model
