@@ -61,22 +61,75 @@ def node_outputs(model) -> Iterator[tuple[Any, list[int]]]:
             pending.append(op)
 
 
+def _sequence(tensor) -> int:
+    """The positions of an attention input: every axis but the batch and the features."""
+    return math.prod(1 if d is None else int(d) for d in tuple(tensor.shape)[1:-1])
+
+
+def workspaces(model) -> Iterator[tuple[Any, list[int]]]:
+    """(layer, dimensions for one image) of the score matrices attention layers compute inside a call, which are
+    not among their outputs: a MultiHeadAttention on the 65,536 pixels of a 256 px image as a sequence outputs
+    65,536 values per feature and computes heads x 65,536 x 65,536 scores (34 GB for two heads). Default attention
+    axes are assumed (every axis but the batch and the features), the largest the scores can be."""
+    seen: set[int] = set()
+    pending = [model]
+    while pending:
+        container = pending.pop()
+        for op in _nodes_of(container):
+            if id(op) in seen:
+                continue
+            seen.add(id(op))
+            pending.append(op)
+            kind = type(op).__name__
+            if kind not in ATTENTION_LAYERS:
+                continue
+            for node in inbound_nodes(op):
+                inputs = node_tensors(node)[0]
+                if not inputs:
+                    continue
+                query, value = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
+                heads = int(getattr(op, "num_heads", None) or getattr(op, "num_query_heads", None) or 1)
+                scores = [1, heads, _sequence(query), _sequence(value)]
+                if kind == "AdditiveAttention":  # tanh(query + key) is summed over the features after broadcasting
+                    scores.append(int(tuple(query.shape)[-1] or 1))
+                yield op, scores
+
+
+# Keras attention layers and what their scores hold per image: MultiHeadAttention and GroupedQueryAttention heads x
+# queries x keys (then their softmax, a second array as large), Attention queries x keys, AdditiveAttention queries x
+# keys x features.
+ATTENTION_LAYERS = frozenset({"MultiHeadAttention", "GroupedQueryAttention", "GroupQueryAttention", "Attention", "AdditiveAttention"})
+# Arrays of scores alive at once inside an attention layer: the scores and their softmax.
+SCORE_COPIES = 2
+
+
 def activation_bytes(model, path: str | Path, *, error: type[ExporterError], itemsize: int = ACTIVATION_ITEMSIZE) -> int:
-    """The bytes one call of ``model`` on one image holds at once (every node's output: see the module's note),
-    refused (``error``) when one output is over the per-value memory budget, naming its layer, or their sum is over
-    ``LIVE_ACTIVATION_BUDGET_BYTES``."""
+    """The bytes one call of ``model`` on one image holds at once (every node's output, see the module's note, and
+    the largest attention layer's scores while it runs), refused (``error``) when one output or score matrix is
+    over the per-value memory budget, naming its layer, or their sum is over ``LIVE_ACTIVATION_BUDGET_BYTES``."""
+    budget = safety.LIVE_ACTIVATION_BUDGET_BYTES
+
+    def over(what: str) -> ExporterError:
+        return error(
+            f"running it on one image holds over {budget:,} bytes of layer outputs at once (Keras keeps every layer's "
+            f"output until the call returns; {what}), over the memory budget",
+            path=path,
+        )
+
     total = 0
     for op, dims in node_outputs(model):
         name = getattr(op, "name", type(op).__name__)
         total += itemsize * safety.check_elements(dims, itemsize=itemsize, error=error, where=path, what=f"the output of layer {name!r}")
-        if total > safety.LIVE_ACTIVATION_BUDGET_BYTES:
-            raise error(
-                f"running it on one image holds over {safety.LIVE_ACTIVATION_BUDGET_BYTES:,} bytes of layer outputs at once "
-                f"(Keras keeps every layer's output until the call returns; {math.prod(dims):,} values in {name!r} alone), "
-                "over the memory budget",
-                path=path,
-            )
-    return total
+        if total > budget:
+            raise over(f"{math.prod(dims):,} values in {name!r} alone")
+    scores = 0
+    for op, dims in workspaces(model):
+        name = getattr(op, "name", type(op).__name__)
+        what = f"the attention scores of layer {name!r}"
+        scores = max(scores, SCORE_COPIES * itemsize * safety.check_elements(dims, itemsize=itemsize, error=error, where=path, what=what))
+        if total + scores > budget:
+            raise over(f"{math.prod(dims):,} attention scores in {name!r}")
+    return total + scores
 
 
 def images_per_call(per_image: int) -> int:

@@ -67,6 +67,11 @@ def display_key(label: str) -> str:
 # text-file limit (MAX_TEXT_BYTES) was sized for a million. Past that a labels file is refused before each label is
 # checked: 5 million short labels (44 MB) took 90 s to check, and a 64 MB file can hold 21 million.
 MAX_LABELS = 1_000_000
+# Longest label, in characters. ImageNet-21k's longest class names (WordNet synonym lists) have ~200; a label becomes
+# file metadata, a Swift resource line, a table cell and a confusion-plot tick. Past it a label is refused before its
+# characters are checked: a 60 MB labels file of one 30-million-character label took 26 s to check and was then
+# written into every artifact.
+MAX_LABEL_CHARS = 1000
 # Printable ASCII: none of the per-character rules below can apply, and a label of it displays as itself (NFKC leaves
 # it as it is and it holds no ignorable character), so such labels skip the per-character loop.
 _PLAIN = re.compile(r"[\x20-\x7e]*\Z")
@@ -106,6 +111,13 @@ def check_labels(labels: list[str], *, source: str = "labels") -> list[str]:
         raise LabelsError(f"need at least 2 labels for a classifier, got {len(labels)}", path=source, hint=BINARY_LABELS_HINT)
     if len(labels) > MAX_LABELS:
         raise LabelsError(f"holds {len(labels):,} labels, over the limit of {MAX_LABELS:,}", path=source)
+    longest = max(range(len(labels)), key=lambda k: len(labels[k]))
+    if len(labels[longest]) > MAX_LABEL_CHARS:
+        raise LabelsError(
+            f"label {longest + 1} is {len(labels[longest]):,} characters long, over the limit of {MAX_LABEL_CHARS:,} "
+            f"(starting {quote(labels[longest][:60])})",
+            path=source,
+        )
     keys = []
     for i, label in enumerate(labels, start=1):
         if not label.strip():

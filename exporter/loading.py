@@ -20,7 +20,7 @@ from .errors import ConfigError, ModelLoadError, NotAClassifierError, UnsafeMode
 from .heads import Head
 from .inference import InModelPreprocessing
 from .keras_graph import called_on
-from .packaging import sha256_of
+from .packaging import check_bundle, sha256_of
 from .preprocessing import MAX_SIDE, MIN_SIDE
 from .safety import (
     MAX_COMPRESSION_RATIO,
@@ -313,7 +313,9 @@ def inspect_model_file(path: Path, *, trust_code: bool = False) -> str:
                 path=path,
                 hint="only if you trust its author, pass --trust-code (trust_code=True)",
             )
-    elif fmt != "keras_dir":  # a folder's files are checked as they are read
+    elif fmt == "keras_dir":  # Keras reads its members by path: none may lead outside the folder or be a FIFO
+        check_bundle(path, path, error=ModelLoadError, what="model folder")
+    else:
         check_regular(path, error=ModelLoadError, what="model file")
     if path.is_file() and path.stat().st_size == 0:
         raise ModelLoadError("model file is empty (0 bytes)", path=path)

@@ -604,18 +604,19 @@ def read_manifest(folder: str | Path) -> dict:
     return data
 
 
-def check_bundle(root: Path, bundle: Path, *, error: type[ExporterError]) -> None:
-    """Every file of an .mlpackage resolves (symlinks included) inside ``root`` and is a regular file or a folder: a
-    FIFO would hang whatever reads the package, a symlink would have it read a file from elsewhere."""
-    for p in tree(bundle, error=error, what="bundle"):
+def check_bundle(root: Path, bundle: Path, *, error: type[ExporterError], what: str = "bundle") -> None:
+    """Every file of an .mlpackage (or another folder read as one file: an unzipped Keras model, ``what``) resolves
+    (symlinks included) inside ``root`` and is a regular file or a folder: a FIFO would hang whatever reads the
+    package, a symlink would have it read a file from elsewhere."""
+    for p in tree(bundle, error=error, what=what):
         if p.is_symlink():  # the walk enters real folders only, so nothing else can lead outside
-            inside(root, p.relative_to(root).as_posix(), error=error, where=bundle, what="bundle file")
+            inside(root, p.relative_to(root).as_posix(), error=error, where=bundle, what=f"{what} file")
         try:
             mode = p.stat().st_mode
         except OSError as exc:  # a link to nothing
-            raise error(f"bundle file cannot be read: {exc.strerror}", path=p) from exc
+            raise error(f"{what} file cannot be read: {exc.strerror}", path=p) from exc
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise error("bundle holds something that is not a regular file (a FIFO or device)", path=p)
+            raise error(f"{what} holds something that is not a regular file (a FIFO or device)", path=p)
 
 
 def artifact_file(root: str | Path, art: dict) -> Path:

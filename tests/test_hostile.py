@@ -411,7 +411,7 @@ def test_long_label_and_odd_file_names_give_one_bounded_line(tmp_path, capsys):
     big = "x" * 10_000_000
     labels = _write(tmp_path / "l.txt", "\n".join([big, big] + [str(i) for i in range(8)]) + "\n")
     proc, line = _cli(["convert", str(S["model"]), "--labels", str(labels), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
-    assert proc.returncode == 2 and "appears twice" in line and len(line) < MAX_MESSAGE_CHARS + 50
+    assert proc.returncode == 2 and "characters long, over the limit" in line and len(line) < MAX_MESSAGE_CHARS + 50
     odd = tmp_path / "evil\nname\x1b[2J.txt"
     proc, line = _cli(["convert", str(S["model"]), "--labels", str(odd), *PRE, "--out", str(tmp_path / "o"), *SMALL], capsys)
     assert proc.returncode == 2 and "\\n" in line and "\x1b" not in line

@@ -52,7 +52,7 @@ def test_onnx_images_per_run_keep_the_values_alive_together_within_the_budget():
 
 def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path):
     # the per-image bound walked model.layers, which leaves out the Keras ops a functional model calls on its
-    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, and the classifier probe ran it on 8 images
+    # tensors: a keras.ops.tile to 9600 x 9600 px (1.1 GB per image) loaded, for the classifier probe to run on 6 images
     import keras
 
     from exporter.loading import load_model
@@ -68,7 +68,7 @@ def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path
 @pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
 def test_keras_layer_outputs_alive_together_over_the_budget_are_refused_when_loaded(tmp_path, nested):
     # Keras keeps every layer's output until a call returns; each of these 45 ReLU outputs is 50 MB for one image, so
-    # one image held 2.3 GB and the classifier probe's 8 images 18 GB, though each value was within the budget
+    # one image held 2.3 GB and the classifier probe's 6 images 14 GB, though each value was within the budget
     import keras
 
     from exporter.loading import load_model
@@ -363,3 +363,106 @@ def test_an_onnx_graph_of_countless_nodes_is_refused_before_it_is_checked(tmp_pa
     with pytest.raises(ConversionError, match="2,000 nodes, over the limit of 1,000") as info:
         runtime.OnnxRunner(path, Preprocessing.from_dict({"input_size": [8, 8], "scale": [1 / 255], "bias": [0.0]}))
     assert "long.onnx" in str(info.value) and time.perf_counter() - start < 5
+
+
+def test_a_core_ml_file_of_countless_layers_is_refused_before_it_is_built(tmp_path, small_export, monkeypatch):
+    # 200,000 identity layers (8 MB, under the protobuf field limit) took 22 s and 1.5 GB to load and probe; 330,000
+    # fit. 2,000 stand for them against a limit set at 1,000 here.
+    import time
+
+    from coremltools.proto import Model_pb2
+
+    from exporter.runtime import executor
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(next(small_export[0].glob("*.mlmodel")).read_bytes())
+    network = spec.neuralNetworkClassifier
+    first, previous, added = network.layers[0], network.layers[0].input[0], []
+    for k in range(2000):
+        layer = Model_pb2.NeuralNetworkLayer(name=f"same{k}", input=[previous], output=[f"same{k}"])
+        layer.activation.linear.alpha = 1.0
+        added.append(layer)
+        previous = f"same{k}"
+    first.input[0] = previous
+    layers = added + list(network.layers)
+    del network.layers[:]
+    network.layers.extend(layers)
+    path = tmp_path / "long.mlmodel"
+    path.write_bytes(spec.SerializeToString())
+    monkeypatch.setattr(executor, "MAX_OPERATIONS", 1000, raising=False)  # before the fix: no limit at all
+    start = time.perf_counter()
+    with pytest.raises(ConversionError, match="2,[0-9]{3} layers or operations, over the limit of 1,000") as info:
+        executor.CoreMLExecutor(path)
+    assert "long.mlmodel" in str(info.value) and time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("layer", ["MultiHeadAttention", "Attention", "AdditiveAttention"])
+def test_attention_scores_over_the_budget_are_refused_before_running(tmp_path, layer):
+    # attention layers compute queries x keys scores inside the call, never among their outputs, so the per-layer
+    # bound saw 65,536 values per feature where a MultiHeadAttention over a 256 px image's pixels computes 2 x 65,536
+    # x 65,536 scores (34 GB): the model loaded, and the classifier probe would run it on 6 images
+    import keras
+
+    from exporter.loading import load_model
+
+    inputs = keras.Input((256, 256, 1))
+    x = keras.layers.Reshape((65536, 1))(inputs)
+    if layer == "MultiHeadAttention":
+        x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attend")(x, x)
+    else:
+        x = getattr(keras.layers, layer)(name="attend")([x, x])
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "attend.keras")
+    with pytest.raises(ModelLoadError, match="attention scores of layer 'attend'") as info:
+        load_model(tmp_path / "attend.keras")
+    assert "attend.keras" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def test_a_label_of_millions_of_characters_is_refused_before_each_is_checked(tmp_path, capsys):
+    # no label had a length limit: a 60 MB labels file holding one 30-million-character label took 26 s to check
+    # character by character and was then accepted, to be written into every artifact's metadata, the Swift
+    # package's labels.txt and the report's tables and plots
+    import time
+
+    from conftest import sample
+
+    from exporter.errors import LabelsError
+    from exporter.labels import parse_labels
+
+    start = time.perf_counter()
+    with pytest.raises(LabelsError, match="label 2 is 30,000,000 characters long, over the limit of 1,000"):
+        parse_labels("cat\n" + "\u00e9" * 30_000_000 + "\n", source="labels.txt")
+    assert time.perf_counter() - start < 3
+    s = sample("mobilenet_v1_digits")
+    labels = s["labels"].read_text().splitlines()
+    labels[3] = "x" * 1001
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    proc, line = _cli(["convert", str(s["model"]), "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")], capsys)
+    assert proc.returncode == LabelsError.exit_code and "labels.txt" in line and "label 4 is 1,001 characters long" in line, line
+    assert len(line) < 400 and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ unzipped Keras models
+@pytest.mark.parametrize("member", ["config.json", "model.weights.h5"])
+def test_an_unzipped_keras_model_whose_member_links_outside_its_folder_is_refused(tmp_path, member):
+    # a model saved with zipped=False is a folder Keras reads by path: a config.json or model.weights.h5 that was a
+    # symlink to a file elsewhere was read and the model loaded, from outside the folder given
+    import os
+    import shutil
+
+    import keras
+
+    from exporter.loading import load_model
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    folder = tmp_path / "model"
+    keras.Model(inputs, outputs).save(folder, zipped=False)
+    assert load_model(folder).num_classes == 3
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(folder / member, tmp_path / "elsewhere" / member)
+    os.symlink(tmp_path / "elsewhere" / member, folder / member)
+    with pytest.raises(ModelLoadError, match=f"'{member}' resolves outside its folder") as info:
+        load_model(folder)
+    assert str(folder) in str(info.value)

@@ -87,6 +87,19 @@ def _passes(images: int, chunk: int, parallel: bool) -> int:
     return count
 
 
+# Most layers (NeuralNetwork) or operations (ML Program) a file may hold. The largest exports measured hold 562 layers
+# and 766 operations (DenseNet121 from torch, 2026-12-01 sweeps); loading and the trial pass take ~0.1-0.25 ms per
+# layer, so the 330,000 identity layers that fit under the protobuf field limit took ~40 s and 2.5 GB to load. 50,000
+# is fifty times any real classifier, as for ONNX graphs (runtime.MAX_ONNX_NODES).
+MAX_OPERATIONS = 50_000
+
+
+def _operation_count(spec, kind: str | None) -> int:
+    if kind == "mlProgram":
+        return sum(len(block.operations) for fn in spec.mlProgram.functions.values() for block in fn.block_specializations.values())
+    return len(getattr(spec, kind).layers) if kind in ("neuralNetworkClassifier", "neuralNetwork", "neuralNetworkRegressor") else 0
+
+
 def _spec_path(path: Path) -> Path:
     """The protobuf of an .mlpackage (as its Manifest.json names it) or of an .mlmodel file."""
     if not path.is_dir():
@@ -233,6 +246,12 @@ class CoreMLExecutor:
                 path=where,
             )
         kind = spec.WhichOneof("Type")
+        if _operation_count(spec, kind) > MAX_OPERATIONS:
+            raise ConversionError(
+                f"it holds {_operation_count(spec, kind):,} layers or operations, over the limit of {MAX_OPERATIONS:,} (an exported "
+                "classifier has a few hundred to a few thousand; loading takes time in proportion)",
+                path=where,
+            )
         fp16 = compute == "fp16"
         self._engine: Program | Network
         if kind == "mlProgram":
