@@ -7,7 +7,8 @@ call on 32 images raised the peak resident memory by 1,515 MB, 1,480 MB summed h
 summed. Per image at 224 px the sums are MobileNetV2 83 MiB, EfficientNetB0 96, ResNet50 142, DenseNet121 190: a
 32-image validation batch of DenseNet121 held 6 GB. Every eager call (the reference runner, the classifier probe,
 the float64 check) is cut into calls of as many images as keep the sum within
-``safety.LIVE_ACTIVATION_BUDGET_BYTES``, and a model whose sum for one image is over it is refused when it loads.
+``safety.LIVE_ACTIVATION_BUDGET_BYTES`` (one image at the least), and a model whose sum for one image is over
+``safety.KERAS_ONE_IMAGE_BUDGET_BYTES`` is refused when it loads.
 
 Nodes are the graph's operations, not only its layers: a Keras op called on a model's tensors (``keras.ops.tile``)
 is a node of the saved graph that ``model.layers`` leaves out.
@@ -106,8 +107,9 @@ SCORE_COPIES = 2
 def activation_bytes(model, path: str | Path, *, error: type[ExporterError], itemsize: int = ACTIVATION_ITEMSIZE) -> int:
     """The bytes one call of ``model`` on one image holds at once (every node's output, see the module's note, and
     the largest attention layer's scores while it runs), refused (``error``) when one output or score matrix is
-    over the per-value memory budget, naming its layer, or their sum is over ``LIVE_ACTIVATION_BUDGET_BYTES``."""
-    budget = safety.LIVE_ACTIVATION_BUDGET_BYTES
+    over the per-value memory budget, naming its layer, or their sum is over ``KERAS_ONE_IMAGE_BUDGET_BYTES`` (calls
+    of several images are then cut to ``LIVE_ACTIVATION_BUDGET_BYTES``, one image at the least: ``images_per_call``)."""
+    budget = safety.KERAS_ONE_IMAGE_BUDGET_BYTES
 
     def over(what: str) -> ExporterError:
         return error(

@@ -32,6 +32,13 @@ MAX_FILE_BYTES = MEMORY_BUDGET_BYTES
 # DenseNet121 8.6 / 8.6, ResNet50 9.8 / 9.8. Activations grow with the pixels, so the worst of these reaches the
 # budget near 2,600 px; passes of several images are sized to stay within it (CoreMLExecutor.chunk).
 LIVE_ACTIVATION_BUDGET_BYTES = 2 * MEMORY_BUDGET_BYTES
+# One image through a Keras model: eager Keras keeps every layer's output until the call returns (keras_memory), so
+# the sum of them all is what one image costs, far above what the executor's live values reach. Calls of several
+# images are cut to LIVE_ACTIVATION_BUDGET_BYTES (at least one image each); a model is refused only when ONE image is
+# over this. keras.applications at their own input sizes, measured with keras_memory (float32, 2026-12-02):
+# EfficientNetB7 at 600 px 3,991 MiB, EfficientNetB6 at 528 px 2,310, EfficientNetV2L at 480 px 2,098, ConvNeXtXLarge
+# at 384 px 1,527, EfficientNetB5 at 456 px 1,367: a bound of 2 GiB refused B6, B7 and V2L outright. Twice the largest.
+KERAS_ONE_IMAGE_BUDGET_BYTES = 4 * LIVE_ACTIVATION_BUDGET_BYTES
 # The constants a Core ML file decodes together (weights widened to float32, folded constants), each also held to the
 # budget above. The largest real model the toolkit runs, VGG16, holds 528 MB of float32 weights; a float16 file at
 # the file-size limit decodes to twice its size. Without it, constants declaring a shape and no data (np.zeros of it,

@@ -67,14 +67,14 @@ def test_a_keras_op_that_blows_up_activations_is_refused_before_running(tmp_path
 
 @pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
 def test_keras_layer_outputs_alive_together_over_the_budget_are_refused_when_loaded(tmp_path, nested):
-    # Keras keeps every layer's output until a call returns; each of these 45 ReLU outputs is 50 MB for one image, so
-    # one image held 2.3 GB and the classifier probe's 6 images 14 GB, though each value was within the budget
+    # Keras keeps every layer's output until a call returns; each of these 180 ReLU outputs is 50 MB for one image, so
+    # one image held 9 GB and the classifier probe's 6 images 54 GB, though each value was within the budget
     import keras
 
     from exporter.loading import load_model
 
     def body(x):
-        for k in range(45):
+        for k in range(180):
             x = keras.layers.ReLU(name=f"relu_{k}")(x)
         return keras.layers.GlobalAveragePooling2D()(x)
 
@@ -88,6 +88,27 @@ def test_keras_layer_outputs_alive_together_over_the_budget_are_refused_when_loa
     with pytest.raises(ModelLoadError, match="layer outputs at once") as info:
         load_model(tmp_path / "deep.keras")
     assert "deep.keras" in str(info.value)
+
+
+def test_a_model_that_holds_gigabytes_for_one_image_as_efficientnet_b7_does_still_loads(tmp_path):
+    """The one-image bound was the executor's live budget (2 GiB), which refused keras.applications' EfficientNetB6,
+    B7 and V2L at their own input sizes (B7 at 600 px holds 3,991 MiB of layer outputs for one image). One image may
+    now hold up to KERAS_ONE_IMAGE_BUDGET_BYTES; calls of several images are still cut to the live budget."""
+    import keras
+
+    from exporter import keras_memory, safety
+    from exporter.loading import load_model
+
+    inputs = keras.Input((2048, 2048, 3))
+    x = inputs
+    for k in range(60):  # 60 x 50 MB: 3 GB for one image, as EfficientNetB7's 4 GB
+        x = keras.layers.ReLU(name=f"relu_{k}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "b7like.keras")
+    loaded = load_model(tmp_path / "b7like.keras")
+    per_image = keras_memory.activation_bytes(loaded.model, "b7like.keras", error=ModelLoadError)
+    assert safety.LIVE_ACTIVATION_BUDGET_BYTES < per_image < safety.KERAS_ONE_IMAGE_BUDGET_BYTES
+    assert keras_memory.images_per_call(per_image) == 1
 
 
 def test_the_keras_reference_is_called_on_as_many_images_as_keep_its_outputs_within_the_budget(monkeypatch):
