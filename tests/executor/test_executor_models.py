@@ -365,7 +365,7 @@ NEWER_OPS = {  # format -> (with resampling and 3-D layers, op or layer types th
         {
             "conv_transpose",
             "upsample_bilinear",
-            "resize_nearest_neighbor",
+            "gather",  # a nearest Resizing to another size reaches the converters as the rows and columns it picks
             "select",
             "greater",
             "reduce_log_sum_exp",
