@@ -31,6 +31,19 @@ def _indices(c: OpCall, key: str, size: int | np.ndarray) -> np.ndarray:
     return np.where(indices < 0, indices + size, indices)
 
 
+def along_axis(shape: tuple, indices: np.ndarray, updates: np.ndarray, axis: int, fail) -> tuple:
+    """Where scatter-along-axis writes: ``indices`` in place of the ``axis`` coordinate of every update's own position,
+    after checking that indices and updates share one shape of the container's rank, equal to it off ``axis``
+    (``fail(message)`` makes the caller's error). Shared by the MIL op and the NeuralNetwork layer."""
+    if indices.shape != updates.shape or indices.ndim != len(shape):
+        raise fail(f"needs indices and updates of one shape and rank {len(shape)}, has {indices.shape} and {updates.shape}")
+    if any(i != axis and indices.shape[i] != shape[i] for i in range(len(shape))):
+        raise fail(f"needs indices of the container's shape {shape} off axis {axis}, has {indices.shape}")
+    grid: list[np.ndarray] = list(np.indices(indices.shape, sparse=True))
+    grid[axis] = indices
+    return tuple(grid)
+
+
 def combine(out: np.ndarray, where: tuple, updates: np.ndarray, mode: str) -> np.ndarray:
     """``out`` with ``updates`` written at ``where`` by ``mode`` ("update" or one of ``_MODES``; the caller checks)."""
     if mode == "update":
@@ -75,13 +88,7 @@ def _scatter_along_axis(c: OpCall):
     axis = int(c.const("axis", 0)) % out.ndim
     indices = _indices(c, "indices", out.shape[axis])
     updates = np.asarray(c["updates"])
-    if indices.shape != updates.shape or indices.ndim != out.ndim:
-        raise c.fail(f"needs indices and updates of one shape and rank {out.ndim}, has {indices.shape} and {updates.shape}")
-    if any(i != axis and indices.shape[i] != out.shape[i] for i in range(out.ndim)):
-        raise c.fail(f"needs indices of data's shape {out.shape} off axis {axis}, has {indices.shape}")
-    grid: list[np.ndarray] = list(np.indices(indices.shape, sparse=True))
-    grid[axis] = indices
-    return _write(c, out, tuple(grid), updates, "add")
+    return _write(c, out, along_axis(out.shape, indices, updates, axis, c.fail), updates, "add")
 
 
 @op("scatter_nd")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .blob import bounded_count
-from .mil_scatter import band, combine
+from .mil_scatter import along_axis, band, combine
 from .nnlayers import F32, LayerContext, always, layer
 from .nnlayers_legacy import lookup_rows
 from .registry import never
@@ -67,13 +67,7 @@ def _scatter_along_axis(p, ctx: LayerContext):
         a = axis % out.ndim
         index = _positions(inputs[1], out.shape[a], ctx)
         updates = np.asarray(inputs[2], F32)
-        if index.shape != updates.shape or index.ndim != out.ndim:
-            raise ctx.fail(f"needs indices and updates of one shape and rank {out.ndim}, has {index.shape} and {updates.shape}")
-        if any(i != a and index.shape[i] != out.shape[i] for i in range(out.ndim)):
-            raise ctx.fail(f"needs indices of the container's shape {out.shape} off axis {a}, has {index.shape}")
-        grid: list[np.ndarray] = list(np.indices(index.shape, sparse=True))
-        grid[a] = index
-        return combine(out, tuple(grid), updates, mode)
+        return combine(out, along_axis(out.shape, index, updates, a, ctx.fail), updates, mode)
 
     return run, never
 
