@@ -445,6 +445,51 @@ def test_mixed_bits_count_their_tables_stay_within_the_budget_and_refinement_low
 
 
 @pytest.mark.slow
+def test_the_table_refinement_passes_no_more_images_at_once_than_the_models_outputs_allow(photos_fp16_ios18, monkeypatch):
+    """The refinement ran the Keras model under a gradient tape on REFINE_BATCH (128) images at once and scored 256 per
+    forward pass, whatever the model: the tape holds every layer's output, so a large model at its size (EfficientNetB7
+    at 600 px holds 4 GB per image) would need hundreds of GB. Passes now take at most as many images as keep the
+    outputs within the live budget, the gradients of a step's parts weighted by their share: the same step."""
+    from exporter import keras_memory, safety
+    from exporter.quantize import mixed as mixed_module
+    from exporter.quantize.mixed import _KerasProbe, mixed
+    from exporter.quantize.palettize import fisher, weight_sensitivities
+
+    monkeypatch.setattr(mixed_module, "REFINE_POOL", 32)
+    monkeypatch.setattr(mixed_module, "REFINE_BATCH", 16)
+    model, pre, base = photos_fp16_ios18
+    pixels, _ = _photo_pixels(pre)
+    images = pre.normalize(pixels[:16]).astype(np.float32)
+    sens = weight_sensitivities(base, model, fisher(model, images))
+    budget = safety.LIVE_ACTIVATION_BUDGET_BYTES
+
+    def refined(limit_images: int | None) -> tuple[dict, list[int]]:
+        seen: list[int] = []
+        if limit_images is not None:
+            per_image = keras_memory.activation_bytes(model, "m", error=ValueError)
+            monkeypatch.setattr(safety, "LIVE_ACTIVATION_BUDGET_BYTES", limit_images * per_image)
+        probe = _KerasProbe(model, images)
+        real = probe.model
+
+        def recording(x, **kwargs):  # the refinement's gradient passes call probe.model (traced once per shape)
+            seen.append(int(x.shape[0]) if x.shape[0] is not None else -1)
+            return real(x, **kwargs)
+
+        probe.model = recording
+        details: dict = {}
+        mixed(base, 4.0, sens, details=details, probe=probe, refine_steps=3)
+        monkeypatch.setattr(safety, "LIVE_ACTIVATION_BUDGET_BYTES", budget)
+        return details["mixed_bits"]["table_refinement"], seen
+
+    whole, whole_seen = refined(None)
+    parts, parts_seen = refined(5)
+    assert max(whole_seen) == 16  # one pass per step before
+    assert parts_seen and max(parts_seen) <= 5
+    for key in ("kl_after", "softened_kl_after"):
+        assert parts[key] == pytest.approx(whole[key], rel=1e-3), key
+
+
+@pytest.mark.slow
 def test_palette_mixed_at_4_bits_keeps_the_transfer_samples_decisions_on_photos_it_was_not_calibrated_on(tmp_path):
     """palette-mixed (<= 4 stored bits per weight) through the public export, calibrated on 64 of the held-out photos
     and judged on the others (a seeded split). palette4-fisher's manifest carries its table layout."""

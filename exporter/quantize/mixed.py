@@ -170,7 +170,12 @@ class _KerasProbe:
     def __init__(self, keras_model, images: np.ndarray):
         import tensorflow as tf
 
+        from ..keras_memory import activation_bytes, images_per_call
+
         self.model = keras_model
+        # images per forward pass (and per gradient pass of the refinement, whose tape holds every layer's output):
+        # a large model at a large size (EfficientNetB7 at 600 px holds 4 GB per image) takes fewer at once
+        self.per_call = images_per_call(activation_bytes(keras_model, "the Keras model", error=ConversionError))
         self.images = tf.constant(images[:MEASURE_IMAGES])
         self.call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
         self.ref = self._probs()
@@ -180,8 +185,9 @@ class _KerasProbe:
 
     def probs_of(self, images) -> np.ndarray:
         """The Keras model's class probabilities on ``images`` with its weights as they are now (float64, clipped),
-        REFINE_EVAL_BATCH images per call."""
-        batches = [self.call(images[i : i + REFINE_EVAL_BATCH]) for i in range(0, len(images), REFINE_EVAL_BATCH)]
+        REFINE_EVAL_BATCH images per call, fewer when the model's outputs for that many would not fit the live budget."""
+        step = min(REFINE_EVAL_BATCH, self.per_call)
+        batches = [self.call(images[i : i + step]) for i in range(0, len(images), step)]
         p = np.concatenate([np.asarray(b, np.float64) for b in batches])
         return np.clip(p / p.sum(axis=1, keepdims=True), 1e-12, 1.0)
 
@@ -455,6 +461,19 @@ def refine_tables(
             loss = tf.reduce_mean(tf.reduce_sum(ref * (tf.math.log(ref) - logq), axis=1))
         return loss, tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
 
+    def batch_grads(x: np.ndarray, plain: np.ndarray) -> list:
+        """The gradient of the mean loss over ``x``, in passes of at most ``probe.per_call`` images (their gradients
+        weighted by their share of ``x``): the same step whatever the model's size."""
+        if len(x) <= probe.per_call:
+            return list(loss_and_grads(tf.constant(x), tf.constant(plain, tf.float32))[1])
+        total: list = []
+        for i in range(0, len(x), probe.per_call):
+            part = loss_and_grads(tf.constant(x[i : i + probe.per_call]), tf.constant(plain[i : i + probe.per_call], tf.float32))[1]
+            share = len(x[i : i + probe.per_call]) / len(x)
+            scaled = [None if g is None else share * np.asarray(g, np.float64) for g in part]
+            total = scaled if not total else [None if a is None else a + b for a, b in zip(total, scaled, strict=True)]
+        return total
+
     def losses() -> tuple[float, float]:
         """(softened KL on the whole refinement set, plain KL on the calibration images) of the current tables."""
         ps, qs = (np.clip(np.asarray(soften(tf.constant(a)), np.float64), 1e-30, 1) for a in (p_all, probe.probs_of(x_all)))
@@ -469,7 +488,7 @@ def refine_tables(
         soft_before, kl_before = losses()
         for step in range(steps):
             pick = slice(None) if batch is None or batch >= len(x_all) else np.sort(rng.choice(len(x_all), batch, replace=False))
-            _, grads = loss_and_grads(tf.constant(x_all[pick]), tf.constant(p_all[pick], tf.float32))
+            grads = batch_grads(x_all[pick], p_all[pick])
             for layer, g in zip(layers, grads, strict=True):
                 if g is None:
                     continue

@@ -99,7 +99,11 @@ def fisher(model, images: np.ndarray) -> dict[int, np.ndarray]:
         return tape.gradient(logp, [k.value if hasattr(k, "value") else k for k in kernels])
 
     totals = [np.zeros(k.shape, np.float64) for k in kernels]
-    probs = np.asarray(model.predict(images, verbose=0, batch_size=32), np.float64)
+    from ..errors import ConversionError
+    from ..keras_memory import activation_bytes, images_per_call
+
+    per_call = images_per_call(activation_bytes(model, "the Keras model", error=ConversionError))
+    probs = np.asarray(model.predict(images, verbose=0, batch_size=min(32, per_call)), np.float64)
     for i in range(len(images)):
         p = probs[i] / probs[i].sum()
         order = np.argsort(-p, kind="stable")
