@@ -272,6 +272,11 @@ def list_images(folder: str | Path) -> list[ImageItem]:
         why = _undecoded(p) if p.is_file() else None
         if why:
             raise ImageError(why + " (or move it out of the image folder)", path=p)
+        if not p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            # named as an image but nothing an image can be read from: skipping it would drop an image from the
+            # counts without a word (the same file swapped in after the listing is refused when it is opened)
+            kind = "a link to nothing" if p.is_symlink() and not p.exists() else "not a regular file (a FIFO, device or socket)"
+            raise ImageError(f"is {kind}, not an image; replace it or move it out of the image folder", path=p)
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             items.append(ImageItem(p, rel.parts[0] if len(rel.parts) > 1 else None))
     if not items:

@@ -170,9 +170,35 @@ def test_symlink_loops_end_and_folder_links_are_not_followed(tmp_path):
     (data / "cat" / "loop").symlink_to(data, target_is_directory=True)
     (data / "dog").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (data / "cat" / "linked.png").symlink_to(tmp_path / "elsewhere" / "b.png")
-    (data / "cat" / "dangling.png").symlink_to(tmp_path / "missing.png")
     items = list_images(data)
     assert [it.path.relative_to(data).as_posix() for it in items] == ["cat/a.png", "cat/linked.png"]
+
+
+def test_an_image_name_that_is_no_file_is_refused_not_skipped(tmp_path):
+    """A dangling symlink, a FIFO or a link to a device named like an image was left out of the listing without a
+    word (the image counts silently smaller), while the same file swapped in after the listing was refused when opened
+    (found by the round-6 hostile hunt). It is now refused by name, as an undecodable image is."""
+    import os
+
+    from exporter.errors import ImageError
+
+    for name, make in (
+        ("dangling.png", lambda p: p.symlink_to(tmp_path / "missing.png")),
+        ("fifo.jpg", lambda p: os.mkfifo(p)),
+        ("zero.png", lambda p: p.symlink_to("/dev/zero")),
+    ):
+        data = tmp_path / name.split(".")[0]
+        _png(data / "cat" / "a.png")
+        make(data / "cat" / name)
+        with pytest.raises(ImageError) as info:
+            list_images(data)
+        line = str(info.value)
+        assert name in line and "\n" not in line
+        assert ("link to nothing" in line) == (name == "dangling.png")
+    other = tmp_path / "other"
+    _png(other / "cat" / "a.png")
+    os.mkfifo(other / "cat" / "notes")  # not named as an image: not ours to judge
+    assert len(list_images(other)) == 1
 
 
 def test_overwrite_never_replaces_a_folder_the_toolkit_did_not_write(tmp_path):
