@@ -293,3 +293,30 @@ def test_sample_model_package_has_confident_golden_answers(tmp_path):
     agree = np.mean([img["keras_top_label"] == img["label"] for img in golden["images"]])
     assert agree >= 0.9
     assert golden["preprocessing"]["in_model"] is True  # detected from the model's Rescaling layer
+
+
+def test_read_golden_reads_only_a_bounded_regular_file(tmp_path):
+    """read_golden read golden.json whole with read_text: a golden.json that is a FIFO hung, a link to /dev/zero ran
+    until memory was gone, and JSON nested 100,000 deep raised RecursionError (hostile6's leftover). It now reads a
+    regular file within the file-size budget and parses it safely; each is one DestinationError naming the file."""
+    import os
+
+    from test_hostile import _in_thread
+
+    from exporter.errors import DestinationError
+    from exporter.xcode.golden import GOLDEN_NAME
+
+    cases = {
+        "fifo": lambda p: os.mkfifo(p),
+        "zero": lambda p: p.symlink_to("/dev/zero"),
+        "deep": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
+    }
+    for name, make in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        make(folder / GOLDEN_NAME)
+        result = _in_thread(lambda folder=folder: read_golden(folder))
+        assert isinstance(result.get("error"), DestinationError), (name, result)
+        assert GOLDEN_NAME in str(result["error"])
+    with pytest.raises(DestinationError, match="no golden.json"):
+        read_golden(tmp_path)

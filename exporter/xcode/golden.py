@@ -148,17 +148,14 @@ def write_golden(
 
 def read_golden(folder: str | Path) -> dict:
     """golden.json of ``folder``, with its schema version checked."""
-    import json
-
     from ..errors import DestinationError
+    from ..safety import load_json, read_regular
 
     path = Path(folder) / GOLDEN_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DestinationError("no golden.json: not a folder written by write_golden", path=folder) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DestinationError(f"golden.json is corrupt: {exc}", path=path) from exc
+    if not path.exists() and not path.is_symlink():
+        raise DestinationError("no golden.json: not a folder written by write_golden", path=folder)
+    # a regular file within the file-size budget (not a FIFO, not /dev/zero), parsed without exhausting the stack
+    data = load_json(read_regular(path, error=DestinationError, what="golden.json"), path=path, error=DestinationError, what="golden.json")
     if not isinstance(data, dict) or data.get("schema_version") != GOLDEN_SCHEMA_VERSION:
         got = data.get("schema_version") if isinstance(data, dict) else None
         raise DestinationError(f"golden schema_version must be {GOLDEN_SCHEMA_VERSION}, got {got!r}", path=path)
