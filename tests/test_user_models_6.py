@@ -341,3 +341,23 @@ def test_the_resize_op_gets_the_same_stand_ins_as_the_resizing_layer(kw):
     assert not any(type(op).__name__ == "Resize" for op in rewritten.operations)
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(rewritten(x)), np.asarray(model(x)), rtol=0, atol=AREA_ROUNDING)
+
+
+def test_a_keras_op_the_converters_cannot_take_is_named_in_the_error(tmp_path):
+    """A bicubic antialiased shrink written as keras.ops.image.resize (not a layer) failed in coremltools with only
+    TensorFlow's op ('ScaleAndTranslate'), while the same resize as a Resizing layer named its layer: the failing
+    node was looked up among model.layers, which leave the ops out (found by the lead's review of hunt6's leftovers).
+    The error now names the Keras op."""
+    import keras
+
+    from exporter.api import ExportOptions, export
+    from exporter.errors import ConversionError
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.ops.image.resize(x, (20, 20), interpolation="bicubic", antialias=True)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "op.keras")
+    with pytest.raises(ConversionError, match=r"in Keras op 'resize' \(Resize\)"):
+        export(tmp_path / "op.keras", ["a", "b", "c"], tmp_path / "out", options=ExportOptions(formats="mlpackage", variants=("fp32",)))
+    assert not (tmp_path / "out").exists()

@@ -13,10 +13,18 @@ _SCOPE_SUFFIX = re.compile(r"_\d+$")
 
 
 def _layers(model):
-    for layer in getattr(model, "layers", []):
+    """Every layer of ``model`` and of the models nested in it, and the Keras ops a functional model calls on its
+    tensors (``keras.ops.image.resize`` is a node of the graph that ``model.layers`` leaves out)."""
+    for layer in getattr(model, "operations", None) or getattr(model, "layers", None) or []:
         yield layer
         if hasattr(layer, "layers"):
             yield from _layers(layer)
+
+
+def _described(layer) -> str:
+    """ "layer 'NAME' (Class)", or "Keras op 'NAME' (Class)" for an op that is not a layer."""
+    kind = "layer" if hasattr(layer, "trainable_weights") else "Keras op"
+    return f"{kind} {layer.name!r} ({type(layer).__name__})"
 
 
 def layer_for_node(model, node_name: str):
@@ -33,12 +41,12 @@ def layer_for_node(model, node_name: str):
 
 
 def describe_failure(model, text: str) -> str:
-    """' in layer 'NAME' (Class)' for a coremltools error text that carries the failing node, else ''."""
+    """' in layer 'NAME' (Class)' (or Keras op) for a coremltools error text that carries the failing node, else ''."""
     match = _NODE_NAME.search(text)
     if not match:
         return ""
     layer = layer_for_node(model, match.group(1))
-    return f" in layer {layer.name!r} ({type(layer).__name__})" if layer is not None else ""
+    return f" in {_described(layer)}" if layer is not None else ""
 
 
 def unconvertible_onnx_nodes(model, proto) -> str:
@@ -49,6 +57,6 @@ def unconvertible_onnx_nodes(model, proto) -> str:
         domain = node.domain or ""
         if domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, domain):
             layer = layer_for_node(model, node.name)
-            where = f"layer {layer.name!r} ({type(layer).__name__})" if layer is not None else f"node {node.name!r}"
+            where = _described(layer) if layer is not None else f"node {node.name!r}"
             return f"{where} became TensorFlow op {node.op_type!r}, which has no ONNX equivalent in tf2onnx"
     return ""
