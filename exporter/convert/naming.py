@@ -30,13 +30,16 @@ def _described(layer) -> str:
 def layer_for_node(model, node_name: str):
     """The innermost Keras layer (not a model) whose name appears as a scope of ``node_name``, or None."""
     by_name: dict[str, object] = {}
-    for layer in _layers(model):
+    by_stem: dict[str, object] = {}  # names without Keras' "_N": an op reloaded in a long-lived process is "resize_12"
+    for layer in _layers(model):  # while its graph scope is "resize_13"; exact names are tried first
         if not hasattr(layer, "layers"):
             by_name.setdefault(layer.name, layer)
+            by_stem.setdefault(_SCOPE_SUFFIX.sub("", layer.name), layer)
     for part in reversed(node_name.split("/")[:-1]):
-        for candidate in (part, _SCOPE_SUFFIX.sub("", part)):
-            if candidate in by_name:
-                return by_name[candidate]
+        stem = _SCOPE_SUFFIX.sub("", part)
+        for found in (by_name.get(part), by_name.get(stem), by_stem.get(stem)):
+            if found is not None:
+                return found
     return None
 
 
