@@ -90,19 +90,20 @@ def _image_files(images: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _embedded(path: Path, fmt: str, sha256: str | None = None) -> dict[str, str]:
-    """The file's own metadata (labels and preprocessing contract), from bytes held to the manifest's ``sha256``."""
+def _embedded(path: Path, fmt: str, sha256: str | None = None) -> tuple[dict[str, str], object | None]:
+    """The file's own metadata (labels and preprocessing contract), from bytes held to the manifest's ``sha256``, and
+    a Core ML file's model description (its inputs: ``_own_contract``), read in the same pass; None for ONNX."""
     if fmt == "onnx":
         from .runtime import load_onnx  # bounded, regular files only, external data kept inside the folder
 
-        return {p.key: p.value for p in load_onnx(path, sha256).metadata_props}
+        return {p.key: p.value for p in load_onnx(path, sha256).metadata_props}, None
     from .packaging import VerifiedReads
     from .runtime.executor import load_spec  # the package's paths kept inside it, regular files only, bounded
 
     reads = VerifiedReads(path, sha256)
     spec = load_spec(path, reads)[0]
     reads.verify()
-    return dict(spec.description.metadata.userDefined)
+    return dict(spec.description.metadata.userDefined), spec.description
 
 
 def _runner(t: _Target):
@@ -112,7 +113,7 @@ def _runner(t: _Target):
 
     meta = None
     if t.preprocessing is None:
-        meta = _embedded(t.path, t.format)
+        meta, description = _embedded(t.path, t.format)
         if "exporter.preprocessing" not in meta:
             if t.format == "onnx":
                 raise ConfigError(
@@ -122,7 +123,7 @@ def _runner(t: _Target):
                 )
             # a Core ML classifier made elsewhere (coremltools, Create ML, a model gallery): its image input holds its
             # own normalisation, so it needs no contract, only the size, which the file gives
-            own = _own_contract(t.path)
+            own = _own_contract(description, t.path)
             foreign = ExecutorRunner(t.path, own, sha256=t.sha256)
             foreign.engine = {**foreign.engine, "contract": own.notes}
             return foreign, _checked(list(foreign.executor.labels), t.path), own
@@ -134,25 +135,23 @@ def _runner(t: _Target):
         onnx_runner = OnnxRunner(t.path, pre, sha256=t.sha256)
         return onnx_runner, _checked(onnx_runner.labels, t.path), pre
     if platform.system() == "Darwin":
-        meta = meta or _embedded(t.path, t.format, t.sha256)
+        meta = meta or _embedded(t.path, t.format, t.sha256)[0]
         labels = _checked(load_json(meta.get("exporter.labels", ""), path=t.path, error=ConversionError, what="embedded labels"), t.path)
         return CoreMLRunner(t.path, pre, labels, t.sha256), labels, pre
     runner = ExecutorRunner(t.path, pre, sha256=t.sha256)
     return runner, _checked(list(runner.executor.labels), t.path), pre
 
 
-def _own_contract(path: Path) -> Preprocessing:
-    """The preprocessing of a Core ML file that embeds no exporter contract, from its image input: its size and colour
-    space, every normalisation left to the file, and the image fitted as Vision fits it by default
-    (VNImageCropAndScaleOption.centerCrop: the central square, then scaled). Such a file runs in the executor on every
-    platform (its labels and probabilities come from the file's classifier)."""
-    from .packaging import VerifiedReads
+def _own_contract(description, path: Path) -> Preprocessing:
+    """The preprocessing of a Core ML file that embeds no exporter contract, from its image input (``description``,
+    the file's model description as ``_embedded`` read it): its size and colour space, every normalisation left to the
+    file, and the image fitted as Vision fits it by default (VNImageCropAndScaleOption.centerCrop: the central
+    square, then scaled). Such a file runs in the executor on every platform (its labels and probabilities come from
+    the file's classifier)."""
     from .preprocessing import Preprocessing
-    from .runtime.executor import load_spec
     from .runtime.executor.image import image_input
 
-    spec = load_spec(path, VerifiedReads(path, None))[0]
-    image = image_input(spec.description, str(path))
+    image = image_input(description, str(path))
     return Preprocessing(
         input_size=(image.height, image.width),
         channel_order="L" if image.channels == 1 else "RGB",  # the file reorders RGB to BGR itself
